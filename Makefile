@@ -1,0 +1,26 @@
+# The two Quick start commands: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch 2.13.0 is installed first so pip takes the small CPU wheel on machines that have it;
+# GPU users install their CUDA build of torch into .venv before `make run`.
+TORCH_SPEC ?= torch==2.13.0
+
+$(BIN)/random-diffusion: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres"
+	touch $@
+
+setup: $(BIN)/random-diffusion
+	$(BIN)/random-diffusion build-demo-models
+
+run: setup
+	$(BIN)/random-diffusion run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+.PHONY: setup run test

@@ -1,0 +1,1 @@
+"""Random-prompt, random-model img2img diffusion over an image folder, as Dagster assets."""

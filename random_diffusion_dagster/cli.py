@@ -1,0 +1,95 @@
+"""`random-diffusion`: build the demo models and run the whole pipeline from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.instance.ref import InstanceRef
+
+from .resources import PROJECT_ROOT
+
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def project_instance() -> dg.DagsterInstance:
+    """The instance `dagster dev` uses: DAGSTER_HOME if set, else ./dagster.yaml with storage under ./.dagster."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    config_dir = Path.cwd() if (Path.cwd() / "dagster.yaml").is_file() else PROJECT_ROOT
+    os.chdir(config_dir)  # dagster.yaml's storage paths are relative to the project root
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(config_dir / ".dagster"), config_dir=str(config_dir)))
+
+
+def build_demo_models_command(args: argparse.Namespace) -> int:
+    from .engine.demo_models import build_demo_models
+
+    built = build_demo_models(args.models_dir, force=args.force)
+    print(f"Built {len(built)} demo models in {args.models_dir}" if built else f"Demo models already in {args.models_dir}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .definitions import defs
+
+    resources_config = {"engine": {"config": {"progress_bar": True, "batch_size": args.batch_size}}}
+    if args.seed is not None:
+        resources_config["dataset"] = {"config": {"seed": args.seed}}
+    ops_config = {"prompt_list": {"config": {"prompt_list": args.prompt}}} if args.prompt else {}
+    dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
+    with project_instance() as instance:
+        _materialize(defs, "source_images", instance, dataset_config)
+        keys = instance.get_dynamic_partitions("images")
+        if not keys:
+            print("No images found: put some in the images folder (RANDOM_DIFFUSION_IMAGES_DIR).", file=sys.stderr)
+            return 1
+        job = defs.get_job_def("diffuse_images")
+        failed_runs = 0
+        for start in range(0, len(keys), args.max_partitions_per_run):
+            chunk = keys[start : start + args.max_partitions_per_run]
+            result = job.execute_in_process(
+                instance=instance,
+                tags={RANGE_START: chunk[0], RANGE_END: chunk[-1]},
+                run_config={"resources": resources_config, "ops": ops_config, **QUIET_LOGS},
+                raise_on_error=False,
+            )
+            failed_runs += not result.success
+            print(f"Run {result.run_id}: {'succeeded' if result.success else 'FAILED'} for {len(chunk)} images")
+        _materialize(defs, "diffusion_report", instance, dataset_config)
+    output_dir = Path(defs.resources["dataset"].output_dir)
+    print(f"Outputs: {output_dir}")
+    print(f"Report:  {output_dir / 'report' / 'summary.csv'} and {output_dir / 'report' / 'contact_sheet.png'}")
+    return 1 if failed_runs else 0
+
+
+def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> None:
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
+    job.execute_in_process(instance=instance, run_config={"resources": resources_config, **QUIET_LOGS})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="random-diffusion", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build-demo-models", help="build the tiny offline demo models")
+    build.add_argument("--models-dir", default=str(PROJECT_ROOT / "data" / "models"))
+    build.add_argument("--force", action="store_true", help="rebuild even if present")
+    build.set_defaults(handler=build_demo_models_command)
+
+    run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
+    run.add_argument("--seed", type=int, help="run seed (default RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
+    run.add_argument("--prompt", action="append", help="use these prompts instead of the prompts file (repeatable)")
+    run.add_argument("--batch-size", type=int, default=4)
+    run.add_argument("--max-partitions-per-run", type=int, default=32)
+    run.set_defaults(handler=run_command)
+
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

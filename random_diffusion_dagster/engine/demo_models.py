@@ -1,0 +1,127 @@
+"""Tiny Stable-Diffusion-style img2img models built offline from configs.
+
+No model hub is reachable where this project is developed and tested, so the default
+catalog points at four tiny models built here with fixed seeds: real diffusers classes,
+saved with `save_pretrained` and loaded back through `from_pretrained`, the same code
+path a real checkpoint takes. Their weights are random, so their pictures are noise
+on top of the source; they differ the way SD 1.4 / 1.5 / 2.0 / 2.1 differ
+(prediction type, scheduler, text-encoder size, resolution).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TinyModelRecipe:
+    name: str
+    seed: int
+    scheduler: str
+    prediction_type: str
+    text_hidden_size: int
+    sample_size: int  # latent side; the image side is 8x this
+
+
+TINY_MODELS = (
+    TinyModelRecipe("tiny-sd14", seed=14, scheduler="PNDMScheduler", prediction_type="epsilon", text_hidden_size=32, sample_size=12),
+    TinyModelRecipe("tiny-sd15", seed=15, scheduler="EulerDiscreteScheduler", prediction_type="epsilon", text_hidden_size=32, sample_size=12),
+    TinyModelRecipe("tiny-sd2", seed=20, scheduler="DDIMScheduler", prediction_type="v_prediction", text_hidden_size=48, sample_size=16),
+    TinyModelRecipe("tiny-sd21", seed=21, scheduler="EulerDiscreteScheduler", prediction_type="v_prediction", text_hidden_size=48, sample_size=16),
+)
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """A 514-token CLIP vocabulary that spells any text byte by byte, with no unknown tokens."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tiny_pipeline(recipe: TinyModelRecipe):
+    """A StableDiffusionImg2ImgPipeline with tiny random components, seeded by the recipe."""
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    torch.manual_seed(recipe.seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=recipe.text_hidden_size,
+            intermediate_size=recipe.text_hidden_size * 2,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(vocab),
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+    )
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=recipe.sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=recipe.text_hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    # Four blocks: 8x downsampling like the real VAE, so latents stay small.
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=recipe.sample_size * 8,
+    )
+    scheduler_class = getattr(diffusers, recipe.scheduler)
+    scheduler_settings = dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=recipe.prediction_type,
+        steps_offset=1,
+    )
+    if "clip_sample" in inspect.signature(scheduler_class.__init__).parameters:
+        scheduler_settings["clip_sample"] = False  # as in the real SD schedulers
+    scheduler = scheduler_class(**scheduler_settings)
+    return diffusers.StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]:
+    """Build every tiny model into `models_dir/<name>` unless it is already there."""
+    models_dir = Path(models_dir)
+    built = []
+    for recipe in TINY_MODELS:
+        target = models_dir / recipe.name
+        if (target / "model_index.json").is_file() and not force:
+            continue
+        pipeline = build_tiny_pipeline(recipe)
+        pipeline.save_pretrained(target, safe_serialization=True)
+        (target / "recipe.json").write_text(json.dumps(recipe.__dict__, indent=2) + "\n")
+        built.append(target)
+    return built

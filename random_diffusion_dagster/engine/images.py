@@ -1,0 +1,220 @@
+"""Image I/O: finding source images, naming their partitions, loading, resizing, writing results."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, PngImagePlugin
+
+PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
+RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
+MAX_KEY_LENGTH = 120
+# Pillow's own bomb guard is a warning at 89 Mpx; we make anything above this an error.
+MAX_SOURCE_PIXELS = 64_000_000
+
+
+class ImageLoadError(ValueError):
+    """A source image cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file in the images folder, identified by what a directory scan gives cheaply."""
+
+    name: str
+    path: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def partition_key(self) -> str:
+        return partition_key_for(self.name)
+
+
+def partition_key_for(file_name: str) -> str:
+    """A Dagster-safe, stable partition key for a file name.
+
+    Names that are already safe are kept as they are. Anything else is reduced to
+    letters, digits, `_`, `-` and single dots, and gets a short hash of the original
+    name appended, so two names that reduce alike still get different keys.
+    """
+    normalized = unicodedata.normalize("NFC", file_name)
+    safe = re.sub(r"[^\w.\-]", "_", normalized, flags=re.UNICODE)
+    safe = re.sub(r"\.{2,}", ".", safe).strip("._") or "image"
+    if safe == file_name and len(safe) <= MAX_KEY_LENGTH:
+        return safe
+    digest = hashlib.sha1(file_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
+
+
+def scan_folder(folder: str | Path) -> list[SourceFile]:
+    """All visible regular files directly in `folder`, sorted by name; one scandir, no reads."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Images folder {folder} does not exist: create it and put images in it, "
+            "or point RANDOM_DIFFUSION_IMAGES_DIR at one."
+        )
+    files = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=True):
+                continue
+            stat = entry.stat()
+            files.append(SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns))
+    return sorted(files, key=lambda f: f.name)
+
+
+def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
+    """(format, (width, height)) read from the header; raises ImageLoadError for non-images."""
+    try:
+        with Image.open(path) as image:
+            return image.format or "unknown", image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"{path} is not an image Pillow can read: {exc}") from exc
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
+    """Load a source image upright and as RGB, whatever its mode, frames or EXIF orientation."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageLoadError(
+                        f"{path} is {width}x{height} ({width * height:,} pixels), above the "
+                        f"{max_pixels:,}-pixel limit for source images: downscale it first."
+                    )
+                image.seek(0)  # first frame of an animation
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{path} looks like a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path} cannot be decoded (truncated or not an image): {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping to white.
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def fit_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
+    """Scale so the longer side is `resolution`, keep the aspect ratio, round sides to `multiple`."""
+    width, height = size
+    scale = resolution / max(width, height)
+
+    def snap(side: float) -> int:
+        return max(multiple, int(round(side * scale / multiple)) * multiple)
+
+    return snap(width), snap(height)
+
+
+def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
+    target = fit_size(image.size, resolution)
+    if target == image.size:
+        return image
+    return image.resize(target, Image.Resampling.LANCZOS)
+
+
+def write_png_atomic(image: Image.Image, path: str | Path, parameters: str, record: dict) -> None:
+    """Write a PNG carrying its generation parameters, via a temporary file and a rename."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_CHUNK, parameters)
+    info.add_itxt(RECORD_CHUNK, json.dumps(record, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a partial write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: str | Path) -> dict | None:
+    """The JSON record embedded in a result PNG, or None if the file is missing or not ours."""
+    try:
+        with Image.open(path) as image:
+            raw = image.text.get(RECORD_CHUNK) if hasattr(image, "text") else None
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+
+
+def a1111_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:
+    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, one line of `Key: value`."""
+
+    def quote(value) -> str:
+        text = str(value)
+        return json.dumps(text) if any(c in text for c in ",:\n") else text
+
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {quote(value)}" for key, value in settings.items()))
+    return "\n".join(lines)
+
+
+def thumbnail_data_uri(image: Image.Image, size: int = 256, quality: int = 80) -> str:
+    """A small inline JPEG, small enough to live in Dagster's event log."""
+    thumb = image.convert("RGB").copy()
+    thumb.thumbnail((size, size))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def image_strip(images: list[Image.Image], height: int = 96, gap: int = 4) -> Image.Image:
+    """Images side by side at one height: a preview strip."""
+    scaled = [ImageOps.contain(im.convert("RGB"), (height * 4, height)) for im in images]
+    width = sum(im.width for im in scaled) + gap * max(0, len(scaled) - 1)
+    strip = Image.new("RGB", (max(width, 1), height), "white")
+    x = 0
+    for im in scaled:
+        strip.paste(im, (x, (height - im.height) // 2))
+        x += im.width + gap
+    return strip

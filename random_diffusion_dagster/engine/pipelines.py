@@ -1,0 +1,242 @@
+"""Loading diffusion pipelines and keeping the recently used ones resident under a budget."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .catalog import ModelSpec
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
+
+
+class ModelLoadError(RuntimeError):
+    """A catalog model could not be loaded; the message names the model, its source and the fix."""
+
+
+def pick_device(requested: str | None = None) -> str:
+    """The configured device, else cuda, then mps, then cpu."""
+    import torch
+
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"Device {requested!r} was requested but torch sees no CUDA device.")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(spec_dtype: str, device: str, override: str | None = None):
+    """fp16 on CUDA, fp32 elsewhere, unless the catalog entry or the resource says otherwise."""
+    import torch
+
+    name = override or spec_dtype
+    if name == "auto":
+        name = "float16" if device.startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
+def estimate_bytes(spec: ModelSpec) -> int:
+    """Weight bytes on disk for local models (0 when unknown): what loading will roughly cost."""
+    source = Path(spec.source)
+    if spec.source_kind == "single_file":
+        return source.stat().st_size if source.is_file() else 0
+    if spec.source_kind == "path" and source.is_dir():
+        return sum(p.stat().st_size for p in source.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    return 0
+
+
+def pipeline_bytes(pipeline) -> int:
+    """Bytes of parameters and buffers across the pipeline's torch modules."""
+    import torch
+
+    total = 0
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in component.parameters())
+            total += sum(t.numel() * t.element_size() for t in component.buffers())
+    return total
+
+
+def load_pipeline(spec: ModelSpec, device: str, dtype_override: str | None = None):
+    """Load one catalog model as an img2img pipeline on `device`, or raise ModelLoadError."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()  # one log line per load is enough
+    transformers.utils.logging.disable_progress_bar()
+    _check_source_exists(spec)
+    dtype = pick_dtype(spec.dtype, device, dtype_override)
+    try:
+        if spec.source_kind == "single_file":
+            pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_single_file(spec.source, dtype=dtype)
+        else:
+            pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(
+                spec.source, dtype=dtype, variant=spec.variant
+            )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
+    if spec.scheduler:
+        pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def _check_source_exists(spec: ModelSpec) -> None:
+    where = f"Model {spec.name!r} ({spec.source_kind}: {spec.source})"
+    source = Path(spec.source)
+    if spec.source_kind == "path":
+        if not source.is_dir():
+            raise ModelLoadError(
+                f"{where}: the folder does not exist. For the demo models run "
+                "`random-diffusion build-demo-models`; otherwise fix `path` in the catalog."
+            )
+        if not (source / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{where}: not a diffusers folder (no model_index.json). Point `path` at a folder "
+                "written by save_pretrained, or use `single_file` for a .safetensors/.ckpt checkpoint."
+            )
+    if spec.source_kind == "single_file" and not source.is_file():
+        raise ModelLoadError(f"{where}: the checkpoint file does not exist; fix `single_file` in the catalog.")
+
+
+def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
+    where = f"Model {spec.name!r} ({spec.source_kind}: {spec.source})"
+    text = str(exc)
+    if spec.source_kind == "hub_id":
+        hint = (
+            "The hub id is not in the local cache and the hub cannot be reached (or HF_HUB_OFFLINE=1). "
+            "Download it where the hub is reachable (`hf download <id>`) and copy the cache, "
+            "or point the catalog entry at a local `path`."
+        )
+    elif spec.variant and "variant" in text:
+        hint = f"The files for variant {spec.variant!r} are missing: remove `variant` or add those files."
+    else:
+        hint = "Its files are incomplete or corrupt: rebuild or re-download the model."
+    return f"{where} failed to load: {text.splitlines()[0] if text else type(exc).__name__}. {hint}"
+
+
+def _make_scheduler(spec: ModelSpec, config):
+    import diffusers
+
+    scheduler_class = getattr(diffusers, str(spec.scheduler), None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+        raise ModelLoadError(
+            f"Model {spec.name!r}: unknown scheduler {spec.scheduler!r}. Use a diffusers scheduler class "
+            f"name such as {', '.join(known[:6])}, ..."
+        )
+    return scheduler_class.from_config(config)
+
+
+@dataclass
+class ResidentPipeline:
+    spec: ModelSpec
+    pipeline: Any
+    load_seconds: float
+    nbytes: int
+
+
+class PipelineCache:
+    """Pipelines loaded on first use and kept; the least recently used go first.
+
+    Limits: at most `max_models` resident, and (if set) their weights within
+    `memory_budget_mb`. The old server preloaded every model and ran out of memory;
+    here only what the current work needs is resident.
+    """
+
+    def __init__(
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_models: int = 2,
+        memory_budget_mb: float | None = None,
+        log: Callable[[str], None] = lambda message: None,
+        loader: Callable[..., Any] = load_pipeline,
+    ):
+        if max_models < 1:
+            raise ValueError(f"max_models must be at least 1, got {max_models}.")
+        self.device = pick_device(device)
+        self.dtype = dtype
+        self.max_models = max_models
+        self.budget_bytes = int(memory_budget_mb * 2**20) if memory_budget_mb else None
+        self.loads = 0
+        self.evictions = 0
+        self._log = log
+        self._loader = loader
+        self._resident: OrderedDict[str, ResidentPipeline] = OrderedDict()
+
+    @property
+    def resident(self) -> list[str]:
+        """Names of resident models, least recently used first."""
+        return list(self._resident)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(r.nbytes for r in self._resident.values())
+
+    def get(self, spec: ModelSpec) -> tuple[Any, float]:
+        """(pipeline, seconds spent loading it now: 0.0 when it was already resident)."""
+        entry = self._resident.get(spec.name)
+        if entry is not None and entry.spec == spec:
+            self._resident.move_to_end(spec.name)
+            return entry.pipeline, 0.0
+        if entry is not None:
+            self.evict(spec.name)  # same name, changed catalog entry
+        self._make_room(estimate_bytes(spec))
+        started = time.perf_counter()
+        pipeline = self._loader(spec, self.device, self.dtype)
+        seconds = time.perf_counter() - started
+        self.loads += 1
+        self._resident[spec.name] = ResidentPipeline(spec, pipeline, seconds, pipeline_bytes(pipeline))
+        self._log(f"Loaded model {spec.name!r} on {self.device} in {seconds:.2f} s (resident: {self.resident})")
+        self._make_room(0, keep=spec.name)
+        return pipeline, seconds
+
+    def describe(self, name: str) -> dict[str, str]:
+        """Scheduler, dtype and device of a resident pipeline, for result records."""
+        pipeline = self._resident[name].pipeline
+        return {"scheduler": type(pipeline.scheduler).__name__, "dtype": str(pipeline.dtype).replace("torch.", ""),
+                "device": self.device}
+
+    def evict(self, name: str) -> None:
+        entry = self._resident.pop(name, None)
+        if entry is None:
+            return
+        self.evictions += 1
+        del entry
+        free_memory()
+        self._log(f"Evicted model {name!r} (resident: {self.resident})")
+
+    def clear(self) -> None:
+        for name in list(self._resident):
+            self.evict(name)
+
+    def _make_room(self, incoming_bytes: int, keep: str | None = None) -> None:
+        incoming = 0 if keep else 1
+        while True:
+            candidates = [n for n in self._resident if n != keep]
+            if not candidates:
+                return
+            over_count = len(self._resident) + incoming > self.max_models
+            over_budget = self.budget_bytes is not None and self.resident_bytes + incoming_bytes > self.budget_bytes
+            if not (over_count or over_budget):
+                return
+            self.evict(candidates[0])
+
+
+def free_memory() -> None:
+    """Drop unreachable tensors and hand cached CUDA blocks back, so a retry has room."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,119 @@
+"""The report over all results: a per-model table, the failures, and a contact sheet."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .images import read_record, write_bytes_atomic
+from .runner import failure_path
+
+SUMMARY_COLUMNS = [
+    "model", "images", "mean_inference_s", "p95_inference_s", "peak_vram_allocated_mb",
+    "peak_vram_reserved_mb", "failures",
+]
+THUMB = 128
+CAPTION_WIDTH = 360
+MAX_SHEET_ROWS = 48
+
+
+@dataclass
+class Report:
+    summary: pd.DataFrame
+    failures: pd.DataFrame
+    records: list[dict]
+    contact_sheet: Image.Image | None
+    contact_sheet_path: Path
+    summary_csv_path: Path
+
+    @property
+    def image_count(self) -> int:
+        return len(self.records)
+
+    @property
+    def failure_count(self) -> int:
+        return len(self.failures)
+
+
+def build_report(output_dir: str | Path, keys: list[str]) -> Report:
+    """Read every partition's result record and failure file; write summary.csv and contact_sheet.png."""
+    output_dir = Path(output_dir)
+    records, failures = [], []
+    for key in keys:
+        record = read_record(output_dir / f"{key}.png")
+        failure = failure_path(output_dir, key)
+        if failure.is_file():
+            failures.append(json.loads(failure.read_text()))
+        elif record:
+            records.append(record)
+        else:
+            failures.append({"key": key, "model": None, "error": "no result yet (missing or unreadable output file)"})
+    summary = summarize(records, failures)
+    report_dir = output_dir / "report"
+    csv_path = report_dir / "summary.csv"
+    write_bytes_atomic(csv_path, summary.to_csv(index=False).encode())
+    sheet = contact_sheet(records[:MAX_SHEET_ROWS]) if records else None
+    sheet_path = report_dir / "contact_sheet.png"
+    if sheet is not None:
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="PNG")
+        write_bytes_atomic(sheet_path, buffer.getvalue())
+    failures_frame = pd.DataFrame(failures, columns=["key", "model", "error"])
+    return Report(summary, failures_frame, records, sheet, sheet_path, csv_path)
+
+
+def summarize(records: list[dict], failures: list[dict]) -> pd.DataFrame:
+    """One row per model: count, mean and p95 inference seconds, peak GPU memory, failures."""
+    frame = pd.DataFrame(records, columns=["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb"])
+    grouped = frame.groupby("model")
+    summary = pd.DataFrame(
+        {
+            "images": grouped.size(),
+            "mean_inference_s": grouped["inference_seconds"].mean().round(4),
+            "p95_inference_s": grouped["inference_seconds"].quantile(0.95).round(4),
+            "peak_vram_allocated_mb": grouped["vram_peak_allocated_mb"].max(),
+            "peak_vram_reserved_mb": grouped["vram_peak_reserved_mb"].max(),
+        }
+    )
+    failed = pd.Series([f["model"] or "(unknown)" for f in failures], dtype=object).value_counts()
+    summary = summary.reindex(summary.index.union(failed.index))
+    summary["failures"] = failed.reindex(summary.index).fillna(0).astype(int)
+    summary["images"] = summary["images"].fillna(0).astype(int)
+    return summary.rename_axis("model").reset_index()[SUMMARY_COLUMNS]
+
+
+def contact_sheet(records: list[dict]) -> Image.Image:
+    """Source beside result for each record, captioned with prompt, model and seed."""
+    font = ImageFont.load_default(size=13)
+    row_height = THUMB + 8
+    sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, row_height * len(records) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, record in enumerate(records):
+        top = 4 + row * row_height
+        for column, path in enumerate((record["source_path"], record["output_path"])):
+            sheet.paste(_thumbnail(path), (4 + column * (THUMB + 8), top))
+        caption = "\n".join(
+            textwrap.wrap(record["prompt"], 44)[:4]
+            + [f"model: {record['model']}", f"seed: {record['seed']}  {record['inference_seconds']:.2f} s"]
+        )
+        draw.multiline_text((2 * THUMB + 20, top + 4), caption, fill="black", font=font, spacing=3)
+    return sheet
+
+
+def _thumbnail(path: str) -> Image.Image:
+    """A square tile of the image, or a grey tile saying why it is missing."""
+    tile = Image.new("RGB", (THUMB, THUMB), (220, 220, 220))
+    try:
+        with Image.open(path) as image:
+            picture = ImageOps.contain(ImageOps.exif_transpose(image).convert("RGB"), (THUMB, THUMB))
+    except (OSError, ValueError):
+        ImageDraw.Draw(tile).text((8, THUMB // 2), "missing", fill="black")
+        return tile
+    tile.paste(picture, ((THUMB - picture.width) // 2, (THUMB - picture.height) // 2))
+    return tile

@@ -1,0 +1,102 @@
+"""Dagster resources: where the data lives, and the engine that holds loaded pipelines."""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from .engine.catalog import ModelSpec, load_catalog
+from .engine.images import SourceFile, scan_folder
+from .engine.prompts import load_prompts
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_path(variable: str, default: str) -> str:
+    """A path knob: the environment variable if set, else the default under the project root."""
+    value = os.environ.get(variable)
+    return str(Path(value).expanduser().resolve()) if value else str(PROJECT_ROOT / default)
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """The folders and files a user edits, each with a default and an environment variable."""
+
+    images_dir: str = Field(
+        default_factory=lambda: _env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images"),
+        description="Folder of source images (RANDOM_DIFFUSION_IMAGES_DIR).",
+    )
+    output_dir: str = Field(
+        default_factory=lambda: _env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs"),
+        description="Folder the diffused PNGs and the report go to (RANDOM_DIFFUSION_OUTPUT_DIR).",
+    )
+    prompts_file: str = Field(
+        default_factory=lambda: _env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt"),
+        description="One prompt per line (RANDOM_DIFFUSION_PROMPTS_FILE).",
+    )
+    models_file: str = Field(
+        default_factory=lambda: _env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml"),
+        description="The model catalog (RANDOM_DIFFUSION_MODELS_FILE).",
+    )
+    seed: int = Field(
+        default_factory=lambda: int(os.environ.get("RANDOM_DIFFUSION_SEED", "0")),
+        description="Run seed: together with each image's content it decides prompt, model and "
+        "diffusion seed. Change it to re-roll every image (RANDOM_DIFFUSION_SEED).",
+    )
+
+    def source_files(self) -> list[SourceFile]:
+        return scan_folder(self.images_dir)
+
+    def files_by_key(self) -> dict[str, SourceFile]:
+        return {f.partition_key: f for f in self.source_files()}
+
+    def prompts(self) -> list[str]:
+        return load_prompts(self.prompts_file)
+
+    def catalog(self) -> list[ModelSpec]:
+        return load_catalog(self.models_file)
+
+
+class DiffusionEngineResource(dg.ConfigurableResource):
+    """Holds the run's loaded diffusion pipelines: loaded on first use, LRU-evicted, freed at teardown.
+
+    torch and diffusers are imported only when the first pipeline is needed, so loading
+    definitions, sensor ticks and the UI stay fast.
+    """
+
+    device: str | None = Field(default=None, description="cuda, cuda:1, mps or cpu; default: cuda, then mps, then cpu.")
+    dtype: str | None = Field(default=None, description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).")
+    max_resident_models: int = Field(default=2, description="Pipelines kept loaded at once; the least recently used is evicted.")
+    memory_budget_mb: float | None = Field(default=None, description="Cap on the resident pipelines' weights, in MiB.")
+    batch_size: int = Field(default=4, description="Images per pipeline call (same model, same size).")
+    torch_threads: int | None = Field(
+        default_factory=lambda: int(os.environ["RANDOM_DIFFUSION_TORCH_THREADS"]) if os.environ.get("RANDOM_DIFFUSION_TORCH_THREADS") else None,
+        description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
+    )
+    progress_bar: bool = Field(default=False, description="Show a terminal progress bar (the CLI turns it on).")
+
+    _cache = PrivateAttr(default=None)
+
+    def pipelines(self, log=lambda message: None):
+        """The run's PipelineCache, created on first use."""
+        if self._cache is None:
+            from .engine.pipelines import PipelineCache
+
+            if self.torch_threads:
+                import torch
+
+                torch.set_num_threads(self.torch_threads)
+            self._cache = PipelineCache(
+                device=self.device,
+                dtype=self.dtype,
+                max_models=self.max_resident_models,
+                memory_budget_mb=self.memory_budget_mb,
+                log=log,
+            )
+        return self._cache
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+            self._cache = None
