@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny real models built once per session, a project folder per test."""
+
+import os
+
+# Before torch is imported anywhere: one thread is much faster for tiny models on small
+# CPUs, and the hub must never be contacted.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from pathlib import Path
+
+import pytest
+from helpers import make_image, write_catalog
+
+from random_diffusion_dagster.engine.demo_models import build_demo_models
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    directory = tmp_path_factory.mktemp("models")
+    build_demo_models(directory)
+    return directory
+
+
+@pytest.fixture
+def project(tmp_path, models_dir):
+    """An images folder with three images, a prompts file and a two-model catalog."""
+    images = tmp_path / "images"
+    make_image(images / "red.png", color=(200, 40, 40))
+    make_image(images / "green photo.jpg", size=(60, 90), color=(40, 200, 40))
+    make_image(images / "blue.webp", size=(100, 40), color=(40, 40, 200))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# comment\na red fox\n\nan ice castle\nthe sea at night\n")
+    catalog = write_catalog(tmp_path / "models.yaml", models_dir)
+    return {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(prompts),
+        "models_file": str(catalog),
+        "seed": 0,
+    }

@@ -1,0 +1,28 @@
+"""Test helpers: small generated images and catalogs of the tiny models."""
+
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+FAST_DEFAULTS = {"resolution": 64, "num_inference_steps": 4, "strength": 0.5, "guidance_scale": 7.5}
+
+
+def write_catalog(path: Path, models_dir: Path, names=("tiny-sd15", "tiny-sd2"), **overrides) -> Path:
+    document = {
+        "defaults": {**FAST_DEFAULTS, **overrides},
+        "models": [{"name": name, "path": str(models_dir / name)} for name in names],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def make_image(path: Path, size=(80, 60), color=(200, 40, 40), mode="RGB") -> Path:
+    """A small image with some structure, so different files differ in content."""
+    image = Image.new("RGB", size, color)
+    for x in range(0, size[0], 7):
+        for y in range(0, size[1], 5):
+            image.putpixel((x, y), ((x * 3) % 256, (y * 5) % 256, (x + y) % 256))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert(mode).save(path)
+    return path

@@ -1,0 +1,153 @@
+"""Real Dagster materializations through the tiny pipelines, on a real temporary instance."""
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import make_image
+from PIL import Image
+
+from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.engine.images import partition_key_for, read_record
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+
+ALL_ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _resources(project, **dataset):
+    return {"dataset": DatasetResource(**{**project, **dataset}), "engine": DiffusionEngineResource(device="cpu")}
+
+
+def _materialize(instance, project, selection, tags=None, run_config=None, **dataset):
+    return dg.materialize(
+        ALL_ASSETS, selection=selection, instance=instance, resources=_resources(project, **dataset),
+        tags=tags or {}, run_config=run_config, raise_on_error=False,
+    )
+
+
+def _diffuse_all(instance, project, run_config=None, **dataset):
+    _materialize(instance, project, ["source_images"], **dataset)
+    keys = instance.get_dynamic_partitions("images")
+    result = _materialize(
+        instance, project, ["prompt_list", "model_catalog", "diffused_image"],
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1]}, run_config=run_config, **dataset,
+    )
+    return keys, result
+
+
+def _partition_metadata(instance, key):
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("diffused_image"), asset_partitions=[key]), limit=1
+    ).records
+    return {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def test_source_images_registers_partitions_and_lists_skipped_files(instance, project):
+    Path(project["images_dir"], "notes.txt").write_text("not an image")
+    result = _materialize(instance, project, ["source_images"])
+    assert result.success
+    assert instance.get_dynamic_partitions("images") == ["blue.webp", partition_key_for("green photo.jpg"), "red.png"]
+    metadata = result.asset_materializations_for_node("source_images")[0].metadata
+    assert metadata["count"].value == 3 and metadata["skipped"].value == 1
+    assert "notes.txt" in metadata["skipped_files"].value and "data:image/jpeg;base64," in metadata["preview"].value
+
+
+def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(instance, project):
+    keys, result = _diffuse_all(instance, project)
+    assert result.success
+    assert instance.get_materialized_partitions(dg.AssetKey("diffused_image")) == set(keys)
+    per_partition = {key: _partition_metadata(instance, key) for key in keys}
+    for key, metadata in per_partition.items():
+        for field in ("prompt", "model", "seed", "strength", "num_inference_steps", "guidance_scale", "source_size",
+                      "output_size", "pipeline_load_seconds", "inference_seconds", "total_seconds",
+                      "vram_peak_allocated_mb", "vram_peak_reserved_mb", "rss_peak_mb", "device", "output_path", "preview"):
+            assert field in metadata, (key, field)
+        assert Path(metadata["output_path"]) == Path(project["output_dir"]) / f"{key}.png"
+        assert read_record(metadata["output_path"])["seed"] == metadata["seed"]
+        assert metadata["vram_peak_allocated_mb"] == 0.0 and metadata["device"] == "cpu"
+    assert len({m["seed"] for m in per_partition.values()}) == len(keys)
+    assert {m["source_size"] for m in per_partition.values()} == {"80x60", "60x90", "100x40"}
+    assert {m["output_size"] for m in per_partition.values()} == {"64x48", "40x64", "64x24"}
+    run = result.asset_materializations_for_node("diffused_image")[0].metadata
+    models_used = {m["model"] for m in per_partition.values()}
+    assert run["pipeline_loads"].value == len(models_used) and run["generated"].value == len(keys)
+
+
+def test_same_seed_reproduces_pixels_and_a_new_seed_rerolls(instance, project):
+    keys, _ = _diffuse_all(instance, project)
+    first = {k: (_partition_metadata(instance, k), _pixels(Path(project["output_dir"]) / f"{k}.png")) for k in keys}
+    for path in Path(project["output_dir"]).glob("*.png"):
+        path.unlink()
+    _diffuse_all(instance, project)
+    for key in keys:
+        metadata = _partition_metadata(instance, key)
+        assert (metadata["prompt"], metadata["model"], metadata["seed"]) == (
+            first[key][0]["prompt"], first[key][0]["model"], first[key][0]["seed"])
+        assert metadata["reused_existing"] is False
+        assert np.array_equal(_pixels(metadata["output_path"]), first[key][1])
+    _, result = _diffuse_all(instance, project, seed=7)
+    assert result.success
+    assert all(_partition_metadata(instance, k)["seed"] != first[k][0]["seed"] for k in keys)
+
+
+def test_run_config_prompt_list_overrides_the_file(instance, project):
+    override = {"ops": {"prompt_list": {"config": {"prompt_list": ["cat dancing in rain"]}}}}
+    keys, result = _diffuse_all(instance, project, run_config=override)
+    assert result.success
+    assert {_partition_metadata(instance, k)["prompt"] for k in keys} == {"cat dancing in rain"}
+
+
+def test_empty_prompt_override_fails_with_a_clear_error(instance, project):
+    _materialize(instance, project, ["source_images"])
+    result = _materialize(instance, project, ["prompt_list"], run_config={"ops": {"prompt_list": {"config": {"prompt_list": [" "]}}}})
+    assert not result.success
+    assert "prompt list from run config `prompt_list` is empty" in str(result.get_step_failure_events()[0].step_failure_data.error)
+
+
+def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance, project):
+    bad = make_image(Path(project["images_dir"]) / "bad.png")
+    original = bad.read_bytes()
+    bad.write_bytes(original[:70])  # truncated after the header: discovered, but cannot be decoded
+    keys, result = _diffuse_all(instance, project)
+    assert "bad.png" in keys and not result.success
+    error = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "1 of 4 images failed" in error and "bad.png" in error
+    good = [k for k in keys if k != "bad.png"]
+    assert all((Path(project["output_dir"]) / f"{k}.png").is_file() for k in good)
+    assert not (Path(project["output_dir"]) / "bad.png.png").exists()
+
+    bad.write_bytes(original)  # the user fixes the file
+    _, rerun = _diffuse_all(instance, project)
+    assert rerun.success
+    run = rerun.asset_materializations_for_node("diffused_image")[0].metadata
+    assert run["generated"].value == 1 and run["reused"].value == 3
+    assert all(_partition_metadata(instance, k)["reused_existing"] for k in good)
+    assert _partition_metadata(instance, "bad.png")["reused_existing"] is False
+
+
+def test_report_summarises_per_model_and_draws_a_contact_sheet(instance, project):
+    keys, _ = _diffuse_all(instance, project)
+    result = _materialize(instance, project, ["diffusion_report"])
+    assert result.success
+    metadata = result.asset_materializations_for_node("diffusion_report")[0].metadata
+    assert metadata["images"].value == len(keys) and metadata["failures"].value == 0
+    summary = pd.read_csv(metadata["summary_csv"].value)
+    models = {_partition_metadata(instance, k)["model"] for k in keys}
+    assert set(summary["model"]) == models and summary["images"].sum() == len(keys)
+    assert (summary["mean_inference_s"] > 0).all() and (summary["p95_inference_s"] >= summary["mean_inference_s"] - 1e-9).all()
+    with Image.open(metadata["contact_sheet_path"].value) as sheet:
+        assert sheet.height >= 128 * len(keys)
+    assert metadata["contact_sheet"].value.startswith("![contact sheet](data:image/jpeg;base64,")

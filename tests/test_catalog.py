@@ -1,0 +1,88 @@
+import pytest
+
+from random_diffusion_dagster.engine.catalog import CatalogError, find_model, load_catalog, parse_catalog
+from random_diffusion_dagster.engine.pipelines import ModelLoadError, load_pipeline
+
+
+def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tmp_path):
+    (tmp_path / "catalog.yaml").write_text(
+        "defaults: {resolution: 64, num_inference_steps: 8}\n"
+        "models:\n"
+        "  - {name: a, path: models/a}\n"
+        "  - {name: b, hub_id: org/model, resolution: 512, scheduler: DDIMScheduler}\n"
+    )
+    a, b = load_catalog(tmp_path / "catalog.yaml")
+    assert a.source == str(tmp_path / "models" / "a") and a.resolution == 64 and a.strength == 0.75
+    assert b.source_kind == "hub_id" and b.source == "org/model" and b.resolution == 512
+    assert b.scheduler == "DDIMScheduler" and b.num_inference_steps == 8
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({"models": [{"name": "x"}]}, "exactly one of"),
+        ({"models": [{"name": "x", "path": "p", "hub_id": "h"}]}, "exactly one of"),
+        ({"models": [{"name": "x", "path": "p", "stregth": 0.5}]}, r"unknown settings \['stregth'\]"),
+        ({"models": [{"name": "x", "path": "p", "num_inference_steps": 2, "strength": 0.3}]}, "no denoising step"),
+        ({"models": [{"name": "x", "path": "p", "resolution": 100}]}, "multiple of 8"),
+        ({"models": [{"name": "x", "path": "p"}, {"name": "x", "path": "q"}]}, "unique"),
+        ({"models": []}, "empty"),
+        ({"model": []}, "models:"),
+    ],
+)
+def test_bad_catalogs_are_refused_with_the_reason(tmp_path, document, message):
+    with pytest.raises(CatalogError, match=message):
+        parse_catalog(document, base_dir=tmp_path)
+
+
+def test_unknown_model_name_lists_the_known_ones(tmp_path):
+    catalog = parse_catalog({"models": [{"name": "a", "path": "a"}]}, base_dir=tmp_path)
+    with pytest.raises(CatalogError, match=r"Unknown model 'b'.*\['a'\]"):
+        find_model(catalog, "b")
+
+
+def test_missing_catalog_file_names_the_variable(tmp_path):
+    with pytest.raises(CatalogError, match="RANDOM_DIFFUSION_MODELS_FILE"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def _spec(tmp_path, **entry):
+    return parse_catalog({"models": [{"name": "m", **entry}]}, base_dir=tmp_path)[0]
+
+
+def test_missing_folder_says_how_to_build_the_demo_models(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"Model 'm'.*does not exist.*build-demo-models"):
+        load_pipeline(_spec(tmp_path, path="absent"), "cpu")
+
+
+def test_folder_without_model_index_is_not_a_diffusers_folder(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ModelLoadError, match="not a diffusers folder"):
+        load_pipeline(_spec(tmp_path, path="weights"), "cpu")
+
+
+def test_missing_single_file_checkpoint(tmp_path):
+    with pytest.raises(ModelLoadError, match="checkpoint file does not exist"):
+        load_pipeline(_spec(tmp_path, single_file="x.safetensors"), "cpu")
+
+
+def test_uncached_hub_id_while_offline_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError, match=r"Model 'm' \(hub_id: nobody/no-such-model\).*not in the local cache"):
+        load_pipeline(_spec(tmp_path, hub_id="nobody/no-such-model"), "cpu")
+
+
+def test_unknown_scheduler_names_the_model(tmp_path, models_dir):
+    spec = _spec(tmp_path, path=str(models_dir / "tiny-sd15"), scheduler="WarpDriveScheduler")
+    with pytest.raises(ModelLoadError, match="Model 'm': unknown scheduler 'WarpDriveScheduler'"):
+        load_pipeline(spec, "cpu")
+
+
+def test_corrupt_weights_name_the_model(tmp_path, models_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(models_dir / "tiny-sd15", broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match=r"Model 'm' \(path: .*broken\) failed to load"):
+        load_pipeline(_spec(tmp_path, path="broken"), "cpu")

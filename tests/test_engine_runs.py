@@ -1,0 +1,173 @@
+"""The engine alone, on real tiny pipelines: caching, batching, reuse, failures, OOM fallbacks."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.choice import plan_job
+from random_diffusion_dagster.engine.images import file_sha256, read_record, scan_folder
+from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline, pipeline_bytes
+from random_diffusion_dagster.engine.runner import failure_path, run_jobs
+
+from helpers import make_image, write_catalog
+
+
+def _jobs(project, seed=0):
+    catalog = load_catalog(project["models_file"])
+    prompts = ["a red fox", "an ice castle"]
+    return [
+        plan_job(f.partition_key, f.path, file_sha256(f.path), prompts, catalog, seed, project["output_dir"])
+        for f in scan_folder(project["images_dir"])
+    ]
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def test_lru_cache_loads_once_and_evicts_least_recently_used(tmp_path, models_dir):
+    specs = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd14", "tiny-sd15", "tiny-sd2")))
+    cache = PipelineCache(device="cpu", max_models=2)
+    first, seconds = cache.get(specs[0])
+    assert seconds > 0 and cache.loads == 1
+    assert cache.get(specs[0]) == (first, 0.0)  # resident: no second load
+    cache.get(specs[1])
+    cache.get(specs[0])  # touch: specs[1] is now least recently used
+    cache.get(specs[2])
+    assert cache.resident == ["tiny-sd14", "tiny-sd2"] and cache.loads == 3 and cache.evictions == 1
+    cache.clear()
+    assert cache.resident == []
+
+
+def test_memory_budget_keeps_only_what_fits(tmp_path, models_dir):
+    specs = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd14", "tiny-sd15")))
+    one_model = PipelineCache(device="cpu").get(specs[0])[0]
+    budget_mb = pipeline_bytes(one_model) / 2**20 * 1.5
+    cache = PipelineCache(device="cpu", max_models=4, memory_budget_mb=budget_mb)
+    cache.get(specs[0])
+    cache.get(specs[1])
+    assert cache.resident == ["tiny-sd15"]
+    assert cache.resident_bytes <= budget_mb * 2**20
+
+
+def test_batching_does_not_change_pixels_and_each_model_loads_once(project):
+    jobs = _jobs(project)
+    batched = run_jobs(jobs, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None)
+    assert [r.status for r in batched.results] == ["generated"] * 3
+    assert batched.pipeline_loads == len({j.model.name for j in jobs})
+    first = {j.key: _pixels(j.output_path) for j in jobs}
+    for job in jobs:
+        failure_path(project["output_dir"], job.key).unlink(missing_ok=True)
+        os.remove(job.output_path)
+    single = run_jobs(jobs, PipelineCache(device="cpu"), batch_size=1, log=lambda m: None)
+    assert [r.status for r in single.results] == ["generated"] * 3
+    for job in jobs:
+        assert np.abs(_pixels(job.output_path) - first[job.key]).max() <= 1, job.key
+
+
+def test_rerun_reuses_identical_results_and_a_new_seed_rerolls(project):
+    jobs = _jobs(project)
+    run_jobs(jobs, PipelineCache(device="cpu"), log=lambda m: None)
+    before = {j.key: _pixels(j.output_path) for j in jobs}
+    again = run_jobs(jobs, PipelineCache(device="cpu"), log=lambda m: None)
+    assert [r.status for r in again.results] == ["reused"] * 3 and again.pipeline_loads == 0
+    rerolled = _jobs(project, seed=1)
+    assert any(a.seed != b.seed for a, b in zip(jobs, rerolled))
+    run_jobs(rerolled, PipelineCache(device="cpu"), log=lambda m: None)
+    assert any(not np.array_equal(before[j.key], _pixels(j.output_path)) for j in rerolled)
+
+
+def test_a_bad_image_fails_alone_and_is_recorded(project):
+    broken = make_image(Path(project["images_dir"]) / "broken.png")
+    broken.write_bytes(broken.read_bytes()[:60])
+    results = run_jobs(_jobs(project), PipelineCache(device="cpu"), log=lambda m: None).results
+    status = {r.job.key: r.status for r in results}
+    assert status.pop("broken.png") == "failed"
+    assert set(status.values()) == {"generated"}
+    error = [r.error for r in results if r.status == "failed"][0]
+    assert "broken.png" in error and "truncated" in error
+    assert failure_path(project["output_dir"], "broken.png").is_file()
+
+
+def test_result_records_carry_the_choice_and_timings(project):
+    job = _jobs(project)[0]
+    run_jobs([job], PipelineCache(device="cpu"), log=lambda m: None)
+    record = read_record(job.output_path)
+    assert record["prompt"] == job.prompt and record["model"] == job.model.name and record["seed"] == job.seed
+    assert record["device"] == "cpu" and record["dtype"] == "float32"
+    assert record["inference_seconds"] > 0 and record["rss_peak_mb"] > 100
+    assert record["fingerprint"] == job.fingerprint and record["fallback"] == "none"
+    with Image.open(job.output_path) as image:
+        assert f"Seed: {job.seed}" in image.text["parameters"]
+
+
+class OutOfMemoryAbove:
+    """Wraps a real pipeline and raises CUDA's OOM error for batches above a size.
+
+    A CUDA device cannot exist here, so only the error it would raise is simulated.
+    """
+
+    def __init__(self, pipeline, max_batch, fail_until_tiling=False):
+        self.pipeline, self.max_batch, self.fail_until_tiling = pipeline, max_batch, fail_until_tiling
+        self.vae, self.calls, self.tiling = pipeline.vae, [], False
+        self.vae.enable_tiling = lambda: setattr(self, "tiling", True)
+        self.vae.disable_tiling = lambda: setattr(self, "tiling", False)
+
+    def __getattr__(self, name):
+        return getattr(self.pipeline, name)
+
+    def __call__(self, **kwargs):
+        size = len(kwargs["prompt"])
+        self.calls.append((size, self.tiling))
+        if size > self.max_batch or (self.fail_until_tiling and not self.tiling):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.pipeline(**kwargs)
+
+
+def _oom_cache(wrapper_args):
+    wrappers = []
+
+    def loader(spec, device, dtype):
+        wrappers.append(OutOfMemoryAbove(load_pipeline(spec, device, dtype), **wrapper_args))
+        return wrappers[-1]
+
+    return PipelineCache(device="cpu", loader=loader), wrappers
+
+
+@pytest.fixture
+def one_model_project(project, models_dir, tmp_path):
+    """Three same-size images and a one-model catalog: they all land in one batch."""
+    images = tmp_path / "same_size"
+    for index in range(3):
+        make_image(images / f"img{index}.png", size=(64, 64), color=(60 * index, 90, 30))
+    write_catalog(tmp_path / "one.yaml", models_dir, names=("tiny-sd15",))
+    return {**project, "images_dir": str(images), "models_file": str(tmp_path / "one.yaml")}
+
+
+def test_out_of_memory_splits_the_batch_and_records_the_fallback(one_model_project):
+    cache, wrappers = _oom_cache({"max_batch": 1})
+    results = run_jobs(_jobs(one_model_project), cache, batch_size=4, log=lambda m: None).results
+    assert [r.status for r in results] == ["generated"] * 3
+    assert [r.record["fallback"] for r in results] == ["batch_split"] * 3
+    assert wrappers[0].calls == [(3, False), (1, False), (1, False), (1, False)]
+
+
+def test_out_of_memory_at_batch_one_tries_vae_tiling(one_model_project):
+    cache, wrappers = _oom_cache({"max_batch": 4, "fail_until_tiling": True})
+    job = _jobs(one_model_project)[0]
+    (result,) = run_jobs([job], cache, log=lambda m: None).results
+    assert result.status == "generated" and result.record["fallback"] == "vae_tiling"
+    assert wrappers[0].calls == [(1, False), (1, True)] and wrappers[0].tiling is False
+
+
+def test_persistent_out_of_memory_fails_only_that_image_with_a_clear_message(one_model_project):
+    cache, _ = _oom_cache({"max_batch": 0})
+    results = run_jobs(_jobs(one_model_project), cache, log=lambda m: None).results
+    assert [r.status for r in results] == ["failed"] * 3
+    assert "out of memory even at batch size 1 with VAE tiling" in results[0].error
+    assert "img0.png" in results[0].error

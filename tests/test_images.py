@@ -1,0 +1,139 @@
+import io
+import re
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from random_diffusion_dagster.engine.choice import output_path_for
+from random_diffusion_dagster.engine.images import (
+    ImageLoadError,
+    a1111_parameters,
+    fit_size,
+    fit_to_resolution,
+    load_rgb,
+    partition_key_for,
+    read_record,
+    scan_folder,
+    write_png_atomic,
+)
+
+DAGSTER_UNSAFE = re.compile(r"\.\.\.|[|,\[\]\x00-\x1f/\\]")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a b.png", "weird|name.jpg", "x...y.png", "[1],2.png", "тест фото.jpg", "日本.png", "tab\there.png", "." * 5 + "x.png", "n" * 300 + ".png"],
+)
+def test_partition_keys_are_dagster_safe_and_bounded(name):
+    key = partition_key_for(name)
+    assert not DAGSTER_UNSAFE.search(key)
+    assert 0 < len(key) <= 120
+    assert partition_key_for(name) == key  # stable
+
+
+def test_safe_names_are_kept_as_they_are():
+    assert partition_key_for("cat-01_final.jpg") == "cat-01_final.jpg"
+
+
+def test_names_that_sanitise_alike_get_distinct_keys():
+    names = ["a b.png", "a|b.png", "a_b.png", "a,b.png", "a b.jpg"]
+    keys = [partition_key_for(n) for n in names]
+    assert len(set(keys)) == len(names)
+
+
+def test_output_paths_cannot_leave_the_output_folder(tmp_path):
+    assert output_path_for(tmp_path, "cat.jpg") == tmp_path.resolve() / "cat.jpg.png"
+    with pytest.raises(ValueError, match="outside"):
+        output_path_for(tmp_path, "../escape")
+
+
+@pytest.mark.parametrize(
+    "size, resolution, expected",
+    [
+        ((3072, 3072), 512, (512, 512)),
+        ((4000, 1000), 512, (512, 128)),
+        ((1000, 4000), 512, (128, 512)),
+        ((333, 197), 64, (64, 40)),
+        ((50, 30), 128, (128, 80)),
+        ((10000, 10), 64, (64, 8)),
+    ],
+)
+def test_fit_size_keeps_aspect_and_multiples_of_eight(size, resolution, expected):
+    width, height = fit_size(size, resolution)
+    assert (width, height) == expected
+    assert width % 8 == 0 and height % 8 == 0
+
+
+def test_large_image_is_downscaled_for_the_model():
+    assert fit_to_resolution(Image.new("RGB", (3072, 2048)), 512).size == (512, 344)
+
+
+def _save(image, path, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+def test_every_mode_loads_as_rgb(tmp_path):
+    files = [
+        _save(Image.new("RGBA", (20, 10), (255, 0, 0, 0)), tmp_path / "alpha.png"),
+        _save(Image.new("P", (20, 10)), tmp_path / "palette.png"),
+        _save(Image.new("CMYK", (20, 10), (0, 255, 0, 0)), tmp_path / "cmyk.jpg"),
+        _save(Image.new("I;16", (20, 10), 40000), tmp_path / "sixteen.png"),
+        _save(Image.new("L", (20, 10), 128), tmp_path / "gray.png"),
+    ]
+    for path in files:
+        image = load_rgb(path)
+        assert image.mode == "RGB" and image.size == (20, 10), path
+    # Transparent pixels become white, not black; 16-bit gray is scaled, not clipped.
+    assert load_rgb(tmp_path / "alpha.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb(tmp_path / "sixteen.png").getpixel((0, 0))[0] == 40000 // 256
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    path = _save(image, tmp_path / "rotated.jpg", exif=exif)
+    assert load_rgb(path).size == (20, 40)
+
+
+def test_unreadable_and_truncated_files_name_the_file(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    full = io.BytesIO()
+    Image.new("RGB", (200, 200), "blue").save(full, format="PNG")
+    truncated = tmp_path / "half.png"
+    truncated.write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    for path in (text, truncated):
+        with pytest.raises(ImageLoadError, match=re.escape(path.name)):
+            load_rgb(path)
+
+
+def test_oversized_image_is_refused_with_the_limit(tmp_path):
+    path = _save(Image.new("RGB", (300, 300)), tmp_path / "big.png")
+    with pytest.raises(ImageLoadError, match="big.png is 300x300.*89,999-pixel limit"):
+        load_rgb(path, max_pixels=89_999)
+
+
+def test_png_carries_a1111_parameters_and_a_json_record(tmp_path):
+    path = tmp_path / "out.png"
+    parameters = a1111_parameters("a cat, dancing", "blurry", {"Steps": 10, "Seed": 7, "Model": "m:1"})
+    write_png_atomic(Image.new("RGB", (8, 8)), path, parameters, {"seed": 7, "prompt": "a cat, dancing"})
+    with Image.open(path) as image:
+        assert image.text["parameters"] == 'a cat, dancing\nNegative prompt: blurry\nSteps: 10, Seed: 7, Model: "m:1"'
+    assert read_record(path) == {"seed": 7, "prompt": "a cat, dancing"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
+
+
+def test_read_record_ignores_foreign_and_missing_files(tmp_path):
+    foreign = _save(Image.new("RGB", (4, 4)), tmp_path / "plain.png", pnginfo=PngImagePlugin.PngInfo())
+    assert read_record(foreign) is None
+    assert read_record(tmp_path / "absent.png") is None
+
+
+def test_scan_skips_hidden_files_and_folders(tmp_path):
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.png").write_bytes(b"x")
+    (tmp_path / "a.png").write_bytes(b"xy")
+    assert [(f.name, f.size) for f in scan_folder(tmp_path)] == [("a.png", 2), ("b.png", 1)]
