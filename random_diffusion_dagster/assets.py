@@ -154,8 +154,18 @@ def diffused_image(
     return dg.MaterializeResult(metadata=run_metadata)
 
 
+# Refresh after diffused images change, but (unlike `eager()`) do not wait for every
+# partition: one image that keeps failing must not block the report forever.
+REPORT_AUTOMATION = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after diffused images update")
+
+
 @dg.asset(
     deps=[diffused_image],
+    automation_condition=REPORT_AUTOMATION,
     group_name="diffusion",
     description="Per-model summary of every diffused image and a contact sheet of sources beside results.",
 )

@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
+from .jobs import partition_range_tags
 from .resources import PROJECT_ROOT
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def project_instance() -> dg.DagsterInstance:
@@ -53,7 +53,7 @@ def run_command(args: argparse.Namespace) -> int:
             chunk = keys[start : start + args.max_partitions_per_run]
             result = job.execute_in_process(
                 instance=instance,
-                tags={RANGE_START: chunk[0], RANGE_END: chunk[-1]},
+                tags=partition_range_tags(chunk[0], chunk[-1]),
                 run_config={"resources": resources_config, "ops": ops_config, **QUIET_LOGS},
                 raise_on_error=False,
             )

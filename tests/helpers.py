@@ -24,5 +24,6 @@ def make_image(path: Path, size=(80, 60), color=(200, 40, 40), mode="RGB") -> Pa
         for y in range(0, size[1], 5):
             image.putpixel((x, y), ((x * 3) % 256, (y * 5) % 256, (x + y) % 256))
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.convert(mode).save(path)
+    known_extension = path.suffix.lower() in Image.registered_extensions()
+    image.convert(mode).save(path, format=None if known_extension else "PNG")
     return path

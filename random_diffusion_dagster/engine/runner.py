@@ -25,6 +25,7 @@ from .images import (
     write_bytes_atomic,
     write_png_atomic,
 )
+from .freshness import stat_signature
 from .pipelines import ModelLoadError, PipelineCache, free_memory
 
 FAILURES_DIR = ".failures"
@@ -253,6 +254,7 @@ def _finish_batch(batch: _Batch, outcomes, cache: PipelineCache, load_seconds: f
 
 def _record(job, source, image, pipeline_info, memory, fallbacks, count, load_seconds, batch_seconds) -> dict:
     spec = job.model
+    source_bytes, source_mtime_ns = stat_signature(job.source_path)
     with Image.open(job.source_path) as original:
         source_size = f"{original.width}x{original.height}"
     return {
@@ -271,6 +273,9 @@ def _record(job, source, image, pipeline_info, memory, fallbacks, count, load_se
         "guidance_scale": spec.guidance_scale,
         "source_path": job.source_path,
         "source_sha256": job.source_sha256,
+        # With the fingerprint these let a schedule see a stale result without hashing the source.
+        "source_bytes": source_bytes,
+        "source_mtime_ns": source_mtime_ns,
         "source_size": source_size,
         "model_input_size": f"{source.width}x{source.height}",
         "output_size": f"{image.width}x{image.height}",

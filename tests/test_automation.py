@@ -1,0 +1,145 @@
+"""The sensor and the catch-up schedule, evaluated against a real instance."""
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from helpers import make_image
+
+from random_diffusion_dagster.engine.images import partition_key_for
+from random_diffusion_dagster.jobs import RANGE_END_TAG, RANGE_START_TAG
+from random_diffusion_dagster.resources import DatasetResource
+from random_diffusion_dagster.schedules import catch_up_schedule
+from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
+
+from test_assets import _diffuse_all
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _age(path: Path, seconds: float = SETTLE_SECONDS + 5) -> None:
+    """Make a file look like it was written a while ago (settled)."""
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def _tick(instance, project, cursor=None):
+    """Evaluate the sensor once and apply its partition requests, as the daemon does."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
+    result = new_images_sensor(context)
+    for request in result.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return result
+
+
+def _ranges(result):
+    return [(r.tags.get(RANGE_START_TAG), r.tags.get(RANGE_END_TAG)) for r in result.run_requests if RANGE_START_TAG in r.tags]
+
+
+def test_sensor_adds_settled_images_in_one_ranged_run_and_skips_non_images(instance, project):
+    images = Path(project["images_dir"])
+    (images / "notes.png").write_text("plain text with an image extension")
+    make_image(images / "photo-without-extension")
+    for path in images.iterdir():
+        _age(path)
+    result = _tick(instance, project)
+    expected = sorted(partition_key_for(p.name) for p in images.iterdir() if p.name != "notes.png")
+    assert instance.get_dynamic_partitions("images") == expected
+    assert _ranges(result) == [(expected[0], expected[-1])]
+    again = _tick(instance, project, result.cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+
+
+def test_half_written_file_waits_until_its_size_settles(instance, project):
+    images = Path(project["images_dir"])
+    for path in images.iterdir():
+        _age(path)
+    cursor = _tick(instance, project).cursor
+    growing = images / "upload.png"
+    growing.write_bytes(make_image(images / "tmp.bin").read_bytes()[:40])
+    (images / "tmp.bin").unlink()
+    first = _tick(instance, project, cursor)
+    assert first.run_requests == [] and "upload.png" not in instance.get_dynamic_partitions("images")
+    make_image(growing)  # the copy finishes: the size changes again
+    second = _tick(instance, project, first.cursor)
+    assert second.run_requests == []
+    third = _tick(instance, project, second.cursor)  # unchanged since the last tick: settled
+    assert _ranges(third) == [("upload.png", "upload.png")]
+
+
+def test_replaced_file_runs_again_and_deleted_file_loses_its_partition(instance, project):
+    images = Path(project["images_dir"])
+    for path in images.iterdir():
+        _age(path)
+    cursor = _tick(instance, project).cursor
+    make_image(images / "red.png", color=(10, 10, 10))
+    _age(images / "red.png", SETTLE_SECONDS + 1)
+    (images / "blue.webp").unlink()
+    result = _tick(instance, project, cursor)
+    assert [r.partition_key for r in result.run_requests] == ["red.png"]
+    assert "blue.webp" not in instance.get_dynamic_partitions("images")
+    assert "red.png" in instance.get_dynamic_partitions("images")
+
+
+def test_ten_thousand_files_tick_fast_and_arrive_as_few_batched_runs(instance, tmp_path):
+    images = tmp_path / "many"
+    images.mkdir()
+    payload = make_image(tmp_path / "seed.png", size=(8, 8)).read_bytes()
+    for index in range(10_000):
+        (images / f"img{index:05d}.png").write_bytes(payload)
+        _age(images / f"img{index:05d}.png")
+    project = {"images_dir": str(images), "output_dir": str(tmp_path / "out")}
+    started = time.perf_counter()
+    result = _tick(instance, project)
+    first_tick = time.perf_counter() - started
+    started = time.perf_counter()
+    again = _tick(instance, project, result.cursor)
+    quiet_tick = time.perf_counter() - started
+    assert len(instance.get_dynamic_partitions("images")) == 10_000
+    assert len(result.run_requests) == 313  # ceil(10000 / 32)
+    assert again.run_requests == []
+    assert first_tick < 30 and quiet_tick < 5, (first_tick, quiet_tick)
+    assert len(json.dumps(json.loads(again.cursor))) < 600_000
+
+
+def _schedule_requests(instance, project, **dataset):
+    context = dg.build_schedule_context(
+        instance=instance,
+        resources={"dataset": DatasetResource(**{**project, **dataset})},
+        scheduled_execution_time=datetime.datetime(2026, 1, 1, 3, tzinfo=datetime.timezone.utc),
+    )
+    result = catch_up_schedule(context)
+    return result if isinstance(result, dg.SkipReason) else list(result)
+
+
+def test_catch_up_requests_missing_and_stale_partitions_only(instance, project):
+    keys, result = _diffuse_all(instance, project)
+    assert result.success
+    assert isinstance(_schedule_requests(instance, project), dg.SkipReason)
+
+    Path(project["output_dir"], f"{keys[0]}.png").unlink()  # a result lost on disk
+    (requests,) = _schedule_requests(instance, project)
+    assert (requests.tags[RANGE_START_TAG], requests.tags[RANGE_END_TAG]) == (keys[0], keys[0])
+
+    # A new seed makes every result stale: one ranged run over all of them.
+    (requests,) = _schedule_requests(instance, project, seed=3)
+    assert (requests.tags[RANGE_START_TAG], requests.tags[RANGE_END_TAG]) == (keys[0], keys[-1])
+
+
+def test_catch_up_ignores_a_touched_but_identical_source(instance, project):
+    _diffuse_all(instance, project)
+    for path in Path(project["images_dir"]).iterdir():
+        _age(path, 1000)
+    assert isinstance(_schedule_requests(instance, project), dg.SkipReason)
