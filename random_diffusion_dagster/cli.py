@@ -66,6 +66,30 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failed_runs else 0
 
 
+def submit_command(args: argparse.Namespace) -> int:
+    from .engine.prompts import PromptListError
+    from .remote import Deployment, SubmitError
+
+    try:
+        deployment = Deployment(args.url)
+        run_ids = deployment.submit(args.prompt, args.seed, args.images, args.max_partitions_per_run)
+        for run_id in run_ids:
+            print(f"Submitted run {run_id}: {args.url.rstrip('/')}/runs/{run_id}")
+        if not args.wait:
+            return 0
+        failed = 0
+        for run_id in run_ids:
+            status = deployment.wait(run_id)
+            failed += status != "SUCCESS"
+            print(f"Run {run_id}: {status}")
+            for key, path in sorted(deployment.outputs(run_id).items()):
+                print(f"  {key}: {path}")
+    except (SubmitError, PromptListError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
 def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> None:
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
     job.execute_in_process(instance=instance, run_config={"resources": resources_config, **QUIET_LOGS})
@@ -86,6 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--batch-size", type=int, default=4)
     run.add_argument("--max-partitions-per-run", type=int, default=32)
     run.set_defaults(handler=run_command)
+
+    submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
+    submit.add_argument("--url", default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"))
+    submit.add_argument("--prompt", action="append", help="prompt to choose from (repeatable); default: the prompts file")
+    submit.add_argument("--seed", type=int, help="run seed; a new seed re-rolls")
+    submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
+    submit.add_argument("--max-partitions-per-run", type=int, default=32)
+    submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
+    submit.set_defaults(handler=submit_command)
 
     args = parser.parse_args(argv)
     return args.handler(args)

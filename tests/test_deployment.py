@@ -1,0 +1,253 @@
+"""End to end: a real dagster-webserver and dagster-daemon on loopback, driven over GraphQL.
+
+Covers the sensor registering and materializing images, `random-diffusion submit --wait`,
+per-partition metadata read back over GraphQL, the `gpu` pool keeping runs apart, and a
+run whose process is killed mid-batch being marked failed and retried.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from helpers import make_image, write_catalog
+
+from random_diffusion_dagster.engine.images import read_record
+from random_diffusion_dagster.remote import Deployment
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Slow enough per image (about a second here) that a run can be caught mid-batch.
+SLOW_DEFAULTS = {"resolution": 128, "num_inference_steps": 60, "strength": 0.5}
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _aged_image(path: Path, **kwargs) -> Path:
+    make_image(path, **kwargs)
+    past = time.time() - 120
+    os.utime(path, (past, past))  # settled: the sensor takes it on its first look
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, models_dir):
+    root = tmp_path_factory.mktemp("deployment")
+    images = root / "images"
+    for index, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        _aged_image(images / f"start{index}.png", size=(96, 64), color=color)
+    (root / "prompts.txt").write_text("a lighthouse\na forest\n")
+    write_catalog(root / "models.yaml", models_dir, names=("tiny-sd15",), **SLOW_DEFAULTS)
+    home = root / "home"
+    home.mkdir()
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    for key in ("storage", "local_artifact_storage", "compute_logs"):
+        config.pop(key)  # defaults: everything under this test's DAGSTER_HOME
+    config["run_monitoring"]["poll_interval_seconds"] = 5
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(images),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / "outputs"),
+        "RANDOM_DIFFUSION_PROMPTS_FILE": str(root / "prompts.txt"),
+        "RANDOM_DIFFUSION_MODELS_FILE": str(root / "models.yaml"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    logs = {name: open(root / f"{name}.log", "w") for name in ("webserver", "daemon")}
+    processes = [
+        subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+                         cwd=PROJECT_ROOT, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT, start_new_session=True),
+        subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                         cwd=PROJECT_ROOT, env=env, stdout=logs["daemon"], stderr=subprocess.STDOUT, start_new_session=True),
+    ]
+    try:
+        _wait_for(lambda: _reachable(url), 180, "the webserver")
+        yield {"url": url, "root": root, "images": images, "outputs": root / "outputs", "env": env}
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for log in logs.values():
+            log.close()
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/server_info", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
+RUNS_QUERY = """
+query { runsOrError { ... on Runs { results { runId status startTime endTime tags { key value } } } } }"""
+
+PARTITION_METADATA_QUERY = """
+query($partition: String!) {
+  assetNodeOrError(assetKey: {path: ["diffused_image"]}) {
+    ... on AssetNode {
+      assetMaterializations(partitions: [$partition], limit: 1) {
+        partition
+        metadataEntries { label ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } }
+      }
+    }
+  }
+}"""
+
+
+def _runs(url):
+    return Deployment(url).query(RUNS_QUERY, {})["runsOrError"]["results"]
+
+
+def _partition_metadata(url, key):
+    node = Deployment(url).query(PARTITION_METADATA_QUERY, {"partition": key})["assetNodeOrError"]
+    (event,) = node["assetMaterializations"]
+    return {e["label"]: e.get("text", e.get("intValue", e.get("floatValue"))) for e in event["metadataEntries"]}
+
+
+def _all_finished(url):
+    runs = _runs(url)
+    return runs and all(run["status"] in ("SUCCESS", "FAILURE", "CANCELED") for run in runs)
+
+
+def test_sensor_registers_and_materializes_the_folder(deployment):
+    url = deployment["url"]
+    keys = _wait_for(lambda: Deployment(url).partition_keys() == ["start0.png", "start1.png", "start2.png"], 180, "the sensor to register images")
+    assert keys
+    _wait_for(lambda: all((deployment["outputs"] / f"start{i}.png.png").is_file() for i in range(3)), 300, "sensor runs")
+    _wait_for(lambda: _all_finished(url), 120, "runs to finish")
+    assert {run["status"] for run in _runs(url)} == {"SUCCESS"}
+
+
+def test_submit_wait_reports_outputs_and_metadata_over_graphql(deployment):
+    url = deployment["url"]
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "submit", "--url", url, "--prompt", "cat dancing in rain", "--seed", "5", "--wait"],
+        env=deployment["env"], capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Submitted run" in completed.stdout and ": SUCCESS" in completed.stdout
+    for index in range(3):
+        path = deployment["outputs"] / f"start{index}.png.png"
+        assert str(path) in completed.stdout
+        assert read_record(path)["prompt"] == "cat dancing in rain" and read_record(path)["run_seed"] == 5
+    metadata = [_partition_metadata(url, f"start{i}.png") for i in range(3)]
+    assert {m["prompt"] for m in metadata} == {"cat dancing in rain"}
+    assert len({m["seed"] for m in metadata}) == 3 and all(m["inference_seconds"] > 0 for m in metadata)
+
+
+def test_submit_names_an_unreachable_webserver(deployment):
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "submit", "--url", f"http://127.0.0.1:{_free_port()}", "--prompt", "x"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2 and "Cannot reach the Dagster webserver" in completed.stderr
+
+
+def test_new_image_is_picked_up_by_the_daemon_sensor(deployment):
+    _aged_image(deployment["images"] / "dropped.png", size=(64, 64), color=(90, 90, 0))
+    _wait_for(lambda: (deployment["outputs"] / "dropped.png.png").is_file(), 300, "the dropped image's result")
+    _wait_for(lambda: "dropped.png" in {
+        e["partition"] for e in _materialized_partitions(deployment["url"])}, 120, "its materialization")
+
+
+def _materialized_partitions(url):
+    query = 'query { assetNodeOrError(assetKey: {path: ["diffused_image"]}) { ... on AssetNode { assetMaterializations(limit: 100) { partition } } } }'
+    return Deployment(url).query(query, {})["assetNodeOrError"]["assetMaterializations"]
+
+
+def test_two_runs_never_overlap_on_the_gpu_pool(deployment):
+    url = deployment["url"]
+    _wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    deployment_client = Deployment(url)
+    run_ids = deployment_client.submit(["a quiet harbour"], 11, None, max_per_run=2)
+    assert len(run_ids) == 2
+    for run_id in run_ids:
+        assert deployment_client.wait(run_id, timeout=600) == "SUCCESS"
+    spans = sorted((run["startTime"], run["endTime"]) for run in _runs(url) if run["runId"] in run_ids)
+    assert spans[0][1] <= spans[1][0], spans
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(proc.name))
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+RUN_LOGS_QUERY = """
+query($runId: ID!) {
+  logsForRun(runId: $runId) { ... on EventConnection { events { ... on MessageEvent { message } } } }
+}"""
+
+
+def _run_worker_pid(url: str, run_id: str) -> int | None:
+    """The pid the code server reported when it started the run's process."""
+    events = Deployment(url).query(RUN_LOGS_QUERY, {"runId": run_id})["logsForRun"]["events"]
+    for event in events:
+        match = re.search(r"Started process for run \(pid: (\d+)\)", event.get("message") or "")
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def test_killed_run_is_marked_failed_and_retried_without_partial_files(deployment):
+    url = deployment["url"]
+    outputs = deployment["outputs"]
+    _wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    client = Deployment(url)
+    (run_id,) = client.submit(["a storm at sea"], 23, None)
+    keys = client.partition_keys()
+
+    def done_with_new_seed():
+        return [k for k in keys if (read_record(outputs / f"{k}.png") or {}).get("run_seed") == 23]
+
+    _wait_for(lambda: len(done_with_new_seed()) >= 1, 300, "the first image of the run", interval=0.1)
+    assert len(done_with_new_seed()) < len(keys), "the run finished before it could be killed"
+    worker = _wait_for(lambda: _run_worker_pid(url, run_id), 30, "the run worker process", interval=0.2)
+    for pid in [worker, *_descendants(worker)]:
+        os.kill(pid, signal.SIGKILL)
+
+    _wait_for(lambda: client.client.get_run_status(run_id).value == "FAILURE", 120, "the killed run to be marked failed")
+    retry = _wait_for(
+        lambda: [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run_id} in r["tags"]], 180, "a retry run"
+    )[0]
+    assert client.wait(retry["runId"], timeout=600) == "SUCCESS"
+    assert sorted(done_with_new_seed()) == sorted(keys)
+    assert not [p for p in outputs.iterdir() if p.name.endswith(".tmp")]
