@@ -1,0 +1,73 @@
+"""The team setup: the shipped PostgreSQL instance config against the real server on 127.0.0.1:5432."""
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+import pytest
+
+from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.sensors import new_images_sensor
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SERVER = os.environ.get("RANDOM_DIFFUSION_TEST_POSTGRES", "postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def database():
+    """A throwaway database, dropped afterwards."""
+    name = f"rdd_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(f"postgresql://{SERVER}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2"])
+def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp_path, monkeypatch, scheme):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", f"{scheme}://{SERVER}/{database}")
+    for path in Path(project["images_dir"]).iterdir():
+        past = time.time() - 300
+        os.utime(path, (past, past))
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.run_storage.postgres_url.startswith("postgresql+psycopg2://")
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"
+
+        resources = {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
+        tick = new_images_sensor(dg.build_sensor_context(instance=instance, resources={"dataset": resources["dataset"]}))
+        (add,) = tick.dynamic_partitions_requests
+        instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
+        (request,) = tick.run_requests
+        assets = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
+        run = dg.materialize(assets, selection=["prompt_list", "model_catalog", "diffused_image"],
+                             instance=instance, resources=resources, tags=request.tags)
+        assert run.success
+        report = dg.materialize(assets, selection=["diffusion_report"], instance=instance, resources=resources)
+        assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == 3
+
+    with psycopg2.connect(f"postgresql://{SERVER}/{database}") as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM runs")
+        assert cursor.fetchone()[0] == 2
+        cursor.execute("SELECT count(*) FROM dynamic_partitions WHERE partitions_def_name = 'images'")
+        assert cursor.fetchone()[0] == 3
+        cursor.execute(
+            "SELECT count(DISTINCT partition) FROM event_logs "
+            "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = %s",
+            ('["diffused_image"]',),
+        )
+        assert cursor.fetchone()[0] == 3
