@@ -75,13 +75,16 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
     )
     progress_bar: bool = Field(default=False, description="Show a terminal progress bar (the CLI turns it on).")
+    channels_last: bool = Field(default=True, description="NHWC layout for the UNet on CUDA.")
+    vae_slicing: bool = Field(default=True, description="Decode batches one image at a time (less peak memory).")
+    compile_unet: bool = Field(default=False, description="torch.compile the UNet: faster steps after minutes of compiling.")
 
     _cache = PrivateAttr(default=None)
 
     def pipelines(self, log=lambda message: None):
         """The run's PipelineCache, created on first use."""
         if self._cache is None:
-            from .engine.pipelines import PipelineCache
+            from .engine.pipelines import PipelineCache, Speedups
 
             if self.torch_threads:
                 import torch
@@ -93,6 +96,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
                 max_models=self.max_resident_models,
                 memory_budget_mb=self.memory_budget_mb,
                 log=log,
+                speedups=Speedups(self.channels_last, self.vae_slicing, self.compile_unet),
             )
         return self._cache
 

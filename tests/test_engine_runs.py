@@ -44,6 +44,25 @@ def test_lru_cache_loads_once_and_evicts_least_recently_used(tmp_path, models_di
     assert cache.resident == []
 
 
+def test_identical_components_are_loaded_once_and_shared(tmp_path, models_dir):
+    import shutil
+
+    # A second model with tiny-sd15's VAE and text encoder but its own UNet, as SD 1.4 and 1.5 ship.
+    twin = tmp_path / "twin"
+    shutil.copytree(models_dir / "tiny-sd15", twin)
+    shutil.copytree(models_dir / "tiny-sd14" / "unet", twin / "unet", dirs_exist_ok=True)
+    catalog = tmp_path / "c.yaml"
+    catalog.write_text(f"models:\n  - {{name: a, path: {models_dir / 'tiny-sd15'}}}\n  - {{name: b, path: {twin}}}\n")
+    a, b = load_catalog(catalog)
+    cache = PipelineCache(device="cpu", max_models=2)
+    first, _ = cache.get(a)
+    second, _ = cache.get(b)
+    assert second.vae is first.vae and second.text_encoder is first.text_encoder
+    assert second.unet is not first.unet and cache.shared_components == 2
+    second_unet_bytes = sum(t.numel() * t.element_size() for t in [*second.unet.parameters(), *second.unet.buffers()])
+    assert cache.resident_bytes == pipeline_bytes(first) + second_unet_bytes
+
+
 def test_memory_budget_keeps_only_what_fits(tmp_path, models_dir):
     specs = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd14", "tiny-sd15")))
     one_model = PipelineCache(device="cpu").get(specs[0])[0]
@@ -132,8 +151,8 @@ class OutOfMemoryAbove:
 def _oom_cache(wrapper_args):
     wrappers = []
 
-    def loader(spec, device, dtype):
-        wrappers.append(OutOfMemoryAbove(load_pipeline(spec, device, dtype), **wrapper_args))
+    def loader(spec, device, dtype, **options):
+        wrappers.append(OutOfMemoryAbove(load_pipeline(spec, device, dtype, **options), **wrapper_args))
         return wrappers[-1]
 
     return PipelineCache(device="cpu", loader=loader), wrappers

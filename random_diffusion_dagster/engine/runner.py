@@ -92,9 +92,10 @@ def run_jobs(
         log(f"Reusing {len(results)} identical results already on disk; {len(pending)} to generate.")
     progress = _Progress(len(pending), log, progress_bar)
     by_model = groupby(sorted(pending, key=lambda j: j.model.name), key=lambda j: j.model.name)
-    for _model_name, model_jobs in by_model:
-        for result in _run_model(list(model_jobs), cache, batch_size, progress):
-            results[result.job.key] = result
+    with _ResultWriter() as writer:
+        for _model_name, model_jobs in by_model:
+            for result in _run_model(list(model_jobs), cache, batch_size, progress, writer):
+                results[result.job.key] = result
     progress.close()
     for result in results.values():
         _record_outcome(result)
@@ -105,6 +106,39 @@ def run_jobs(
         seconds=time.perf_counter() - started,
         device=cache.device,
     )
+
+
+class _ResultWriter:
+    """Encodes and writes result PNGs on background threads while the GPU works on the next batch.
+
+    Pillow releases the GIL while compressing, so writing overlaps inference. Leaving the
+    `with` block waits for every write; a write that failed turns its result into a failure.
+    """
+
+    def __init__(self, threads: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png-writer")
+        self._pending = []
+
+    def submit(self, result: ImageResult, image: Image.Image, parameters: str) -> None:
+        self._pending.append((result, self._pool.submit(self._write, result, image, parameters)))
+
+    @staticmethod
+    def _write(result: ImageResult, image: Image.Image, parameters: str) -> None:
+        write_png_atomic(image, result.job.output_path, parameters, result.record)
+        result.preview = thumbnail_data_uri(image)
+
+    def __enter__(self) -> "_ResultWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for result, future in self._pending:
+            try:
+                future.result()
+            except OSError as exc:
+                result.status, result.error = "failed", f"writing {result.job.output_path} failed: {exc}"
+        self._pool.shutdown()
 
 
 class _Progress:
@@ -125,7 +159,9 @@ class _Progress:
         self.bar.close()
 
 
-def _run_model(jobs: list[ImageJob], cache: PipelineCache, batch_size: int, progress: _Progress) -> Iterator[ImageResult]:
+def _run_model(
+    jobs: list[ImageJob], cache: PipelineCache, batch_size: int, progress: _Progress, writer: _ResultWriter
+) -> Iterator[ImageResult]:
     spec = jobs[0].model
     loaded: list[tuple[ImageJob, Image.Image]] = []
     for job in jobs:
@@ -151,7 +187,7 @@ def _run_model(jobs: list[ImageJob], cache: PipelineCache, batch_size: int, prog
             batch = _Batch(spec.name, group[start : start + batch_size])
             batch_started = time.perf_counter()
             outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
-            results = list(_finish_batch(batch, outcomes, cache, load_seconds, time.perf_counter() - batch_started))
+            results = list(_finish_batch(batch, outcomes, cache, load_seconds, time.perf_counter() - batch_started, writer))
             failed = sum(r.status == "failed" for r in results)
             progress.advance(
                 len(results),
@@ -211,23 +247,29 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def _infer(pipeline, batch: _Batch, device: str):
+    jobs = [job for job, _ in batch.items]
+    return generate(
+        pipeline, jobs[0].model, [job.prompt for job in jobs], [image for _, image in batch.items], [job.seed for job in jobs], device
+    )
+
+
+def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seeds: list[int], device: str):
+    """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call)."""
     import torch
 
-    spec = batch.items[0][0].model
-    jobs = [job for job, _ in batch.items]
     on_cuda = device.startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         output = pipeline(
-            prompt=[job.prompt for job in jobs],
-            negative_prompt=[spec.negative_prompt] * len(jobs) if spec.negative_prompt else None,
-            image=[image for _, image in batch.items],
+            prompt=prompts,
+            negative_prompt=[spec.negative_prompt] * len(prompts) if spec.negative_prompt else None,
+            image=images,
             strength=spec.strength,
             num_inference_steps=spec.num_inference_steps,
             guidance_scale=spec.guidance_scale,
             # CPU generators, one per image: seeds are portable and batch-independent.
-            generator=[torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             output_type="pil",
         )
     memory = {"vram_peak_allocated_mb": 0.0, "vram_peak_reserved_mb": 0.0}
@@ -239,7 +281,7 @@ def _infer(pipeline, batch: _Batch, device: str):
     return output.images, memory
 
 
-def _finish_batch(batch: _Batch, outcomes, cache: PipelineCache, load_seconds: float, batch_seconds: float):
+def _finish_batch(batch: _Batch, outcomes, cache, load_seconds: float, batch_seconds: float, writer: _ResultWriter):
     count = len(batch.items)
     sources = {job.key: source for job, source in batch.items}
     pipeline_info = cache.describe(batch.model_name)
@@ -248,8 +290,9 @@ def _finish_batch(batch: _Batch, outcomes, cache: PipelineCache, load_seconds: f
             yield ImageResult(job, "failed", error=error)
             continue
         record = _record(job, sources[job.key], image, pipeline_info, memory, fallbacks, count, load_seconds, batch_seconds)
-        write_png_atomic(image, job.output_path, _parameters_text(job, record), record)
-        yield ImageResult(job, "generated", record=record, preview=thumbnail_data_uri(image))
+        result = ImageResult(job, "generated", record=record)
+        writer.submit(result, image, _parameters_text(job, record))
+        yield result
 
 
 def _record(job, source, image, pipeline_info, memory, fallbacks, count, load_seconds, batch_seconds) -> dict:

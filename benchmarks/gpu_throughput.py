@@ -1,0 +1,343 @@
+"""Img2img throughput of Stable-Diffusion-1.5-sized pipelines: plain diffusers against the engine.
+
+    python benchmarks/gpu_throughput.py --out benchmarks/results/h100.json    # full size, needs CUDA
+    python benchmarks/gpu_throughput.py --tiny --out /tmp/smoke.json          # tiny shapes, CPU, seconds
+
+No model hub is reachable, so the four models are built from SD-1.5's published component
+shapes with random weights (compute and memory equal the real checkpoint's; pixels are
+meaningless), saved with save_pretrained and loaded back with from_pretrained. Models 1-4
+share one VAE and text encoder (as SD 1.4 and 1.5 do) and differ in their UNets.
+
+Workload (the old server's): 512x512 inputs, strength 0.75, 50 steps (37 denoising steps),
+guidance 7.5 with classifier-free guidance, EulerDiscreteScheduler. Variants, in one process:
+  plain            diffusers as the old server used it: fp16, one image per call
+  engine_*         the project's engine: batched, SDPA, channels_last, VAE slicing,
+                   fp16 or bf16, optionally torch.compile
+  end_to_end       engine.run_jobs: the same plus image loading, resizing and PNG writing
+  tiny_vae_decode  decoding with a tiny autoencoder (changes pixels; reported apart)
+Each reports images/s and s/image (median of timed repeats after a warm-up batch),
+the warm-up (and compile) time apart, and peak allocated/reserved CUDA memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from random_diffusion_dagster.engine.catalog import parse_catalog  # noqa: E402
+from random_diffusion_dagster.engine.demo_models import byte_level_vocab  # noqa: E402
+from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups  # noqa: E402
+from random_diffusion_dagster.engine.runner import generate  # noqa: E402
+
+# Published SD-1.5 component shapes (UNet 859.5M parameters, VAE 83.7M, CLIP ViT-L/14 text 123M).
+FULL = {
+    "unet": dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                 cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512),
+    "text": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+    "resolution": 512, "steps": 50, "strength": 0.75,
+}
+TINY = {
+    "unet": dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                 attention_head_dim=8, norm_num_groups=16,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+    "vae": dict(block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64),
+    "text": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
+    "resolution": 64, "steps": 10, "strength": 0.75,
+}
+PROMPTS = ["a cat dancing in the rain", "an oil painting of a lighthouse at dusk", "a city at night, neon"]
+
+
+def build_models(shapes: dict, root: Path, device: str, count: int = 4) -> list[Path]:
+    """Save `count` pipelines sharing one VAE and text encoder, each with its own UNet."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    with torch.device(device):
+        torch.manual_seed(0)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **shapes["text"]))
+        vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, **shapes["vae"])
+    scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    folders = []
+    for index in range(count):
+        with torch.device(device):
+            torch.manual_seed(100 + index)
+            unet = diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
+        pipeline = diffusers.StableDiffusionImg2ImgPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        folder = root / f"sd15-shaped-{index}"
+        pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+        folders.append(folder)
+        del unet, pipeline
+    return folders
+
+
+def catalog(folders: list[Path], shapes: dict, dtype: str) -> list:
+    document = {
+        "defaults": {"resolution": shapes["resolution"], "num_inference_steps": shapes["steps"],
+                     "strength": shapes["strength"], "guidance_scale": 7.5, "dtype": dtype},
+        "models": [{"name": f.name, "path": str(f)} for f in folders],
+    }
+    return parse_catalog(document, base_dir=folders[0].parent)
+
+
+def source_images(count: int, resolution: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_variant(name: str, call, batch: int, repeats: int, device: str) -> dict:
+    """Warm up once (compilation lands here), then time `repeats` calls of `batch` images."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    call(0)
+    synchronize(device)
+    warmup = time.perf_counter() - started
+    seconds = []
+    for repeat in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        call(repeat + 1)
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    per_image = statistics.median(seconds) / batch
+    result = {
+        "variant": name, "device": device_name(device), "batch_size": batch, "repeats": repeats,
+        "warmup_seconds": round(warmup, 3), "seconds_per_image": round(per_image, 4),
+        "images_per_s": round(1 / per_image, 3), "spread_seconds": [round(s, 3) for s in seconds],
+        "peak_allocated_mb": peak("allocated", device), "peak_reserved_mb": peak("reserved", device),
+    }
+    print("RESULT " + json.dumps(result), flush=True)  # survives a run cut short
+    print(f"{name:32s} {result['images_per_s']:7.2f} img/s  {per_image:.4f} s/img  warm-up {warmup:.1f} s  "
+          f"peak {result['peak_allocated_mb']:.0f}/{result['peak_reserved_mb']:.0f} MiB", flush=True)
+    return result
+
+
+def peak(kind: str, device: str) -> float:
+    if not device.startswith("cuda"):
+        return 0.0
+    value = torch.cuda.max_memory_allocated() if kind == "allocated" else torch.cuda.max_memory_reserved()
+    return round(value / 2**20, 1)
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})"
+
+
+def engine_call(pipeline, spec, images, device):
+    def call(repeat: int):
+        seeds = [1000 * repeat + i for i in range(len(images))]
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(images))]
+        return generate(pipeline, spec, prompts, images, seeds, device)[0]
+    return call
+
+
+def flops_per_image(pipeline, spec, device: str) -> float:
+    """Count the FLOPs of one image: text encoding, VAE encode, the UNet steps with CFG, VAE decode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    resolution, dtype = spec.resolution, pipeline.unet.dtype
+    latent = resolution // 8
+    unet = getattr(pipeline.unet, "_orig_mod", pipeline.unet)
+    with torch.inference_mode():
+        tokens = torch.zeros(2, 77, dtype=torch.long, device=device)
+        with FlopCounterMode(display=False) as text_count:
+            hidden = pipeline.text_encoder(tokens)[0]
+        image = torch.randn(1, 3, resolution, resolution, device=device, dtype=dtype)
+        with FlopCounterMode(display=False) as encode_count:
+            pipeline.vae.encode(image)
+        latents = torch.randn(2, 4, latent, latent, device=device, dtype=dtype)
+        with FlopCounterMode(display=False) as unet_count:
+            unet(latents, 999, encoder_hidden_states=hidden)
+        with FlopCounterMode(display=False) as decode_count:
+            pipeline.vae.decode(latents[:1])
+    steps = spec.denoising_steps
+    parts = {"text": text_count.get_total_flops() / 2, "vae_encode": encode_count.get_total_flops(),
+             "unet_cfg_step": unet_count.get_total_flops(), "vae_decode": decode_count.get_total_flops()}
+    total = parts["text"] + parts["vae_encode"] + steps * parts["unet_cfg_step"] + parts["vae_decode"]
+    return total, {k: round(v / 1e12, 4) for k, v in parts.items()}
+
+
+def matmul_tflops(device: str) -> float:
+    """Measured dense bf16 matrix rate: the ceiling the floor is computed against."""
+    size = 8192 if device.startswith("cuda") else 512
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * 10 / (time.perf_counter() - started) / 1e12
+
+
+def run(args) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = TINY if args.tiny else FULL
+    batch, repeats = args.batch_size, args.repeats
+    root = Path(tempfile.mkdtemp(prefix="sd15-shaped-"))
+    started = time.perf_counter()
+    wanted = set(args.only.split(","))
+    folders = build_models(shapes, root, device, count=4 if "four_models" in wanted else 1)
+    print(f"built and saved {len(folders)} models in {time.perf_counter() - started:.1f} s", flush=True)
+    fp16 = "float16" if device == "cuda" else "float32"
+    specs = catalog(folders, shapes, fp16)
+    images = source_images(batch, shapes["resolution"])
+    results, extra = [], {}
+
+    # (a) plain diffusers, the old server's way: fp16, one image per call, default settings.
+    import diffusers
+
+    plain = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folders[0], dtype=getattr(torch, fp16)).to(device)
+    plain.set_progress_bar_config(disable=True)
+    plain_result = time_variant("plain_fp16_batch1", engine_call(plain, specs[0], images[:1], device), 1, args.plain_repeats, device)
+    results.append(plain_result)
+    # The same four images one at a time, with the seeds and prompts the batched call gives them.
+    single_outputs = [generate(plain, specs[0], [PROMPTS[i % len(PROMPTS)]], [image], [i], device)[0][0]
+                      for i, image in enumerate(images[:4])]
+    del plain
+    torch.cuda.empty_cache() if device == "cuda" else None
+
+    # (b) the engine path, loaded through the engine's cache with its default speedups.
+    cache = PipelineCache(device=device, max_models=4)
+    pipeline, _ = cache.get(specs[0])
+    if "engine" in wanted:
+        results.append(time_variant(f"engine_{fp16}_batch{batch}", engine_call(pipeline, specs[0], images, device), batch, repeats, device))
+    batched = engine_call(pipeline, specs[0], images[:4], device)(0)
+    differences = [np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)) for a, b in zip(batched, single_outputs)]
+    extra["batched_vs_single"] = {"mean_abs_diff_0_255": round(float(np.mean([d.mean() for d in differences])), 4),
+                                  "max_abs_diff_0_255": float(max(d.max() for d in differences))}
+    print(f"batched vs one-at-a-time: {extra['batched_vs_single']}", flush=True)
+
+    # Throughput floor: FLOPs per image over the measured matrix rate.
+    flops, parts = flops_per_image(pipeline, specs[0], device)
+    rate = matmul_tflops(device)
+    extra["floor"] = {"tflop_per_image": round(flops / 1e12, 3), "parts_tflop": parts, "measured_bf16_matmul_tflops": round(rate, 1),
+                      "floor_seconds_per_image": round(flops / 1e12 / rate, 4)}
+    print(f"floor: {extra['floor']}", flush=True)
+
+    if device == "cuda" and "four_models" in wanted:
+        # (c) four SD-1.5-sized models resident at once, identical components shared.
+        torch.cuda.reset_peak_memory_stats()
+        for spec in specs[1:]:
+            cache.get(spec)
+        for index, spec in enumerate(specs):
+            generate(cache.get(spec)[0], spec, PROMPTS[:1], images[:1], [index], device)
+        extra["four_models"] = {"resident": cache.resident, "resident_weights_mb": round(cache.resident_bytes / 2**20, 1),
+                                "shared_components": cache.shared_components,
+                                "allocated_mb": round(torch.cuda.memory_allocated() / 2**20, 1),
+                                "peak_allocated_mb": peak("allocated", device), "peak_reserved_mb": peak("reserved", device)}
+        print(f"four models: {extra['four_models']}", flush=True)
+    cache.clear()
+    if device == "cuda" and "bf16" in wanted:
+        # (d) bf16.
+        bf16_specs = catalog(folders, shapes, "bfloat16")
+        bf16_cache = PipelineCache(device=device, max_models=1)
+        pipeline, _ = bf16_cache.get(bf16_specs[0])
+        results.append(time_variant(f"engine_bfloat16_batch{batch}", engine_call(pipeline, bf16_specs[0], images, device), batch, repeats, device))
+        bf16_cache.clear()
+    if device == "cuda" and "end_to_end" in wanted:
+        # (e) end to end through run_jobs: source loading, resizing and PNG writing included.
+        results.append(end_to_end(specs[0], images, root, device, batch, repeats))
+    if device == "cuda" and "tiny_vae" in wanted:
+        # (f) tiny VAE decode (changes pixels).
+        pipeline, _ = cache.get(specs[0])
+        full_vae = pipeline.vae
+        pipeline.vae = diffusers.AutoencoderTiny().to(device, torch.float16)
+        results.append(time_variant(f"engine_{fp16}_batch{batch}_tiny_vae_decode", engine_call(pipeline, specs[0], images, device), batch, repeats, device))
+        pipeline.vae = full_vae
+        cache.clear()
+    if device == "cuda" and "compiled" in wanted:
+        # (g) QKV projections fused and the UNet compiled; each batch shape compiles once.
+        compiled_cache = PipelineCache(device=device, max_models=1, speedups=Speedups(compile_unet=True))
+        pipeline, _ = compiled_cache.get(specs[0])
+        for size in [int(b) for b in args.compile_batch_sizes.split(",")]:
+            name = f"engine_{fp16}_batch{size}_compiled"
+            sized = source_images(size, shapes["resolution"])
+            try:
+                results.append(time_variant(name, engine_call(pipeline, specs[0], sized, device), size, repeats, device))
+            except Exception as exc:  # noqa: BLE001 - a compiler failure is a result to report, not a crash
+                extra["compile_error"] = f"{name}: {type(exc).__name__}: {exc}"[:2000]
+                print(extra["compile_error"], flush=True)
+    plain_per_image = plain_result["seconds_per_image"]
+    for result in results:
+        result["speedup_vs_plain"] = round(plain_per_image / result["seconds_per_image"], 2)
+        result["fraction_of_floor"] = round(extra["floor"]["floor_seconds_per_image"] / result["seconds_per_image"], 3)
+    return {"device": device_name(device), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "workload": {"resolution": shapes["resolution"], "num_inference_steps": shapes["steps"], "strength": shapes["strength"],
+                         "guidance_scale": 7.5, "scheduler": "EulerDiscreteScheduler", "tiny_shapes": args.tiny},
+            "variants": results, **extra}
+
+
+def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int) -> dict:
+    from random_diffusion_dagster.engine.choice import ImageJob
+    from random_diffusion_dagster.engine.runner import run_jobs
+
+    folder = root / "sources"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(folder / f"src{index}.png")
+        image.save(paths[-1])
+    cache = PipelineCache(device=device, max_models=1)
+
+    def call(repeat: int):
+        jobs = [ImageJob(f"r{repeat}-{i}", str(p), f"{repeat}-{i}", PROMPTS[i % 3], spec, 1000 * repeat + i, 0,
+                         str(root / "outputs" / f"r{repeat}-{i}.png")) for i, p in enumerate(paths)]
+        summary = run_jobs(jobs, cache, batch_size=batch, log=lambda message: None)
+        assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results]
+
+    result = time_variant(f"end_to_end_run_jobs_batch{batch}", call, batch, repeats, device)
+    cache.clear()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plain-repeats", type=int, default=8)
+    parser.add_argument("--only", default="engine,four_models,bf16,end_to_end,tiny_vae,compiled",
+                        help="variant groups to run besides plain (comma-separated)")
+    parser.add_argument("--compile-batch-sizes", default="16")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    results = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
