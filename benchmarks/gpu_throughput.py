@@ -219,7 +219,7 @@ def run(args) -> dict:
 
     plain = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folders[0], dtype=getattr(torch, fp16)).to(device)
     plain.set_progress_bar_config(disable=True)
-    plain_result = time_variant("plain_fp16_batch1", engine_call(plain, specs[0], images[:1], device), 1, args.plain_repeats, device)
+    plain_result = time_variant(f"plain_{fp16}_batch1", engine_call(plain, specs[0], images[:1], device), 1, args.plain_repeats, device)
     results.append(plain_result)
     # The same four images one at a time, with the seeds and prompts the batched call gives them.
     single_outputs = [generate(plain, specs[0], [PROMPTS[i % len(PROMPTS)]], [image], [i], device)[0][0]

@@ -1,5 +1,7 @@
 """The assets: source images, prompts, the model catalog, one diffused image per partition, a report."""
 
+import os
+
 import pandas as pd
 import dagster as dg
 from PIL import Image
@@ -12,7 +14,9 @@ from .engine.report import build_report
 from .partitions import images_partitions
 from .resources import DatasetResource, DiffusionEngineResource
 
-MAX_PARTITIONS_PER_RUN = 32  # a backfill of N partitions runs as ceil(N / 32) runs
+# A backfill of N partitions runs as ceil(N / this) runs: each run pays process start,
+# imports and model loads once, so bigger is cheaper, while a failure redoes less when smaller.
+MAX_PARTITIONS_PER_RUN = int(os.environ.get("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", "32"))
 
 
 class PromptListConfig(dg.Config):
@@ -126,7 +130,8 @@ def diffused_image(
                              dataset.seed, dataset.output_dir))
     from .engine.runner import run_jobs  # imports torch only when there is work
 
-    summary = run_jobs(jobs, engine.pipelines(context.log.info), engine.batch_size, context.log.info, engine.progress_bar)
+    pipelines = engine.pipelines(context.log.info)
+    summary = run_jobs(jobs, pipelines, engine.batch_size_on(pipelines.device), context.log.info, engine.progress_bar)
     for result in summary.results:
         if result.status == "failed":
             continue

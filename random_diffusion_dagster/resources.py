@@ -69,7 +69,11 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     dtype: str | None = Field(default=None, description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).")
     max_resident_models: int = Field(default=2, description="Pipelines kept loaded at once; the least recently used is evicted.")
     memory_budget_mb: float | None = Field(default=None, description="Cap on the resident pipelines' weights, in MiB.")
-    batch_size: int = Field(default=4, description="Images per pipeline call (same model, same size).")
+    batch_size: int | None = Field(
+        default=None,
+        description="Images per pipeline call (same model, same size); default 16 on CUDA "
+        "(benchmarks/results: 4x the throughput of one at a time on an H100), 4 elsewhere.",
+    )
     torch_threads: int | None = Field(
         default_factory=lambda: int(os.environ["RANDOM_DIFFUSION_TORCH_THREADS"]) if os.environ.get("RANDOM_DIFFUSION_TORCH_THREADS") else None,
         description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
@@ -99,6 +103,9 @@ class DiffusionEngineResource(dg.ConfigurableResource):
                 speedups=Speedups(self.channels_last, self.vae_slicing, self.compile_unet),
             )
         return self._cache
+
+    def batch_size_on(self, device: str) -> int:
+        return self.batch_size or (16 if device.startswith("cuda") else 4)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._cache is not None:

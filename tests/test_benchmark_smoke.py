@@ -1,0 +1,27 @@
+"""The GPU benchmark's code path, on the CPU with tiny shapes: it runs and reports what it promises."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_runs_on_cpu_and_reports_every_field(tmp_path):
+    out = tmp_path / "smoke.json"
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/gpu_throughput.py", "--tiny", "--batch-size", "2", "--repeats", "1",
+         "--plain-repeats", "1", "--only", "engine", "--out", str(out)],
+        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [v["variant"] for v in results["variants"]] == ["plain_float32_batch1", "engine_float32_batch2"]
+    for variant in results["variants"]:
+        for field in ("device", "images_per_s", "seconds_per_image", "peak_allocated_mb", "peak_reserved_mb", "speedup_vs_plain"):
+            assert field in variant
+        assert variant["images_per_s"] > 0
+    assert results["batched_vs_single"]["max_abs_diff_0_255"] <= 1
+    assert results["floor"]["tflop_per_image"] > 0
