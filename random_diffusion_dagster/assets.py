@@ -8,7 +8,7 @@ from PIL import Image
 
 from .engine.catalog import ModelSpec
 from .engine.choice import plan_job
-from .engine.images import ImageLoadError, file_sha256, image_strip, probe_image, thumbnail_data_uri
+from .engine.images import ImageLoadError, file_sha256, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from .engine.prompts import require_prompts
 from .engine.report import build_report
 from .partitions import images_partitions
@@ -49,11 +49,24 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     }
     if skipped:
         metadata["skipped_files"] = dg.MetadataValue.md(pd.DataFrame(skipped).to_markdown(index=False))
-    if found:
-        strip = image_strip([Image.open(row["path"]) for row in found[:8]])
-        metadata["preview"] = dg.MetadataValue.md(f"![preview]({thumbnail_data_uri(strip, size=768)})")
+    previews = _preview_images([row["path"] for row in found], count=8)
+    if previews:
+        metadata["preview"] = dg.MetadataValue.md(f"![preview]({thumbnail_data_uri(image_strip(previews), size=768)})")
     context.add_output_metadata(metadata)
     return found
+
+
+def _preview_images(paths: list[str], count: int) -> list[Image.Image]:
+    """The first `count` images that decode (bombs and truncated files are shown in the run, not here)."""
+    previews = []
+    for path in paths:
+        if len(previews) == count:
+            break
+        try:
+            previews.append(load_rgb(path, min_side=96))
+        except ImageLoadError:
+            continue
+    return previews
 
 
 def _sync_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
@@ -100,7 +113,8 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
 PER_PARTITION_FIELDS = (
     "prompt", "model", "seed", "strength", "num_inference_steps", "guidance_scale", "source_size",
     "output_size", "pipeline_load_seconds", "inference_seconds", "total_seconds", "vram_peak_allocated_mb",
-    "vram_peak_reserved_mb", "rss_peak_mb", "device", "scheduler", "batch_size", "fallback", "fingerprint",
+    "vram_peak_reserved_mb", "rss_peak_mb", "device", "scheduler", "batch_size", "fallback", "prompt_truncated",
+    "fingerprint",
 )
 
 
@@ -135,10 +149,13 @@ def diffused_image(
     for result in summary.results:
         if result.status == "failed":
             continue
-        metadata = {name: result.record[name] for name in PER_PARTITION_FIELDS}
+        # Results written by older versions may lack newer fields.
+        metadata = {name: result.record[name] for name in PER_PARTITION_FIELDS if result.record.get(name) is not None}
         metadata["reused_existing"] = result.status == "reused"
         metadata["output_path"] = dg.MetadataValue.path(result.record["output_path"])
         metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
+        if result.record.get("prompt_truncated"):
+            context.log.warning(f"{result.job.key}: prompt longer than the text encoder reads; only its start was used")
         context.add_asset_metadata(metadata, partition_key=result.job.key)
     failures = {r.job.key: r.error for r in summary.with_status("failed")} | missing
     run_metadata = {

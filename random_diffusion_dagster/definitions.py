@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from .checks import results_readable_on_disk
 from .jobs import diffuse_images_job
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
@@ -18,6 +19,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=[source_images, prompt_list, model_catalog, diffused_image, diffusion_report],
+    asset_checks=[results_readable_on_disk],
     jobs=[diffuse_images_job],
     schedules=[catch_up_schedule],
     sensors=[new_images_sensor, automation_sensor],

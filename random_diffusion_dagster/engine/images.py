@@ -19,8 +19,9 @@ from PIL import Image, ImageOps, PngImagePlugin
 PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
 RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
 MAX_KEY_LENGTH = 120
-# Pillow's own bomb guard is a warning at 89 Mpx; we make anything above this an error.
-MAX_SOURCE_PIXELS = 64_000_000
+# Pillow's decompression-bomb threshold (89.5 Mpx): Pillow only warns above it; we refuse.
+MAX_SOURCE_PIXELS = Image.MAX_IMAGE_PIXELS
+TOO_LARGE = "too large"  # probe_image's format for files Pillow refuses to even open as bombs
 
 
 class ImageLoadError(ValueError):
@@ -76,11 +77,19 @@ def scan_folder(folder: str | Path) -> list[SourceFile]:
 
 
 def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
-    """(format, (width, height)) read from the header; raises ImageLoadError for non-images."""
+    """(format, (width, height)) from the header, whatever the extension; ImageLoadError for non-images.
+
+    A decompression bomb is an image (it gets a partition, whose run explains the limit),
+    reported as format TOO_LARGE with size (0, 0).
+    """
     try:
-        with Image.open(path) as image:
-            return image.format or "unknown", image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.format or "unknown", image.size
+    except Image.DecompressionBombError:
+        return TOO_LARGE, (0, 0)
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path} is not an image Pillow can read: {exc}") from exc
 
 
@@ -92,27 +101,40 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
-    """Load a source image upright and as RGB, whatever its mode, frames or EXIF orientation."""
+def load_rgb(path: str | Path, max_pixels: int = MAX_SOURCE_PIXELS, min_side: int | None = None) -> Image.Image:
+    """Load a source image upright and as RGB, whatever its mode, frames or EXIF orientation.
+
+    With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) that keeps both
+    sides at least that long: a 50-megapixel photo costs a fraction of its full decode.
+    """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
                         f"{path} is {width}x{height} ({width * height:,} pixels), above the "
-                        f"{max_pixels:,}-pixel limit for source images: downscale it first."
+                        f"{max_pixels:,}-pixel limit for source images (a decompression-bomb guard): "
+                        "downscale it first."
                     )
                 image.seek(0)  # first frame of an animation
+                if min_side and image.format == "JPEG":
+                    image.draft("RGB", _draft_size(image.size, min_side))
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{path} looks like a decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"{path} cannot be decoded (truncated or not an image): {exc}") from exc
+
+
+def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    """The size to ask JPEG draft mode for: the image scaled so its shorter side is min_side."""
+    scale = min_side / min(size)
+    return max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

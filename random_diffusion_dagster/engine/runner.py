@@ -187,7 +187,7 @@ def _run_model(
             batch = _Batch(spec.name, group[start : start + batch_size])
             batch_started = time.perf_counter()
             outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
-            results = list(_finish_batch(batch, outcomes, cache, load_seconds, time.perf_counter() - batch_started, writer))
+            results = list(_finish_batch(batch, outcomes, cache, pipeline, load_seconds, time.perf_counter() - batch_started, writer))
             failed = sum(r.status == "failed" for r in results)
             progress.advance(
                 len(results),
@@ -199,7 +199,7 @@ def _run_model(
 
 
 def _load_source(job: ImageJob) -> Image.Image:
-    return fit_to_resolution(load_rgb(job.source_path), job.model.resolution)
+    return fit_to_resolution(load_rgb(job.source_path, min_side=job.model.resolution), job.model.resolution)
 
 
 def _generate_with_fallback(pipeline, batch: _Batch, device: str):
@@ -281,7 +281,7 @@ def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seed
     return output.images, memory
 
 
-def _finish_batch(batch: _Batch, outcomes, cache, load_seconds: float, batch_seconds: float, writer: _ResultWriter):
+def _finish_batch(batch: _Batch, outcomes, cache, pipeline, load_seconds: float, batch_seconds: float, writer: _ResultWriter):
     count = len(batch.items)
     sources = {job.key: source for job, source in batch.items}
     pipeline_info = cache.describe(batch.model_name)
@@ -290,6 +290,7 @@ def _finish_batch(batch: _Batch, outcomes, cache, load_seconds: float, batch_sec
             yield ImageResult(job, "failed", error=error)
             continue
         record = _record(job, sources[job.key], image, pipeline_info, memory, fallbacks, count, load_seconds, batch_seconds)
+        record["prompt_truncated"] = _prompt_too_long(pipeline, job.prompt)
         result = ImageResult(job, "generated", record=record)
         writer.submit(result, image, _parameters_text(job, record))
         yield result
@@ -334,6 +335,12 @@ def _record(job, source, image, pipeline_info, memory, fallbacks, count, load_se
         "fingerprint": job.fingerprint,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _prompt_too_long(pipeline, prompt: str) -> bool:
+    """Whether the text encoder sees only the start of the prompt (CLIP reads 77 tokens)."""
+    tokenizer = getattr(pipeline, "tokenizer", None)
+    return tokenizer is not None and len(tokenizer(prompt).input_ids) > tokenizer.model_max_length
 
 
 def _parameters_text(job: ImageJob, record: dict) -> str:
