@@ -10,8 +10,8 @@ $(BIN)/random-diffusion: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres"
+	$(BIN)/pip install -q -e '.[test,celery,k8s]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres, dagster_celery, dagster_k8s"
 	touch $@
 
 setup: $(BIN)/random-diffusion

@@ -123,6 +123,17 @@ PER_PARTITION_FIELDS = (
     deps=[source_images],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
     pool="gpu",
+    # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
+    op_tags={
+        "dagster-celery/queue": "gpu",
+        "dagster-k8s/config": {
+            "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+            "pod_spec_config": {
+                "node_selector": {"nvidia.com/gpu.present": "true"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    },
     group_name="diffusion",
     description="One img2img result per source image: `<output dir>/<partition key>.png`.",
 )

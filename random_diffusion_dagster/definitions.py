@@ -1,5 +1,7 @@
 """The project's one Definitions object."""
 
+import os
+
 import dagster as dg
 
 from .assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
@@ -17,6 +19,27 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=60,
 )
 
+
+
+def _executor() -> dg.ExecutorDefinition | None:
+    """Where steps run (RANDOM_DIFFUSION_EXECUTOR): local processes by default, `celery` workers,
+    or `k8s` Jobs, one per step, so only the diffusion step asks for a GPU."""
+    choice = os.environ.get("RANDOM_DIFFUSION_EXECUTOR", "").lower()
+    if choice == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": {"env": "RANDOM_DIFFUSION_CELERY_BROKER"}, "backend": {"env": "RANDOM_DIFFUSION_CELERY_BACKEND"}}
+        )
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if choice:
+        raise ValueError(f"RANDOM_DIFFUSION_EXECUTOR={choice!r}: use celery, k8s, or leave it unset.")
+    return None
+
+
 defs = dg.Definitions(
     assets=[source_images, prompt_list, model_catalog, diffused_image, diffusion_report],
     asset_checks=[results_readable_on_disk],
@@ -24,4 +47,5 @@ defs = dg.Definitions(
     schedules=[catch_up_schedule],
     sensors=[new_images_sensor, automation_sensor],
     resources={"dataset": DatasetResource(), "engine": DiffusionEngineResource()},
+    executor=_executor(),
 )

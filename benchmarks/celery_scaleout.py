@@ -1,0 +1,220 @@
+"""A backfill spread over Celery workers: throughput with two workers against one.
+
+    python benchmarks/celery_scaleout.py --partitions 64 --out benchmarks/results/celery-cpu.json
+
+Real parts on one machine: Redis as the broker (127.0.0.1:6379), a throwaway PostgreSQL
+database as the shared instance (127.0.0.1:5432), `dagster-celery` workers as processes,
+each with its own CUDA_VISIBLE_DEVICES (meaningless on a CPU box, the pattern on a GPU one),
+listening on the `gpu` queue with one task at a time. The backfill is what
+BackfillPolicy.multi_run(32) launches: one ranged run per 32 partitions, all at once.
+The tiny demo models are built in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+POSTGRES = os.environ.get("RANDOM_DIFFUSION_TEST_POSTGRES", "postgres@127.0.0.1:5432")
+REDIS = os.environ.get("RANDOM_DIFFUSION_TEST_REDIS", "redis://127.0.0.1:6379")
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+@contextmanager
+def throwaway_database():
+    import psycopg2
+
+    name = f"rdd_celery_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(f"postgresql://{POSTGRES}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://{POSTGRES}/{name}"
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def make_project(root: Path, partitions: int, models_dir: Path) -> dict[str, str]:
+    """Images, prompts, a two-model catalog, a DAGSTER_HOME; returns the environment for every process."""
+    import yaml
+    from PIL import Image
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    for index in range(partitions):
+        Image.new("RGB", (64, 64), ((index * 37) % 256, (index * 91) % 256, 120)).save(images / f"img{index:04d}.png")
+    (root / "prompts.txt").write_text("a lighthouse\na forest\na city at night\n")
+    catalog = {"defaults": {"resolution": 64, "num_inference_steps": 8, "strength": 0.5},
+               "models": [{"name": n, "path": str(models_dir / n)} for n in ("tiny-sd15", "tiny-sd2")]}
+    (root / "models.yaml").write_text(yaml.safe_dump(catalog))
+    home = root / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "deploy" / "celery" / "dagster.yaml").read_text())
+    return {
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_EXECUTOR": "celery",
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(images),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / "outputs"),
+        "RANDOM_DIFFUSION_PROMPTS_FILE": str(root / "prompts.txt"),
+        "RANDOM_DIFFUSION_MODELS_FILE": str(root / "models.yaml"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@contextmanager
+def celery_workers(count: int, env: dict[str, str], log_dir: Path, broker_db: int):
+    """Start `count` workers on a clean Redis database; stop them afterwards."""
+    import redis
+
+    for db in (broker_db, broker_db + 1):
+        redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+    env = {**env, "RANDOM_DIFFUSION_CELERY_BROKER": f"{REDIS}/{broker_db}",
+           "RANDOM_DIFFUSION_CELERY_BACKEND": f"{REDIS}/{broker_db + 1}"}
+    processes, logs = [], []
+    for index in range(count):
+        logs.append(log_dir / f"worker{index}-of-{count}.log")
+        processes.append(subprocess.Popen(
+            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+             "-y", str(PROJECT_ROOT / "deploy" / "celery" / "celery.yaml"), "-q", "gpu,dagster",
+             "-n", f"gpu{index}-{broker_db}", "--", "-c", "1"],
+            # `dagster-celery worker start` runs `celery` from PATH: this environment's.
+            cwd=PROJECT_ROOT, env={**os.environ, **env, "CUDA_VISIBLE_DEVICES": str(index),
+                                   "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+            stdout=logs[-1].open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+    try:
+        deadline = time.monotonic() + 120
+        while not all("ready." in log.read_text() for log in logs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("celery workers did not start:\n" + "\n".join(log.read_text()[-2000:] for log in logs))
+            time.sleep(0.5)
+        yield env
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def register_partitions(env: dict[str, str]) -> list[str]:
+    """What the sensor or `source_images` does: one `images` partition per file."""
+    code = ("import dagster as dg\nfrom random_diffusion_dagster.engine.images import scan_folder\n"
+            "import os\nkeys=[f.partition_key for f in scan_folder(os.environ['RANDOM_DIFFUSION_IMAGES_DIR'])]\n"
+            "with dg.DagsterInstance.get() as i:\n    i.add_dynamic_partitions('images', keys)\nprint(len(keys))")
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True)
+    return sorted(p.name for p in Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]).iterdir())
+
+
+def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
+    """Launch one ranged run per `per_run` partitions, all at once; return the wall time."""
+    started = time.perf_counter()
+    launches = []
+    for start in range(0, len(keys), per_run):
+        chunk = keys[start : start + per_run]
+        tags = json.dumps({RANGE_START: chunk[0], RANGE_END: chunk[-1]})
+        launches.append(subprocess.Popen(
+            [str(BIN / "dagster"), "job", "execute", "-m", "random_diffusion_dagster.definitions", "-a", "defs",
+             "-j", "diffuse_images", "--tags", tags],
+            cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outputs = [launch.communicate(timeout=900)[0] for launch in launches]
+    failed = [out[-3000:] for launch, out in zip(launches, outputs) if launch.returncode != 0]
+    if failed:
+        raise RuntimeError("a run failed:\n" + "\n".join(failed))
+    return time.perf_counter() - started
+
+
+def step_report(env: dict[str, str]) -> dict:
+    """Per run: the worker that ran its diffusion step, the step's seconds, and pipeline loads."""
+    code = r'''
+import json, dagster as dg
+from dagster import DagsterEventType as T
+out = {"runs": [], "materializations": {}}
+with dg.DagsterInstance.get() as instance:
+    for record in instance.get_run_records():
+        run_id = record.dagster_run.run_id
+        events = instance.all_logs(run_id)
+        worker, start, end, loads = None, None, None, None
+        for e in events:
+            if e.step_key != "diffused_image" or not e.dagster_event:
+                continue
+            if e.dagster_event.event_type == T.ENGINE_EVENT and "celery worker" in (e.message or ""):
+                worker = e.dagster_event.engine_event_data.metadata["Celery worker"].value
+            elif e.dagster_event.event_type == T.STEP_START:
+                start = e.timestamp
+            elif e.dagster_event.event_type == T.STEP_SUCCESS:
+                end = e.timestamp
+            elif e.dagster_event.event_type == T.ASSET_MATERIALIZATION:
+                m = e.dagster_event.step_materialization_data.materialization
+                if m.partition is None:
+                    loads = m.metadata["pipeline_loads"].value
+                else:
+                    out["materializations"][m.partition] = out["materializations"].get(m.partition, 0) + 1
+        out["runs"].append({"run_id": run_id, "status": record.dagster_run.status.value, "worker": worker,
+                            "step_seconds": round(end - start, 2) if start and end else None, "pipeline_loads": loads})
+print(json.dumps(out))
+'''
+    completed = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True, text=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def measure(workers: int, partitions: int, per_run: int, root: Path, models_dir: Path, broker_db: int) -> dict:
+    with throwaway_database() as url:
+        env = {**make_project(root, partitions, models_dir), "DAGSTER_POSTGRES_URL": url}
+        keys = register_partitions(env)
+        with celery_workers(workers, env, root, broker_db) as env:
+            seconds = backfill(keys, env, per_run)
+            report = step_report(env)
+    busy: dict[str, float] = {}
+    for run in report["runs"]:
+        if run["worker"]:
+            busy[run["worker"]] = round(busy.get(run["worker"], 0) + (run["step_seconds"] or 0), 2)
+    return {"workers": workers, "partitions": partitions, "runs": report["runs"], "wall_seconds": round(seconds, 2),
+            "images_per_s": round(partitions / seconds, 3), "busy_seconds_per_worker": busy,
+            "materializations_per_partition": sorted(set(report["materializations"].values())),
+            "partitions_materialized": len(report["materializations"])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--partitions", type=int, default=64)
+    parser.add_argument("--per-run", type=int, default=32)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from random_diffusion_dagster.engine.demo_models import build_demo_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models_dir = Path(tmp) / "models"
+        build_demo_models(models_dir)
+        one = measure(1, args.partitions, args.per_run, Path(tmp) / "one", models_dir, broker_db=11)
+        two = measure(2, args.partitions, args.per_run, Path(tmp) / "two", models_dir, broker_db=13)
+    result = {"machine": f"{os.cpu_count()} CPUs", "one_worker": one, "two_workers": two,
+              "throughput_ratio_two_over_one": round(two["images_per_s"] / one["images_per_s"], 3)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for label, run in (("1 worker", one), ("2 workers", two)):
+        print(f"{label}: {run['wall_seconds']} s for {run['partitions']} images ({run['images_per_s']} img/s), "
+              f"busy per worker {run['busy_seconds_per_worker']}")
+    print(f"ratio two/one: {result['throughput_ratio_two_over_one']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
