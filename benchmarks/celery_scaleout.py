@@ -46,7 +46,7 @@ def throwaway_database():
         admin.close()
 
 
-def make_project(root: Path, partitions: int, models_dir: Path) -> dict[str, str]:
+def make_project(root: Path, partitions: int, models_dir: Path, steps: int) -> dict[str, str]:
     """Images, prompts, a two-model catalog, a DAGSTER_HOME; returns the environment for every process."""
     import yaml
     from PIL import Image
@@ -56,7 +56,7 @@ def make_project(root: Path, partitions: int, models_dir: Path) -> dict[str, str
     for index in range(partitions):
         Image.new("RGB", (64, 64), ((index * 37) % 256, (index * 91) % 256, 120)).save(images / f"img{index:04d}.png")
     (root / "prompts.txt").write_text("a lighthouse\na forest\na city at night\n")
-    catalog = {"defaults": {"resolution": 64, "num_inference_steps": 8, "strength": 0.5},
+    catalog = {"defaults": {"resolution": 64, "num_inference_steps": steps, "strength": 0.5},
                "models": [{"name": n, "path": str(models_dir / n)} for n in ("tiny-sd15", "tiny-sd2")]}
     (root / "models.yaml").write_text(yaml.safe_dump(catalog))
     home = root / "home"
@@ -162,10 +162,8 @@ with dg.DagsterInstance.get() as instance:
                 end = e.timestamp
             elif e.dagster_event.event_type == T.ASSET_MATERIALIZATION:
                 m = e.dagster_event.step_materialization_data.materialization
-                if m.partition is None:
-                    loads = m.metadata["pipeline_loads"].value
-                else:
-                    out["materializations"][m.partition] = out["materializations"].get(m.partition, 0) + 1
+                loads = m.metadata["pipeline_loads"].value  # run-level metadata, on every partition's event
+                out["materializations"][m.partition] = out["materializations"].get(m.partition, 0) + 1
         out["runs"].append({"run_id": run_id, "status": record.dagster_run.status.value, "worker": worker,
                             "step_seconds": round(end - start, 2) if start and end else None, "pipeline_loads": loads})
 print(json.dumps(out))
@@ -174,9 +172,9 @@ print(json.dumps(out))
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def measure(workers: int, partitions: int, per_run: int, root: Path, models_dir: Path, broker_db: int) -> dict:
+def measure(workers: int, partitions: int, per_run: int, root: Path, models_dir: Path, broker_db: int, steps: int = 8) -> dict:
     with throwaway_database() as url:
-        env = {**make_project(root, partitions, models_dir), "DAGSTER_POSTGRES_URL": url}
+        env = {**make_project(root, partitions, models_dir, steps), "DAGSTER_POSTGRES_URL": url}
         keys = register_partitions(env)
         with celery_workers(workers, env, root, broker_db) as env:
             seconds = backfill(keys, env, per_run)

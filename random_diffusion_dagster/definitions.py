@@ -29,7 +29,12 @@ def _executor() -> dg.ExecutorDefinition | None:
         from dagster_celery import celery_executor
 
         return celery_executor.configured(
-            {"broker": {"env": "RANDOM_DIFFUSION_CELERY_BROKER"}, "backend": {"env": "RANDOM_DIFFUSION_CELERY_BACKEND"}}
+            {
+                "broker": {"env": "RANDOM_DIFFUSION_CELERY_BROKER"},
+                "backend": {"env": "RANDOM_DIFFUSION_CELERY_BACKEND"},
+                # as in deploy/celery/celery.yaml: busy workers reserve no further step
+                "config_source": {"task_acks_late": True},
+            }
         )
     if choice == "k8s":
         from dagster_k8s import k8s_job_executor

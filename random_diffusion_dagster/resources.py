@@ -15,9 +15,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env_path(variable: str, default: str) -> str:
-    """A path knob: the environment variable if set, else the default under the project root."""
+    """A path knob: the environment variable if set (a path, or a URL such as s3://...),
+    else the default under the project root."""
     value = os.environ.get(variable)
-    return str(Path(value).expanduser().resolve()) if value else str(PROJECT_ROOT / default)
+    if not value:
+        return str(PROJECT_ROOT / default)
+    return value if "://" in value else str(Path(value).expanduser().resolve())
 
 
 class DatasetResource(dg.ConfigurableResource):
@@ -29,7 +32,8 @@ class DatasetResource(dg.ConfigurableResource):
     )
     output_dir: str = Field(
         default_factory=lambda: _env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs"),
-        description="Folder the diffused PNGs and the report go to (RANDOM_DIFFUSION_OUTPUT_DIR).",
+        description="Folder or fsspec URL (s3://bucket/outputs) the diffused PNGs and the report go to "
+        "(RANDOM_DIFFUSION_OUTPUT_DIR).",
     )
     prompts_file: str = Field(
         default_factory=lambda: _env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt"),

@@ -42,7 +42,7 @@ def test_names_that_sanitise_alike_get_distinct_keys():
 
 
 def test_output_paths_cannot_leave_the_output_folder(tmp_path):
-    assert output_path_for(tmp_path, "cat.jpg") == tmp_path.resolve() / "cat.jpg.png"
+    assert str(output_path_for(tmp_path, "cat.jpg")) == str(tmp_path.resolve() / "cat.jpg.png")
     with pytest.raises(ValueError, match="outside"):
         output_path_for(tmp_path, "../escape")
 

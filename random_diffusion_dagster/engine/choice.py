@@ -6,9 +6,12 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
+import os
+
+from upath import UPath
 
 from .catalog import ModelSpec
+from .storage import is_local, location
 
 ENGINE_VERSION = "1"  # bump when the same inputs would give different pixels
 
@@ -52,13 +55,12 @@ def choose(source_sha256: str, run_seed: int, prompts: list[str], models: list[M
     return prompt, model, rng.randrange(2**32)
 
 
-def output_path_for(output_dir: str | Path, key: str) -> Path:
-    """`<output_dir>/<key>.png`, refusing any key that would land outside `output_dir`."""
-    output_dir = Path(output_dir).resolve()
-    path = (output_dir / f"{key}.png").resolve()
-    if path.parent != output_dir:
+def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
+    """`<output_dir>/<key>.png` (a local path or a URL), refusing keys that could leave it."""
+    if not key or key in (".", "..") or "/" in key or "\\" in key or "\x00" in key:
         raise ValueError(f"Partition key {key!r} would write outside {output_dir}; refusing.")
-    return path
+    directory = location(output_dir)
+    return (directory.resolve() if is_local(directory) else directory) / f"{key}.png"
 
 
 def plan_job(
@@ -68,7 +70,7 @@ def plan_job(
     prompts: list[str],
     models: list[ModelSpec],
     run_seed: int,
-    output_dir: str | Path,
+    output_dir: str | os.PathLike,
 ) -> ImageJob:
     prompt, model, seed = choose(source_sha256, run_seed, prompts, models)
     return ImageJob(

@@ -8,13 +8,14 @@ import io
 import json
 import os
 import re
-import tempfile
 import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, PngImagePlugin
+
+from .storage import location, write_bytes_atomic
 
 PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
 RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
@@ -166,7 +167,14 @@ def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(target, Image.Resampling.LANCZOS)
 
 
-def write_png_atomic(image: Image.Image, path: str | Path, parameters: str, record: dict) -> None:
+def open_image_copy(path: str | os.PathLike) -> Image.Image:
+    """A result image read fully into memory, from a local path or a URL."""
+    with location(path).open("rb") as handle, Image.open(handle) as image:
+        image.load()
+        return image.copy()
+
+
+def write_png_atomic(image: Image.Image, path: str | os.PathLike, parameters: str, record: dict) -> None:
     """Write a PNG carrying its generation parameters, via a temporary file and a rename."""
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_CHUNK, parameters)
@@ -176,26 +184,10 @@ def write_png_atomic(image: Image.Image, path: str | Path, parameters: str, reco
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_record(path: str | Path) -> dict | None:
+def read_record(path: str | os.PathLike) -> dict | None:
     """The JSON record embedded in a result PNG, or None if the file is missing or not ours."""
     try:
-        with Image.open(path) as image:
+        with location(path).open("rb") as handle, Image.open(handle) as image:
             raw = image.text.get(RECORD_CHUNK) if hasattr(image, "text") else None
     except (OSError, SyntaxError, ValueError):
         return None

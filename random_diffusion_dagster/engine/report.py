@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+from upath import UPath
 
-from .images import read_record, write_bytes_atomic
+from .images import open_image_copy, read_record
 from .runner import failure_path
+from .storage import location, write_bytes_atomic
 
 SUMMARY_COLUMNS = [
     "model", "images", "mean_inference_s", "p95_inference_s", "peak_vram_allocated_mb",
@@ -29,8 +31,8 @@ class Report:
     failures: pd.DataFrame
     records: list[dict]
     contact_sheet: Image.Image | None
-    contact_sheet_path: Path
-    summary_csv_path: Path
+    contact_sheet_path: UPath
+    summary_csv_path: UPath
 
     @property
     def image_count(self) -> int:
@@ -41,14 +43,14 @@ class Report:
         return len(self.failures)
 
 
-def build_report(output_dir: str | Path, keys: list[str]) -> Report:
+def build_report(output_dir: str | os.PathLike, keys: list[str]) -> Report:
     """Read every partition's result record and failure file; write summary.csv and contact_sheet.png."""
-    output_dir = Path(output_dir)
+    output_dir = location(output_dir)
     records, failures = [], []
     for key in keys:
         record = read_record(output_dir / f"{key}.png")
         failure = failure_path(output_dir, key)
-        if failure.is_file():
+        if failure.exists():
             failures.append(json.loads(failure.read_text()))
         elif record:
             records.append(record)
@@ -110,8 +112,7 @@ def _thumbnail(path: str) -> Image.Image:
     """A square tile of the image, or a grey tile saying why it is missing."""
     tile = Image.new("RGB", (THUMB, THUMB), (220, 220, 220))
     try:
-        with Image.open(path) as image:
-            picture = ImageOps.contain(ImageOps.exif_transpose(image).convert("RGB"), (THUMB, THUMB))
+        picture = ImageOps.contain(ImageOps.exif_transpose(open_image_copy(path)).convert("RGB"), (THUMB, THUMB))
     except (OSError, ValueError):
         ImageDraw.Draw(tile).text((8, THUMB // 2), "missing", fill="black")
         return tile

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path
-
 from PIL import Image
+from upath import UPath
 
 from .choice import ImageJob
 from .images import (
@@ -20,13 +20,14 @@ from .images import (
     a1111_parameters,
     fit_to_resolution,
     load_rgb,
+    open_image_copy,
     read_record,
     thumbnail_data_uri,
-    write_bytes_atomic,
     write_png_atomic,
 )
 from .freshness import stat_signature
 from .pipelines import ModelLoadError, PipelineCache, free_memory
+from .storage import location, write_bytes_atomic
 
 FAILURES_DIR = ".failures"
 
@@ -64,8 +65,8 @@ class _Batch:
     fallbacks: list[str] = field(default_factory=list)
 
 
-def failure_path(output_dir: str | Path, key: str) -> Path:
-    return Path(output_dir) / FAILURES_DIR / f"{key}.json"
+def failure_path(output_dir: str | os.PathLike, key: str) -> UPath:
+    return location(output_dir) / FAILURES_DIR / f"{key}.json"
 
 
 def run_jobs(
@@ -363,14 +364,13 @@ def _reuse_existing(job: ImageJob) -> ImageResult | None:
     record = read_record(job.output_path)
     if not record or record.get("fingerprint") != job.fingerprint:
         return None
-    with Image.open(job.output_path) as image:
-        preview = thumbnail_data_uri(image)
+    preview = thumbnail_data_uri(open_image_copy(job.output_path))
     return ImageResult(job, "reused", record=record, preview=preview)
 
 
 def _record_outcome(result: ImageResult) -> None:
     """Keep a failure file per failed image (read by the report); clear it once the image succeeds."""
-    output_dir = Path(result.job.output_path).parent
+    output_dir = location(result.job.output_path).parent
     path = failure_path(output_dir, result.job.key)
     if result.status == "failed":
         payload = {"key": result.job.key, "model": result.job.model.name, "error": result.error,

@@ -1,0 +1,46 @@
+"""Where results live: a local folder (the default) or any fsspec URL through universal-pathlib.
+
+Workers on several machines need one place they all reach: `s3://bucket/outputs`,
+`gs://...`, `memory://...` (tests) work wherever the matching fsspec package is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from upath import UPath
+
+
+def location(path_or_url: str | os.PathLike) -> UPath:
+    return path_or_url if isinstance(path_or_url, UPath) else UPath(path_or_url)
+
+
+def is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a partial write.
+
+    Locally: a temporary file in the same folder, fsynced, then renamed over the target.
+    Object stores: one PUT, which they make visible whole.
+    """
+    path = location(path)
+    if not is_local(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

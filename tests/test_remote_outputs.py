@@ -1,0 +1,50 @@
+"""Outputs at an fsspec URL (here the in-memory filesystem), as a multi-machine setup would use s3://."""
+
+import datetime
+
+import dagster as dg
+import fsspec
+import pytest
+from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata
+
+from random_diffusion_dagster.checks import results_readable_on_disk
+from random_diffusion_dagster.engine.images import read_record
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.schedules import catch_up_schedule
+
+URL = "memory://rdd-test/outputs"
+
+
+@pytest.fixture
+def remote_project(project):
+    store = fsspec.filesystem("memory").store
+    store.clear()
+    yield {**project, "output_dir": URL}
+    store.clear()
+
+
+def test_results_report_check_and_catch_up_work_on_an_fsspec_url(remote_project):
+    memory = fsspec.filesystem("memory")
+    with dg.instance_for_test() as instance:
+        keys, result = _diffuse_all(instance, remote_project)
+        assert result.success
+        for key in keys:
+            path = f"{URL}/{key}.png"
+            assert _partition_metadata(instance, key)["output_path"] == path
+            assert read_record(path)["fingerprint"] == _partition_metadata(instance, key)["fingerprint"]
+        assert not [p for p in memory.find("/rdd-test") if p.endswith(".tmp")]
+
+        resources = {"dataset": DatasetResource(**remote_project), "engine": DiffusionEngineResource(device="cpu")}
+        report = dg.materialize(ALL_ASSETS + [results_readable_on_disk], selection=["diffusion_report"], instance=instance, resources=resources)
+        assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == len(keys)
+        assert memory.exists("/rdd-test/outputs/report/contact_sheet.png")
+        check = dg.materialize(ALL_ASSETS + [results_readable_on_disk], selection=dg.AssetSelection.checks(results_readable_on_disk),
+                               instance=instance, resources=resources)
+        assert check.get_asset_check_evaluations()[0].passed
+
+        context = dg.build_schedule_context(instance=instance, resources={"dataset": resources["dataset"]},
+                                            scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc))
+        assert isinstance(catch_up_schedule(context), dg.SkipReason)
+
+        _, rerun = _diffuse_all(instance, remote_project)
+        assert rerun.asset_materializations_for_node("diffused_image")[0].metadata["reused"].value == len(keys)
