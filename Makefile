@@ -15,7 +15,6 @@ $(BIN)/random-diffusion: pyproject.toml
 	touch $@
 
 setup: $(BIN)/random-diffusion
-	$(BIN)/random-diffusion build-demo-models
 
 run: setup
 	$(BIN)/random-diffusion run

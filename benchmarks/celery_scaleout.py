@@ -15,35 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from local_services import stop_process_groups, throwaway_database
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-POSTGRES = os.environ.get("RANDOM_DIFFUSION_TEST_POSTGRES", "postgres@127.0.0.1:5432")
 REDIS = os.environ.get("RANDOM_DIFFUSION_TEST_REDIS", "redis://127.0.0.1:6379")
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
-
-@contextmanager
-def throwaway_database():
-    import psycopg2
-
-    name = f"rdd_celery_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(f"postgresql://{POSTGRES}/postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://{POSTGRES}/{name}"
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def make_project(root: Path, partitions: int, models_dir: Path, steps: int) -> dict[str, str]:
@@ -103,13 +87,7 @@ def celery_workers(count: int, env: dict[str, str], log_dir: Path, broker_db: in
             time.sleep(0.5)
         yield env
     finally:
-        for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_process_groups(processes)
 
 
 def register_partitions(env: dict[str, str]) -> list[str]:

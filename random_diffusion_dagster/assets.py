@@ -113,7 +113,7 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
 PER_PARTITION_FIELDS = (
     "prompt", "model", "seed", "strength", "num_inference_steps", "guidance_scale", "source_size",
     "output_size", "pipeline_load_seconds", "inference_seconds", "total_seconds", "vram_peak_allocated_mb",
-    "vram_peak_reserved_mb", "rss_peak_mb", "device", "scheduler", "batch_size", "fallback", "prompt_truncated",
+    "vram_peak_reserved_mb", "rss_peak_mb", "device", "scheduler", "batch_size", "fallback", "prompt_truncated", "safety_checker",
     "fingerprint",
 )
 

@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="random-diffusion", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build-demo-models", help="build the tiny offline demo models")
-    build.add_argument("--models-dir", default=str(PROJECT_ROOT / "data" / "models"))
+    build = commands.add_parser(
+        "build-demo-models", help="build random-weight stand-ins of the demo models (smallest, fastest; for tests)"
+    )
+    build.add_argument("--models-dir", default=str(PROJECT_ROOT / "data" / "models-random"))
     build.add_argument("--force", action="store_true", help="rebuild even if present")
     build.set_defaults(handler=build_demo_models_command)
 

@@ -29,7 +29,7 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from random_diffusion_dagster.engine.demo_models import TINY_MODELS, build_tiny_pipeline  # noqa: E402
+from random_diffusion_dagster.engine.demo_models import TINY_MODELS, build_tiny_pipeline, save_demo_model  # noqa: E402
 from random_diffusion_dagster.engine.prompts import load_prompts  # noqa: E402
 
 
@@ -77,7 +77,11 @@ def train_vae(vae, images, steps: int, size: int, batch: int, rng: random.Random
 
 def train_unet(pipeline, images, prompts, steps: int, size: int, batch: int, rng: random.Random, log) -> None:
     """Denoise the VAE's latents of the training crops, with the scheduler's own objective."""
-    unet, vae, scheduler = pipeline.unet, pipeline.vae, pipeline.scheduler
+    import diffusers
+
+    unet, vae = pipeline.unet, pipeline.vae
+    # Whatever the sampler, SD models are trained on the DDPM forward process with the same betas.
+    scheduler = diffusers.DDPMScheduler.from_config(pipeline.scheduler.config)
     prediction_type = scheduler.config.prediction_type
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     unet.train()
@@ -136,10 +140,10 @@ def main() -> int:
         pipeline.vae = shared_vae
         log(f"training {recipe.name} ({pipeline.scheduler.config.prediction_type})")
         train_unet(pipeline, images, prompts, args.unet_steps, recipe.sample_size * 8, args.batch, rng, log)
-        target = args.out / recipe.name
-        pipeline.save_pretrained(target, safe_serialization=True)
-        (target / "recipe.json").write_text(json.dumps({**recipe.__dict__, "trained": True, "vae_steps": args.vae_steps,
-                                                         "unet_steps": args.unet_steps}, indent=2) + "\n")
+    # Saved after all training: the layout extras (safety checker) draw random numbers of their own.
+    for recipe in TINY_MODELS:
+        save_demo_model(pipelines[recipe.name], recipe, args.out / recipe.name,
+                        extra={"trained": True, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps})
     sums = {recipe.name: checksums(args.out / recipe.name) for recipe in TINY_MODELS}
     (args.out / "checksums.json").write_text(json.dumps(sums, indent=2) + "\n")
     log(f"done: {args.out}")

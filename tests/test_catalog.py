@@ -50,8 +50,8 @@ def _spec(tmp_path, **entry):
     return parse_catalog({"models": [{"name": "m", **entry}]}, base_dir=tmp_path)[0]
 
 
-def test_missing_folder_says_how_to_build_the_demo_models(tmp_path):
-    with pytest.raises(ModelLoadError, match=r"Model 'm'.*does not exist.*build-demo-models"):
+def test_missing_folder_says_how_to_restore_the_demo_models(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"Model 'm'.*does not exist.*data/models"):
         load_pipeline(_spec(tmp_path, path="absent"), "cpu")
 
 

@@ -22,6 +22,9 @@ from helpers import make_image, write_catalog
 from random_diffusion_dagster.engine.images import read_record
 from random_diffusion_dagster.remote import Deployment
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from local_services import stop_process_groups  # noqa: E402
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Slow enough per image (about a second here) that a run can be caught mid-batch.
@@ -91,13 +94,7 @@ def deployment(tmp_path_factory, models_dir):
         _wait_for(lambda: _reachable(url), 180, "the webserver")
         yield {"url": url, "root": root, "images": images, "outputs": root / "outputs", "env": env}
     finally:
-        for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_process_groups(processes)
         for log in logs.values():
             log.close()
 

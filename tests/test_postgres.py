@@ -2,8 +2,8 @@
 
 import os
 import shutil
+import sys
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -14,22 +14,16 @@ from random_diffusion_dagster.assets import diffused_image, diffusion_report, mo
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.sensors import new_images_sensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from local_services import throwaway_database  # noqa: E402
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SERVER = os.environ.get("RANDOM_DIFFUSION_TEST_POSTGRES", "postgres@127.0.0.1:5432")
 
 
 @pytest.fixture
 def database():
-    """A throwaway database, dropped afterwards."""
-    name = f"rdd_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(f"postgresql://{SERVER}/postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with throwaway_database("rdd_test") as url:
+        yield url
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2"])
@@ -37,7 +31,7 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", f"{scheme}://{SERVER}/{database}")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", database.replace("postgresql://", f"{scheme}://", 1))
     for path in Path(project["images_dir"]).iterdir():
         past = time.time() - 300
         os.utime(path, (past, past))
@@ -60,7 +54,7 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp
         report = dg.materialize(assets, selection=["diffusion_report"], instance=instance, resources=resources)
         assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == 3
 
-    with psycopg2.connect(f"postgresql://{SERVER}/{database}") as connection, connection.cursor() as cursor:
+    with psycopg2.connect(database) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM runs")
         assert cursor.fetchone()[0] == 2
         cursor.execute("SELECT count(*) FROM dynamic_partitions WHERE partitions_def_name = 'images'")

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "variant": None,
     "negative_prompt": "",
+    # The SD 1.x checkpoints ship a safety checker. The project does not run it unless asked:
+    # it blacks out flagged images, and on untrained or unusual models it flags at random.
+    "safety_checker": False,
 }
 
 
@@ -55,6 +58,7 @@ class ModelSpec:
     dtype: str
     variant: str | None
     negative_prompt: str
+    safety_checker: bool = False
     description: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +136,7 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
         dtype=str(settings["dtype"]),
         variant=settings["variant"],
         negative_prompt=str(settings["negative_prompt"] or ""),
+        safety_checker=bool(settings["safety_checker"]),
         description=str(entry.get("description", "")),
     )
     _validate(spec, where)

@@ -24,13 +24,19 @@ class TinyModelRecipe:
     prediction_type: str
     text_hidden_size: int
     sample_size: int  # latent side; the image side is 8x this
+    safety_checker: bool = False  # ship safety_checker + feature_extractor, as the SD 1.x repos do
+    fp16_variant: bool = False  # also ship *.fp16.safetensors, as many hub repos do
 
 
 TINY_MODELS = (
-    TinyModelRecipe("tiny-sd14", seed=14, scheduler="PNDMScheduler", prediction_type="epsilon", text_hidden_size=32, sample_size=12),
-    TinyModelRecipe("tiny-sd15", seed=15, scheduler="EulerDiscreteScheduler", prediction_type="epsilon", text_hidden_size=32, sample_size=12),
-    TinyModelRecipe("tiny-sd2", seed=20, scheduler="DDIMScheduler", prediction_type="v_prediction", text_hidden_size=48, sample_size=16),
-    TinyModelRecipe("tiny-sd21", seed=21, scheduler="EulerDiscreteScheduler", prediction_type="v_prediction", text_hidden_size=48, sample_size=16),
+    TinyModelRecipe("tiny-sd14", seed=14, scheduler="PNDMScheduler", prediction_type="epsilon", text_hidden_size=32,
+                    sample_size=12, safety_checker=True),
+    TinyModelRecipe("tiny-sd15", seed=15, scheduler="EulerDiscreteScheduler", prediction_type="epsilon", text_hidden_size=32,
+                    sample_size=12, safety_checker=True),
+    TinyModelRecipe("tiny-sd2", seed=20, scheduler="DDIMScheduler", prediction_type="v_prediction", text_hidden_size=48,
+                    sample_size=16, fp16_variant=True),
+    TinyModelRecipe("tiny-sd21", seed=21, scheduler="EulerDiscreteScheduler", prediction_type="v_prediction", text_hidden_size=48,
+                    sample_size=16),
 )
 
 
@@ -112,16 +118,45 @@ def build_tiny_pipeline(recipe: TinyModelRecipe):
     )
 
 
+def tiny_safety_checker():
+    """A tiny StableDiffusionSafetyChecker and its CLIP image processor, for the SD 1.x layout."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    config = CLIPConfig(text_config=small, vision_config={**small, "image_size": 32, "patch_size": 4}, projection_dim=32)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return StableDiffusionSafetyChecker(config), processor
+
+
+def save_demo_model(pipeline, recipe: TinyModelRecipe, target: Path, extra: dict | None = None) -> None:
+    """Save in the layout of the real checkpoint the recipe imitates."""
+    import torch
+
+    if recipe.safety_checker:
+        pipeline.register_modules(**dict(zip(("safety_checker", "feature_extractor"), tiny_safety_checker())))
+        pipeline.register_to_config(requires_safety_checker=True)
+    pipeline.save_pretrained(target, safe_serialization=True)
+    if recipe.fp16_variant:
+        pipeline.to(torch.float16).save_pretrained(target, safe_serialization=True, variant="fp16")
+        pipeline.to(torch.float32)
+    (target / "recipe.json").write_text(json.dumps({**recipe.__dict__, **(extra or {})}, indent=2) + "\n")
+
+
 def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]:
-    """Build every tiny model into `models_dir/<name>` unless it is already there."""
+    """Build every tiny model, random weights, into `models_dir/<name>` unless it is already there.
+
+    The shipped demo models (data/models) are these, trained by scripts/train_demo_models.py;
+    the random ones are the smallest, fastest stand-ins, used by the tests.
+    """
     models_dir = Path(models_dir)
     built = []
     for recipe in TINY_MODELS:
         target = models_dir / recipe.name
         if (target / "model_index.json").is_file() and not force:
             continue
-        pipeline = build_tiny_pipeline(recipe)
-        pipeline.save_pretrained(target, safe_serialization=True)
-        (target / "recipe.json").write_text(json.dumps(recipe.__dict__, indent=2) + "\n")
+        save_demo_model(build_tiny_pipeline(recipe), recipe, target)
         built.append(target)
     return built

@@ -112,8 +112,9 @@ def load_pipeline(
         if spec.source_kind == "single_file":
             pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_single_file(spec.source, dtype=dtype)
         else:
+            skip_checker = {} if spec.safety_checker else {"safety_checker": None, "feature_extractor": None}
             pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(
-                spec.source, dtype=dtype, variant=spec.variant, **(shared or {})
+                spec.source, dtype=dtype, variant=spec.variant, **skip_checker, **(shared or {})
             )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
@@ -170,8 +171,8 @@ def _check_source_exists(spec: ModelSpec) -> None:
     if spec.source_kind == "path":
         if not source.is_dir():
             raise ModelLoadError(
-                f"{where}: the folder does not exist. For the demo models run "
-                "`random-diffusion build-demo-models`; otherwise fix `path` in the catalog."
+                f"{where}: the folder does not exist. The demo models ship in data/models "
+                "(`git checkout data/models` restores them); otherwise fix `path` in the catalog."
             )
         if not (source / "model_index.json").is_file():
             raise ModelLoadError(
@@ -303,7 +304,8 @@ class PipelineCache:
         """Scheduler, dtype and device of a resident pipeline, for result records."""
         pipeline = self._resident[name].pipeline
         return {"scheduler": type(pipeline.scheduler).__name__, "dtype": str(pipeline.dtype).replace("torch.", ""),
-                "device": self.device}
+                "device": self.device,
+                "safety_checker": "run" if getattr(pipeline, "safety_checker", None) is not None else "not run"}
 
     def evict(self, name: str) -> None:
         entry = self._resident.pop(name, None)

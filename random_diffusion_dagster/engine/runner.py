@@ -310,6 +310,7 @@ def _record(job, source, image, pipeline_info, memory, fallbacks, count, load_se
         "model_source": f"{spec.source_kind}:{spec.source}",
         "scheduler": pipeline_info["scheduler"],
         "dtype": pipeline_info["dtype"],
+        "safety_checker": pipeline_info["safety_checker"],
         "device": pipeline_info["device"],
         "seed": job.seed,
         "run_seed": job.run_seed,

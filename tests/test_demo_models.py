@@ -1,0 +1,66 @@
+"""The shipped demo models: intact, loadable through every layout path, reproducible by the training script."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dataclasses
+import diffusers
+
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.choice import plan_job
+from random_diffusion_dagster.engine.images import file_sha256, read_record
+from random_diffusion_dagster.engine.pipelines import PipelineCache
+from random_diffusion_dagster.engine.runner import run_jobs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODELS = PROJECT_ROOT / "data" / "models"
+
+
+def test_shipped_weights_match_the_recorded_checksums():
+    recorded = json.loads((MODELS / "checksums.json").read_text())
+    assert set(recorded) == {"tiny-sd14", "tiny-sd15", "tiny-sd2", "tiny-sd21"}
+    for model, files in recorded.items():
+        for name, digest in files.items():
+            assert hashlib.sha256((MODELS / model / name).read_bytes()).hexdigest() == digest, (model, name)
+    total = sum(p.stat().st_size for p in MODELS.rglob("*") if p.is_file())
+    assert total < 40 * 2**20
+
+
+def test_layouts_mirror_the_real_checkpoints():
+    sd14 = diffusers.AutoPipelineForImage2Image.from_pretrained(MODELS / "tiny-sd14")
+    assert sd14.safety_checker is not None and sd14.feature_extractor is not None  # as in the v1-4/v1-5 repos
+    sd2 = diffusers.AutoPipelineForImage2Image.from_pretrained(MODELS / "tiny-sd2", variant="fp16")
+    assert sd2.scheduler.config.prediction_type == "v_prediction"
+    assert (MODELS / "tiny-sd2" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+
+
+def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
+    catalog = load_catalog(PROJECT_ROOT / "data" / "models.yaml")
+    source = next(p for p in sorted((PROJECT_ROOT / "data" / "images").iterdir()))
+    jobs = [plan_job(f"{spec.name}.jpg", str(source), file_sha256(source), ["a lighthouse"], [spec], 0, tmp_path)
+            for spec in catalog]
+    checked = dataclasses.replace(catalog[0], name="tiny-sd14-checked", safety_checker=True)
+    jobs.append(plan_job("checked.jpg", str(source), file_sha256(source), ["a lighthouse"], [checked], 0, tmp_path))
+    summary = run_jobs(jobs, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
+    assert [r.status for r in summary.results] == ["generated"] * 5, [r.error for r in summary.results]
+    records = {r.job.model.name: read_record(r.job.output_path) for r in summary.results}
+    assert records["tiny-sd14"]["safety_checker"] == "not run" and records["tiny-sd14-checked"]["safety_checker"] == "run"
+    assert records["tiny-sd2"]["output_size"] != records["tiny-sd14"]["output_size"]  # SD 2.x-style: larger default
+
+
+def test_training_script_runs_and_writes_loadable_models(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "scripts/train_demo_models.py", "--out", str(tmp_path), "--vae-steps", "2", "--unet-steps", "2",
+         "--threads", "1"],
+        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    sums = json.loads((tmp_path / "checksums.json").read_text())
+    assert set(sums) == {"tiny-sd14", "tiny-sd15", "tiny-sd2", "tiny-sd21"}
+    pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(tmp_path / "tiny-sd21")
+    assert json.loads((tmp_path / "tiny-sd21" / "recipe.json").read_text())["trained"] is True
+    assert pipeline.vae.config.scaling_factor != 0.18215  # measured on the trained VAE's latents
