@@ -103,8 +103,11 @@ def build_tiny_pipeline(recipe: TinyModelRecipe):
         prediction_type=recipe.prediction_type,
         steps_offset=1,
     )
-    if "clip_sample" in inspect.signature(scheduler_class.__init__).parameters:
-        scheduler_settings["clip_sample"] = False  # as in the real SD schedulers
+    # As in the real SD 1.x/2.x scheduler configs.
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    for name, value in {"clip_sample": False, "skip_prk_steps": True, "set_alpha_to_one": False}.items():
+        if name in accepted:
+            scheduler_settings[name] = value
     scheduler = scheduler_class(**scheduler_settings)
     return diffusers.StableDiffusionImg2ImgPipeline(
         vae=vae,
