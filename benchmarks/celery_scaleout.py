@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from local_services import stop_process_groups, throwaway_database
+from local_services import project_env, stop_process_groups, throwaway_database
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,16 +46,7 @@ def make_project(root: Path, partitions: int, models_dir: Path, steps: int) -> d
     home = root / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "deploy" / "celery" / "dagster.yaml").read_text())
-    return {
-        "DAGSTER_HOME": str(home),
-        "RANDOM_DIFFUSION_EXECUTOR": "celery",
-        "RANDOM_DIFFUSION_IMAGES_DIR": str(images),
-        "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / "outputs"),
-        "RANDOM_DIFFUSION_PROMPTS_FILE": str(root / "prompts.txt"),
-        "RANDOM_DIFFUSION_MODELS_FILE": str(root / "models.yaml"),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return {**project_env(root, home), "RANDOM_DIFFUSION_EXECUTOR": "celery"}
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 POSTGRES = os.environ.get("RANDOM_DIFFUSION_TEST_POSTGRES", "postgres@127.0.0.1:5432")
 
@@ -36,3 +37,16 @@ def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float 
             process.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def project_env(root: Path, home: Path) -> dict[str, str]:
+    """Environment for a project laid out under `root` (images/, prompts.txt, models.yaml) and an instance at `home`."""
+    return {
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(root / "images"),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / "outputs"),
+        "RANDOM_DIFFUSION_PROMPTS_FILE": str(root / "prompts.txt"),
+        "RANDOM_DIFFUSION_MODELS_FILE": str(root / "models.yaml"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }

@@ -86,3 +86,13 @@ def test_corrupt_weights_name_the_model(tmp_path, models_dir):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ModelLoadError, match=r"Model 'm' \(path: .*broken\) failed to load"):
         load_pipeline(_spec(tmp_path, path="broken"), "cpu")
+
+
+def test_a_pipeline_type_without_img2img_says_so(tmp_path):
+    import diffusers
+
+    diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,
+                                                      down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
+                           scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(ModelLoadError, match=r"Model 'm'.*no image-to-image form"):
+        load_pipeline(_spec(tmp_path, path="ddpm"), "cpu")

@@ -23,7 +23,7 @@ from random_diffusion_dagster.engine.images import read_record
 from random_diffusion_dagster.remote import Deployment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from local_services import stop_process_groups  # noqa: E402
+from local_services import project_env, stop_process_groups  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,16 +71,7 @@ def deployment(tmp_path_factory, models_dir):
         config.pop(key)  # defaults: everything under this test's DAGSTER_HOME
     config["run_monitoring"]["poll_interval_seconds"] = 5
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "RANDOM_DIFFUSION_IMAGES_DIR": str(images),
-        "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / "outputs"),
-        "RANDOM_DIFFUSION_PROMPTS_FILE": str(root / "prompts.txt"),
-        "RANDOM_DIFFUSION_MODELS_FILE": str(root / "models.yaml"),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = {**os.environ, **project_env(root, home)}
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     logs = {name: open(root / f"{name}.log", "w") for name in ("webserver", "daemon")}

@@ -192,6 +192,8 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
             "Download it where the hub is reachable (`hf download <id>`) and copy the cache, "
             "or point the catalog entry at a local `path`."
         )
+    elif "AutoPipeline" in text or "can't find a pipeline" in text.lower():
+        hint = "Its pipeline type has no image-to-image form: use a Stable Diffusion (1.x, 2.x, XL) or similar checkpoint."
     elif spec.variant and "variant" in text:
         hint = f"The files for variant {spec.variant!r} are missing: remove `variant` or add those files."
     else:
