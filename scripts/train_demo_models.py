@@ -43,11 +43,12 @@ def load_training_images(folder: Path) -> list[torch.Tensor]:
 
 
 def random_crops(images: list[torch.Tensor], size: int, count: int, rng: random.Random) -> torch.Tensor:
-    """`count` random size x size crops (scaled from 1x to 2x the size), randomly flipped."""
+    """`count` random square crops, from `size` up to the whole image, scaled to size x size and
+    randomly flipped: the scales the models meet when whole photos are resized to their resolution."""
     crops = []
     for _ in range(count):
         image = rng.choice(images)
-        side = min(rng.randint(size, size * 2), image.shape[1], image.shape[2])
+        side = rng.randint(min(size, *image.shape[1:]), min(image.shape[1:]))
         top, left = rng.randint(0, image.shape[1] - side), rng.randint(0, image.shape[2] - side)
         crop = image[:, top : top + side, left : left + side].unsqueeze(0)
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -115,7 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--images", type=Path, default=PROJECT_ROOT / "data" / "images")
-    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--unet-steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
