@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from random_diffusion_dagster.jobs import partition_range_tags  # noqa: E402
 BIN = Path(sys.executable).parent
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def dagster(args: list[str], env: dict) -> float:
@@ -49,7 +51,7 @@ def main() -> int:
                 seconds = sum(dagster(["asset", "materialize", "--select", "diffused_image", "--partition", key], env)
                               for key in keys)
             else:
-                tags = json.dumps({RANGE_START: keys[0], RANGE_END: keys[-1]})
+                tags = json.dumps(partition_range_tags(keys[0], keys[-1]))
                 seconds = dagster(["job", "execute", "-j", "diffuse_images", "--tags", tags], env)
             assert len(list((home / "outputs").glob("*.png"))) == len(keys)
             results[mode] = {"images": len(keys), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(keys), 2)}

@@ -25,9 +25,11 @@ from pathlib import Path
 from local_services import project_env, stop_process_groups, throwaway_database
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from random_diffusion_dagster.jobs import partition_range_tags  # noqa: E402
 BIN = Path(sys.executable).parent
 REDIS = os.environ.get("RANDOM_DIFFUSION_TEST_REDIS", "redis://127.0.0.1:6379")
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def make_project(root: Path, partitions: int, models_dir: Path, steps: int) -> dict[str, str]:
@@ -96,7 +98,7 @@ def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
     launches = []
     for start in range(0, len(keys), per_run):
         chunk = keys[start : start + per_run]
-        tags = json.dumps({RANGE_START: chunk[0], RANGE_END: chunk[-1]})
+        tags = json.dumps(partition_range_tags(chunk[0], chunk[-1]))
         launches.append(subprocess.Popen(
             [str(BIN / "dagster"), "job", "execute", "-m", "random_diffusion_dagster.definitions", "-a", "defs",
              "-j", "diffuse_images", "--tags", tags],
@@ -164,7 +166,6 @@ def main() -> int:
     parser.add_argument("--per-run", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    sys.path.insert(0, str(PROJECT_ROOT))
     from random_diffusion_dagster.engine.demo_models import build_demo_models
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,10 +11,10 @@ from PIL import Image
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
 from random_diffusion_dagster.engine.images import partition_key_for, read_record
+from random_diffusion_dagster.jobs import partition_range_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 
 ALL_ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _diffuse_all(instance, project, run_config=None, **dataset):
     keys = instance.get_dynamic_partitions("images")
     result = _materialize(
         instance, project, ["prompt_list", "model_catalog", "diffused_image"],
-        tags={RANGE_START: keys[0], RANGE_END: keys[-1]}, run_config=run_config, **dataset,
+        tags=partition_range_tags(keys[0], keys[-1]), run_config=run_config, **dataset,
     )
     return keys, result
 
