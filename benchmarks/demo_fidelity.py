@@ -71,6 +71,14 @@ def results(specs, sources, strength: float) -> dict[tuple[str, str], tuple[Imag
     return out
 
 
+def _relocate(spec, models_root: Path, new_root: Path):
+    """The same catalog entry with its files (source, config folder) under `new_root` instead."""
+    def move(path):
+        return str(new_root / Path(path).relative_to(models_root.resolve())) if path else path
+
+    return dataclasses.replace(spec, source=move(spec.source), config=move(spec.config))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, default=PROJECT_ROOT / "data" / "models.yaml")
@@ -85,7 +93,7 @@ def main() -> int:
     sources = [(p.name, load_rgb(p)) for p in sorted(args.images.iterdir())]
     with tempfile.TemporaryDirectory() as tmp:
         build_demo_models(tmp)
-        random_specs = [dataclasses.replace(s, source=str(Path(tmp) / s.name)) for s in trained]
+        random_specs = [_relocate(spec, args.catalog.parent / "models", Path(tmp)) for spec in trained]
         runs = {(kind, strength): results(specs, sources, strength)
                 for kind, specs in (("trained", trained), ("random", random_specs)) for strength in STRENGTHS}
     report = {"metric": "SSIM, grayscale, 11x11 Gaussian window (sigma 1.5)", "prompt": PROMPT, "images": len(sources),

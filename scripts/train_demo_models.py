@@ -8,7 +8,8 @@ crops and flips. One VAE is trained to reconstruct them and shared by all four m
 SD 1.4 and 1.5 share theirs; each UNet is then trained to denoise their latents with its own
 objective (epsilon for the SD 1.x-style models, v-prediction for the SD 2.x-style ones).
 The text encoders stay random. Seeds are fixed; results are deterministic for one torch
-build and thread count.
+build and thread count. tiny-sd15 is also written as a single-file (original-format)
+checkpoint, tiny-sd15-single-file, with the same weights.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from random_diffusion_dagster.engine.demo_models import TINY_MODELS, build_tiny_pipeline, save_demo_model  # noqa: E402
+from random_diffusion_dagster.engine.demo_models import (  # noqa: E402
+    SINGLE_FILE_DEMO,
+    TINY_MODELS,
+    build_tiny_pipeline,
+    save_demo_model,
+    save_single_file_demo,
+)
 from random_diffusion_dagster.engine.prompts import load_prompts  # noqa: E402
 
 
@@ -145,7 +152,8 @@ def main() -> int:
     for recipe in TINY_MODELS:
         save_demo_model(pipelines[recipe.name], recipe, args.out / recipe.name,
                         extra={"trained": True, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps})
-    sums = {recipe.name: checksums(args.out / recipe.name) for recipe in TINY_MODELS}
+    save_single_file_demo(args.out)
+    sums = {name: checksums(args.out / name) for name in [r.name for r in TINY_MODELS] + [SINGLE_FILE_DEMO]}
     (args.out / "checksums.json").write_text(json.dumps(sums, indent=2) + "\n")
     log(f"done: {args.out}")
     return 0

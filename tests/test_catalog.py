@@ -27,6 +27,8 @@ def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tm
         ({"models": [{"name": "x", "path": "p", "resolution": 100}]}, "multiple of 8"),
         ({"models": [{"name": "x", "path": "p"}, {"name": "x", "path": "q"}]}, "unique"),
         ({"models": []}, "empty"),
+        ({"models": [{"name": "x", "path": "p", "config": "c"}]}, "`config` only applies to `single_file`"),
+        ({"models": [{"name": "x", "single_file": "f", "safety_checker": True}]}, "carry no safety checker"),
         ({"model": []}, "models:"),
     ],
 )
@@ -64,6 +66,23 @@ def test_folder_without_model_index_is_not_a_diffusers_folder(tmp_path):
 def test_missing_single_file_checkpoint(tmp_path):
     with pytest.raises(ModelLoadError, match="checkpoint file does not exist"):
         load_pipeline(_spec(tmp_path, single_file="x.safetensors"), "cpu")
+
+
+def test_single_file_config_folder_must_be_a_diffusers_folder(tmp_path):
+    (tmp_path / "configs" / "sd15").mkdir(parents=True)
+    with pytest.raises(CatalogError, match="no model_index.json"):
+        _spec(tmp_path, single_file="x.safetensors", config="configs/sd15")
+    (tmp_path / "configs" / "sd15" / "model_index.json").write_text("{}")
+    assert _spec(tmp_path, single_file="x.safetensors", config="configs/sd15").config == str(tmp_path / "configs" / "sd15")
+    assert _spec(tmp_path, single_file="x.safetensors", config="org/repo").config == "org/repo"  # a hub id
+
+
+@pytest.mark.parametrize("config", [None, "nobody/no-such-config"])
+def test_single_file_without_usable_config_offline_says_to_set_config(tmp_path, monkeypatch, models_dir, config):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    checkpoint = models_dir / "tiny-sd15-single-file" / "tiny-sd15.safetensors"
+    with pytest.raises(ModelLoadError, match=r"Model 'm' \(single_file: .*\).*Set `config:` to a local diffusers folder"):
+        load_pipeline(_spec(tmp_path, single_file=str(checkpoint), config=config), "cpu")
 
 
 def test_uncached_hub_id_while_offline_says_what_to_do(tmp_path, monkeypatch):

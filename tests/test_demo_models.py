@@ -22,7 +22,7 @@ MODELS = PROJECT_ROOT / "data" / "models"
 
 def test_shipped_weights_match_the_recorded_checksums():
     recorded = json.loads((MODELS / "checksums.json").read_text())
-    assert set(recorded) == {"tiny-sd14", "tiny-sd15", "tiny-sd2", "tiny-sd21"}
+    assert set(recorded) == {"tiny-sd14", "tiny-sd15", "tiny-sd2", "tiny-sd21", "tiny-sd15-single-file"}
     for model, files in recorded.items():
         for name, digest in files.items():
             assert hashlib.sha256((MODELS / model / name).read_bytes()).hexdigest() == digest, (model, name)
@@ -36,6 +36,9 @@ def test_layouts_mirror_the_real_checkpoints():
     sd2 = diffusers.AutoPipelineForImage2Image.from_pretrained(MODELS / "tiny-sd2", variant="fp16")
     assert sd2.scheduler.config.prediction_type == "v_prediction"
     assert (MODELS / "tiny-sd2" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    single = MODELS / "tiny-sd15-single-file"
+    assert [p.name for p in single.rglob("*.safetensors")] == ["tiny-sd15.safetensors"]  # the config folder has no weights
+    assert (single / "config" / "unet" / "config.json").is_file()
 
 
 def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
@@ -46,7 +49,8 @@ def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
     checked = dataclasses.replace(catalog[0], name="tiny-sd14-checked", safety_checker=True)
     jobs.append(plan_job("checked.jpg", str(source), file_sha256(source), ["a lighthouse"], [checked], 0, tmp_path))
     summary = run_jobs(jobs, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
-    assert [r.status for r in summary.results] == ["generated"] * 5, [r.error for r in summary.results]
+    assert {spec.source_kind for spec in catalog} == {"path", "single_file"}
+    assert [r.status for r in summary.results] == ["generated"] * (len(catalog) + 1), [r.error for r in summary.results]
     records = {r.job.model.name: read_record(r.job.output_path) for r in summary.results}
     assert records["tiny-sd14"]["safety_checker"] == "not run" and records["tiny-sd14-checked"]["safety_checker"] == "run"
     assert records["tiny-sd2"]["output_size"] != records["tiny-sd14"]["output_size"]  # SD 2.x-style: larger default
@@ -60,7 +64,7 @@ def test_training_script_runs_and_writes_loadable_models(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     sums = json.loads((tmp_path / "checksums.json").read_text())
-    assert set(sums) == {"tiny-sd14", "tiny-sd15", "tiny-sd2", "tiny-sd21"}
+    assert set(sums) == {"tiny-sd14", "tiny-sd15", "tiny-sd2", "tiny-sd21", "tiny-sd15-single-file"}
     pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(tmp_path / "tiny-sd21")
     assert json.loads((tmp_path / "tiny-sd21" / "recipe.json").read_text())["trained"] is True
     assert pipeline.vae.config.scaling_factor != 0.18215  # measured on the trained VAE's latents

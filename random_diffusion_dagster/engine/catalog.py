@@ -10,8 +10,11 @@ A catalog is a YAML file:
         path: models/my-model            # a diffusers folder, relative to the catalog
       - name: single
         single_file: checkpoints/x.safetensors
+        config: configs/sd15               # its diffusers configs: a folder, or a cached hub id
 
-Each model names exactly one source: `path`, `hub_id` or `single_file`.
+Each model names exactly one source: `path`, `hub_id` or `single_file`. A single-file
+checkpoint holds weights only; `config` says which diffusers layout they fill. Without it
+diffusers guesses the original repo from the weights and fetches its configs from the hub.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import yaml
 
 SOURCE_KINDS = ("path", "hub_id", "single_file")
+ENTRY_ONLY = ("name", "description", "config")  # per-model keys that are not settings with defaults
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEFAULTS: dict[str, Any] = {
     "resolution": 512,
@@ -60,6 +64,7 @@ class ModelSpec:
     negative_prompt: str
     safety_checker: bool = False
     description: str = ""
+    config: str | None = None  # single_file only: diffusers config folder or hub id
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +127,7 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
     source = str(entry[kind])
     if kind != "hub_id":
         source = str((base_dir / source).resolve())
-    settings = {**defaults, **{k: v for k, v in entry.items() if k not in (*SOURCE_KINDS, "name", "description")}}
+    settings = {**defaults, **{k: v for k, v in entry.items() if k not in (*SOURCE_KINDS, *ENTRY_ONLY)}}
     _reject_unknown(settings, where)
     spec = ModelSpec(
         name=name,
@@ -138,9 +143,28 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
         negative_prompt=str(settings["negative_prompt"] or ""),
         safety_checker=bool(settings["safety_checker"]),
         description=str(entry.get("description", "")),
+        config=_single_file_config(entry, kind, base_dir, where),
     )
     _validate(spec, where)
     return spec
+
+
+def _single_file_config(entry: dict, kind: str, base_dir: Path, where: str) -> str | None:
+    """A local config folder resolves against the catalog's folder; anything else is a hub id."""
+    config = entry.get("config")
+    if config is None:
+        return None
+    if kind != "single_file":
+        raise CatalogError(f"{where}: `config` only applies to `single_file` models; {kind} models carry their own.")
+    local = base_dir / str(config)
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise CatalogError(
+                f"{where}: config folder {local} has no model_index.json; point `config` at a diffusers "
+                "folder (configs are enough, weights are not needed)."
+            )
+        return str(local.resolve())
+    return str(config)
 
 
 def _reject_unknown(settings: dict, where: str) -> None:
@@ -159,6 +183,11 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise CatalogError(
             f"{where}: num_inference_steps ({spec.num_inference_steps}) x strength ({spec.strength}) "
             "gives no denoising step; raise either so their product is at least 1."
+        )
+    if spec.source_kind == "single_file" and spec.safety_checker:
+        raise CatalogError(
+            f"{where}: single-file checkpoints carry no safety checker, so `safety_checker: true` cannot "
+            "be honoured; convert the model to a diffusers folder with one, or drop the setting."
         )
     if spec.dtype not in DTYPES:
         raise CatalogError(f"{where}: dtype {spec.dtype!r} is not one of {DTYPES}.")

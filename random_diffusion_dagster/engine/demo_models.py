@@ -5,7 +5,8 @@ catalog points at four tiny models built here with fixed seeds: real diffusers c
 saved with `save_pretrained` and loaded back through `from_pretrained`, the same code
 path a real checkpoint takes. Their weights are random, so their pictures are noise
 on top of the source; they differ the way SD 1.4 / 1.5 / 2.0 / 2.1 differ
-(prediction type, scheduler, text-encoder size, resolution).
+(prediction type, scheduler, text-encoder size, resolution). One of them is also saved
+as a single-file checkpoint, the other way checkpoints are shared.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ TINY_MODELS = (
     TinyModelRecipe("tiny-sd21", seed=21, scheduler="EulerDiscreteScheduler", prediction_type="v_prediction", text_hidden_size=48,
                     sample_size=16),
 )
+# The single-file demo: tiny-sd15's weights in the original (LDM) single-file format.
+SINGLE_FILE_SOURCE = "tiny-sd15"
+SINGLE_FILE_DEMO = "tiny-sd15-single-file"
+SINGLE_FILE_CHECKPOINT = "tiny-sd15.safetensors"
 
 
 def byte_level_vocab() -> dict[str, int]:
@@ -148,6 +153,22 @@ def save_demo_model(pipeline, recipe: TinyModelRecipe, target: Path, extra: dict
     (target / "recipe.json").write_text(json.dumps({**recipe.__dict__, **(extra or {})}, indent=2) + "\n")
 
 
+def save_single_file_demo(models_dir: Path) -> Path:
+    """`models_dir/tiny-sd15` again as one original-format checkpoint plus a config-only folder.
+
+    That is how most checkpoints are shared outside the hub (one `.safetensors` file), and
+    what `from_single_file(file, config=folder)` loads offline; same weights, same pictures.
+    """
+    import diffusers
+
+    from .ldm_checkpoint import save_single_file_checkpoint
+
+    source = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(models_dir / SINGLE_FILE_SOURCE)
+    target = models_dir / SINGLE_FILE_DEMO
+    save_single_file_checkpoint(source, target / SINGLE_FILE_CHECKPOINT, target / "config")
+    return target
+
+
 def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]:
     """Build every tiny model, random weights, into `models_dir/<name>` unless it is already there.
 
@@ -162,4 +183,6 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
             continue
         save_demo_model(build_tiny_pipeline(recipe), recipe, target)
         built.append(target)
+    if force or not (models_dir / SINGLE_FILE_DEMO / SINGLE_FILE_CHECKPOINT).is_file():
+        built.append(save_single_file_demo(models_dir))
     return built

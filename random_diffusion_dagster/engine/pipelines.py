@@ -108,11 +108,13 @@ def load_pipeline(
     transformers.utils.logging.disable_progress_bar()
     _check_source_exists(spec)
     dtype = pick_dtype(spec.dtype, device, dtype_override)
+    skip_checker = {} if spec.safety_checker else {"safety_checker": None, "feature_extractor": None}
     try:
         if spec.source_kind == "single_file":
-            pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_single_file(spec.source, dtype=dtype)
+            pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_single_file(
+                spec.source, config=spec.config, dtype=dtype, **skip_checker
+            )
         else:
-            skip_checker = {} if spec.safety_checker else {"safety_checker": None, "feature_extractor": None}
             pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(
                 spec.source, dtype=dtype, variant=spec.variant, **skip_checker, **(shared or {})
             )
@@ -192,6 +194,13 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
             "Download it where the hub is reachable (`hf download <id>`) and copy the cache, "
             "or point the catalog entry at a local `path`."
         )
+    elif spec.source_kind == "single_file" and isinstance(exc, OSError) and not _is_local_dir(spec.config):
+        hint = (
+            "A single-file checkpoint holds weights only; its diffusers configs come from `config`, "
+            + (f"and {spec.config!r} is neither a folder next to the catalog nor a hub id in the local cache. "
+               if spec.config else "which the entry does not set, so diffusers tried the hub. ")
+            + "Set `config:` to a local diffusers folder of the same architecture (configs are enough)."
+        )
     elif "AutoPipeline" in text or "can't find a pipeline" in text.lower():
         hint = "Its pipeline type has no image-to-image form: use a Stable Diffusion (1.x, 2.x, XL) or similar checkpoint."
     elif spec.variant and "variant" in text:
@@ -199,6 +208,10 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
     else:
         hint = "Its files are incomplete or corrupt: rebuild or re-download the model."
     return f"{where} failed to load: {text.splitlines()[0] if text else type(exc).__name__}. {hint}"
+
+
+def _is_local_dir(path: str | None) -> bool:
+    return bool(path) and Path(path).is_dir()
 
 
 def _make_scheduler(spec: ModelSpec, config):

@@ -1,0 +1,148 @@
+"""Write a diffusers Stable Diffusion pipeline as one original-format (LDM) checkpoint file.
+
+Most checkpoints shared outside the diffusers hub are single `.safetensors` files with the
+key names of the original CompVis/Stability code (`model.diffusion_model.input_blocks...`,
+`first_stage_model...`, `cond_stage_model.transformer...`). diffusers reads them with
+`from_single_file`, converting the keys back; it ships no converter in the other direction.
+This is that direction for SD 1.x-style UNets, VAEs and CLIP text encoders of any depth, so
+the project can ship a small single-file checkpoint and exercise that loading path offline.
+The inverse of diffusers' own `convert_ldm_*_checkpoint` functions; a test round-trips it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
+
+# diffusers name -> LDM name, for the parts whose names do not depend on the block layout.
+_UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+# Within an LDM input/output block, slot 0 holds the resnet and slot 1 the attention.
+_SLOT = {"resnets": 0, "attentions": 1}
+_VAE_FIXED = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "norm_out"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+class UnsupportedLayout(ValueError):
+    """The pipeline has a component this converter does not know how to name."""
+
+
+def pipeline_to_ldm_state_dict(pipeline) -> dict:
+    """One flat state dict with the original key names, from a StableDiffusion(Img2Img)Pipeline."""
+    state = {}
+    for key, tensor in pipeline.unet.state_dict().items():
+        state[UNET_PREFIX + unet_key_to_ldm(key, pipeline.unet.config)] = tensor
+    up_blocks = len(pipeline.vae.config.up_block_types)
+    for key, tensor in pipeline.vae.state_dict().items():
+        ldm_key = vae_key_to_ldm(key, up_blocks)
+        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # the original VAE attention uses 1x1 convolutions
+        state[VAE_PREFIX + ldm_key] = tensor
+    for key, tensor in pipeline.text_encoder.state_dict().items():
+        state[TEXT_ENCODER_PREFIX + key.removeprefix("text_model.")] = tensor
+    return {key: tensor.detach().contiguous() for key, tensor in state.items()}
+
+
+def save_single_file_checkpoint(pipeline, checkpoint: Path, config_dir: Path) -> None:
+    """Write the weights as one LDM-format file and the configs (no weights) as a diffusers folder.
+
+    The config folder is what `from_single_file(checkpoint, config=config_dir)` needs to build
+    the pipeline without a hub: the same files diffusers would fetch from the original repo.
+    """
+    from safetensors.torch import save_file
+
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file(pipeline_to_ldm_state_dict(pipeline), str(checkpoint))
+    pipeline.save_pretrained(config_dir, safe_serialization=True)
+    for path in config_dir.rglob("*"):
+        if path.suffix in WEIGHT_SUFFIXES:
+            path.unlink()
+
+
+def unet_key_to_ldm(key: str, config) -> str:
+    per_block = config["layers_per_block"] + 1  # LDM counts each downsampler/upsampler as a layer
+    module, _, tail = key.rpartition(".")
+    if module in _UNET_FIXED:
+        return f"{_UNET_FIXED[module]}.{tail}"
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, layer, rest = match.groups()
+        index = 1 + int(block) * per_block + int(layer)
+        return _unet_layer(f"input_blocks.{index}.{_SLOT[kind]}", kind, rest)
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        block, rest = match.groups()
+        return f"input_blocks.{1 + int(block) * per_block + per_block - 1}.0.op.{rest}"
+    if match := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        kind, layer, rest = match.groups()
+        index = 1 if kind == "attentions" else 2 * int(layer)  # resnet, attention, resnet
+        return _unet_layer(f"middle_block.{index}", kind, rest)
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, layer, rest = match.groups()
+        index = int(block) * per_block + int(layer)
+        return _unet_layer(f"output_blocks.{index}.{_SLOT[kind]}", kind, rest)
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        block, rest = match.groups()
+        has_attention = "CrossAttn" in config["up_block_types"][int(block)]
+        index = int(block) * per_block + per_block - 1
+        return f"output_blocks.{index}.{2 if has_attention else 1}.conv.{rest}"
+    raise UnsupportedLayout(f"UNet weight {key!r} has no original-format name known to this converter.")
+
+
+def _unet_layer(prefix: str, kind: str, rest: str) -> str:
+    """Attention (transformer) weights keep their names; resnet weights are renamed."""
+    if kind == "attentions":
+        return f"{prefix}.{rest}"
+    head, _, tail = rest.partition(".")
+    if head not in _UNET_RESNET:
+        raise UnsupportedLayout(f"UNet resnet weight {rest!r} under {prefix} has no original-format name.")
+    return f"{prefix}.{_UNET_RESNET[head]}.{tail}"
+
+
+def vae_key_to_ldm(key: str, up_blocks: int) -> str:
+    side, _, rest = key.partition(".")
+    if side in ("quant_conv", "post_quant_conv"):
+        return key
+    module, _, tail = rest.rpartition(".")
+    if module in _VAE_FIXED:
+        return f"{side}.{_VAE_FIXED[module]}.{tail}"
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+        block, layer, tail = match.groups()
+        return f"{side}.down.{block}.block.{layer}.{_vae_resnet(tail)}"
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", rest):
+        block, tail = match.groups()
+        return f"{side}.down.{block}.downsample.conv.{tail}"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+        block, layer, tail = match.groups()
+        return f"{side}.up.{up_blocks - 1 - int(block)}.block.{layer}.{_vae_resnet(tail)}"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", rest):
+        block, tail = match.groups()
+        return f"{side}.up.{up_blocks - 1 - int(block)}.upsample.conv.{tail}"
+    if match := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", rest):
+        layer, tail = match.groups()
+        return f"{side}.mid.block_{int(layer) + 1}.{_vae_resnet(tail)}"
+    if match := re.fullmatch(r"mid_block\.attentions\.0\.(.+)\.(weight|bias)", rest):
+        module, tail = match.groups()
+        if module in _VAE_ATTENTION:
+            return f"{side}.mid.attn_1.{_VAE_ATTENTION[module]}.{tail}"
+    raise UnsupportedLayout(f"VAE weight {key!r} has no original-format name known to this converter.")
+
+
+def _vae_resnet(tail: str) -> str:
+    return tail.replace("conv_shortcut", "nin_shortcut", 1)

@@ -1,0 +1,105 @@
+"""Single-file (original LDM format) checkpoints: the converter's names are the ones diffusers reads back."""
+
+from types import SimpleNamespace
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    infer_diffusers_model_type,
+)
+from helpers import make_image
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from random_diffusion_dagster.engine.catalog import parse_catalog
+from random_diffusion_dagster.engine.choice import plan_job
+from random_diffusion_dagster.engine.images import file_sha256
+from random_diffusion_dagster.engine.ldm_checkpoint import (
+    UnsupportedLayout,
+    pipeline_to_ldm_state_dict,
+    unet_key_to_ldm,
+    vae_key_to_ldm,
+)
+from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline
+from random_diffusion_dagster.engine.runner import run_jobs
+
+
+def sd15_shaped_components():
+    """UNet, VAE and text encoder with Stable Diffusion 1.5's published shapes, on the meta device (no memory)."""
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768, attention_head_dim=8,
+        )
+        vae = diffusers.AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                    num_attention_heads=12, vocab_size=49408))
+    return SimpleNamespace(unet=unet, vae=vae, text_encoder=text_encoder)
+
+
+def shapes(state: dict) -> dict:
+    return {key: tuple(tensor.shape) for key, tensor in state.items()}
+
+
+def test_sd15_shaped_pipeline_gets_the_original_key_names():
+    pipeline = sd15_shaped_components()
+    ldm = pipeline_to_ldm_state_dict(pipeline)
+    assert infer_diffusers_model_type(ldm) == "v1"  # diffusers recognises it as an SD 1.x checkpoint
+    # Names every SD 1.x checkpoint has: the three UNet upsamplers, VAE attention as 1x1 convolutions.
+    for key in ("model.diffusion_model.output_blocks.2.1.conv.weight", "model.diffusion_model.output_blocks.5.2.conv.weight",
+                "model.diffusion_model.input_blocks.3.0.op.weight", "model.diffusion_model.middle_block.1.proj_in.weight",
+                "first_stage_model.decoder.up.3.block.0.conv1.weight", "first_stage_model.encoder.down.0.downsample.conv.weight",
+                "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight"):
+        assert key in ldm, key
+    assert ldm["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
+    assert len(ldm) == len(pipeline.unet.state_dict()) + len(pipeline.vae.state_dict()) + len(pipeline.text_encoder.state_dict())
+
+    # diffusers' own converters map every name back to where it came from, with the same shape.
+    assert shapes(convert_ldm_unet_checkpoint(ldm, pipeline.unet.config)) == shapes(pipeline.unet.state_dict())
+    assert shapes(convert_ldm_vae_checkpoint(ldm, pipeline.vae.config)) == shapes(pipeline.vae.state_dict())
+    clip = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(ldm).items()}
+    assert shapes(clip) == {k.removeprefix("text_model."): s for k, s in shapes(pipeline.text_encoder.state_dict()).items()}
+
+
+def test_unknown_weights_are_refused_by_name():
+    config = {"layers_per_block": 1, "up_block_types": ["UpBlock2D"]}
+    with pytest.raises(UnsupportedLayout, match="'add_embedding.linear_1.weight'"):
+        unet_key_to_ldm("add_embedding.linear_1.weight", config)
+    with pytest.raises(UnsupportedLayout, match="'encoder.mid_block.attentions.0.norm_cross.weight'"):
+        vae_key_to_ldm("encoder.mid_block.attentions.0.norm_cross.weight", 4)
+
+
+def test_single_file_loads_back_every_weight_exactly(models_dir):
+    folder = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(models_dir / "tiny-sd15")
+    spec = parse_catalog({"models": [{
+        "name": "file", "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors", "config": "tiny-sd15-single-file/config",
+    }]}, base_dir=models_dir)[0]
+    single = load_pipeline(spec, "cpu")
+    for name in ("unet", "vae", "text_encoder"):
+        expected, loaded = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert expected.keys() == loaded.keys(), name
+        assert all(torch.equal(expected[k], loaded[k]) for k in expected), name
+    assert single.safety_checker is None and type(single.scheduler) is type(folder.scheduler)
+
+
+def test_single_file_entry_makes_the_same_image_as_its_folder(tmp_path, models_dir):
+    catalog = parse_catalog({"defaults": {"resolution": 64, "num_inference_steps": 4, "strength": 0.5}, "models": [
+        {"name": "folder", "path": "tiny-sd15"},
+        {"name": "file", "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors", "config": "tiny-sd15-single-file/config"},
+    ]}, base_dir=models_dir)
+    source = make_image(tmp_path / "in.png")
+    jobs = [plan_job(spec.name, str(source), file_sha256(source), ["a fox"], [spec], 0, tmp_path / "out") for spec in catalog]
+    summary = run_jobs(jobs, PipelineCache(device="cpu"), log=lambda message: None)
+    assert [r.status for r in summary.results] == ["generated", "generated"], [r.error for r in summary.results]
+    folder_image, file_image = (np.asarray(Image.open(r.job.output_path)) for r in summary.results)
+    assert np.array_equal(folder_image, file_image)
