@@ -15,6 +15,8 @@ guidance 7.5 with classifier-free guidance, EulerDiscreteScheduler. Variants, in
                    fp16 or bf16, optionally torch.compile
   end_to_end       engine.run_jobs: the same plus image loading, resizing and PNG writing
   tiny_vae_decode  decoding with a tiny autoencoder (changes pixels; reported apart)
+  compiled_vae     UNet and VAE decoder compiled with coordinate-descent tuning (not in the
+                   default --only: each batch size costs minutes of compiling)
 Each reports images/s and s/image (median of timed repeats after a warm-up batch),
 the warm-up (and compile) time apart, and peak allocated/reserved CUDA memory.
 """
@@ -276,18 +278,29 @@ def run(args) -> dict:
         results.append(time_variant(f"engine_{fp16}_batch{batch}_tiny_vae_decode", engine_call(pipeline, specs[0], images, device), batch, repeats, device))
         pipeline.vae = full_vae
         cache.clear()
-    if device == "cuda" and "compiled" in wanted:
+    compile_sizes = [int(b) for b in args.compile_batch_sizes.split(",")]
+    compile_here = device == "cuda" or args.tiny  # on a CPU only as a (slow) smoke test of the code path
+    if compile_here and "compiled" in wanted:
         # (g) QKV projections fused and the UNet compiled; each batch shape compiles once.
         compiled_cache = PipelineCache(device=device, max_models=1, speedups=Speedups(compile_unet=True))
         pipeline, _ = compiled_cache.get(specs[0])
-        for size in [int(b) for b in args.compile_batch_sizes.split(",")]:
-            name = f"engine_{fp16}_batch{size}_compiled"
-            sized = source_images(size, shapes["resolution"])
-            try:
-                results.append(time_variant(name, engine_call(pipeline, specs[0], sized, device), size, repeats, device))
-            except Exception as exc:  # noqa: BLE001 - a compiler failure is a result to report, not a crash
-                extra["compile_error"] = f"{name}: {type(exc).__name__}: {exc}"[:2000]
-                print(extra["compile_error"], flush=True)
+        results.extend(compiled_variants("compiled", pipeline, specs[0], shapes, compile_sizes, repeats, device, extra))
+        compiled_cache.clear()
+    if compile_here and "compiled_vae" in wanted:
+        # (h) also the VAE decoder compiled, channels_last and unsliced, with the inductor settings
+        # of diffusers' torch.compile guide (coordinate-descent tuning, no epilogue fusion).
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        inductor_config.coordinate_descent_check_all_directions = True
+        inductor_config.epilogue_fusion = False
+        tuned_cache = PipelineCache(device=device, max_models=1, speedups=Speedups(vae_slicing=False, compile_unet=True))
+        pipeline, _ = tuned_cache.get(specs[0])
+        pipeline.vae.to(memory_format=torch.channels_last)
+        pipeline.vae.decode = torch.compile(pipeline.vae.decode, fullgraph=True)
+        results.extend(compiled_variants("compiled_unet_vae_tuned", pipeline, specs[0], shapes, compile_sizes, repeats,
+                                         device, extra))
+        tuned_cache.clear()
     plain_per_image = plain_result["seconds_per_image"]
     for result in results:
         result["speedup_vs_plain"] = round(plain_per_image / result["seconds_per_image"], 2)
@@ -296,6 +309,20 @@ def run(args) -> dict:
             "workload": {"resolution": shapes["resolution"], "num_inference_steps": shapes["steps"], "strength": shapes["strength"],
                          "guidance_scale": 7.5, "scheduler": "EulerDiscreteScheduler", "tiny_shapes": args.tiny},
             "variants": results, **extra}
+
+
+def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, extra) -> list[dict]:
+    """Time a compiled pipeline at each batch size (each shape compiles once, in the warm-up)."""
+    results = []
+    for size in sizes:
+        name = f"engine_{spec.dtype}_batch{size}_{label}"
+        sized = source_images(size, shapes["resolution"])
+        try:
+            results.append(time_variant(name, engine_call(pipeline, spec, sized, device), size, repeats, device))
+        except Exception as exc:  # noqa: BLE001 - a compiler failure is a result to report, not a crash
+            extra.setdefault("compile_errors", []).append(f"{name}: {type(exc).__name__}: {exc}"[:2000])
+            print(extra["compile_errors"][-1], flush=True)
+    return results
 
 
 def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int) -> dict:
