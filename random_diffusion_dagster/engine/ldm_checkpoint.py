@@ -11,13 +11,13 @@ The inverse of diffusers' own `convert_ldm_*_checkpoint` functions; a test round
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_ENCODER_PREFIX = "cond_stage_model.transformer.text_model."
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt")
 
 # diffusers name -> LDM name, for the parts whose names do not depend on the block layout.
 _UNET_FIXED = {
@@ -65,16 +65,30 @@ def save_single_file_checkpoint(pipeline, checkpoint: Path, config_dir: Path) ->
     """Write the weights as one LDM-format file and the configs (no weights) as a diffusers folder.
 
     The config folder is what `from_single_file(checkpoint, config=config_dir)` needs to build
-    the pipeline without a hub: the same files diffusers would fetch from the original repo.
+    the pipeline without a hub: the files diffusers would otherwise fetch from the original repo.
+    The checkpoint is written last, through a temporary name: if it exists, everything does.
     """
     from safetensors.torch import save_file
 
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    save_file(pipeline_to_ldm_state_dict(pipeline), str(checkpoint))
-    pipeline.save_pretrained(config_dir, safe_serialization=True)
-    for path in config_dir.rglob("*"):
-        if path.suffix in WEIGHT_SUFFIXES:
-            path.unlink()
+    save_configs(pipeline, config_dir)
+    partial = checkpoint.with_name(checkpoint.name + ".tmp")
+    save_file(pipeline_to_ldm_state_dict(pipeline), str(partial))
+    os.replace(partial, checkpoint)
+
+
+def save_configs(pipeline, folder: Path) -> None:
+    """model_index.json and every component's configuration files, without their weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline.save_config(folder)
+    for name, component in pipeline.components.items():
+        if component is None:
+            continue
+        if hasattr(component, "save_config"):  # diffusers models and schedulers
+            component.save_config(folder / name)
+        elif hasattr(getattr(component, "config", None), "save_pretrained"):  # transformers models
+            component.config.save_pretrained(folder / name)
+        else:  # tokenizers and image processors are configuration only
+            component.save_pretrained(folder / name)
 
 
 def unet_key_to_ldm(key: str, config) -> str:
