@@ -1,7 +1,9 @@
 """Img2img throughput of Stable-Diffusion-1.5-sized pipelines: plain diffusers against the engine.
 
     python benchmarks/gpu_throughput.py --out benchmarks/results/h100.json    # full size, needs CUDA
-    python benchmarks/gpu_throughput.py --tiny --out /tmp/smoke.json          # tiny shapes, CPU, seconds
+    python benchmarks/gpu_throughput.py --tiny --only engine --out /tmp/smoke.json   # tiny shapes, CPU, seconds
+
+With --tiny the compiled groups compile on the CPU too: a smoke test of their code (minutes).
 
 No model hub is reachable, so the four models are built from SD-1.5's published component
 shapes with random weights (compute and memory equal the real checkpoint's; pixels are
