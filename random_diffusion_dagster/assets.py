@@ -99,7 +99,8 @@ def prompt_list(context: dg.AssetExecutionContext, config: PromptListConfig, dat
 def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -> list[ModelSpec]:
     catalog = dataset.catalog()
     table = pd.DataFrame(
-        [{"name": m.name, "source": f"{m.source_kind}: {m.source}", "resolution": m.resolution,
+        [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
+          "resolution": m.resolution,
           "steps": m.num_inference_steps, "strength": m.strength, "guidance": m.guidance_scale,
           "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype} for m in catalog]
     )

@@ -34,3 +34,7 @@ def test_fingerprint_changes_with_prompt_model_seed_and_source(tmp_path):
         {"models": [{"name": f"m{i}", "path": f"m{i}", "strength": 0.5} for i in range(4)]}, base_dir=tmp_path
     )
     assert base.fingerprint != plan_job("k", "/src", "aa", PROMPTS, retuned, 0, tmp_path).fingerprint
+    described = parse_catalog(
+        {"models": [{"name": f"m{i}", "path": f"m{i}", "description": "new words"} for i in range(4)]}, base_dir=tmp_path
+    )
+    assert base.fingerprint == plan_job("k", "/src", "aa", PROMPTS, described, 0, tmp_path).fingerprint  # no pixel change

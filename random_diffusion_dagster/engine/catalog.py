@@ -66,8 +66,11 @@ class ModelSpec:
     description: str = ""
     config: str | None = None  # single_file only: diffusers config folder or hub id
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def result_settings(self) -> dict[str, Any]:
+        """Everything about the entry that can change a result's pixels (not its description)."""
+        settings = asdict(self)
+        del settings["description"]
+        return settings
 
     @property
     def denoising_steps(self) -> int:

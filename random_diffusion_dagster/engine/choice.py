@@ -36,7 +36,7 @@ class ImageJob:
             "engine": ENGINE_VERSION,
             "source": self.source_sha256,
             "prompt": self.prompt,
-            "model": self.model.as_dict(),
+            "model": self.model.result_settings(),
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

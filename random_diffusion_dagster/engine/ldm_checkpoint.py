@@ -11,9 +11,10 @@ The inverse of diffusers' own `convert_ldm_*_checkpoint` functions; a test round
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+
+from .storage import write_bytes_atomic
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -66,14 +67,12 @@ def save_single_file_checkpoint(pipeline, checkpoint: Path, config_dir: Path) ->
 
     The config folder is what `from_single_file(checkpoint, config=config_dir)` needs to build
     the pipeline without a hub: the files diffusers would otherwise fetch from the original repo.
-    The checkpoint is written last, through a temporary name: if it exists, everything does.
+    The checkpoint is written last and atomically: if it exists, everything does.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     save_configs(pipeline, config_dir)
-    partial = checkpoint.with_name(checkpoint.name + ".tmp")
-    save_file(pipeline_to_ldm_state_dict(pipeline), str(partial))
-    os.replace(partial, checkpoint)
+    write_bytes_atomic(checkpoint, save(pipeline_to_ldm_state_dict(pipeline)))
 
 
 def save_configs(pipeline, folder: Path) -> None:
