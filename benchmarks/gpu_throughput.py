@@ -17,8 +17,10 @@ guidance 7.5 with classifier-free guidance, EulerDiscreteScheduler. Variants, in
                    fp16 or bf16, optionally torch.compile
   end_to_end       engine.run_jobs: the same plus image loading, resizing and PNG writing
   tiny_vae_decode  decoding with a tiny autoencoder (changes pixels; reported apart)
-  compiled_vae     UNet and VAE decoder compiled with coordinate-descent tuning (not in the
-                   default --only: each batch size costs minutes of compiling)
+  compiled         QKV fused and the UNet compiled (engine option compile_unet)
+  compiled_vae     the VAE encoder and decoder compiled too (compile_vae); with _unsliced,
+                   the batch decoded in one call; end_to_end_compiled: run_jobs with both.
+                   Not in the default --only: each batch size costs minutes of compiling
 Each reports images/s and s/image (median of timed repeats after a warm-up batch),
 the warm-up (and compile) time apart, and peak allocated/reserved CUDA memory.
 """
@@ -64,6 +66,12 @@ TINY = {
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64),
     "text": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
     "resolution": 64, "steps": 10, "strength": 0.75,
+}
+# Engine speedups timed per compiled group; each batch shape compiles once, in the warm-up.
+COMPILED_GROUPS = {
+    "compiled": Speedups(compile_unet=True),  # QKV projections fused, UNet compiled
+    "compiled_vae": Speedups(compile_unet=True, compile_vae=True),  # VAE encoder and decoder too
+    "compiled_vae_unsliced": Speedups(vae_slicing=False, compile_unet=True, compile_vae=True),  # whole-batch decode
 }
 PROMPTS = ["a cat dancing in the rain", "an oil painting of a lighthouse at dusk", "a city at night, neon"]
 
@@ -116,8 +124,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_variant(name: str, call, batch: int, repeats: int, device: str) -> dict:
-    """Warm up once (compilation lands here), then time `repeats` calls of `batch` images."""
+def time_variant(name: str, call, batch: int, repeats: int, device: str, images_per_call: int | None = None) -> dict:
+    """Warm up once (compilation lands here), then time `repeats` calls of `images_per_call` images (one batch)."""
+    images_per_call = images_per_call or batch
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -131,9 +140,9 @@ def time_variant(name: str, call, batch: int, repeats: int, device: str) -> dict
         call(repeat + 1)
         synchronize(device)
         seconds.append(time.perf_counter() - started)
-    per_image = statistics.median(seconds) / batch
+    per_image = statistics.median(seconds) / images_per_call
     result = {
-        "variant": name, "device": device_name(device), "batch_size": batch, "repeats": repeats,
+        "variant": name, "device": device_name(device), "batch_size": batch, "images_per_call": images_per_call, "repeats": repeats,
         "warmup_seconds": round(warmup, 3), "seconds_per_image": round(per_image, 4),
         "images_per_s": round(1 / per_image, 3), "spread_seconds": [round(s, 3) for s in seconds],
         "peak_allocated_mb": peak("allocated", device), "peak_reserved_mb": peak("reserved", device),
@@ -271,7 +280,7 @@ def run(args) -> dict:
         bf16_cache.clear()
     if device == "cuda" and "end_to_end" in wanted:
         # (e) end to end through run_jobs: source loading, resizing and PNG writing included.
-        results.append(end_to_end(specs[0], images, root, device, batch, repeats))
+        results.append(end_to_end(specs[0], images, root, device, batch, repeats, batches=args.end_to_end_batches))
     if device == "cuda" and "tiny_vae" in wanted:
         # (f) tiny VAE decode (changes pixels).
         pipeline, _ = cache.get(specs[0])
@@ -282,27 +291,16 @@ def run(args) -> dict:
         cache.clear()
     compile_sizes = [int(b) for b in args.compile_batch_sizes.split(",")]
     compile_here = device == "cuda" or args.tiny  # on a CPU only as a (slow) smoke test of the code path
-    if compile_here and "compiled" in wanted:
-        # (g) QKV projections fused and the UNet compiled; each batch shape compiles once.
-        compiled_cache = PipelineCache(device=device, max_models=1, speedups=Speedups(compile_unet=True))
-        pipeline, _ = compiled_cache.get(specs[0])
-        results.extend(compiled_variants("compiled", pipeline, specs[0], shapes, compile_sizes, repeats, device, extra))
-        compiled_cache.clear()
-    if compile_here and "compiled_vae" in wanted:
-        # (h) also the VAE decoder compiled, channels_last and unsliced, with the inductor settings
-        # of diffusers' torch.compile guide (coordinate-descent tuning, no epilogue fusion).
-        import torch._inductor.config as inductor_config
-
-        inductor_config.coordinate_descent_tuning = True
-        inductor_config.coordinate_descent_check_all_directions = True
-        inductor_config.epilogue_fusion = False
-        tuned_cache = PipelineCache(device=device, max_models=1, speedups=Speedups(vae_slicing=False, compile_unet=True))
-        pipeline, _ = tuned_cache.get(specs[0])
-        pipeline.vae.to(memory_format=torch.channels_last)
-        pipeline.vae.decode = torch.compile(pipeline.vae.decode, fullgraph=True)
-        results.extend(compiled_variants("compiled_unet_vae_tuned", pipeline, specs[0], shapes, compile_sizes, repeats,
-                                         device, extra))
-        tuned_cache.clear()
+    for group, speedups in COMPILED_GROUPS.items():
+        if compile_here and group in wanted:
+            compiled_cache = PipelineCache(device=device, max_models=1, speedups=speedups)
+            pipeline, _ = compiled_cache.get(specs[0])
+            results.extend(compiled_variants(group, pipeline, specs[0], shapes, compile_sizes, repeats, device, extra))
+            compiled_cache.clear()
+    if compile_here and "end_to_end_compiled" in wanted:
+        # (h) run_jobs with the UNet and VAE compiled: what a Dagster run with both options gets.
+        results.append(end_to_end(specs[0], images, root, device, batch, repeats, COMPILED_GROUPS["compiled_vae"],
+                                  batches=args.end_to_end_batches))
     plain_per_image = plain_result["seconds_per_image"]
     for result in results:
         result["speedup_vs_plain"] = round(plain_per_image / result["seconds_per_image"], 2)
@@ -327,7 +325,9 @@ def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, ext
     return results
 
 
-def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int) -> dict:
+def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int, speedups: Speedups = Speedups(),
+               batches: int = 1) -> dict:
+    """run_jobs over `batches` batches per call: with more than one, PNG writes overlap the next batch."""
     from random_diffusion_dagster.engine.choice import ImageJob
     from random_diffusion_dagster.engine.runner import run_jobs
 
@@ -337,15 +337,16 @@ def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int) 
     for index, image in enumerate(images):
         paths.append(folder / f"src{index}.png")
         image.save(paths[-1])
-    cache = PipelineCache(device=device, max_models=1)
+    cache = PipelineCache(device=device, max_models=1, speedups=speedups)
 
     def call(repeat: int):
         jobs = [ImageJob(f"r{repeat}-{i}", str(p), f"{repeat}-{i}", PROMPTS[i % 3], spec, 1000 * repeat + i, 0,
-                         str(root / "outputs" / f"r{repeat}-{i}.png")) for i, p in enumerate(paths)]
+                         str(root / "outputs" / f"r{repeat}-{i}.png")) for i, p in enumerate(paths * batches)]
         summary = run_jobs(jobs, cache, batch_size=batch, log=lambda message: None)
         assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results]
 
-    result = time_variant(f"end_to_end_run_jobs_batch{batch}", call, batch, repeats, device)
+    label = ("_compiled" if speedups.compile_unet else "") + (f"_{batches}_batches_per_run" if batches > 1 else "")
+    result = time_variant(f"end_to_end_run_jobs_batch{batch}{label}", call, batch, repeats, device, batch * batches)
     cache.clear()
     return result
 
@@ -359,6 +360,7 @@ def main() -> int:
     parser.add_argument("--only", default="engine,four_models,bf16,end_to_end,tiny_vae,compiled",
                         help="variant groups to run besides plain (comma-separated)")
     parser.add_argument("--compile-batch-sizes", default="16")
+    parser.add_argument("--end-to-end-batches", type=int, default=1, help="batches per run_jobs call in the end_to_end groups")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     results = run(args)

@@ -62,6 +62,19 @@ class DatasetResource(dg.ConfigurableResource):
         return load_catalog(self.models_file)
 
 
+COMPILABLE_PARTS = ("unet", "vae")
+
+
+def _compile_from_env(part: str) -> bool:
+    """Whether RANDOM_DIFFUSION_COMPILE (e.g. "unet,vae") names `part`: how sensor and schedule runs get compiled."""
+    named = {p.strip() for p in os.environ.get("RANDOM_DIFFUSION_COMPILE", "").split(",") if p.strip()}
+    unknown = sorted(named - set(COMPILABLE_PARTS))
+    if unknown:
+        raise ValueError(f"RANDOM_DIFFUSION_COMPILE names {unknown}; set it to a comma-separated list of "
+                         f"{' and '.join(COMPILABLE_PARTS)} (e.g. 'unet,vae'), or unset it.")
+    return part in named
+
+
 class DiffusionEngineResource(dg.ConfigurableResource):
     """Holds the run's loaded diffusion pipelines: loaded on first use, LRU-evicted, freed at teardown.
 
@@ -85,7 +98,15 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     progress_bar: bool = Field(default=False, description="Show a terminal progress bar (the CLI turns it on).")
     channels_last: bool = Field(default=True, description="NHWC layout for the UNet on CUDA.")
     vae_slicing: bool = Field(default=True, description="Decode batches one image at a time (less peak memory).")
-    compile_unet: bool = Field(default=False, description="torch.compile the UNet: faster steps after minutes of compiling.")
+    compile_unet: bool = Field(
+        default_factory=lambda: _compile_from_env("unet"),
+        description="torch.compile the UNet: faster steps after a minute or two of compiling per run "
+        "(RANDOM_DIFFUSION_COMPILE=unet).",
+    )
+    compile_vae: bool = Field(
+        default_factory=lambda: _compile_from_env("vae"),
+        description="torch.compile the VAE encoder and decoder (RANDOM_DIFFUSION_COMPILE=vae).",
+    )
 
     _cache = PrivateAttr(default=None)
 
@@ -104,7 +125,8 @@ class DiffusionEngineResource(dg.ConfigurableResource):
                 max_models=self.max_resident_models,
                 memory_budget_mb=self.memory_budget_mb,
                 log=log,
-                speedups=Speedups(self.channels_last, self.vae_slicing, self.compile_unet),
+                speedups=Speedups(channels_last=self.channels_last, vae_slicing=self.vae_slicing,
+                                  compile_unet=self.compile_unet, compile_vae=self.compile_vae),
             )
         return self._cache
 

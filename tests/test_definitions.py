@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from random_diffusion_dagster.definitions import defs
 
@@ -35,3 +36,19 @@ def test_dagster_cli_validates_the_workspace():
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_compile_settings_come_from_the_environment_for_sensor_and_schedule_runs(monkeypatch):
+    from random_diffusion_dagster.engine.pipelines import Speedups
+    from random_diffusion_dagster.resources import DiffusionEngineResource
+
+    assert DiffusionEngineResource(device="cpu").pipelines().speedups == Speedups()
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "unet, vae")
+    assert DiffusionEngineResource(device="cpu").pipelines().speedups == Speedups(compile_unet=True, compile_vae=True)
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "vae")
+    engine = DiffusionEngineResource(device="cpu")
+    assert (engine.compile_unet, engine.compile_vae) == (False, True)
+    assert DiffusionEngineResource(device="cpu", compile_vae=False).compile_vae is False  # run config wins
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "unet,decoder")
+    with pytest.raises(ValueError, match=r"RANDOM_DIFFUSION_COMPILE names \['decoder'\].*'unet,vae'"):
+        DiffusionEngineResource(device="cpu")

@@ -11,7 +11,7 @@ from PIL import Image
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.choice import plan_job
 from random_diffusion_dagster.engine.images import file_sha256, read_record, scan_folder
-from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline, pipeline_bytes
+from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups, load_pipeline, pipeline_bytes
 from random_diffusion_dagster.engine.runner import failure_path, run_jobs
 
 from helpers import make_image, write_catalog
@@ -44,16 +44,20 @@ def test_lru_cache_loads_once_and_evicts_least_recently_used(tmp_path, models_di
     assert cache.resident == []
 
 
-def test_identical_components_are_loaded_once_and_shared(tmp_path, models_dir):
+def _twin_catalog(tmp_path, models_dir):
+    """tiny-sd15 and a second model with its VAE and text encoder but its own UNet, as SD 1.4 and 1.5 ship."""
     import shutil
 
-    # A second model with tiny-sd15's VAE and text encoder but its own UNet, as SD 1.4 and 1.5 ship.
     twin = tmp_path / "twin"
     shutil.copytree(models_dir / "tiny-sd15", twin)
     shutil.copytree(models_dir / "tiny-sd14" / "unet", twin / "unet", dirs_exist_ok=True)
     catalog = tmp_path / "c.yaml"
     catalog.write_text(f"models:\n  - {{name: a, path: {models_dir / 'tiny-sd15'}}}\n  - {{name: b, path: {twin}}}\n")
-    a, b = load_catalog(catalog)
+    return load_catalog(catalog)
+
+
+def test_identical_components_are_loaded_once_and_shared(tmp_path, models_dir):
+    a, b = _twin_catalog(tmp_path, models_dir)
     cache = PipelineCache(device="cpu", max_models=2)
     first, _ = cache.get(a)
     second, _ = cache.get(b)
@@ -61,6 +65,24 @@ def test_identical_components_are_loaded_once_and_shared(tmp_path, models_dir):
     assert second.unet is not first.unet and cache.shared_components == 2
     second_unet_bytes = sum(t.numel() * t.element_size() for t in [*second.unet.parameters(), *second.unet.buffers()])
     assert cache.resident_bytes == pipeline_bytes(first) + second_unet_bytes
+
+
+def test_compiled_vae_is_shared_compiled_once_and_keeps_the_pixels(tmp_path, models_dir):
+    a, b = _twin_catalog(tmp_path, models_dir)
+    cache = PipelineCache(device="cpu", max_models=2, speedups=Speedups(compile_vae=True))
+    first, _ = cache.get(a)
+    compiled_decoder = first.vae.decoder._compiled_call_impl
+    assert compiled_decoder is not None and first.vae.encoder._compiled_call_impl is not None
+    second, _ = cache.get(b)
+    assert second.vae is first.vae and second.vae.decoder._compiled_call_impl is compiled_decoder
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    eager = load_pipeline(a, "cpu")
+    assert eager.vae.decoder._compiled_call_impl is None
+    with torch.inference_mode():
+        sample = eager.image_processor.preprocess(image)
+        expected = eager.vae.decode(eager.vae.encode(sample).latent_dist.mode()).sample
+        actual = first.vae.decode(first.vae.encode(sample).latent_dist.mode()).sample
+    assert torch.allclose(actual, expected, atol=1e-4), (actual - expected).abs().max()
 
 
 def test_memory_budget_keeps_only_what_fits(tmp_path, models_dir):
