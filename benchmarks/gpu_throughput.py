@@ -125,7 +125,7 @@ def synchronize(device: str) -> None:
 
 
 def time_variant(name: str, call, batch: int, repeats: int, device: str, images_per_call: int | None = None) -> dict:
-    """Warm up once (compilation lands here), then time `repeats` calls of `images_per_call` images (one batch)."""
+    """Warm up once (compilation lands here), then time `repeats` calls of `images_per_call` images (default: one batch)."""
     images_per_call = images_per_call or batch
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
