@@ -27,7 +27,8 @@ from local_services import project_env, stop_process_groups, throwaway_database
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from random_diffusion_dagster.jobs import partition_range_tags  # noqa: E402
+from random_diffusion_dagster.batching import partition_range_tags  # noqa: E402
+
 BIN = Path(sys.executable).parent
 REDIS = os.environ.get("RANDOM_DIFFUSION_TEST_REDIS", "redis://127.0.0.1:6379")
 
@@ -105,7 +106,7 @@ def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
             cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
     outputs = [launch.communicate(timeout=900)[0] for launch in launches]
-    failed = [out[-3000:] for launch, out in zip(launches, outputs) if launch.returncode != 0]
+    failed = [out[-3000:] for launch, out in zip(launches, outputs, strict=False) if launch.returncode != 0]
     if failed:
         raise RuntimeError("a run failed:\n" + "\n".join(failed))
     return time.perf_counter() - started
@@ -166,7 +167,7 @@ def main() -> int:
     parser.add_argument("--per-run", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    from random_diffusion_dagster.engine.demo_models import build_demo_models
+    from random_diffusion_dagster.demo.models import build_demo_models
 
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = Path(tmp) / "models"

@@ -26,8 +26,8 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from random_diffusion_dagster.demo.models import build_demo_models  # noqa: E402
 from random_diffusion_dagster.engine.catalog import load_catalog  # noqa: E402
-from random_diffusion_dagster.engine.demo_models import build_demo_models  # noqa: E402
 from random_diffusion_dagster.engine.images import fit_to_resolution, image_strip, load_rgb  # noqa: E402
 from random_diffusion_dagster.engine.pipelines import PipelineCache  # noqa: E402
 from random_diffusion_dagster.engine.runner import generate  # noqa: E402

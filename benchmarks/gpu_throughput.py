@@ -15,11 +15,11 @@ guidance 7.5 with classifier-free guidance, EulerDiscreteScheduler. Variants, in
   plain            diffusers as the old server used it: fp16, one image per call
   engine_*         the project's engine: batched, SDPA, channels_last, VAE slicing,
                    fp16 or bf16, optionally torch.compile
-  end_to_end       engine.run_jobs: the same plus image loading, resizing and PNG writing
+  end_to_end       engine.run_tasks: the same plus image loading, resizing and PNG writing
   tiny_vae_decode  decoding with a tiny autoencoder (changes pixels; reported apart)
   compiled         QKV fused and the UNet compiled (engine option compile_unet)
   compiled_vae     the VAE encoder and decoder compiled too (compile_vae); with _unsliced,
-                   the batch decoded in one call; end_to_end_compiled: run_jobs with both.
+                   the batch decoded in one call; end_to_end_compiled: run_tasks with both.
                    Not in the default --only: each batch size costs minutes of compiling
 Each reports images/s and s/image (median of timed repeats after a warm-up batch),
 the warm-up (and compile) time apart, and peak allocated/reserved CUDA memory.
@@ -42,8 +42,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from random_diffusion_dagster.demo.models import byte_level_vocab  # noqa: E402
 from random_diffusion_dagster.engine.catalog import parse_catalog  # noqa: E402
-from random_diffusion_dagster.engine.demo_models import byte_level_vocab  # noqa: E402
 from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups  # noqa: E402
 from random_diffusion_dagster.engine.runner import generate  # noqa: E402
 
@@ -246,7 +246,7 @@ def run(args) -> dict:
     if "engine" in wanted:
         results.append(time_variant(f"engine_{fp16}_batch{batch}", engine_call(pipeline, specs[0], images, device), batch, repeats, device))
     batched = engine_call(pipeline, specs[0], images[:4], device)(0)
-    differences = [np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)) for a, b in zip(batched, single_outputs)]
+    differences = [np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)) for a, b in zip(batched, single_outputs, strict=False)]
     extra["batched_vs_single"] = {"mean_abs_diff_0_255": round(float(np.mean([d.mean() for d in differences])), 4),
                                   "max_abs_diff_0_255": float(max(d.max() for d in differences))}
     print(f"batched vs one-at-a-time: {extra['batched_vs_single']}", flush=True)
@@ -279,7 +279,7 @@ def run(args) -> dict:
         results.append(time_variant(f"engine_bfloat16_batch{batch}", engine_call(pipeline, bf16_specs[0], images, device), batch, repeats, device))
         bf16_cache.clear()
     if device == "cuda" and "end_to_end" in wanted:
-        # (e) end to end through run_jobs: source loading, resizing and PNG writing included.
+        # (e) end to end through run_tasks: source loading, resizing and PNG writing included.
         results.append(end_to_end(specs[0], images, root, device, batch, repeats, batches=args.end_to_end_batches))
     if device == "cuda" and "tiny_vae" in wanted:
         # (f) tiny VAE decode (changes pixels).
@@ -298,7 +298,7 @@ def run(args) -> dict:
             results.extend(compiled_variants(group, pipeline, specs[0], shapes, compile_sizes, repeats, device, extra))
             compiled_cache.clear()
     if compile_here and "end_to_end_compiled" in wanted:
-        # (h) run_jobs with the UNet and VAE compiled: what a Dagster run with both options gets.
+        # (h) run_tasks with the UNet and VAE compiled: what a Dagster run with both options gets.
         results.append(end_to_end(specs[0], images, root, device, batch, repeats, COMPILED_GROUPS["compiled_vae"],
                                   batches=args.end_to_end_batches))
     plain_per_image = plain_result["seconds_per_image"]
@@ -327,9 +327,9 @@ def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, ext
 
 def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int, speedups: Speedups = Speedups(),
                batches: int = 1) -> dict:
-    """run_jobs over `batches` batches per call: with more than one, PNG writes overlap the next batch."""
-    from random_diffusion_dagster.engine.choice import ImageJob
-    from random_diffusion_dagster.engine.runner import run_jobs
+    """run_tasks over `batches` batches per call: with more than one, PNG writes overlap the next batch."""
+    from random_diffusion_dagster.engine.plan import ImageTask, snapshot_source
+    from random_diffusion_dagster.engine.runner import run_tasks
 
     folder = root / "sources"
     folder.mkdir(exist_ok=True)
@@ -337,12 +337,14 @@ def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int, 
     for index, image in enumerate(images):
         paths.append(folder / f"src{index}.png")
         image.save(paths[-1])
+    snapshots = [snapshot_source(p) for p in paths]
     cache = PipelineCache(device=device, max_models=1, speedups=speedups)
 
     def call(repeat: int):
-        jobs = [ImageJob(f"r{repeat}-{i}", str(p), f"{repeat}-{i}", PROMPTS[i % 3], spec, 1000 * repeat + i, 0,
-                         str(root / "outputs" / f"r{repeat}-{i}.png")) for i, p in enumerate(paths * batches)]
-        summary = run_jobs(jobs, cache, batch_size=batch, log=lambda message: None)
+        tasks = [ImageTask(f"r{repeat}-{i}", str(p), snapshot, PROMPTS[i % 3], spec, 1000 * repeat + i, 0,
+                           str(root / "outputs" / f"r{repeat}-{i}.png"))
+                 for i, (p, snapshot) in enumerate(zip(paths * batches, snapshots * batches, strict=False))]
+        summary = run_tasks(tasks, cache, batch_size=batch, log=lambda message: None)
         assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results]
 
     label = ("_compiled" if speedups.compile_unet else "") + (f"_{batches}_batches_per_run" if batches > 1 else "")
@@ -360,7 +362,7 @@ def main() -> int:
     parser.add_argument("--only", default="engine,four_models,bf16,end_to_end,tiny_vae,compiled",
                         help="variant groups to run besides plain (comma-separated)")
     parser.add_argument("--compile-batch-sizes", default="16")
-    parser.add_argument("--end-to-end-batches", type=int, default=1, help="batches per run_jobs call in the end_to_end groups")
+    parser.add_argument("--end-to-end-batches", type=int, default=1, help="batches per run_tasks call in the end_to_end groups")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     results = run(args)

@@ -3,8 +3,7 @@
 import dagster as dg
 
 from .assets import diffused_image
-from .engine.choice import output_path_for
-from .engine.images import read_record
+from .engine.results import output_path_for, read_record
 from .partitions import images_partitions
 from .resources import DatasetResource
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
-from .assets import MAX_PARTITIONS_PER_RUN
-from .jobs import partition_range_tags
-from .resources import PROJECT_ROOT
+from .batching import MAX_PARTITIONS_PER_RUN, partition_ranges
+from .settings import PROJECT_ROOT
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -27,7 +26,7 @@ def project_instance() -> dg.DagsterInstance:
 
 
 def build_demo_models_command(args: argparse.Namespace) -> int:
-    from .engine.demo_models import build_demo_models
+    from .demo.models import build_demo_models
 
     built = build_demo_models(args.models_dir, force=args.force)
     print(f"Built {len(built)} demo models in {args.models_dir}" if built else f"Demo models already in {args.models_dir}")
@@ -48,18 +47,18 @@ def run_command(args: argparse.Namespace) -> int:
         if not keys:
             print("No images found: put some in the images folder (RANDOM_DIFFUSION_IMAGES_DIR).", file=sys.stderr)
             return 1
-        job = defs.get_job_def("diffuse_images")
+        job = defs.resolve_job_def("diffuse_images")
         failed_runs = 0
-        for start in range(0, len(keys), args.max_partitions_per_run):
-            chunk = keys[start : start + args.max_partitions_per_run]
+        for partition_range in partition_ranges(keys, keys, args.max_partitions_per_run):
             result = job.execute_in_process(
                 instance=instance,
-                tags=partition_range_tags(chunk[0], chunk[-1]),
+                tags=partition_range.tags,
                 run_config={"resources": resources_config, "ops": ops_config, **QUIET_LOGS},
                 raise_on_error=False,
             )
             failed_runs += not result.success
-            print(f"Run {result.run_id}: {'succeeded' if result.success else 'FAILED'} for {len(chunk)} images")
+            outcome = "succeeded" if result.success else "FAILED"
+            print(f"Run {result.run_id}: {outcome} for {len(partition_range.keys)} images")
         _materialize(defs, "diffusion_report", instance, dataset_config)
     output_dir = Path(defs.resources["dataset"].output_dir)
     print(f"Outputs: {output_dir}")
@@ -96,6 +95,17 @@ def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance,
     job.execute_in_process(instance=instance, run_config={"resources": resources_config, **QUIET_LOGS})
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; give 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="random-diffusion", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
     run.add_argument("--seed", type=int, help="run seed (default RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
     run.add_argument("--prompt", action="append", help="use these prompts instead of the prompts file (repeatable)")
-    run.add_argument("--batch-size", type=int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)")
-    run.add_argument("--max-partitions-per-run", type=int, default=MAX_PARTITIONS_PER_RUN)
+    run.add_argument("--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)")
+    run.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
+                     help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")
     run.set_defaults(handler=run_command)
 
     submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
@@ -119,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--prompt", action="append", help="prompt to choose from (repeatable); default: the prompts file")
     submit.add_argument("--seed", type=int, help="run seed; a new seed re-rolls")
     submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
-    submit.add_argument("--max-partitions-per-run", type=int, default=MAX_PARTITIONS_PER_RUN)
+    submit.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
+                        help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")
     submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
     submit.set_defaults(handler=submit_command)
 

@@ -20,7 +20,6 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
-
 def _executor() -> dg.ExecutorDefinition | None:
     """Where steps run (RANDOM_DIFFUSION_EXECUTOR): local processes by default, `celery` workers,
     or `k8s` Jobs, one per step, so only the diffusion step asks for a GPU."""

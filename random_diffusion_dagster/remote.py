@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
+from .batching import partition_ranges
 from .engine.prompts import require_prompts
-from .jobs import partition_range_tags
 
 JOB_NAME = "diffuse_images"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -103,13 +103,15 @@ class Deployment:
         if seed is not None:
             run_config["resources"] = {"dataset": {"config": {"seed": seed}}}
         run_ids = []
-        for first, last in contiguous_ranges(all_keys, wanted, max_per_run):
+        for partition_range in partition_ranges(all_keys, wanted, max_per_run):
             try:
                 run_ids.append(
-                    self.client.submit_job_execution(JOB_NAME, run_config=run_config, tags=partition_range_tags(first, last))
+                    self.client.submit_job_execution(JOB_NAME, run_config=run_config, tags=partition_range.tags)
                 )
             except DagsterGraphQLClientError as exc:
-                raise SubmitError(f"The deployment refused the run for {first}..{last}: {exc}") from exc
+                raise SubmitError(
+                    f"The deployment refused the run for {partition_range.first}..{partition_range.last}: {exc}"
+                ) from exc
         return run_ids
 
     def wait(self, run_id: str, poll_seconds: float = 2.0, timeout: float = 3600) -> str:
@@ -130,19 +132,3 @@ class Deployment:
                 if entry["label"] == "output_path" and event["partition"]:
                     paths[event["partition"]] = entry["path"]
         return paths
-
-
-def contiguous_ranges(all_keys: list[str], wanted: list[str], max_per_run: int) -> list[tuple[str, str]]:
-    """Split the wanted keys into runs of consecutive partitions, at most `max_per_run` each."""
-    wanted_set = set(wanted)
-    ranges, current = [], []
-    for key in all_keys:
-        if key in wanted_set and len(current) < max_per_run:
-            current.append(key)
-            continue
-        if current:
-            ranges.append((current[0], current[-1]))
-        current = [key] if key in wanted_set else []
-    if current:
-        ranges.append((current[0], current[-1]))
-    return ranges

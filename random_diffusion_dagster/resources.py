@@ -1,50 +1,44 @@
 """Dagster resources: where the data lives, and the engine that holds loaded pipelines."""
 
+from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from .engine.catalog import ModelSpec, load_catalog
 from .engine.images import SourceFile, scan_folder
+from .engine.plan import ImageTask, Planner
 from .engine.prompts import load_prompts
+from .settings import env_choices, env_int, env_path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env_path(variable: str, default: str) -> str:
-    """A path knob: the environment variable if set (a path, or a URL such as s3://...),
-    else the default under the project root."""
-    value = os.environ.get(variable)
-    if not value:
-        return str(PROJECT_ROOT / default)
-    return value if "://" in value else str(Path(value).expanduser().resolve())
+if TYPE_CHECKING:  # the runner imports torch-adjacent code; keep it out of definition loading
+    from .engine.runner import RunSummary
 
 
 class DatasetResource(dg.ConfigurableResource):
     """The folders and files a user edits, each with a default and an environment variable."""
 
     images_dir: str = Field(
-        default_factory=lambda: _env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images"),
+        default_factory=lambda: env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images"),
         description="Folder of source images (RANDOM_DIFFUSION_IMAGES_DIR).",
     )
     output_dir: str = Field(
-        default_factory=lambda: _env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs"),
+        default_factory=lambda: env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs"),
         description="Folder or fsspec URL (s3://bucket/outputs) the diffused PNGs and the report go to "
         "(RANDOM_DIFFUSION_OUTPUT_DIR).",
     )
     prompts_file: str = Field(
-        default_factory=lambda: _env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt"),
+        default_factory=lambda: env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt"),
         description="One prompt per line (RANDOM_DIFFUSION_PROMPTS_FILE).",
     )
     models_file: str = Field(
-        default_factory=lambda: _env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml"),
+        default_factory=lambda: env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml"),
         description="The model catalog (RANDOM_DIFFUSION_MODELS_FILE).",
     )
     seed: int = Field(
-        default_factory=lambda: int(os.environ.get("RANDOM_DIFFUSION_SEED", "0")),
+        default_factory=lambda: env_int("RANDOM_DIFFUSION_SEED", 0),
         description="Run seed: together with each image's content it decides prompt, model and "
         "diffusion seed. Change it to re-roll every image (RANDOM_DIFFUSION_SEED).",
     )
@@ -52,8 +46,14 @@ class DatasetResource(dg.ConfigurableResource):
     def source_files(self) -> list[SourceFile]:
         return scan_folder(self.images_dir)
 
-    def files_by_key(self) -> dict[str, SourceFile]:
-        return {f.partition_key: f for f in self.source_files()}
+    def files_for(self, keys: list[str]) -> tuple[list[SourceFile], dict[str, str]]:
+        """(the files behind these partitions, key -> why it has none)."""
+        by_key = {f.partition_key: f for f in self.source_files()}
+        missing = {k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys if k not in by_key}
+        return [by_key[k] for k in keys if k in by_key], missing
+
+    def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
+        return Planner(prompts, catalog, self.seed, self.output_dir)
 
     def prompts(self) -> list[str]:
         return load_prompts(self.prompts_file)
@@ -67,12 +67,7 @@ COMPILABLE_PARTS = ("unet", "vae")
 
 def _compile_from_env(part: str) -> bool:
     """Whether RANDOM_DIFFUSION_COMPILE (e.g. "unet,vae") names `part`: how sensor and schedule runs get compiled."""
-    named = {p.strip() for p in os.environ.get("RANDOM_DIFFUSION_COMPILE", "").split(",") if p.strip()}
-    unknown = sorted(named - set(COMPILABLE_PARTS))
-    if unknown:
-        raise ValueError(f"RANDOM_DIFFUSION_COMPILE names {unknown}; set it to a comma-separated list of "
-                         f"{' and '.join(COMPILABLE_PARTS)} (e.g. 'unet,vae'), or unset it.")
-    return part in named
+    return part in env_choices("RANDOM_DIFFUSION_COMPILE", COMPILABLE_PARTS)
 
 
 class DiffusionEngineResource(dg.ConfigurableResource):
@@ -84,15 +79,16 @@ class DiffusionEngineResource(dg.ConfigurableResource):
 
     device: str | None = Field(default=None, description="cuda, cuda:1, mps or cpu; default: cuda, then mps, then cpu.")
     dtype: str | None = Field(default=None, description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).")
-    max_resident_models: int = Field(default=2, description="Pipelines kept loaded at once; the least recently used is evicted.")
+    max_resident_models: int = Field(default=2, ge=1, description="Pipelines kept loaded at once; the least recently used is evicted.")
     memory_budget_mb: float | None = Field(default=None, description="Cap on the resident pipelines' weights, in MiB.")
     batch_size: int | None = Field(
         default=None,
+        ge=1,
         description="Images per pipeline call (same model, same size); default 16 on CUDA "
         "(benchmarks/results: 4x the throughput of one at a time on an H100), 4 elsewhere.",
     )
     torch_threads: int | None = Field(
-        default_factory=lambda: int(os.environ["RANDOM_DIFFUSION_TORCH_THREADS"]) if os.environ.get("RANDOM_DIFFUSION_TORCH_THREADS") else None,
+        default_factory=lambda: env_int("RANDOM_DIFFUSION_TORCH_THREADS", None, minimum=1),
         description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
     )
     progress_bar: bool = Field(default=False, description="Show a terminal progress bar (the CLI turns it on).")
@@ -132,6 +128,13 @@ class DiffusionEngineResource(dg.ConfigurableResource):
 
     def batch_size_on(self, device: str) -> int:
         return self.batch_size or (16 if device.startswith("cuda") else 4)
+
+    def run(self, tasks: list[ImageTask], log=lambda message: None) -> RunSummary:
+        """Make the tasks' images with this run's pipelines: reused, generated or failed, one result each."""
+        from .engine.runner import run_tasks
+
+        pipelines = self.pipelines(log)
+        return run_tasks(tasks, pipelines, self.batch_size_on(pipelines.device), log, self.progress_bar)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._cache is not None:

@@ -5,10 +5,10 @@ import time
 
 import dagster as dg
 
-from .assets import MAX_PARTITIONS_PER_RUN
+from .batching import partition_ranges, ranged_run_requests
 from .engine.images import ImageLoadError, SourceFile, probe_image
-from .jobs import diffuse_images_job, partition_range_tags
-from .partitions import images_partitions
+from .jobs import diffuse_images_job
+from .partitions import images_partitions, partition_changes
 from .resources import DatasetResource
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
@@ -55,18 +55,17 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
             continue
         (replaced_keys if key in partitions else new_keys).append(key)
 
-    present = {source.partition_key for source in files}
-    gone = sorted(partitions - present)
-    for key in [k for k in seen if k not in present]:
+    present = [source.partition_key for source in files]
+    gone = partition_changes(list(partitions), present).gone
+    for key in set(seen) - set(present):
         del seen[key]
     if new_keys or replaced_keys or gone:
         context.log.info(f"{len(new_keys)} new, {len(replaced_keys)} replaced, {len(gone)} removed images")
 
-    requests = []
-    for start in range(0, len(new_keys), MAX_PARTITIONS_PER_RUN):
-        chunk = new_keys[start : start + MAX_PARTITIONS_PER_RUN]
-        # Added in one request, the chunk is contiguous in partition order: one ranged run.
-        requests.append(dg.RunRequest(run_key=f"new:{chunk[0]}...{chunk[-1]}:{seen[chunk[0]]}", tags=partition_range_tags(chunk[0], chunk[-1])))
+    # Added in one request at the end, the new keys are contiguous in partition order.
+    requests = ranged_run_requests(
+        partition_ranges(new_keys, new_keys), lambda r: f"new:{r.first}...{r.last}:{seen[r.first]}"
+    )
     requests += [dg.RunRequest(run_key=f"replaced:{key}:{seen[key]}", partition_key=key) for key in replaced_keys]
     partition_requests = []
     if new_keys:

@@ -30,7 +30,7 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from random_diffusion_dagster.engine.demo_models import (  # noqa: E402
+from random_diffusion_dagster.demo.models import (  # noqa: E402
     SINGLE_FILE_DEMO,
     TINY_MODELS,
     build_tiny_pipeline,

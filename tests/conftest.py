@@ -10,9 +10,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from pathlib import Path
 
 import pytest
-from helpers import make_image, write_catalog
 
-from random_diffusion_dagster.engine.demo_models import build_demo_models
+from random_diffusion_dagster.demo.models import build_demo_models
+
+from helpers import make_image, write_catalog
 
 
 @pytest.fixture(scope="session")

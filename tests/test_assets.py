@@ -6,13 +6,15 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_image
 from PIL import Image
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
-from random_diffusion_dagster.engine.images import partition_key_for, read_record
-from random_diffusion_dagster.jobs import partition_range_tags
+from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.engine.images import partition_key_for
+from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+
+from helpers import make_image
 
 ALL_ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
 
@@ -76,7 +78,7 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
                       "vram_peak_allocated_mb", "vram_peak_reserved_mb", "rss_peak_mb", "device", "output_path", "preview"):
             assert field in metadata, (key, field)
         assert Path(metadata["output_path"]) == Path(project["output_dir"]) / f"{key}.png"
-        assert read_record(metadata["output_path"])["seed"] == metadata["seed"]
+        assert read_record(metadata["output_path"]).seed == metadata["seed"]
         assert metadata["vram_peak_allocated_mb"] == 0.0 and metadata["device"] == "cpu"
     assert len({m["seed"] for m in per_partition.values()}) == len(keys)
     assert {m["source_size"] for m in per_partition.values()} == {"80x60", "60x90", "100x40"}

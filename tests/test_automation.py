@@ -8,14 +8,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import make_image
 
+from random_diffusion_dagster.batching import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.images import partition_key_for
-from random_diffusion_dagster.jobs import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.resources import DatasetResource
 from random_diffusion_dagster.schedules import catch_up_schedule
 from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
 
+from helpers import make_image
 from test_assets import _diffuse_all
 
 

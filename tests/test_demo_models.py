@@ -1,5 +1,6 @@
 """The shipped demo models: intact, loadable through every layout path, reproducible by the training script."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -7,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dataclasses
 import diffusers
 
 from random_diffusion_dagster.engine.catalog import load_catalog
-from random_diffusion_dagster.engine.choice import plan_job
-from random_diffusion_dagster.engine.images import file_sha256, read_record
 from random_diffusion_dagster.engine.pipelines import PipelineCache
-from random_diffusion_dagster.engine.runner import run_jobs
+from random_diffusion_dagster.engine.plan import Planner, snapshot_source
+from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.engine.runner import run_tasks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS = PROJECT_ROOT / "data" / "models"
@@ -44,16 +44,16 @@ def test_layouts_mirror_the_real_checkpoints():
 def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
     catalog = load_catalog(PROJECT_ROOT / "data" / "models.yaml")
     source = next(p for p in sorted((PROJECT_ROOT / "data" / "images").iterdir()))
-    jobs = [plan_job(f"{spec.name}.jpg", str(source), file_sha256(source), ["a lighthouse"], [spec], 0, tmp_path)
+    jobs = [Planner(["a lighthouse"], [spec], 0, tmp_path).task(f"{spec.name}.jpg", str(source), snapshot_source(source))
             for spec in catalog]
     checked = dataclasses.replace(catalog[0], name="tiny-sd14-checked", safety_checker=True)
-    jobs.append(plan_job("checked.jpg", str(source), file_sha256(source), ["a lighthouse"], [checked], 0, tmp_path))
-    summary = run_jobs(jobs, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
+    jobs.append(Planner(["a lighthouse"], [checked], 0, tmp_path).task("checked.jpg", str(source), snapshot_source(source)))
+    summary = run_tasks(jobs, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
     assert {spec.source_kind for spec in catalog} == {"path", "single_file"}
     assert [r.status for r in summary.results] == ["generated"] * (len(catalog) + 1), [r.error for r in summary.results]
-    records = {r.job.model.name: read_record(r.job.output_path) for r in summary.results}
-    assert records["tiny-sd14"]["safety_checker"] == "not run" and records["tiny-sd14-checked"]["safety_checker"] == "run"
-    assert records["tiny-sd2"]["output_size"] != records["tiny-sd14"]["output_size"]  # SD 2.x-style: larger default
+    records = {r.task.model.name: read_record(r.task.output_path) for r in summary.results}
+    assert records["tiny-sd14"].safety_checker == "not run" and records["tiny-sd14-checked"].safety_checker == "run"
+    assert records["tiny-sd2"].output_size != records["tiny-sd14"].output_size  # SD 2.x-style: larger default
 
 
 def test_training_script_runs_and_writes_loadable_models(tmp_path):

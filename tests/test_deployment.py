@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from helpers import make_image, write_catalog
 
-from random_diffusion_dagster.engine.images import read_record
+from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.remote import Deployment
+
+from helpers import make_image, write_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from local_services import project_env, stop_process_groups  # noqa: E402
@@ -148,7 +149,7 @@ def test_submit_wait_reports_outputs_and_metadata_over_graphql(deployment):
     for index in range(3):
         path = deployment["outputs"] / f"start{index}.png.png"
         assert str(path) in completed.stdout
-        assert read_record(path)["prompt"] == "cat dancing in rain" and read_record(path)["run_seed"] == 5
+        assert read_record(path).prompt == "cat dancing in rain" and read_record(path).run_seed == 5
     metadata = [_partition_metadata(url, f"start{i}.png") for i in range(3)]
     assert {m["prompt"] for m in metadata} == {"cat dancing in rain"}
     assert len({m["seed"] for m in metadata}) == 3 and all(m["inference_seconds"] > 0 for m in metadata)
@@ -224,7 +225,7 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
     keys = client.partition_keys()
 
     def done_with_new_seed():
-        return [k for k in keys if (read_record(outputs / f"{k}.png") or {}).get("run_seed") == 23]
+        return [k for k in keys if getattr(read_record(outputs / f"{k}.png"), "run_seed", None) == 23]
 
     _wait_for(lambda: len(done_with_new_seed()) >= 1, 300, "the first image of the run", interval=0.1)
     assert len(done_with_new_seed()) < len(keys), "the run finished before it could be killed"

@@ -9,21 +9,20 @@ import torch
 from PIL import Image
 
 from random_diffusion_dagster.engine.catalog import load_catalog
-from random_diffusion_dagster.engine.choice import plan_job
-from random_diffusion_dagster.engine.images import file_sha256, read_record, scan_folder
+from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups, load_pipeline, pipeline_bytes
-from random_diffusion_dagster.engine.runner import failure_path, run_jobs
+from random_diffusion_dagster.engine.plan import Planner
+from random_diffusion_dagster.engine.results import failure_path, read_record
+from random_diffusion_dagster.engine.runner import run_tasks
 
 from helpers import make_image, write_catalog
 
 
-def _jobs(project, seed=0):
-    catalog = load_catalog(project["models_file"])
-    prompts = ["a red fox", "an ice castle"]
-    return [
-        plan_job(f.partition_key, f.path, file_sha256(f.path), prompts, catalog, seed, project["output_dir"])
-        for f in scan_folder(project["images_dir"])
-    ]
+def _tasks(project, seed=0):
+    planner = Planner(["a red fox", "an ice castle"], load_catalog(project["models_file"]), seed, project["output_dir"])
+    tasks, unplanned = planner.plan(scan_folder(project["images_dir"]))
+    assert not unplanned
+    return tasks
 
 
 def _pixels(path):
@@ -97,37 +96,37 @@ def test_memory_budget_keeps_only_what_fits(tmp_path, models_dir):
 
 
 def test_batching_does_not_change_pixels_and_each_model_loads_once(project):
-    jobs = _jobs(project)
-    batched = run_jobs(jobs, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None)
+    tasks = _tasks(project)
+    batched = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None)
     assert [r.status for r in batched.results] == ["generated"] * 3
-    assert batched.pipeline_loads == len({j.model.name for j in jobs})
-    first = {j.key: _pixels(j.output_path) for j in jobs}
-    for job in jobs:
-        failure_path(project["output_dir"], job.key).unlink(missing_ok=True)
-        os.remove(job.output_path)
-    single = run_jobs(jobs, PipelineCache(device="cpu"), batch_size=1, log=lambda m: None)
+    assert batched.pipeline_loads == len({j.model.name for j in tasks})
+    first = {j.key: _pixels(j.output_path) for j in tasks}
+    for task in tasks:
+        failure_path(project["output_dir"], task.key).unlink(missing_ok=True)
+        os.remove(task.output_path)
+    single = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=1, log=lambda m: None)
     assert [r.status for r in single.results] == ["generated"] * 3
-    for job in jobs:
-        assert np.abs(_pixels(job.output_path) - first[job.key]).max() <= 1, job.key
+    for task in tasks:
+        assert np.abs(_pixels(task.output_path) - first[task.key]).max() <= 1, task.key
 
 
 def test_rerun_reuses_identical_results_and_a_new_seed_rerolls(project):
-    jobs = _jobs(project)
-    run_jobs(jobs, PipelineCache(device="cpu"), log=lambda m: None)
-    before = {j.key: _pixels(j.output_path) for j in jobs}
-    again = run_jobs(jobs, PipelineCache(device="cpu"), log=lambda m: None)
+    tasks = _tasks(project)
+    run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+    before = {j.key: _pixels(j.output_path) for j in tasks}
+    again = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
     assert [r.status for r in again.results] == ["reused"] * 3 and again.pipeline_loads == 0
-    rerolled = _jobs(project, seed=1)
-    assert any(a.seed != b.seed for a, b in zip(jobs, rerolled))
-    run_jobs(rerolled, PipelineCache(device="cpu"), log=lambda m: None)
+    rerolled = _tasks(project, seed=1)
+    assert any(a.seed != b.seed for a, b in zip(tasks, rerolled, strict=False))
+    run_tasks(rerolled, PipelineCache(device="cpu"), log=lambda m: None)
     assert any(not np.array_equal(before[j.key], _pixels(j.output_path)) for j in rerolled)
 
 
 def test_a_bad_image_fails_alone_and_is_recorded(project):
     broken = make_image(Path(project["images_dir"]) / "broken.png")
     broken.write_bytes(broken.read_bytes()[:60])
-    results = run_jobs(_jobs(project), PipelineCache(device="cpu"), log=lambda m: None).results
-    status = {r.job.key: r.status for r in results}
+    results = run_tasks(_tasks(project), PipelineCache(device="cpu"), log=lambda m: None).results
+    status = {r.task.key: r.status for r in results}
     assert status.pop("broken.png") == "failed"
     assert set(status.values()) == {"generated"}
     error = [r.error for r in results if r.status == "failed"][0]
@@ -136,15 +135,15 @@ def test_a_bad_image_fails_alone_and_is_recorded(project):
 
 
 def test_result_records_carry_the_choice_and_timings(project):
-    job = _jobs(project)[0]
-    run_jobs([job], PipelineCache(device="cpu"), log=lambda m: None)
-    record = read_record(job.output_path)
-    assert record["prompt"] == job.prompt and record["model"] == job.model.name and record["seed"] == job.seed
-    assert record["device"] == "cpu" and record["dtype"] == "float32"
-    assert record["inference_seconds"] > 0 and record["rss_peak_mb"] > 100
-    assert record["fingerprint"] == job.fingerprint and record["fallback"] == "none"
-    with Image.open(job.output_path) as image:
-        assert f"Seed: {job.seed}" in image.text["parameters"]
+    task = _tasks(project)[0]
+    run_tasks([task], PipelineCache(device="cpu"), log=lambda m: None)
+    record = read_record(task.output_path)
+    assert record.prompt == task.prompt and record.model == task.model.name and record.seed == task.seed
+    assert record.device == "cpu" and record.dtype == "float32"
+    assert record.inference_seconds > 0 and record.rss_peak_mb > 100
+    assert record.fingerprint == task.fingerprint and record.fallback == "none"
+    with Image.open(task.output_path) as image:
+        assert f"Seed: {task.seed}" in image.text["parameters"]
 
 
 class OutOfMemoryAbove:
@@ -192,23 +191,23 @@ def one_model_project(project, models_dir, tmp_path):
 
 def test_out_of_memory_splits_the_batch_and_records_the_fallback(one_model_project):
     cache, wrappers = _oom_cache({"max_batch": 1})
-    results = run_jobs(_jobs(one_model_project), cache, batch_size=4, log=lambda m: None).results
+    results = run_tasks(_tasks(one_model_project), cache, batch_size=4, log=lambda m: None).results
     assert [r.status for r in results] == ["generated"] * 3
-    assert [r.record["fallback"] for r in results] == ["batch_split"] * 3
+    assert [r.record.fallback for r in results] == ["batch_split"] * 3
     assert wrappers[0].calls == [(3, False), (1, False), (1, False), (1, False)]
 
 
 def test_out_of_memory_at_batch_one_tries_vae_tiling(one_model_project):
     cache, wrappers = _oom_cache({"max_batch": 4, "fail_until_tiling": True})
-    job = _jobs(one_model_project)[0]
-    (result,) = run_jobs([job], cache, log=lambda m: None).results
-    assert result.status == "generated" and result.record["fallback"] == "vae_tiling"
+    task = _tasks(one_model_project)[0]
+    (result,) = run_tasks([task], cache, log=lambda m: None).results
+    assert result.status == "generated" and result.record.fallback == "vae_tiling"
     assert wrappers[0].calls == [(1, False), (1, True)] and wrappers[0].tiling is False
 
 
 def test_persistent_out_of_memory_fails_only_that_image_with_a_clear_message(one_model_project):
     cache, _ = _oom_cache({"max_batch": 0})
-    results = run_jobs(_jobs(one_model_project), cache, log=lambda m: None).results
+    results = run_tasks(_tasks(one_model_project), cache, log=lambda m: None).results
     assert [r.status for r in results] == ["failed"] * 3
     assert "out of memory even at batch size 1 with VAE tiling" in results[0].error
     assert "img0.png" in results[0].error

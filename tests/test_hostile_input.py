@@ -11,14 +11,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from helpers import make_image, write_catalog
 from PIL import Image
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.batching import partition_range_tags
 from random_diffusion_dagster.checks import results_readable_on_disk
 from random_diffusion_dagster.engine.images import load_rgb, partition_key_for
-from random_diffusion_dagster.jobs import partition_range_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+
+from helpers import make_image, write_catalog
 
 ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report, results_readable_on_disk]
 

@@ -2,19 +2,15 @@ import io
 import re
 
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from random_diffusion_dagster.engine.choice import output_path_for
 from random_diffusion_dagster.engine.images import (
     ImageLoadError,
-    a1111_parameters,
     fit_size,
     fit_to_resolution,
     load_rgb,
     partition_key_for,
-    read_record,
     scan_folder,
-    write_png_atomic,
 )
 
 DAGSTER_UNSAFE = re.compile(r"\.\.\.|[|,\[\]\x00-\x1f/\\]")
@@ -39,12 +35,6 @@ def test_names_that_sanitise_alike_get_distinct_keys():
     names = ["a b.png", "a|b.png", "a_b.png", "a,b.png", "a b.jpg"]
     keys = [partition_key_for(n) for n in names]
     assert len(set(keys)) == len(names)
-
-
-def test_output_paths_cannot_leave_the_output_folder(tmp_path):
-    assert str(output_path_for(tmp_path, "cat.jpg")) == str(tmp_path.resolve() / "cat.jpg.png")
-    with pytest.raises(ValueError, match="outside"):
-        output_path_for(tmp_path, "../escape")
 
 
 @pytest.mark.parametrize(
@@ -113,22 +103,6 @@ def test_oversized_image_is_refused_with_the_limit(tmp_path):
     path = _save(Image.new("RGB", (300, 300)), tmp_path / "big.png")
     with pytest.raises(ImageLoadError, match="big.png is 300x300.*89,999-pixel limit"):
         load_rgb(path, max_pixels=89_999)
-
-
-def test_png_carries_a1111_parameters_and_a_json_record(tmp_path):
-    path = tmp_path / "out.png"
-    parameters = a1111_parameters("a cat, dancing", "blurry", {"Steps": 10, "Seed": 7, "Model": "m:1"})
-    write_png_atomic(Image.new("RGB", (8, 8)), path, parameters, {"seed": 7, "prompt": "a cat, dancing"})
-    with Image.open(path) as image:
-        assert image.text["parameters"] == 'a cat, dancing\nNegative prompt: blurry\nSteps: 10, Seed: 7, Model: "m:1"'
-    assert read_record(path) == {"seed": 7, "prompt": "a cat, dancing"}
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
-
-
-def test_read_record_ignores_foreign_and_missing_files(tmp_path):
-    foreign = _save(Image.new("RGB", (4, 4)), tmp_path / "plain.png", pnginfo=PngImagePlugin.PngInfo())
-    assert read_record(foreign) is None
-    assert read_record(tmp_path / "absent.png") is None
 
 
 def test_scan_skips_hidden_files_and_folders(tmp_path):

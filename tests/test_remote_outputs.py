@@ -5,12 +5,13 @@ import datetime
 import dagster as dg
 import fsspec
 import pytest
-from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata
 
 from random_diffusion_dagster.checks import results_readable_on_disk
-from random_diffusion_dagster.engine.images import read_record
+from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.schedules import catch_up_schedule
+
+from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata
 
 URL = "memory://rdd-test/outputs"
 
@@ -31,7 +32,7 @@ def test_results_report_check_and_catch_up_work_on_an_fsspec_url(remote_project)
         for key in keys:
             path = f"{URL}/{key}.png"
             assert _partition_metadata(instance, key)["output_path"] == path
-            assert read_record(path)["fingerprint"] == _partition_metadata(instance, key)["fingerprint"]
+            assert read_record(path).fingerprint == _partition_metadata(instance, key)["fingerprint"]
         assert not [p for p in memory.find("/rdd-test") if p.endswith(".tmp")]
 
         resources = {"dataset": DatasetResource(**remote_project), "engine": DiffusionEngineResource(device="cpu")}

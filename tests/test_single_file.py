@@ -12,21 +12,21 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     infer_diffusers_model_type,
 )
-from helpers import make_image
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from random_diffusion_dagster.engine.catalog import parse_catalog
-from random_diffusion_dagster.engine.choice import plan_job
-from random_diffusion_dagster.engine.images import file_sha256
-from random_diffusion_dagster.engine.ldm_checkpoint import (
+from random_diffusion_dagster.demo.single_file import (
     UnsupportedLayout,
     pipeline_to_ldm_state_dict,
     unet_key_to_ldm,
     vae_key_to_ldm,
 )
+from random_diffusion_dagster.engine.catalog import parse_catalog
 from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline
-from random_diffusion_dagster.engine.runner import run_jobs
+from random_diffusion_dagster.engine.plan import Planner, snapshot_source
+from random_diffusion_dagster.engine.runner import run_tasks
+
+from helpers import make_image
 
 
 def sd15_shaped_components():
@@ -98,8 +98,8 @@ def test_single_file_entry_makes_the_same_image_as_its_folder(tmp_path, models_d
         {"name": "file", "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors", "config": "tiny-sd15-single-file/config"},
     ]}, base_dir=models_dir)
     source = make_image(tmp_path / "in.png")
-    jobs = [plan_job(spec.name, str(source), file_sha256(source), ["a fox"], [spec], 0, tmp_path / "out") for spec in catalog]
-    summary = run_jobs(jobs, PipelineCache(device="cpu"), log=lambda message: None)
+    tasks = [Planner(["a fox"], [spec], 0, tmp_path / "out").task(spec.name, str(source), snapshot_source(source)) for spec in catalog]
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda message: None)
     assert [r.status for r in summary.results] == ["generated", "generated"], [r.error for r in summary.results]
-    folder_image, file_image = (np.asarray(Image.open(r.job.output_path)) for r in summary.results)
+    folder_image, file_image = (np.asarray(Image.open(r.task.output_path)) for r in summary.results)
     assert np.array_equal(folder_image, file_image)

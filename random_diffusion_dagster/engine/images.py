@@ -5,20 +5,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import os
 import re
 import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps
 
-from .storage import location, write_bytes_atomic
+from .storage import location
 
-PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
-RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
 MAX_KEY_LENGTH = 120
 # Pillow's decompression-bomb threshold (89.5 Mpx): Pillow only warns above it; we refuse.
 MAX_SOURCE_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -94,20 +92,16 @@ def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
         raise ImageLoadError(f"{path} is not an image Pillow can read: {exc}") from exc
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_rgb(path: str | Path, max_pixels: int = MAX_SOURCE_PIXELS, min_side: int | None = None) -> Image.Image:
+def load_rgb(
+    path: str | Path | BinaryIO, max_pixels: int = MAX_SOURCE_PIXELS, min_side: int | None = None, name: str = ""
+) -> Image.Image:
     """Load a source image upright and as RGB, whatever its mode, frames or EXIF orientation.
 
     With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) that keeps both
     sides at least that long: a 50-megapixel photo costs a fraction of its full decode.
+    `path` may be a file object already read into memory; `name` then names it in errors.
     """
+    label = name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -115,7 +109,7 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_SOURCE_PIXELS, min_side: in
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
-                        f"{path} is {width}x{height} ({width * height:,} pixels), above the "
+                        f"{label} is {width}x{height} ({width * height:,} pixels), above the "
                         f"{max_pixels:,}-pixel limit for source images (a decompression-bomb guard): "
                         "downscale it first."
                     )
@@ -127,9 +121,9 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_SOURCE_PIXELS, min_side: in
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path} looks like a decompression bomb: {exc}") from exc
+        raise ImageLoadError(f"{label} looks like a decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path} cannot be decoded (truncated or not an image): {exc}") from exc
+        raise ImageLoadError(f"{label} cannot be decoded (truncated or not an image): {exc}") from exc
 
 
 def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
@@ -172,45 +166,6 @@ def open_image_copy(path: str | os.PathLike) -> Image.Image:
     with location(path).open("rb") as handle, Image.open(handle) as image:
         image.load()
         return image.copy()
-
-
-def write_png_atomic(image: Image.Image, path: str | os.PathLike, parameters: str, record: dict) -> None:
-    """Write a PNG carrying its generation parameters, via a temporary file and a rename."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_CHUNK, parameters)
-    info.add_itxt(RECORD_CHUNK, json.dumps(record, sort_keys=True))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def read_record(path: str | os.PathLike) -> dict | None:
-    """The JSON record embedded in a result PNG, or None if the file is missing or not ours."""
-    try:
-        with location(path).open("rb") as handle, Image.open(handle) as image:
-            raw = image.text.get(RECORD_CHUNK) if hasattr(image, "text") else None
-    except (OSError, SyntaxError, ValueError):
-        return None
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-
-
-def a1111_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:
-    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, one line of `Key: value`."""
-
-    def quote(value) -> str:
-        text = str(value)
-        return json.dumps(text) if any(c in text for c in ",:\n") else text
-
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{key}: {quote(value)}" for key, value in settings.items()))
-    return "\n".join(lines)
 
 
 def thumbnail_data_uri(image: Image.Image, size: int = 256, quality: int = 80) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
 import os
 import textwrap
 from dataclasses import dataclass
@@ -12,8 +12,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from upath import UPath
 
-from .images import open_image_copy, read_record
-from .runner import failure_path
+from .images import open_image_copy
+from .results import FailureRecord, ResultRecord, output_path_for, read_failure, read_record
 from .storage import location, write_bytes_atomic
 
 SUMMARY_COLUMNS = [
@@ -29,7 +29,7 @@ MAX_SHEET_ROWS = 48
 class Report:
     summary: pd.DataFrame
     failures: pd.DataFrame
-    records: list[dict]
+    records: list[ResultRecord]
     contact_sheet: Image.Image | None
     contact_sheet_path: UPath
     summary_csv_path: UPath
@@ -46,16 +46,15 @@ class Report:
 def build_report(output_dir: str | os.PathLike, keys: list[str]) -> Report:
     """Read every partition's result record and failure file; write summary.csv and contact_sheet.png."""
     output_dir = location(output_dir)
-    records, failures = [], []
+    records: list[ResultRecord] = []
+    failures: list[FailureRecord] = []
     for key in keys:
-        record = read_record(output_dir / f"{key}.png")
-        failure = failure_path(output_dir, key)
-        if failure.exists():
-            failures.append(json.loads(failure.read_text()))
-        elif record:
+        failure = read_failure(output_dir, key)
+        record = None if failure else read_record(output_path_for(output_dir, key))
+        if record:
             records.append(record)
         else:
-            failures.append({"key": key, "model": None, "error": "no result yet (missing or unreadable output file)"})
+            failures.append(failure or FailureRecord(key, None, "no result yet (missing or unreadable output file)"))
     summary = summarize(records, failures)
     report_dir = output_dir / "report"
     csv_path = report_dir / "summary.csv"
@@ -66,13 +65,15 @@ def build_report(output_dir: str | os.PathLike, keys: list[str]) -> Report:
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
         write_bytes_atomic(sheet_path, buffer.getvalue())
-    failures_frame = pd.DataFrame(failures, columns=["key", "model", "error"])
+    failures_frame = pd.DataFrame([dataclasses.asdict(f) for f in failures], columns=["key", "model", "error"])
     return Report(summary, failures_frame, records, sheet, sheet_path, csv_path)
 
 
-def summarize(records: list[dict], failures: list[dict]) -> pd.DataFrame:
+def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.DataFrame:
     """One row per model: count, mean and p95 inference seconds, peak GPU memory, failures."""
-    frame = pd.DataFrame(records, columns=["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb"])
+    columns = ["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb"]
+    frame = pd.DataFrame([[getattr(r, c) for c in columns] for r in records], columns=columns)
+    frame[columns[1:]] = frame[columns[1:]].astype(float)  # typed even when empty, so quantiles work
     grouped = frame.groupby("model")
     summary = pd.DataFrame(
         {
@@ -83,14 +84,14 @@ def summarize(records: list[dict], failures: list[dict]) -> pd.DataFrame:
             "peak_vram_reserved_mb": grouped["vram_peak_reserved_mb"].max(),
         }
     )
-    failed = pd.Series([f["model"] or "(unknown)" for f in failures], dtype=object).value_counts()
+    failed = pd.Series([f.model or "(unknown)" for f in failures], dtype=object).value_counts()
     summary = summary.reindex(summary.index.union(failed.index))
     summary["failures"] = failed.reindex(summary.index).fillna(0).astype(int)
     summary["images"] = summary["images"].fillna(0).astype(int)
     return summary.rename_axis("model").reset_index()[SUMMARY_COLUMNS]
 
 
-def contact_sheet(records: list[dict]) -> Image.Image:
+def contact_sheet(records: list[ResultRecord]) -> Image.Image:
     """Source beside result for each record, captioned with prompt, model and seed."""
     font = ImageFont.load_default(size=13)
     row_height = THUMB + 8
@@ -98,11 +99,11 @@ def contact_sheet(records: list[dict]) -> Image.Image:
     draw = ImageDraw.Draw(sheet)
     for row, record in enumerate(records):
         top = 4 + row * row_height
-        for column, path in enumerate((record["source_path"], record["output_path"])):
+        for column, path in enumerate((record.source_path, record.output_path)):
             sheet.paste(_thumbnail(path), (4 + column * (THUMB + 8), top))
         caption = "\n".join(
-            textwrap.wrap(record["prompt"], 44)[:4]
-            + [f"model: {record['model']}", f"seed: {record['seed']}  {record['inference_seconds']:.2f} s"]
+            textwrap.wrap(record.prompt, 44)[:4]
+            + [f"model: {record.model}", f"seed: {record.seed}  {record.inference_seconds:.2f} s"]
         )
         draw.multiline_text((2 * THUMB + 20, top + 4), caption, fill="black", font=font, spacing=3)
     return sheet

@@ -1,43 +1,42 @@
-"""Running planned jobs: reuse finished results, group by model, batch, fall back on OOM, write atomically."""
+"""Running planned tasks: reuse finished results, group by model, batch, fall back on OOM, write atomically."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
+import hashlib
+import io
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Literal
 
 from PIL import Image
-from upath import UPath
 
-from .choice import ImageJob
-from .images import (
-    ImageLoadError,
-    a1111_parameters,
-    fit_to_resolution,
-    load_rgb,
-    open_image_copy,
-    read_record,
-    thumbnail_data_uri,
-    write_png_atomic,
-)
-from .freshness import stat_signature
+from .images import ImageLoadError, fit_to_resolution, load_rgb, open_image_copy, thumbnail_data_uri
 from .pipelines import ModelLoadError, PipelineCache, free_memory
-from .storage import location, write_bytes_atomic
+from .plan import ImageTask
+from .results import (
+    FailureRecord,
+    ResultRecord,
+    a1111_parameters,
+    clear_failure,
+    read_record,
+    write_failure,
+    write_result_png,
+)
+from .storage import location, require_writable_folder
 
-FAILURES_DIR = ".failures"
+Status = Literal["generated", "reused", "failed"]
 
 
 @dataclass
 class ImageResult:
-    job: ImageJob
-    status: str  # "generated", "reused" (identical result already on disk) or "failed"
-    record: dict | None = None
+    task: ImageTask
+    status: Status  # "reused": an identical result was already on disk
+    record: ResultRecord | None = None
     error: str | None = None
     preview: str | None = None  # small inline JPEG of the result
 
@@ -50,7 +49,7 @@ class RunSummary:
     seconds: float
     device: str
 
-    def with_status(self, status: str) -> list[ImageResult]:
+    def with_status(self, status: Status) -> list[ImageResult]:
         return [r for r in self.results if r.status == status]
 
     @property
@@ -60,49 +59,75 @@ class RunSummary:
 
 
 @dataclass
+class _Source:
+    """A source decoded from the bytes that were hashed, resized for its model."""
+
+    image: Image.Image  # model input
+    original_size: tuple[int, int]
+
+
+@dataclass
 class _Batch:
     model_name: str
-    items: list[tuple[ImageJob, Image.Image]]
+    items: list[tuple[ImageTask, _Source]]
     fallbacks: list[str] = field(default_factory=list)
 
 
-def failure_path(output_dir: str | os.PathLike, key: str) -> UPath:
-    return location(output_dir) / FAILURES_DIR / f"{key}.json"
+@dataclass
+class _Outcome:
+    """One image's result from a pipeline call: the image, or why there is none."""
+
+    task: ImageTask
+    image: Image.Image | None
+    error: str | None
+    fallbacks: list[str]
+    memory: dict[str, float] | None
 
 
-def run_jobs(
-    jobs: list[ImageJob],
+@dataclass
+class _BatchCost:
+    """Seconds a batch took, shared equally by its images in their records."""
+
+    images: int
+    load_seconds: float
+    batch_seconds: float
+
+
+def run_tasks(
+    tasks: list[ImageTask],
     cache: PipelineCache,
     batch_size: int = 4,
     log: Callable[[str], None] = print,
     progress_bar: bool = False,
 ) -> RunSummary:
-    """Make every job's image, at most one load per model, carrying on past failures."""
+    """Make every task's image, at most one load per model, carrying on past failures."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
+        require_writable_folder(folder)  # before any model loads
     started = time.perf_counter()
     loads_before = cache.loads
     results: dict[str, ImageResult] = {}
     pending = []
-    for job in jobs:
-        reused = _reuse_existing(job)
+    for task in tasks:
+        reused = _reuse_existing(task)
         if reused:
-            results[job.key] = reused
+            results[task.key] = reused
         else:
-            pending.append(job)
+            pending.append(task)
     if results:
         log(f"Reusing {len(results)} identical results already on disk; {len(pending)} to generate.")
     progress = _Progress(len(pending), log, progress_bar)
-    by_model = groupby(sorted(pending, key=lambda j: j.model.name), key=lambda j: j.model.name)
+    by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
     with _ResultWriter() as writer:
-        for _model_name, model_jobs in by_model:
-            for result in _run_model(list(model_jobs), cache, batch_size, progress, writer):
-                results[result.job.key] = result
+        for _model_name, model_tasks in by_model:
+            for result in _run_model(list(model_tasks), cache, batch_size, progress, writer):
+                results[result.task.key] = result
     progress.close()
     for result in results.values():
         _record_outcome(result)
     return RunSummary(
-        results=[results[j.key] for j in jobs],
+        results=[results[t.key] for t in tasks],
         pipeline_loads=cache.loads - loads_before,
         batch_size=batch_size,
         seconds=time.perf_counter() - started,
@@ -128,10 +153,10 @@ class _ResultWriter:
 
     @staticmethod
     def _write(result: ImageResult, image: Image.Image, parameters: str) -> None:
-        write_png_atomic(image, result.job.output_path, parameters, result.record)
+        write_result_png(image, result.task.output_path, parameters, result.record)
         result.preview = thumbnail_data_uri(image)
 
-    def __enter__(self) -> "_ResultWriter":
+    def __enter__(self) -> _ResultWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -139,7 +164,7 @@ class _ResultWriter:
             try:
                 future.result()
             except OSError as exc:
-                result.status, result.error = "failed", f"writing {result.job.output_path} failed: {exc}"
+                result.status, result.error = "failed", f"writing {result.task.output_path} failed: {exc}"
         self._pool.shutdown()
 
 
@@ -162,34 +187,35 @@ class _Progress:
 
 
 def _run_model(
-    jobs: list[ImageJob], cache: PipelineCache, batch_size: int, progress: _Progress, writer: _ResultWriter
+    tasks: list[ImageTask], cache: PipelineCache, batch_size: int, progress: _Progress, writer: _ResultWriter
 ) -> Iterator[ImageResult]:
-    spec = jobs[0].model
-    loaded: list[tuple[ImageJob, Image.Image]] = []
-    for job in jobs:
+    spec = tasks[0].model
+    loaded: list[tuple[ImageTask, _Source]] = []
+    for task in tasks:
         try:
-            loaded.append((job, _load_source(job)))
+            loaded.append((task, _load_source(task)))
         except ImageLoadError as exc:
             progress.advance(1, f"skipped unreadable source: {exc}")
-            yield ImageResult(job, "failed", error=str(exc))
+            yield ImageResult(task, "failed", error=str(exc))
     if not loaded:
         return
     try:
         pipeline, load_seconds = cache.get(spec)
     except ModelLoadError as exc:
         progress.advance(len(loaded), f"{len(loaded)} images failed: {exc}")
-        for job, _image in loaded:
-            yield ImageResult(job, "failed", error=str(exc))
+        for task, _source in loaded:
+            yield ImageResult(task, "failed", error=str(exc))
         return
     # Same-size images batch together; per-image generators keep batching from changing pixels.
-    loaded.sort(key=lambda item: item[1].size)
-    for size, group in groupby(loaded, key=lambda item: item[1].size):
+    loaded.sort(key=lambda item: item[1].image.size)
+    for size, group in groupby(loaded, key=lambda item: item[1].image.size):
         group = list(group)
         for start in range(0, len(group), batch_size):
             batch = _Batch(spec.name, group[start : start + batch_size])
             batch_started = time.perf_counter()
             outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
-            results = list(_finish_batch(batch, outcomes, cache, pipeline, load_seconds, time.perf_counter() - batch_started, writer))
+            cost = _BatchCost(len(batch.items), load_seconds, time.perf_counter() - batch_started)
+            results = list(_finish_batch(batch, outcomes, cache, pipeline, cost, writer))
             failed = sum(r.status == "failed" for r in results)
             progress.advance(
                 len(results),
@@ -200,12 +226,33 @@ def _run_model(
             load_seconds = 0.0  # charged to the first batch only
 
 
-def _load_source(job: ImageJob) -> Image.Image:
-    return fit_to_resolution(load_rgb(job.source_path, min_side=job.model.resolution), job.model.resolution)
+def _load_source(task: ImageTask) -> _Source:
+    """Decode the source from one read of its bytes, refusing bytes other than those planned.
+
+    A file replaced or deleted after planning fails by name here instead of giving a result whose
+    record mixes the planned content with other pixels; the next run plans the new content.
+    """
+    try:
+        with open(task.source_path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ImageLoadError(
+            f"{task.source_path} could not be read during the run ({exc.strerror or exc}); "
+            "if it was deleted or moved, its partition goes away with it"
+        ) from exc
+    if hashlib.sha256(data).hexdigest() != task.source.sha256:
+        raise ImageLoadError(
+            f"{task.source_path} changed after this run planned it; it was not diffused from the new content. "
+            "The next run (new_images_sensor or catch_up_schedule) makes it from what is there now."
+        )
+    image = load_rgb(io.BytesIO(data), min_side=task.model.resolution, name=task.source_path)
+    with Image.open(io.BytesIO(data)) as original:
+        original_size = original.size
+    return _Source(fit_to_resolution(image, task.model.resolution), original_size)
 
 
-def _generate_with_fallback(pipeline, batch: _Batch, device: str):
-    """Yield (job, image or None, error or None, fallbacks) for every item in the batch.
+def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_Outcome]:
+    """An outcome for every item in the batch.
 
     Out of memory: free memory, split the batch in halves down to one image, then try
     VAE tiling, and only then fail the image. Any other error in a batch of several is
@@ -213,8 +260,8 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str):
     """
     try:
         images, memory = _infer(pipeline, batch, device)
-        for (job, _source), image in zip(batch.items, images):
-            yield job, image, None, batch.fallbacks, memory
+        for (task, _source), image in zip(batch.items, images, strict=False):
+            yield _Outcome(task, image, None, batch.fallbacks, memory)
         return
     except Exception as exc:  # noqa: BLE001 - every failure is attributed and recorded below
         error = exc
@@ -237,9 +284,11 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str):
         finally:
             pipeline.vae.disable_tiling()
         return
-    job = batch.items[0][0]
+    task = batch.items[0][0]
     reason = "out of memory even at batch size 1 with VAE tiling" if out_of_memory else "generation failed"
-    yield job, None, f"{job.source_path}: {reason} with model {job.model.name!r}: {error}", batch.fallbacks, None
+    yield _Outcome(
+        task, None, f"{task.source_path}: {reason} with model {task.model.name!r}: {error}", batch.fallbacks, None
+    )
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -249,10 +298,9 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def _infer(pipeline, batch: _Batch, device: str):
-    jobs = [job for job, _ in batch.items]
-    return generate(
-        pipeline, jobs[0].model, [job.prompt for job in jobs], [image for _, image in batch.items], [job.seed for job in jobs], device
-    )
+    tasks = [task for task, _ in batch.items]
+    images = [source.image for _, source in batch.items]
+    return generate(pipeline, tasks[0].model, [t.prompt for t in tasks], images, [t.seed for t in tasks], device)
 
 
 def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seeds: list[int], device: str):
@@ -283,61 +331,60 @@ def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seed
     return output.images, memory
 
 
-def _finish_batch(batch: _Batch, outcomes, cache, pipeline, load_seconds: float, batch_seconds: float, writer: _ResultWriter):
-    count = len(batch.items)
-    sources = {job.key: source for job, source in batch.items}
+def _finish_batch(
+    batch: _Batch, outcomes: list[_Outcome], cache: PipelineCache, pipeline, cost: _BatchCost, writer: _ResultWriter
+) -> Iterator[ImageResult]:
+    sources = {task.key: source for task, source in batch.items}
     pipeline_info = cache.describe(batch.model_name)
-    for job, image, error, fallbacks, memory in outcomes:
-        if image is None:
-            yield ImageResult(job, "failed", error=error)
+    for outcome in outcomes:
+        if outcome.image is None:
+            yield ImageResult(outcome.task, "failed", error=outcome.error)
             continue
-        record = _record(job, sources[job.key], image, pipeline_info, memory, fallbacks, count, load_seconds, batch_seconds)
-        record["prompt_truncated"] = _prompt_too_long(pipeline, job.prompt)
-        result = ImageResult(job, "generated", record=record)
-        writer.submit(result, image, _parameters_text(job, record))
+        record = _record(outcome, sources[outcome.task.key], pipeline_info, cost, _prompt_too_long(pipeline, outcome.task.prompt))
+        result = ImageResult(outcome.task, "generated", record=record)
+        writer.submit(result, outcome.image, _parameters_text(outcome.task, record))
         yield result
 
 
-def _record(job, source, image, pipeline_info, memory, fallbacks, count, load_seconds, batch_seconds) -> dict:
-    spec = job.model
-    source_bytes, source_mtime_ns = stat_signature(job.source_path)
-    with Image.open(job.source_path) as original:
-        source_size = f"{original.width}x{original.height}"
-    return {
-        "key": job.key,
-        "prompt": job.prompt,
-        "negative_prompt": spec.negative_prompt,
-        "model": spec.name,
-        "model_source": f"{spec.source_kind}:{spec.source}",
-        "scheduler": pipeline_info["scheduler"],
-        "dtype": pipeline_info["dtype"],
-        "safety_checker": pipeline_info["safety_checker"],
-        "device": pipeline_info["device"],
-        "seed": job.seed,
-        "run_seed": job.run_seed,
-        "strength": spec.strength,
-        "num_inference_steps": spec.num_inference_steps,
-        "guidance_scale": spec.guidance_scale,
-        "source_path": job.source_path,
-        "source_sha256": job.source_sha256,
-        # With the fingerprint these let a schedule see a stale result without hashing the source.
-        "source_bytes": source_bytes,
-        "source_mtime_ns": source_mtime_ns,
-        "source_size": source_size,
-        "model_input_size": f"{source.width}x{source.height}",
-        "output_size": f"{image.width}x{image.height}",
-        # A batch's load and inference time, shared equally by its images.
-        "pipeline_load_seconds": round(load_seconds / count, 4),
-        "inference_seconds": round(batch_seconds / count, 4),
-        "total_seconds": round((load_seconds + batch_seconds) / count, 4),
-        "batch_size": count,
-        "fallback": ",".join(fallbacks) or "none",
-        **memory,
-        "rss_peak_mb": round(_rss_peak_mb(), 1),
-        "output_path": job.output_path,
-        "fingerprint": job.fingerprint,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+def _record(
+    outcome: _Outcome, source: _Source, pipeline_info: dict[str, str], cost: _BatchCost, prompt_truncated: bool
+) -> ResultRecord:
+    task, image, spec = outcome.task, outcome.image, outcome.task.model
+    return ResultRecord(
+        key=task.key,
+        prompt=task.prompt,
+        negative_prompt=spec.negative_prompt,
+        model=spec.name,
+        model_source=f"{spec.source_kind}:{spec.source}",
+        scheduler=pipeline_info["scheduler"],
+        dtype=pipeline_info["dtype"],
+        safety_checker=pipeline_info["safety_checker"],
+        device=pipeline_info["device"],
+        seed=task.seed,
+        run_seed=task.run_seed,
+        strength=spec.strength,
+        num_inference_steps=spec.num_inference_steps,
+        guidance_scale=spec.guidance_scale,
+        source_path=task.source_path,
+        source_sha256=task.source.sha256,
+        source_bytes=task.source.size,
+        source_mtime_ns=task.source.mtime_ns,
+        source_size=f"{source.original_size[0]}x{source.original_size[1]}",
+        model_input_size=f"{source.image.width}x{source.image.height}",
+        output_size=f"{image.width}x{image.height}",
+        pipeline_load_seconds=round(cost.load_seconds / cost.images, 4),
+        inference_seconds=round(cost.batch_seconds / cost.images, 4),
+        total_seconds=round((cost.load_seconds + cost.batch_seconds) / cost.images, 4),
+        batch_size=cost.images,
+        fallback=",".join(outcome.fallbacks) or "none",
+        vram_peak_allocated_mb=outcome.memory["vram_peak_allocated_mb"],
+        vram_peak_reserved_mb=outcome.memory["vram_peak_reserved_mb"],
+        rss_peak_mb=round(_rss_peak_mb(), 1),
+        output_path=task.output_path,
+        fingerprint=task.fingerprint,
+        prompt_truncated=prompt_truncated,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _prompt_too_long(pipeline, prompt: str) -> bool:
@@ -346,40 +393,38 @@ def _prompt_too_long(pipeline, prompt: str) -> bool:
     return tokenizer is not None and len(tokenizer(prompt).input_ids) > tokenizer.model_max_length
 
 
-def _parameters_text(job: ImageJob, record: dict) -> str:
+def _parameters_text(task: ImageTask, record: ResultRecord) -> str:
     return a1111_parameters(
-        job.prompt,
-        job.model.negative_prompt,
+        task.prompt,
+        task.model.negative_prompt,
         {
-            "Steps": job.model.num_inference_steps,
-            "Sampler": record["scheduler"],
-            "CFG scale": job.model.guidance_scale,
-            "Seed": job.seed,
-            "Size": record["output_size"],
-            "Model": job.model.name,
-            "Denoising strength": job.model.strength,
+            "Steps": task.model.num_inference_steps,
+            "Sampler": record.scheduler,
+            "CFG scale": task.model.guidance_scale,
+            "Seed": task.seed,
+            "Size": record.output_size,
+            "Model": task.model.name,
+            "Denoising strength": task.model.strength,
         },
     )
 
 
-def _reuse_existing(job: ImageJob) -> ImageResult | None:
-    record = read_record(job.output_path)
-    if not record or record.get("fingerprint") != job.fingerprint:
+def _reuse_existing(task: ImageTask) -> ImageResult | None:
+    record = read_record(task.output_path)
+    if record is None or record.fingerprint != task.fingerprint:
         return None
-    preview = thumbnail_data_uri(open_image_copy(job.output_path))
-    return ImageResult(job, "reused", record=record, preview=preview)
+    preview = thumbnail_data_uri(open_image_copy(task.output_path))
+    return ImageResult(task, "reused", record=record, preview=preview)
 
 
 def _record_outcome(result: ImageResult) -> None:
     """Keep a failure file per failed image (read by the report); clear it once the image succeeds."""
-    output_dir = location(result.job.output_path).parent
-    path = failure_path(output_dir, result.job.key)
+    output_dir = location(result.task.output_path).parent
     if result.status == "failed":
-        payload = {"key": result.job.key, "model": result.job.model.name, "error": result.error,
-                   "source_path": result.job.source_path}
-        write_bytes_atomic(path, json.dumps(payload, indent=2).encode())
+        failure = FailureRecord(result.task.key, result.task.model.name, result.error, result.task.source_path)
+        write_failure(output_dir, failure)
     else:
-        path.unlink(missing_ok=True)
+        clear_failure(output_dir, result.task.key)
 
 
 def _rss_peak_mb() -> float:

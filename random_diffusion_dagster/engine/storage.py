@@ -44,3 +44,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class OutputLocationError(OSError):
+    """The output location cannot hold results; the message names it and the fix."""
+
+
+def require_writable_folder(path_or_url: str | os.PathLike) -> None:
+    """Create the folder if needed and prove it takes files, before any model is loaded."""
+    path = location(path_or_url)
+    fix = "point RANDOM_DIFFUSION_OUTPUT_DIR (or the dataset resource's output_dir) at a writable folder"
+    if not is_local(path):
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputLocationError(f"Output location {folder} is a file, not a folder: {fix}.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputLocationError(f"Output folder {folder} cannot be written ({exc.strerror or exc}): {fix}.") from exc

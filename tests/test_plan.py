@@ -1,5 +1,5 @@
 from random_diffusion_dagster.engine.catalog import parse_catalog
-from random_diffusion_dagster.engine.choice import choose, plan_job
+from random_diffusion_dagster.engine.plan import Planner, SourceSnapshot, choose
 
 PROMPTS = [f"prompt {i}" for i in range(7)]
 
@@ -18,7 +18,7 @@ def test_a_new_run_seed_rerolls_and_choices_spread_over_the_lists(tmp_path):
     hashes = [f"{i:064x}" for i in range(40)]
     seed0 = [choose(h, 0, PROMPTS, models) for h in hashes]
     seed1 = [choose(h, 1, PROMPTS, models) for h in hashes]
-    assert sum(a != b for a, b in zip(seed0, seed1)) >= 35
+    assert sum(a != b for a, b in zip(seed0, seed1, strict=False)) >= 35
     assert {c[0] for c in seed0} == set(PROMPTS)
     assert {c[1].name for c in seed0} == {m.name for m in models}
     assert len({c[2] for c in seed0}) == 40  # every image gets its own diffusion seed
@@ -26,15 +26,15 @@ def test_a_new_run_seed_rerolls_and_choices_spread_over_the_lists(tmp_path):
 
 def test_fingerprint_changes_with_prompt_model_seed_and_source(tmp_path):
     models = _models(tmp_path)
-    base = plan_job("k", "/src", "aa", PROMPTS, models, 0, tmp_path)
-    assert base.fingerprint == plan_job("k", "/src", "aa", PROMPTS, models, 0, tmp_path).fingerprint
-    assert base.fingerprint != plan_job("k", "/src", "bb", PROMPTS, models, 0, tmp_path).fingerprint
-    assert base.fingerprint != plan_job("k", "/src", "aa", PROMPTS, models, 5, tmp_path).fingerprint
+    base = Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1))
+    assert base.fingerprint == Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
+    assert base.fingerprint != Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("bb", 1, 1)).fingerprint
+    assert base.fingerprint != Planner(PROMPTS, models, 5, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
     retuned = parse_catalog(
         {"models": [{"name": f"m{i}", "path": f"m{i}", "strength": 0.5} for i in range(4)]}, base_dir=tmp_path
     )
-    assert base.fingerprint != plan_job("k", "/src", "aa", PROMPTS, retuned, 0, tmp_path).fingerprint
+    assert base.fingerprint != Planner(PROMPTS, retuned, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
     described = parse_catalog(
         {"models": [{"name": f"m{i}", "path": f"m{i}", "description": "new words"} for i in range(4)]}, base_dir=tmp_path
     )
-    assert base.fingerprint == plan_job("k", "/src", "aa", PROMPTS, described, 0, tmp_path).fingerprint  # no pixel change
+    assert base.fingerprint == Planner(PROMPTS, described, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint  # no pixel change

@@ -144,7 +144,7 @@ def save_demo_model(pipeline, recipe: TinyModelRecipe, target: Path, extra: dict
     import torch
 
     if recipe.safety_checker:
-        pipeline.register_modules(**dict(zip(("safety_checker", "feature_extractor"), tiny_safety_checker())))
+        pipeline.register_modules(**dict(zip(("safety_checker", "feature_extractor"), tiny_safety_checker(), strict=False)))
         pipeline.register_to_config(requires_safety_checker=True)
     pipeline.save_pretrained(target, safe_serialization=True)
     if recipe.fp16_variant:
@@ -161,7 +161,7 @@ def save_single_file_demo(models_dir: Path) -> Path:
     """
     import diffusers
 
-    from .ldm_checkpoint import save_single_file_checkpoint
+    from .single_file import save_single_file_checkpoint
 
     source = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(models_dir / SINGLE_FILE_SOURCE)
     target = models_dir / SINGLE_FILE_DEMO

@@ -1,0 +1,64 @@
+"""`diffused_image`: one img2img result per source image, many partitions per run."""
+
+import dagster as dg
+
+from ..batching import MAX_PARTITIONS_PER_RUN
+from ..engine.catalog import ModelSpec
+from ..metadata import partition_metadata, run_metadata
+from ..partitions import images_partitions
+from ..resources import DatasetResource, DiffusionEngineResource
+from .inputs import source_images
+
+# Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
+GPU_STEP_TAGS = {
+    "dagster-celery/queue": "gpu",
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {
+            "node_selector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    },
+}
+
+
+@dg.asset(
+    partitions_def=images_partitions,
+    deps=[source_images],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,
+    group_name="diffusion",
+    description="One img2img result per source image: `<output dir>/<partition key>.png`.",
+)
+def diffused_image(
+    context: dg.AssetExecutionContext,
+    dataset: DatasetResource,
+    engine: DiffusionEngineResource,
+    prompt_list: list[str],
+    model_catalog: list[ModelSpec],
+) -> dg.MaterializeResult:
+    files, missing = dataset.files_for(context.partition_keys)
+    tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
+    summary = engine.run(tasks, context.log.info)
+
+    finished = [r for r in summary.results if r.status != "failed"]
+    for result in finished:
+        if result.record.prompt_truncated:
+            context.log.warning(f"{result.task.key}: prompt longer than the text encoder reads; only its start was used")
+    failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
+    if not failures:
+        for result in finished:
+            context.add_asset_metadata(partition_metadata(result), partition_key=result.task.key)
+        return dg.MaterializeResult(metadata=run_metadata(summary, failures))
+    # A failing step records none of its partitions, so the finished ones are reported one by one
+    # first: Dagster's record then agrees with the disk.
+    for result in finished:
+        context.log_event(
+            dg.AssetMaterialization(context.asset_key, partition=result.task.key, metadata=partition_metadata(result))
+        )
+    raise dg.Failure(
+        description=f"{len(failures)} of {len(context.partition_keys)} images failed; the {len(finished)} finished "
+        "are saved and recorded, and a rerun reuses them:\n" + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
+        metadata=run_metadata(summary, failures),
+    )

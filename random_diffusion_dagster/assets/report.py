@@ -1,0 +1,42 @@
+"""`diffusion_report`: a per-model summary of every result and a contact sheet."""
+
+import dagster as dg
+
+from ..engine.images import thumbnail_data_uri
+from ..engine.report import build_report
+from ..partitions import images_partitions
+from ..resources import DatasetResource
+from .diffused_image import diffused_image
+
+# Refresh after diffused images change, but (unlike `eager()`) do not wait for every
+# partition: one image that keeps failing must not block the report forever.
+REPORT_AUTOMATION = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after diffused images update")
+
+
+@dg.asset(
+    deps=[diffused_image],
+    automation_condition=REPORT_AUTOMATION,
+    group_name="diffusion",
+    description="Per-model summary of every diffused image and a contact sheet of sources beside results.",
+)
+def diffusion_report(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
+    keys = context.instance.get_dynamic_partitions(images_partitions.name)
+    report = build_report(dataset.output_dir, keys)
+    metadata = {
+        "images": report.image_count,
+        "failures": report.failure_count,
+        "summary": dg.MetadataValue.md(report.summary.to_markdown(index=False)),
+        "contact_sheet_path": dg.MetadataValue.path(str(report.contact_sheet_path)),
+        "summary_csv": dg.MetadataValue.path(str(report.summary_csv_path)),
+    }
+    if report.contact_sheet is not None:
+        metadata["contact_sheet"] = dg.MetadataValue.md(
+            f"![contact sheet]({thumbnail_data_uri(report.contact_sheet, size=1024)})"
+        )
+    if report.failure_count:
+        metadata["failed_images"] = dg.MetadataValue.md(report.failures.to_markdown(index=False))
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,170 @@
+"""What a finished image is: its typed record, where it lives, and how the record travels in the PNG.
+
+The record is the only way a result's fields travel: the runner builds it, the PNG
+carries it (AUTOMATIC1111 `parameters` text plus the full record as JSON), and the
+Dagster layer, the report and the freshness check read it back from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+from PIL import Image, PngImagePlugin
+from upath import UPath
+
+from .storage import is_local, location, write_bytes_atomic
+
+PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
+RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
+FAILURES_DIR = ".failures"
+
+
+def _partition(**kwargs):
+    """A field that is also shown as per-partition metadata in Dagster."""
+    return field(metadata={"partition_metadata": True}, **kwargs)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """How one result image was made, as stored in its PNG. Fields a partition shows are marked."""
+
+    key: str
+    fingerprint: str = _partition()
+    prompt: str = _partition()
+    model: str = _partition()
+    seed: int = _partition()
+    strength: float = _partition()
+    num_inference_steps: int = _partition()
+    guidance_scale: float = _partition()
+    source_size: str = _partition()
+    output_size: str = _partition()
+    # A batch's load and inference time, shared equally by its images.
+    pipeline_load_seconds: float = _partition()
+    inference_seconds: float = _partition()
+    total_seconds: float = _partition()
+    vram_peak_allocated_mb: float = _partition()
+    vram_peak_reserved_mb: float = _partition()
+    rss_peak_mb: float = _partition()
+    device: str = _partition()
+    scheduler: str = _partition()
+    batch_size: int = _partition()
+    fallback: str = _partition()
+    safety_checker: str = _partition()
+    prompt_truncated: bool | None = _partition(default=None)  # absent in records written before it existed
+    negative_prompt: str = ""
+    model_source: str = ""
+    dtype: str = ""
+    run_seed: int = 0
+    source_path: str = ""
+    source_sha256: str = ""
+    # With the fingerprint these let a schedule see a stale result without hashing the source.
+    source_bytes: int | None = None
+    source_mtime_ns: int | None = None
+    model_input_size: str = ""
+    output_path: str = ""
+    created_at: str = ""
+
+    def partition_metadata(self) -> dict:
+        """The fields a Dagster partition shows, skipping those an older record lacks."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("partition_metadata") and getattr(self, f.name) is not None
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> ResultRecord | None:
+        """The record in `raw`, or None if it is not one (unknown keys from newer versions are ignored)."""
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or not data.get("key") or not data.get("fingerprint"):
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{name: value for name, value in data.items() if name in known})
+        except TypeError:  # a field this version requires is missing: treat as not ours, so it is redone
+            return None
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why an image has no current result; kept beside the outputs for the report."""
+
+    key: str
+    model: str | None
+    error: str
+    source_path: str = ""
+
+
+def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
+    """`<output_dir>/<key>.png` (a local path or a URL), refusing keys that could leave it."""
+    if not key or key in (".", "..") or "/" in key or "\\" in key or "\x00" in key:
+        raise ValueError(f"Partition key {key!r} would write outside {output_dir}; refusing.")
+    directory = location(output_dir)
+    return (directory.resolve() if is_local(directory) else directory) / f"{key}.png"
+
+
+def failure_path(output_dir: str | os.PathLike, key: str) -> UPath:
+    return location(output_dir) / FAILURES_DIR / f"{key}.json"
+
+
+def write_result_png(image: Image.Image, path: str | os.PathLike, parameters: str, record: ResultRecord) -> None:
+    """Write a PNG carrying its generation parameters, via a temporary file and a rename."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_CHUNK, parameters)
+    info.add_itxt(RECORD_CHUNK, record.to_json())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_record(path: str | os.PathLike) -> ResultRecord | None:
+    """The record embedded in a result PNG, or None if the file is missing or not ours."""
+    try:
+        with location(path).open("rb") as handle, Image.open(handle) as image:
+            raw = image.text.get(RECORD_CHUNK) if hasattr(image, "text") else None
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return None if raw is None else ResultRecord.from_json(raw)
+
+
+def write_failure(output_dir: str | os.PathLike, failure: FailureRecord) -> None:
+    payload = json.dumps(dataclasses.asdict(failure), indent=2).encode()
+    write_bytes_atomic(failure_path(output_dir, failure.key), payload)
+
+
+def read_failure(output_dir: str | os.PathLike, key: str) -> FailureRecord | None:
+    path = failure_path(output_dir, key)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    known = {f.name for f in dataclasses.fields(FailureRecord)}
+    return FailureRecord(**{name: value for name, value in data.items() if name in known})
+
+
+def clear_failure(output_dir: str | os.PathLike, key: str) -> None:
+    failure_path(output_dir, key).unlink(missing_ok=True)
+
+
+def a1111_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:
+    """The `parameters` text AUTOMATIC1111 writes: prompt, negative prompt, one line of `Key: value`."""
+
+    def quote(value) -> str:
+        text = str(value)
+        return json.dumps(text) if any(c in text for c in ",:\n") else text
+
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {quote(value)}" for key, value in settings.items()))
+    return "\n".join(lines)

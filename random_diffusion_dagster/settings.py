@@ -1,0 +1,55 @@
+"""The project's environment variables, read in one place with errors that name the variable and the fix.
+
+Read when definitions load, so a bad value fails the code location (UI, `dagster definitions
+validate`, `make run`) with the message below instead of failing runs later.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value the project cannot use."""
+
+
+def env_path(variable: str, default: str) -> str:
+    """A path knob: the variable if set (a path, or a URL such as s3://...), else the default under the project root."""
+    value = os.environ.get(variable)
+    if not value:
+        return str(PROJECT_ROOT / default)
+    return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
+def env_int(variable: str, default: int | None, minimum: int | None = None) -> int | None:
+    """An integer knob; unset or empty gives the default."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{variable}={raw!r} is not a whole number: set it to one, or unset it.") from None
+    if minimum is not None and value < minimum:
+        raise SettingError(f"{variable}={value} is below {minimum}: set it to {minimum} or more, or unset it.")
+    return value
+
+
+def env_choices(variable: str, allowed: tuple[str, ...]) -> set[str]:
+    """A comma-separated subset of `allowed` (e.g. RANDOM_DIFFUSION_COMPILE=unet,vae)."""
+    named = {part.strip().lower() for part in os.environ.get(variable, "").split(",") if part.strip()}
+    unknown = sorted(named - set(allowed))
+    if unknown:
+        raise SettingError(
+            f"{variable} names {unknown}; set it to a comma-separated list of {' and '.join(allowed)} "
+            f"(e.g. {','.join(allowed)!r}), or unset it."
+        )
+    return named
+
+
+def max_partitions_per_run() -> int:
+    """Images per run in backfills, sensor, schedule, CLI and `submit` runs."""
+    return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", 32, minimum=1)

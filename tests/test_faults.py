@@ -1,0 +1,119 @@
+"""Faults during a run: Dagster's record and the disk agree, and every failure is named."""
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.images import scan_folder
+from random_diffusion_dagster.engine.pipelines import PipelineCache
+from random_diffusion_dagster.engine.plan import Planner
+from random_diffusion_dagster.engine.report import build_report
+from random_diffusion_dagster.engine.runner import run_tasks
+from random_diffusion_dagster.engine.storage import OutputLocationError
+from random_diffusion_dagster.resources import DatasetResource
+from random_diffusion_dagster.schedules import catch_up_schedule
+
+from helpers import make_image
+from test_assets import _diffuse_all
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _truncate(path: Path) -> None:
+    """A PNG cut after its header: registered as an image, fails to decode in the run."""
+    make_image(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def test_a_run_with_one_failure_records_every_finished_partition(instance, project):
+    _truncate(Path(project["images_dir"]) / "broken.png")
+    keys, result = _diffuse_all(instance, project)
+    assert not result.success
+    assert "broken.png" in str(result.failure_data_for_node("diffused_image").user_failure_data.description)
+    finished = set(keys) - {"broken.png"}
+    assert instance.get_materialized_partitions(dg.AssetKey("diffused_image")) == finished
+    for key in finished:
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("diffused_image"), asset_partitions=[key]), limit=1
+        ).records[0]
+        metadata = record.asset_materialization.metadata
+        assert metadata["output_path"].value == str(Path(project["output_dir"]) / f"{key}.png")
+        assert "prompt" in metadata and "inference_seconds" in metadata
+
+
+def test_the_schedule_repairs_results_on_disk_that_dagster_never_recorded(instance, project):
+    keys, result = _diffuse_all(instance, project)
+    assert result.success
+    instance.wipe_all_schedules()
+    with dg.instance_for_test() as fresh:  # same disk, a Dagster history that lost the run
+        fresh.add_dynamic_partitions("images", keys)
+        context = dg.build_schedule_context(
+            instance=fresh, resources={"dataset": DatasetResource(**project)},
+            scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        )
+        requests = catch_up_schedule(context)
+        assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+                for r in requests] == [(keys[0], keys[-1])]
+
+
+def _tasks(project):
+    planner = Planner(["a fox"], load_catalog(project["models_file"]), 0, project["output_dir"])
+    tasks, _ = planner.plan(scan_folder(project["images_dir"]))
+    return tasks
+
+
+def test_a_source_replaced_or_deleted_after_planning_fails_by_name_and_others_finish(project):
+    tasks = _tasks(project)
+    images = Path(project["images_dir"])
+    make_image(images / "red.png", color=(0, 0, 0))  # other content, same name
+    (images / "blue.webp").unlink()
+    results = {r.task.key: r for r in run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results}
+    assert results["red.png"].status == "failed" and "changed after this run planned it" in results["red.png"].error
+    assert results["blue.webp"].status == "failed" and "could not be read during the run" in results["blue.webp"].error
+    others = [r for k, r in results.items() if k not in ("red.png", "blue.webp")]
+    assert others and all(r.status == "generated" for r in others)
+
+
+def test_an_output_location_that_is_a_file_fails_before_any_model_loads(project, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    tasks = _tasks({**project, "output_dir": str(blocker)})
+    cache = PipelineCache(device="cpu")
+    with pytest.raises(OutputLocationError, match="is a file, not a folder.*RANDOM_DIFFUSION_OUTPUT_DIR"):
+        run_tasks(tasks, cache, log=lambda m: None)
+    assert cache.loads == 0
+
+
+def test_the_report_works_when_every_image_failed(project):
+    report = build_report(project["output_dir"], ["a.png", "b.png"])
+    assert report.image_count == 0 and report.failure_count == 2 and report.contact_sheet is None
+    assert list(report.summary["failures"]) == [2]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("RANDOM_DIFFUSION_SEED", "abc", "RANDOM_DIFFUSION_SEED='abc' is not a whole number"),
+        ("RANDOM_DIFFUSION_TORCH_THREADS", "-1", "RANDOM_DIFFUSION_TORCH_THREADS=-1 is below 1"),
+        ("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", "0", "RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN=0 is below 1"),
+    ],
+)
+def test_a_bad_environment_variable_names_itself_when_definitions_load(variable, value, message):
+    code = "import random_diffusion_dagster.definitions as d; d.defs.resources['dataset']; d.defs.resources['engine']"
+    completed = subprocess.run(
+        [sys.executable, "-c", code + "; from random_diffusion_dagster.resources import *; "
+         "DatasetResource(); DiffusionEngineResource()"],
+        env={"PATH": "", variable: value}, cwd=PROJECT_ROOT, capture_output=True, text=True,
+    )
+    assert completed.returncode != 0 and message in completed.stderr, completed.stderr[-2000:]
