@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.instance.ref import InstanceRef
 
 from .batching import MAX_PARTITIONS_PER_RUN, partition_ranges
 from .settings import PROJECT_ROOT
@@ -16,13 +18,46 @@ from .settings import PROJECT_ROOT
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def project_instance() -> dg.DagsterInstance:
-    """The instance `dagster dev` uses: DAGSTER_HOME if set, else ./dagster.yaml with storage under ./.dagster."""
+def _instance_home() -> Path:
+    """DAGSTER_HOME if set, else the project folder holding dagster.yaml (its storage is under ./.dagster)."""
     if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    config_dir = Path.cwd() if (Path.cwd() / "dagster.yaml").is_file() else PROJECT_ROOT
-    os.chdir(config_dir)  # dagster.yaml's storage paths are relative to the project root
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(config_dir / ".dagster"), config_dir=str(config_dir)))
+        return Path(os.environ["DAGSTER_HOME"])
+    return Path.cwd() if (Path.cwd() / "dagster.yaml").is_file() else PROJECT_ROOT
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, waiting: str) -> Iterator[None]:
+    """Hold an advisory file lock; say what we wait for when another process holds it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def project_instance() -> dg.DagsterInstance:
+    """The instance `dagster dev` uses: DAGSTER_HOME if set, else ./dagster.yaml with storage under ./.dagster.
+
+    Creating a fresh SQLite instance creates its tables; processes starting together take
+    turns, so two cannot both create them (one would fail with "table ... already exists").
+    """
+    home = _instance_home()
+    with exclusive(home / ".dagster" / "instance-init.lock", "Waiting for another process to set up storage..."):
+        if os.environ.get("DAGSTER_HOME"):
+            instance = dg.DagsterInstance.get()
+        else:
+            os.chdir(home)  # dagster.yaml's storage paths are relative to the project root
+            instance = dg.DagsterInstance.from_config(str(home))
+        instance.get_runs(limit=1)  # touch each storage while holding the lock
+        instance.get_dynamic_partitions("images")
+        list(instance.all_instigator_state())
+    return instance
 
 
 def build_demo_models_command(args: argparse.Namespace) -> int:
@@ -41,7 +76,8 @@ def run_command(args: argparse.Namespace) -> int:
         resources_config["dataset"] = {"config": {"seed": args.seed}}
     ops_config = {"prompt_list": {"config": {"prompt_list": args.prompt}}} if args.prompt else {}
     dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
-    with project_instance() as instance:
+    lock = _instance_home() / ".dagster" / "cli-run.lock"
+    with project_instance() as instance, exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."):
         _materialize(defs, "source_images", instance, dataset_config)
         keys = instance.get_dynamic_partitions("images")
         if not keys:
