@@ -40,7 +40,9 @@ def test_undecodable_bytes_name_the_file_line_and_encoding(tmp_path):
         load_prompts(path)
 
 
-@pytest.mark.parametrize("bad, shown", [("\x00", r"\\x00"), ("\x1b[31m", r"\\x1b"), ("\x0c", r"\\x0c"), ("\x85", r"\\x85")])
+@pytest.mark.parametrize(
+    "bad, shown", [("\x00", r"\\x00"), ("\x1b[31m", r"\\x1b"), ("\x0c", r"\\x0c"), ("\x85", r"\\x85")]
+)
 def test_control_characters_in_a_prompt_name_the_line(tmp_path, bad, shown):
     path = tmp_path / "prompts.txt"
     path.write_text(f"a cat\nan{bad} owl\n", encoding="utf-8")
