@@ -63,6 +63,26 @@ def test_folder_without_model_index_is_not_a_diffusers_folder(tmp_path):
         load_pipeline(_spec(tmp_path, path="weights"), "cpu")
 
 
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ("{}", r"model_index\.json has no _class_name: the folder is not a diffusers pipeline written by save_pretrained"),
+        ('{"unet": ["diffusers", "UNet2DConditionModel"]}', r"model_index\.json has no _class_name"),
+        ("[1, 2]", r"model_index\.json has no _class_name"),
+        ('{"_class_name": ', r"model_index\.json is not valid JSON \(line 1"),
+        ("\udcff", r"model_index\.json is not valid JSON"),
+    ],
+)
+def test_model_index_without_a_pipeline_class_names_model_folder_and_fix(tmp_path, models_dir, index, message):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(models_dir / "tiny-sd15", broken)
+    (broken / "model_index.json").write_bytes(index.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ModelLoadError, match=rf"Model 'm' \(path: .*broken\): {message}"):
+        load_pipeline(_spec(tmp_path, path="broken"), "cpu")
+
+
 def test_missing_single_file_checkpoint(tmp_path):
     with pytest.raises(ModelLoadError, match="checkpoint file does not exist"):
         load_pipeline(_spec(tmp_path, single_file="x.safetensors"), "cpu")
