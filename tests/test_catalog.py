@@ -66,7 +66,7 @@ def test_folder_without_model_index_is_not_a_diffusers_folder(tmp_path):
 @pytest.mark.parametrize(
     "index, message",
     [
-        ("{}", r"model_index\.json has no _class_name: the folder is not a diffusers pipeline written by save_pretrained"),
+        ("{}", r"model_index\.json has no _class_name: the folder is not a diffusers pipeline written by save_pretr"),
         ('{"unet": ["diffusers", "UNet2DConditionModel"]}', r"model_index\.json has no _class_name"),
         ("[1, 2]", r"model_index\.json has no _class_name"),
         ('{"_class_name": ', r"model_index\.json is not valid JSON \(line 1"),
@@ -167,6 +167,8 @@ def _entry(**settings):
         ({"models": [{"name": "x", "hub_id": 123}]}, r"model 'x': `hub_id` must be text; got 123"),
         ({"models": [{"name": 1.5, "path": "p"}]}, r"`name` must be text; got 1\.5 .*quote it: name: '1\.5'"),
         ({"models": [{"name": True, "path": "p"}]}, r"`name` must be text; got True .*quote it"),
+        ({"models": [{"name": list(range(10**5)), "path": "p"}]},
+         r"`name` must be text; got \[0, 1, 2, 3, 4, 5, \.\.\.\]\.$"),
         ({"defaults": [1, 2], "models": [{"name": "x", "path": "p"}]}, r"`defaults` must be a mapping"),
         ({"defaults": {"guidance_scale": "high"}, "models": [{"name": "x", "path": "p"}]},
          r"catalog: defaults: `guidance_scale` must be a number"),

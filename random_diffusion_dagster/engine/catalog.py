@@ -226,12 +226,12 @@ def find_model(catalog: list[ModelSpec], name: str) -> ModelSpec:
 def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> ModelSpec:
     if not isinstance(entry, dict) or entry.get("name") in (None, ""):
         raise CatalogError(f"{origin}: every model needs a `name`; got {show(entry)}.")
-    if not isinstance(entry["name"], str):
-        raise CatalogError(
-            f"{origin}: model {show(entry['name'])}: `name` must be text; got {show(entry['name'])} "
-            f"(YAML reads an unquoted 1.5, 10 or yes as a number or boolean): quote it: name: '{entry['name']}'."
-        )
     name = entry["name"]
+    if not isinstance(name, str):
+        # Not converted: YAML has already turned 1.10 into 1.1 and 010 into 8, so str() would rename the model.
+        hint = (f" (YAML reads an unquoted 1.5, 10 or yes as a number or boolean): quote it: name: '{name}'"
+                if isinstance(name, (int, float)) else "")
+        raise CatalogError(f"{origin}: model {show(name)}: `name` must be text; got {show(name)}{hint}.")
     where = f"{origin}: model {show(name)}"
     for key in (*SOURCE_KINDS, *ENTRY_ONLY):
         if entry.get(key) is not None and not isinstance(entry[key], str):
