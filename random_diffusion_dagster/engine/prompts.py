@@ -101,5 +101,5 @@ def _check_text(text: str, where: str) -> None:
         )
     for column, char in enumerate(text, start=1):
         if char != "\t" and unicodedata.category(char) == "Cc":
-            why = " (a NUL usually means a UTF-16 or binary file: save prompt files as UTF-8 text)" if char == "\0" else ""
+            why = " (a NUL means a UTF-16 or binary file: save prompt files as UTF-8 text)" if char == "\0" else ""
             raise PromptListError(f"{where}: control character {char!r} at column {column}: remove it{why}.")
