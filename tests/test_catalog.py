@@ -63,6 +63,26 @@ def test_folder_without_model_index_is_not_a_diffusers_folder(tmp_path):
         load_pipeline(_spec(tmp_path, path="weights"), "cpu")
 
 
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        ("{}", r"model_index\.json has no _class_name: the folder is not a diffusers pipeline written by save_pretr"),
+        ('{"unet": ["diffusers", "UNet2DConditionModel"]}', r"model_index\.json has no _class_name"),
+        ("[1, 2]", r"model_index\.json has no _class_name"),
+        ('{"_class_name": ', r"model_index\.json is not valid JSON \(line 1"),
+        ("\udcff", r"model_index\.json is not valid JSON"),
+    ],
+)
+def test_model_index_without_a_pipeline_class_names_model_folder_and_fix(tmp_path, models_dir, index, message):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(models_dir / "tiny-sd15", broken)
+    (broken / "model_index.json").write_bytes(index.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ModelLoadError, match=rf"Model 'm' \(path: .*broken\): {message}"):
+        load_pipeline(_spec(tmp_path, path="broken"), "cpu")
+
+
 def test_missing_single_file_checkpoint(tmp_path):
     with pytest.raises(ModelLoadError, match="checkpoint file does not exist"):
         load_pipeline(_spec(tmp_path, single_file="x.safetensors"), "cpu")
@@ -115,3 +135,155 @@ def test_a_pipeline_type_without_img2img_says_so(tmp_path):
                            scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(ModelLoadError, match=r"Model 'm'.*no image-to-image form"):
         load_pipeline(_spec(tmp_path, path="ddpm"), "cpu")
+
+
+def _entry(**settings):
+    return {"models": [{"name": "x", "path": "p", **settings}]}
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        (_entry(resolution=float("inf")), r"model 'x': `resolution` must be a whole number .*; got inf"),
+        (_entry(num_inference_steps=float("nan")), r"model 'x': `num_inference_steps` must be a whole number"),
+        (_entry(num_inference_steps="many"), r"`num_inference_steps` must be a whole number .*; got 'many'"),
+        (_entry(guidance_scale="high"), r"`guidance_scale` must be a number from 0 to 100; got 'high'"),
+        (_entry(strength=[0.5]), r"`strength` must be a number .*; got \[0\.5\]"),
+        (_entry(resolution={"w": 64}), r"`resolution` must be a whole number"),
+        (_entry(resolution=True), r"`resolution` must be a whole number"),
+        (_entry(guidance_scale=1e30), r"`guidance_scale` must be a number from 0 to 100; got 1e\+30"),
+        (_entry(guidance_scale=-100), r"`guidance_scale` must be a number from 0 to 100; got -100"),
+        (_entry(guidance_scale=float("nan")), r"`guidance_scale` must be a number from 0 to 100; got nan"),
+        (_entry(num_inference_steps=1e9), r"`num_inference_steps` must be a whole number from 1 to 1000"),
+        (_entry(num_inference_steps=12.5), r"`num_inference_steps` must be a whole number"),
+        (_entry(resolution=8192), r"`resolution` must be a whole number from 8 to 4096"),
+        (_entry(strength=0), r"`strength` must be a number above 0 and at most 1; got 0"),
+        (_entry(safety_checker="false"), r"`safety_checker` must be true or false .*; got 'false'"),
+        (_entry(scheduler=5), r"`scheduler` must be text; got 5"),
+        (_entry(variant=["fp16"]), r"`variant` must be text; got \['fp16'\]"),
+        (_entry(negative_prompt=3), r"`negative_prompt` must be text; got 3"),
+        (_entry(dtype=16), r"`dtype` must be one of"),
+        (_entry(description=["a", "b"]), r"`description` must be text"),
+        ({"models": [{"name": "x", "hub_id": 123}]}, r"model 'x': `hub_id` must be text; got 123"),
+        ({"models": [{"name": 1.5, "path": "p"}]}, r"`name` must be text; got 1\.5 .*quote it: name: '1\.5'"),
+        ({"models": [{"name": True, "path": "p"}]}, r"`name` must be text; got True .*quote it"),
+        ({"models": [{"name": list(range(10**5)), "path": "p"}]},
+         r"`name` must be text; got \[0, 1, 2, 3, 4, 5, \.\.\.\]\.$"),
+        ({"defaults": [1, 2], "models": [{"name": "x", "path": "p"}]}, r"`defaults` must be a mapping"),
+        ({"defaults": {"guidance_scale": "high"}, "models": [{"name": "x", "path": "p"}]},
+         r"catalog: defaults: `guidance_scale` must be a number"),
+        ({"default": {"resolution": 64}, "models": [{"name": "x", "path": "p"}]},
+         r"unknown top-level keys \['default'\]; a catalog has \['defaults', 'models'\]"),
+    ],
+)
+def test_wrong_values_name_the_entry_the_setting_and_the_expected_type(tmp_path, document, message):
+    with pytest.raises(CatalogError, match=message):
+        parse_catalog(document, base_dir=tmp_path)
+
+
+def test_integral_floats_are_whole_numbers(tmp_path):
+    spec = parse_catalog(_entry(num_inference_steps=50.0, resolution=64.0, guidance_scale=7, strength=1),
+                         base_dir=tmp_path)[0]
+    assert (spec.num_inference_steps, spec.resolution) == (50, 64) and type(spec.num_inference_steps) is int
+    assert (spec.guidance_scale, spec.strength) == (7.0, 1.0) and type(spec.guidance_scale) is float
+
+
+@pytest.mark.parametrize(
+    "yaml_value, message",
+    [
+        ("guidance_scale: .inf", r"`guidance_scale` must be a number from 0 to 100; got inf"),
+        ("num_inference_steps: .nan", r"`num_inference_steps` must be a whole number"),
+        # YAML 1.1 reads 1e9 as text and 1.0e+9 as a number
+        ("num_inference_steps: 1e9", r"`num_inference_steps` must be .*; got '1e9'\. Write the number without quotes"),
+        ("num_inference_steps: 1.0e+9", r"`num_inference_steps` must be .* from 1 to 1000; got 1000000000\.0"),
+        ("safety_checker: 'false'", r"`safety_checker` must be true or false"),
+    ],
+)
+def test_yaml_values_are_refused_naming_the_file(tmp_path, yaml_value, message):
+    path = tmp_path / "models.yaml"
+    path.write_text(f"models:\n  - name: x\n    path: p\n    {yaml_value}\n")
+    with pytest.raises(CatalogError, match=rf"models\.yaml: model 'x': {message}"):
+        load_catalog(path)
+
+
+def test_unquoted_numeric_name_in_yaml_says_to_quote_it(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - {name: 1.10, path: p}\n")  # YAML reads 1.10 as the number 1.1
+    with pytest.raises(CatalogError, match=r"`name` must be text; got 1\.1 .*quote it"):
+        load_catalog(path)
+    path.write_text("models:\n  - {name: '1.10', path: p}\n")
+    assert load_catalog(path)[0].name == "1.10"
+
+
+def billion_laughs(depth: int = 9) -> str:
+    """The classic YAML alias bomb: `depth` levels of nine aliases each, 9**depth strings when expanded."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, depth):
+        lines.append(f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 9) + "]")
+    lines.append(f"models: [*a{depth - 1}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_quickly_with_a_short_message(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs())
+    assert path.stat().st_size < 500
+    with pytest.raises(CatalogError, match=r"bomb\.yaml holds more than 1,000,000 values once its aliases") as caught:
+        load_catalog(path)
+    assert len(str(caught.value)) < 500
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("models: &m [*m]\n")
+    with pytest.raises(CatalogError, match=r"loop\.yaml: .*refers to itself"):
+        load_catalog(path)
+
+
+def test_a_few_aliases_for_shared_settings_still_work(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - &base {name: a, path: a, resolution: 64, num_inference_steps: 8}\n"
+        "  - {<<: *base, name: b, path: b}\n"
+    )
+    a, b = load_catalog(path)
+    assert (b.name, b.resolution, b.num_inference_steps) == ("b", 64, 8)
+
+
+def test_oversized_catalog_file_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("models: [{name: x, path: p}]\n" + "# padding\n" * 120_000)
+    with pytest.raises(CatalogError, match=r"huge\.yaml is 1,2\d\d,\d{3} bytes; a catalog may have at most 1,048,576"):
+        load_catalog(path)
+
+
+def test_non_utf8_catalog_names_the_file(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_bytes(b"models:\n  - {name: caf\xe9, path: p}\n")
+    with pytest.raises(CatalogError, match=r"models\.yaml is not valid YAML.*UTF-8"):
+        load_catalog(path)
+
+
+def test_utf16_catalog_with_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_bytes("models:\n  - {name: café, path: p}\n".encode("utf-16"))
+    assert load_catalog(path)[0].name == "café"
+
+
+def test_error_messages_show_at_most_a_short_excerpt_of_a_bad_entry(tmp_path):
+    with pytest.raises(CatalogError, match="every model needs a `name`") as caught:
+        parse_catalog({"models": [{"path": "p", "description": "x" * 100_000}]}, base_dir=tmp_path)
+    assert len(str(caught.value)) < 400
+    with pytest.raises(CatalogError, match="`resolution` must be") as caught:
+        parse_catalog({"models": [{"name": "n" * 5000, "path": "p", "resolution": list(range(10_000))}]},
+                      base_dir=tmp_path)
+    assert len(str(caught.value)) < 600
+
+
+@pytest.mark.parametrize("catalog", ["data/models.yaml", "data/catalogs/stable-diffusion.yaml"])
+def test_shipped_catalogs_load(catalog):
+    from pathlib import Path
+
+    specs = load_catalog(Path(__file__).parent.parent / catalog)
+    assert len(specs) >= 5 and len({s.name for s in specs}) == len(specs)

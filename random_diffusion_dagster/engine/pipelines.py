@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -191,8 +192,27 @@ def _check_source_exists(spec: ModelSpec) -> None:
                 f"{where}: not a diffusers folder (no model_index.json). Point `path` at a folder "
                 "written by save_pretrained, or use `single_file` for a .safetensors/.ckpt checkpoint."
             )
+        _check_model_index(source / "model_index.json", where)
     if spec.source_kind == "single_file" and not source.is_file():
         raise ModelLoadError(f"{where}: the checkpoint file does not exist; fix `single_file` in the catalog.")
+
+
+def _check_model_index(index: Path, where: str) -> None:
+    """diffusers reads `_class_name` first and fails with a bare KeyError without it: say what the file lacks."""
+    try:
+        document = json.loads(index.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        detail = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ModelLoadError(
+            f"{where}: model_index.json is not valid JSON{detail}. The folder is damaged: "
+            "re-save the pipeline with save_pretrained, or download it again."
+        ) from exc
+    if not isinstance(document, dict) or not isinstance(document.get("_class_name"), str):
+        raise ModelLoadError(
+            f"{where}: model_index.json has no _class_name: the folder is not a diffusers pipeline written by "
+            "save_pretrained (a component folder such as unet/, or a hand-made index?). Point `path` at the folder "
+            "that save_pretrained wrote, or restore its model_index.json."
+        )
 
 
 def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
