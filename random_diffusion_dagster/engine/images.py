@@ -256,7 +256,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def fit_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
-    """Scale so the longer side is `resolution`, keep the aspect ratio, round sides to `multiple`."""
+    """Scale so the longer side is `resolution`, round sides to `multiple`.
+
+    Rounding both sides squashes thin images (6000x1000 at 128 becomes 128x24, aspect 5.3): new code
+    uses prepare_model_input, which keeps the aspect and pads instead. Kept for existing callers.
+    """
     width, height = size
     scale = resolution / max(width, height)
 
@@ -267,10 +271,87 @@ def fit_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple
 
 
 def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
+    """The image resized to fit_size (aspect distorted for thin images); prefer prepare_model_input."""
     target = fit_size(image.size, resolution)
     if target == image.size:
         return image
     return image.resize(target, Image.Resampling.LANCZOS)
+
+
+# Rounding a side of n pixels moves the aspect by up to 0.5/n: a short side of 32 keeps it within ~2%.
+MIN_SHORT_SIDE = 32
+# How far a thin image's long side may grow past `resolution` to keep that short side: 10:1 at 32 px.
+MAX_GROWN_LONG_SIDE = 10 * MIN_SHORT_SIDE
+
+
+def content_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The aspect-preserving size an image is generated at: the longer side `resolution`, sides not rounded
+    to any multiple; a thin image keeps its short side at MIN_SHORT_SIDE by growing the long side up to
+    MAX_GROWN_LONG_SIDE, so aspect ratios up to 10:1 survive within 2% at any resolution.
+    """
+    width, height = size
+    long_side, short_side = max(width, height), min(width, height)
+    scale = resolution / long_side
+    if short_side * scale < MIN_SHORT_SIDE:
+        scale = min(MIN_SHORT_SIDE / short_side, max(resolution, MAX_GROWN_LONG_SIDE) / long_side)
+    return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a pipeline is given for one source, and what it takes to undo the padding on its result.
+
+    `image` has sides that are multiples of the VAE factor (8): the source resized to its aspect-preserving
+    size (content_size) sits at the top left, and the strips right of and below it repeat its last column
+    and row, so the model sees no hard border. `content_box` (left, top, right, bottom) is where the
+    source lies in `image`; `restore(result)` crops the pipeline's result back to it.
+    """
+
+    image: Image.Image
+    content_box: tuple[int, int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The size restore() returns: the source's aspect ratio at the model's resolution."""
+        left, top, right, bottom = self.content_box
+        return right - left, bottom - top
+
+    def restore(self, result: Image.Image) -> Image.Image:
+        """The result without the padding, at `size`; a result at another scale is first resized to `image`."""
+        if result.size != self.image.size:
+            result = result.resize(self.image.size, Image.Resampling.LANCZOS)
+        return result.crop(self.content_box)
+
+
+def prepare_model_input(image: Image.Image, resolution: int, multiple: int = 8) -> ModelInput:
+    """The pipeline input for `image` at `resolution`, keeping its aspect ratio (fit_size squashes thin ones).
+
+    Use: `model_input = prepare_model_input(load_rgb(path, min_side=resolution), resolution)`, give
+    `model_input.image` to the pipeline, save `model_input.restore(result)`. A 6000x1000 panorama at 128
+    runs as 192x32 and comes back 192x32 (aspect 6.0); a 1000x750 photo at 100 runs as 104x80 and comes
+    back 100x75.
+    """
+    width, height = content_size(image.size, resolution)
+    content = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+    padded_width, padded_height = -(-width // multiple) * multiple, -(-height // multiple) * multiple
+    return ModelInput(_pad_with_edges(content, padded_width, padded_height), (0, 0, width, height))
+
+
+def _pad_with_edges(image: Image.Image, width: int, height: int) -> Image.Image:
+    """`image` at the top left of a width x height canvas whose extra columns and rows repeat its last ones."""
+    if image.size == (width, height):
+        return image
+    content_width, content_height = image.size
+    padded = Image.new(image.mode, (width, height))
+    padded.paste(image, (0, 0))
+    if width > content_width:
+        column = image.crop((content_width - 1, 0, content_width, content_height))
+        padded.paste(column.resize((width - content_width, content_height), Image.Resampling.NEAREST),
+                     (content_width, 0))
+    if height > content_height:
+        row = padded.crop((0, content_height - 1, width, content_height))
+        padded.paste(row.resize((width, height - content_height), Image.Resampling.NEAREST), (0, content_height))
+    return padded
 
 
 def open_image_copy(path: str | os.PathLike) -> Image.Image:
