@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from .engine.catalog import ModelSpec, load_catalog
-from .engine.images import SourceFile, scan_folder
+from .engine.images import FolderScan, SourceFile, scan_images
 from .engine.plan import ImageTask, Planner
 from .engine.prompts import load_prompts
 from .settings import env_choices, env_int, env_path
@@ -43,8 +43,12 @@ class DatasetResource(dg.ConfigurableResource):
         "diffusion seed. Change it to re-roll every image (RANDOM_DIFFUSION_SEED).",
     )
 
+    def scan(self) -> FolderScan:
+        """The image files, and the entries skipped with their reasons (loops, unreadable, ...)."""
+        return scan_images(self.images_dir)
+
     def source_files(self) -> list[SourceFile]:
-        return scan_folder(self.images_dir)
+        return self.scan().files
 
     def files_for(self, keys: list[str]) -> tuple[list[SourceFile], dict[str, str]]:
         """(the files behind these partitions, key -> why it has none)."""

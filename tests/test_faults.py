@@ -117,3 +117,23 @@ def test_a_bad_environment_variable_names_itself_when_definitions_load(variable,
         env={"PATH": "", variable: value}, cwd=PROJECT_ROOT, capture_output=True, text=True,
     )
     assert completed.returncode != 0 and message in completed.stderr, completed.stderr[-2000:]
+
+
+def test_a_panorama_comes_out_at_its_own_aspect_ratio(project, tmp_path):
+    images = tmp_path / "panorama"
+    make_image(images / "wide.png", size=(600, 100))
+    tasks = _tasks({**project, "images_dir": str(images)})
+    (result,) = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results
+    width, height = (int(side) for side in result.record.output_size.split("x"))
+    assert abs(width / height - 6.0) / 6.0 < 0.02, result.record.output_size
+
+
+def test_a_symlink_loop_in_the_folder_does_not_stop_source_images(instance, project):
+    images = Path(project["images_dir"])
+    (images / "loop.png").symlink_to(images / "loop.png")
+    from test_assets import _materialize
+
+    result = _materialize(instance, project, ["source_images"])
+    assert result.success and len(instance.get_dynamic_partitions("images")) == 3
+    skipped = result.asset_materializations_for_node("source_images")[0].metadata["skipped_files"].value
+    assert "loop.png" in skipped and "symlink loop" in skipped

@@ -10,6 +10,7 @@ from random_diffusion_dagster.engine.images import (
     fit_to_resolution,
     load_rgb,
     partition_key_for,
+    prepare_model_input,
     scan_folder,
 )
 
@@ -111,3 +112,49 @@ def test_scan_skips_hidden_files_and_folders(tmp_path):
     (tmp_path / "b.png").write_bytes(b"x")
     (tmp_path / "a.png").write_bytes(b"xy")
     assert [(f.name, f.size) for f in scan_folder(tmp_path)] == [("a.png", 2), ("b.png", 1)]
+
+
+RATIOS = [(1, 1), (4, 3), (16, 9), (3, 1), (6, 1), (10, 1)]
+
+
+@pytest.mark.parametrize("resolution", [64, 128, 512])
+@pytest.mark.parametrize("ratio", RATIOS + [(b, a) for a, b in RATIOS if a != b], ids=lambda r: f"{r[0]}x{r[1]}")
+def test_outputs_keep_the_source_aspect_ratio(ratio, resolution):
+    k = 2000 // max(ratio)
+    source = Image.new("RGB", (ratio[0] * k, ratio[1] * k), "red")
+    model_input = prepare_model_input(source, resolution)
+    width, height = model_input.image.size
+    assert width % 8 == 0 and height % 8 == 0
+    assert max(width, height) <= max(resolution, 320) + 7
+    result = Image.new("RGB", model_input.image.size, "blue")  # what a pipeline returns: the input's size
+    restored = model_input.restore(result)
+    assert restored.size == model_input.size
+    source_aspect, restored_aspect = ratio[0] / ratio[1], restored.width / restored.height
+    assert abs(restored_aspect / source_aspect - 1) <= 0.02, (source.size, model_input.image.size, restored.size)
+
+
+def test_a_panorama_is_not_squashed_to_multiples_of_eight():
+    model_input = prepare_model_input(Image.new("RGB", (6000, 1000)), 128)
+    assert model_input.size == model_input.image.size == (192, 32)  # the short side kept at 32 px
+    assert model_input.restore(model_input.image).size == (192, 32)
+    model_input = prepare_model_input(Image.new("RGB", (6000, 1000)), 512)
+    assert model_input.size == (512, 85) and model_input.image.size == (512, 88)  # fit_size gave 512x88
+    assert model_input.content_box == (0, 0, 512, 85) and model_input.restore(model_input.image).size == (512, 85)
+
+
+def test_padding_repeats_the_edges_and_restore_crops_it_off():
+    source = Image.new("RGB", (203, 61), "white")
+    source.paste((255, 0, 0), (202, 0, 203, 61))  # last column red
+    source.paste((0, 0, 255), (0, 60, 203, 61))  # last row blue
+    model_input = prepare_model_input(source, 203)
+    assert model_input.size == (203, 61) and model_input.image.size == (208, 64)
+    assert model_input.image.crop(model_input.content_box).tobytes() == source.tobytes()
+    assert model_input.image.getpixel((207, 5)) == (255, 0, 0)
+    assert model_input.image.getpixel((5, 63)) == (0, 0, 255)
+    assert model_input.restore(model_input.image).tobytes() == source.tobytes()
+
+
+def test_restore_accepts_a_result_at_another_scale():
+    model_input = prepare_model_input(Image.new("RGB", (300, 100)), 64)
+    doubled = model_input.image.resize((model_input.image.width * 2, model_input.image.height * 2))
+    assert model_input.restore(doubled).size == model_input.size

@@ -19,8 +19,9 @@ class PromptListConfig(dg.Config):
 
 @dg.asset(group_name="inputs", description="The images found in the images folder; registers one `images` partition each.")
 def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -> list[dict]:
-    found, skipped = [], []
-    for source in dataset.source_files():
+    scan = dataset.scan()
+    found, skipped = [], [{"name": entry.name, "reason": entry.reason} for entry in scan.skipped]
+    for source in scan.files:
         try:
             image_format, (width, height) = probe_image(source.path)
         except ImageLoadError as exc:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import errno
+import functools
 import hashlib
 import io
 import os
 import re
+import stat
 import unicodedata
 import warnings
 from dataclasses import dataclass
@@ -17,7 +20,13 @@ from PIL import Image, ImageOps
 
 from .storage import location
 
-MAX_KEY_LENGTH = 120
+# Keys name `<key>.png` and `.failures/<key>.json`, and the atomic writer's `.<key>.json.XXXXXXXX.tmp` adds
+# 19 bytes: 120 bytes keeps every one under 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and is the old
+# 120-character bound for ASCII names, whose keys therefore stay as they were.
+MAX_KEY_BYTES = 120
+MAX_KEY_LENGTH = MAX_KEY_BYTES  # the former name, in characters; bytes bound it now
+HASH_DIGITS = 8
+_HASHED_KEY = re.compile(rf"-[0-9a-f]{{{HASH_DIGITS}}}\Z")
 # Pillow's decompression-bomb threshold (89.5 Mpx): Pillow only warns above it; we refuse.
 MAX_SOURCE_PIXELS = Image.MAX_IMAGE_PIXELS
 TOO_LARGE = "too large"  # probe_image's format for files Pillow refuses to even open as bombs
@@ -36,43 +45,140 @@ class SourceFile:
     size: int
     mtime_ns: int
 
-    @property
-    def partition_key(self) -> str:
+    @functools.cached_property
+    def partition_key(self) -> str:  # cached: sensors ask for it several times per file per tick
         return partition_key_for(self.name)
 
 
 def partition_key_for(file_name: str) -> str:
-    """A Dagster-safe, stable partition key for a file name.
+    """A Dagster-safe, file-name-safe, stable partition key for a file name; distinct names get distinct keys.
 
-    Names that are already safe are kept as they are. Anything else is reduced to
-    letters, digits, `_`, `-` and single dots, and gets a short hash of the original
-    name appended, so two names that reduce alike still get different keys.
+    A name that is already safe (letters, digits, `_`, `-`, single inner dots), at most MAX_KEY_BYTES in
+    UTF-8 and not shaped like a hashed key (`...-<8 hex>`) is its own key, so ordinary names keep theirs.
+    Any other name becomes `<sanitized prefix>-<sha1 of the exact name, 8 hex>`, cut on a character
+    boundary to fit MAX_KEY_BYTES. Why no two names share a key: a kept key never ends like a hashed one;
+    two kept keys are their own names; two hashed keys end in the hashes of their names, and also share
+    their sanitized prefix, so only names that sanitize alike AND whose sha1 prefixes collide could meet
+    (scan_images reports that case instead of failing). 8 digits keep the keys of already hashed names.
     """
     normalized = unicodedata.normalize("NFC", file_name)
     safe = re.sub(r"[^\w.\-]", "_", normalized, flags=re.UNICODE)
     safe = re.sub(r"\.{2,}", ".", safe).strip("._") or "image"
-    if safe == file_name and len(safe) <= MAX_KEY_LENGTH:
+    if safe == file_name and len(safe.encode("utf-8")) <= MAX_KEY_BYTES and not _HASHED_KEY.search(safe):
         return safe
-    digest = hashlib.sha1(file_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
+    digest = hashlib.sha1(file_name.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_DIGITS]
+    return f"{_cut_utf8(safe, MAX_KEY_BYTES - HASH_DIGITS - 1)}-{digest}"
 
 
-def scan_folder(folder: str | Path) -> list[SourceFile]:
-    """All visible regular files directly in `folder`, sorted by name; one scandir, no reads."""
+def _cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` whose UTF-8 is at most `max_bytes`, never splitting a character."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An entry of the images folder that is not used, and why, for logs and metadata."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What one scan of the images folder found: usable files (sorted by name) and the entries it skipped."""
+
+    files: list[SourceFile]
+    skipped: list[SkippedEntry]
+
+
+def scan_images(folder: str | Path) -> FolderScan:
+    """Every visible regular file directly in `folder`; one bad entry is skipped with its reason, never raised.
+
+    Hidden entries and folders are ignored silently, as before. Symlink loops, dangling symlinks, unreadable
+    files, FIFOs/sockets/devices (reading one would block or make no sense) and a name whose key another
+    name already holds are listed in `skipped`. Only a missing, unlistable or non-folder `folder` raises:
+    then nothing can be scanned and the message says what to fix. No file is read.
+    """
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.is_file():
+            raise NotADirectoryError(
+                f"Images folder {folder} is a file, not a folder: point RANDOM_DIFFUSION_IMAGES_DIR at the "
+                "folder that holds the images."
+            )
         raise FileNotFoundError(
             f"Images folder {folder} does not exist: create it and put images in it, "
             "or point RANDOM_DIFFUSION_IMAGES_DIR at one."
         )
-    files = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=True):
-                continue
-            stat = entry.stat()
-            files.append(SourceFile(entry.name, entry.path, stat.st_size, stat.st_mtime_ns))
-    return sorted(files, key=lambda f: f.name)
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+    except PermissionError as exc:
+        raise PermissionError(
+            f"Images folder {folder} cannot be listed ({exc.strerror}): give the user running Dagster read "
+            "and execute permission on it."
+        ) from exc
+    files: list[SourceFile] = []
+    skipped: list[SkippedEntry] = []
+    owners: dict[str, str] = {}  # partition key -> the name that holds it
+    for entry in entries:
+        try:
+            info = os.stat(entry.path)
+        except OSError as exc:
+            reason = _stat_problem(entry, exc)
+            if reason:
+                skipped.append(SkippedEntry(entry.name, reason))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            skipped.append(SkippedEntry(entry.name, f"not a regular file ({_file_kind(info.st_mode)}): only "
+                                        "regular files can be images; move it out of the images folder"))
+            continue
+        if not os.access(entry.path, os.R_OK):
+            skipped.append(SkippedEntry(entry.name, "no permission to read it: give the user running Dagster "
+                                        "read permission on it (chmod a+r)"))
+            continue
+        source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns)
+        key = source.partition_key
+        if key in owners:
+            skipped.append(SkippedEntry(entry.name, f"{entry.name!r} and {owners[key]!r} have the same partition "
+                                        f"key {key!r}, which {owners[key]!r} keeps: rename one of the two"))
+            continue
+        owners[key] = entry.name
+        files.append(source)
+    return FolderScan(files, skipped)
+
+
+def _stat_problem(entry: os.DirEntry, exc: OSError) -> str | None:
+    """Why an entry cannot be followed, or None when it vanished during the scan (nothing to report)."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: following its links leads back to itself; fix or remove the link"
+    if exc.errno == errno.ENOENT:
+        if not entry.is_symlink():
+            return None
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        return f"dangling symlink: it points to {target}, which does not exist; fix or remove the link"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "no permission to look at it: give the user running Dagster access to it and its folder"
+    return f"cannot be looked at ({exc.strerror or exc}); fix or remove it"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
+
+
+def scan_folder(folder: str | Path) -> list[SourceFile]:
+    """The usable files of scan_images(folder), sorted by name; see scan_images for what is skipped and why."""
+    return scan_images(folder).files
 
 
 def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
@@ -144,7 +250,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def fit_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
-    """Scale so the longer side is `resolution`, keep the aspect ratio, round sides to `multiple`."""
+    """Scale so the longer side is `resolution`, round sides to `multiple`.
+
+    Rounding both sides squashes thin images (6000x1000 at 128 becomes 128x24, aspect 5.3): new code
+    uses prepare_model_input, which keeps the aspect and pads instead. Kept for existing callers.
+    """
     width, height = size
     scale = resolution / max(width, height)
 
@@ -155,10 +265,87 @@ def fit_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple
 
 
 def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
+    """The image resized to fit_size (aspect distorted for thin images); prefer prepare_model_input."""
     target = fit_size(image.size, resolution)
     if target == image.size:
         return image
     return image.resize(target, Image.Resampling.LANCZOS)
+
+
+# Rounding a side of n pixels moves the aspect by up to 0.5/n: a short side of 32 keeps it within ~2%.
+MIN_SHORT_SIDE = 32
+# How far a thin image's long side may grow past `resolution` to keep that short side: 10:1 at 32 px.
+MAX_GROWN_LONG_SIDE = 10 * MIN_SHORT_SIDE
+
+
+def content_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The aspect-preserving size an image is generated at: the longer side `resolution`, sides not rounded
+    to any multiple; a thin image keeps its short side at MIN_SHORT_SIDE by growing the long side up to
+    MAX_GROWN_LONG_SIDE, so aspect ratios up to 10:1 survive within 2% at any resolution.
+    """
+    width, height = size
+    long_side, short_side = max(width, height), min(width, height)
+    scale = resolution / long_side
+    if short_side * scale < MIN_SHORT_SIDE:
+        scale = min(MIN_SHORT_SIDE / short_side, max(resolution, MAX_GROWN_LONG_SIDE) / long_side)
+    return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a pipeline is given for one source, and what it takes to undo the padding on its result.
+
+    `image` has sides that are multiples of the VAE factor (8): the source resized to its aspect-preserving
+    size (content_size) sits at the top left, and the strips right of and below it repeat its last column
+    and row, so the model sees no hard border. `content_box` (left, top, right, bottom) is where the
+    source lies in `image`; `restore(result)` crops the pipeline's result back to it.
+    """
+
+    image: Image.Image
+    content_box: tuple[int, int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The size restore() returns: the source's aspect ratio at the model's resolution."""
+        left, top, right, bottom = self.content_box
+        return right - left, bottom - top
+
+    def restore(self, result: Image.Image) -> Image.Image:
+        """The result without the padding, at `size`; a result at another scale is first resized to `image`."""
+        if result.size != self.image.size:
+            result = result.resize(self.image.size, Image.Resampling.LANCZOS)
+        return result.crop(self.content_box)
+
+
+def prepare_model_input(image: Image.Image, resolution: int, multiple: int = 8) -> ModelInput:
+    """The pipeline input for `image` at `resolution`, keeping its aspect ratio (fit_size squashes thin ones).
+
+    Use: `model_input = prepare_model_input(load_rgb(path, min_side=resolution), resolution)`, give
+    `model_input.image` to the pipeline, save `model_input.restore(result)`. A 6000x1000 panorama at 128
+    runs as 192x32 and comes back 192x32 (aspect 6.0); a 1000x750 photo at 100 runs as 104x80 and comes
+    back 100x75.
+    """
+    width, height = content_size(image.size, resolution)
+    content = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+    padded_width, padded_height = -(-width // multiple) * multiple, -(-height // multiple) * multiple
+    return ModelInput(_pad_with_edges(content, padded_width, padded_height), (0, 0, width, height))
+
+
+def _pad_with_edges(image: Image.Image, width: int, height: int) -> Image.Image:
+    """`image` at the top left of a width x height canvas whose extra columns and rows repeat its last ones."""
+    if image.size == (width, height):
+        return image
+    content_width, content_height = image.size
+    padded = Image.new(image.mode, (width, height))
+    padded.paste(image, (0, 0))
+    if width > content_width:
+        column = image.crop((content_width - 1, 0, content_width, content_height))
+        padded.paste(column.resize((width - content_width, content_height), Image.Resampling.NEAREST),
+                     (content_width, 0))
+    if height > content_height:
+        row = padded.crop((0, content_height - 1, width, content_height))
+        padded.paste(row.resize((width, height - content_height), Image.Resampling.NEAREST), (0, content_height))
+    return padded
 
 
 def open_image_copy(path: str | os.PathLike) -> Image.Image:

@@ -17,7 +17,7 @@ from .catalog import ModelSpec
 from .images import SourceFile
 from .results import output_path_for
 
-ENGINE_VERSION = "1"  # bump when the same inputs would give different pixels
+ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
 
 
 @dataclass(frozen=True)

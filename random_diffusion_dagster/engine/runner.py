@@ -15,7 +15,7 @@ from typing import Literal
 
 from PIL import Image
 
-from .images import ImageLoadError, fit_to_resolution, load_rgb, open_image_copy, thumbnail_data_uri
+from .images import ImageLoadError, ModelInput, load_rgb, open_image_copy, prepare_model_input, thumbnail_data_uri
 from .pipelines import ModelLoadError, PipelineCache, free_memory
 from .plan import ImageTask
 from .results import (
@@ -60,9 +60,9 @@ class RunSummary:
 
 @dataclass
 class _Source:
-    """A source decoded from the bytes that were hashed, resized for its model."""
+    """A source decoded from the bytes that were hashed, prepared for its model."""
 
-    image: Image.Image  # model input
+    model_input: ModelInput  # resized and padded to the VAE's multiple; `restore` undoes the padding
     original_size: tuple[int, int]
 
 
@@ -207,8 +207,8 @@ def _run_model(
             yield ImageResult(task, "failed", error=str(exc))
         return
     # Same-size images batch together; per-image generators keep batching from changing pixels.
-    loaded.sort(key=lambda item: item[1].image.size)
-    for size, group in groupby(loaded, key=lambda item: item[1].image.size):
+    loaded.sort(key=lambda item: item[1].model_input.image.size)
+    for size, group in groupby(loaded, key=lambda item: item[1].model_input.image.size):
         group = list(group)
         for start in range(0, len(group), batch_size):
             batch = _Batch(spec.name, group[start : start + batch_size])
@@ -248,7 +248,7 @@ def _load_source(task: ImageTask) -> _Source:
     image = load_rgb(io.BytesIO(data), min_side=task.model.resolution, name=task.source_path)
     with Image.open(io.BytesIO(data)) as original:
         original_size = original.size
-    return _Source(fit_to_resolution(image, task.model.resolution), original_size)
+    return _Source(prepare_model_input(image, task.model.resolution), original_size)
 
 
 def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_Outcome]:
@@ -260,8 +260,8 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_O
     """
     try:
         images, memory = _infer(pipeline, batch, device)
-        for (task, _source), image in zip(batch.items, images, strict=False):
-            yield _Outcome(task, image, None, batch.fallbacks, memory)
+        for (task, source), image in zip(batch.items, images, strict=True):
+            yield _Outcome(task, source.model_input.restore(image), None, batch.fallbacks, memory)
         return
     except Exception as exc:  # noqa: BLE001 - every failure is attributed and recorded below
         error = exc
@@ -299,7 +299,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 def _infer(pipeline, batch: _Batch, device: str):
     tasks = [task for task, _ in batch.items]
-    images = [source.image for _, source in batch.items]
+    images = [source.model_input.image for _, source in batch.items]
     return generate(pipeline, tasks[0].model, [t.prompt for t in tasks], images, [t.seed for t in tasks], device)
 
 
@@ -370,7 +370,7 @@ def _record(
         source_bytes=task.source.size,
         source_mtime_ns=task.source.mtime_ns,
         source_size=f"{source.original_size[0]}x{source.original_size[1]}",
-        model_input_size=f"{source.image.width}x{source.image.height}",
+        model_input_size="{}x{}".format(*source.model_input.image.size),
         output_size=f"{image.width}x{image.height}",
         pipeline_load_seconds=round(cost.load_seconds / cost.images, 4),
         inference_seconds=round(cost.batch_seconds / cost.images, 4),
