@@ -152,11 +152,15 @@ class OutOfMemoryAbove:
     A CUDA device cannot exist here, so only the error it would raise is simulated.
     """
 
-    def __init__(self, pipeline, max_batch, fail_until_tiling=False):
+    def __init__(self, pipeline, max_batch, fail_until_tiling=False, fail_until_offload=False):
         self.pipeline, self.max_batch, self.fail_until_tiling = pipeline, max_batch, fail_until_tiling
+        self.fail_until_offload, self.offloaded, self.offloads = fail_until_offload, False, 0
         self.vae, self.calls, self.tiling = pipeline.vae, [], False
         self.vae.enable_tiling = lambda: setattr(self, "tiling", True)
         self.vae.disable_tiling = lambda: setattr(self, "tiling", False)
+        if fail_until_offload:  # accelerate's offload needs a CUDA device: only its switch is simulated
+            self.enable_model_cpu_offload = lambda device: setattr(self, "offloaded", True)
+            self.remove_all_hooks = lambda: setattr(self, "offloaded", False)
 
     def __getattr__(self, name):
         return getattr(self.pipeline, name)
@@ -164,6 +168,9 @@ class OutOfMemoryAbove:
     def __call__(self, **kwargs):
         size = len(kwargs["prompt"])
         self.calls.append((size, self.tiling))
+        self.offloads += self.offloaded
+        if self.fail_until_offload and not self.offloaded:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if size > self.max_batch or (self.fail_until_tiling and not self.tiling):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.pipeline(**kwargs)
@@ -203,6 +210,13 @@ def test_out_of_memory_at_batch_one_tries_vae_tiling(one_model_project):
     (result,) = run_tasks([task], cache, log=lambda m: None).results
     assert result.status == "generated" and result.record.fallback == "vae_tiling"
     assert wrappers[0].calls == [(1, False), (1, True)] and wrappers[0].tiling is False
+
+
+def test_out_of_memory_with_tiling_tries_cpu_offload_and_undoes_it(one_model_project):
+    cache, wrappers = _oom_cache({"max_batch": 4, "fail_until_offload": True})
+    (result,) = run_tasks([_tasks(one_model_project)[0]], cache, log=lambda m: None).results
+    assert result.status == "generated" and result.record.fallback == "vae_tiling,cpu_offload"
+    assert wrappers[0].offloads == 1 and wrappers[0].offloaded is False and wrappers[0].tiling is False
 
 
 def test_persistent_out_of_memory_fails_only_that_image_with_a_clear_message(one_model_project):

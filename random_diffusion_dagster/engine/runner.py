@@ -255,7 +255,7 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_O
     """An outcome for every item in the batch.
 
     Out of memory: free memory, split the batch in halves down to one image, then try
-    VAE tiling, and only then fail the image. Any other error in a batch of several is
+    VAE tiling, then model CPU offload, and only then fail the image. Any other error in a batch of several is
     retried image by image, so one bad input fails only itself.
     """
     try:
@@ -284,11 +284,35 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_O
         finally:
             pipeline.vae.disable_tiling()
         return
+    if out_of_memory and "cpu_offload" not in batch.fallbacks and hasattr(pipeline, "enable_model_cpu_offload"):
+        yield from _with_cpu_offload(pipeline, batch, device, error)
+        return
     task = batch.items[0][0]
-    reason = "out of memory even at batch size 1 with VAE tiling" if out_of_memory else "generation failed"
+    reason = (
+        "out of memory even at batch size 1 with VAE tiling and CPU offload" if out_of_memory else "generation failed"
+    )
     yield _Outcome(
         task, None, f"{task.source_path}: {reason} with model {task.model.name!r}: {error}", batch.fallbacks, None
     )
+
+
+def _with_cpu_offload(pipeline, batch: _Batch, device: str, error: BaseException) -> Iterator[_Outcome]:
+    """The ladder's last step: keep only the running component on the GPU (slow, but it fits), then undo it."""
+    fallbacks = batch.fallbacks + ["cpu_offload"]
+    try:
+        pipeline.enable_model_cpu_offload(device=device)
+    except Exception as exc:  # noqa: BLE001 - no offload here (e.g. no accelerator): the image fails as it would
+        task = batch.items[0][0]
+        yield _Outcome(
+            task, None, f"{task.source_path}: out of memory even at batch size 1 with VAE tiling with model "
+            f"{task.model.name!r}, and CPU offload is unavailable ({exc}): {error}", fallbacks, None
+        )
+        return
+    try:
+        yield from _generate_with_fallback(pipeline, _Batch(batch.model_name, batch.items, fallbacks), device)
+    finally:
+        pipeline.remove_all_hooks()
+        pipeline.to(device)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

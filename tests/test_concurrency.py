@@ -1,0 +1,49 @@
+"""Processes that start together: storage is set up once, and CLI runs take turns."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+OPEN_INSTANCE = (
+    "from random_diffusion_dagster.cli import project_instance\n"
+    "with project_instance() as instance:\n"
+    "    print(len(instance.get_runs()))\n"
+)
+
+HOLD_RUN_LOCK = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from random_diffusion_dagster.cli import exclusive\n"
+    "with exclusive(Path('.dagster/cli-run.lock'), 'waiting for the other run'):\n"
+    "    print('got', time.time(), flush=True)\n"
+    "    time.sleep(float(sys.argv[1]))\n"
+)
+
+
+def _spawn(code: str, cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_three_processes_opening_a_fresh_instance_together_all_succeed(tmp_path):
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    processes = [_spawn(OPEN_INSTANCE, tmp_path) for _ in range(3)]
+    outcomes = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err[-1500:] for _, err in outcomes]
+    assert (tmp_path / ".dagster" / "storage").is_dir()
+
+
+def test_a_second_cli_run_waits_for_the_first_and_says_so(tmp_path):
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    first = _spawn(HOLD_RUN_LOCK, tmp_path, "3")
+    assert first.stdout.readline().startswith("got")  # the first holds the lock
+    released_after = time.time() + 2
+    second = _spawn(HOLD_RUN_LOCK, tmp_path, "0")
+    out, err = second.communicate(timeout=60)
+    first.communicate(timeout=60)
+    assert "waiting for the other run" in err
+    assert float(out.split()[1]) >= released_after  # it got the lock only once the first let go
