@@ -40,6 +40,8 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
         "skipped": len(skipped),
         "images_dir": dg.MetadataValue.path(dataset.images_dir),
     }
+    for entry in skipped:
+        context.log.warning(f"Skipped {entry['name']}: {entry['reason']}")
     if skipped:
         metadata["skipped_files"] = dg.MetadataValue.md(pd.DataFrame(skipped).to_markdown(index=False))
     previews = _preview_images([row["path"] for row in found], count=8)
