@@ -75,7 +75,7 @@ def submit_command(args: argparse.Namespace) -> int:
         deployment = Deployment(args.url)
         run_ids = deployment.submit(args.prompt, args.seed, args.images, args.max_partitions_per_run)
         for run_id in run_ids:
-            print(f"Submitted run {run_id}: {args.url.rstrip('/')}/runs/{run_id}")
+            print(f"Submitted run {run_id}: {deployment.base_url}/runs/{run_id}")  # no credentials in links
         if not args.wait:
             return 0
         failed = 0
