@@ -117,7 +117,8 @@ def test_credentials_and_path_prefix_go_with_every_request(serve):
     assert first["selector"] == {"repositoryLocationName": "here", "repositoryName": "__repository__",
                                  "jobName": "diffuse_images"}
     second_tags = {tag["key"]: tag["value"] for tag in second["executionMetadata"]["tags"]}
-    assert second_tags["dagster/asset_partition_range_start"] == second_tags["dagster/asset_partition_range_end"] == "c.png"
+    assert (second_tags["dagster/asset_partition_range_start"], second_tags["dagster/asset_partition_range_end"]) == (
+        "c.png", "c.png")
     assert first["runConfigData"]["resources"]["dataset"]["config"]["seed"] == 7
 
 
