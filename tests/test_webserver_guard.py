@@ -105,6 +105,10 @@ def test_mutation_posted_from_a_foreign_origin_is_refused_and_changes_nothing(ui
                              headers={"Origin": EVIL, "Content-Type": "text/plain"}, timeout=60)
     assert response.status_code == 403
     assert "evil-post.png" not in _images(ui)
+    # Dagster's other state-changing endpoints are plain POSTs a form can send too.
+    report = requests.post(f"{ui['url']}/report_asset_materialization/diffused_image", data="x",
+                           headers={"Origin": EVIL, "Content-Type": "text/plain"}, timeout=60)
+    assert report.status_code == 403
 
 
 def test_same_origin_and_originless_posts_change_state(ui):
@@ -157,3 +161,12 @@ def test_ui_command_also_runs_the_daemon(ui):
         return any(status["daemonType"] == "SENSOR" and status["healthy"] for status in statuses)
 
     assert _wait_for(sensor_daemon_healthy, 120, "the sensor daemon's heartbeat", interval=2)
+
+
+def test_submit_launches_a_run_through_the_guard(ui):
+    assert _post_add(ui, "submitted.png").status_code == 200
+    deployment = Deployment(ui["url"])
+    (run_id,) = deployment.submit(["a lighthouse"], 3, ["submitted.png"])
+    assert deployment.run_status(run_id) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "SUCCESS", "FAILURE"}
+    tags = ui["instance"].get_run_by_id(run_id).tags
+    assert tags["dagster/asset_partition_range_start"] == tags["dagster/asset_partition_range_end"] == "submitted.png"
