@@ -48,12 +48,12 @@ def ui(tmp_path_factory):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(root / "ui.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT_ROOT, env={**os.environ, **project_env(root, home)}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(root / "ui.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=PROJECT_ROOT, env={**os.environ, **project_env(root, home)}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_for(lambda: _reachable(url), 180, "the guarded webserver")
         repositories = _wait_for(lambda: _repositories(url), 120, "the code location to load")
@@ -64,7 +64,6 @@ def ui(tmp_path_factory):
         instance.dispose()
     finally:
         stop_process_groups([process])
-        log.close()
 
 
 def _repositories(url):
