@@ -110,7 +110,7 @@ def submit_command(args: argparse.Namespace) -> int:
         deployment = Deployment(args.url)
         run_ids = deployment.submit(args.prompt, args.seed, args.images, args.max_partitions_per_run)
         for run_id in run_ids:
-            print(f"Submitted run {run_id}: {args.url.rstrip('/')}/runs/{run_id}")
+            print(f"Submitted run {run_id}: {deployment.base_url}/runs/{run_id}")  # no credentials in links
         if not args.wait:
             return 0
         failed = 0
@@ -124,6 +124,12 @@ def submit_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1 if failed else 0
+
+
+def ui_command(args: argparse.Namespace) -> int:
+    from .webserver import serve_ui
+
+    return serve_ui(args.host, args.port, args.workspace)
 
 
 def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> None:
@@ -170,6 +176,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")
     submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
     submit.set_defaults(handler=submit_command)
+
+    ui = commands.add_parser(
+        "ui", add_help=False, help="start the Dagster UI, guarded against requests from other web pages, and the daemon"
+    )
+    ui.add_argument("--help", action="help", help="show this help message and exit")
+    ui.add_argument("-h", "--host", default="127.0.0.1", help="address to serve on; bind wider only behind auth")
+    ui.add_argument("-p", "--port", type=int, default=3000, help="port to serve on (default 3000)")
+    ui.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)")
+    ui.set_defaults(handler=ui_command)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import requests
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from .batching import partition_ranges
 from .engine.prompts import require_prompts
@@ -46,42 +45,142 @@ query RunOutputs($runId: ID!) {
 }"""
 
 
+JOB_LOCATIONS_QUERY = """
+query JobLocations {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on PythonError { message }
+  }
+}"""
+
+LAUNCH_RUN_MUTATION = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+RUN_STATUS_QUERY = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status }
+    ... on Error { message }
+  }
+}"""
+
+
 class SubmitError(RuntimeError):
     """The deployment cannot take the submission; the message says why and what to do."""
 
 
 @dataclass
 class Deployment:
-    """A running Dagster webserver, addressed by its URL."""
+    """A running Dagster webserver, addressed by its URL (credentials and path prefix included)."""
 
     url: str = "http://127.0.0.1:3000"
+    timeout: float = 60
 
     def __post_init__(self):
         parsed = urlparse(self.url)
-        if not parsed.hostname:
+        try:
+            port = parsed.port
+        except ValueError:
+            port = -1
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1:
             raise SubmitError(f"{self.url!r} is not a webserver URL such as http://127.0.0.1:3000.")
-        self.client = DagsterGraphQLClient(
-            parsed.hostname, port_number=parsed.port, use_https=parsed.scheme == "https", timeout=60
-        )
+        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+        # Credentials go into the session (sent with every request), never into messages or printed links.
+        self.base_url = f"{parsed.scheme}://{host}{f':{port}' if port else ''}{parsed.path.rstrip('/')}"
+        self.graphql_url = f"{self.base_url}/graphql"
+        self.session = requests.Session()
+        if parsed.username is not None:
+            self.session.auth = (unquote(parsed.username), unquote(parsed.password or ""))
 
     def query(self, query: str, variables: dict) -> dict:
+        """The `data` of a GraphQL request; no server, not Dagster, HTTP or GraphQL errors are SubmitErrors."""
         try:
-            response = requests.post(f"{self.url.rstrip('/')}/graphql", json={"query": query, "variables": variables}, timeout=60)
+            response = self.session.post(
+                self.graphql_url, json={"query": query, "variables": variables}, timeout=self.timeout,
+                allow_redirects=False,  # requests would turn a redirected POST into a GET
+            )
         except requests.ConnectionError as exc:
             raise SubmitError(
-                f"Cannot reach the Dagster webserver at {self.url}: start it (`dagster dev` or "
+                f"Cannot reach the Dagster webserver at {self.base_url}: start it (`random-diffusion ui` or "
                 "`dagster-webserver -w workspace.yaml`) or pass --url."
             ) from exc
-        response.raise_for_status()
-        body = response.json()
+        except requests.Timeout as exc:
+            raise SubmitError(
+                f"The Dagster webserver at {self.base_url} did not answer within {self.timeout:g} s: it may be busy or "
+                "stuck; check its log, then retry."
+            ) from exc
+        except requests.RequestException as exc:
+            raise SubmitError(f"The request to {self.graphql_url} failed: {exc}; check --url.") from exc
+        body = self._json_body(response)
         if body.get("errors"):
-            raise SubmitError(f"GraphQL error from {self.url}: {body['errors'][0].get('message')}")
+            errors = body["errors"] if isinstance(body["errors"], list) else [body["errors"]]
+            messages = "; ".join(str(e.get("message", e) if isinstance(e, dict) else e) for e in errors[:3])
+            raise SubmitError(
+                f"The Dagster webserver at {self.base_url} refused the GraphQL request: {messages}. Check that it "
+                "serves this project's code location on a matching Dagster version (dagster==1.13.27)."
+            )
         return body["data"]
 
+    def _json_body(self, response: requests.Response) -> dict:
+        """The response's GraphQL JSON body, or a SubmitError saying what the server answered instead and what to do."""
+        status, excerpt = response.status_code, " ".join(response.text[:200].split())
+        answered = f"POST {urlparse(self.graphql_url).path} answered HTTP {status} {response.reason}"
+        not_dagster = f"The server at {self.base_url} is not a Dagster webserver: {answered}"
+        if 300 <= status < 400:
+            raise SubmitError(
+                f"{not_dagster}, a redirect to {response.headers.get('Location')!r}; pass the address it redirects to "
+                "as --url (with its path prefix, without /graphql)."
+            )
+        if status == 401:
+            raise SubmitError(
+                f"The server at {self.base_url} wants credentials ({answered}): "
+                + ("the user name or password in --url is wrong." if self.session.auth else
+                   "put them in --url, e.g. http://USER:PASSWORD@host:3000 (or DAGSTER_WEBSERVER_URL).")
+            )
+        if status in (404, 405):
+            raise SubmitError(f"{not_dagster}; check --url (host, port and path prefix, e.g. http://host:3000/dagster)")
+        if 400 <= status < 500:
+            raise SubmitError(
+                f"The server at {self.base_url} refused the request ({answered}: {excerpt}); check --url and the "
+                "credentials in it."
+            )
+        if status >= 500:
+            raise SubmitError(
+                f"The Dagster webserver at {self.base_url} failed ({answered}: {excerpt}); check its log and that its "
+                "code location loads, then retry."
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            kind = response.headers.get("Content-Type", "no content type")
+            raise SubmitError(f"{not_dagster} with {kind}, not GraphQL JSON ({excerpt!r}); check --url.") from None
+        if not isinstance(body, dict) or not (isinstance(body.get("data"), dict) or body.get("errors")):
+            raise SubmitError(f"{not_dagster} with JSON that is not a GraphQL answer ({excerpt!r}); check --url.")
+        return body
+
+    def _root(self, query: str, variables: dict, field: str) -> dict:
+        """One root field of a query's answer; a server without it is not the Dagster webserver we expect."""
+        value = self.query(query, variables).get(field)
+        if not isinstance(value, dict):
+            raise SubmitError(
+                f"The server at {self.base_url} is not a Dagster webserver: its GraphQL answer has no {field}; "
+                "check --url."
+            )
+        return value
+
     def partition_keys(self) -> list[str]:
-        result = self.query(PARTITION_KEYS_QUERY, {"assetKey": {"path": ["diffused_image"]}})["assetNodeOrError"]
-        if result["__typename"] != "AssetNode":
-            raise SubmitError(f"The deployment at {self.url} has no diffused_image asset: {result.get('message')}")
+        result = self._root(PARTITION_KEYS_QUERY, {"assetKey": {"path": ["diffused_image"]}}, "assetNodeOrError")
+        if result.get("__typename") != "AssetNode":
+            raise SubmitError(f"The deployment at {self.base_url} has no diffused_image asset: {result.get('message')}")
         return result["partitionKeys"]
 
     def submit(self, prompts: list[str] | None, seed: int | None, images: list[str] | None, max_per_run: int = 32) -> list[str]:
@@ -102,22 +201,54 @@ class Deployment:
             run_config["ops"] = {"prompt_list": {"config": {"prompt_list": prompts}}}
         if seed is not None:
             run_config["resources"] = {"dataset": {"config": {"seed": seed}}}
+        selector = self._job_selector()
         run_ids = []
         for partition_range in partition_ranges(all_keys, wanted, max_per_run):
-            try:
-                run_ids.append(
-                    self.client.submit_job_execution(JOB_NAME, run_config=run_config, tags=partition_range.tags)
-                )
-            except DagsterGraphQLClientError as exc:
-                raise SubmitError(
-                    f"The deployment refused the run for {partition_range.first}..{partition_range.last}: {exc}"
-                ) from exc
+            what = f"{partition_range.first}..{partition_range.last}"
+            run_ids.append(self._launch(selector, run_config, partition_range.tags, what))
         return run_ids
+
+    def _job_selector(self) -> dict:
+        repositories = self._root(JOB_LOCATIONS_QUERY, {}, "repositoriesOrError")
+        if repositories.get("__typename") != "RepositoryConnection":
+            raise SubmitError(f"The deployment at {self.base_url} cannot list its code: {repositories.get('message')}")
+        found = [
+            {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"], "jobName": JOB_NAME}
+            for repo in repositories.get("nodes", [])
+            if JOB_NAME in {job["name"] for job in repo.get("jobs", [])}
+        ]
+        if len(found) != 1:
+            raise SubmitError(
+                f"The deployment at {self.base_url} has {len(found)} code locations with a {JOB_NAME} job; it needs "
+                "exactly one: load this project's workspace.yaml (and only it) in the webserver."
+            )
+        return found[0]
+
+    def _launch(self, selector: dict, run_config: dict, tags: dict, what: str) -> str:
+        params = {
+            "selector": selector,
+            "runConfigData": run_config,
+            "mode": "default",
+            "executionMetadata": {"tags": [{"key": key, "value": value} for key, value in tags.items()]},
+        }
+        result = self._root(LAUNCH_RUN_MUTATION, {"executionParams": params}, "launchRun")
+        if result.get("__typename") == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        reasons = [error.get("message") for error in result.get("errors", [])] or [result.get("message")]
+        kind = result.get("__typename")
+        raise SubmitError(f"The deployment refused the run for {what} ({kind}): {'; '.join(map(str, reasons))}")
+
+    def run_status(self, run_id: str) -> str:
+        """The run's status name, e.g. QUEUED, STARTED, SUCCESS, FAILURE."""
+        run = self._root(RUN_STATUS_QUERY, {"runId": run_id}, "runOrError")
+        if run.get("__typename") != "Run":
+            raise SubmitError(f"The deployment at {self.base_url} has no run {run_id}: {run.get('message')}")
+        return run["status"]
 
     def wait(self, run_id: str, poll_seconds: float = 2.0, timeout: float = 3600) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.client.get_run_status(run_id).value
+            status = self.run_status(run_id)
             if status in FINISHED:
                 return status
             time.sleep(poll_seconds)
@@ -125,7 +256,7 @@ class Deployment:
 
     def outputs(self, run_id: str) -> dict[str, str]:
         """partition key -> output path, from the run's per-partition materializations."""
-        run = self.query(RUN_OUTPUTS_QUERY, {"runId": run_id})["runOrError"]
+        run = self._root(RUN_OUTPUTS_QUERY, {"runId": run_id}, "runOrError")
         paths = {}
         for event in run.get("assetMaterializations", []):
             for entry in event["metadataEntries"]:

@@ -233,7 +233,7 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
     for pid in [worker, *_descendants(worker)]:
         os.kill(pid, signal.SIGKILL)
 
-    _wait_for(lambda: client.client.get_run_status(run_id).value == "FAILURE", 120, "the killed run to be marked failed")
+    _wait_for(lambda: client.run_status(run_id) == "FAILURE", 120, "the killed run to be marked failed")
     retry = _wait_for(
         lambda: [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run_id} in r["tags"]], 180, "a retry run"
     )[0]

@@ -1,0 +1,171 @@
+"""The documented way to start the UI (`random-diffusion ui`) refuses what a foreign web page could send.
+
+One real `random-diffusion ui` (guarded dagster-webserver + dagster-daemon) on loopback serves every
+test here; the mutation is a real `addDynamicPartition`, and whether it took effect is read from the
+instance itself.
+"""
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+from dagster._core.instance.ref import InstanceRef
+
+from random_diffusion_dagster.remote import Deployment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from local_services import project_env, stop_process_groups  # noqa: E402
+from test_deployment import _free_port, _reachable, _wait_for  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EVIL = "http://evil.example"
+
+pytestmark = pytest.mark.timeout(300)
+
+REPOSITORIES_QUERY = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+ADD_PARTITION = """
+mutation Add($key: String!, $repo: RepositorySelector!) {
+  addDynamicPartition(partitionsDefName: "images", partitionKey: $key, repositorySelector: $repo) {
+    __typename
+  }
+}"""
+DAEMONS_QUERY = "query { instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guarded-ui")
+    (root / "images").mkdir()  # empty: the daemon's sensor has nothing to run
+    (root / "prompts.txt").write_text("a lighthouse\n")
+    home = root / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "ui.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=PROJECT_ROOT, env={**os.environ, **project_env(root, home)}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for(lambda: _reachable(url), 180, "the guarded webserver")
+        repositories = _wait_for(lambda: _repositories(url), 120, "the code location to load")
+        (repo,) = repositories
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+        yield {"url": url, "port": port, "instance": instance,
+               "repo": {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]}}
+        instance.dispose()
+    finally:
+        stop_process_groups([process])
+
+
+def _repositories(url):
+    return Deployment(url).query(REPOSITORIES_QUERY, {})["repositoriesOrError"].get("nodes")
+
+
+def _images(ui) -> list[str]:
+    return ui["instance"].get_dynamic_partitions("images")
+
+
+def _post_add(ui, key, **headers):
+    body = {"query": ADD_PARTITION, "variables": {"key": key, "repo": ui["repo"]}}
+    return requests.post(f"{ui['url']}/graphql", json=body, headers=headers, timeout=60)
+
+
+def test_mutation_sent_as_get_is_refused_and_changes_nothing(ui):
+    # What `<img src="http://127.0.0.1:3000/graphql?query=mutation{...}">` on any web page sends.
+    repo = ui["repo"]
+    mutation = (
+        '# a comment first\nmutation { addDynamicPartition(partitionsDefName: "images", partitionKey: "evil-get.png", '
+        f'repositorySelector: {{repositoryLocationName: "{repo["repositoryLocationName"]}", '
+        f'repositoryName: "{repo["repositoryName"]}"}}) {{ __typename }} }}'
+    )
+    response = requests.get(f"{ui['url']}/graphql", params={"query": mutation}, timeout=60)
+    assert response.status_code == 405 and "send mutations as POST" in response.text
+    # A query and a mutation in one document, the mutation picked by operationName: refused too.
+    sneaky = "query Harmless { version }\n" + mutation.replace("mutation {", "mutation Evil {")
+    response = requests.get(f"{ui['url']}/graphql", params={"query": sneaky, "operationName": "Evil"}, timeout=60)
+    assert response.status_code == 405
+    assert "evil-get.png" not in _images(ui)
+
+
+def test_mutation_posted_from_a_foreign_origin_is_refused_and_changes_nothing(ui):
+    response = _post_add(ui, "evil-post.png", Origin=EVIL)
+    assert response.status_code == 403 and "origin http://evil.example" in response.text
+    # An HTML form can POST text/plain with the query in the URL, which Dagster also executes.
+    response = requests.post(f"{ui['url']}/graphql", params={"query": ADD_PARTITION}, data="x",
+                             headers={"Origin": EVIL, "Content-Type": "text/plain"}, timeout=60)
+    assert response.status_code == 403
+    assert "evil-post.png" not in _images(ui)
+    # Dagster's other state-changing endpoints are plain POSTs a form can send too.
+    report = requests.post(f"{ui['url']}/report_asset_materialization/diffused_image", data="x",
+                           headers={"Origin": EVIL, "Content-Type": "text/plain"}, timeout=60)
+    assert report.status_code == 403
+
+
+def test_same_origin_and_originless_posts_change_state(ui):
+    same_origin = _post_add(ui, "same-origin.png", Origin=ui["url"])
+    assert same_origin.status_code == 200, same_origin.text
+    assert same_origin.json()["data"]["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
+    no_origin = _post_add(ui, "no-origin.png")  # curl, scripts, `random-diffusion submit`
+    assert no_origin.status_code == 200 and "errors" not in no_origin.json(), no_origin.text
+    assert {"same-origin.png", "no-origin.png"} <= set(_images(ui))
+    assert {"same-origin.png", "no-origin.png"} <= set(Deployment(ui["url"]).partition_keys())
+
+
+def test_read_only_query_over_get_and_the_ui_page_still_work(ui):
+    response = requests.get(f"{ui['url']}/graphql", params={"query": "{ version }"}, timeout=60)
+    assert response.status_code == 200 and response.json()["data"]["version"]
+    page = requests.get(f"{ui['url']}/assets", headers={"Accept": "text/html"}, timeout=60)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    localhost = requests.get(f"http://localhost:{ui['port']}/server_info", timeout=60)
+    assert localhost.status_code == 200
+
+
+def test_foreign_host_name_on_loopback_is_refused(ui):
+    # DNS rebinding: evil.example resolves to 127.0.0.1, so the page's requests look same-origin.
+    rebound = f"evil.example:{ui['port']}"
+    response = requests.post(f"{ui['url']}/graphql", json={"query": "{ version }"},
+                             headers={"Host": rebound, "Origin": f"http://{rebound}"}, timeout=60)
+    assert response.status_code == 403 and "DNS-rebinding" in response.text
+
+
+def _websocket_handshake_status(ui, origin: str) -> int:
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1:{ui['port']}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-ws\r\n"
+        f"Origin: {origin}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", ui["port"]), timeout=30) as sock:
+        sock.sendall(request.encode())
+        return int(sock.recv(1024).split(b" ", 2)[1])
+
+
+def test_websocket_from_a_foreign_origin_is_refused(ui):
+    assert _websocket_handshake_status(ui, EVIL) == 403
+    assert _websocket_handshake_status(ui, ui["url"]) == 101  # the UI's own live updates
+
+
+def test_ui_command_also_runs_the_daemon(ui):
+    def sensor_daemon_healthy():
+        statuses = Deployment(ui["url"]).query(DAEMONS_QUERY, {})["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return any(status["daemonType"] == "SENSOR" and status["healthy"] for status in statuses)
+
+    assert _wait_for(sensor_daemon_healthy, 120, "the sensor daemon's heartbeat", interval=2)
+
+
+def test_submit_launches_a_run_through_the_guard(ui):
+    assert _post_add(ui, "submitted.png").status_code == 200
+    deployment = Deployment(ui["url"])
+    (run_id,) = deployment.submit(["a lighthouse"], 3, ["submitted.png"])
+    assert deployment.run_status(run_id) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "SUCCESS", "FAILURE"}
+    tags = ui["instance"].get_run_by_id(run_id).tags
+    assert tags["dagster/asset_partition_range_start"] == tags["dagster/asset_partition_range_end"] == "submitted.png"
