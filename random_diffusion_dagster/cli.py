@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from .batching import MAX_PARTITIONS_PER_RUN, partition_ranges
+from .prompt_sets import submission_tags
 from .settings import PROJECT_ROOT
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -88,7 +89,7 @@ def run_command(args: argparse.Namespace) -> int:
         for partition_range in partition_ranges(keys, keys, args.max_partitions_per_run):
             result = job.execute_in_process(
                 instance=instance,
-                tags=partition_range.tags,
+                tags=partition_range.tags | (submission_tags() if args.prompt else {}),
                 run_config={"resources": resources_config, "ops": ops_config, **QUIET_LOGS},
                 raise_on_error=False,
             )

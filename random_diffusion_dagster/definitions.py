@@ -7,6 +7,7 @@ import dagster as dg
 from .assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
 from .checks import results_readable_on_disk
 from .jobs import diffuse_images_job
+from .observations import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
 from .sensors import new_images_sensor
@@ -45,11 +46,12 @@ def _executor() -> dg.ExecutorDefinition | None:
 
 
 defs = dg.Definitions(
-    assets=[source_images, prompt_list, model_catalog, diffused_image, diffusion_report],
+    assets=[PROMPTS_FILE, MODELS_FILE, IMAGE_FILES, source_images, prompt_list, model_catalog, diffused_image,
+            diffusion_report],
     asset_checks=[results_readable_on_disk],
     jobs=[diffuse_images_job],
     schedules=[catch_up_schedule],
-    sensors=[new_images_sensor, automation_sensor],
+    sensors=[new_images_sensor, input_files_sensor, automation_sensor],
     resources={"dataset": DatasetResource(), "engine": DiffusionEngineResource()},
     executor=_executor(),
 )

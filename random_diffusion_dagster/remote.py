@@ -14,6 +14,7 @@ import requests
 
 from .batching import partition_ranges
 from .engine.prompts import require_prompts
+from .prompt_sets import submission_tags
 
 JOB_NAME = "diffuse_images"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -205,7 +206,8 @@ class Deployment:
         run_ids = []
         for partition_range in partition_ranges(all_keys, wanted, max_per_run):
             what = f"{partition_range.first}..{partition_range.last}"
-            run_ids.append(self._launch(selector, run_config, partition_range.tags, what))
+            tags = partition_range.tags | (submission_tags() if prompts is not None else {})
+            run_ids.append(self._launch(selector, run_config, tags, what))
         return run_ids
 
     def _job_selector(self) -> dict:

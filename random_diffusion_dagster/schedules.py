@@ -8,6 +8,7 @@ from .batching import partition_ranges, ranged_run_requests
 from .engine.freshness import why_stale
 from .jobs import diffuse_images_job
 from .partitions import images_partitions
+from .prompt_sets import current_prompt_set
 from .resources import DatasetResource
 
 CATCH_UP_CRON = os.environ.get("RANDOM_DIFFUSION_CATCH_UP_CRON") or "0 3 * * *"
@@ -25,7 +26,8 @@ CATCH_UP_CRON = os.environ.get("RANDOM_DIFFUSION_CATCH_UP_CRON") or "0 3 * * *"
 def catch_up_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetResource):
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
     files, _missing = dataset.files_for(keys)
-    planner = dataset.planner(dataset.prompts(), dataset.catalog())
+    # The same inputs a run would use: the current prompt list (a submitted one stays current).
+    planner = dataset.planner(current_prompt_set(context.instance, dataset).prompts, dataset.catalog())
     recorded = context.instance.get_materialized_partitions(dg.AssetKey("diffused_image"))
     reasons = {}
     for source in files:

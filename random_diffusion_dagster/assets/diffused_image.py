@@ -5,9 +5,9 @@ import dagster as dg
 from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
 from ..metadata import partition_metadata, run_metadata
+from ..observations import IMAGE_FILES, observation
 from ..partitions import images_partitions
 from ..resources import DatasetResource, DiffusionEngineResource
-from .inputs import source_images
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
 GPU_STEP_TAGS = {
@@ -24,7 +24,7 @@ GPU_STEP_TAGS = {
 
 @dg.asset(
     partitions_def=images_partitions,
-    deps=[source_images],
+    deps=[IMAGE_FILES],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
@@ -40,6 +40,8 @@ def diffused_image(
 ) -> dg.MaterializeResult:
     files, missing = dataset.files_for(context.partition_keys)
     tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
+    for task in tasks:  # the bytes this run read: each partition's provenance names that content
+        context.log_event(observation(IMAGE_FILES, task.source.sha256[:16], partition=task.key))
     summary = engine.run(tasks, context.log.info)
 
     finished = [r for r in summary.results if r.status != "failed"]

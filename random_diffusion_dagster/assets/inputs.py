@@ -6,13 +6,16 @@ from PIL import Image
 
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
-from ..engine.prompts import require_prompts
+from ..engine.plan import catalog_version
+from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation
 from ..partitions import images_partitions, partition_changes
+from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
 
 
 class PromptListConfig(dg.Config):
-    """Override the prompt file for one run, as the old server took {"prompt_list": [...]}."""
+    """Submit a prompt list, as the old server took {"prompt_list": [...]}: it stays current until the
+    prompts file changes or another list is submitted."""
 
     prompt_list: list[str] | None = None
 
@@ -72,32 +75,41 @@ def _sync_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
         instance.delete_dynamic_partition(images_partitions.name, key)
 
 
-@dg.asset(group_name="inputs", description="Prompts to choose from: the prompts file, or `prompt_list` in run config.")
-def prompt_list(context: dg.AssetExecutionContext, config: PromptListConfig, dataset: DatasetResource) -> list[str]:
-    if config.prompt_list is not None:
-        prompts = require_prompts(config.prompt_list, source="run config `prompt_list`")
-        source = "run config"
-    else:
-        prompts = dataset.prompts()
-        source = dataset.prompts_file
-    context.add_output_metadata(
-        {"count": len(prompts), "source": source,
-         "prompts": dg.MetadataValue.md("\n".join(f"1. {p}" for p in prompts))}
+@dg.asset(
+    deps=[PROMPTS_FILE],
+    group_name="inputs",
+    description="The current prompt list: a submitted list (run config `prompt_list`) until the prompts file "
+    "changes or another list is submitted, else the prompts file.",
+)
+def prompt_list(
+    context: dg.AssetExecutionContext, config: PromptListConfig, dataset: DatasetResource
+) -> dg.Output[list[str]]:
+    prompt_set = current_prompt_set(
+        context.instance, dataset, config.prompt_list, context.run.tags.get(SUBMITTED_BY_TAG), context.run_id
     )
-    return prompts
+    version = file_version(dataset.prompts_file)
+    if version:  # what this run read, so the stored list's provenance names that file content
+        context.log_event(observation(PROMPTS_FILE, version))
+    return dg.Output(prompt_set.prompts, data_version=dg.DataVersion(prompt_set.version),
+                     metadata=prompt_set_metadata(prompt_set))
 
 
-@dg.asset(group_name="inputs", description="The diffusion models to choose from, with their per-model defaults.")
-def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -> list[ModelSpec]:
+@dg.asset(
+    deps=[MODELS_FILE],
+    group_name="inputs",
+    description="The diffusion models to choose from, with their per-model defaults.",
+)
+def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.Output[list[ModelSpec]]:
     catalog = dataset.catalog()
+    version = file_version(dataset.models_file)
+    if version:
+        context.log_event(observation(MODELS_FILE, version))
     table = pd.DataFrame(
         [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
           "resolution": m.resolution,
           "steps": m.num_inference_steps, "strength": m.strength, "guidance": m.guidance_scale,
           "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype} for m in catalog]
     )
-    context.add_output_metadata(
-        {"count": len(catalog), "catalog_file": dg.MetadataValue.path(dataset.models_file),
-         "models": dg.MetadataValue.md(table.to_markdown(index=False))}
-    )
-    return catalog
+    metadata = {"count": len(catalog), "catalog_file": dg.MetadataValue.path(dataset.models_file),
+                "models": dg.MetadataValue.md(table.to_markdown(index=False))}
+    return dg.Output(catalog, data_version=dg.DataVersion(catalog_version(catalog)), metadata=metadata)

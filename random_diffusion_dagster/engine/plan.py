@@ -78,6 +78,17 @@ def choose(source_sha256: str, run_seed: int, prompts: list[str], models: list[M
     return prompt, model, rng.randrange(2**32)
 
 
+def prompts_version(prompts: list[str]) -> str:
+    """Identifies a prompt list by content: the same prompts in the same order, the same choices."""
+    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()[:16]
+
+
+def catalog_version(catalog: list[ModelSpec]) -> str:
+    """Identifies a catalog by what can change pixels (descriptions do not count)."""
+    settings = [spec.result_settings() for spec in catalog]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Planner:
     """Today's inputs: plans tasks for source files."""

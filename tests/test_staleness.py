@@ -1,0 +1,140 @@
+"""What makes an image stale, the Dagster way: content versions of the files results are made from.
+
+The stale status is read with the resolver behind the webserver's GraphQL (what the UI shows), through
+the construction Dagster's own tests use; tests/test_deployment.py reads it over GraphQL from a real webserver.
+"""
+
+import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._time import get_current_datetime
+from helpers import make_image
+
+from random_diffusion_dagster.assets import (
+    diffused_image,
+    diffusion_report,
+    model_catalog,
+    prompt_list,
+    source_images,
+)
+from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.definitions import defs
+from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.observations import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
+from random_diffusion_dagster.prompt_sets import submission_tags
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.schedules import catch_up_schedule
+
+SUBMITTED = ["cat dancing in rain"]
+ASSETS = [PROMPTS_FILE, MODELS_FILE, IMAGE_FILES, source_images, prompt_list, model_catalog, diffused_image,
+          diffusion_report]
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _resources(project):
+    return {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
+
+
+def _run(instance, project, selection, keys=None, prompts=None, tags=None):
+    run_config = {"ops": {"prompt_list": {"config": {"prompt_list": prompts}}}} if prompts else None
+    range_tags = partition_range_tags(keys[0], keys[-1]) if keys else {}
+    result = dg.materialize(ASSETS, selection=selection, instance=instance, resources=_resources(project),
+                            run_config=run_config, tags=range_tags | (tags or {}))
+    assert result.success
+    return result
+
+
+def _resolver(instance):
+    # As Dagster's own tests build it (dagster._utils.test.data_versions), over the project's asset graph.
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                          instance=instance, asset_graph=graph)
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
+def _stale(instance, keys):
+    resolver = _resolver(instance)
+    return {k for k in keys if resolver.get_status(dg.AssetKey("diffused_image"), k) == StaleStatus.STALE}
+
+
+def _observe_files(instance, project, cursor=None, refreshes=()):
+    """One input_files_sensor tick, its observations stored as the daemon stores them."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
+    result = input_files_sensor(context)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    requested = {key.to_user_string() for request in result.run_requests for key in request.asset_selection}
+    assert requested == set(refreshes)
+    return result.cursor
+
+
+def _schedule_keys(instance, project):
+    context = dg.build_schedule_context(
+        instance=instance, resources={"dataset": DatasetResource(**project)},
+        scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    )
+    requests = catch_up_schedule(context)
+    if isinstance(requests, dg.SkipReason):
+        return set()
+    keys = instance.get_dynamic_partitions("images")
+    spans = [(keys.index(r.tags["dagster/asset_partition_range_start"]),
+              keys.index(r.tags["dagster/asset_partition_range_end"])) for r in requests]
+    return {keys[i] for first, last in spans for i in range(first, last + 1)}
+
+
+def _prompts_on_disk(project, keys):
+    return {k: read_record(Path(project["output_dir"]) / f"{k}.png").prompt for k in keys}
+
+
+@pytest.fixture
+def submitted(instance, project):
+    """The old server's flow: a prompt list submitted for every image, its images made."""
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    cursor = _observe_files(instance, project)
+    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, SUBMITTED, submission_tags())
+    assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
+    return keys, cursor
+
+
+def test_submitted_prompts_stay_through_the_schedule_and_a_plain_run(instance, project, submitted):
+    keys, _ = submitted
+    assert _schedule_keys(instance, project) == set() and _stale(instance, keys) == set()
+    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys)  # `random-diffusion run`
+    assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
+    latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
+    assert latest["source"].value == "submitted" and "@" in latest["submitted_by"].value
+
+
+def test_editing_the_prompts_file_makes_results_stale_and_the_ui_path_uses_the_new_prompts(
+    instance, project, submitted
+):
+    keys, cursor = submitted
+    Path(project["prompts_file"]).write_text("a lighthouse at dusk\n")
+    _observe_files(instance, project, cursor, refreshes=["prompt_list"])
+    assert _resolver(instance).get_status(dg.AssetKey("prompt_list")) == StaleStatus.STALE  # the UI says so
+    _run(instance, project, ["prompt_list"])  # the refresh run the sensor asked for
+    assert _stale(instance, keys) == set(keys)
+    assert _schedule_keys(instance, project) == set(keys)
+    _run(instance, project, ["diffused_image"], keys)  # Materialize in the UI: loads the stored prompt_list
+    assert set(_prompts_on_disk(project, keys).values()) == {"a lighthouse at dusk"}
+    assert _stale(instance, keys) == set() and _schedule_keys(instance, project) == set()
+
+
+def test_a_comment_edit_in_the_prompts_file_makes_nothing_stale(instance, project, submitted):
+    keys, cursor = submitted
+    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, tags={})
+    prompts = Path(project["prompts_file"])
+    prompts.write_text(prompts.read_text() + "# a note\n")
+    _observe_files(instance, project, cursor, refreshes=["prompt_list"])
+    _run(instance, project, ["prompt_list"])
+    assert _stale(instance, keys) == set()
