@@ -10,6 +10,22 @@ from ..engine.prompts import require_prompts
 from ..partitions import images_partitions, partition_changes
 from ..resources import DatasetResource
 
+# Dagster's documentation recommends at most this many partitions per asset; it enforces no limit.
+MAX_RECOMMENDED_PARTITIONS = 100_000
+
+
+def partition_ceiling_warning(count: int) -> str | None:
+    """What to tell a user whose folder has more images than Dagster recommends partitions for one asset."""
+    if count <= MAX_RECOMMENDED_PARTITIONS:
+        return None
+    return (
+        f"{count:,} images partitions: Dagster recommends at most {MAX_RECOMMENDED_PARTITIONS:,} partitions per "
+        "asset (it enforces no limit, but partition views, status queries and backfills slow down past it). "
+        "All images are still registered. To stay within it, split the images into folders of at most "
+        f"{MAX_RECOMMENDED_PARTITIONS:,} and serve each from its own Dagster deployment (its own DAGSTER_HOME "
+        "and RANDOM_DIFFUSION_IMAGES_DIR); going past it is at your own risk."
+    )
+
 
 class PromptListConfig(dg.Config):
     """Override the prompt file for one run, as the old server took {"prompt_list": [...]}."""
@@ -39,6 +55,10 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
         "skipped": len(skipped),
         "images_dir": dg.MetadataValue.path(dataset.images_dir),
     }
+    warning = partition_ceiling_warning(len(found))
+    if warning:
+        context.log.warning(warning)
+        metadata["warning"] = dg.MetadataValue.text(warning)
     if skipped:
         metadata["skipped_files"] = dg.MetadataValue.md(pd.DataFrame(skipped).to_markdown(index=False))
     previews = _preview_images([row["path"] for row in found], count=8)
