@@ -76,8 +76,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
 
     Trade-off: with no per-file signatures, a registered file whose ctime moved but whose content did not
     (chmod, chown, a new hard link to it) counts as replaced: one more run per range, which reuses its
-    current results instead of diffusing again; its run_key holds the file's size and mtime, so repeated
-    metadata changes do not run it again. A filesystem whose clock runs more than CHANGE_MARGIN_NS behind
+    current results instead of diffusing again; its run_key holds the files' sizes and mtimes, so a second
+    metadata change to the same files asks for the same run_key, which Dagster does not run twice. A filesystem whose clock runs more than CHANGE_MARGIN_NS behind
     this machine's can hide a change from the sensor; the nightly catch-up schedule compares contents.
     """
     state = json.loads(context.cursor) if context.cursor else {}
