@@ -1,6 +1,8 @@
 """`new_images_sensor`: keeps the `images` partitions in step with the folder and asks for runs."""
 
+import hashlib
 import json
+import os
 import time
 
 import dagster as dg
@@ -8,15 +10,50 @@ import dagster as dg
 from .batching import partition_ranges, ranged_run_requests
 from .engine.images import ImageLoadError, SourceFile, probe_image
 from .jobs import diffuse_images_job
-from .partitions import images_partitions, partition_changes
+from .partitions import images_partitions, partition_ceiling_warning, partition_changes
 from .resources import DatasetResource
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
 SETTLE_SECONDS = 60
+# A tick's mark lies this far before its scan started: file timestamps can be up to a second or two coarse
+# and the kernel's clock for them lags time.time_ns() a little, so a change just before the scan is not missed.
+CHANGE_MARGIN_NS = 5 * 10**9
+# Files changed inside the margin are remembered one by one; past this many the margin shrinks (to none).
+RECENT_LIMIT = 1_000
+CURSOR_VERSION = 2
 
 
 def _signature(source: SourceFile) -> str:
     return f"{source.size}:{source.mtime_ns}"
+
+
+def _ctime_ns(path: str) -> int | None:
+    """The inode's change time: moved by every write, rename, link, chmod and utime; no program can set it back."""
+    try:
+        return os.stat(path).st_ctime_ns
+    except OSError:
+        return None  # gone since the scan: the next tick sees it gone
+
+
+def _registered_by_others(ordered: list[str], last: str | None, has_cursor: bool) -> set[str]:
+    """Partitions added since the last tick by someone else (CLI, `source_images`): insertion order tells."""
+    if not has_cursor or last is None:
+        return set(ordered)
+    if last not in ordered:
+        return set()  # our last key was deleted meanwhile: cannot tell, treat none as theirs
+    return set(ordered[ordered.index(last) + 1 :])
+
+
+def _next_mark(last_mark: int, scan_ns: int, handled_ctimes: list[int]) -> int:
+    """The margin before the scan, narrowed when more than RECENT_LIMIT handled files changed inside it.
+
+    Never earlier than the last mark: files older than that were not looked at, so not remembered.
+    """
+    mark = max(last_mark, scan_ns - CHANGE_MARGIN_NS)
+    inside = sorted((c for c in handled_ctimes if c >= mark), reverse=True)
+    if len(inside) > RECENT_LIMIT:
+        mark = min(scan_ns, inside[RECENT_LIMIT] + 1)
+    return mark
 
 
 @dg.sensor(
@@ -28,52 +65,104 @@ def _signature(source: SourceFile) -> str:
     "deletes those whose file is gone, and requests batched runs for new and replaced images.",
 )
 def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
-    state = json.loads(context.cursor) if context.cursor else {}
-    seen: dict[str, str] = state.get("seen", {})  # key -> signature of the file last registered or skipped
-    waiting: dict[str, str] = state.get("waiting", {})  # key -> signature seen last tick, not yet settled
-    partitions = set(context.instance.get_dynamic_partitions(images_partitions.name))
-    files = dataset.source_files()
-    now_ns = time.time_ns()
+    """Looks only at files whose inode changed since the last tick, so the cursor does not grow with the folder.
 
+    The cursor holds a mark (a time just before the last scan), the last partition key it knew, the files
+    still settling and the files handled that changed inside the margin before the scan: never one entry
+    per file of a quiet folder. A file whose change time (ctime) is older than the mark is as the last tick
+    left it. Anything that replaces a file moves its ctime, even when the mtime is set into the past
+    (`cp -p`, rsync, `os.utime`), so such a replacement still runs again.
+
+    Trade-off: with no per-file signatures, a registered file whose ctime moved but whose content did not
+    (chmod, chown, a new hard link to it) counts as replaced: one more run per range, which reuses its
+    current results instead of diffusing again; its run_key holds the files' sizes and mtimes, so a second
+    metadata change to the same files asks for the same run_key, which Dagster does not run twice. A filesystem whose clock runs more than CHANGE_MARGIN_NS behind
+    this machine's can hide a change from the sensor; the nightly catch-up schedule compares contents.
+    """
+    state = json.loads(context.cursor) if context.cursor else {}
+    has_cursor = "mark" in state
+    mark: int = state.get("mark", 0)
+    waiting: dict[str, str] = state.get("waiting", {})  # key -> signature seen last tick, not yet settled
+    recent: dict[str, int] = state.get("recent", {})  # key -> ctime of a handled file that changed near the mark
+    legacy_seen: dict[str, str] = state.get("seen", {})  # cursors before version 2: key -> signature
+    ordered = context.instance.get_dynamic_partitions(images_partitions.name)
+    partitions = set(ordered)
+    if legacy_seen:
+        theirs = partitions - set(legacy_seen)
+    else:
+        theirs = _registered_by_others(ordered, state.get("last"), has_cursor)
+
+    scan_ns = time.time_ns()
+    files = dataset.source_files()
     new_keys, replaced_keys, next_waiting = [], [], {}
+    signatures: dict[str, str] = {}
+    handled: dict[str, int] = {}  # key -> ctime of every file settled and dealt with in this tick
     for source in files:
         key, signature = source.partition_key, _signature(source)
-        if seen.get(key) == signature:
+        ctime = _ctime_ns(source.path)
+        if ctime is None or (ctime < mark and key not in waiting):
+            continue  # nothing about this file changed since the last tick looked
+        if recent.get(key) == ctime or legacy_seen.get(key) == signature:
+            handled[key] = ctime
             continue
-        if key in partitions and key not in seen:
-            seen[key] = signature  # registered before this sensor knew it (CLI or source_images)
-            continue
-        settled = waiting.get(key) == signature or now_ns - source.mtime_ns > SETTLE_SECONDS * 1e9
+        settled = waiting.get(key) == signature or scan_ns - source.mtime_ns > SETTLE_SECONDS * 1e9
         if not settled:
             next_waiting[key] = signature
             continue
-        seen[key] = signature
+        handled[key] = ctime
+        signatures[key] = signature
+        if key in partitions:
+            if key not in theirs:
+                replaced_keys.append(key)
+            continue
         try:
             probe_image(source.path)
         except ImageLoadError as exc:
             context.log.info(f"Skipping {source.name}: {exc}")
             continue
-        (replaced_keys if key in partitions else new_keys).append(key)
+        new_keys.append(key)
 
-    present = [source.partition_key for source in files]
-    gone = partition_changes(list(partitions), present).gone
-    for key in set(seen) - set(present):
-        del seen[key]
+    gone = partition_changes(ordered, [source.partition_key for source in files]).gone
     if new_keys or replaced_keys or gone:
         context.log.info(f"{len(new_keys)} new, {len(replaced_keys)} replaced, {len(gone)} removed images")
+    gone_set = set(gone)
+    kept = [key for key in ordered if key not in gone_set] + new_keys
+    warning = partition_ceiling_warning(len(kept))
+    if warning and (new_keys or not has_cursor):
+        context.log.warning(warning)
 
     # Added in one request at the end, the new keys are contiguous in partition order.
     requests = ranged_run_requests(
-        partition_ranges(new_keys, new_keys), lambda r: f"new:{r.first}...{r.last}:{seen[r.first]}"
+        partition_ranges(new_keys, new_keys), lambda r: f"new:{r.first}...{r.last}:{signatures[r.first]}"
     )
-    requests += [dg.RunRequest(run_key=f"replaced:{key}:{seen[key]}", partition_key=key) for key in replaced_keys]
+    requests += _replaced_requests(ordered, replaced_keys, signatures)
     partition_requests = []
     if new_keys:
         partition_requests.append(images_partitions.build_add_request(new_keys))
     if gone:
         partition_requests.append(images_partitions.build_delete_request(gone))
+    next_mark = _next_mark(mark, scan_ns, list(handled.values()))
+    cursor = {
+        "v": CURSOR_VERSION,
+        "mark": next_mark,
+        "last": kept[-1] if kept else None,
+        "waiting": next_waiting,
+        "recent": {key: ctime for key, ctime in handled.items() if ctime >= next_mark},
+    }
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=partition_requests,
-        cursor=json.dumps({"seen": seen, "waiting": next_waiting}, separators=(",", ":")),
+        cursor=json.dumps(cursor, separators=(",", ":")),
     )
+
+
+def _replaced_requests(ordered: list[str], replaced: list[str], signatures: dict[str, str]) -> list[dg.RunRequest]:
+    """One run per range of consecutive replaced partitions; the run_key changes with any file's size or mtime."""
+    requests = []
+    for r in partition_ranges(ordered, replaced):
+        if len(r.keys) == 1:
+            requests.append(dg.RunRequest(run_key=f"replaced:{r.first}:{signatures[r.first]}", partition_key=r.first))
+        else:
+            digest = hashlib.sha1("\n".join(f"{k}:{signatures[k]}" for k in r.keys).encode()).hexdigest()[:16]
+            requests.append(dg.RunRequest(run_key=f"replaced:{r.first}...{r.last}:{digest}", tags=r.tags))
+    return requests

@@ -12,7 +12,6 @@ import pytest
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
-from helpers import make_image
 
 from random_diffusion_dagster.assets import (
     diffused_image,
@@ -28,6 +27,8 @@ from random_diffusion_dagster.observations import IMAGE_FILES, MODELS_FILE, PROM
 from random_diffusion_dagster.prompt_sets import submission_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.schedules import catch_up_schedule
+
+from helpers import make_image
 
 SUBMITTED = ["cat dancing in rain"]
 ASSETS = [PROMPTS_FILE, MODELS_FILE, IMAGE_FILES, source_images, prompt_list, model_catalog, diffused_image,

@@ -8,7 +8,7 @@ from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ..engine.plan import catalog_version
 from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation
-from ..partitions import images_partitions, partition_changes
+from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
 
@@ -45,6 +45,10 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     }
     for entry in skipped:
         context.log.warning(f"Skipped {entry['name']}: {entry['reason']}")
+    warning = partition_ceiling_warning(len(found))
+    if warning:
+        context.log.warning(warning)
+        metadata["warning"] = dg.MetadataValue.text(warning)
     if skipped:
         metadata["skipped_files"] = dg.MetadataValue.md(pd.DataFrame(skipped).to_markdown(index=False))
     previews = _preview_images([row["path"] for row in found], count=8)
