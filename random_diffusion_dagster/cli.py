@@ -75,7 +75,8 @@ def run_command(args: argparse.Namespace) -> int:
     resources_config = {"engine": {"config": {"progress_bar": True, "batch_size": args.batch_size}}}
     if args.seed is not None:
         resources_config["dataset"] = {"config": {"seed": args.seed}}
-    ops_config = {"prompt_list": {"config": {"prompt_list": args.prompt}}} if args.prompt else {}
+    prompt_config = {"prompt_list": args.prompt} if args.prompt else {"use_prompts_file": args.use_prompts_file}
+    ops_config = {"prompt_list": {"config": prompt_config}}
     dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
     lock = _instance_home() / ".dagster" / "cli-run.lock"
     with project_instance() as instance, exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."):
@@ -162,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
     run.add_argument("--seed", type=int, help="run seed (default RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
-    run.add_argument("--prompt", action="append", help="use these prompts instead of the prompts file (repeatable)")
+    prompts = run.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", action="append",
+                         help="submit these prompts (repeatable): they stay current until the prompts file changes")
+    prompts.add_argument("--use-prompts-file", action="store_true",
+                         help="go back to the prompts file now, even if a submitted prompt list is current")
     run.add_argument("--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)")
     run.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
                      help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")

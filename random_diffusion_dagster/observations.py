@@ -44,6 +44,21 @@ def observation(spec: dg.AssetSpec, version: str, partition: str | None = None) 
     return dg.AssetObservation(spec.key, partition=partition, tags={DATA_VERSION_TAG: version})
 
 
+def report_what_was_read(context: dg.AssetExecutionContext, observations: list[dg.AssetObservation]) -> None:
+    """Log observations of the inputs a step read, and let its materialization's provenance name them.
+
+    Dagster reads the upstream versions for a step's provenance when the step starts; without the
+    refresh, the first result made from a file would record no version for it, and a later change
+    would never show as stale. (The step context's wipe is Dagster's own tool for inputs that change
+    during the step.)
+    """
+    for event in observations:
+        context.log_event(event)
+    step = context.get_step_execution_context()
+    for key in {event.asset_key for event in observations}:
+        step.wipe_input_asset_version_info(key)
+
+
 def file_version(path: str | os.PathLike) -> str | None:
     """Content hash of a file, or None if it cannot be read (the asset that reads it explains why)."""
     try:

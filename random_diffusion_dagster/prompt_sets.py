@@ -48,6 +48,7 @@ def current_prompt_set(
     submitted: list[str] | None = None,
     submitted_by: str | None = None,
     run_id: str | None = None,
+    use_prompts_file: bool = False,
 ) -> PromptSet:
     """The submitted list if given; else the last submitted one while the file is unchanged; else the file."""
     if submitted is not None:
@@ -59,7 +60,7 @@ def current_prompt_set(
         return PromptSet(prompts, "submitted", file_version, submitted_by, run_id)
     file_prompts = dataset.prompts()
     file_version = prompts_version(file_prompts)
-    latest = latest_prompt_set(instance)
+    latest = None if use_prompts_file else latest_prompt_set(instance)
     if latest is not None and latest.source == "submitted" and latest.file_version == file_version:
         return latest
     return PromptSet(file_prompts, "file", file_version)

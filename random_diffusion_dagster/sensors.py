@@ -10,6 +10,7 @@ import dagster as dg
 from .batching import partition_ranges, ranged_run_requests
 from .engine.images import ImageLoadError, SourceFile, probe_image
 from .jobs import diffuse_images_job
+from .observations import IMAGE_FILES, file_version, observation
 from .partitions import images_partitions, partition_ceiling_warning, partition_changes
 from .resources import DatasetResource
 
@@ -95,6 +96,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     scan_ns = time.time_ns()
     files = dataset.source_files()
     new_keys, replaced_keys, next_waiting = [], [], {}
+    replaced_paths: dict[str, str] = {}
     signatures: dict[str, str] = {}
     handled: dict[str, int] = {}  # key -> ctime of every file settled and dealt with in this tick
     for source in files:
@@ -102,8 +104,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         ctime = _ctime_ns(source.path)
         if ctime is None or (ctime < mark and key not in waiting):
             continue  # nothing about this file changed since the last tick looked
-        if recent.get(key) == ctime or legacy_seen.get(key) == signature:
-            handled[key] = ctime
+        if recent.get(key) == ctime or legacy_seen.get(key) == signature or key in theirs:
+            handled[key] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run
             continue
         settled = waiting.get(key) == signature or scan_ns - source.mtime_ns > SETTLE_SECONDS * 1e9
         if not settled:
@@ -112,8 +114,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         handled[key] = ctime
         signatures[key] = signature
         if key in partitions:
-            if key not in theirs:
-                replaced_keys.append(key)
+            replaced_keys.append(key)
+            replaced_paths[key] = source.path
             continue
         try:
             probe_image(source.path)
@@ -149,8 +151,12 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         "waiting": next_waiting,
         "recent": {key: ctime for key, ctime in handled.items() if ctime >= next_mark},
     }
+    # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
+    versions = {key: file_version(path) for key, path in replaced_paths.items()}
+    observations = [observation(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version]
     return dg.SensorResult(
         run_requests=requests,
+        asset_events=observations,
         dynamic_partitions_requests=partition_requests,
         cursor=json.dumps(cursor, separators=(",", ":")),
     )

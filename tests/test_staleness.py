@@ -27,6 +27,8 @@ from random_diffusion_dagster.observations import IMAGE_FILES, MODELS_FILE, PROM
 from random_diffusion_dagster.prompt_sets import submission_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.schedules import catch_up_schedule
+from random_diffusion_dagster.sensors import new_images_sensor
+from test_automation import _age
 
 from helpers import make_image
 
@@ -139,3 +141,30 @@ def test_a_comment_edit_in_the_prompts_file_makes_nothing_stale(instance, projec
     _observe_files(instance, project, cursor, refreshes=["prompt_list"])
     _run(instance, project, ["prompt_list"])
     assert _stale(instance, keys) == set()
+
+
+def test_replacing_one_image_makes_only_its_partition_stale(instance, project, submitted):
+    keys, _ = submitted
+    context = dg.build_sensor_context(instance=instance, resources={"dataset": DatasetResource(**project)})
+    cursor = new_images_sensor(context).cursor  # the sensor's first look at the folder
+    replaced = Path(project["images_dir"]) / "red.png"
+    make_image(replaced, color=(10, 10, 10))  # same name, other content, fully written a while ago
+    _age(replaced)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
+    result = new_images_sensor(context)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    assert [r.partition_key for r in result.run_requests] == ["red.png"], result.run_requests
+    assert _stale(instance, keys) == {"red.png"}
+    touched = Path(project["images_dir"]) / "blue.webp"
+    touched.chmod(0o644)  # metadata only: the sensor looks again, the content version is unchanged
+    assert _stale(instance, keys) == {"red.png"}
+
+
+def test_asking_for_the_prompts_file_ends_a_submitted_list(instance, project, submitted):
+    keys, _ = submitted
+    run_config = {"ops": {"prompt_list": {"config": {"use_prompts_file": True}}}}
+    dg.materialize(ASSETS, selection=["prompt_list", "model_catalog", "diffused_image"], instance=instance,
+                   resources=_resources(project), run_config=run_config, tags=partition_range_tags(keys[0], keys[-1]))
+    file_prompts = {"a red fox", "an ice castle", "the sea at night"}
+    assert set(_prompts_on_disk(project, keys).values()) <= file_prompts

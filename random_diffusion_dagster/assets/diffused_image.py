@@ -5,7 +5,7 @@ import dagster as dg
 from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
 from ..metadata import partition_metadata, run_metadata
-from ..observations import IMAGE_FILES, observation
+from ..observations import IMAGE_FILES, observation, report_what_was_read
 from ..partitions import images_partitions
 from ..resources import DatasetResource, DiffusionEngineResource
 
@@ -40,8 +40,8 @@ def diffused_image(
 ) -> dg.MaterializeResult:
     files, missing = dataset.files_for(context.partition_keys)
     tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
-    for task in tasks:  # the bytes this run read: each partition's provenance names that content
-        context.log_event(observation(IMAGE_FILES, task.source.sha256[:16], partition=task.key))
+    # The bytes this run read: each partition's provenance names that content.
+    report_what_was_read(context, [observation(IMAGE_FILES, t.source.sha256[:16], partition=t.key) for t in tasks])
     summary = engine.run(tasks, context.log.info)
 
     finished = [r for r in summary.results if r.status != "failed"]

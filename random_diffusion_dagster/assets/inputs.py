@@ -2,12 +2,13 @@
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 from PIL import Image
 
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ..engine.plan import catalog_version
-from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation
+from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation, report_what_was_read
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
@@ -18,6 +19,9 @@ class PromptListConfig(dg.Config):
     prompts file changes or another list is submitted."""
 
     prompt_list: list[str] | None = None
+    use_prompts_file: bool = Field(
+        default=False, description="Go back to the prompts file now, even if a submitted list is current."
+    )
 
 
 @dg.asset(group_name="inputs", description="The images found in the images folder; registers one `images` partition each.")
@@ -89,11 +93,12 @@ def prompt_list(
     context: dg.AssetExecutionContext, config: PromptListConfig, dataset: DatasetResource
 ) -> dg.Output[list[str]]:
     prompt_set = current_prompt_set(
-        context.instance, dataset, config.prompt_list, context.run.tags.get(SUBMITTED_BY_TAG), context.run_id
+        context.instance, dataset, config.prompt_list, context.run.tags.get(SUBMITTED_BY_TAG), context.run_id,
+        use_prompts_file=config.use_prompts_file,
     )
     version = file_version(dataset.prompts_file)
     if version:  # what this run read, so the stored list's provenance names that file content
-        context.log_event(observation(PROMPTS_FILE, version))
+        report_what_was_read(context, [observation(PROMPTS_FILE, version)])
     return dg.Output(prompt_set.prompts, data_version=dg.DataVersion(prompt_set.version),
                      metadata=prompt_set_metadata(prompt_set))
 
@@ -107,7 +112,7 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     catalog = dataset.catalog()
     version = file_version(dataset.models_file)
     if version:
-        context.log_event(observation(MODELS_FILE, version))
+        report_what_was_read(context, [observation(MODELS_FILE, version)])
     table = pd.DataFrame(
         [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
           "resolution": m.resolution,
