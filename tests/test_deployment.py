@@ -155,6 +155,28 @@ def test_submit_wait_reports_outputs_and_metadata_over_graphql(deployment):
     assert len({m["seed"] for m in metadata}) == 3 and all(m["inference_seconds"] > 0 for m in metadata)
 
 
+STALE_QUERY = """
+query($partitions: [String!]!) {
+  prompts: assetNodeOrError(assetKey: {path: ["prompt_list"]}) { ... on AssetNode { staleStatus } }
+  images: assetNodeOrError(assetKey: {path: ["diffused_image"]}) {
+    ... on AssetNode { staleStatusByPartition(partitions: $partitions) }
+  }
+}"""
+
+
+def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment):
+    """After the submission above: the daemon's input_files_sensor sees the edit and refreshes prompt_list."""
+    url, keys = deployment["url"], [f"start{i}.png" for i in range(3)]
+    _wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    status = Deployment(url).query(STALE_QUERY, {"partitions": keys})
+    assert status["images"]["staleStatusByPartition"] == ["FRESH"] * 3  # the submitted list is current
+    (deployment["root"] / "prompts.txt").write_text("a lighthouse\na forest\na harbour at night\n")
+    stale = _wait_for(
+        lambda: Deployment(url).query(STALE_QUERY, {"partitions": keys})["images"]["staleStatusByPartition"]
+        == ["STALE"] * 3, 240, "the edit to show as stale")
+    assert stale and Deployment(url).query(STALE_QUERY, {"partitions": keys})["prompts"]["staleStatus"] == "FRESH"
+
+
 def test_submit_names_an_unreachable_webserver(deployment):
     completed = subprocess.run(
         [str(BIN / "random-diffusion"), "submit", "--url", f"http://127.0.0.1:{_free_port()}", "--prompt", "x"],
