@@ -122,7 +122,7 @@ with dg.DagsterInstance.get() as instance:
     for record in instance.get_run_records():
         run_id = record.dagster_run.run_id
         events = instance.all_logs(run_id)
-        worker, start, end, loads = None, None, None, None
+        worker, start, end = None, None, None
         for e in events:
             if e.step_key != "diffused_image" or not e.dagster_event:
                 continue
@@ -134,8 +134,9 @@ with dg.DagsterInstance.get() as instance:
                 end = e.timestamp
             elif e.dagster_event.event_type == T.ASSET_MATERIALIZATION:
                 m = e.dagster_event.step_materialization_data.materialization
-                loads = m.metadata["pipeline_loads"].value  # run-level metadata, on every partition's event
                 out["materializations"][m.partition] = out["materializations"].get(m.partition, 0) + 1
+        loads = record.dagster_run.tags.get("random_diffusion/pipeline_loads")  # the run's figures are its tags
+        loads = int(loads) if loads is not None else None
         out["runs"].append({"run_id": run_id, "status": record.dagster_run.status.value, "worker": worker,
                             "step_seconds": round(end - start, 2) if start and end else None, "pipeline_loads": loads})
 print(json.dumps(out))

@@ -1,4 +1,8 @@
-"""`random-diffusion`: build the demo models and run the whole pipeline from a terminal."""
+"""`random-diffusion`: diffuse a folder of images with prompts and models drawn at random, from a terminal.
+
+`run` does the whole job on this machine; `submit` sends it to a running deployment; `ui` starts
+the Dagster UI with its daemon; `build-demo-models` writes the tiny offline models the tests use.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import fcntl
 import os
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import dagster as dg
@@ -151,18 +156,22 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="random-diffusion", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="random-diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('random_diffusion_dagster')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser(
         "build-demo-models", help="build random-weight stand-ins of the demo models (smallest, fastest; for tests)"
     )
-    build.add_argument("--models-dir", default=str(PROJECT_ROOT / "data" / "models-random"))
+    build.add_argument("--models-dir", default=str(PROJECT_ROOT / "data" / "models-random"),
+                       help="where to write them (default: %(default)s)")
     build.add_argument("--force", action="store_true", help="rebuild even if present")
     build.set_defaults(handler=build_demo_models_command)
 
     run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
-    run.add_argument("--seed", type=int, help="run seed (default RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
+    run.add_argument("--seed", type=int, help="run seed (default: RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
     prompts = run.add_mutually_exclusive_group()
     prompts.add_argument("--prompt", action="append",
                          help="submit these prompts (repeatable): they stay current until the prompts file changes")
@@ -174,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(handler=run_command)
 
     submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
-    submit.add_argument("--url", default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"))
-    submit.add_argument("--prompt", action="append", help="prompt to choose from (repeatable); default: the prompts file")
+    submit.add_argument("--url", default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
+                        help="the webserver, with credentials and path prefix if any "
+                        "(default: %(default)s, DAGSTER_WEBSERVER_URL)")
+    submit.add_argument("--prompt", action="append",
+                        help="submit these prompts (repeatable): they stay current until the prompts file changes; "
+                        "default: the current prompt list")
     submit.add_argument("--seed", type=int, help="run seed; a new seed re-rolls")
     submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
     submit.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,

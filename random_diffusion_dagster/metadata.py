@@ -14,13 +14,17 @@ def partition_metadata(result: ImageResult) -> dict:
     """What one partition's materialization shows: its record's partition fields, path and preview."""
     metadata = result.record.partition_metadata()
     metadata["reused_existing"] = result.status == "reused"
-    metadata["output_path"] = dg.MetadataValue.path(result.record.output_path)
+    metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
     return metadata
 
 
-def run_metadata(summary: RunSummary, failures: dict[str, str]) -> dict:
-    return {
+RUN_TAG_PREFIX = "random_diffusion/"
+
+
+def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]:
+    """The run's totals, as run tags: shown on the run's page, not stamped on each image."""
+    figures = {
         "generated": len(summary.with_status("generated")),
         "reused": len(summary.with_status("reused")),
         "failed": len(failures),
@@ -29,3 +33,4 @@ def run_metadata(summary: RunSummary, failures: dict[str, str]) -> dict:
         "images_per_second": round(summary.images_per_second, 3),
         "device": summary.device,
     }
+    return {f"{RUN_TAG_PREFIX}{name}": str(value) for name, value in figures.items()}

@@ -56,7 +56,7 @@ def current_prompt_set(
             file_version = prompts_version(dataset.prompts())
         except PromptListError:
             file_version = None  # a submission does not need a usable prompts file
-        prompts = require_prompts(submitted, source="the submitted prompt list")
+        prompts = require_prompts(submitted, source="run config `prompt_list`")
         return PromptSet(prompts, "submitted", file_version, submitted_by, run_id)
     file_prompts = dataset.prompts()
     file_version = prompts_version(file_prompts)

@@ -96,7 +96,7 @@ def test_an_output_location_that_is_a_file_fails_before_any_model_loads(project,
 
 
 def test_the_report_works_when_every_image_failed(project):
-    report = build_report(project["output_dir"], ["a.png", "b.png"])
+    report = build_report(project["output_dir"], ["a.png", "b.png"], project["images_dir"])
     assert report.image_count == 0 and report.failure_count == 2 and report.contact_sheet is None
     assert list(report.summary["failures"]) == [2]
 

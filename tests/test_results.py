@@ -1,17 +1,28 @@
 """The result record: written into PNGs, read back, and the only way result fields travel."""
 
 import dataclasses
+import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
 
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.images import scan_folder
+from random_diffusion_dagster.engine.pipelines import PipelineCache, model_hash
+from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.results import (
+    A1111_SAMPLERS,
     ResultRecord,
     a1111_parameters,
+    a1111_sampler,
     output_path_for,
     read_record,
     write_result_png,
 )
+from random_diffusion_dagster.engine.runner import run_tasks
 
 
 def _record(**changes) -> ResultRecord:
@@ -59,3 +70,50 @@ def test_partition_metadata_holds_the_marked_fields_and_skips_absent_ones():
     assert metadata["prompt"] == "a cat, dancing" and metadata["seed"] == 7
     assert "prompt_truncated" not in metadata and "source_path" not in metadata and "created_at" not in metadata
     assert _record(prompt_truncated=True).partition_metadata()["prompt_truncated"] is True
+
+
+# AUTOMATIC1111's own reader (modules/infotext_utils.py, parse_generation_parameters), as other tools copy it.
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_a1111(text: str) -> dict:
+    *lines, last = text.strip().split("\n")
+    prompt, negative = [], []
+    for line in lines:
+        (negative if line.startswith("Negative prompt:") or negative else prompt).append(line)
+    parsed = {"Prompt": "\n".join(prompt)}
+    if negative:
+        parsed["Negative prompt"] = "\n".join(negative)[len("Negative prompt:"):].strip()
+    for key, value in A1111_PARAM.findall(last):
+        parsed[key.strip()] = json.loads(value) if value.startswith('"') else value
+    return parsed
+
+
+def test_a_generated_png_reads_as_a1111_parameters_with_relative_paths_and_a_normal_mode(project, models_dir):
+    planner = Planner(["a red fox, at dusk"], load_catalog(project["models_file"]), 0, project["output_dir"])
+    tasks, _ = planner.plan(scan_folder(project["images_dir"]))
+    (result, *_) = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results
+    path = Path(result.task.output_path)
+    with Image.open(path) as image:
+        parsed = parse_a1111(image.text["parameters"])
+        record_text = image.text["random_diffusion"]
+    assert parsed["Prompt"] == "a red fox, at dusk" and parsed["Seed"] == str(result.task.seed)
+    assert parsed["Sampler"] in A1111_SAMPLERS.values() and parsed["Size"] == result.record.output_size
+    assert re.fullmatch(r"[0-9a-f]{10}", parsed["Model hash"]) and parsed["Model"] == result.task.model.name
+    assert parsed["Model hash"] == model_hash(result.task.model)
+    assert project["images_dir"] not in record_text and project["output_dir"] not in record_text
+    assert str(models_dir) not in record_text
+    assert result.record.source_file == Path(result.task.source_path).name
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_sampler_names_follow_a1111():
+    assert a1111_sampler("EulerAncestralDiscreteScheduler") == "Euler a"
+    assert a1111_sampler("DPMSolverMultistepScheduler", karras_sigmas=True) == "DPM++ 2M Karras"
+    assert a1111_sampler("MyOwnScheduler") == "MyOwnScheduler"

@@ -4,7 +4,7 @@ import dagster as dg
 
 from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
-from ..metadata import partition_metadata, run_metadata
+from ..metadata import partition_metadata, run_figures
 from ..observations import IMAGE_FILES, observation, report_what_was_read
 from ..partitions import images_partitions
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -49,10 +49,11 @@ def diffused_image(
         if result.record.prompt_truncated:
             context.log.warning(f"{result.task.key}: prompt longer than the text encoder reads; only its start was used")
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
+    context.instance.add_run_tags(context.run_id, run_figures(summary, failures))
     if not failures:
         for result in finished:
             context.add_asset_metadata(partition_metadata(result), partition_key=result.task.key)
-        return dg.MaterializeResult(metadata=run_metadata(summary, failures))
+        return dg.MaterializeResult()
     # A failing step records none of its partitions, so the finished ones are reported one by one
     # first: Dagster's record then agrees with the disk.
     for result in finished:
@@ -62,5 +63,4 @@ def diffused_image(
     raise dg.Failure(
         description=f"{len(failures)} of {len(context.partition_keys)} images failed; the {len(finished)} finished "
         "are saved and recorded, and a rerun reuses them:\n" + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
-        metadata=run_metadata(summary, failures),
     )

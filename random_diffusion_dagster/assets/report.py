@@ -25,7 +25,7 @@ REPORT_AUTOMATION = (
 )
 def diffusion_report(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
-    report = build_report(dataset.output_dir, keys)
+    report = build_report(dataset.output_dir, keys, dataset.images_dir)
     metadata = {
         "images": report.image_count,
         "failures": report.failure_count,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ModelSpec
+from .quiet import silence_harmless_notices
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # Components that may be shared between pipelines when their weights are byte-identical
@@ -105,6 +106,7 @@ def load_pipeline(
 
     `shared` maps component names to already loaded modules to reuse instead of loading.
     """
+    silence_harmless_notices()
     import diffusers
     import transformers
 
@@ -112,7 +114,7 @@ def load_pipeline(
     transformers.utils.logging.disable_progress_bar()
     _check_source_exists(spec)
     dtype = pick_dtype(spec.dtype, device, dtype_override)
-    skip_checker = {} if spec.safety_checker else {"safety_checker": None, "feature_extractor": None}
+    skip_checker = {} if spec.safety_checker else _without_safety_checker(spec)
     try:
         if spec.source_kind == "single_file":
             pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_single_file(
@@ -128,6 +130,16 @@ def load_pipeline(
         pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return apply_speedups(pipeline.to(device), device, speedups)
+
+
+def _without_safety_checker(spec: ModelSpec) -> dict[str, Any]:
+    """Loader arguments that leave the checker out; `requires_safety_checker=False` says it is on purpose
+    (the catalog decides), which spares every load diffusers' licence notice. Only SD pipelines take it."""
+    arguments: dict[str, Any] = {"safety_checker": None, "feature_extractor": None}
+    index = Path(spec.source) / "model_index.json"
+    if spec.source_kind == "single_file" or (index.is_file() and '"safety_checker"' in index.read_text()):
+        arguments["requires_safety_checker"] = False
+    return arguments
 
 
 def apply_speedups(pipeline, device: str, speedups: Speedups):
@@ -169,6 +181,23 @@ def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:
                 digest.update(path.name.encode() + _file_digest(str(path), path.stat().st_size, path.stat().st_mtime_ns))
             identities[name] = digest.hexdigest()
     return identities
+
+
+def model_hash(spec: ModelSpec) -> str | None:
+    """AUTOMATIC1111's short model hash (first 10 hex digits of the checkpoint's sha256); for a diffusers
+    folder, of its weight files' hashes in name order. None for hub ids (their files are not ours to read)."""
+    source = Path(spec.source)
+    if spec.source_kind == "single_file" and source.is_file():
+        stat = source.stat()
+        return _file_digest(str(source), stat.st_size, stat.st_mtime_ns).hex()[:10]
+    if spec.source_kind == "path" and source.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in source.rglob("*") if p.suffix in WEIGHT_SUFFIXES):
+            stat = path.stat()
+            digest.update(path.relative_to(source).as_posix().encode())
+            digest.update(_file_digest(str(path), stat.st_size, stat.st_mtime_ns))
+        return digest.hexdigest()[:10]
+    return None
 
 
 @lru_cache(maxsize=256)
@@ -345,12 +374,15 @@ class PipelineCache:
                     break
         return shared
 
-    def describe(self, name: str) -> dict[str, str]:
-        """Scheduler, dtype and device of a resident pipeline, for result records."""
-        pipeline = self._resident[name].pipeline
-        return {"scheduler": type(pipeline.scheduler).__name__, "dtype": str(pipeline.dtype).replace("torch.", ""),
-                "device": self.device,
-                "safety_checker": "run" if getattr(pipeline, "safety_checker", None) is not None else "not run"}
+    def describe(self, name: str) -> dict[str, Any]:
+        """Scheduler, dtype, device and model hash of a resident pipeline, for result records."""
+        entry = self._resident[name]
+        pipeline = entry.pipeline
+        return {"scheduler": type(pipeline.scheduler).__name__,
+                "karras_sigmas": bool(getattr(pipeline.scheduler.config, "use_karras_sigmas", False)),
+                "dtype": str(pipeline.dtype).replace("torch.", ""), "device": self.device,
+                "safety_checker": "run" if getattr(pipeline, "safety_checker", None) is not None else "not run",
+                "model_hash": model_hash(entry.spec)}
 
     def evict(self, name: str) -> None:
         entry = self._resident.pop(name, None)

@@ -43,7 +43,7 @@ class Report:
         return len(self.failures)
 
 
-def build_report(output_dir: str | os.PathLike, keys: list[str]) -> Report:
+def build_report(output_dir: str | os.PathLike, keys: list[str], images_dir: str | os.PathLike) -> Report:
     """Read every partition's result record and failure file; write summary.csv and contact_sheet.png."""
     output_dir = location(output_dir)
     records: list[ResultRecord] = []
@@ -59,7 +59,7 @@ def build_report(output_dir: str | os.PathLike, keys: list[str]) -> Report:
     report_dir = output_dir / "report"
     csv_path = report_dir / "summary.csv"
     write_bytes_atomic(csv_path, summary.to_csv(index=False).encode())
-    sheet = contact_sheet(records[:MAX_SHEET_ROWS]) if records else None
+    sheet = contact_sheet(records[:MAX_SHEET_ROWS], images_dir, output_dir) if records else None
     sheet_path = report_dir / "contact_sheet.png"
     if sheet is not None:
         buffer = io.BytesIO()
@@ -91,7 +91,9 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
     return summary.rename_axis("model").reset_index()[SUMMARY_COLUMNS]
 
 
-def contact_sheet(records: list[ResultRecord]) -> Image.Image:
+def contact_sheet(
+    records: list[ResultRecord], images_dir: str | os.PathLike, output_dir: str | os.PathLike
+) -> Image.Image:
     """Source beside result for each record, captioned with prompt, model and seed."""
     font = ImageFont.load_default(size=13)
     row_height = THUMB + 8
@@ -99,7 +101,8 @@ def contact_sheet(records: list[ResultRecord]) -> Image.Image:
     draw = ImageDraw.Draw(sheet)
     for row, record in enumerate(records):
         top = 4 + row * row_height
-        for column, path in enumerate((record.source_path, record.output_path)):
+        paths = (location(images_dir) / record.source_file, location(output_dir) / record.output_file)
+        for column, path in enumerate(paths):
             sheet.paste(_thumbnail(path), (4 + column * (THUMB + 8), top))
         caption = "\n".join(
             textwrap.wrap(record.prompt, 44)[:4]

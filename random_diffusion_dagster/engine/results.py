@@ -46,8 +46,8 @@ class ResultRecord:
     pipeline_load_seconds: float = _partition()
     inference_seconds: float = _partition()
     total_seconds: float = _partition()
-    vram_peak_allocated_mb: float = _partition()
-    vram_peak_reserved_mb: float = _partition()
+    vram_peak_allocated_mb: float | None = _partition()  # None on devices without GPU memory
+    vram_peak_reserved_mb: float | None = _partition()
     rss_peak_mb: float = _partition()
     device: str = _partition()
     scheduler: str = _partition()
@@ -57,15 +57,16 @@ class ResultRecord:
     prompt_truncated: bool | None = _partition(default=None)  # absent in records written before it existed
     negative_prompt: str = ""
     model_source: str = ""
+    model_hash: str | None = None  # AUTOMATIC1111's short hash of the weights (None for hub ids)
     dtype: str = ""
     run_seed: int = 0
-    source_path: str = ""
+    source_file: str = ""  # relative to the images folder: records carry no local paths
     source_sha256: str = ""
     # With the fingerprint these let a schedule see a stale result without hashing the source.
     source_bytes: int | None = None
     source_mtime_ns: int | None = None
     model_input_size: str = ""
-    output_path: str = ""
+    output_file: str = ""  # relative to the output folder
     created_at: str = ""
 
     def partition_metadata(self) -> dict:
@@ -154,6 +155,31 @@ def read_failure(output_dir: str | os.PathLike, key: str) -> FailureRecord | Non
 
 def clear_failure(output_dir: str | os.PathLike, key: str) -> None:
     failure_path(output_dir, key).unlink(missing_ok=True)
+
+
+# diffusers scheduler class -> the sampler name AUTOMATIC1111 writes (and A1111-reading tools expect).
+A1111_SAMPLERS = {
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "LMSDiscreteScheduler": "LMS",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "HeunDiscreteScheduler": "Heun",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "DPMSolverSDEScheduler": "DPM++ SDE",
+    "UniPCMultistepScheduler": "UniPC",
+    "DEISMultistepScheduler": "DEIS",
+    "LCMScheduler": "LCM",
+}
+
+
+def a1111_sampler(scheduler_class: str, karras_sigmas: bool = False) -> str:
+    """A1111's name for a diffusers scheduler; unknown ones keep their class name."""
+    name = A1111_SAMPLERS.get(scheduler_class, scheduler_class)
+    return f"{name} Karras" if karras_sigmas and name in A1111_SAMPLERS.values() else name
 
 
 def a1111_parameters(prompt: str, negative_prompt: str, settings: dict) -> str:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -22,6 +23,7 @@ from .results import (
     FailureRecord,
     ResultRecord,
     a1111_parameters,
+    a1111_sampler,
     clear_failure,
     read_record,
     write_failure,
@@ -328,7 +330,7 @@ def _infer(pipeline, batch: _Batch, device: str):
 
 
 def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seeds: list[int], device: str):
-    """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call)."""
+    """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call, on CUDA)."""
     import torch
 
     on_cuda = device.startswith("cuda")
@@ -346,7 +348,7 @@ def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seed
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             output_type="pil",
         )
-    memory = {"vram_peak_allocated_mb": 0.0, "vram_peak_reserved_mb": 0.0}
+    memory = {}  # no GPU figures on a device that has no GPU memory
     if on_cuda:
         memory = {
             "vram_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
@@ -366,12 +368,12 @@ def _finish_batch(
             continue
         record = _record(outcome, sources[outcome.task.key], pipeline_info, cost, _prompt_too_long(pipeline, outcome.task.prompt))
         result = ImageResult(outcome.task, "generated", record=record)
-        writer.submit(result, outcome.image, _parameters_text(outcome.task, record))
+        writer.submit(result, outcome.image, _parameters_text(outcome.task, record, pipeline_info))
         yield result
 
 
 def _record(
-    outcome: _Outcome, source: _Source, pipeline_info: dict[str, str], cost: _BatchCost, prompt_truncated: bool
+    outcome: _Outcome, source: _Source, pipeline_info: dict, cost: _BatchCost, prompt_truncated: bool
 ) -> ResultRecord:
     task, image, spec = outcome.task, outcome.image, outcome.task.model
     return ResultRecord(
@@ -379,7 +381,9 @@ def _record(
         prompt=task.prompt,
         negative_prompt=spec.negative_prompt,
         model=spec.name,
-        model_source=f"{spec.source_kind}:{spec.source}",
+        # Local sources by their folder or file name only: records carry no local paths.
+        model_source=f"{spec.source_kind}:{spec.source if spec.source_kind == 'hub_id' else Path(spec.source).name}",
+        model_hash=pipeline_info["model_hash"],
         scheduler=pipeline_info["scheduler"],
         dtype=pipeline_info["dtype"],
         safety_checker=pipeline_info["safety_checker"],
@@ -389,7 +393,7 @@ def _record(
         strength=spec.strength,
         num_inference_steps=spec.num_inference_steps,
         guidance_scale=spec.guidance_scale,
-        source_path=task.source_path,
+        source_file=Path(task.source_path).name,
         source_sha256=task.source.sha256,
         source_bytes=task.source.size,
         source_mtime_ns=task.source.mtime_ns,
@@ -401,10 +405,10 @@ def _record(
         total_seconds=round((cost.load_seconds + cost.batch_seconds) / cost.images, 4),
         batch_size=cost.images,
         fallback=",".join(outcome.fallbacks) or "none",
-        vram_peak_allocated_mb=outcome.memory["vram_peak_allocated_mb"],
-        vram_peak_reserved_mb=outcome.memory["vram_peak_reserved_mb"],
+        vram_peak_allocated_mb=outcome.memory.get("vram_peak_allocated_mb"),
+        vram_peak_reserved_mb=outcome.memory.get("vram_peak_reserved_mb"),
         rss_peak_mb=round(_rss_peak_mb(), 1),
-        output_path=task.output_path,
+        output_file=location(task.output_path).name,
         fingerprint=task.fingerprint,
         prompt_truncated=prompt_truncated,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -417,20 +421,18 @@ def _prompt_too_long(pipeline, prompt: str) -> bool:
     return tokenizer is not None and len(tokenizer(prompt).input_ids) > tokenizer.model_max_length
 
 
-def _parameters_text(task: ImageTask, record: ResultRecord) -> str:
-    return a1111_parameters(
-        task.prompt,
-        task.model.negative_prompt,
-        {
-            "Steps": task.model.num_inference_steps,
-            "Sampler": record.scheduler,
-            "CFG scale": task.model.guidance_scale,
-            "Seed": task.seed,
-            "Size": record.output_size,
-            "Model": task.model.name,
-            "Denoising strength": task.model.strength,
-        },
-    )
+def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict) -> str:
+    settings = {
+        "Steps": task.model.num_inference_steps,
+        "Sampler": a1111_sampler(pipeline_info["scheduler"], pipeline_info["karras_sigmas"]),
+        "CFG scale": task.model.guidance_scale,
+        "Seed": task.seed,
+        "Size": record.output_size,
+        "Model hash": pipeline_info["model_hash"],
+        "Model": task.model.name,
+        "Denoising strength": task.model.strength,
+    }
+    return a1111_parameters(task.prompt, task.model.negative_prompt, {k: v for k, v in settings.items() if v is not None})
 
 
 def _reuse_existing(task: ImageTask) -> ImageResult | None:

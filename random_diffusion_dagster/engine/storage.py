@@ -13,6 +13,17 @@ from pathlib import Path
 from upath import UPath
 
 
+def _process_umask() -> int:
+    """The umask, read once at import (setting it to read it is not thread-safe later)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600 whatever the umask; results get the mode any file the user writes gets.
+FILE_MODE = 0o666 & ~_process_umask()
+
+
 def location(path_or_url: str | os.PathLike) -> UPath:
     return path_or_url if isinstance(path_or_url, UPath) else UPath(path_or_url)
 
@@ -39,6 +50,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:

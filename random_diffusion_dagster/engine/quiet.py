@@ -1,0 +1,34 @@
+"""Third-party notices known to be harmless here, filtered at the loggers that emit them.
+
+Each filter drops one exact notice and nothing else, so real warnings from the same
+libraries still reach the console and the Dagster run log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# (logger, text that identifies the notice, why it is harmless here)
+HARMLESS_NOTICES = (
+    # Image processors fall back to their PIL versions without torchvision; diffusion uses none of them.
+    ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
+    # Printed when a model with no float32-only modules (the list is empty) is cast: nothing to keep.
+    ("diffusers.models.modeling_utils", "that should be kept in float32: []"),
+)
+
+
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def silence_harmless_notices() -> None:
+    """Install the filters once (idempotent: loggers keep one filter per notice)."""
+    for logger_name, text in HARMLESS_NOTICES:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _DropNotice) and f.text == text for f in logger.filters):
+            logger.addFilter(_DropNotice(text))
