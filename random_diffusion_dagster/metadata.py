@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -34,3 +35,19 @@ def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]
         "device": summary.device,
     }
     return {f"{RUN_TAG_PREFIX}{name}": str(value) for name, value in figures.items()}
+
+
+def table(rows: list[dict], columns: dict[str, str]) -> dg.TableMetadataValue:
+    """A real table in the UI (sortable, not clipped like markdown); `columns` maps name -> Dagster type."""
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()])
+    records = [dg.TableRecord({name: _cell(row.get(name)) for name in columns}) for row in rows]
+    return dg.MetadataValue.table(records, schema=schema)
+
+
+def _cell(value):
+    """Table cells take plain values; missing numbers (NaN, e.g. no VRAM on a CPU) are empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):  # numpy scalars from pandas
+        return value.item()
+    return value if isinstance(value, (str, int, float, bool)) else str(value)

@@ -70,7 +70,8 @@ def test_source_images_registers_partitions_and_lists_skipped_files(instance, pr
     assert instance.get_dynamic_partitions("images") == ["blue.webp", partition_key_for("green photo.jpg"), "red.png"]
     metadata = result.asset_materializations_for_node("source_images")[0].metadata
     assert metadata["count"].value == 3 and metadata["skipped"].value == 1
-    assert "notes.txt" in metadata["skipped_files"].value and "data:image/jpeg;base64," in metadata["preview"].value
+    skipped = {record.data["name"]: record.data["reason"] for record in metadata["skipped_files"].value.records}
+    assert "notes.txt" in skipped and "data:image/jpeg;base64," in metadata["preview"].value
 
 
 def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(instance, project):
@@ -162,3 +163,19 @@ def test_report_summarises_per_model_and_draws_a_contact_sheet(instance, project
     with Image.open(metadata["contact_sheet_path"].value) as sheet:
         assert sheet.height >= 128 * len(keys)
     assert metadata["contact_sheet"].value.startswith("![contact sheet](data:image/jpeg;base64,")
+
+
+def test_partition_preview_shows_source_beside_result_and_report_tables_are_tables(instance, project):
+    import base64
+    import io
+    import re
+
+    keys, _ = _diffuse_all(instance, project)
+    preview = _partition_metadata(instance, "red.png")["preview"]
+    data = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)", preview).group(1))
+    with Image.open(io.BytesIO(data)) as strip:  # two 4:3 pictures side by side
+        assert strip.width > 2.4 * strip.height
+    report = _materialize(instance, project, ["diffusion_report"]).asset_materializations_for_node("diffusion_report")
+    summary = report[0].metadata["summary"].value
+    assert [c.name for c in summary.schema.columns][:2] == ["model", "images"]
+    assert sum(record.data["images"] for record in summary.records) == len(keys)

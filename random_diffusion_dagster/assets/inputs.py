@@ -1,17 +1,22 @@
 """The inputs users edit: the images folder, the prompts file and the model catalog."""
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 from PIL import Image
 
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ..engine.plan import catalog_version
+from ..metadata import table
 from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation, report_what_was_read
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
+
+
+IMAGE_COLUMNS = {"key": "string", "name": "string", "format": "string", "width": "int", "height": "int", "bytes": "int"}
+MODEL_COLUMNS = {"name": "string", "source": "string", "resolution": "int", "steps": "int", "strength": "float",
+                 "guidance": "float", "scheduler": "string", "dtype": "string"}
 
 
 class PromptListConfig(dg.Config):
@@ -39,11 +44,10 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
              "width": width, "height": height, "bytes": source.size}
         )
     _sync_partitions(context.instance, [row["key"] for row in found])
-    table = pd.DataFrame(found, columns=["key", "name", "format", "width", "height", "bytes"])
     metadata = {
         "count": len(found),
-        "total_bytes": int(table["bytes"].sum()) if found else 0,
-        "images": dg.MetadataValue.md(table.to_markdown(index=False) if found else "_no images_"),
+        "total_bytes": sum(row["bytes"] for row in found),
+        "images": table(found, IMAGE_COLUMNS),
         "skipped": len(skipped),
         "images_dir": dg.MetadataValue.path(dataset.images_dir),
     }
@@ -54,7 +58,7 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
         context.log.warning(warning)
         metadata["warning"] = dg.MetadataValue.text(warning)
     if skipped:
-        metadata["skipped_files"] = dg.MetadataValue.md(pd.DataFrame(skipped).to_markdown(index=False))
+        metadata["skipped_files"] = table(skipped, {"name": "string", "reason": "string"})
     previews = _preview_images([row["path"] for row in found], count=8)
     if previews:
         metadata["preview"] = dg.MetadataValue.md(f"![preview]({thumbnail_data_uri(image_strip(previews), size=768)})")
@@ -113,12 +117,10 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     version = file_version(dataset.models_file)
     if version:
         report_what_was_read(context, [observation(MODELS_FILE, version)])
-    table = pd.DataFrame(
-        [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
-          "resolution": m.resolution,
-          "steps": m.num_inference_steps, "strength": m.strength, "guidance": m.guidance_scale,
-          "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype} for m in catalog]
-    )
+    rows = [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
+             "resolution": m.resolution, "steps": m.num_inference_steps, "strength": m.strength,
+             "guidance": m.guidance_scale, "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype}
+            for m in catalog]
     metadata = {"count": len(catalog), "catalog_file": dg.MetadataValue.path(dataset.models_file),
-                "models": dg.MetadataValue.md(table.to_markdown(index=False))}
+                "models": table(rows, MODEL_COLUMNS)}
     return dg.Output(catalog, data_version=dg.DataVersion(catalog_version(catalog)), metadata=metadata)

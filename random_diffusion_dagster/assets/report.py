@@ -3,10 +3,14 @@
 import dagster as dg
 
 from ..engine.images import thumbnail_data_uri
-from ..engine.report import build_report
+from ..engine.report import SUMMARY_COLUMNS, build_report
+from ..metadata import table
 from ..partitions import images_partitions
 from ..resources import DatasetResource
 from .diffused_image import diffused_image
+
+SUMMARY_TYPES = {column: {"model": "string", "images": "int", "failures": "int"}.get(column, "float")
+                 for column in SUMMARY_COLUMNS}
 
 # Refresh after diffused images change, but (unlike `eager()`) do not wait for every
 # partition: one image that keeps failing must not block the report forever.
@@ -29,7 +33,7 @@ def diffusion_report(context: dg.AssetExecutionContext, dataset: DatasetResource
     metadata = {
         "images": report.image_count,
         "failures": report.failure_count,
-        "summary": dg.MetadataValue.md(report.summary.to_markdown(index=False)),
+        "summary": table(report.summary.to_dict("records"), SUMMARY_TYPES),
         "contact_sheet_path": dg.MetadataValue.path(str(report.contact_sheet_path)),
         "summary_csv": dg.MetadataValue.path(str(report.summary_csv_path)),
     }
@@ -38,5 +42,6 @@ def diffusion_report(context: dg.AssetExecutionContext, dataset: DatasetResource
             f"![contact sheet]({thumbnail_data_uri(report.contact_sheet, size=1024)})"
         )
     if report.failure_count:
-        metadata["failed_images"] = dg.MetadataValue.md(report.failures.to_markdown(index=False))
+        failed = report.failures.to_dict("records")
+        metadata["failed_images"] = table(failed, {"key": "string", "model": "string", "error": "string"})
     return dg.MaterializeResult(metadata=metadata)

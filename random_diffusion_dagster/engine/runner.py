@@ -16,7 +16,15 @@ from typing import Literal
 
 from PIL import Image
 
-from .images import ImageLoadError, ModelInput, load_rgb, open_image_copy, prepare_model_input, thumbnail_data_uri
+from .images import (
+    ImageLoadError,
+    ModelInput,
+    image_strip,
+    load_rgb,
+    open_image_copy,
+    prepare_model_input,
+    thumbnail_data_uri,
+)
 from .pipelines import ModelLoadError, PipelineCache, free_memory
 from .plan import ImageTask
 from .results import (
@@ -32,6 +40,7 @@ from .results import (
 from .storage import location, require_writable_folder
 
 Status = Literal["generated", "reused", "failed"]
+PREVIEW_HEIGHT = 192
 
 
 @dataclass
@@ -40,7 +49,7 @@ class ImageResult:
     status: Status  # "reused": an identical result was already on disk
     record: ResultRecord | None = None
     error: str | None = None
-    preview: str | None = None  # small inline JPEG of the result
+    preview: str | None = None  # small inline JPEG: the source beside the result
 
 
 @dataclass
@@ -150,13 +159,13 @@ class _ResultWriter:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png-writer")
         self._pending = []
 
-    def submit(self, result: ImageResult, image: Image.Image, parameters: str) -> None:
-        self._pending.append((result, self._pool.submit(self._write, result, image, parameters)))
+    def submit(self, result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
+        self._pending.append((result, self._pool.submit(self._write, result, image, parameters, source)))
 
     @staticmethod
-    def _write(result: ImageResult, image: Image.Image, parameters: str) -> None:
+    def _write(result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
         write_result_png(image, result.task.output_path, parameters, result.record)
-        result.preview = thumbnail_data_uri(image)
+        result.preview = _preview(source, image)
 
     def __enter__(self) -> _ResultWriter:
         return self
@@ -368,7 +377,9 @@ def _finish_batch(
             continue
         record = _record(outcome, sources[outcome.task.key], pipeline_info, cost, _prompt_too_long(pipeline, outcome.task.prompt))
         result = ImageResult(outcome.task, "generated", record=record)
-        writer.submit(result, outcome.image, _parameters_text(outcome.task, record, pipeline_info))
+        model_input = sources[outcome.task.key].model_input
+        source_view = model_input.restore(model_input.image)  # what the model saw, at the result's size
+        writer.submit(result, outcome.image, _parameters_text(outcome.task, record, pipeline_info), source_view)
         yield result
 
 
@@ -439,8 +450,17 @@ def _reuse_existing(task: ImageTask) -> ImageResult | None:
     record = read_record(task.output_path)
     if record is None or record.fingerprint != task.fingerprint:
         return None
-    preview = thumbnail_data_uri(open_image_copy(task.output_path))
-    return ImageResult(task, "reused", record=record, preview=preview)
+    result = open_image_copy(task.output_path)
+    try:
+        source = load_rgb(task.source_path, min_side=PREVIEW_HEIGHT)
+    except ImageLoadError:
+        source = None  # the result is still current; only its preview lacks the source
+    return ImageResult(task, "reused", record=record, preview=_preview(source, result))
+
+
+def _preview(source: Image.Image | None, result: Image.Image) -> str:
+    """Source beside result, small enough for Dagster's event log."""
+    return thumbnail_data_uri(image_strip([*([source] if source else []), result], height=PREVIEW_HEIGHT), size=512)
 
 
 def _record_outcome(result: ImageResult) -> None:
