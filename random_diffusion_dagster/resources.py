@@ -37,6 +37,11 @@ class DatasetResource(dg.ConfigurableResource):
         default_factory=lambda: env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml"),
         description="The model catalog (RANDOM_DIFFUSION_MODELS_FILE).",
     )
+    wildcards_dir: str = Field(
+        default_factory=lambda: env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards"),
+        description="Wildcard files for `__name__` in prompt templates, one value per line "
+        "(RANDOM_DIFFUSION_WILDCARDS_DIR).",
+    )
     seed: int = Field(
         default_factory=lambda: env_int("RANDOM_DIFFUSION_SEED", 0),
         description="Run seed: together with each image's content it decides prompt, model and "
@@ -57,7 +62,7 @@ class DatasetResource(dg.ConfigurableResource):
         return [by_key[k] for k in keys if k in by_key], missing
 
     def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
-        return Planner(prompts, catalog, self.seed, self.output_dir)
+        return Planner(prompts, catalog, self.seed, self.output_dir, self.wildcards_dir)
 
     def prompts(self) -> list[str]:
         return load_prompts(self.prompts_file)

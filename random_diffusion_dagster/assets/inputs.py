@@ -7,6 +7,7 @@ from PIL import Image
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ..engine.plan import catalog_version
+from ..engine.templates import PromptTemplates
 from ..metadata import table
 from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation, report_what_was_read
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
@@ -15,8 +16,9 @@ from ..resources import DatasetResource
 
 
 IMAGE_COLUMNS = {"key": "string", "name": "string", "format": "string", "width": "int", "height": "int", "bytes": "int"}
-MODEL_COLUMNS = {"name": "string", "source": "string", "resolution": "int", "steps": "int", "strength": "float",
-                 "guidance": "float", "scheduler": "string", "dtype": "string"}
+MODEL_COLUMNS = {"name": "string", "source": "string", "weight": "float", "resolution": "int", "steps": "int",
+                 "strength": "float", "guidance": "float", "scheduler": "string", "dtype": "string",
+                 "prompt_weighting": "bool"}
 
 
 class PromptListConfig(dg.Config):
@@ -100,6 +102,9 @@ def prompt_list(
         context.instance, dataset, config.prompt_list, context.run.tags.get(SUBMITTED_BY_TAG), context.run_id,
         use_prompts_file=config.use_prompts_file,
     )
+    # Every line parsed and every wildcard found now, so a broken template fails here, before any image.
+    where = dataset.prompts_file if prompt_set.source == "file" else "run config `prompt_list`"
+    PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source=where)
     version = file_version(dataset.prompts_file)
     if version:  # what this run read, so the stored list's provenance names that file content
         report_what_was_read(context, [observation(PROMPTS_FILE, version)])
@@ -118,8 +123,9 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     if version:
         report_what_was_read(context, [observation(MODELS_FILE, version)])
     rows = [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
-             "resolution": m.resolution, "steps": m.num_inference_steps, "strength": m.strength,
-             "guidance": m.guidance_scale, "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype}
+             "weight": m.weight, "resolution": m.resolution, "steps": m.num_inference_steps, "strength": m.strength,
+             "guidance": m.guidance_scale, "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype,
+             "prompt_weighting": m.prompt_weighting}
             for m in catalog]
     metadata = {"count": len(catalog), "catalog_file": dg.MetadataValue.path(dataset.models_file),
                 "models": table(rows, MODEL_COLUMNS)}

@@ -79,6 +79,10 @@ SETTINGS: dict[str, Setting] = {
     # The SD 1.x checkpoints ship a safety checker. The project does not run it unless asked:
     # it blacks out flagged images, and on untrained or unusual models it flags at random.
     "safety_checker": Setting(False, bool),
+    # How often the seeded draw picks this model relative to the others ("mostly SD 1.5, sometimes 2.1").
+    "weight": Setting(1.0, float, 0, 1_000_000, low_open=True),
+    # A1111/compel emphasis in prompts, `(word:1.3)`, `[word]`; off: the text goes to the encoder as written.
+    "prompt_weighting": Setting(False, bool),
 }
 DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
 _REPR = reprlib.Repr()
@@ -114,11 +118,15 @@ class ModelSpec:
     safety_checker: bool = False
     description: str = ""
     config: str | None = None  # single_file only: diffusers config folder or hub id
+    weight: float = 1.0
+    prompt_weighting: bool = False
 
     def result_settings(self) -> dict[str, Any]:
-        """Everything about the entry that can change a result's pixels (not its description)."""
+        """Everything about the entry that can change a result's pixels (not its description or draw weight)."""
         settings = asdict(self)
-        del settings["description"]
+        del settings["description"], settings["weight"]
+        if not self.prompt_weighting:
+            del settings["prompt_weighting"]  # results made before the setting existed stay current
         return settings
 
     @property
@@ -258,6 +266,8 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
         variant=settings["variant"],
         negative_prompt=settings["negative_prompt"] or "",
         safety_checker=settings["safety_checker"],
+        weight=settings["weight"],
+        prompt_weighting=settings["prompt_weighting"],
         description=entry.get("description") or "",
         config=_single_file_config(entry, kind, base_dir, where),
     )

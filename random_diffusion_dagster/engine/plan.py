@@ -12,10 +12,12 @@ import json
 import os
 import random
 from dataclasses import dataclass
+from functools import cached_property
 
 from .catalog import ModelSpec
 from .images import SourceFile
 from .results import output_path_for
+from .templates import PromptTemplates
 
 ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
 
@@ -46,11 +48,17 @@ class ImageTask:
     key: str
     source_path: str
     source: SourceSnapshot
-    prompt: str
+    prompt: str  # resolved: what the text encoder reads
     model: ModelSpec
     seed: int
     run_seed: int
     output_path: str
+    prompt_template: str = ""  # the prompt list's line it came from (equal to `prompt` for plain lines)
+    line_negative_prompt: str | None = None  # the line's own --negative_prompt, if it has one
+
+    @property
+    def negative_prompt(self) -> str:
+        return self.model.negative_prompt if self.line_negative_prompt is None else self.line_negative_prompt
 
     @property
     def fingerprint(self) -> str:
@@ -62,6 +70,8 @@ class ImageTask:
             "model": self.model.result_settings(),
             "seed": self.seed,
         }
+        if self.line_negative_prompt is not None:
+            material["negative_prompt"] = self.line_negative_prompt
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -74,8 +84,15 @@ def choose(source_sha256: str, run_seed: int, prompts: list[str], models: list[M
     material = hashlib.sha256(f"{source_sha256}:{run_seed}".encode()).digest()
     rng = random.Random(int.from_bytes(material[:8], "big"))
     prompt = rng.choice(prompts)
-    model = rng.choice(models)
+    weights = [model.weight for model in models]
+    # Equal weights draw exactly as before weights existed, so existing choices stay.
+    model = rng.choice(models) if len(set(weights)) == 1 else rng.choices(models, weights=weights)[0]
     return prompt, model, rng.randrange(2**32)
+
+
+def template_seed(source_sha256: str, run_seed: int) -> int:
+    """The seed a template is resolved with: its own stream, so templates leave the other choices alone."""
+    return int.from_bytes(hashlib.sha256(f"{source_sha256}:{run_seed}:template".encode()).digest()[:8], "big")
 
 
 def prompts_version(prompts: list[str]) -> str:
@@ -93,22 +110,30 @@ def catalog_version(catalog: list[ModelSpec]) -> str:
 class Planner:
     """Today's inputs: plans tasks for source files."""
 
-    prompts: list[str]
+    prompts: list[str]  # the prompt list's lines: plain prompts, templates or A1111 `--prompt ...` lines
     catalog: list[ModelSpec]
     run_seed: int
     output_dir: str
+    wildcards_dir: str | None = None
+
+    @cached_property
+    def templates(self) -> PromptTemplates:
+        return PromptTemplates(self.prompts, self.wildcards_dir)
 
     def task(self, key: str, source_path: str, source: SourceSnapshot) -> ImageTask:
-        prompt, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog)
+        line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog)
+        resolved = self.templates.resolve(self.prompts.index(line), template_seed(source.sha256, self.run_seed))
         return ImageTask(
             key=key,
             source_path=str(source_path),
             source=source,
-            prompt=prompt,
+            prompt=resolved.prompt,
             model=model,
             seed=seed,
             run_seed=self.run_seed,
             output_path=str(output_path_for(self.output_dir, key)),
+            prompt_template=resolved.template,
+            line_negative_prompt=resolved.negative_prompt,
         )
 
     def plan(self, files: list[SourceFile]) -> tuple[list[ImageTask], dict[str, str]]:

@@ -55,6 +55,7 @@ class ResultRecord:
     fallback: str = _partition()
     safety_checker: str = _partition()
     prompt_truncated: bool | None = _partition(default=None)  # absent in records written before it existed
+    prompt_template: str | None = _partition(default=None)  # the prompt list's line, when it was a template
     negative_prompt: str = ""
     model_source: str = ""
     model_hash: str | None = None  # AUTOMATIC1111's short hash of the weights (None for hub ids)

@@ -38,6 +38,7 @@ from .results import (
     write_result_png,
 )
 from .storage import location, require_writable_folder
+from .weighting import plain_text, weighted_embeddings
 
 Status = Literal["generated", "reused", "failed"]
 PREVIEW_HEIGHT = 192
@@ -335,20 +336,36 @@ def _is_out_of_memory(error: BaseException) -> bool:
 def _infer(pipeline, batch: _Batch, device: str):
     tasks = [task for task, _ in batch.items]
     images = [source.model_input.image for _, source in batch.items]
-    return generate(pipeline, tasks[0].model, [t.prompt for t in tasks], images, [t.seed for t in tasks], device)
+    prompts, negatives = [t.prompt for t in tasks], [t.negative_prompt for t in tasks]
+    return generate(pipeline, tasks[0].model, prompts, images, [t.seed for t in tasks], device, negatives)
 
 
-def generate(pipeline, spec, prompts: list[str], images: list[Image.Image], seeds: list[int], device: str):
-    """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call, on CUDA)."""
+def generate(
+    pipeline,
+    spec,
+    prompts: list[str],
+    images: list[Image.Image],
+    seeds: list[int],
+    device: str,
+    negatives: list[str] | None = None,
+):
+    """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call, on CUDA).
+
+    `negatives` are per image (a prompt line may carry its own); by default the model's.
+    """
     import torch
 
+    negatives = negatives if negatives is not None else [spec.negative_prompt] * len(prompts)
     on_cuda = device.startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
+        if spec.prompt_weighting:
+            text = weighted_embeddings(pipeline, prompts, negatives)
+        else:  # no negatives at all: the pipeline's own empty negative, exactly as before lines could set one
+            text = {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None}
         output = pipeline(
-            prompt=prompts,
-            negative_prompt=[spec.negative_prompt] * len(prompts) if spec.negative_prompt else None,
+            **text,
             image=images,
             strength=spec.strength,
             num_inference_steps=spec.num_inference_steps,
@@ -375,7 +392,8 @@ def _finish_batch(
         if outcome.image is None:
             yield ImageResult(outcome.task, "failed", error=outcome.error)
             continue
-        record = _record(outcome, sources[outcome.task.key], pipeline_info, cost, _prompt_too_long(pipeline, outcome.task.prompt))
+        truncated = _prompt_too_long(pipeline, outcome.task.prompt, outcome.task.model.prompt_weighting)
+        record = _record(outcome, sources[outcome.task.key], pipeline_info, cost, truncated)
         result = ImageResult(outcome.task, "generated", record=record)
         model_input = sources[outcome.task.key].model_input
         source_view = model_input.restore(model_input.image)  # what the model saw, at the result's size
@@ -390,7 +408,8 @@ def _record(
     return ResultRecord(
         key=task.key,
         prompt=task.prompt,
-        negative_prompt=spec.negative_prompt,
+        negative_prompt=task.negative_prompt,
+        prompt_template=task.prompt_template if task.prompt_template != task.prompt else None,
         model=spec.name,
         # Local sources by their folder or file name only: records carry no local paths.
         model_source=f"{spec.source_kind}:{spec.source if spec.source_kind == 'hub_id' else Path(spec.source).name}",
@@ -426,10 +445,12 @@ def _record(
     )
 
 
-def _prompt_too_long(pipeline, prompt: str) -> bool:
-    """Whether the text encoder sees only the start of the prompt (CLIP reads 77 tokens)."""
+def _prompt_too_long(pipeline, prompt: str, weighted: bool) -> bool:
+    """Whether the text encoder sees only the start of the prompt (CLIP reads 77 tokens); emphasis marks
+    are not tokens when prompt weighting reads them."""
     tokenizer = getattr(pipeline, "tokenizer", None)
-    return tokenizer is not None and len(tokenizer(prompt).input_ids) > tokenizer.model_max_length
+    text = plain_text(prompt) if weighted else prompt
+    return tokenizer is not None and len(tokenizer(text).input_ids) > tokenizer.model_max_length
 
 
 def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict) -> str:
@@ -443,7 +464,7 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict)
         "Model": task.model.name,
         "Denoising strength": task.model.strength,
     }
-    return a1111_parameters(task.prompt, task.model.negative_prompt, {k: v for k, v in settings.items() if v is not None})
+    return a1111_parameters(task.prompt, task.negative_prompt, {k: v for k, v in settings.items() if v is not None})
 
 
 def _reuse_existing(task: ImageTask) -> ImageResult | None:

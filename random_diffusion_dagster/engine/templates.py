@@ -1,0 +1,124 @@
+"""Prompt lines as random-prompt users already write them.
+
+A line is a Dynamic Prompts template (`{red|green}`, `{3::common|1::rare}`, `{2$$a|b|c}`,
+`__wildcard__` files from a folder, nesting), resolved per image by a seeded generator, or
+AUTOMATIC1111's "prompts from file" form: `--prompt "..." --negative_prompt "..."`. Lines
+without template syntax are used exactly as written, so plain prompt files keep their meaning.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from .prompts import PromptListError
+
+TEMPLATE_MARKS = ("{", "__")  # a line without these is plain text and is not parsed
+WILDCARD = re.compile(r"__([\w\-./*]+?)__")
+LINE_OPTIONS = {"prompt": "template", "negative_prompt": "negative_prompt"}  # A1111 name -> PromptLine field
+
+
+@dataclass(frozen=True)
+class PromptLine:
+    """One line of a prompt list: a template and, if the line says so, its own negative prompt."""
+
+    template: str
+    negative_prompt: str | None = None  # None: the model's default negative prompt
+
+    @property
+    def is_template(self) -> bool:
+        return any(mark in self.template for mark in TEMPLATE_MARKS)
+
+
+@dataclass(frozen=True)
+class ResolvedPrompt:
+    template: str
+    prompt: str
+    negative_prompt: str | None
+
+
+def parse_line(text: str, where: str) -> PromptLine:
+    """A plain or templated prompt, or A1111's `--option value ...` form (unknown options are errors)."""
+    if not text.startswith("--"):
+        return PromptLine(text)
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise PromptListError(f"{where}: {exc} in {text[:80]!r}: close the quote.") from None
+    values: dict[str, str] = {}
+    while words:
+        option = words.pop(0)
+        name = option[2:].replace("-", "_")
+        if not option.startswith("--") or name not in LINE_OPTIONS:
+            known = ", ".join(f"--{n}" for n in LINE_OPTIONS)
+            raise PromptListError(f"{where}: unknown option {option!r}; a line may set {known}.")
+        if not words:
+            raise PromptListError(f"{where}: {option} needs a value, e.g. {option} \"...\".")
+        values[LINE_OPTIONS[name]] = words.pop(0)
+    if not values.get("template", "").strip():
+        raise PromptListError(f"{where}: the line sets options but no --prompt \"...\"; add one.")
+    return PromptLine(**values)
+
+
+class PromptTemplates:
+    """Parses and checks every line once; resolves a line for an image with that image's seed."""
+
+    def __init__(self, lines: list[str], wildcards_dir: str | Path | None = None, source: str = "prompt list"):
+        self.wildcards_dir = Path(wildcards_dir) if wildcards_dir else None
+        self._manager = None
+        self.lines = [parse_line(text, f"{source}, prompt {n}") for n, text in enumerate(lines, start=1)]
+        for number, line in enumerate(self.lines, start=1):
+            if line.is_template:
+                self._check(line.template, f"{source}, prompt {number}")
+
+    def resolve(self, index: int, seed: int) -> ResolvedPrompt:
+        line = self.lines[index]
+        prompt = self._generate(line.template, seed) if line.is_template else line.template
+        return ResolvedPrompt(line.template, prompt, line.negative_prompt)
+
+    def _generate(self, template: str, seed: int) -> str:
+        from dynamicprompts.generators import RandomPromptGenerator
+
+        return RandomPromptGenerator(wildcard_manager=self._wildcards(), seed=seed).generate(template, 1)[0]
+
+    def _wildcards(self):
+        if self._manager is None:
+            from dynamicprompts.wildcards import WildcardManager
+
+            self._manager = WildcardManager(self.wildcards_dir)
+        return self._manager
+
+    def _check(self, template: str, where: str) -> None:
+        """Syntax and wildcard files, before any image runs (Dynamic Prompts would leave `__x__` in the text)."""
+        from dynamicprompts.parser.parse import parse
+        from pyparsing import ParseException
+
+        try:
+            parse(template)
+        except ParseException as exc:
+            raise PromptListError(
+                f"{where}: {template[:80]!r} is not a valid template ({exc.msg} at column {exc.column}): "
+                "balance its braces { }, or escape a literal brace as \\{."
+            ) from None
+        self._check_wildcards(template, where, seen=())
+
+    def _check_wildcards(self, text: str, where: str, seen: tuple[str, ...]) -> None:
+        """Every wildcard the text names has values, and so does every wildcard those values name."""
+        for name in WILDCARD.findall(text):
+            if name in seen:
+                raise PromptListError(f"{where}: wildcard __{name}__ refers back to itself through {seen}: break the loop.")
+            if self.wildcards_dir is None or not self.wildcards_dir.is_dir():
+                raise PromptListError(
+                    f"{where}: uses wildcard __{name}__ but the wildcards folder {self.wildcards_dir} does not exist: "
+                    "create it with a file per wildcard (e.g. animals.txt), or set RANDOM_DIFFUSION_WILDCARDS_DIR."
+                )
+            values = self._wildcards().get_values(name).string_values
+            if not values:
+                raise PromptListError(
+                    f"{where}: wildcard __{name}__ has no values in {self.wildcards_dir}: add {name}.txt there "
+                    "with one value per line."
+                )
+            for value in values:
+                self._check_wildcards(value, where, (*seen, name))

@@ -1,0 +1,79 @@
+"""AUTOMATIC1111's emphasis syntax, `(word:1.3)`, `(word)`, `[word]`, honoured through compel.
+
+compel (built for diffusers) turns weighted fragments into text embeddings. Its own prompt
+syntax differs (`(word)1.3`, `word++`), so the text is read the way A1111 reads it
+(modules/prompt_parser.py, `parse_prompt_attention`: `(` multiplies by 1.1, `[` divides by
+1.1, `(text:w)` sets w) and handed to compel as weighted fragments.
+"""
+
+from __future__ import annotations
+
+import re
+
+ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
+ROUND, SQUARE = 1.1, 1 / 1.1
+
+
+def parse_attention(text: str) -> list[tuple[str, float]]:
+    """[(text, weight)] as A1111 reads it; unbalanced brackets close at the end, as there."""
+    fragments: list[list] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply(start: int, factor: float) -> None:
+        for fragment in fragments[start:]:
+            fragment[1] *= factor
+
+    for match in ATTENTION.finditer(text):
+        token, weight = match.group(0), match.group(1)
+        if token.startswith("\\"):
+            fragments.append([token[1:], 1.0])
+        elif token == "(":
+            round_open.append(len(fragments))
+        elif token == "[":
+            square_open.append(len(fragments))
+        elif weight is not None and round_open:
+            multiply(round_open.pop(), float(weight))
+        elif token == ")" and round_open:
+            multiply(round_open.pop(), ROUND)
+        elif token == "]" and square_open:
+            multiply(square_open.pop(), SQUARE)
+        else:
+            fragments.append([token, 1.0])
+    for start in round_open:
+        multiply(start, ROUND)
+    for start in square_open:
+        multiply(start, SQUARE)
+    merged: list[tuple[str, float]] = []
+    for fragment_text, fragment_weight in fragments:
+        if merged and merged[-1][1] == fragment_weight:
+            merged[-1] = (merged[-1][0] + fragment_text, fragment_weight)
+        elif fragment_text:
+            merged.append((fragment_text, fragment_weight))
+    return merged
+
+
+def plain_text(prompt: str) -> str:
+    """What the text encoder reads once the emphasis marks are gone (for the 77-token check)."""
+    return "".join(text for text, _ in parse_attention(prompt))
+
+
+def weighted_embeddings(pipeline, prompts: list[str], negatives: list[str]) -> dict:
+    """prompt_embeds / negative_prompt_embeds for a batch, padded to one length.
+
+    The fragments go to compel as prompt objects, not as text: compel's own syntax (`word++`,
+    `.and()`) would otherwise change plain prompts such as "C++ code".
+    """
+    import torch
+    from compel import Compel
+    from compel.prompt_parser import FlattenedPrompt, Fragment
+
+    compel = Compel(tokenizer=pipeline.tokenizer, text_encoder=pipeline.text_encoder, truncate_long_prompts=True)
+
+    def embed(text: str):
+        fragments = [Fragment(part, weight) for part, weight in parse_attention(text)] or [Fragment("", 1.0)]
+        (conditioning, _tokens), _options = compel.build_conditioning_tensor_for_prompt_object(FlattenedPrompt(fragments))
+        return conditioning
+
+    tensors = compel.pad_conditioning_tensors_to_same_length([embed(t) for t in [*prompts, *negatives]])
+    return {"prompt_embeds": torch.cat(tensors[: len(prompts)]), "negative_prompt_embeds": torch.cat(tensors[len(prompts) :])}

@@ -1,0 +1,152 @@
+"""Prompt templates, wildcards, A1111 lines and emphasis, weighted models: random the way users write it."""
+
+import hashlib
+import random
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from helpers import write_catalog
+from PIL import Image
+
+from random_diffusion_dagster.assets import model_catalog, prompt_list
+from random_diffusion_dagster.engine.catalog import load_catalog, parse_catalog
+from random_diffusion_dagster.engine.images import scan_folder
+from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline
+from random_diffusion_dagster.engine.plan import Planner, SourceSnapshot, choose
+from random_diffusion_dagster.engine.prompts import PromptListError
+from random_diffusion_dagster.engine.runner import run_tasks
+from random_diffusion_dagster.engine.templates import PromptTemplates
+from random_diffusion_dagster.engine.weighting import parse_attention, weighted_embeddings
+from random_diffusion_dagster.resources import DatasetResource
+
+HASHES = [f"{i:064x}" for i in range(4000)]
+
+
+@pytest.fixture
+def wildcards(tmp_path):
+    folder = tmp_path / "wildcards"
+    folder.mkdir()
+    (folder / "animals.txt").write_text("fox\nowl\n__colors__ cat\n")
+    (folder / "colors.txt").write_text("red\nblue\n")
+    (folder / "empty.txt").write_text("")
+    return folder
+
+
+def _models(tmp_path, weights=(1, 1, 1, 1)):
+    entries = [{"name": f"m{i}", "path": f"m{i}", "weight": w} for i, w in enumerate(weights)]
+    return parse_catalog({"models": entries}, base_dir=tmp_path)
+
+
+def _planner(tmp_path, lines, wildcards=None, weights=(1, 1)):
+    return Planner(lines, _models(tmp_path, weights), 0, str(tmp_path / "out"), str(wildcards) if wildcards else None)
+
+
+def test_a_template_resolves_the_same_per_image_and_seed_and_differs_across_images(tmp_path, wildcards):
+    planner = _planner(tmp_path, ["a {red|green|blue|gold} __animals__ at {dawn|dusk}"], wildcards)
+    first = [planner.task("k", "/src", SourceSnapshot(h, 1, 1)).prompt for h in HASHES[:40]]
+    again = [planner.task("k", "/src", SourceSnapshot(h, 1, 1)).prompt for h in HASHES[:40]]
+    assert first == again and len(set(first)) > 10
+    rerolled = Planner(planner.prompts, planner.catalog, 7, planner.output_dir, planner.wildcards_dir)
+    assert sum(a != rerolled.task("k", "/src", SourceSnapshot(h, 1, 1)).prompt for a, h in zip(first, HASHES)) > 20
+    assert not any("{" in p or "__" in p for p in first)
+    assert any(p.endswith("cat at dawn") or p.endswith("cat at dusk") for p in first)  # nested wildcard
+
+
+def test_weighted_variants_follow_their_weights(tmp_path):
+    templates = PromptTemplates(["{3::common|1::rare}"])
+    counts = Counter(templates.resolve(0, seed).prompt for seed in range(4000))
+    assert abs(counts["common"] / 4000 - 0.75) < 0.03
+
+
+def test_weighted_models_follow_their_weights_and_equal_weights_draw_as_before(tmp_path):
+    weighted = _models(tmp_path, (3, 1, 1, 1))
+    counts = Counter(choose(h, 0, ["p"], weighted)[1].name for h in HASHES)
+    assert abs(counts["m0"] / len(HASHES) - 0.5) < 0.03 and abs(counts["m1"] / len(HASHES) - 1 / 6) < 0.03
+    equal = _models(tmp_path)
+    prompts = [f"prompt {i}" for i in range(7)]
+    for h in HASHES[:200]:  # the draw before weights and templates existed
+        rng = random.Random(int.from_bytes(hashlib.sha256(f"{h}:0".encode()).digest()[:8], "big"))
+        expected = (rng.choice(prompts), rng.choice(equal), rng.randrange(2**32))
+        assert choose(h, 0, prompts, equal) == expected
+
+
+def test_plain_lines_are_used_exactly_as_written(tmp_path):
+    lines = ["a fox, (big:1.2), 50% off [sale] -- C++ $$ || done"]
+    task = _planner(tmp_path, lines).task("k", "/src", SourceSnapshot("ab", 1, 1))
+    assert task.prompt == lines[0] and task.line_negative_prompt is None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("a {red|green", "prompt 1: 'a {red|green' is not a valid template"),
+        ("a __missing__", "wildcard __missing__ has no values"),
+        ("a __empty__", "wildcard __empty__ has no values"),
+        ("--prompt 'a fox' --steps 20", "unknown option '--steps'"),
+        ("--negative_prompt 'blurry'", "no --prompt"),
+        ("--prompt 'a fox", "close the quote"),
+    ],
+)
+def test_broken_lines_name_the_prompt_and_the_fix(wildcards, line, message):
+    with pytest.raises(PromptListError, match=message.replace("[", r"\[").replace("{", r"\{").replace("|", r"\|")):
+        PromptTemplates(["fine", line] if "prompt 1" not in message else [line], wildcards, "prompts.txt")
+
+
+def test_a_missing_wildcards_folder_is_named(tmp_path):
+    with pytest.raises(PromptListError, match="wildcards folder .* does not exist.*RANDOM_DIFFUSION_WILDCARDS_DIR"):
+        PromptTemplates(["a __animals__"], tmp_path / "nowhere")
+
+
+def test_a_broken_template_fails_prompt_list_before_any_image(project, tmp_path):
+    Path(project["prompts_file"]).write_text("a fine prompt\na {broken\n")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([prompt_list, model_catalog], instance=instance, raise_on_error=False,
+                                resources={"dataset": DatasetResource(**project, wildcards_dir=str(tmp_path / "wc"))})
+    assert not result.success
+    error = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "prompt 2" in error and "is not a valid template" in error
+
+
+def test_a_line_negative_prompt_reaches_the_pipeline_and_the_png(project):
+    planner = Planner(['--prompt "a red fox" --negative_prompt "blurry, dark"'], load_catalog(project["models_file"]),
+                      0, project["output_dir"])
+    tasks, _ = planner.plan(scan_folder(project["images_dir"]))
+    results = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results
+    assert all(r.status == "generated" for r in results)
+    with Image.open(results[0].task.output_path) as image:
+        assert image.text["parameters"].startswith("a red fox\nNegative prompt: blurry, dark\n")
+    assert results[0].record.negative_prompt == "blurry, dark" and results[0].record.prompt == "a red fox"
+    # The negative prompt changes the pixels: the same image without it differs.
+    plain = Planner(["a red fox"], planner.catalog, 0, project["output_dir"] + "-plain").plan(scan_folder(project["images_dir"]))[0]
+    other = run_tasks(plain, PipelineCache(device="cpu"), log=lambda m: None).results
+    import numpy as np
+    assert np.abs(np.asarray(Image.open(other[0].task.output_path), dtype=int)
+                  - np.asarray(Image.open(results[0].task.output_path), dtype=int)).max() > 0
+
+
+def test_emphasis_changes_the_embedding_and_leaves_unweighted_prompts_alone(models_dir, tmp_path):
+    spec = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd15",)))[0]
+    pipeline = load_pipeline(spec, "cpu")
+    with torch.inference_mode():
+        embeds = weighted_embeddings(pipeline, ["a red fox", "a (red:1.5) fox"], ["", ""])["prompt_embeds"]
+        ids = pipeline.tokenizer(["a red fox"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        plain = pipeline.text_encoder(ids)[0]
+    assert torch.allclose(embeds[0], plain[0], atol=1e-6)
+    assert (embeds[1] - embeds[0]).abs().max() > 1e-3
+    assert parse_attention("a (red:1.5) fox [dim]") == [("a ", 1.0), ("red", 1.5), (" fox ", 1.0), ("dim", 1 / 1.1)]
+
+
+def test_weighted_prompts_run_in_batches_with_a_correct_truncation_flag(project, models_dir, tmp_path):
+    catalog = load_catalog(write_catalog(tmp_path / "w.yaml", models_dir, names=("tiny-sd15",), prompt_weighting=True))
+    # The demo tokenizer reads one token per character: 10 x "(ab:1.2) " is 90 tokens as written, 30 without marks.
+    lines = ["(ab:1.2) " * 10, "a (red:1.4) fox", "a " + " ".join(["fox"] * 90)]
+    results = []
+    for index, line in enumerate(lines):
+        planner = Planner([line], catalog, 0, f"{project['output_dir']}-{index}")
+        tasks, _ = planner.plan(scan_folder(project["images_dir"]))
+        results.append(run_tasks(tasks, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None).results)
+    assert all(r.status == "generated" for batch in results for r in batch)
+    assert [batch[0].record.prompt_truncated for batch in results] == [False, False, True]
