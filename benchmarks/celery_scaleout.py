@@ -88,7 +88,8 @@ def celery_workers(workers: int | list[Worker], env: dict[str, str], log_dir: Pa
     import redis
 
     if isinstance(workers, int):
-        workers = [Worker(f"gpu{index}-{broker_db}", env={"CUDA_VISIBLE_DEVICES": str(index)}) for index in range(workers)]
+        workers = [Worker(f"gpu{index}-{broker_db}", env={"CUDA_VISIBLE_DEVICES": str(index)})
+                   for index in range(workers)]
     for db in (broker_db, broker_db + 1):
         redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
     env = {**env, "RANDOM_DIFFUSION_CELERY_BROKER": f"{REDIS}/{broker_db}",
@@ -231,7 +232,8 @@ def multinode(root: Path, models_dir: Path, broker_db: int, step_storage: str = 
         if step_storage == "unset":  # the run fails as definitions load: no worker needed
             ((code, output),) = launch_runs(keys, {**shared, **launcher}, len(keys), cwd=launcher_cwd)
             return {**result, "exit_code": code, "output": output[-4000:]}
-        workers = [Worker(f"box-a-{broker_db}", "dagster", box_a, a_cwd), Worker(f"box-b-{broker_db}", "gpu", box_b, b_cwd)]
+        workers = [Worker(f"box-a-{broker_db}", "dagster", box_a, a_cwd),
+                   Worker(f"box-b-{broker_db}", "gpu", box_b, b_cwd)]
         started = time.perf_counter()
         with celery_workers(workers, shared, root, broker_db) as env:
             ready = time.perf_counter()

@@ -96,7 +96,8 @@ def _step_pods(launcher_config: dict, kubeconfig: Path) -> dict:
         job = construct_dagster_k8s_job(
             context.get_k8s_job_config("registry.example.com/random-diffusion-dagster:latest", launcher),
             args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{node.name.replace('_', '-')}",
-            user_defined_k8s_config=context.run_k8s_config, env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": node.name}],
+            user_defined_k8s_config=context.run_k8s_config,
+            env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": node.name}],
         )
         pods[node.name] = job.spec.template.spec
     return pods

@@ -42,7 +42,8 @@ def test_diffused_image_without_its_inputs_in_step_storage_says_to_materialize_t
     with dg.instance_for_test() as instance:
         _materialize(instance, project, tmp_path / "empty", ["source_images"])
         key = instance.get_dynamic_partitions("images")[0]
-        result = _materialize(instance, project, tmp_path / "empty", ["diffused_image"], tags=partition_range_tags(key, key))
+        tags = partition_range_tags(key, key)
+        result = _materialize(instance, project, tmp_path / "empty", ["diffused_image"], tags=tags)
     assert not result.success
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     message = failure.step_failure_data.error.to_string()
