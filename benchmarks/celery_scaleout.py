@@ -1,6 +1,8 @@
-"""A backfill spread over Celery workers: throughput with two workers against one.
+"""A backfill spread over Celery workers: throughput with two workers against one; and two
+"machines" that share nothing but the broker, PostgreSQL and the declared shared storage.
 
     python benchmarks/celery_scaleout.py --partitions 64 --out benchmarks/results/celery-cpu.json
+    python benchmarks/celery_scaleout.py --multinode --out benchmarks/results/celery-multinode-cpu.json
 
 Real parts on one machine: Redis as the broker (127.0.0.1:6379), a throwaway PostgreSQL
 database as the shared instance (127.0.0.1:5432), `dagster-celery` workers as processes,
@@ -8,6 +10,11 @@ each with its own CUDA_VISIBLE_DEVICES (meaningless on a CPU box, the pattern on
 listening on the `gpu` queue with one task at a time. The backfill is what
 BackfillPolicy.multi_run(32) launches: one ranged run per 32 partitions, all at once.
 The tiny demo models are built in a temporary folder.
+
+`multinode` gives each worker a machine of its own (DAGSTER_HOME, working directory, TMPDIR,
+CUDA_VISIBLE_DEVICES): one consumes the `dagster` queue (prompt_list, model_catalog), the other
+the `gpu` queue (diffused_image), so step values must cross machines through
+RANDOM_DIFFUSION_STEP_STORAGE.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_services import project_env, stop_process_groups, throwaway_database
@@ -49,28 +57,53 @@ def make_project(root: Path, partitions: int, models_dir: Path, steps: int) -> d
     home = root / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "deploy" / "celery" / "dagster.yaml").read_text())
-    return {**project_env(root, home), "RANDOM_DIFFUSION_EXECUTOR": "celery"}
+    # One box: its own folder is shared by every worker. PYTHONPATH: the CLIs run this checkout's code.
+    return {**project_env(root, home), "RANDOM_DIFFUSION_EXECUTOR": "celery", "PYTHONPATH": str(PROJECT_ROOT),
+            "RANDOM_DIFFUSION_STEP_STORAGE": str(root / "step-values")}
+
+
+@dataclass
+class Worker:
+    """One `dagster-celery` worker: its name, the queues it consumes, and what differs on its machine."""
+
+    name: str
+    queues: str = "gpu,dagster"
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = PROJECT_ROOT
+
+
+def own_machine(root: Path, name: str, gpu: str) -> tuple[dict[str, str], Path]:
+    """What a separate box has of its own: a DAGSTER_HOME (its copy of deploy/celery/dagster.yaml, so
+    its local storage is its own), a working directory, a TMPDIR and its GPU setting. Returns (env, cwd)."""
+    box = root / name
+    for folder in ("home", "work", "tmp"):
+        (box / folder).mkdir(parents=True)
+    (box / "home" / "dagster.yaml").write_text((PROJECT_ROOT / "deploy" / "celery" / "dagster.yaml").read_text())
+    return {"DAGSTER_HOME": str(box / "home"), "TMPDIR": str(box / "tmp"), "CUDA_VISIBLE_DEVICES": gpu}, box / "work"
 
 
 @contextmanager
-def celery_workers(count: int, env: dict[str, str], log_dir: Path, broker_db: int):
-    """Start `count` workers on a clean Redis database; stop them afterwards."""
+def celery_workers(workers: int | list[Worker], env: dict[str, str], log_dir: Path, broker_db: int):
+    """Start the workers (a count: alike, one GPU each) on a clean Redis database; stop them afterwards."""
     import redis
 
+    if isinstance(workers, int):
+        workers = [Worker(f"gpu{index}-{broker_db}", env={"CUDA_VISIBLE_DEVICES": str(index)})
+                   for index in range(workers)]
     for db in (broker_db, broker_db + 1):
         redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
     env = {**env, "RANDOM_DIFFUSION_CELERY_BROKER": f"{REDIS}/{broker_db}",
            "RANDOM_DIFFUSION_CELERY_BACKEND": f"{REDIS}/{broker_db + 1}"}
     processes, logs = [], []
-    for index in range(count):
-        logs.append(log_dir / f"worker{index}-of-{count}.log")
+    for worker in workers:
+        logs.append(log_dir / f"worker-{worker.name}.log")
         processes.append(subprocess.Popen(
             [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-             "-y", str(PROJECT_ROOT / "deploy" / "celery" / "celery.yaml"), "-q", "gpu,dagster",
-             "-n", f"gpu{index}-{broker_db}", "--", "-c", "1"],
+             "-y", str(PROJECT_ROOT / "deploy" / "celery" / "celery.yaml"), "-q", worker.queues,
+             "-n", worker.name, "--", "-c", "1"],
             # `dagster-celery worker start` runs `celery` from PATH: this environment's.
-            cwd=PROJECT_ROOT, env={**os.environ, **env, "CUDA_VISIBLE_DEVICES": str(index),
-                                   "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+            cwd=worker.cwd, env={**os.environ, **env, **worker.env,
+                                 "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
             stdout=logs[-1].open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         ))
     try:
@@ -93,9 +126,8 @@ def register_partitions(env: dict[str, str]) -> list[str]:
     return sorted(p.name for p in Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]).iterdir())
 
 
-def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
-    """Launch one ranged run per `per_run` partitions, all at once; return the wall time."""
-    started = time.perf_counter()
+def launch_runs(keys: list[str], env: dict[str, str], per_run: int, cwd: Path = PROJECT_ROOT) -> list[tuple[int, str]]:
+    """Launch one ranged run per `per_run` partitions, all at once; (exit code, output) of each."""
     launches = []
     for start in range(0, len(keys), per_run):
         chunk = keys[start : start + per_run]
@@ -103,10 +135,16 @@ def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
         launches.append(subprocess.Popen(
             [str(BIN / "dagster"), "job", "execute", "-m", "random_diffusion_dagster.definitions", "-a", "defs",
              "-j", "diffuse_images", "--tags", tags],
-            cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
     outputs = [launch.communicate(timeout=900)[0] for launch in launches]
-    failed = [out[-3000:] for launch, out in zip(launches, outputs, strict=False) if launch.returncode != 0]
+    return [(launch.returncode, out) for launch, out in zip(launches, outputs, strict=True)]
+
+
+def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
+    """Launch one ranged run per `per_run` partitions, all at once; return the wall time."""
+    started = time.perf_counter()
+    failed = [out[-3000:] for code, out in launch_runs(keys, env, per_run) if code != 0]
     if failed:
         raise RuntimeError("a run failed:\n" + "\n".join(failed))
     return time.perf_counter() - started
@@ -123,8 +161,15 @@ with dg.DagsterInstance.get() as instance:
         run_id = record.dagster_run.run_id
         events = instance.all_logs(run_id)
         worker, start, end = None, None, None
+        step_workers, failures = {}, {}
         for e in events:
-            if e.step_key != "diffused_image" or not e.dagster_event:
+            if not e.dagster_event:
+                continue
+            if e.dagster_event.event_type == T.ENGINE_EVENT and "celery worker" in (e.message or ""):
+                step_workers[e.step_key] = e.dagster_event.engine_event_data.metadata["Celery worker"].value
+            elif e.dagster_event.event_type == T.STEP_FAILURE:
+                failures[e.step_key] = e.dagster_event.step_failure_data.error.to_string()
+            if e.step_key != "diffused_image":
                 continue
             if e.dagster_event.event_type == T.ENGINE_EVENT and "celery worker" in (e.message or ""):
                 worker = e.dagster_event.engine_event_data.metadata["Celery worker"].value
@@ -138,7 +183,8 @@ with dg.DagsterInstance.get() as instance:
         loads = record.dagster_run.tags.get("random_diffusion/pipeline_loads")  # the run's figures are its tags
         loads = int(loads) if loads is not None else None
         out["runs"].append({"run_id": run_id, "status": record.dagster_run.status.value, "worker": worker,
-                            "step_seconds": round(end - start, 2) if start and end else None, "pipeline_loads": loads})
+                            "step_seconds": round(end - start, 2) if start and end else None, "pipeline_loads": loads,
+                            "step_workers": step_workers, "failures": failures})
 print(json.dumps(out))
 '''
     completed = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True, text=True)
@@ -162,13 +208,68 @@ def measure(workers: int, partitions: int, per_run: int, root: Path, models_dir:
             "partitions_materialized": len(report["materializations"])}
 
 
+STEP_STORAGE = "RANDOM_DIFFUSION_STEP_STORAGE"
+
+
+def multinode(root: Path, models_dir: Path, broker_db: int, step_storage: str = "shared", images: int = 3,
+              steps: int = 4) -> dict:
+    """One run whose steps land on two machines: box A consumes the `dagster` queue (prompt_list, model_catalog),
+    box B the `gpu` queue (diffused_image). Shared: Redis, PostgreSQL, the project's folders (images, outputs,
+    prompts, catalog, models) and, with step_storage="shared", the step values. "per-machine": each box sets
+    RANDOM_DIFFUSION_STEP_STORAGE to a local folder of its own (the value cannot cross); "unset": not at all."""
+    with throwaway_database() as url:
+        shared = {**make_project(root / "shared", images, models_dir, steps), "DAGSTER_POSTGRES_URL": url}
+        shared_step_values = shared.pop(STEP_STORAGE)
+        launcher, launcher_cwd = own_machine(root, "launcher", gpu="")
+        box_a, a_cwd = own_machine(root, "box-a", gpu="")
+        box_b, b_cwd = own_machine(root, "box-b", gpu="0")
+        for machine in (launcher, box_a, box_b):
+            if step_storage == "shared":
+                machine[STEP_STORAGE] = shared_step_values
+            elif step_storage == "per-machine":
+                machine[STEP_STORAGE] = str(Path(machine["TMPDIR"]) / "step-values")
+        keys = register_partitions({**shared, **launcher})
+        result = {"step_storage": step_storage, "images": len(keys)}
+        if step_storage == "unset":  # the run fails as definitions load: no worker needed
+            ((code, output),) = launch_runs(keys, {**shared, **launcher}, len(keys), cwd=launcher_cwd)
+            return {**result, "exit_code": code, "output": output[-4000:]}
+        workers = [Worker(f"box-a-{broker_db}", "dagster", box_a, a_cwd),
+                   Worker(f"box-b-{broker_db}", "gpu", box_b, b_cwd)]
+        started = time.perf_counter()
+        with celery_workers(workers, shared, root, broker_db) as env:
+            ready = time.perf_counter()
+            ((code, output),) = launch_runs(keys, {**env, **launcher}, len(keys), cwd=launcher_cwd)
+            finished = time.perf_counter()
+            (run,) = step_report({**env, **launcher})["runs"]
+        results = sorted(path.name for path in Path(shared["RANDOM_DIFFUSION_OUTPUT_DIR"]).glob("*.png"))
+        step_values = {name: sorted(str(p.relative_to(root)) for p in root.glob(f"{name}/**/*_*.pickle"))
+                       for name in ("shared", "launcher", "box-a", "box-b")}
+    return {**result, "exit_code": code, "output": output[-4000:], "run": run, "result_files": results,
+            "step_value_files": step_values,
+            "workers_start_seconds": round(ready - started, 2), "run_seconds": round(finished - ready, 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--partitions", type=int, default=64)
     parser.add_argument("--per-run", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--multinode", action="store_true", help="two machines, shared step storage or not")
     args = parser.parse_args()
     from random_diffusion_dagster.demo.models import build_demo_models
+
+    if args.multinode:
+        with tempfile.TemporaryDirectory() as tmp:
+            models_dir = Path(tmp) / "models"
+            build_demo_models(models_dir)
+            result = {mode: multinode(Path(tmp) / mode, models_dir, broker_db=7, step_storage=mode)
+                      for mode in ("shared", "per-machine", "unset")}
+        for mode, run in result.items():
+            run.pop("output")
+            print(mode, json.dumps(run))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", **result}, indent=2) + "\n")
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         models_dir = Path(tmp) / "models"

@@ -1,7 +1,5 @@
 """The project's one Definitions object."""
 
-import os
-
 import dagster as dg
 
 from .assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
@@ -11,6 +9,8 @@ from .observations import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_se
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
 from .sensors import new_images_sensor
+from .settings import executor_choice, step_storage_location
+from .step_storage import SharedStepStorage
 
 # Declarative automation (the report's condition) needs a sensor; Dagster's default one starts stopped.
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -24,7 +24,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 def _executor() -> dg.ExecutorDefinition | None:
     """Where steps run (RANDOM_DIFFUSION_EXECUTOR): local processes by default, `celery` workers,
     or `k8s` Jobs, one per step, so only the diffusion step asks for a GPU."""
-    choice = os.environ.get("RANDOM_DIFFUSION_EXECUTOR", "").lower()
+    choice = executor_choice()
     if choice == "celery":
         from dagster_celery import celery_executor
 
@@ -40,9 +40,17 @@ def _executor() -> dg.ExecutorDefinition | None:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    if choice:
-        raise ValueError(f"RANDOM_DIFFUSION_EXECUTOR={choice!r}: use celery, k8s, or leave it unset.")
     return None
+
+
+def _resources() -> dict:
+    """The dataset and engine, plus step storage every worker reaches when RANDOM_DIFFUSION_STEP_STORAGE is set
+    (required with celery and k8s); unset, step values stay in Dagster's local storage under DAGSTER_HOME."""
+    resources = {"dataset": DatasetResource(), "engine": DiffusionEngineResource()}
+    location = step_storage_location()
+    if location:
+        resources["io_manager"] = SharedStepStorage(base_dir=location)
+    return resources
 
 
 defs = dg.Definitions(
@@ -52,6 +60,6 @@ defs = dg.Definitions(
     jobs=[diffuse_images_job],
     schedules=[catch_up_schedule],
     sensors=[new_images_sensor, input_files_sensor, automation_sensor],
-    resources={"dataset": DatasetResource(), "engine": DiffusionEngineResource()},
+    resources=_resources(),
     executor=_executor(),
 )

@@ -53,3 +53,35 @@ def env_choices(variable: str, allowed: tuple[str, ...]) -> set[str]:
 def max_partitions_per_run() -> int:
     """Images per run in backfills, sensor, schedule, CLI and `submit` runs."""
     return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", 32, minimum=1)
+
+
+EXECUTORS = ("celery", "k8s")
+STEP_STORAGE_VARIABLE = "RANDOM_DIFFUSION_STEP_STORAGE"
+
+
+def executor_choice() -> str:
+    """RANDOM_DIFFUSION_EXECUTOR: "" (local processes), "celery" or "k8s"."""
+    choice = os.environ.get("RANDOM_DIFFUSION_EXECUTOR", "").strip().lower()
+    if choice and choice not in EXECUTORS:
+        raise SettingError(f"RANDOM_DIFFUSION_EXECUTOR={choice!r}: use celery, k8s, or leave it unset.")
+    return choice
+
+
+def step_storage_location() -> str | None:
+    """Where steps leave values for later steps (RANDOM_DIFFUSION_STEP_STORAGE), or None for Dagster's local storage.
+
+    Celery and Kubernetes run steps on other machines or pods, so there a value written under one
+    DAGSTER_HOME is not found by the next step: refuse to load without a location every worker reaches.
+    """
+    value = os.environ.get(STEP_STORAGE_VARIABLE, "").strip()
+    if value:
+        return value if "://" in value else str(Path(value).expanduser().resolve())
+    executor = executor_choice()
+    if executor:
+        raise SettingError(
+            f"RANDOM_DIFFUSION_EXECUTOR={executor} runs steps on several machines, and prompt_list and "
+            f"model_catalog hand their values to diffused_image through step storage: set {STEP_STORAGE_VARIABLE} "
+            "to a folder or fsspec URL every worker reaches (a shared mount such as /data/step-values, "
+            "or s3://bucket/step-values)."
+        )
+    return None
