@@ -12,8 +12,16 @@ if TYPE_CHECKING:
 
 
 def partition_metadata(result: ImageResult) -> dict:
-    """What one partition's materialization shows: its record's partition fields, path and preview."""
-    metadata = result.record.partition_metadata()
+    """What one partition's materialization shows: its record's partition fields, path and preview.
+
+    Numbers Dagster would plot across materializations are kept for measurements (timings, memory);
+    settings such as the seed or the step count are shown as text, so the Plots tab holds only measurements.
+    """
+    measurements = type(result.record).measurements()
+    metadata = {
+        name: value if name in measurements or not _is_number(value) else dg.MetadataValue.text(str(value))
+        for name, value in result.record.partition_metadata().items()
+    }
     metadata["reused_existing"] = result.status == "reused"
     metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
@@ -21,6 +29,10 @@ def partition_metadata(result: ImageResult) -> dict:
 
 
 RUN_TAG_PREFIX = "random_diffusion/"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]:

@@ -85,7 +85,8 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
                       "rss_peak_mb", "device", "output_path", "preview"):
             assert field in metadata, (key, field)
         assert Path(metadata["output_path"]) == Path(project["output_dir"]) / f"{key}.png"
-        assert read_record(metadata["output_path"]).seed == metadata["seed"]
+        assert str(read_record(metadata["output_path"]).seed) == metadata["seed"]  # a setting: text, not plotted
+        assert isinstance(metadata["inference_seconds"], float)  # a measurement: plotted
         assert "vram_peak_allocated_mb" not in metadata and metadata["device"] == "cpu"  # no GPU, no VRAM figure
     assert len({m["seed"] for m in per_partition.values()}) == len(keys)
     assert {m["source_size"] for m in per_partition.values()} == {"80x60", "60x90", "100x40"}

@@ -23,9 +23,9 @@ RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
 FAILURES_DIR = ".failures"
 
 
-def _partition(**kwargs):
-    """A field that is also shown as per-partition metadata in Dagster."""
-    return field(metadata={"partition_metadata": True}, **kwargs)
+def _partition(measurement: bool = False, **kwargs):
+    """A field that is also shown as per-partition metadata in Dagster; measurements are what its Plots tab draws."""
+    return field(metadata={"partition_metadata": True, "measurement": measurement}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,12 @@ class ResultRecord:
     source_size: str = _partition()
     output_size: str = _partition()
     # A batch's load and inference time, shared equally by its images.
-    pipeline_load_seconds: float = _partition()
-    inference_seconds: float = _partition()
-    total_seconds: float = _partition()
-    vram_peak_allocated_mb: float | None = _partition()  # None on devices without GPU memory
-    vram_peak_reserved_mb: float | None = _partition()
-    rss_peak_mb: float = _partition()
+    pipeline_load_seconds: float = _partition(measurement=True)
+    inference_seconds: float = _partition(measurement=True)
+    total_seconds: float = _partition(measurement=True)
+    vram_peak_allocated_mb: float | None = _partition(measurement=True)  # None on devices without GPU memory
+    vram_peak_reserved_mb: float | None = _partition(measurement=True)
+    rss_peak_mb: float = _partition(measurement=True)
     device: str = _partition()
     scheduler: str = _partition()
     batch_size: int = _partition()
@@ -77,6 +77,10 @@ class ResultRecord:
             for f in dataclasses.fields(self)
             if f.metadata.get("partition_metadata") and getattr(self, f.name) is not None
         }
+
+    @classmethod
+    def measurements(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls) if f.metadata.get("measurement")}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
