@@ -2,8 +2,9 @@
 
 import warnings
 
-# Beta features used on purpose with the pinned Dagster (1.13.27): ranged backfills and data versions
-# on outputs. Only these two notices are dropped; any other Beta or deprecation warning still shows.
+# Beta features used on purpose with the pinned Dagster (1.13.27): ranged backfills, data versions on
+# outputs and observable source assets. Only these notices are dropped; any other still shows.
 warnings.filterwarnings(
     "ignore", message=r"Parameter `(backfill_policy|data_version)` of (function `asset`|initializer `Output)"
 )
+warnings.filterwarnings("ignore", message=r"Function `observable_source_asset` is currently in beta")

@@ -5,7 +5,7 @@ import dagster as dg
 from .assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
 from .checks import results_readable_on_disk
 from .jobs import diffuse_images_job
-from .observations import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
+from .file_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
 from .sensors import new_images_sensor

@@ -10,7 +10,7 @@ import dagster as dg
 from .batching import partition_ranges, ranged_run_requests
 from .engine.images import ImageLoadError, SourceFile, probe_image
 from .jobs import diffuse_images_job
-from .observations import IMAGE_FILES, file_version, observation
+from .file_versions import IMAGE_FILES, file_version, version_event
 from .partitions import images_partitions, partition_ceiling_warning, partition_changes
 from .resources import DatasetResource
 
@@ -153,10 +153,10 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     }
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
     versions = {key: file_version(path) for key, path in replaced_paths.items()}
-    observations = [observation(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version]
+    replaced_versions = [version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version]
     return dg.SensorResult(
         run_requests=requests,
-        asset_events=observations,
+        asset_events=replaced_versions,
         dynamic_partitions_requests=partition_requests,
         cursor=json.dumps(cursor, separators=(",", ":")),
     )

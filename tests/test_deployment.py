@@ -171,10 +171,23 @@ def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment
     status = Deployment(url).query(STALE_QUERY, {"partitions": keys})
     assert status["images"]["staleStatusByPartition"] == ["FRESH"] * 3  # the submitted list is current
     (deployment["root"] / "prompts.txt").write_text("a lighthouse\na forest\na harbour at night\n")
-    stale = _wait_for(
-        lambda: Deployment(url).query(STALE_QUERY, {"partitions": keys})["images"]["staleStatusByPartition"]
-        == ["STALE"] * 3, 240, "the edit to show as stale")
-    assert stale and Deployment(url).query(STALE_QUERY, {"partitions": keys})["prompts"]["staleStatus"] == "FRESH"
+
+    def refreshed_and_stale():
+        status = Deployment(url).query(STALE_QUERY, {"partitions": keys})
+        return status["prompts"]["staleStatus"] == "FRESH" and status["images"]["staleStatusByPartition"] == [
+            "STALE"] * 3
+
+    # input_files_sensor sees the edit, refreshes prompt_list (FRESH again); the images made from the old list are STALE.
+    assert _wait_for(lambda: _latest_list_is_from_file(url) and refreshed_and_stale(), 240, "the edit to show")
+
+
+def _latest_list_is_from_file(url):
+    """Whether prompt_list was last materialized from the prompts file (the refresh), not a submission."""
+    query = 'query($key: [String!]!) { assetNodeOrError(assetKey: {path: $key}) { ... on AssetNode { ' \
+            'assetMaterializations(limit: 1) { metadataEntries { label ... on TextMetadataEntry { text } } } } } }'
+    node = Deployment(url).query(query, {"key": ["prompt_list"]})["assetNodeOrError"]
+    entries = {e["label"]: e.get("text") for e in node["assetMaterializations"][0]["metadataEntries"]}
+    return entries.get("source") == "file"
 
 
 def test_submit_names_an_unreachable_webserver(deployment):

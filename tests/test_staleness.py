@@ -23,7 +23,7 @@ from random_diffusion_dagster.assets import (
 from random_diffusion_dagster.batching import partition_range_tags
 from random_diffusion_dagster.definitions import defs
 from random_diffusion_dagster.engine.results import read_record
-from random_diffusion_dagster.observations import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
+from random_diffusion_dagster.file_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
 from random_diffusion_dagster.prompt_sets import submission_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.schedules import catch_up_schedule
@@ -69,8 +69,8 @@ def _stale(instance, keys):
     return {k for k in keys if resolver.get_status(dg.AssetKey("diffused_image"), k) == StaleStatus.STALE}
 
 
-def _observe_files(instance, project, cursor=None, refreshes=()):
-    """One input_files_sensor tick, its observations stored as the daemon stores them."""
+def _tick_input_files(instance, project, cursor=None, refreshes=()):
+    """One input_files_sensor tick, its events stored as the daemon stores them."""
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
     result = input_files_sensor(context)
     for event in result.asset_events:
@@ -103,7 +103,7 @@ def submitted(instance, project):
     """The old server's flow: a prompt list submitted for every image, its images made."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    cursor = _observe_files(instance, project)
+    cursor = _tick_input_files(instance, project)
     _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, SUBMITTED, submission_tags())
     assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
     return keys, cursor
@@ -123,7 +123,7 @@ def test_editing_the_prompts_file_makes_results_stale_and_the_ui_path_uses_the_n
 ):
     keys, cursor = submitted
     Path(project["prompts_file"]).write_text("a lighthouse at dusk\n")
-    _observe_files(instance, project, cursor, refreshes=["prompt_list"])
+    _tick_input_files(instance, project, cursor, refreshes=["prompt_list"])
     assert _resolver(instance).get_status(dg.AssetKey("prompt_list")) == StaleStatus.STALE  # the UI says so
     _run(instance, project, ["prompt_list"])  # the refresh run the sensor asked for
     assert _stale(instance, keys) == set(keys)
@@ -138,7 +138,7 @@ def test_a_comment_edit_in_the_prompts_file_makes_nothing_stale(instance, projec
     _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, tags={})
     prompts = Path(project["prompts_file"])
     prompts.write_text(prompts.read_text() + "# a note\n")
-    _observe_files(instance, project, cursor, refreshes=["prompt_list"])
+    _tick_input_files(instance, project, cursor, refreshes=["prompt_list"])
     _run(instance, project, ["prompt_list"])
     assert _stale(instance, keys) == set()
 
@@ -168,3 +168,15 @@ def test_asking_for_the_prompts_file_ends_a_submitted_list(instance, project, su
                    resources=_resources(project), run_config=run_config, tags=partition_range_tags(keys[0], keys[-1]))
     file_prompts = {"a red fox", "an ice castle", "the sea at night"}
     assert set(_prompts_on_disk(project, keys).values()) <= file_prompts
+
+
+def test_results_of_a_first_run_are_in_sync_with_the_files_the_sensor_then_reports(instance, project):
+    """A run records the versions it read, so the sensor's first report of the same files makes nothing stale."""
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys)
+    _tick_input_files(instance, project)
+    resolver = _resolver(instance)
+    assert resolver.get_status(dg.AssetKey("prompt_list")) == StaleStatus.FRESH
+    assert resolver.get_status(dg.AssetKey("model_catalog")) == StaleStatus.FRESH
+    assert _stale(instance, keys) == set()

@@ -5,7 +5,7 @@ import dagster as dg
 from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
 from ..metadata import partition_metadata, run_figures
-from ..observations import IMAGE_FILES, observation, report_what_was_read
+from ..file_versions import IMAGE_FILES, report_what_was_read, version_event
 from ..partitions import images_partitions
 from ..resources import DatasetResource, DiffusionEngineResource
 
@@ -41,7 +41,7 @@ def diffused_image(
     files, missing = dataset.files_for(context.partition_keys)
     tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
     # The bytes this run read: each partition's provenance names that content.
-    report_what_was_read(context, [observation(IMAGE_FILES, t.source.sha256[:16], partition=t.key) for t in tasks])
+    report_what_was_read(context, [version_event(IMAGE_FILES, t.source.sha256[:16], partition=t.key) for t in tasks])
     summary = engine.run(tasks, context.log.info)
 
     finished = [r for r in summary.results if r.status != "failed"]

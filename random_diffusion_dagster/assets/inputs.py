@@ -9,7 +9,7 @@ from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, 
 from ..engine.plan import catalog_version
 from ..engine.templates import PromptTemplates
 from ..metadata import table
-from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation, report_what_was_read
+from ..file_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
@@ -107,7 +107,7 @@ def prompt_list(
     PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source=where)
     version = file_version(dataset.prompts_file)
     if version:  # what this run read, so the stored list's provenance names that file content
-        report_what_was_read(context, [observation(PROMPTS_FILE, version)])
+        report_what_was_read(context, [version_event(PROMPTS_FILE, version)])
     return dg.Output(prompt_set.prompts, data_version=dg.DataVersion(prompt_set.version),
                      metadata=prompt_set_metadata(prompt_set))
 
@@ -121,7 +121,7 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     catalog = dataset.catalog()
     version = file_version(dataset.models_file)
     if version:
-        report_what_was_read(context, [observation(MODELS_FILE, version)])
+        report_what_was_read(context, [version_event(MODELS_FILE, version)])
     rows = [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
              "weight": m.weight, "resolution": m.resolution, "steps": m.num_inference_steps, "strength": m.strength,
              "guidance": m.guidance_scale, "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype,

@@ -1,0 +1,124 @@
+"""The files users edit, as observable source assets whose data versions are content hashes.
+
+Dagster marks a result stale when something it was made from has a newer data version.
+The prompts file, the catalog file and each source image are observed with content hashes:
+by `input_files_sensor` when the files change (it then refreshes `prompt_list` /
+`model_catalog`), by `new_images_sensor` when an image is replaced, by the runs themselves
+for the bytes they actually read, and by "Observe sources" in the UI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import dagster as dg
+
+from .partitions import images_partitions
+from .resources import DatasetResource
+
+# The event tag Dagster reads an observation's data version from (dagster._core.definitions.data_version).
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+@dg.observable_source_asset(
+    group_name="inputs",
+    required_resource_keys={"dataset"},
+    description="The prompts file (RANDOM_DIFFUSION_PROMPTS_FILE), versioned by content hash.",
+)
+def prompts_file(context) -> dg.ObserveResult:
+    return _observe_file(context.resources.dataset.prompts_file)
+
+
+@dg.observable_source_asset(
+    group_name="inputs",
+    required_resource_keys={"dataset"},
+    description="The model catalog file (RANDOM_DIFFUSION_MODELS_FILE), versioned by content hash.",
+)
+def models_file(context) -> dg.ObserveResult:
+    return _observe_file(context.resources.dataset.models_file)
+
+
+@dg.observable_source_asset(
+    name="image_file",
+    partitions_def=images_partitions,
+    group_name="inputs",
+    required_resource_keys={"dataset"},
+    description="Each source image, versioned by content hash: a replaced image makes its result stale.",
+)
+def image_files(context) -> dg.DataVersionsByPartition:
+    """All registered images at once (the UI's "Observe sources"): reads every file."""
+    files = {f.partition_key: f.path for f in context.resources.dataset.source_files()}
+    keys = context.instance.get_dynamic_partitions(images_partitions.name)
+    versions = {key: file_version(files[key]) for key in keys if key in files}
+    return dg.DataVersionsByPartition({key: version for key, version in versions.items() if version})
+
+
+def _observe_file(path: str) -> dg.ObserveResult:
+    version = file_version(path)
+    if version is None:
+        raise dg.Failure(f"{path} cannot be read: create it, or point the RANDOM_DIFFUSION_* variable at it.")
+    return dg.ObserveResult(data_version=dg.DataVersion(version), metadata={"path": dg.MetadataValue.path(path)})
+
+
+PROMPTS_FILE, MODELS_FILE, IMAGE_FILES = prompts_file, models_file, image_files
+
+
+def version_event(source: dg.SourceAsset, version: str, partition: str | None = None, **metadata) -> dg.AssetObservation:
+    """A file's content, as the observation Dagster reads the source asset's data version from."""
+    return dg.AssetObservation(source.key, partition=partition, tags={DATA_VERSION_TAG: version}, metadata=metadata)
+
+
+def report_what_was_read(context: dg.AssetExecutionContext, events: list[dg.AssetObservation]) -> None:
+    """Report the versions of the inputs a step read, and let its materialization's provenance name them.
+
+    Dagster reads the upstream versions for a step's provenance when the step starts; without the
+    refresh, the first result made from a file would record no version for it, and a later change
+    would never show as stale. (The step context's wipe is Dagster's own tool for inputs that change
+    during the step.)
+    """
+    for event in events:
+        context.log_event(event)
+    step = context.get_step_execution_context()
+    for key in {event.asset_key for event in events}:
+        step.wipe_input_asset_version_info(key)
+
+
+def file_version(path: str | os.PathLike) -> str | None:
+    """Content hash of a file, or None if it cannot be read (the asset that reads it explains why)."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+    except OSError:
+        return None
+
+
+@dg.sensor(
+    name="input_files_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=dg.AssetSelection.assets("prompt_list", "model_catalog"),
+    description="Versions the prompts file and the model catalog file by content hash, and when one changes "
+    "refreshes `prompt_list` / `model_catalog`: the images made from the old contents then show as stale.",
+)
+def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
+    seen = dict(pair.split("=", 1) for pair in (context.cursor or "").split(",") if "=" in pair)
+    files = [(PROMPTS_FILE, dataset.prompts_file, "prompt_list"), (MODELS_FILE, dataset.models_file, "model_catalog")]
+    events, refresh, versions = [], [], {}
+    for source, path, reader in files:
+        version = file_version(path)
+        if version is None:
+            continue  # missing or unreadable: the asset that reads it says why when it runs
+        versions[source.key.to_user_string()] = version
+        previous = seen.get(source.key.to_user_string())
+        if previous != version:
+            events.append(version_event(source, version, path=dg.MetadataValue.path(str(path))))
+            if previous is not None:
+                context.log.info(f"{path} changed: refreshing {reader}")
+                refresh.append(dg.AssetKey(reader))
+    requests = [dg.RunRequest(run_key=f"refresh:{','.join(sorted(versions.values()))}", asset_selection=refresh)]
+    return dg.SensorResult(
+        run_requests=requests if refresh else [],
+        asset_events=events,
+        cursor=",".join(f"{key}={version}" for key, version in sorted(versions.items())),
+    )
