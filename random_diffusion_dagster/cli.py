@@ -1,6 +1,7 @@
 """`random-diffusion`: diffuse a folder of images with prompts and models drawn at random, from a terminal.
 
-`run` does the whole job on this machine; `submit` sends it to a running deployment; `ui` starts
+`run` does the whole job on this machine; `compare` shows what every catalog model makes of chosen
+images; `submit` sends it to a running deployment; `ui` starts
 the Dagster UI with its daemon; `build-demo-models` writes the tiny offline models the tests use.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from .batching import MAX_PARTITIONS_PER_RUN, partition_ranges
+from .batching import MAX_PARTITIONS_PER_RUN, partition_range_tags, partition_ranges
 from .prompt_sets import submission_tags
 from .settings import PROJECT_ROOT
 
@@ -109,6 +110,59 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failed_runs else 0
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """Every catalog model on the chosen images (their own prompts and seeds), then their grids."""
+    from .definitions import defs
+    from .engine.comparison import ComparisonError, comparison_variants, grid_path
+    from .engine.images import partition_key_for
+
+    try:  # a bad value fails here, before any run starts or model loads
+        comparison_variants(args.strength or [], args.steps or [])
+    except ComparisonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dataset_config = {"dataset": {"config": {"seed": args.seed}}} if args.seed is not None else {}
+    resources_config = {"engine": {"config": {"progress_bar": True, "batch_size": args.batch_size}}, **dataset_config}
+    comparison_config = {"strengths": args.strength or [], "steps": args.steps or []}
+    lock = _instance_home() / ".dagster" / "cli-run.lock"
+    waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
+    with project_instance() as instance, exclusive(lock, waiting):
+        _materialize(defs, "source_images", instance, dataset_config)  # registers the images partitions
+        _materialize(defs, "model_catalog", instance, dataset_config)  # registers the models partitions
+        keys, models = instance.get_dynamic_partitions("images"), instance.get_dynamic_partitions("models")
+        wanted = [image if image in keys else partition_key_for(Path(image).name) for image in args.images]
+        unknown = [image for image, key in zip(args.images, wanted, strict=True) if key not in keys]
+        if unknown or not models:
+            problem = (f"no image {unknown} in the images folder (RANDOM_DIFFUSION_IMAGES_DIR); give file names or "
+                       "partition keys of images there" if unknown else "the model catalog has no usable model")
+            print(f"error: {problem}.", file=sys.stderr)
+            return 2
+        job = defs.resolve_job_def("compare_models")
+        failed_runs = 0
+        # One run per contiguous range of the chosen images, over all models: each model loads once per run.
+        for image_range in partition_ranges(keys, wanted, args.max_partitions_per_run):
+            result = job.execute_in_process(
+                instance=instance,
+                tags=partition_range_tags(_cell_key(image_range.first, models[0]),
+                                          _cell_key(image_range.last, models[-1])),
+                run_config={"resources": resources_config, "ops": {"model_comparison": {"config": comparison_config}},
+                            **QUIET_LOGS},
+                raise_on_error=False,
+            )
+            failed_runs += not result.success
+            outcome = "succeeded" if result.success else "FAILED"
+            print(f"Run {result.run_id}: {outcome} for {len(image_range.keys)} images x {len(models)} models")
+        _materialize(defs, "comparison_report", instance, dataset_config)
+    output_dir = defs.resources["dataset"].output_dir
+    for key in dict.fromkeys(wanted):
+        print(f"Grid: {grid_path(output_dir, key)}")
+    return 1 if failed_runs else 0
+
+
+def _cell_key(image: str, model: str) -> str:
+    return str(dg.MultiPartitionKey({"image": image, "model": model}))
+
+
 def submit_command(args: argparse.Namespace) -> int:
     from .engine.prompts import PromptListError
     from .remote import Deployment, SubmitError
@@ -181,6 +235,26 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
                      help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")
     run.set_defaults(handler=run_command)
+
+    compare = commands.add_parser(
+        "compare", help="run every catalog model on chosen images with their own prompts and seeds; draw grids"
+    )
+    compare.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="file names in the images folder, or their partition keys")
+    compare.add_argument("--strength", type=float, action="append",
+                         help="a denoising strength to compare, above 0 and at most 1 (repeatable: one grid row "
+                         "each; default: each model's own)")
+    compare.add_argument("--steps", type=_positive_int, action="append",
+                         help="an inference step count to compare (repeatable: one grid row each, times the "
+                         "strengths; default: each model's own)")
+    compare.add_argument("--seed", type=int,
+                         help="run seed whose draws (prompt, diffusion seed) are compared "
+                         "(default: RANDOM_DIFFUSION_SEED or 0)")
+    compare.add_argument("--batch-size", type=_positive_int,
+                         help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)")
+    compare.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
+                         help="images per run, each with all models (default: %(default)s)")
+    compare.set_defaults(handler=compare_command)
 
     submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
     submit.add_argument("--url", default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),

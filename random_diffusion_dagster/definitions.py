@@ -2,10 +2,18 @@
 
 import dagster as dg
 
-from .assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from .assets import (
+    comparison_report,
+    diffused_image,
+    diffusion_report,
+    model_catalog,
+    model_comparison,
+    prompt_list,
+    source_images,
+)
 from .checks import results_readable_on_disk
-from .jobs import diffuse_images_job
 from .file_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
+from .jobs import compare_models_job, diffuse_images_job
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
 from .sensors import new_images_sensor
@@ -55,9 +63,9 @@ def _resources() -> dict:
 
 defs = dg.Definitions(
     assets=[PROMPTS_FILE, MODELS_FILE, IMAGE_FILES, source_images, prompt_list, model_catalog, diffused_image,
-            diffusion_report],
+            diffusion_report, model_comparison, comparison_report],
     asset_checks=[results_readable_on_disk],
-    jobs=[diffuse_images_job],
+    jobs=[diffuse_images_job, compare_models_job],
     schedules=[catch_up_schedule],
     sensors=[new_images_sensor, input_files_sensor, automation_sensor],
     resources=_resources(),

@@ -1,10 +1,16 @@
-"""The `images` dynamic partitions: one per source image, keyed by its sanitised file name."""
+"""The `images` dynamic partitions (one per source image, keyed by its sanitised file name), the `models`
+partitions (one per catalog model) and the image x model grid of comparisons."""
 
 from dataclasses import dataclass
 
 import dagster as dg
 
 images_partitions = dg.DynamicPartitionsDefinition(name="images")
+models_partitions = dg.DynamicPartitionsDefinition(name="models")  # kept equal to the catalog's names by model_catalog
+comparison_partitions = dg.MultiPartitionsDefinition({"image": images_partitions, "model": models_partitions})
+
+# Characters that break multi-partition keys (`|` separates dimensions, `,` `[` `]` break selections, `...` ranges).
+UNSAFE_IN_MULTI_KEYS = ("|", ",", "[", "]", "...")
 
 # Dagster's documentation recommends at most this many partitions per asset; it enforces no limit.
 MAX_RECOMMENDED_PARTITIONS = 100_000
@@ -37,3 +43,22 @@ def partition_changes(existing: list[str], present: list[str]) -> PartitionChang
     return PartitionChanges(
         new=[key for key in present if key not in existing_set], gone=sorted(existing_set - present_set)
     )
+
+
+def multi_key_problem(key: str) -> str | None:
+    """Why `key` cannot be one dimension of a multi-partition key, or None if it can."""
+    if not key.strip() or any(c < " " for c in key):
+        return "it is empty or holds control characters"
+    bad = [part for part in UNSAFE_IN_MULTI_KEYS if part in key]
+    return f"it contains {bad}" if bad else None
+
+
+def sync_dynamic_partitions(instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition,
+                            keys: list[str]) -> PartitionChanges:
+    """Make a dynamic dimension hold exactly `keys`: new ones added (in order), vanished ones deleted."""
+    changes = partition_changes(instance.get_dynamic_partitions(partitions_def.name), keys)
+    if changes.new:
+        instance.add_dynamic_partitions(partitions_def.name, changes.new)
+    for key in changes.gone:
+        instance.delete_dynamic_partition(partitions_def.name, key)
+    return changes

@@ -17,6 +17,7 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
         dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"source_images", "prompt_list", "model_catalog", "diffused_image", "diffusion_report",
+                    "model_comparison", "comparison_report",
                     "prompts_file", "models_file", "image_file"}  # the observed files results are made from
     assert defs.resolve_sensor_def("new_images_sensor") and defs.resolve_schedule_def("catch_up_schedule")
 

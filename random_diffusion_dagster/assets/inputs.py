@@ -10,7 +10,13 @@ from ..engine.plan import catalog_version
 from ..engine.templates import PromptTemplates
 from ..metadata import table
 from ..file_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
-from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
+from ..partitions import (
+    images_partitions,
+    models_partitions,
+    multi_key_problem,
+    partition_ceiling_warning,
+    sync_dynamic_partitions,
+)
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
 
@@ -45,7 +51,7 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
             {"key": source.partition_key, "name": source.name, "path": source.path, "format": image_format,
              "width": width, "height": height, "bytes": source.size}
         )
-    _sync_partitions(context.instance, [row["key"] for row in found])
+    sync_dynamic_partitions(context.instance, images_partitions, [row["key"] for row in found])
     metadata = {
         "count": len(found),
         "total_bytes": sum(row["bytes"] for row in found),
@@ -79,14 +85,6 @@ def _preview_images(paths: list[str], count: int) -> list[Image.Image]:
         except ImageLoadError:
             continue
     return previews
-
-
-def _sync_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
-    changes = partition_changes(instance.get_dynamic_partitions(images_partitions.name), keys)
-    if changes.new:
-        instance.add_dynamic_partitions(images_partitions.name, changes.new)
-    for key in changes.gone:
-        instance.delete_dynamic_partition(images_partitions.name, key)
 
 
 @dg.asset(
@@ -129,4 +127,17 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
             for m in catalog]
     metadata = {"count": len(catalog), "catalog_file": dg.MetadataValue.path(dataset.models_file),
                 "models": table(rows, MODEL_COLUMNS)}
+    _sync_model_partitions(context, [m.name for m in catalog])
     return dg.Output(catalog, data_version=dg.DataVersion(catalog_version(catalog)), metadata=metadata)
+
+
+def _sync_model_partitions(context: dg.AssetExecutionContext, names: list[str]) -> None:
+    """The comparison grid's `models` column keys follow the catalog: a removed model removes its column."""
+    usable = []
+    for name in names:
+        problem = multi_key_problem(name)
+        if problem:
+            context.log.warning(f"Model {name!r} gets no comparison column: {problem}; rename it in the catalog.")
+        else:
+            usable.append(name)
+    sync_dynamic_partitions(context.instance, models_partitions, usable)

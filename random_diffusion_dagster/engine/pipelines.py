@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -346,7 +347,7 @@ class PipelineCache:
     def get(self, spec: ModelSpec) -> tuple[Any, float]:
         """(pipeline, seconds spent loading it now: 0.0 when it was already resident)."""
         entry = self._resident.get(spec.name)
-        if entry is not None and entry.spec == spec:
+        if entry is not None and _same_pipeline(entry.spec, spec):
             self._resident.move_to_end(spec.name)
             return entry.pipeline, 0.0
         if entry is not None:
@@ -408,6 +409,13 @@ class PipelineCache:
             if not (over_count or over_budget):
                 return
             self.evict(candidates[0])
+
+
+def _same_pipeline(resident: ModelSpec, wanted: ModelSpec) -> bool:
+    """Whether a resident pipeline serves `wanted`: strength and steps are call arguments, not part of the load,
+    so a comparison over them keeps one load per model."""
+    return dataclasses.replace(wanted, strength=resident.strength,
+                               num_inference_steps=resident.num_inference_steps) == resident
 
 
 def free_memory() -> None:

@@ -119,12 +119,13 @@ def run_tasks(
         require_writable_folder(folder)  # before any model loads
     started = time.perf_counter()
     loads_before = cache.loads
+    # Keyed by output path: a comparison has several tasks per source key (one per model and setting).
     results: dict[str, ImageResult] = {}
     pending = []
     for task in tasks:
         reused = _reuse_existing(task)
         if reused:
-            results[task.key] = reused
+            results[task.output_path] = reused
         else:
             pending.append(task)
     if results:
@@ -134,12 +135,12 @@ def run_tasks(
     with _ResultWriter() as writer:
         for _model_name, model_tasks in by_model:
             for result in _run_model(list(model_tasks), cache, batch_size, progress, writer):
-                results[result.task.key] = result
+                results[result.task.output_path] = result
     progress.close()
     for result in results.values():
         _record_outcome(result)
     return RunSummary(
-        results=[results[t.key] for t in tasks],
+        results=[results[t.output_path] for t in tasks],
         pipeline_loads=cache.loads - loads_before,
         batch_size=batch_size,
         seconds=time.perf_counter() - started,
@@ -218,9 +219,10 @@ def _run_model(
         for task, _source in loaded:
             yield ImageResult(task, "failed", error=str(exc))
         return
-    # Same-size images batch together; per-image generators keep batching from changing pixels.
-    loaded.sort(key=lambda item: item[1].model_input.image.size)
-    for size, group in groupby(loaded, key=lambda item: item[1].model_input.image.size):
+    # Same-size images with the same call settings (a comparison varies strength and steps) batch together;
+    # per-image generators keep batching from changing pixels.
+    loaded.sort(key=_batch_key)
+    for (size, *_settings), group in groupby(loaded, key=_batch_key):
         group = list(group)
         for start in range(0, len(group), batch_size):
             batch = _Batch(spec.name, group[start : start + batch_size])
@@ -236,6 +238,11 @@ def _run_model(
             )
             yield from results
             load_seconds = 0.0  # charged to the first batch only
+
+
+def _batch_key(item: tuple[ImageTask, _Source]) -> tuple:
+    task, source = item
+    return source.model_input.image.size, task.model.strength, task.model.num_inference_steps
 
 
 def _load_source(task: ImageTask) -> _Source:
@@ -386,16 +393,16 @@ def generate(
 def _finish_batch(
     batch: _Batch, outcomes: list[_Outcome], cache: PipelineCache, pipeline, cost: _BatchCost, writer: _ResultWriter
 ) -> Iterator[ImageResult]:
-    sources = {task.key: source for task, source in batch.items}
+    sources = {task.output_path: source for task, source in batch.items}
     pipeline_info = cache.describe(batch.model_name)
     for outcome in outcomes:
         if outcome.image is None:
             yield ImageResult(outcome.task, "failed", error=outcome.error)
             continue
         truncated = _prompt_too_long(pipeline, outcome.task.prompt, outcome.task.model.prompt_weighting)
-        record = _record(outcome, sources[outcome.task.key], pipeline_info, cost, truncated)
+        record = _record(outcome, sources[outcome.task.output_path], pipeline_info, cost, truncated)
         result = ImageResult(outcome.task, "generated", record=record)
-        model_input = sources[outcome.task.key].model_input
+        model_input = sources[outcome.task.output_path].model_input
         source_view = model_input.restore(model_input.image)  # what the model saw, at the result's size
         writer.submit(result, outcome.image, _parameters_text(outcome.task, record, pipeline_info), source_view)
         yield result

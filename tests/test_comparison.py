@@ -1,0 +1,182 @@
+"""Model comparisons: every catalog model on chosen images, on a real instance with the tiny models."""
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from random_diffusion_dagster.assets import (
+    comparison_report,
+    diffused_image,
+    model_catalog,
+    model_comparison,
+    prompt_list,
+    source_images,
+)
+from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.cli import main
+from random_diffusion_dagster.engine.comparison import grid_size
+from random_diffusion_dagster.engine.plan import snapshot_source
+from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+
+from helpers import make_image, write_catalog
+
+ASSETS = [source_images, prompt_list, model_catalog, diffused_image, model_comparison, comparison_report]
+MODELS = ("tiny-sd15", "tiny-sd2", "tiny-sd14")
+
+
+def _project(root, models_dir, names=MODELS):
+    make_image(root / "images" / "red.png", color=(200, 40, 40))
+    make_image(root / "images" / "green.jpg", size=(60, 90), color=(40, 200, 40))
+    make_image(root / "images" / "blue.png", size=(100, 40), color=(40, 40, 200))
+    (root / "prompts.txt").write_text("a red fox\nan ice castle\nthe sea at night\n")
+    catalog = write_catalog(root / "models.yaml", models_dir, names=names)
+    return {"images_dir": str(root / "images"), "output_dir": str(root / "outputs"),
+            "prompts_file": str(root / "prompts.txt"), "models_file": str(catalog), "seed": 0}
+
+
+def _materialize(instance, project, selection, tags=None, run_config=None):
+    resources = {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
+    return dg.materialize(ASSETS, selection=selection, instance=instance, resources=resources, tags=tags or {},
+                          run_config=run_config, raise_on_error=False)
+
+
+def _compare(instance, project, first, last, config=None):
+    """One ranged run over images first..last x every catalog model, as the CLI and a backfill launch it."""
+    models = instance.get_dynamic_partitions("models")
+    tags = partition_range_tags(str(dg.MultiPartitionKey({"image": first, "model": models[0]})),
+                                str(dg.MultiPartitionKey({"image": last, "model": models[-1]})))
+    run_config = {"ops": {"model_comparison": {"config": config}}} if config else None
+    return _materialize(instance, project, ["prompt_list", "model_catalog", "model_comparison"], tags, run_config)
+
+
+def _loads_logged(instance, run_id):
+    return sum("Loaded model" in (event.user_message or "") for event in instance.all_logs(run_id))
+
+
+def _cell(instance, image, model):
+    key = dg.MultiPartitionKey({"image": image, "model": model})
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("model_comparison"), asset_partitions=[key]), limit=1).records
+    return {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, models_dir):
+    """Three images diffused; two of them compared across the three-model catalog; the report drawn."""
+    project = _project(tmp_path_factory.mktemp("comparison"), models_dir)
+    with dg.instance_for_test() as instance:
+        _materialize(instance, project, ["source_images", "model_catalog"])
+        keys = instance.get_dynamic_partitions("images")
+        diffused = _materialize(instance, project, ["prompt_list", "model_catalog", "diffused_image"],
+                                partition_range_tags(keys[0], keys[-1]))
+        chosen = keys[:2]
+        comparison = _compare(instance, project, chosen[0], chosen[-1])
+        report = _materialize(instance, project, ["comparison_report"])
+        assert diffused.success and comparison.success and report.success
+        yield {"instance": instance, "project": project, "images": chosen, "comparison": comparison,
+               "report": report.asset_materializations_for_node("comparison_report")[0].metadata}
+
+
+def test_model_catalog_registers_one_models_partition_per_catalog_model(compared):
+    assert compared["instance"].get_dynamic_partitions("models") == list(MODELS)
+
+
+def test_each_cell_uses_its_images_own_drawn_prompt_and_seed(compared):
+    instance, project = compared["instance"], compared["project"]
+    dataset = DatasetResource(**project)
+    planner = dataset.planner(dataset.prompts(), dataset.catalog())
+    for image in compared["images"]:
+        path = f"{project['images_dir']}/{image}"
+        drawn = planner.task(image, path, snapshot_source(path))
+        for model in MODELS:
+            metadata = _cell(instance, image, model)
+            assert (metadata["prompt"], metadata["seed"], metadata["model"]) == (drawn.prompt, str(drawn.seed), model)
+            record = read_record(metadata["output_path"])
+            assert metadata["output_path"].endswith(f"/comparisons/{image}/{model}.png")
+            assert (record.prompt, record.seed, record.model) == (drawn.prompt, drawn.seed, model)
+
+
+def test_the_cell_of_the_drawn_model_is_pixel_identical_to_the_diffused_image(compared):
+    instance = compared["instance"]
+    for image in compared["images"]:
+        diffused = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("diffused_image"), asset_partitions=[image]), limit=1).records[0]
+        diffused_path = diffused.asset_materialization.metadata["output_path"].value
+        drawn_model = diffused.asset_materialization.metadata["model"].value
+        cell = _cell(instance, image, drawn_model)
+        assert cell["fingerprint"] == diffused.asset_materialization.metadata["fingerprint"].value
+        assert np.array_equal(np.asarray(Image.open(cell["output_path"])), np.asarray(Image.open(diffused_path)))
+        assert cell["output_path"] != diffused_path  # comparisons never overwrite a diffused result
+        for name in ("inference_seconds", "pipeline_load_seconds", "total_seconds", "rss_peak_mb", "device"):
+            assert name in cell
+
+
+def test_a_comparison_run_loads_each_model_once(compared):
+    instance, run_id = compared["instance"], compared["comparison"].run_id
+    assert _loads_logged(instance, run_id) == len(MODELS)
+    assert instance.get_run_by_id(run_id).tags["random_diffusion/pipeline_loads"] == str(len(MODELS))
+    assert instance.get_run_by_id(run_id).tags["random_diffusion/generated"] == str(2 * len(MODELS))
+
+
+def test_the_report_draws_one_labelled_grid_per_compared_image(compared):
+    report, project = compared["report"], compared["project"]
+    assert report["images"].value == 2
+    labels = report["labels"].value
+    assert set(labels) == set(compared["images"])
+    for image in compared["images"]:
+        assert labels[image] == {"columns": ["source", *MODELS], "rows": ["catalog settings"]}
+        with Image.open(f"{project['output_dir']}/comparisons/{image}/grid.png") as grid:
+            assert grid.size == grid_size(1 + len(MODELS), 1)
+    summary = {record.data["model"]: record.data for record in report["summary"].value.records}
+    assert set(summary) == set(MODELS) and all(row["cells"] == 2 and row["images"] == 2 for row in summary.values())
+    assert all(row["mean_inference_s"] > 0 and row["peak_rss_mb"] > 0 for row in summary.values())
+    assert report["grid"].value.count("data:image/jpeg;base64,") == 2
+
+
+def test_strength_and_steps_axes_become_rows_and_a_removed_model_loses_its_column(tmp_path, models_dir):
+    project = _project(tmp_path, models_dir, names=MODELS[:2])
+    with dg.instance_for_test() as instance:
+        _materialize(instance, project, ["source_images", "model_catalog"])
+        image = instance.get_dynamic_partitions("images")[0]
+        result = _compare(instance, project, image, image, {"strengths": [0.5, 1.0], "steps": [2, 4]})
+        assert result.success and _loads_logged(instance, result.run_id) == 2  # 8 images, one load per model
+        files = _cell(instance, image, "tiny-sd2")["variant_files"]
+        assert list(files) == ["strength 0.5, steps 2", "strength 0.5, steps 4", "strength 1, steps 2",
+                               "strength 1, steps 4"]
+        assert files["strength 0.5, steps 4"].endswith(f"/comparisons/{image}/tiny-sd2-s0.5-steps4.png")
+        record = read_record(files["strength 1, steps 2"])
+        assert (record.strength, record.num_inference_steps) == (1.0, 2)
+
+        write_catalog(tmp_path / "models.yaml", models_dir, names=MODELS[:1])
+        assert _materialize(instance, project, ["model_catalog"]).success
+        assert instance.get_dynamic_partitions("models") == [MODELS[0]]
+        report = _materialize(instance, project, ["comparison_report"])
+        labels = report.asset_materializations_for_node("comparison_report")[0].metadata["labels"].value[image]
+        assert labels["columns"] == ["source", MODELS[0]] and len(labels["rows"]) == 4
+        with Image.open(tmp_path / "outputs" / "comparisons" / image / "grid.png") as grid:
+            assert grid.size == grid_size(2, 4)
+
+
+def test_a_bad_strength_is_refused_naming_the_value_before_any_model_loads(tmp_path, models_dir):
+    project = _project(tmp_path, models_dir, names=MODELS[:1])
+    with dg.instance_for_test() as instance:
+        _materialize(instance, project, ["source_images", "model_catalog"])
+        image = instance.get_dynamic_partitions("images")[0]
+        for config, expected in (({"strengths": [1.5]}, "strength 1.5 is outside (0, 1]"),
+                                 ({"strengths": [0.1], "steps": [4]}, "runs no denoising step")):
+            result = _compare(instance, project, image, image, config)
+            assert not result.success
+            error = str(result.get_step_failure_events()[0].step_failure_data.error)
+            assert expected in error and ("raise the strength" in error or "at most 1" in error)
+            assert _loads_logged(instance, result.run_id) == 0
+        assert not (tmp_path / "outputs" / "comparisons").exists()
+
+
+def test_compare_command_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    for option in ("IMAGE", "--strength", "--steps", "--seed", "--batch-size", "--max-partitions-per-run"):
+        assert option in text
