@@ -78,7 +78,7 @@ def build_demo_models_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from .definitions import defs
 
-    resources_config = {"engine": {"config": {"progress_bar": True, "batch_size": args.batch_size}}}
+    resources_config = {"engine": {"config": _engine_config(args)}}
     if args.seed is not None:
         resources_config["dataset"] = {"config": {"seed": args.seed}}
     prompt_config = {"prompt_list": args.prompt} if args.prompt else {"use_prompts_file": args.use_prompts_file}
@@ -122,7 +122,7 @@ def compare_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     dataset_config = {"dataset": {"config": {"seed": args.seed}}} if args.seed is not None else {}
-    resources_config = {"engine": {"config": {"progress_bar": True, "batch_size": args.batch_size}}, **dataset_config}
+    resources_config = {"engine": {"config": _engine_config(args)}, **dataset_config}
     comparison_config = {"strengths": args.strength or [], "steps": args.steps or []}
     lock = _instance_home() / ".dagster" / "cli-run.lock"
     waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
@@ -196,6 +196,11 @@ def ui_command(args: argparse.Namespace) -> int:
 def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> None:
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
     job.execute_in_process(instance=instance, run_config={"resources": resources_config, **QUIET_LOGS})
+
+
+def _engine_config(args: argparse.Namespace) -> dict:
+    """The terminal's progress bar, and a batch size only when one was given (else the device's default)."""
+    return {"progress_bar": True, **({"batch_size": args.batch_size} if args.batch_size else {})}
 
 
 def _positive_int(text: str) -> int:

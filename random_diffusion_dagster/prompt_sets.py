@@ -33,7 +33,7 @@ def submission_tags() -> dict[str, str]:
 class PromptSet:
     prompts: list[str]
     source: str  # "file" or "submitted"
-    file_version: str | None  # the prompts file's content when this list became current
+    file_prompts_version: str | None  # version of the prompts file's list when this list became current
     submitted_by: str | None = None
     submitted_in_run: str | None = None
 
@@ -53,17 +53,17 @@ def current_prompt_set(
     """The submitted list if given; else the last submitted one while the file is unchanged; else the file."""
     if submitted is not None:
         try:
-            file_version = prompts_version(dataset.prompts())
+            file_prompts_version = prompts_version(dataset.prompts())
         except PromptListError:
-            file_version = None  # a submission does not need a usable prompts file
+            file_prompts_version = None  # a submission does not need a usable prompts file
         prompts = require_prompts(submitted, source="run config `prompt_list`")
-        return PromptSet(prompts, "submitted", file_version, submitted_by, run_id)
+        return PromptSet(prompts, "submitted", file_prompts_version, submitted_by, run_id)
     file_prompts = dataset.prompts()
-    file_version = prompts_version(file_prompts)
+    file_prompts_version = prompts_version(file_prompts)
     latest = None if use_prompts_file else latest_prompt_set(instance)
-    if latest is not None and latest.source == "submitted" and latest.file_version == file_version:
+    if latest is not None and latest.source == "submitted" and latest.file_prompts_version == file_prompts_version:
         return latest
-    return PromptSet(file_prompts, "file", file_version)
+    return PromptSet(file_prompts, "file", file_prompts_version)
 
 
 def latest_prompt_set(instance: dg.DagsterInstance) -> PromptSet | None:
