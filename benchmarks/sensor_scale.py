@@ -43,12 +43,11 @@ def _write_png(path: Path, color: tuple[int, int, int], age_s: float = SETTLE_SE
 
 def _tick(instance: dg.DagsterInstance, folder: Path, cursor: str | None) -> tuple[dg.SensorResult, float, float]:
     """(result, seconds in the sensor, seconds applying its partition requests as the daemon does)."""
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"dataset": DatasetResource(images_dir=str(folder))}
-    )
-    started = time.perf_counter()
-    result = new_images_sensor(context)
-    sensor_s = time.perf_counter() - started
+    resources = {"dataset": DatasetResource(images_dir=str(folder))}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        started = time.perf_counter()
+        result = new_images_sensor(context)
+        sensor_s = time.perf_counter() - started
     started = time.perf_counter()
     for request in result.dynamic_partitions_requests:
         if isinstance(request, dg.AddDynamicPartitionsRequest):

@@ -33,8 +33,9 @@ def _age(path: Path, seconds: float = SETTLE_SECONDS + 5) -> None:
 
 def _tick(instance, project, cursor=None):
     """Evaluate the sensor once and apply its partition requests, as the daemon does."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
-    result = new_images_sensor(context)
+    resources = {"dataset": DatasetResource(**project)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = new_images_sensor(context)
     for request in result.dynamic_partitions_requests:
         if isinstance(request, dg.AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -115,12 +116,12 @@ def test_ten_thousand_files_tick_fast_and_arrive_as_few_batched_runs(instance, t
 
 
 def _schedule_requests(instance, project, **dataset):
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=instance,
         resources={"dataset": DatasetResource(**{**project, **dataset})},
         scheduled_execution_time=datetime.datetime(2026, 1, 1, 3, tzinfo=datetime.timezone.utc),
-    )
-    result = catch_up_schedule(context)
+    ) as context:
+        result = catch_up_schedule(context)
     return result if isinstance(result, dg.SkipReason) else list(result)
 
 

@@ -58,11 +58,11 @@ def test_the_schedule_repairs_results_on_disk_that_dagster_never_recorded(instan
     instance.wipe_all_schedules()
     with dg.instance_for_test() as fresh:  # same disk, a Dagster history that lost the run
         fresh.add_dynamic_partitions("images", keys)
-        context = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance=fresh, resources={"dataset": DatasetResource(**project)},
             scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
-        )
-        requests = catch_up_schedule(context)
+        ) as context:
+            requests = catch_up_schedule(context)
         assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
                 for r in requests] == [(keys[0], keys[-1])]
 

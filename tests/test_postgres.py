@@ -43,7 +43,8 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp
         assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"
 
         resources = {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
-        tick = new_images_sensor(dg.build_sensor_context(instance=instance, resources={"dataset": resources["dataset"]}))
+        with dg.build_sensor_context(instance=instance, resources={"dataset": resources["dataset"]}) as context:
+            tick = new_images_sensor(context)
         (add,) = tick.dynamic_partitions_requests
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
         (request,) = tick.run_requests

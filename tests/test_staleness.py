@@ -71,8 +71,9 @@ def _stale(instance, keys):
 
 def _tick_input_files(instance, project, cursor=None, refreshes=()):
     """One input_files_sensor tick, its events stored as the daemon stores them."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
-    result = input_files_sensor(context)
+    resources = {"dataset": DatasetResource(**project)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = input_files_sensor(context)
     for event in result.asset_events:
         instance.report_runless_asset_event(event)
     requested = {key.to_user_string() for request in result.run_requests for key in request.asset_selection}
@@ -81,11 +82,11 @@ def _tick_input_files(instance, project, cursor=None, refreshes=()):
 
 
 def _schedule_keys(instance, project):
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=instance, resources={"dataset": DatasetResource(**project)},
         scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
-    )
-    requests = catch_up_schedule(context)
+    ) as context:
+        requests = catch_up_schedule(context)
     if isinstance(requests, dg.SkipReason):
         return set()
     keys = instance.get_dynamic_partitions("images")
@@ -145,13 +146,14 @@ def test_a_comment_edit_in_the_prompts_file_makes_nothing_stale(instance, projec
 
 def test_replacing_one_image_makes_only_its_partition_stale(instance, project, submitted):
     keys, _ = submitted
-    context = dg.build_sensor_context(instance=instance, resources={"dataset": DatasetResource(**project)})
-    cursor = new_images_sensor(context).cursor  # the sensor's first look at the folder
+    resources = {"dataset": DatasetResource(**project)}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        cursor = new_images_sensor(context).cursor  # the sensor's first look at the folder
     replaced = Path(project["images_dir"]) / "red.png"
     make_image(replaced, color=(10, 10, 10))  # same name, other content, fully written a while ago
     _age(replaced)
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"dataset": DatasetResource(**project)})
-    result = new_images_sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = new_images_sensor(context)
     for event in result.asset_events:
         instance.report_runless_asset_event(event)
     assert [r.partition_key for r in result.run_requests] == ["red.png"], result.run_requests
