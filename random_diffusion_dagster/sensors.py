@@ -9,8 +9,8 @@ import dagster as dg
 
 from .batching import partition_ranges, ranged_run_requests
 from .engine.images import ImageLoadError, SourceFile, probe_image
-from .jobs import diffuse_images_job
 from .file_versions import IMAGE_FILES, file_version, version_event
+from .jobs import diffuse_images_job
 from .partitions import images_partitions, partition_ceiling_warning, partition_changes
 from .resources import DatasetResource
 

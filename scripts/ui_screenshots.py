@@ -43,6 +43,9 @@ import urllib.request
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+
+from local_services import project_env  # noqa: E402  (standard library only: runs under the screenshot venv)
 VIEWPORT = {"width": 1400, "height": 900}
 MAX_BYTES = 300_000
 PARTITION = "coffee.jpg"
@@ -107,16 +110,8 @@ def make_project(root: Path) -> dict[str, str]:
     (root / "models").symlink_to(data / "models", target_is_directory=True)  # catalog paths are relative
     home = root / "home"
     home.mkdir()
-    return {
-        "DAGSTER_HOME": str(home),
-        "RANDOM_DIFFUSION_IMAGES_DIR": str(root / "images"),
-        "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / "outputs"),
-        "RANDOM_DIFFUSION_PROMPTS_FILE": str(root / "prompts.txt"),
-        "RANDOM_DIFFUSION_MODELS_FILE": str(root / "models.yaml"),
-        "PYTHONPATH": str(PROJECT_ROOT),  # this checkout's code, whichever venv runs it
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
+    # this checkout's code, whichever venv runs it
+    return {**project_env(root, home), "PYTHONPATH": str(PROJECT_ROOT)}
 
 
 # The project's dagster.yaml with storage at the defaults, i.e. under the throwaway DAGSTER_HOME (run by --python,

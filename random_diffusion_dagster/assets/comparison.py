@@ -24,8 +24,8 @@ from ..engine.comparison import (
 )
 from ..engine.images import thumbnail_data_uri
 from ..engine.results import read_record
-from ..metadata import partition_metadata, run_figures, table
 from ..file_versions import IMAGE_FILES
+from ..metadata import partition_metadata, run_figures, table
 from ..partitions import comparison_partitions, images_partitions, models_partitions
 from ..resources import DatasetResource, DiffusionEngineResource
 from .diffused_image import GPU_STEP_TAGS

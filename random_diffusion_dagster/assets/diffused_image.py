@@ -4,8 +4,8 @@ import dagster as dg
 
 from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
-from ..metadata import partition_metadata, run_figures
 from ..file_versions import IMAGE_FILES, report_what_was_read, version_event
+from ..metadata import partition_metadata, run_figures
 from ..partitions import images_partitions
 from ..resources import DatasetResource, DiffusionEngineResource
 

@@ -1,15 +1,15 @@
 """The inputs users edit: the images folder, the prompts file and the model catalog."""
 
 import dagster as dg
-from pydantic import Field
 from PIL import Image
+from pydantic import Field
 
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ..engine.plan import catalog_version
 from ..engine.templates import PromptTemplates
-from ..metadata import table
 from ..file_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
+from ..metadata import table
 from ..partitions import (
     images_partitions,
     models_partitions,
@@ -19,7 +19,6 @@ from ..partitions import (
 )
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
-
 
 IMAGE_COLUMNS = {"key": "string", "name": "string", "format": "string", "width": "int", "height": "int", "bytes": "int"}
 MODEL_COLUMNS = {"name": "string", "source": "string", "weight": "float", "resolution": "int", "steps": "int",

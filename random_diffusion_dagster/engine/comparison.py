@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
 from .catalog import ModelSpec
-from .images import open_image_copy, partition_key_for
+from .images import partition_key_for, square_tile
 from .plan import ImageTask
 from .results import ResultRecord, output_path_for
 from .storage import location, write_bytes_atomic
@@ -141,7 +141,7 @@ def draw_grid(source: str | os.PathLike, models: list[str], rows: list[str],
         draw.multiline_text((GAP, top + TILE // 2 - 10), label.replace(", ", "\n"), fill="black", font=font)
         paths = [source, *(cells.get((model, label)) for model in models)]
         for column, path in enumerate(paths):
-            grid.paste(_tile(path), (ROW_LABEL_WIDTH + GAP + column * (TILE + GAP), top))
+            grid.paste(square_tile(path, TILE, "no image"), (ROW_LABEL_WIDTH + GAP + column * (TILE + GAP), top))
     return Grid(grid, columns, list(rows))
 
 
@@ -177,16 +177,3 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     while text and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
     return text + "..."
-
-
-def _tile(path: str | None) -> Image.Image:
-    tile = Image.new("RGB", (TILE, TILE), (220, 220, 220))
-    try:
-        if path is None:
-            raise OSError("not compared")
-        picture = ImageOps.contain(ImageOps.exif_transpose(open_image_copy(path)).convert("RGB"), (TILE, TILE))
-    except (OSError, ValueError):
-        ImageDraw.Draw(tile).text((8, TILE // 2), "no image", fill="black")
-        return tile
-    tile.paste(picture, ((TILE - picture.width) // 2, (TILE - picture.height) // 2))
-    return tile

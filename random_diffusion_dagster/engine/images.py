@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from .storage import location
 
@@ -362,6 +362,21 @@ def thumbnail_data_uri(image: Image.Image, size: int = 256, quality: int = 80) -
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def square_tile(path: str | os.PathLike | None, size: int, missing: str = "missing") -> Image.Image:
+    """The image fitted into a grey square (for sheets and grids), or the square saying `missing`."""
+
+    tile = Image.new("RGB", (size, size), (220, 220, 220))
+    try:
+        if path is None:
+            raise OSError(missing)
+        picture = ImageOps.contain(ImageOps.exif_transpose(open_image_copy(path)).convert("RGB"), (size, size))
+    except (OSError, ValueError):
+        ImageDraw.Draw(tile).text((8, size // 2), missing, fill="black")
+        return tile
+    tile.paste(picture, ((size - picture.width) // 2, (size - picture.height) // 2))
+    return tile
 
 
 def image_strip(images: list[Image.Image], height: int = 96, gap: int = 4) -> Image.Image:

@@ -9,10 +9,10 @@ import textwrap
 from dataclasses import dataclass
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
-from .images import open_image_copy
+from .images import square_tile
 from .results import FailureRecord, ResultRecord, output_path_for, read_failure, read_record
 from .storage import location, write_bytes_atomic
 
@@ -103,22 +103,10 @@ def contact_sheet(
         top = 4 + row * row_height
         paths = (location(images_dir) / record.source_file, location(output_dir) / record.output_file)
         for column, path in enumerate(paths):
-            sheet.paste(_thumbnail(path), (4 + column * (THUMB + 8), top))
+            sheet.paste(square_tile(path, THUMB), (4 + column * (THUMB + 8), top))
         caption = "\n".join(
             textwrap.wrap(record.prompt, 44)[:4]
             + [f"model: {record.model}", f"seed: {record.seed}  {record.inference_seconds:.2f} s"]
         )
         draw.multiline_text((2 * THUMB + 20, top + 4), caption, fill="black", font=font, spacing=3)
     return sheet
-
-
-def _thumbnail(path: str) -> Image.Image:
-    """A square tile of the image, or a grey tile saying why it is missing."""
-    tile = Image.new("RGB", (THUMB, THUMB), (220, 220, 220))
-    try:
-        picture = ImageOps.contain(ImageOps.exif_transpose(open_image_copy(path)).convert("RGB"), (THUMB, THUMB))
-    except (OSError, ValueError):
-        ImageDraw.Draw(tile).text((8, THUMB // 2), "missing", fill="black")
-        return tile
-    tile.paste(picture, ((THUMB - picture.width) // 2, (THUMB - picture.height) // 2))
-    return tile
