@@ -238,7 +238,8 @@ def run_timeline(instance, run) -> dict:
         "run_id": run.run_id, "status": run.status.value, "images": len(materializations),
         "pipeline_loads": int(run.tags.get("random_diffusion/pipeline_loads", len(loads))),
         "batches": [b for b, _ in batches], "step_processes": step_processes,
-        "created": enqueued, "ended": ended, "last_materialization": max(materializations, default=None),
+        "created": enqueued, "starting": starting, "ended": ended,
+        "last_materialization": max(materializations, default=None),
         "split": {
             "queue_wait": diff(starting, enqueued),
             "process_start_and_definitions": diff(step_start, starting),
@@ -269,6 +270,9 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
         values = [r["split"][name] for r in runs if r["split"][name] is not None]
         split[name] = round(sum(values), 2)
     first_created = min(r["created"] for r in runs if r["created"])
+    # Seconds from one run's end to the next one's launch: the queue daemon's pickup (the pool holds one run).
+    spans = sorted((r["starting"], r["ended"]) for r in runs if r["starting"] and r["ended"])
+    gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:])]
     return {
         "images": images, "runs": len(runs), "wall_seconds_request_to_last_materialization": round(wall, 2),
         "orchestrated_images_per_s": round(images / wall, 3),
@@ -278,7 +282,8 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
         "seconds_to_first_run": round(first_created - requested, 2),
         "wall_seconds_first_run_to_last_materialization": round(last - first_created, 2),
         "split_seconds_summed_over_runs": split,
-        "per_run": [{k: v for k, v in r.items() if k not in ("created", "ended", "last_materialization")}
+        "gaps_between_runs_seconds": [round(g, 2) for g in gaps],
+        "per_run": [{k: v for k, v in r.items() if k not in ("created", "starting", "ended", "last_materialization")}
                     for r in runs],
     }
 
@@ -297,7 +302,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def parse_variant(text: str) -> dict:
-    settings = {"executor": "in_process", "per_run": None, "dequeue": None}
+    settings = {"executor": None, "per_run": None, "dequeue": None}  # None: the project's own setting
     for part in filter(None, text.split(",")):
         name, _, value = part.partition("=")
         if name not in settings:
@@ -319,7 +324,10 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
     instance_home(home, args.project_root, variant["dequeue"])
     shutil.copytree(project["images"], work / "images", copy_function=os.link)  # the same files, hard-linked
     env = {**base_env, "DAGSTER_HOME": str(home), "RANDOM_DIFFUSION_OUTPUT_DIR": str(work / "outputs"),
-           "RANDOM_DIFFUSION_IMAGES_DIR": str(work / "images"), "RANDOM_DIFFUSION_EXECUTOR": variant["executor"]}
+           "RANDOM_DIFFUSION_IMAGES_DIR": str(work / "images")}
+    env.pop("RANDOM_DIFFUSION_EXECUTOR", None)
+    if variant["executor"]:
+        env["RANDOM_DIFFUSION_EXECUTOR"] = variant["executor"]
     if variant["per_run"]:
         env["RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN"] = str(variant["per_run"])
     started = time.perf_counter()
@@ -327,6 +335,7 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
                     "--select", "source_images,prompt_list,model_catalog"], cwd=args.project_root, env=env,
                    check=True, capture_output=True)
     register_seconds = time.perf_counter() - started
+    os.environ.pop("RANDOM_DIFFUSION_EXECUTOR", None)
     os.environ.update(env)  # this process's instance and definitions: the same home and settings
     with dg.DagsterInstance.get() as instance:
         keys = instance.get_dynamic_partitions("images")
@@ -354,7 +363,7 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
             if failed_runs(runs):
                 raise RuntimeError(f"backfill runs failed: {failed_runs(runs)}; see {work / 'daemon.log'}")
             result = summarize([run_timeline(instance, r) for r in runs], len(keys), requested, batch_size)
-            result.update({"variant": variant["name"] or "default", "executor": variant["executor"],
+            result.update({"variant": variant["name"] or "default", "executor": variant["executor"] or "project default",
                            "load_average_at_request": [round(x, 2) for x in load],
                            "register_seconds": round(register_seconds, 2), "compile_events": 0})
             result["other_runs_meanwhile"] = sorted(
