@@ -10,6 +10,7 @@ from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, 
 from ..engine.plan import catalog_version
 from ..observations import MODELS_FILE, PROMPTS_FILE, file_version, observation, report_what_was_read
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
+from ..pools import ensure_gpu_pool_limit
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
 
@@ -76,6 +77,7 @@ def _preview_images(paths: list[str], count: int) -> list[Image.Image]:
 
 
 def _sync_partitions(instance: dg.DagsterInstance, keys: list[str]) -> None:
+    ensure_gpu_pool_limit(instance)  # before any run over these partitions can be queued
     changes = partition_changes(instance.get_dynamic_partitions(images_partitions.name), keys)
     if changes.new:
         instance.add_dynamic_partitions(images_partitions.name, changes.new)
