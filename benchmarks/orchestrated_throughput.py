@@ -283,6 +283,7 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
         "wall_seconds_first_run_to_last_materialization": round(last - first_created, 2),
         "split_seconds_summed_over_runs": split,
         "gaps_between_runs_seconds": [round(g, 2) for g in gaps],
+        "overlapping_runs": sum(g < 0 for g in gaps),  # the gpu pool should make this 0
         "per_run": [{k: v for k, v in r.items() if k not in ("created", "starting", "ended", "last_materialization")}
                     for r in runs],
     }
