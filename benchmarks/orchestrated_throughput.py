@@ -88,14 +88,14 @@ def gpu_catalog(folder: Path, shapes_name: str) -> Path:
 def engine_worker(args) -> int:
     """Runs in a fresh process: plan and make every image with the engine alone; prints its figures as JSON."""
     started = time.perf_counter()
+    import torch
+
     from random_diffusion_dagster.engine.catalog import load_catalog
     from random_diffusion_dagster.engine.images import scan_images
     from random_diffusion_dagster.engine.pipelines import PipelineCache
     from random_diffusion_dagster.engine.plan import Planner
     from random_diffusion_dagster.engine.prompts import load_prompts
     from random_diffusion_dagster.engine.runner import run_tasks
-
-    import torch
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -229,7 +229,7 @@ def run_timeline(instance, run) -> dict:
         name = f"{kind.value}:{step}" if step else kind.value
         first.setdefault(name, entry.timestamp)
     get = first.get
-    enqueued, starting, started = get("PIPELINE_ENQUEUED"), get("PIPELINE_STARTING"), get("PIPELINE_START")
+    enqueued, starting = get("PIPELINE_ENQUEUED"), get("PIPELINE_STARTING")
     step_start, step_success = get(f"STEP_START:{ASSET}"), get(f"STEP_SUCCESS:{ASSET}")
     ended = get("PIPELINE_SUCCESS") or get("PIPELINE_FAILURE")
     inference, load = sum(s for _, s in batches), sum(loads)
@@ -272,7 +272,7 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
     first_created = min(r["created"] for r in runs if r["created"])
     # Seconds from one run's end to the next one's launch: the queue daemon's pickup (the pool holds one run).
     spans = sorted((r["starting"], r["ended"]) for r in runs if r["starting"] and r["ended"])
-    gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:])]
+    gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)]
     return {
         "images": images, "runs": len(runs), "wall_seconds_request_to_last_materialization": round(wall, 2),
         "orchestrated_images_per_s": round(images / wall, 3),
@@ -364,7 +364,8 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
             if failed_runs(runs):
                 raise RuntimeError(f"backfill runs failed: {failed_runs(runs)}; see {work / 'daemon.log'}")
             result = summarize([run_timeline(instance, r) for r in runs], len(keys), requested, batch_size)
-            result.update({"variant": variant["name"] or "default", "executor": variant["executor"] or "project default",
+            result.update({"variant": variant["name"] or "default",
+                           "executor": variant["executor"] or "project default",
                            "load_average_at_request": [round(x, 2) for x in load],
                            "register_seconds": round(register_seconds, 2), "compile_events": 0})
             result["other_runs_meanwhile"] = sorted(

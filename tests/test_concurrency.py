@@ -54,10 +54,11 @@ def test_registering_images_stores_the_gpu_pool_limit_before_any_run_is_queued(t
     import dagster as dg
     import yaml
 
-    from helpers import make_image
     from random_diffusion_dagster.assets import source_images
     from random_diffusion_dagster.pools import GPU_POOL
     from random_diffusion_dagster.resources import DatasetResource
+
+    from helpers import make_image
 
     make_image(tmp_path / "images" / "a.png")
     concurrency = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]
