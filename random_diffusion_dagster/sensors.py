@@ -12,6 +12,7 @@ from .engine.images import ImageLoadError, SourceFile, probe_image
 from .file_versions import IMAGE_FILES, file_version, version_event
 from .jobs import diffuse_images_job
 from .partitions import images_partitions, partition_ceiling_warning, partition_changes
+from .pools import ensure_gpu_pool_limit
 from .resources import DatasetResource
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
@@ -139,6 +140,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     )
     requests += _replaced_requests(ordered, replaced_keys, signatures)
     partition_requests = []
+    if requests:
+        ensure_gpu_pool_limit(context.instance)  # before the first of these runs is queued
     if new_keys:
         partition_requests.append(images_partitions.build_add_request(new_keys))
     if gone:

@@ -55,15 +55,18 @@ def max_partitions_per_run() -> int:
     return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", 32, minimum=1)
 
 
-EXECUTORS = ("celery", "k8s")
+EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
+SEVERAL_MACHINES = ("celery", "k8s")  # executors whose steps may run on other machines or pods
 STEP_STORAGE_VARIABLE = "RANDOM_DIFFUSION_STEP_STORAGE"
 
 
 def executor_choice() -> str:
-    """RANDOM_DIFFUSION_EXECUTOR: "" (local processes), "celery" or "k8s"."""
+    """RANDOM_DIFFUSION_EXECUTOR: "" or "in_process" (the default), "multiprocess", "celery" or "k8s"."""
     choice = os.environ.get("RANDOM_DIFFUSION_EXECUTOR", "").strip().lower()
     if choice and choice not in EXECUTORS:
-        raise SettingError(f"RANDOM_DIFFUSION_EXECUTOR={choice!r}: use celery, k8s, or leave it unset.")
+        raise SettingError(
+            f"RANDOM_DIFFUSION_EXECUTOR={choice!r}: use in_process (the default), multiprocess, celery or k8s."
+        )
     return choice
 
 
@@ -77,7 +80,7 @@ def step_storage_location() -> str | None:
     if value:
         return value if "://" in value else str(Path(value).expanduser().resolve())
     executor = executor_choice()
-    if executor:
+    if executor in SEVERAL_MACHINES:
         raise SettingError(
             f"RANDOM_DIFFUSION_EXECUTOR={executor} runs steps on several machines, and prompt_list and "
             f"model_catalog hand their values to diffused_image through step storage: set {STEP_STORAGE_VARIABLE} "

@@ -25,3 +25,25 @@ def test_benchmark_runs_on_cpu_and_reports_every_field(tmp_path):
         assert variant["images_per_s"] > 0
     assert results["batched_vs_single"]["max_abs_diff_0_255"] <= 1
     assert results["floor"]["tflop_per_image"] > 0
+
+
+def test_orchestrated_benchmark_backfills_through_the_daemon_and_reports_every_field(tmp_path):
+    """A real daemon, a backfill of every partition and the sensor's pickup, on a few tiny images."""
+    out = tmp_path / "orchestrated.json"
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/orchestrated_throughput.py", "--tiny", "--images", "4", "--sensor-images", "2",
+         "--size", "64", "--quick", "--timeout", "240", "--out", str(out)],
+        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=420,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for field in ("device", "images", "orchestrated_images_per_s", "engine_images_per_s", "ratio", "runs",
+                  "pipeline_loads", "mean_batch_fill", "wall_seconds_request_to_last_materialization", "compile_events",
+                  "engine_images_per_s_without_imports", "dagster_seconds_per_run_above_engine"):
+        assert field in results, field
+    (backfill,) = results["variants"]
+    assert backfill["images"] == 4 and sum(run["images"] for run in backfill["per_run"]) == 4
+    assert backfill["step_processes"] == 0  # the default executor keeps a run in one process
+    assert backfill["sensor"]["images"] == 2 and sum(run["images"] for run in backfill["sensor"]["per_run"]) == 2
+    assert 0 < results["mean_batch_fill"] <= 1 and results["orchestrated_images_per_s"] > 0
+    assert set(backfill["split_seconds_summed_over_runs"]) >= {"model_loads", "inference", "queue_wait"}

@@ -47,3 +47,23 @@ def test_a_second_cli_run_waits_for_the_first_and_says_so(tmp_path):
     first.communicate(timeout=60)
     assert "waiting for the other run" in err
     assert float(out.split()[1]) >= released_after  # it got the lock only once the first let go
+
+
+def test_registering_images_stores_the_gpu_pool_limit_before_any_run_is_queued(tmp_path):
+    """Dagster's queue daemon otherwise starts every queued run of a not-yet-stored pool in its first pass."""
+    import dagster as dg
+    import yaml
+
+    from random_diffusion_dagster.assets import source_images
+    from random_diffusion_dagster.pools import GPU_POOL
+    from random_diffusion_dagster.resources import DatasetResource
+
+    from helpers import make_image
+
+    make_image(tmp_path / "images" / "a.png")
+    concurrency = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]
+    with dg.instance_for_test(overrides={"concurrency": concurrency}) as instance:
+        assert GPU_POOL not in instance.event_log_storage.get_concurrency_keys()
+        dg.materialize([source_images], instance=instance,
+                       resources={"dataset": DatasetResource(images_dir=str(tmp_path / "images"))})
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1

@@ -7,6 +7,7 @@ from ..engine.catalog import ModelSpec
 from ..file_versions import IMAGE_FILES, report_what_was_read, version_event
 from ..metadata import partition_metadata, run_figures
 from ..partitions import images_partitions
+from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
@@ -26,7 +27,7 @@ GPU_STEP_TAGS = {
     partitions_def=images_partitions,
     deps=[IMAGE_FILES],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
-    pool="gpu",
+    pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
     group_name="diffusion",
     description="One img2img result per source image: `<output dir>/<partition key>.png`.",

@@ -17,6 +17,7 @@ from ..partitions import (
     partition_ceiling_warning,
     sync_dynamic_partitions,
 )
+from ..pools import ensure_gpu_pool_limit
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
 
@@ -50,6 +51,7 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
             {"key": source.partition_key, "name": source.name, "path": source.path, "format": image_format,
              "width": width, "height": height, "bytes": source.size}
         )
+    ensure_gpu_pool_limit(context.instance)  # before any run over these partitions can be queued
     sync_dynamic_partitions(context.instance, images_partitions, [row["key"] for row in found])
     metadata = {
         "count": len(found),
