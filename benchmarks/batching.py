@@ -30,8 +30,13 @@ BIN = Path(sys.executable).parent
 
 def dagster(args: list[str], env: dict) -> float:
     started = time.perf_counter()
-    subprocess.run([str(BIN / "dagster"), *args, "-m", "random_diffusion_dagster.definitions"], cwd=PROJECT_ROOT,
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "dagster"), *args, "-m", "random_diffusion_dagster.definitions"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - started
 
 
@@ -44,18 +49,28 @@ def main() -> int:
         for mode in ("one_run_per_image", "one_ranged_run"):
             home = Path(tmp) / mode
             home.mkdir()
-            env = {**os.environ, "DAGSTER_HOME": str(home), "RANDOM_DIFFUSION_OUTPUT_DIR": str(home / "outputs"),
-                   "RANDOM_DIFFUSION_TORCH_THREADS": "2"}
+            env = {
+                **os.environ,
+                "DAGSTER_HOME": str(home),
+                "RANDOM_DIFFUSION_OUTPUT_DIR": str(home / "outputs"),
+                "RANDOM_DIFFUSION_TORCH_THREADS": "2",
+            }
             dagster(["asset", "materialize", "--select", "source_images,prompt_list,model_catalog"], env)
             keys = sorted(p.name for p in (PROJECT_ROOT / "data" / "images").iterdir())
             if mode == "one_run_per_image":
-                seconds = sum(dagster(["asset", "materialize", "--select", "diffused_image", "--partition", key], env)
-                              for key in keys)
+                seconds = sum(
+                    dagster(["asset", "materialize", "--select", "diffused_image", "--partition", key], env)
+                    for key in keys
+                )
             else:
                 tags = json.dumps(partition_range_tags(keys[0], keys[-1]))
                 seconds = dagster(["job", "execute", "-j", "diffuse_images", "--tags", tags], env)
             assert len(list((home / "outputs").glob("*.png"))) == len(keys)
-            results[mode] = {"images": len(keys), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(keys), 2)}
+            results[mode] = {
+                "images": len(keys),
+                "seconds": round(seconds, 2),
+                "seconds_per_image": round(seconds / len(keys), 2),
+            }
             print(mode, results[mode], flush=True)
     results["ratio"] = round(results["one_run_per_image"]["seconds"] / results["one_ranged_run"]["seconds"], 2)
     results["machine"] = f"{os.cpu_count()} CPUs"

@@ -51,15 +51,21 @@ def make_project(root: Path, partitions: int, models_dir: Path, steps: int) -> d
     for index in range(partitions):
         Image.new("RGB", (64, 64), ((index * 37) % 256, (index * 91) % 256, 120)).save(images / f"img{index:04d}.png")
     (root / "prompts.txt").write_text("a lighthouse\na forest\na city at night\n")
-    catalog = {"defaults": {"resolution": 64, "num_inference_steps": steps, "strength": 0.5},
-               "models": [{"name": n, "path": str(models_dir / n)} for n in ("tiny-sd15", "tiny-sd2")]}
+    catalog = {
+        "defaults": {"resolution": 64, "num_inference_steps": steps, "strength": 0.5},
+        "models": [{"name": n, "path": str(models_dir / n)} for n in ("tiny-sd15", "tiny-sd2")],
+    }
     (root / "models.yaml").write_text(yaml.safe_dump(catalog))
     home = root / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "deploy" / "celery" / "dagster.yaml").read_text())
     # One box: its own folder is shared by every worker. PYTHONPATH: the CLIs run this checkout's code.
-    return {**project_env(root, home), "RANDOM_DIFFUSION_EXECUTOR": "celery", "PYTHONPATH": str(PROJECT_ROOT),
-            "RANDOM_DIFFUSION_STEP_STORAGE": str(root / "step-values")}
+    return {
+        **project_env(root, home),
+        "RANDOM_DIFFUSION_EXECUTOR": "celery",
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "RANDOM_DIFFUSION_STEP_STORAGE": str(root / "step-values"),
+    }
 
 
 @dataclass
@@ -88,29 +94,52 @@ def celery_workers(workers: int | list[Worker], env: dict[str, str], log_dir: Pa
     import redis
 
     if isinstance(workers, int):
-        workers = [Worker(f"gpu{index}-{broker_db}", env={"CUDA_VISIBLE_DEVICES": str(index)})
-                   for index in range(workers)]
+        workers = [
+            Worker(f"gpu{index}-{broker_db}", env={"CUDA_VISIBLE_DEVICES": str(index)}) for index in range(workers)
+        ]
     for db in (broker_db, broker_db + 1):
         redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
-    env = {**env, "RANDOM_DIFFUSION_CELERY_BROKER": f"{REDIS}/{broker_db}",
-           "RANDOM_DIFFUSION_CELERY_BACKEND": f"{REDIS}/{broker_db + 1}"}
+    env = {
+        **env,
+        "RANDOM_DIFFUSION_CELERY_BROKER": f"{REDIS}/{broker_db}",
+        "RANDOM_DIFFUSION_CELERY_BACKEND": f"{REDIS}/{broker_db + 1}",
+    }
     processes, logs = [], []
     for worker in workers:
         logs.append(log_dir / f"worker-{worker.name}.log")
-        processes.append(subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-             "-y", str(PROJECT_ROOT / "deploy" / "celery" / "celery.yaml"), "-q", worker.queues,
-             "-n", worker.name, "--", "-c", "1"],
-            # `dagster-celery worker start` runs `celery` from PATH: this environment's.
-            cwd=worker.cwd, env={**os.environ, **env, **worker.env,
-                                 "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
-            stdout=logs[-1].open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dagster-celery"),
+                    "worker",
+                    "start",
+                    "-A",
+                    "dagster_celery.app",
+                    "-y",
+                    str(PROJECT_ROOT / "deploy" / "celery" / "celery.yaml"),
+                    "-q",
+                    worker.queues,
+                    "-n",
+                    worker.name,
+                    "--",
+                    "-c",
+                    "1",
+                ],
+                # `dagster-celery worker start` runs `celery` from PATH: this environment's.
+                cwd=worker.cwd,
+                env={**os.environ, **env, **worker.env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+                stdout=logs[-1].open("w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     try:
         deadline = time.monotonic() + 120
         while not all("ready." in log.read_text() for log in logs):
             if time.monotonic() > deadline:
-                raise RuntimeError("celery workers did not start:\n" + "\n".join(log.read_text()[-2000:] for log in logs))
+                raise RuntimeError(
+                    "celery workers did not start:\n" + "\n".join(log.read_text()[-2000:] for log in logs)
+                )
             time.sleep(0.5)
         yield env
     finally:
@@ -119,9 +148,11 @@ def celery_workers(workers: int | list[Worker], env: dict[str, str], log_dir: Pa
 
 def register_partitions(env: dict[str, str]) -> list[str]:
     """What the sensor or `source_images` does: one `images` partition per file."""
-    code = ("import dagster as dg\nfrom random_diffusion_dagster.engine.images import scan_folder\n"
-            "import os\nkeys=[f.partition_key for f in scan_folder(os.environ['RANDOM_DIFFUSION_IMAGES_DIR'])]\n"
-            "with dg.DagsterInstance.get() as i:\n    i.add_dynamic_partitions('images', keys)\nprint(len(keys))")
+    code = (
+        "import dagster as dg\nfrom random_diffusion_dagster.engine.images import scan_folder\n"
+        "import os\nkeys=[f.partition_key for f in scan_folder(os.environ['RANDOM_DIFFUSION_IMAGES_DIR'])]\n"
+        "with dg.DagsterInstance.get() as i:\n    i.add_dynamic_partitions('images', keys)\nprint(len(keys))"
+    )
     subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True)
     return sorted(p.name for p in Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]).iterdir())
 
@@ -132,11 +163,28 @@ def launch_runs(keys: list[str], env: dict[str, str], per_run: int, cwd: Path = 
     for start in range(0, len(keys), per_run):
         chunk = keys[start : start + per_run]
         tags = json.dumps(partition_range_tags(chunk[0], chunk[-1]))
-        launches.append(subprocess.Popen(
-            [str(BIN / "dagster"), "job", "execute", "-m", "random_diffusion_dagster.definitions", "-a", "defs",
-             "-j", "diffuse_images", "--tags", tags],
-            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+        launches.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dagster"),
+                    "job",
+                    "execute",
+                    "-m",
+                    "random_diffusion_dagster.definitions",
+                    "-a",
+                    "defs",
+                    "-j",
+                    "diffuse_images",
+                    "--tags",
+                    tags,
+                ],
+                cwd=cwd,
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [launch.communicate(timeout=900)[0] for launch in launches]
     return [(launch.returncode, out) for launch, out in zip(launches, outputs, strict=True)]
 
@@ -152,7 +200,7 @@ def backfill(keys: list[str], env: dict[str, str], per_run: int) -> float:
 
 def step_report(env: dict[str, str]) -> dict:
     """Per run: the worker that ran its diffusion step, the step's seconds, and pipeline loads."""
-    code = r'''
+    code = r"""
 import json, dagster as dg
 from dagster import DagsterEventType as T
 out = {"runs": [], "materializations": {}}
@@ -186,12 +234,16 @@ with dg.DagsterInstance.get() as instance:
                             "step_seconds": round(end - start, 2) if start and end else None, "pipeline_loads": loads,
                             "step_workers": step_workers, "failures": failures})
 print(json.dumps(out))
-'''
-    completed = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True, text=True)
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, check=True, capture_output=True, text=True
+    )
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def measure(workers: int, partitions: int, per_run: int, root: Path, models_dir: Path, broker_db: int, steps: int = 8) -> dict:
+def measure(
+    workers: int, partitions: int, per_run: int, root: Path, models_dir: Path, broker_db: int, steps: int = 8
+) -> dict:
     with throwaway_database() as url:
         env = {**make_project(root, partitions, models_dir, steps), "DAGSTER_POSTGRES_URL": url}
         keys = register_partitions(env)
@@ -202,17 +254,24 @@ def measure(workers: int, partitions: int, per_run: int, root: Path, models_dir:
     for run in report["runs"]:
         if run["worker"]:
             busy[run["worker"]] = round(busy.get(run["worker"], 0) + (run["step_seconds"] or 0), 2)
-    return {"workers": workers, "partitions": partitions, "runs": report["runs"], "wall_seconds": round(seconds, 2),
-            "images_per_s": round(partitions / seconds, 3), "busy_seconds_per_worker": busy,
-            "materializations_per_partition": sorted(set(report["materializations"].values())),
-            "partitions_materialized": len(report["materializations"])}
+    return {
+        "workers": workers,
+        "partitions": partitions,
+        "runs": report["runs"],
+        "wall_seconds": round(seconds, 2),
+        "images_per_s": round(partitions / seconds, 3),
+        "busy_seconds_per_worker": busy,
+        "materializations_per_partition": sorted(set(report["materializations"].values())),
+        "partitions_materialized": len(report["materializations"]),
+    }
 
 
 STEP_STORAGE = "RANDOM_DIFFUSION_STEP_STORAGE"
 
 
-def multinode(root: Path, models_dir: Path, broker_db: int, step_storage: str = "shared", images: int = 3,
-              steps: int = 4) -> dict:
+def multinode(
+    root: Path, models_dir: Path, broker_db: int, step_storage: str = "shared", images: int = 3, steps: int = 4
+) -> dict:
     """One run whose steps land on two machines: box A consumes the `dagster` queue (prompt_list, model_catalog),
     box B the `gpu` queue (diffused_image). Shared: Redis, PostgreSQL, the project's folders (images, outputs,
     prompts, catalog, models) and, with step_storage="shared", the step values. "per-machine": each box sets
@@ -233,8 +292,10 @@ def multinode(root: Path, models_dir: Path, broker_db: int, step_storage: str = 
         if step_storage == "unset":  # the run fails as definitions load: no worker needed
             ((code, output),) = launch_runs(keys, {**shared, **launcher}, len(keys), cwd=launcher_cwd)
             return {**result, "exit_code": code, "output": output[-4000:]}
-        workers = [Worker(f"box-a-{broker_db}", "dagster", box_a, a_cwd),
-                   Worker(f"box-b-{broker_db}", "gpu", box_b, b_cwd)]
+        workers = [
+            Worker(f"box-a-{broker_db}", "dagster", box_a, a_cwd),
+            Worker(f"box-b-{broker_db}", "gpu", box_b, b_cwd),
+        ]
         started = time.perf_counter()
         with celery_workers(workers, shared, root, broker_db) as env:
             ready = time.perf_counter()
@@ -242,11 +303,20 @@ def multinode(root: Path, models_dir: Path, broker_db: int, step_storage: str = 
             finished = time.perf_counter()
             (run,) = step_report({**env, **launcher})["runs"]
         results = sorted(path.name for path in Path(shared["RANDOM_DIFFUSION_OUTPUT_DIR"]).glob("*.png"))
-        step_values = {name: sorted(str(p.relative_to(root)) for p in root.glob(f"{name}/**/*_*.pickle"))
-                       for name in ("shared", "launcher", "box-a", "box-b")}
-    return {**result, "exit_code": code, "output": output[-4000:], "run": run, "result_files": results,
-            "step_value_files": step_values,
-            "workers_start_seconds": round(ready - started, 2), "run_seconds": round(finished - ready, 2)}
+        step_values = {
+            name: sorted(str(p.relative_to(root)) for p in root.glob(f"{name}/**/*_*.pickle"))
+            for name in ("shared", "launcher", "box-a", "box-b")
+        }
+    return {
+        **result,
+        "exit_code": code,
+        "output": output[-4000:],
+        "run": run,
+        "result_files": results,
+        "step_value_files": step_values,
+        "workers_start_seconds": round(ready - started, 2),
+        "run_seconds": round(finished - ready, 2),
+    }
 
 
 def main() -> int:
@@ -262,8 +332,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             models_dir = Path(tmp) / "models"
             build_demo_models(models_dir)
-            result = {mode: multinode(Path(tmp) / mode, models_dir, broker_db=7, step_storage=mode)
-                      for mode in ("shared", "per-machine", "unset")}
+            result = {
+                mode: multinode(Path(tmp) / mode, models_dir, broker_db=7, step_storage=mode)
+                for mode in ("shared", "per-machine", "unset")
+            }
         for mode, run in result.items():
             run.pop("output")
             print(mode, json.dumps(run))
@@ -276,13 +348,19 @@ def main() -> int:
         build_demo_models(models_dir)
         one = measure(1, args.partitions, args.per_run, Path(tmp) / "one", models_dir, broker_db=11)
         two = measure(2, args.partitions, args.per_run, Path(tmp) / "two", models_dir, broker_db=13)
-    result = {"machine": f"{os.cpu_count()} CPUs", "one_worker": one, "two_workers": two,
-              "throughput_ratio_two_over_one": round(two["images_per_s"] / one["images_per_s"], 3)}
+    result = {
+        "machine": f"{os.cpu_count()} CPUs",
+        "one_worker": one,
+        "two_workers": two,
+        "throughput_ratio_two_over_one": round(two["images_per_s"] / one["images_per_s"], 3),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for label, run in (("1 worker", one), ("2 workers", two)):
-        print(f"{label}: {run['wall_seconds']} s for {run['partitions']} images ({run['images_per_s']} img/s), "
-              f"busy per worker {run['busy_seconds_per_worker']}")
+        print(
+            f"{label}: {run['wall_seconds']} s for {run['partitions']} images ({run['images_per_s']} img/s), "
+            f"busy per worker {run['busy_seconds_per_worker']}"
+        )
     print(f"ratio two/one: {result['throughput_ratio_two_over_one']}")
     return 0
 

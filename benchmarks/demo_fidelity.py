@@ -73,6 +73,7 @@ def results(specs, sources, strength: float) -> dict[tuple[str, str], tuple[Imag
 
 def _relocate(spec, models_root: Path, new_root: Path):
     """The same catalog entry with its files (source, config folder) under `new_root` instead."""
+
     def move(path):
         return str(new_root / Path(path).relative_to(models_root.resolve())) if path else path
 
@@ -94,10 +95,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         build_demo_models(tmp)
         random_specs = [_relocate(spec, args.catalog.parent / "models", Path(tmp)) for spec in trained]
-        runs = {(kind, strength): results(specs, sources, strength)
-                for kind, specs in (("trained", trained), ("random", random_specs)) for strength in STRENGTHS}
-    report = {"metric": "SSIM, grayscale, 11x11 Gaussian window (sigma 1.5)", "prompt": PROMPT, "images": len(sources),
-              "models": [s.name for s in trained], "mean_ssim": {}, "per_model": {}}
+        runs = {
+            (kind, strength): results(specs, sources, strength)
+            for kind, specs in (("trained", trained), ("random", random_specs))
+            for strength in STRENGTHS
+        }
+    report = {
+        "metric": "SSIM, grayscale, 11x11 Gaussian window (sigma 1.5)",
+        "prompt": PROMPT,
+        "images": len(sources),
+        "models": [s.name for s in trained],
+        "mean_ssim": {},
+        "per_model": {},
+    }
     for (kind, strength), pairs in runs.items():
         scores = {key: ssim(*pair) for key, pair in pairs.items()}
         report["mean_ssim"][f"{kind}@{strength}"] = round(statistics.mean(scores.values()), 4)
@@ -112,8 +122,17 @@ def main() -> int:
         for index, (name, _) in enumerate(sources):
             model = trained[index % len(trained)].name
             source, trained_low = runs[("trained", 0.3)][(model, name)]
-            rows.append(image_strip([source, trained_low, runs[("trained", 0.6)][(model, name)][1],
-                                     runs[("random", 0.3)][(model, name)][1]], height=128))
+            rows.append(
+                image_strip(
+                    [
+                        source,
+                        trained_low,
+                        runs[("trained", 0.6)][(model, name)][1],
+                        runs[("random", 0.3)][(model, name)][1],
+                    ],
+                    height=128,
+                )
+            )
         sheet = Image.new("RGB", (max(r.width for r in rows), 132 * len(rows)), "white")
         for index, row in enumerate(rows):
             sheet.paste(row, (0, index * 132))

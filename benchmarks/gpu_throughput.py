@@ -49,23 +49,52 @@ from random_diffusion_dagster.engine.runner import generate  # noqa: E402
 
 # Published SD-1.5 component shapes (UNet 859.5M parameters, VAE 83.7M, CLIP ViT-L/14 text 123M).
 FULL = {
-    "unet": dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                 cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
-    "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512),
+    "unet": dict(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    ),
+    "vae": dict(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
+    ),
     "text": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
-    "resolution": 512, "steps": 50, "strength": 0.75,
+    "resolution": 512,
+    "steps": 50,
+    "strength": 0.75,
 }
 TINY = {
-    "unet": dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                 attention_head_dim=8, norm_num_groups=16,
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
-    "vae": dict(block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64),
+    "unet": dict(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "vae": dict(
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+    ),
     "text": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
-    "resolution": 64, "steps": 10, "strength": 0.75,
+    "resolution": 64,
+    "steps": 10,
+    "strength": 0.75,
 }
 # Engine speedups timed per compiled group; each batch shape compiles once, in the warm-up.
 COMPILED_GROUPS = {
@@ -85,19 +114,35 @@ def build_models(shapes: dict, root: Path, device: str, count: int = 4) -> list[
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     with torch.device(device):
         torch.manual_seed(0)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **shapes["text"]))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                max_position_embeddings=77,
+                bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"],
+                **shapes["text"],
+            )
+        )
         vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, **shapes["vae"])
-    scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
     folders = []
     for index in range(count):
         with torch.device(device):
             torch.manual_seed(100 + index)
             unet = diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
         pipeline = diffusers.StableDiffusionImg2ImgPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         folder = root / f"sd15-shaped-{index}"
         pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
         folders.append(folder)
@@ -107,8 +152,13 @@ def build_models(shapes: dict, root: Path, device: str, count: int = 4) -> list[
 
 def catalog(folders: list[Path], shapes: dict, dtype: str) -> list:
     document = {
-        "defaults": {"resolution": shapes["resolution"], "num_inference_steps": shapes["steps"],
-                     "strength": shapes["strength"], "guidance_scale": 7.5, "dtype": dtype},
+        "defaults": {
+            "resolution": shapes["resolution"],
+            "num_inference_steps": shapes["steps"],
+            "strength": shapes["strength"],
+            "guidance_scale": 7.5,
+            "dtype": dtype,
+        },
         "models": [{"name": f.name, "path": str(f)} for f in folders],
     }
     return parse_catalog(document, base_dir=folders[0].parent)
@@ -125,7 +175,10 @@ def synchronize(device: str) -> None:
 
 
 def time_variant(name: str, call, batch: int, repeats: int, device: str, images_per_call: int | None = None) -> dict:
-    """Warm up once (compilation lands here), then time `repeats` calls of `images_per_call` images (default: one batch)."""
+    """Warm up once (compilation lands here), then time `repeats` calls of `images_per_call` images.
+
+    `images_per_call` defaults to one batch.
+    """
     images_per_call = images_per_call or batch
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -142,14 +195,24 @@ def time_variant(name: str, call, batch: int, repeats: int, device: str, images_
         seconds.append(time.perf_counter() - started)
     per_image = statistics.median(seconds) / images_per_call
     result = {
-        "variant": name, "device": device_name(device), "batch_size": batch, "images_per_call": images_per_call, "repeats": repeats,
-        "warmup_seconds": round(warmup, 3), "seconds_per_image": round(per_image, 4),
-        "images_per_s": round(1 / per_image, 3), "spread_seconds": [round(s, 3) for s in seconds],
-        "peak_allocated_mb": peak("allocated", device), "peak_reserved_mb": peak("reserved", device),
+        "variant": name,
+        "device": device_name(device),
+        "batch_size": batch,
+        "images_per_call": images_per_call,
+        "repeats": repeats,
+        "warmup_seconds": round(warmup, 3),
+        "seconds_per_image": round(per_image, 4),
+        "images_per_s": round(1 / per_image, 3),
+        "spread_seconds": [round(s, 3) for s in seconds],
+        "peak_allocated_mb": peak("allocated", device),
+        "peak_reserved_mb": peak("reserved", device),
     }
     print("RESULT " + json.dumps(result), flush=True)  # survives a run cut short
-    print(f"{name:32s} {result['images_per_s']:7.2f} img/s  {per_image:.4f} s/img  warm-up {warmup:.1f} s  "
-          f"peak {result['peak_allocated_mb']:.0f}/{result['peak_reserved_mb']:.0f} MiB", flush=True)
+    print(
+        f"{name:32s} {result['images_per_s']:7.2f} img/s  {per_image:.4f} s/img  warm-up {warmup:.1f} s  "
+        f"peak {result['peak_allocated_mb']:.0f}/{result['peak_reserved_mb']:.0f} MiB",
+        flush=True,
+    )
     return result
 
 
@@ -161,7 +224,11 @@ def peak(kind: str, device: str) -> float:
 
 
 def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})"
+    return (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"cpu ({platform.processor() or platform.machine()})"
+    )
 
 
 def engine_call(pipeline, spec, images, device):
@@ -169,6 +236,7 @@ def engine_call(pipeline, spec, images, device):
         seeds = [1000 * repeat + i for i in range(len(images))]
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(images))]
         return generate(pipeline, spec, prompts, images, seeds, device)[0]
+
     return call
 
 
@@ -192,8 +260,12 @@ def flops_per_image(pipeline, spec, device: str) -> float:
         with FlopCounterMode(display=False) as decode_count:
             pipeline.vae.decode(latents[:1])
     steps = spec.denoising_steps
-    parts = {"text": text_count.get_total_flops() / 2, "vae_encode": encode_count.get_total_flops(),
-             "unet_cfg_step": unet_count.get_total_flops(), "vae_decode": decode_count.get_total_flops()}
+    parts = {
+        "text": text_count.get_total_flops() / 2,
+        "vae_encode": encode_count.get_total_flops(),
+        "unet_cfg_step": unet_count.get_total_flops(),
+        "vae_decode": decode_count.get_total_flops(),
+    }
     total = parts["text"] + parts["vae_encode"] + steps * parts["unet_cfg_step"] + parts["vae_decode"]
     return total, {k: round(v / 1e12, 4) for k, v in parts.items()}
 
@@ -232,11 +304,15 @@ def run(args) -> dict:
 
     plain = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folders[0], dtype=getattr(torch, fp16)).to(device)
     plain.set_progress_bar_config(disable=True)
-    plain_result = time_variant(f"plain_{fp16}_batch1", engine_call(plain, specs[0], images[:1], device), 1, args.plain_repeats, device)
+    plain_result = time_variant(
+        f"plain_{fp16}_batch1", engine_call(plain, specs[0], images[:1], device), 1, args.plain_repeats, device
+    )
     results.append(plain_result)
     # The same four images one at a time, with the seeds and prompts the batched call gives them.
-    single_outputs = [generate(plain, specs[0], [PROMPTS[i % len(PROMPTS)]], [image], [i], device)[0][0]
-                      for i, image in enumerate(images[:4])]
+    single_outputs = [
+        generate(plain, specs[0], [PROMPTS[i % len(PROMPTS)]], [image], [i], device)[0][0]
+        for i, image in enumerate(images[:4])
+    ]
     del plain
     torch.cuda.empty_cache() if device == "cuda" else None
 
@@ -244,18 +320,31 @@ def run(args) -> dict:
     cache = PipelineCache(device=device, max_models=4)
     pipeline, _ = cache.get(specs[0])
     if "engine" in wanted:
-        results.append(time_variant(f"engine_{fp16}_batch{batch}", engine_call(pipeline, specs[0], images, device), batch, repeats, device))
+        results.append(
+            time_variant(
+                f"engine_{fp16}_batch{batch}", engine_call(pipeline, specs[0], images, device), batch, repeats, device
+            )
+        )
     batched = engine_call(pipeline, specs[0], images[:4], device)(0)
-    differences = [np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)) for a, b in zip(batched, single_outputs, strict=False)]
-    extra["batched_vs_single"] = {"mean_abs_diff_0_255": round(float(np.mean([d.mean() for d in differences])), 4),
-                                  "max_abs_diff_0_255": float(max(d.max() for d in differences))}
+    differences = [
+        np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32))
+        for a, b in zip(batched, single_outputs, strict=False)
+    ]
+    extra["batched_vs_single"] = {
+        "mean_abs_diff_0_255": round(float(np.mean([d.mean() for d in differences])), 4),
+        "max_abs_diff_0_255": float(max(d.max() for d in differences)),
+    }
     print(f"batched vs one-at-a-time: {extra['batched_vs_single']}", flush=True)
 
     # Throughput floor: FLOPs per image over the measured matrix rate.
     flops, parts = flops_per_image(pipeline, specs[0], device)
     rate = matmul_tflops(device)
-    extra["floor"] = {"tflop_per_image": round(flops / 1e12, 3), "parts_tflop": parts, "measured_bf16_matmul_tflops": round(rate, 1),
-                      "floor_seconds_per_image": round(flops / 1e12 / rate, 4)}
+    extra["floor"] = {
+        "tflop_per_image": round(flops / 1e12, 3),
+        "parts_tflop": parts,
+        "measured_bf16_matmul_tflops": round(rate, 1),
+        "floor_seconds_per_image": round(flops / 1e12 / rate, 4),
+    }
     print(f"floor: {extra['floor']}", flush=True)
 
     if device == "cuda" and "four_models" in wanted:
@@ -265,10 +354,14 @@ def run(args) -> dict:
             cache.get(spec)
         for index, spec in enumerate(specs):
             generate(cache.get(spec)[0], spec, PROMPTS[:1], images[:1], [index], device)
-        extra["four_models"] = {"resident": cache.resident, "resident_weights_mb": round(cache.resident_bytes / 2**20, 1),
-                                "shared_components": cache.shared_components,
-                                "allocated_mb": round(torch.cuda.memory_allocated() / 2**20, 1),
-                                "peak_allocated_mb": peak("allocated", device), "peak_reserved_mb": peak("reserved", device)}
+        extra["four_models"] = {
+            "resident": cache.resident,
+            "resident_weights_mb": round(cache.resident_bytes / 2**20, 1),
+            "shared_components": cache.shared_components,
+            "allocated_mb": round(torch.cuda.memory_allocated() / 2**20, 1),
+            "peak_allocated_mb": peak("allocated", device),
+            "peak_reserved_mb": peak("reserved", device),
+        }
         print(f"four models: {extra['four_models']}", flush=True)
     cache.clear()
     if device == "cuda" and "bf16" in wanted:
@@ -276,7 +369,15 @@ def run(args) -> dict:
         bf16_specs = catalog(folders, shapes, "bfloat16")
         bf16_cache = PipelineCache(device=device, max_models=1)
         pipeline, _ = bf16_cache.get(bf16_specs[0])
-        results.append(time_variant(f"engine_bfloat16_batch{batch}", engine_call(pipeline, bf16_specs[0], images, device), batch, repeats, device))
+        results.append(
+            time_variant(
+                f"engine_bfloat16_batch{batch}",
+                engine_call(pipeline, bf16_specs[0], images, device),
+                batch,
+                repeats,
+                device,
+            )
+        )
         bf16_cache.clear()
     if device == "cuda" and "end_to_end" in wanted:
         # (e) end to end through run_tasks: source loading, resizing and PNG writing included.
@@ -286,7 +387,15 @@ def run(args) -> dict:
         pipeline, _ = cache.get(specs[0])
         full_vae = pipeline.vae
         pipeline.vae = diffusers.AutoencoderTiny().to(device, torch.float16)
-        results.append(time_variant(f"engine_{fp16}_batch{batch}_tiny_vae_decode", engine_call(pipeline, specs[0], images, device), batch, repeats, device))
+        results.append(
+            time_variant(
+                f"engine_{fp16}_batch{batch}_tiny_vae_decode",
+                engine_call(pipeline, specs[0], images, device),
+                batch,
+                repeats,
+                device,
+            )
+        )
         pipeline.vae = full_vae
         cache.clear()
     compile_sizes = [int(b) for b in args.compile_batch_sizes.split(",")]
@@ -299,16 +408,37 @@ def run(args) -> dict:
             compiled_cache.clear()
     if compile_here and "end_to_end_compiled" in wanted:
         # (h) run_tasks with the UNet and VAE compiled: what a Dagster run with both options gets.
-        results.append(end_to_end(specs[0], images, root, device, batch, repeats, COMPILED_GROUPS["compiled_vae"],
-                                  batches=args.end_to_end_batches))
+        results.append(
+            end_to_end(
+                specs[0],
+                images,
+                root,
+                device,
+                batch,
+                repeats,
+                COMPILED_GROUPS["compiled_vae"],
+                batches=args.end_to_end_batches,
+            )
+        )
     plain_per_image = plain_result["seconds_per_image"]
     for result in results:
         result["speedup_vs_plain"] = round(plain_per_image / result["seconds_per_image"], 2)
         result["fraction_of_floor"] = round(extra["floor"]["floor_seconds_per_image"] / result["seconds_per_image"], 3)
-    return {"device": device_name(device), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "workload": {"resolution": shapes["resolution"], "num_inference_steps": shapes["steps"], "strength": shapes["strength"],
-                         "guidance_scale": 7.5, "scheduler": "EulerDiscreteScheduler", "tiny_shapes": args.tiny},
-            "variants": results, **extra}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "workload": {
+            "resolution": shapes["resolution"],
+            "num_inference_steps": shapes["steps"],
+            "strength": shapes["strength"],
+            "guidance_scale": 7.5,
+            "scheduler": "EulerDiscreteScheduler",
+            "tiny_shapes": args.tiny,
+        },
+        "variants": results,
+        **extra,
+    }
 
 
 def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, extra) -> list[dict]:
@@ -325,8 +455,9 @@ def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, ext
     return results
 
 
-def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int, speedups: Speedups = Speedups(),
-               batches: int = 1) -> dict:
+def end_to_end(
+    spec, images, root: Path, device: str, batch: int, repeats: int, speedups: Speedups = Speedups(), batches: int = 1
+) -> dict:
     """run_tasks over `batches` batches per call: with more than one, PNG writes overlap the next batch."""
     from random_diffusion_dagster.engine.plan import ImageTask, snapshot_source
     from random_diffusion_dagster.engine.runner import run_tasks
@@ -341,9 +472,19 @@ def end_to_end(spec, images, root: Path, device: str, batch: int, repeats: int, 
     cache = PipelineCache(device=device, max_models=1, speedups=speedups)
 
     def call(repeat: int):
-        tasks = [ImageTask(f"r{repeat}-{i}", str(p), snapshot, PROMPTS[i % 3], spec, 1000 * repeat + i, 0,
-                           str(root / "outputs" / f"r{repeat}-{i}.png"))
-                 for i, (p, snapshot) in enumerate(zip(paths * batches, snapshots * batches, strict=False))]
+        tasks = [
+            ImageTask(
+                f"r{repeat}-{i}",
+                str(p),
+                snapshot,
+                PROMPTS[i % 3],
+                spec,
+                1000 * repeat + i,
+                0,
+                str(root / "outputs" / f"r{repeat}-{i}.png"),
+            )
+            for i, (p, snapshot) in enumerate(zip(paths * batches, snapshots * batches, strict=False))
+        ]
         summary = run_tasks(tasks, cache, batch_size=batch, log=lambda message: None)
         assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results]
 
@@ -359,10 +500,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plain-repeats", type=int, default=8)
-    parser.add_argument("--only", default="engine,four_models,bf16,end_to_end,tiny_vae,compiled",
-                        help="variant groups to run besides plain (comma-separated)")
+    parser.add_argument(
+        "--only",
+        default="engine,four_models,bf16,end_to_end,tiny_vae,compiled",
+        help="variant groups to run besides plain (comma-separated)",
+    )
     parser.add_argument("--compile-batch-sizes", default="16")
-    parser.add_argument("--end-to-end-batches", type=int, default=1, help="batches per run_tasks call in the end_to_end groups")
+    parser.add_argument(
+        "--end-to-end-batches", type=int, default=1, help="batches per run_tasks call in the end_to_end groups"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     results = run(args)

@@ -75,8 +75,13 @@ def gpu_catalog(folder: Path, shapes_name: str) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     folders = gpu_throughput.build_models(shapes, folder / "models", device, count=4)
     document = {
-        "defaults": {"resolution": shapes["resolution"], "num_inference_steps": shapes["steps"],
-                     "strength": shapes["strength"], "guidance_scale": 7.5, "dtype": "auto"},
+        "defaults": {
+            "resolution": shapes["resolution"],
+            "num_inference_steps": shapes["steps"],
+            "strength": shapes["strength"],
+            "guidance_scale": 7.5,
+            "dtype": "auto",
+        },
         "models": [{"name": f.name, "path": str(f)} for f in folders],
     }
     path = folder / "models.yaml"
@@ -115,11 +120,22 @@ def engine_worker(args) -> int:
     batch_size = 16 if cache.device.startswith("cuda") else 4
     summary = run_tasks(tasks, cache, batch_size, log)
     assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results if r.error]
-    print("ENGINE " + json.dumps({
-        "images": len(tasks), "imports_seconds": imported - started, "run_seconds": time.perf_counter() - imported,
-        "pipeline_loads": summary.pipeline_loads, "batch_size": batch_size, "batches": [b for b, _ in batches],
-        "inference_seconds": sum(s for _, s in batches), "load_seconds": sum(loads), "device": cache.device,
-    }))
+    print(
+        "ENGINE "
+        + json.dumps(
+            {
+                "images": len(tasks),
+                "imports_seconds": imported - started,
+                "run_seconds": time.perf_counter() - imported,
+                "pipeline_loads": summary.pipeline_loads,
+                "batch_size": batch_size,
+                "batches": [b for b, _ in batches],
+                "inference_seconds": sum(s for _, s in batches),
+                "load_seconds": sum(loads),
+                "device": cache.device,
+            }
+        )
+    )
     return 0
 
 
@@ -127,9 +143,24 @@ def run_engine(env: dict, project: dict, root: Path, threads: int | None) -> dic
     out = root / "engine-outputs"
     started = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, __file__, "--engine-worker", str(out), "--images-dir", project["images"], "--prompts",
-         project["prompts"], "--models", project["models"], "--torch-threads", str(threads or 0)],
-        cwd=env["PYTHONPATH"], env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--engine-worker",
+            str(out),
+            "--images-dir",
+            project["images"],
+            "--prompts",
+            project["prompts"],
+            "--models",
+            project["models"],
+            "--torch-threads",
+            str(threads or 0),
+        ],
+        cwd=env["PYTHONPATH"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - started
     if completed.returncode != 0:
@@ -176,9 +207,16 @@ def launch_backfill(instance, keys: list[str]) -> tuple[str, float]:
 
     requested = time.time()
     backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=make_new_backfill_id(), asset_graph=defs.resolve_asset_graph(), partition_names=keys,
-        asset_selection=[dg.AssetKey(ASSET)], backfill_timestamp=requested, tags={},
-        dynamic_partitions_store=instance, all_partitions=False, title="orchestrated_throughput", description=None,
+        backfill_id=make_new_backfill_id(),
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=keys,
+        asset_selection=[dg.AssetKey(ASSET)],
+        backfill_timestamp=requested,
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title="orchestrated_throughput",
+        description=None,
         run_config=None,
     )
     instance.add_backfill(backfill)
@@ -235,10 +273,15 @@ def run_timeline(instance, run) -> dict:
     inference, load = sum(s for _, s in batches), sum(loads)
     before_load = (first_load_line - load_first(loads) - step_start) if first_load_line and step_start else None
     return {
-        "run_id": run.run_id, "status": run.status.value, "images": len(materializations),
+        "run_id": run.run_id,
+        "status": run.status.value,
+        "images": len(materializations),
         "pipeline_loads": int(run.tags.get("random_diffusion/pipeline_loads", len(loads))),
-        "batches": [b for b, _ in batches], "step_processes": step_processes,
-        "created": enqueued, "starting": starting, "ended": ended,
+        "batches": [b for b, _ in batches],
+        "step_processes": step_processes,
+        "created": enqueued,
+        "starting": starting,
+        "ended": ended,
         "last_materialization": max(materializations, default=None),
         "split": {
             "queue_wait": diff(starting, enqueued),
@@ -246,7 +289,9 @@ def run_timeline(instance, run) -> dict:
             "torch_import_and_planning": before_load,
             "model_loads": load,
             "inference": inference,
-            "rest_of_step_writes_and_metadata": (diff(step_success, step_start) or 0) - load - inference
+            "rest_of_step_writes_and_metadata": (diff(step_success, step_start) or 0)
+            - load
+            - inference
             - (before_load or 0),
             "after_step": diff(ended, step_success),
         },
@@ -274,24 +319,35 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
     spans = sorted((r["starting"], r["ended"]) for r in runs if r["starting"] and r["ended"])
     gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)]
     return {
-        "images": images, "runs": len(runs), "wall_seconds_request_to_last_materialization": round(wall, 2),
+        "images": images,
+        "runs": len(runs),
+        "wall_seconds_request_to_last_materialization": round(wall, 2),
         "orchestrated_images_per_s": round(images / wall, 3),
         "pipeline_loads": sum(r["pipeline_loads"] for r in runs),
         "mean_batch_fill": round(sum(batches) / len(batches) / batch_size, 3) if batches else None,
-        "pipeline_calls": len(batches), "step_processes": sum(r["step_processes"] for r in runs),
+        "pipeline_calls": len(batches),
+        "step_processes": sum(r["step_processes"] for r in runs),
         "seconds_to_first_run": round(first_created - requested, 2),
         "wall_seconds_first_run_to_last_materialization": round(last - first_created, 2),
         "split_seconds_summed_over_runs": split,
         "gaps_between_runs_seconds": [round(g, 2) for g in gaps],
         "overlapping_runs": sum(g < 0 for g in gaps),  # the gpu pool should make this 0
-        "per_run": [{k: v for k, v in r.items() if k not in ("created", "starting", "ended", "last_materialization")}
-                    for r in runs],
+        "per_run": [
+            {k: v for k, v in r.items() if k not in ("created", "starting", "ended", "last_materialization")}
+            for r in runs
+        ],
     }
 
 
 def start_daemon(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=cwd, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -313,8 +369,9 @@ def parse_variant(text: str) -> dict:
     return settings
 
 
-def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, batch_size: int,
-                with_sensor: bool) -> dict:
+def run_variant(
+    variant: dict, base_env: dict, project: dict, root: Path, args, batch_size: int, with_sensor: bool
+) -> dict:
     """A fresh home, image folder, outputs and daemon; a backfill of every partition, then the sensor's figure."""
     import shutil
 
@@ -324,17 +381,33 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
     home = work / "home"
     instance_home(home, args.project_root, variant["dequeue"])
     shutil.copytree(project["images"], work / "images", copy_function=os.link)  # the same files, hard-linked
-    env = {**base_env, "DAGSTER_HOME": str(home), "RANDOM_DIFFUSION_OUTPUT_DIR": str(work / "outputs"),
-           "RANDOM_DIFFUSION_IMAGES_DIR": str(work / "images")}
+    env = {
+        **base_env,
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(work / "outputs"),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(work / "images"),
+    }
     env.pop("RANDOM_DIFFUSION_EXECUTOR", None)
     if variant["executor"]:
         env["RANDOM_DIFFUSION_EXECUTOR"] = variant["executor"]
     if variant["per_run"]:
         env["RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN"] = str(variant["per_run"])
     started = time.perf_counter()
-    subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "random_diffusion_dagster.definitions",
-                    "--select", "source_images,prompt_list,model_catalog"], cwd=args.project_root, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "random_diffusion_dagster.definitions",
+            "--select",
+            "source_images,prompt_list,model_catalog",
+        ],
+        cwd=args.project_root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     register_seconds = time.perf_counter() - started
     os.environ.pop("RANDOM_DIFFUSION_EXECUTOR", None)
     os.environ.update(env)  # this process's instance and definitions: the same home and settings
@@ -345,8 +418,11 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
         try:
             if not args.quick:
                 daemon = start_daemon(env, args.project_root, work / "daemon.log")
-                wait_for(lambda: {"SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR"}
-                         <= set(instance.get_daemon_heartbeats()), 180, "the daemon's heartbeats")
+                wait_for(
+                    lambda: {"SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR"} <= set(instance.get_daemon_heartbeats()),
+                    180,
+                    "the daemon's heartbeats",
+                )
                 time.sleep(args.settle_seconds)  # the code server is up and the first sensor ticks are behind us
             load = os.getloadavg()
             backfill_id, requested = launch_backfill(instance, keys)
@@ -357,20 +433,32 @@ def run_variant(variant: dict, base_env: dict, project: dict, root: Path, args, 
             def backfill_runs():
                 return runs_where(instance, "dagster/backfill", backfill_id)
 
-            wait_for(lambda: materialized(instance, set(keys)) or failed_runs(backfill_runs()), args.timeout,
-                     "the backfill")
-            runs = wait_for(lambda: all(r.is_finished for r in backfill_runs()) and backfill_runs(), 120,
-                            "the backfill's runs to end")
+            wait_for(
+                lambda: materialized(instance, set(keys)) or failed_runs(backfill_runs()), args.timeout, "the backfill"
+            )
+            runs = wait_for(
+                lambda: all(r.is_finished for r in backfill_runs()) and backfill_runs(),
+                120,
+                "the backfill's runs to end",
+            )
             if failed_runs(runs):
                 raise RuntimeError(f"backfill runs failed: {failed_runs(runs)}; see {work / 'daemon.log'}")
             result = summarize([run_timeline(instance, r) for r in runs], len(keys), requested, batch_size)
-            result.update({"variant": variant["name"] or "default",
-                           "executor": variant["executor"] or "project default",
-                           "load_average_at_request": [round(x, 2) for x in load],
-                           "register_seconds": round(register_seconds, 2), "compile_events": 0})
+            result.update(
+                {
+                    "variant": variant["name"] or "default",
+                    "executor": variant["executor"] or "project default",
+                    "load_average_at_request": [round(x, 2) for x in load],
+                    "register_seconds": round(register_seconds, 2),
+                    "compile_events": 0,
+                }
+            )
             result["other_runs_meanwhile"] = sorted(
-                r.job_name for r in instance.get_runs() if "dagster/backfill" not in r.tags
-                and instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() > requested)
+                r.job_name
+                for r in instance.get_runs()
+                if "dagster/backfill" not in r.tags
+                and instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() > requested
+            )
             if with_sensor and args.sensor_images:
                 result["sensor"] = sensor_figure(instance, drop or drop_images(instance, args), args, batch_size)
             return result
@@ -393,11 +481,15 @@ def sensor_figure(instance, drop: tuple[set[str], set[str], float], args, batch_
     wait_for(lambda: materialized(instance, keys), args.timeout, "the sensor's runs")
 
     def sensor_runs():
-        return [r for r in instance.get_runs() if r.run_id not in before
-                and r.tags.get("dagster/sensor_name") == "new_images_sensor"]
+        return [
+            r
+            for r in instance.get_runs()
+            if r.run_id not in before and r.tags.get("dagster/sensor_name") == "new_images_sensor"
+        ]
 
-    runs = wait_for(lambda: all(r.is_finished for r in sensor_runs()) and sensor_runs(), 120,
-                    "the sensor's runs to end")
+    runs = wait_for(
+        lambda: all(r.is_finished for r in sensor_runs()) and sensor_runs(), 120, "the sensor's runs to end"
+    )
     if failed_runs(runs):
         raise RuntimeError(f"sensor runs failed: {failed_runs(runs)}")
     result = summarize([run_timeline(instance, r) for r in runs], len(keys), dropped, batch_size)
@@ -410,19 +502,39 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU: the demo catalog, small images, minutes")
     parser.add_argument("--images", type=int, default=None, help="source images (default 128)")
-    parser.add_argument("--sensor-images", type=int, default=None, help="new files for the sensor figure "
-                        "(default: as many as --images; 0 skips it)")
+    parser.add_argument(
+        "--sensor-images",
+        type=int,
+        default=None,
+        help="new files for the sensor figure (default: as many as --images; 0 skips it)",
+    )
     parser.add_argument("--size", type=int, default=None, help="source image side in px (512; 128 with --tiny)")
-    parser.add_argument("--model-shapes", choices=("full", "tiny"), default="full",
-                        help="without --tiny: SD-1.5 shapes, or gpu_throughput.py's tiny ones (the path, on a CPU)")
-    parser.add_argument("--variant", action="append", help="executor=in_process|multiprocess,per_run=N,dequeue=S; "
-                        "repeatable; the first is the headline, the only one with the sensor figure (default: the "
-                        "project's settings)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="CPU threads for torch, engine and runs "
-                        "alike (default 1 on a CPU, the device's on CUDA)")
+    parser.add_argument(
+        "--model-shapes",
+        choices=("full", "tiny"),
+        default="full",
+        help="without --tiny: SD-1.5 shapes, or gpu_throughput.py's tiny ones (the path, on a CPU)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="executor=in_process|multiprocess,per_run=N,dequeue=S; "
+        "repeatable; the first is the headline, the only one with the sensor figure (default: the "
+        "project's settings)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch, engine and runs alike (default 1 on a CPU, the device's on CUDA)",
+    )
     parser.add_argument("--settle-seconds", type=float, default=10.0, help="wait after the daemon is up")
-    parser.add_argument("--quick", action="store_true", help="checks the path, not the timing: the backfill and "
-                        "the sensor's files come before the daemon starts, so neither waits for a daemon loop")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="checks the path, not the timing: the backfill and "
+        "the sensor's files come before the daemon starts, so neither waits for a daemon loop",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--project-root", type=Path, default=DEFAULT_ROOT, help="the checkout children import")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -470,8 +582,13 @@ def measure(args, variants: list[dict], root: Path) -> dict:
     project.update(images=str(images), prompts=str(args.project_root / "data" / "prompts.txt"))
     cuda = not args.tiny and _cuda_available()
     threads = args.torch_threads or (None if cuda else 1)
-    env = {**os.environ, **project_env(root, root / "unused-home"), "PYTHONPATH": str(args.project_root),
-           "RANDOM_DIFFUSION_MODELS_FILE": project["models"], "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts"]}
+    env = {
+        **os.environ,
+        **project_env(root, root / "unused-home"),
+        "PYTHONPATH": str(args.project_root),
+        "RANDOM_DIFFUSION_MODELS_FILE": project["models"],
+        "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts"],
+    }
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), RANDOM_DIFFUSION_TORCH_THREADS=str(threads))
     load_before = os.getloadavg()
@@ -480,13 +597,20 @@ def measure(args, variants: list[dict], root: Path) -> dict:
     results = []
     for variant in variants:
         results.append(run_variant(variant, env, project, root, args, engine["batch_size"], with_sensor=not results))
-        print(variant["name"] or "default", json.dumps({k: v for k, v in results[-1].items()
-                                                        if k not in ("per_run", "sensor")}), flush=True)
+        print(
+            variant["name"] or "default",
+            json.dumps({k: v for k, v in results[-1].items() if k not in ("per_run", "sensor")}),
+            flush=True,
+        )
     head = results[0]
     engine_wall = engine["wall_seconds_with_process_start"]
     return {
-        "device": _device_name(engine["device"]), "machine": f"{os.cpu_count()} CPUs, {platform.machine()}",
-        "images": args.images, "image_size": args.size, "catalog": project["models"], "torch_threads": threads,
+        "device": _device_name(engine["device"]),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}",
+        "images": args.images,
+        "image_size": args.size,
+        "catalog": project["models"],
+        "torch_threads": threads,
         "orchestrated_images_per_s": head["orchestrated_images_per_s"],
         "engine_images_per_s": round(engine["images_per_s_with_imports"], 3),
         "engine_images_per_s_without_imports": round(engine["images_per_s_without_imports"], 3),
@@ -494,18 +618,22 @@ def measure(args, variants: list[dict], root: Path) -> dict:
         "wall_seconds_request_to_last_materialization": head["wall_seconds_request_to_last_materialization"],
         "seconds_to_first_run": head["seconds_to_first_run"],
         "orchestrated_images_per_s_from_first_run": round(
-            args.images / head["wall_seconds_first_run_to_last_materialization"], 3),
+            args.images / head["wall_seconds_first_run_to_last_materialization"], 3
+        ),
         "engine_wall_seconds_with_imports": round(engine_wall, 2),
-        "runs": head["runs"], "pipeline_loads": head["pipeline_loads"], "mean_batch_fill": head["mean_batch_fill"],
+        "runs": head["runs"],
+        "pipeline_loads": head["pipeline_loads"],
+        "mean_batch_fill": head["mean_batch_fill"],
         "compile_events": 0,
         "dagster_seconds_per_run_above_engine": round(
-            (head["wall_seconds_request_to_last_materialization"] - engine_wall) / head["runs"], 2),
+            (head["wall_seconds_request_to_last_materialization"] - engine_wall) / head["runs"], 2
+        ),
         "engine": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in engine.items()},
         "load_average_before": [round(x, 2) for x in load_before],
         "variants": results,
         "notes": "engine_images_per_s counts the engine process's start and imports (a run pays those too); "
-                 "ratio = engine / orchestrated images per second; dagster_seconds_per_run_above_engine = "
-                 "(orchestrated wall - engine wall) / runs; split_seconds_summed_over_runs from event-log timestamps.",
+        "ratio = engine / orchestrated images per second; dagster_seconds_per_run_above_engine = "
+        "(orchestrated wall - engine wall) / runs; split_seconds_summed_over_runs from event-log timestamps.",
     }
 
 

@@ -94,10 +94,17 @@ def run(files: int) -> dict:
             "change_tick_s": round(change_s, 3),
             "cursor_bytes": max(len(c.encode()) for c in cursors),
             "cursor_bytes_per_tick": [len(c.encode()) for c in cursors],
-            "run_requests": {"first": len(first.run_requests), "quiet": len(quiet.run_requests),
-                             "change": len(change.run_requests)},
-            "machine": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "dagster": dg.__version__,
-                        "storage": "SQLite (dg.instance_for_test)"},
+            "run_requests": {
+                "first": len(first.run_requests),
+                "quiet": len(quiet.run_requests),
+                "change": len(change.run_requests),
+            },
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "dagster": dg.__version__,
+                "storage": "SQLite (dg.instance_for_test)",
+            },
         }
 
 

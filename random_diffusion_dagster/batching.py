@@ -80,7 +80,5 @@ def partition_ranges(
     return ranges
 
 
-def ranged_run_requests(
-    ranges: list[PartitionRange], run_key: Callable[[PartitionRange], str]
-) -> list[dg.RunRequest]:
+def ranged_run_requests(ranges: list[PartitionRange], run_key: Callable[[PartitionRange], str]) -> list[dg.RunRequest]:
     return [dg.RunRequest(run_key=run_key(r), tags=r.tags) for r in ranges]

@@ -71,7 +71,9 @@ def build_demo_models_command(args: argparse.Namespace) -> int:
     from .demo.models import build_demo_models
 
     built = build_demo_models(args.models_dir, force=args.force)
-    print(f"Built {len(built)} demo models in {args.models_dir}" if built else f"Demo models already in {args.models_dir}")
+    print(
+        f"Built {len(built)} demo models in {args.models_dir}" if built else f"Demo models already in {args.models_dir}"
+    )
     return 0
 
 
@@ -85,7 +87,10 @@ def run_command(args: argparse.Namespace) -> int:
     ops_config = {"prompt_list": {"config": prompt_config}}
     dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
     lock = _instance_home() / ".dagster" / "cli-run.lock"
-    with project_instance() as instance, exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."):
+    with (
+        project_instance() as instance,
+        exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."),
+    ):
         _materialize(defs, "source_images", instance, dataset_config)
         keys = instance.get_dynamic_partitions("images")
         if not keys:
@@ -133,8 +138,12 @@ def compare_command(args: argparse.Namespace) -> int:
         wanted = [image if image in keys else partition_key_for(Path(image).name) for image in args.images]
         unknown = [image for image, key in zip(args.images, wanted, strict=True) if key not in keys]
         if unknown or not models:
-            problem = (f"no image {unknown} in the images folder (RANDOM_DIFFUSION_IMAGES_DIR); give file names or "
-                       "partition keys of images there" if unknown else "the model catalog has no usable model")
+            problem = (
+                f"no image {unknown} in the images folder (RANDOM_DIFFUSION_IMAGES_DIR); give file names or "
+                "partition keys of images there"
+                if unknown
+                else "the model catalog has no usable model"
+            )
             print(f"error: {problem}.", file=sys.stderr)
             return 2
         job = defs.resolve_job_def("compare_models")
@@ -143,10 +152,14 @@ def compare_command(args: argparse.Namespace) -> int:
         for image_range in partition_ranges(keys, wanted, args.max_partitions_per_run):
             result = job.execute_in_process(
                 instance=instance,
-                tags=partition_range_tags(_cell_key(image_range.first, models[0]),
-                                          _cell_key(image_range.last, models[-1])),
-                run_config={"resources": resources_config, "ops": {"model_comparison": {"config": comparison_config}},
-                            **QUIET_LOGS},
+                tags=partition_range_tags(
+                    _cell_key(image_range.first, models[0]), _cell_key(image_range.last, models[-1])
+                ),
+                run_config={
+                    "resources": resources_config,
+                    "ops": {"model_comparison": {"config": comparison_config}},
+                    **QUIET_LOGS,
+                },
                 raise_on_error=False,
             )
             failed_runs += not result.success
@@ -224,54 +237,94 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser(
         "build-demo-models", help="build random-weight stand-ins of the demo models (smallest, fastest; for tests)"
     )
-    build.add_argument("--models-dir", default=str(PROJECT_ROOT / "data" / "models-random"),
-                       help="where to write them (default: %(default)s)")
+    build.add_argument(
+        "--models-dir",
+        default=str(PROJECT_ROOT / "data" / "models-random"),
+        help="where to write them (default: %(default)s)",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if present")
     build.set_defaults(handler=build_demo_models_command)
 
     run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
     run.add_argument("--seed", type=int, help="run seed (default: RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
     prompts = run.add_mutually_exclusive_group()
-    prompts.add_argument("--prompt", action="append",
-                         help="submit these prompts (repeatable): they stay current until the prompts file changes")
-    prompts.add_argument("--use-prompts-file", action="store_true",
-                         help="go back to the prompts file now, even if a submitted prompt list is current")
-    run.add_argument("--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)")
-    run.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
-                     help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")
+    prompts.add_argument(
+        "--prompt",
+        action="append",
+        help="submit these prompts (repeatable): they stay current until the prompts file changes",
+    )
+    prompts.add_argument(
+        "--use-prompts-file",
+        action="store_true",
+        help="go back to the prompts file now, even if a submitted prompt list is current",
+    )
+    run.add_argument(
+        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
+    )
+    run.add_argument(
+        "--max-partitions-per-run",
+        type=_positive_int,
+        default=MAX_PARTITIONS_PER_RUN,
+        help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)",
+    )
     run.set_defaults(handler=run_command)
 
     compare = commands.add_parser(
         "compare", help="run every catalog model on chosen images with their own prompts and seeds; draw grids"
     )
-    compare.add_argument("images", nargs="+", metavar="IMAGE",
-                         help="file names in the images folder, or their partition keys")
-    compare.add_argument("--strength", type=float, action="append",
-                         help="a denoising strength to compare, above 0 and at most 1 (repeatable: one grid row "
-                         "each; default: each model's own)")
-    compare.add_argument("--steps", type=_positive_int, action="append",
-                         help="an inference step count to compare (repeatable: one grid row each, times the "
-                         "strengths; default: each model's own)")
-    compare.add_argument("--seed", type=int,
-                         help="run seed whose draws (prompt, diffusion seed) are compared "
-                         "(default: RANDOM_DIFFUSION_SEED or 0)")
-    compare.add_argument("--batch-size", type=_positive_int,
-                         help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)")
-    compare.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
-                         help="images per run, each with all models (default: %(default)s)")
+    compare.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="file names in the images folder, or their partition keys"
+    )
+    compare.add_argument(
+        "--strength",
+        type=float,
+        action="append",
+        help="a denoising strength to compare, above 0 and at most 1 (repeatable: one grid row "
+        "each; default: each model's own)",
+    )
+    compare.add_argument(
+        "--steps",
+        type=_positive_int,
+        action="append",
+        help="an inference step count to compare (repeatable: one grid row each, times the "
+        "strengths; default: each model's own)",
+    )
+    compare.add_argument(
+        "--seed",
+        type=int,
+        help="run seed whose draws (prompt, diffusion seed) are compared (default: RANDOM_DIFFUSION_SEED or 0)",
+    )
+    compare.add_argument(
+        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
+    )
+    compare.add_argument(
+        "--max-partitions-per-run",
+        type=_positive_int,
+        default=MAX_PARTITIONS_PER_RUN,
+        help="images per run, each with all models (default: %(default)s)",
+    )
     compare.set_defaults(handler=compare_command)
 
     submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
-    submit.add_argument("--url", default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
-                        help="the webserver, with credentials and path prefix if any "
-                        "(default: %(default)s, DAGSTER_WEBSERVER_URL)")
-    submit.add_argument("--prompt", action="append",
-                        help="submit these prompts (repeatable): they stay current until the prompts file changes; "
-                        "default: the current prompt list")
+    submit.add_argument(
+        "--url",
+        default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
+        help="the webserver, with credentials and path prefix if any (default: %(default)s, DAGSTER_WEBSERVER_URL)",
+    )
+    submit.add_argument(
+        "--prompt",
+        action="append",
+        help="submit these prompts (repeatable): they stay current until the prompts file changes; "
+        "default: the current prompt list",
+    )
     submit.add_argument("--seed", type=int, help="run seed; a new seed re-rolls")
     submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
-    submit.add_argument("--max-partitions-per-run", type=_positive_int, default=MAX_PARTITIONS_PER_RUN,
-                        help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)")
+    submit.add_argument(
+        "--max-partitions-per-run",
+        type=_positive_int,
+        default=MAX_PARTITIONS_PER_RUN,
+        help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)",
+    )
     submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
     submit.set_defaults(handler=submit_command)
 

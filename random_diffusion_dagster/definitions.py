@@ -71,8 +71,18 @@ def _resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=[PROMPTS_FILE, MODELS_FILE, IMAGE_FILES, source_images, prompt_list, model_catalog, diffused_image,
-            diffusion_report, model_comparison, comparison_report],
+    assets=[
+        PROMPTS_FILE,
+        MODELS_FILE,
+        IMAGE_FILES,
+        source_images,
+        prompt_list,
+        model_catalog,
+        diffused_image,
+        diffusion_report,
+        model_comparison,
+        comparison_report,
+    ],
     asset_checks=[results_readable_on_disk],
     jobs=[diffuse_images_job, compare_models_job],
     schedules=[catch_up_schedule],

@@ -64,7 +64,9 @@ def _observe_file(path: str) -> dg.ObserveResult:
 PROMPTS_FILE, MODELS_FILE, IMAGE_FILES = prompts_file, models_file, image_files
 
 
-def version_event(source: dg.SourceAsset, version: str, partition: str | None = None, **metadata) -> dg.AssetObservation:
+def version_event(
+    source: dg.SourceAsset, version: str, partition: str | None = None, **metadata
+) -> dg.AssetObservation:
     """A file's content, as the observation Dagster reads the source asset's data version from."""
     return dg.AssetObservation(source.key, partition=partition, tags={DATA_VERSION_TAG: version}, metadata=metadata)
 

@@ -53,8 +53,9 @@ def multi_key_problem(key: str) -> str | None:
     return f"it contains {bad}" if bad else None
 
 
-def sync_dynamic_partitions(instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition,
-                            keys: list[str]) -> PartitionChanges:
+def sync_dynamic_partitions(
+    instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition, keys: list[str]
+) -> PartitionChanges:
     """Make a dynamic dimension hold exactly `keys`: new ones added (in order), vanished ones deleted."""
     changes = partition_changes(instance.get_dynamic_partitions(partitions_def.name), keys)
     if changes.new:

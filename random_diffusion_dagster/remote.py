@@ -106,7 +106,9 @@ class Deployment:
         """The `data` of a GraphQL request; no server, not Dagster, HTTP or GraphQL errors are SubmitErrors."""
         try:
             response = self.session.post(
-                self.graphql_url, json={"query": query, "variables": variables}, timeout=self.timeout,
+                self.graphql_url,
+                json={"query": query, "variables": variables},
+                timeout=self.timeout,
                 allow_redirects=False,  # requests would turn a redirected POST into a GET
             )
         except requests.ConnectionError as exc:
@@ -144,8 +146,11 @@ class Deployment:
         if status == 401:
             raise SubmitError(
                 f"The server at {self.base_url} wants credentials ({answered}): "
-                + ("the user name or password in --url is wrong." if self.session.auth else
-                   "put them in --url, e.g. http://USER:PASSWORD@host:3000 (or DAGSTER_WEBSERVER_URL).")
+                + (
+                    "the user name or password in --url is wrong."
+                    if self.session.auth
+                    else "put them in --url, e.g. http://USER:PASSWORD@host:3000 (or DAGSTER_WEBSERVER_URL)."
+                )
             )
         if status in (404, 405):
             raise SubmitError(f"{not_dagster}; check --url (host, port and path prefix, e.g. http://host:3000/dagster)")
@@ -184,7 +189,9 @@ class Deployment:
             raise SubmitError(f"The deployment at {self.base_url} has no diffused_image asset: {result.get('message')}")
         return result["partitionKeys"]
 
-    def submit(self, prompts: list[str] | None, seed: int | None, images: list[str] | None, max_per_run: int = 32) -> list[str]:
+    def submit(
+        self, prompts: list[str] | None, seed: int | None, images: list[str] | None, max_per_run: int = 32
+    ) -> list[str]:
         """Launch runs covering `images` (default: every partition); return their run ids."""
         if prompts is not None:
             prompts = require_prompts(prompts, source="--prompt")

@@ -58,7 +58,9 @@ class DatasetResource(dg.ConfigurableResource):
     def files_for(self, keys: list[str]) -> tuple[list[SourceFile], dict[str, str]]:
         """(the files behind these partitions, key -> why it has none)."""
         by_key = {f.partition_key: f for f in self.source_files()}
-        missing = {k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys if k not in by_key}
+        missing = {
+            k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys if k not in by_key
+        }
         return [by_key[k] for k in keys if k in by_key], missing
 
     def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
@@ -87,8 +89,13 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     """
 
     device: str | None = Field(default=None, description="cuda, cuda:1, mps or cpu; default: cuda, then mps, then cpu.")
-    dtype: str | None = Field(default=None, description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).")
-    max_resident_models: int = Field(default=2, ge=1, description="Pipelines kept loaded at once; the least recently used is evicted.")
+    dtype: str | None = Field(
+        default=None,
+        description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).",
+    )
+    max_resident_models: int = Field(
+        default=2, ge=1, description="Pipelines kept loaded at once; the least recently used is evicted."
+    )
     memory_budget_mb: float | None = Field(default=None, description="Cap on the resident pipelines' weights, in MiB.")
     batch_size: int | None = Field(
         default=None,
@@ -130,8 +137,12 @@ class DiffusionEngineResource(dg.ConfigurableResource):
                 max_models=self.max_resident_models,
                 memory_budget_mb=self.memory_budget_mb,
                 log=log,
-                speedups=Speedups(channels_last=self.channels_last, vae_slicing=self.vae_slicing,
-                                  compile_unet=self.compile_unet, compile_vae=self.compile_vae),
+                speedups=Speedups(
+                    channels_last=self.channels_last,
+                    vae_slicing=self.vae_slicing,
+                    compile_unet=self.compile_unet,
+                    compile_vae=self.compile_vae,
+                ),
             )
         return self._cache
 

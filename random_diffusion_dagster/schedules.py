@@ -38,7 +38,10 @@ def catch_up_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetRes
             reasons[source.partition_key] = reason
     if not reasons:
         return dg.SkipReason(f"All {len(keys)} results are current.")
-    context.log.info(f"{len(reasons)} of {len(keys)} images need work: " + ", ".join(f"{k} ({r})" for k, r in list(reasons.items())[:20]))
+    context.log.info(
+        f"{len(reasons)} of {len(keys)} images need work: "
+        + ", ".join(f"{k} ({r})" for k, r in list(reasons.items())[:20])
+    )
     # Current results inside a range are reused, not recomputed: bridging them makes fewer runs.
     ranges = partition_ranges(keys, reasons, bridge_gaps=True)
     return ranged_run_requests(ranges, lambda r: f"catch-up:{context.scheduled_execution_time.isoformat()}:{r.first}")

@@ -78,8 +78,9 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     Trade-off: with no per-file signatures, a registered file whose ctime moved but whose content did not
     (chmod, chown, a new hard link to it) counts as replaced: one more run per range, which reuses its
     current results instead of diffusing again; its run_key holds the files' sizes and mtimes, so a second
-    metadata change to the same files asks for the same run_key, which Dagster does not run twice. A filesystem whose clock runs more than CHANGE_MARGIN_NS behind
-    this machine's can hide a change from the sensor; the nightly catch-up schedule compares contents.
+    metadata change to the same files asks for the same run_key, which Dagster does not run twice.
+    A filesystem whose clock runs more than CHANGE_MARGIN_NS behind this machine's can hide a change from the
+    sensor; the nightly catch-up schedule compares contents.
     """
     state = json.loads(context.cursor) if context.cursor else {}
     has_cursor = "mark" in state
@@ -156,7 +157,9 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     }
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
     versions = {key: file_version(path) for key, path in replaced_paths.items()}
-    replaced_versions = [version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version]
+    replaced_versions = [
+        version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version
+    ]
     return dg.SensorResult(
         run_requests=requests,
         asset_events=replaced_versions,

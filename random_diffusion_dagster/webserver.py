@@ -50,8 +50,10 @@ class WebserverGuard:
                     await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
                     return
                 body = message.encode()
-                headers = [(b"content-type", b"text/plain; charset=utf-8"),
-                           (b"content-length", str(len(body)).encode())]
+                headers = [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
                 if status == 405:
                     headers.append((b"allow", b"POST"))
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -82,8 +84,11 @@ class WebserverGuard:
                     f"are allowed. To allow another origin, add it to {ALLOWED_ORIGINS_ENV} (comma-separated).\n"
                 )
         if graphql and scope["type"] == "http" and method != "POST":
-            queries = [value for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                                         keep_blank_values=True) if key == "query"]
+            queries = [
+                value
+                for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+                if key == "query"
+            ]
             for query in queries:
                 reason = _not_read_only(query)
                 if reason:
@@ -218,8 +223,14 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     allowed_origins_from_env()  # fail here, not in the child
     shared = ["--instance-ref", project_instance_ref(), "-w", workspace]
     commands = {
-        "webserver": [sys.executable, "-m", "random_diffusion_dagster.webserver", *(["-h", host] if host else []),
-                      *(["-p", str(port)] if port else []), *shared],
+        "webserver": [
+            sys.executable,
+            "-m",
+            "random_diffusion_dagster.webserver",
+            *(["-h", host] if host else []),
+            *(["-p", str(port)] if port else []),
+            *shared,
+        ],
         "daemon": [sys.executable, "-m", "dagster._daemon", "run", *shared],
     }
     children = {}
@@ -234,15 +245,18 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
         while True:
             stopped = [name for name, (process, _) in children.items() if process.poll() is not None]
             if stopped:
-                print(f"error: the {stopped[0]} stopped (exit code {children[stopped[0]][0].returncode}); "
-                      "stopping the others. Its output above says why.", file=sys.stderr)
+                print(
+                    f"error: the {stopped[0]} stopped (exit code {children[stopped[0]][0].returncode}); "
+                    "stopping the others. Its output above says why.",
+                    file=sys.stderr,
+                )
                 exit_code = 1
                 break
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        for process, write_fd in children.values():
+        for _process, write_fd in children.values():
             try:
                 send_ipc_shutdown_message(write_fd)
             except OSError:

@@ -99,7 +99,9 @@ def train_unet(pipeline, images, prompts, steps: int, size: int, batch: int, rng
             latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
             # 10% empty prompts, so the unconditional branch of classifier-free guidance is learned too.
             texts = ["" if rng.random() < 0.1 else rng.choice(prompts) for _ in range(batch)]
-            tokens = pipeline.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+            tokens = pipeline.tokenizer(
+                texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+            )
             hidden = pipeline.text_encoder(tokens.input_ids)[0]
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,))
@@ -115,8 +117,10 @@ def train_unet(pipeline, images, prompts, steps: int, size: int, batch: int, rng
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.safetensors"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.safetensors"))
+    }
 
 
 def main() -> int:
@@ -150,8 +154,12 @@ def main() -> int:
         train_unet(pipeline, images, prompts, args.unet_steps, recipe.sample_size * 8, args.batch, rng, log)
     # Saved after all training: the layout extras (safety checker) draw random numbers of their own.
     for recipe in TINY_MODELS:
-        save_demo_model(pipelines[recipe.name], recipe, args.out / recipe.name,
-                        extra={"trained": True, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps})
+        save_demo_model(
+            pipelines[recipe.name],
+            recipe,
+            args.out / recipe.name,
+            extra={"trained": True, "vae_steps": args.vae_steps, "unet_steps": args.unet_steps},
+        )
     save_single_file_demo(args.out)
     sums = {name: checksums(args.out / name) for name in [r.name for r in TINY_MODELS] + [SINGLE_FILE_DEMO]}
     (args.out / "checksums.json").write_text(json.dumps(sums, indent=2) + "\n")

@@ -46,6 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 
 from local_services import project_env  # noqa: E402  (standard library only: runs under the screenshot venv)
+
 VIEWPORT = {"width": 1400, "height": 900}
 MAX_BYTES = 300_000
 PARTITION = "coffee.jpg"
@@ -65,8 +66,11 @@ def find_chromium(explicit: str | None) -> str:
         if path and os.access(path, os.X_OK):
             return path
     raise Missing(
-        (f"Chromium not found at {explicit!r}." if explicit else "No Chromium found (looked for "
-         + ", ".join(CHROMIUM_CANDIDATES) + " on PATH and $CHROMIUM_PATH).")
+        (
+            f"Chromium not found at {explicit!r}."
+            if explicit
+            else "No Chromium found (looked for " + ", ".join(CHROMIUM_CANDIDATES) + " on PATH and $CHROMIUM_PATH)."
+        )
         + " Install it (Debian/Ubuntu: `apt-get install -y chromium`) or pass --chromium PATH."
     )
 
@@ -88,17 +92,25 @@ def import_playwright():
 def default_python() -> str:
     try:
         import random_diffusion_dagster  # noqa: F401
+
         return sys.executable
     except ImportError:
         return str(PROJECT_ROOT / ".venv" / "bin" / "python")
 
 
 def check_python(python: str) -> None:
-    probe = subprocess.run([python, "-c", "import random_diffusion_dagster, PIL"], cwd=PROJECT_ROOT,
-                           env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True)
+    probe = subprocess.run(
+        [python, "-c", "import random_diffusion_dagster, PIL"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode:
-        raise Missing(f"{python} cannot import the project ({probe.stderr.strip().splitlines()[-1:]}). "
-                      "Pass --python with the project's interpreter (make setup creates .venv).")
+        raise Missing(
+            f"{python} cannot import the project ({probe.stderr.strip().splitlines()[-1:]}). "
+            "Pass --python with the project's interpreter (make setup creates .venv)."
+        )
 
 
 def make_project(root: Path) -> dict[str, str]:
@@ -141,8 +153,9 @@ def free_port() -> int:
 
 
 def graphql(url: str, query: str) -> dict:
-    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/graphql", data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)["data"]
 
@@ -164,7 +177,11 @@ def start_ui(python: str, env: dict[str, str], port: int, log_path: Path) -> sub
     log = open(log_path, "w")
     return subprocess.Popen(
         [python, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -212,7 +229,8 @@ class Shooter:
         dialog = self.page.get_by_role("dialog")
         dialog.locator("img").first.wait_for()
         self.page.wait_for_function(
-            "() => [...document.querySelectorAll('[role=dialog] img')].every(i => i.complete && i.naturalWidth)")
+            "() => [...document.querySelectorAll('[role=dialog] img')].every(i => i.complete && i.naturalWidth)"
+        )
         self.page.wait_for_timeout(300)
 
     def close_dialog(self) -> None:
@@ -315,12 +333,21 @@ def shrink(python: str, paths: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "screenshots",
-                        help="folder for the PNGs (default: docs/screenshots)")
-    parser.add_argument("--python", default=None, help="interpreter with the project installed "
-                        "(default: this one if it imports random_diffusion_dagster, else .venv/bin/python)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=PROJECT_ROOT / "docs" / "screenshots",
+        help="folder for the PNGs (default: docs/screenshots)",
+    )
+    parser.add_argument(
+        "--python",
+        default=None,
+        help="interpreter with the project installed "
+        "(default: this one if it imports random_diffusion_dagster, else .venv/bin/python)",
+    )
     parser.add_argument("--chromium", default=None, help="Chromium executable (default: chromium on PATH)")
     parser.add_argument("--port", type=int, default=None, help="UI port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--keep", action="store_true", help="keep the throwaway project and the UI's log")
@@ -338,8 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="rdd-screenshots-"))
     env = make_project(root)
-    subprocess.run([python, "-c", WRITE_HOME_CONFIG, str(PROJECT_ROOT / "dagster.yaml"),
-                    str(Path(env["DAGSTER_HOME"]) / "dagster.yaml")], check=True)
+    subprocess.run(
+        [
+            python,
+            "-c",
+            WRITE_HOME_CONFIG,
+            str(PROJECT_ROOT / "dagster.yaml"),
+            str(Path(env["DAGSTER_HOME"]) / "dagster.yaml"),
+        ],
+        check=True,
+    )
     process = None
     try:
         run_cli(python, env, "run")

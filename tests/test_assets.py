@@ -31,8 +31,13 @@ def _resources(project, **dataset):
 
 def _materialize(instance, project, selection, tags=None, run_config=None, **dataset):
     return dg.materialize(
-        ALL_ASSETS, selection=selection, instance=instance, resources=_resources(project, **dataset),
-        tags=tags or {}, run_config=run_config, raise_on_error=False,
+        ALL_ASSETS,
+        selection=selection,
+        instance=instance,
+        resources=_resources(project, **dataset),
+        tags=tags or {},
+        run_config=run_config,
+        raise_on_error=False,
     )
 
 
@@ -40,8 +45,12 @@ def _diffuse_all(instance, project, run_config=None, **dataset):
     _materialize(instance, project, ["source_images"], **dataset)
     keys = instance.get_dynamic_partitions("images")
     result = _materialize(
-        instance, project, ["prompt_list", "model_catalog", "diffused_image"],
-        tags=partition_range_tags(keys[0], keys[-1]), run_config=run_config, **dataset,
+        instance,
+        project,
+        ["prompt_list", "model_catalog", "diffused_image"],
+        tags=partition_range_tags(keys[0], keys[-1]),
+        run_config=run_config,
+        **dataset,
     )
     return keys, result
 
@@ -80,9 +89,23 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
     assert instance.get_materialized_partitions(dg.AssetKey("diffused_image")) == set(keys)
     per_partition = {key: _partition_metadata(instance, key) for key in keys}
     for key, metadata in per_partition.items():
-        for field in ("prompt", "model", "seed", "strength", "num_inference_steps", "guidance_scale", "source_size",
-                      "output_size", "pipeline_load_seconds", "inference_seconds", "total_seconds",
-                      "rss_peak_mb", "device", "output_path", "preview"):
+        for field in (
+            "prompt",
+            "model",
+            "seed",
+            "strength",
+            "num_inference_steps",
+            "guidance_scale",
+            "source_size",
+            "output_size",
+            "pipeline_load_seconds",
+            "inference_seconds",
+            "total_seconds",
+            "rss_peak_mb",
+            "device",
+            "output_path",
+            "preview",
+        ):
             assert field in metadata, (key, field)
         assert Path(metadata["output_path"]) == Path(project["output_dir"]) / f"{key}.png"
         assert str(read_record(metadata["output_path"]).seed) == metadata["seed"]  # a setting: text, not plotted
@@ -108,7 +131,10 @@ def test_same_seed_reproduces_pixels_and_a_new_seed_rerolls(instance, project):
     for key in keys:
         metadata = _partition_metadata(instance, key)
         assert (metadata["prompt"], metadata["model"], metadata["seed"]) == (
-            first[key][0]["prompt"], first[key][0]["model"], first[key][0]["seed"])
+            first[key][0]["prompt"],
+            first[key][0]["model"],
+            first[key][0]["seed"],
+        )
         assert metadata["reused_existing"] is False
         assert np.array_equal(_pixels(metadata["output_path"]), first[key][1])
     _, result = _diffuse_all(instance, project, seed=7)
@@ -125,9 +151,13 @@ def test_run_config_prompt_list_overrides_the_file(instance, project):
 
 def test_empty_prompt_override_fails_with_a_clear_error(instance, project):
     _materialize(instance, project, ["source_images"])
-    result = _materialize(instance, project, ["prompt_list"], run_config={"ops": {"prompt_list": {"config": {"prompt_list": [" "]}}}})
+    result = _materialize(
+        instance, project, ["prompt_list"], run_config={"ops": {"prompt_list": {"config": {"prompt_list": [" "]}}}}
+    )
     assert not result.success
-    assert "prompt list from run config `prompt_list` is empty" in str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "prompt list from run config `prompt_list` is empty" in str(
+        result.get_step_failure_events()[0].step_failure_data.error
+    )
 
 
 def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance, project):
@@ -160,7 +190,9 @@ def test_report_summarises_per_model_and_draws_a_contact_sheet(instance, project
     summary = pd.read_csv(metadata["summary_csv"].value)
     models = {_partition_metadata(instance, k)["model"] for k in keys}
     assert set(summary["model"]) == models and summary["images"].sum() == len(keys)
-    assert (summary["mean_inference_s"] > 0).all() and (summary["p95_inference_s"] >= summary["mean_inference_s"] - 1e-9).all()
+    assert (summary["mean_inference_s"] > 0).all() and (
+        summary["p95_inference_s"] >= summary["mean_inference_s"] - 1e-9
+    ).all()
     with Image.open(metadata["contact_sheet_path"].value) as sheet:
         assert sheet.height >= 128 * len(keys)
     assert metadata["contact_sheet"].value.startswith("![contact sheet](data:image/jpeg;base64,")

@@ -46,7 +46,11 @@ def _tick(instance, project, cursor=None):
 
 
 def _ranges(result):
-    return [(r.tags.get(RANGE_START_TAG), r.tags.get(RANGE_END_TAG)) for r in result.run_requests if RANGE_START_TAG in r.tags]
+    return [
+        (r.tags.get(RANGE_START_TAG), r.tags.get(RANGE_END_TAG))
+        for r in result.run_requests
+        if RANGE_START_TAG in r.tags
+    ]
 
 
 def test_sensor_adds_settled_images_in_one_ranged_run_and_skips_non_images(instance, project):

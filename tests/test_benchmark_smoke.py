@@ -12,15 +12,39 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def test_benchmark_runs_on_cpu_and_reports_every_field(tmp_path):
     out = tmp_path / "smoke.json"
     completed = subprocess.run(
-        [sys.executable, "benchmarks/gpu_throughput.py", "--tiny", "--batch-size", "2", "--repeats", "1",
-         "--plain-repeats", "1", "--only", "engine", "--out", str(out)],
-        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "benchmarks/gpu_throughput.py",
+            "--tiny",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--plain-repeats",
+            "1",
+            "--only",
+            "engine",
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [v["variant"] for v in results["variants"]] == ["plain_float32_batch1", "engine_float32_batch2"]
     for variant in results["variants"]:
-        for field in ("device", "images_per_s", "seconds_per_image", "peak_allocated_mb", "peak_reserved_mb", "speedup_vs_plain"):
+        for field in (
+            "device",
+            "images_per_s",
+            "seconds_per_image",
+            "peak_allocated_mb",
+            "peak_reserved_mb",
+            "speedup_vs_plain",
+        ):
             assert field in variant
         assert variant["images_per_s"] > 0
     assert results["batched_vs_single"]["max_abs_diff_0_255"] <= 1
@@ -31,15 +55,44 @@ def test_orchestrated_benchmark_backfills_through_the_daemon_and_reports_every_f
     """A real daemon, a backfill of every partition and the sensor's pickup, on a few tiny images."""
     out = tmp_path / "orchestrated.json"
     completed = subprocess.run(
-        [sys.executable, "benchmarks/orchestrated_throughput.py", "--tiny", "--images", "4", "--sensor-images", "2",
-         "--size", "64", "--quick", "--timeout", "240", "--out", str(out)],
-        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=420,
+        [
+            sys.executable,
+            "benchmarks/orchestrated_throughput.py",
+            "--tiny",
+            "--images",
+            "4",
+            "--sensor-images",
+            "2",
+            "--size",
+            "64",
+            "--quick",
+            "--timeout",
+            "240",
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     results = json.loads(out.read_text())
-    for field in ("device", "images", "orchestrated_images_per_s", "engine_images_per_s", "ratio", "runs",
-                  "pipeline_loads", "mean_batch_fill", "wall_seconds_request_to_last_materialization", "compile_events",
-                  "engine_images_per_s_without_imports", "dagster_seconds_per_run_above_engine"):
+    for field in (
+        "device",
+        "images",
+        "orchestrated_images_per_s",
+        "engine_images_per_s",
+        "ratio",
+        "runs",
+        "pipeline_loads",
+        "mean_batch_fill",
+        "wall_seconds_request_to_last_materialization",
+        "compile_events",
+        "engine_images_per_s_without_imports",
+        "dagster_seconds_per_run_above_engine",
+    ):
         assert field in results, field
     (backfill,) = results["variants"]
     assert backfill["images"] == 4 and sum(run["images"] for run in backfill["per_run"]) == 4

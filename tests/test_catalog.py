@@ -93,7 +93,9 @@ def test_single_file_config_folder_must_be_a_diffusers_folder(tmp_path):
     with pytest.raises(CatalogError, match="no model_index.json"):
         _spec(tmp_path, single_file="x.safetensors", config="configs/sd15")
     (tmp_path / "configs" / "sd15" / "model_index.json").write_text("{}")
-    assert _spec(tmp_path, single_file="x.safetensors", config="configs/sd15").config == str(tmp_path / "configs" / "sd15")
+    assert _spec(tmp_path, single_file="x.safetensors", config="configs/sd15").config == str(
+        tmp_path / "configs" / "sd15"
+    )
     assert _spec(tmp_path, single_file="x.safetensors", config="org/repo").config == "org/repo"  # a hub id
 
 
@@ -101,7 +103,9 @@ def test_single_file_config_folder_must_be_a_diffusers_folder(tmp_path):
 def test_single_file_without_usable_config_offline_says_to_set_config(tmp_path, monkeypatch, models_dir, config):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     checkpoint = models_dir / "tiny-sd15-single-file" / "tiny-sd15.safetensors"
-    with pytest.raises(ModelLoadError, match=r"Model 'm' \(single_file: .*\).*Set `config:` to a local diffusers folder"):
+    with pytest.raises(
+        ModelLoadError, match=r"Model 'm' \(single_file: .*\).*Set `config:` to a local diffusers folder"
+    ):
         load_pipeline(_spec(tmp_path, single_file=str(checkpoint), config=config), "cpu")
 
 
@@ -130,9 +134,16 @@ def test_corrupt_weights_name_the_model(tmp_path, models_dir):
 def test_a_pipeline_type_without_img2img_says_so(tmp_path):
     import diffusers
 
-    diffusers.DDPMPipeline(unet=diffusers.UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,
-                                                      down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
-                           scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    diffusers.DDPMPipeline(
+        unet=diffusers.UNet2DModel(
+            sample_size=8,
+            block_out_channels=(8, 8),
+            norm_num_groups=4,
+            down_block_types=("DownBlock2D",) * 2,
+            up_block_types=("UpBlock2D",) * 2,
+        ),
+        scheduler=diffusers.DDPMScheduler(),
+    ).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(ModelLoadError, match=r"Model 'm'.*no image-to-image form"):
         load_pipeline(_spec(tmp_path, path="ddpm"), "cpu")
 
@@ -167,13 +178,19 @@ def _entry(**settings):
         ({"models": [{"name": "x", "hub_id": 123}]}, r"model 'x': `hub_id` must be text; got 123"),
         ({"models": [{"name": 1.5, "path": "p"}]}, r"`name` must be text; got 1\.5 .*quote it: name: '1\.5'"),
         ({"models": [{"name": True, "path": "p"}]}, r"`name` must be text; got True .*quote it"),
-        ({"models": [{"name": list(range(10**5)), "path": "p"}]},
-         r"`name` must be text; got \[0, 1, 2, 3, 4, 5, \.\.\.\]\.$"),
+        (
+            {"models": [{"name": list(range(10**5)), "path": "p"}]},
+            r"`name` must be text; got \[0, 1, 2, 3, 4, 5, \.\.\.\]\.$",
+        ),
         ({"defaults": [1, 2], "models": [{"name": "x", "path": "p"}]}, r"`defaults` must be a mapping"),
-        ({"defaults": {"guidance_scale": "high"}, "models": [{"name": "x", "path": "p"}]},
-         r"catalog: defaults: `guidance_scale` must be a number"),
-        ({"default": {"resolution": 64}, "models": [{"name": "x", "path": "p"}]},
-         r"unknown top-level keys \['default'\]; a catalog has \['defaults', 'models'\]"),
+        (
+            {"defaults": {"guidance_scale": "high"}, "models": [{"name": "x", "path": "p"}]},
+            r"catalog: defaults: `guidance_scale` must be a number",
+        ),
+        (
+            {"default": {"resolution": 64}, "models": [{"name": "x", "path": "p"}]},
+            r"unknown top-level keys \['default'\]; a catalog has \['defaults', 'models'\]",
+        ),
     ],
 )
 def test_wrong_values_name_the_entry_the_setting_and_the_expected_type(tmp_path, document, message):
@@ -182,8 +199,9 @@ def test_wrong_values_name_the_entry_the_setting_and_the_expected_type(tmp_path,
 
 
 def test_integral_floats_are_whole_numbers(tmp_path):
-    spec = parse_catalog(_entry(num_inference_steps=50.0, resolution=64.0, guidance_scale=7, strength=1),
-                         base_dir=tmp_path)[0]
+    spec = parse_catalog(
+        _entry(num_inference_steps=50.0, resolution=64.0, guidance_scale=7, strength=1), base_dir=tmp_path
+    )[0]
     assert (spec.num_inference_steps, spec.resolution) == (50, 64) and type(spec.num_inference_steps) is int
     assert (spec.guidance_scale, spec.strength) == (7.0, 1.0) and type(spec.guidance_scale) is float
 
@@ -276,8 +294,9 @@ def test_error_messages_show_at_most_a_short_excerpt_of_a_bad_entry(tmp_path):
         parse_catalog({"models": [{"path": "p", "description": "x" * 100_000}]}, base_dir=tmp_path)
     assert len(str(caught.value)) < 400
     with pytest.raises(CatalogError, match="`resolution` must be") as caught:
-        parse_catalog({"models": [{"name": "n" * 5000, "path": "p", "resolution": list(range(10_000))}]},
-                      base_dir=tmp_path)
+        parse_catalog(
+            {"models": [{"name": "n" * 5000, "path": "p", "resolution": list(range(10_000))}]}, base_dir=tmp_path
+        )
     assert len(str(caught.value)) < 600
 
 

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.timeout(900)
 
 def test_backfill_spreads_over_two_workers_and_materializes_each_partition_once(tmp_path, models_dir):
     # Steps long enough (40 x 0.5 denoising steps per image) that both runs' diffusion steps overlap.
-    result = measure(workers=2, partitions=16, per_run=8, root=tmp_path / "celery", models_dir=models_dir, broker_db=9, steps=40)
+    result = measure(
+        workers=2, partitions=16, per_run=8, root=tmp_path / "celery", models_dir=models_dir, broker_db=9, steps=40
+    )
     runs = result["runs"]
     assert len(runs) == 2 and {run["status"] for run in runs} == {"SUCCESS"}
     assert len({run["worker"] for run in runs}) == 2, runs  # each run's diffusion step on its own worker

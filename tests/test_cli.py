@@ -22,8 +22,13 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
         "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"],
         "OMP_NUM_THREADS": "1",
     }
-    completed = subprocess.run([str(BIN / "random-diffusion"), "run", "--seed", "3", "--prompt", "a red kite"],
-                               env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "run", "--seed", "3", "--prompt", "a red kite"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     outputs = Path(project["output_dir"])
     assert f"Outputs: {outputs}" in completed.stdout and "succeeded for 3 images" in completed.stdout
@@ -35,7 +40,14 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
 def test_run_without_images_says_where_to_put_them(project, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "RANDOM_DIFFUSION_IMAGES_DIR": str(empty),
-           "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"], "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts_file"]}
-    completed = subprocess.run([str(BIN / "random-diffusion"), "run"], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(empty),
+        "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"],
+        "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts_file"],
+    }
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "run"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 1 and "No images found" in completed.stderr

@@ -32,21 +32,35 @@ def _project(root, models_dir, names=MODELS):
     make_image(root / "images" / "blue.png", size=(100, 40), color=(40, 40, 200))
     (root / "prompts.txt").write_text("a red fox\nan ice castle\nthe sea at night\n")
     catalog = write_catalog(root / "models.yaml", models_dir, names=names)
-    return {"images_dir": str(root / "images"), "output_dir": str(root / "outputs"),
-            "prompts_file": str(root / "prompts.txt"), "models_file": str(catalog), "seed": 0}
+    return {
+        "images_dir": str(root / "images"),
+        "output_dir": str(root / "outputs"),
+        "prompts_file": str(root / "prompts.txt"),
+        "models_file": str(catalog),
+        "seed": 0,
+    }
 
 
 def _materialize(instance, project, selection, tags=None, run_config=None):
     resources = {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
-    return dg.materialize(ASSETS, selection=selection, instance=instance, resources=resources, tags=tags or {},
-                          run_config=run_config, raise_on_error=False)
+    return dg.materialize(
+        ASSETS,
+        selection=selection,
+        instance=instance,
+        resources=resources,
+        tags=tags or {},
+        run_config=run_config,
+        raise_on_error=False,
+    )
 
 
 def _compare(instance, project, first, last, config=None):
     """One ranged run over images first..last x every catalog model, as the CLI and a backfill launch it."""
     models = instance.get_dynamic_partitions("models")
-    tags = partition_range_tags(str(dg.MultiPartitionKey({"image": first, "model": models[0]})),
-                                str(dg.MultiPartitionKey({"image": last, "model": models[-1]})))
+    tags = partition_range_tags(
+        str(dg.MultiPartitionKey({"image": first, "model": models[0]})),
+        str(dg.MultiPartitionKey({"image": last, "model": models[-1]})),
+    )
     run_config = {"ops": {"model_comparison": {"config": config}}} if config else None
     return _materialize(instance, project, ["prompt_list", "model_catalog", "model_comparison"], tags, run_config)
 
@@ -58,7 +72,8 @@ def _loads_logged(instance, run_id):
 def _cell(instance, image, model):
     key = dg.MultiPartitionKey({"image": image, "model": model})
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("model_comparison"), asset_partitions=[key]), limit=1).records
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("model_comparison"), asset_partitions=[key]), limit=1
+    ).records
     return {name: value.value for name, value in records[0].asset_materialization.metadata.items()}
 
 
@@ -69,14 +84,23 @@ def compared(tmp_path_factory, models_dir):
     with dg.instance_for_test() as instance:
         _materialize(instance, project, ["source_images", "model_catalog"])
         keys = instance.get_dynamic_partitions("images")
-        diffused = _materialize(instance, project, ["prompt_list", "model_catalog", "diffused_image"],
-                                partition_range_tags(keys[0], keys[-1]))
+        diffused = _materialize(
+            instance,
+            project,
+            ["prompt_list", "model_catalog", "diffused_image"],
+            partition_range_tags(keys[0], keys[-1]),
+        )
         chosen = keys[:2]
         comparison = _compare(instance, project, chosen[0], chosen[-1])
         report = _materialize(instance, project, ["comparison_report"])
         assert diffused.success and comparison.success and report.success
-        yield {"instance": instance, "project": project, "images": chosen, "comparison": comparison,
-               "report": report.asset_materializations_for_node("comparison_report")[0].metadata}
+        yield {
+            "instance": instance,
+            "project": project,
+            "images": chosen,
+            "comparison": comparison,
+            "report": report.asset_materializations_for_node("comparison_report")[0].metadata,
+        }
 
 
 def test_model_catalog_registers_one_models_partition_per_catalog_model(compared):
@@ -101,8 +125,9 @@ def test_each_cell_uses_its_images_own_drawn_prompt_and_seed(compared):
 def test_the_cell_of_the_drawn_model_is_pixel_identical_to_the_diffused_image(compared):
     instance = compared["instance"]
     for image in compared["images"]:
-        diffused = instance.fetch_materializations(dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey("diffused_image"), asset_partitions=[image]), limit=1).records[0]
+        diffused = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("diffused_image"), asset_partitions=[image]), limit=1
+        ).records[0]
         diffused_path = diffused.asset_materialization.metadata["output_path"].value
         drawn_model = diffused.asset_materialization.metadata["model"].value
         cell = _cell(instance, image, drawn_model)
@@ -143,8 +168,12 @@ def test_strength_and_steps_axes_become_rows_and_a_removed_model_loses_its_colum
         result = _compare(instance, project, image, image, {"strengths": [0.5, 1.0], "steps": [2, 4]})
         assert result.success and _loads_logged(instance, result.run_id) == 2  # 8 images, one load per model
         files = _cell(instance, image, "tiny-sd2")["variant_files"]
-        assert list(files) == ["strength 0.5, steps 2", "strength 0.5, steps 4", "strength 1, steps 2",
-                               "strength 1, steps 4"]
+        assert list(files) == [
+            "strength 0.5, steps 2",
+            "strength 0.5, steps 4",
+            "strength 1, steps 2",
+            "strength 1, steps 4",
+        ]
         assert files["strength 0.5, steps 4"].endswith(f"/comparisons/{image}/tiny-sd2-s0.5-steps4.png")
         record = read_record(files["strength 1, steps 2"])
         assert (record.strength, record.num_inference_steps) == (1.0, 2)
@@ -164,8 +193,10 @@ def test_a_bad_strength_is_refused_naming_the_value_before_any_model_loads(tmp_p
     with dg.instance_for_test() as instance:
         _materialize(instance, project, ["source_images", "model_catalog"])
         image = instance.get_dynamic_partitions("images")[0]
-        for config, expected in (({"strengths": [1.5]}, "strength 1.5 is outside (0, 1]"),
-                                 ({"strengths": [0.1], "steps": [4]}, "runs no denoising step")):
+        for config, expected in (
+            ({"strengths": [1.5]}, "strength 1.5 is outside (0, 1]"),
+            ({"strengths": [0.1], "steps": [4]}, "runs no denoising step"),
+        ):
             result = _compare(instance, project, image, image, config)
             assert not result.success
             error = str(result.get_step_failure_events()[0].step_failure_data.error)

@@ -25,8 +25,9 @@ HOLD_RUN_LOCK = (
 
 
 def _spawn(code: str, cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_three_processes_opening_a_fresh_instance_together_all_succeed(tmp_path):
@@ -64,6 +65,9 @@ def test_registering_images_stores_the_gpu_pool_limit_before_any_run_is_queued(t
     concurrency = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]
     with dg.instance_for_test(overrides={"concurrency": concurrency}) as instance:
         assert GPU_POOL not in instance.event_log_storage.get_concurrency_keys()
-        dg.materialize([source_images], instance=instance,
-                       resources={"dataset": DatasetResource(images_dir=str(tmp_path / "images"))})
+        dg.materialize(
+            [source_images],
+            instance=instance,
+            resources={"dataset": DatasetResource(images_dir=str(tmp_path / "images"))},
+        )
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1

@@ -16,9 +16,18 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
     with dg.instance_for_test():  # Dagster's load context reads state from the current instance
         dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"source_images", "prompt_list", "model_catalog", "diffused_image", "diffusion_report",
-                    "model_comparison", "comparison_report",
-                    "prompts_file", "models_file", "image_file"}  # the observed files results are made from
+    assert keys == {
+        "source_images",
+        "prompt_list",
+        "model_catalog",
+        "diffused_image",
+        "diffusion_report",
+        "model_comparison",
+        "comparison_report",
+        "prompts_file",
+        "models_file",
+        "image_file",
+    }  # the observed files results are made from
     assert defs.resolve_sensor_def("new_images_sensor") and defs.resolve_schedule_def("catch_up_schedule")
 
 
@@ -35,7 +44,10 @@ def test_loading_definitions_imports_no_torch_diffusers_or_transformers():
 def test_dagster_cli_validates_the_workspace():
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 

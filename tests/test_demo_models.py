@@ -37,17 +37,23 @@ def test_layouts_mirror_the_real_checkpoints():
     assert sd2.scheduler.config.prediction_type == "v_prediction"
     assert (MODELS / "tiny-sd2" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
     single = MODELS / "tiny-sd15-single-file"
-    assert [p.name for p in single.rglob("*.safetensors")] == ["tiny-sd15.safetensors"]  # the config folder has no weights
+    assert [p.name for p in single.rglob("*.safetensors")] == [
+        "tiny-sd15.safetensors"
+    ]  # the config folder has no weights
     assert (single / "config" / "unet" / "config.json").is_file()
 
 
 def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
     catalog = load_catalog(PROJECT_ROOT / "data" / "models.yaml")
     source = next(p for p in sorted((PROJECT_ROOT / "data" / "images").iterdir()))
-    jobs = [Planner(["a lighthouse"], [spec], 0, tmp_path).task(f"{spec.name}.jpg", str(source), snapshot_source(source))
-            for spec in catalog]
+    jobs = [
+        Planner(["a lighthouse"], [spec], 0, tmp_path).task(f"{spec.name}.jpg", str(source), snapshot_source(source))
+        for spec in catalog
+    ]
     checked = dataclasses.replace(catalog[0], name="tiny-sd14-checked", safety_checker=True)
-    jobs.append(Planner(["a lighthouse"], [checked], 0, tmp_path).task("checked.jpg", str(source), snapshot_source(source)))
+    jobs.append(
+        Planner(["a lighthouse"], [checked], 0, tmp_path).task("checked.jpg", str(source), snapshot_source(source))
+    )
     summary = run_tasks(jobs, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
     assert {spec.source_kind for spec in catalog} == {"path", "single_file"}
     assert [r.status for r in summary.results] == ["generated"] * (len(catalog) + 1), [r.error for r in summary.results]
@@ -58,9 +64,23 @@ def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
 
 def test_training_script_runs_and_writes_loadable_models(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "scripts/train_demo_models.py", "--out", str(tmp_path), "--vae-steps", "2", "--unet-steps", "2",
-         "--threads", "1"],
-        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "scripts/train_demo_models.py",
+            "--out",
+            str(tmp_path),
+            "--vae-steps",
+            "2",
+            "--unet-steps",
+            "2",
+            "--threads",
+            "1",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     sums = json.loads((tmp_path / "checksums.json").read_text())

@@ -77,10 +77,22 @@ def deployment(tmp_path_factory, models_dir):
     url = f"http://127.0.0.1:{port}"
     logs = {name: open(root / f"{name}.log", "w") for name in ("webserver", "daemon")}
     processes = [
-        subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-                         cwd=PROJECT_ROOT, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT, start_new_session=True),
-        subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                         cwd=PROJECT_ROOT, env=env, stdout=logs["daemon"], stderr=subprocess.STDOUT, start_new_session=True),
+        subprocess.Popen(
+            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=logs["webserver"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=logs["daemon"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ),
     ]
     try:
         _wait_for(lambda: _reachable(url), 180, "the webserver")
@@ -107,7 +119,12 @@ query($partition: String!) {
     ... on AssetNode {
       assetMaterializations(partitions: [$partition], limit: 1) {
         partition
-        metadataEntries { label ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } }
+        metadataEntries {
+          label
+          ... on TextMetadataEntry { text }
+          ... on IntMetadataEntry { intValue }
+          ... on FloatMetadataEntry { floatValue }
+        }
       }
     }
   }
@@ -131,9 +148,15 @@ def _all_finished(url):
 
 def test_sensor_registers_and_materializes_the_folder(deployment):
     url = deployment["url"]
-    keys = _wait_for(lambda: Deployment(url).partition_keys() == ["start0.png", "start1.png", "start2.png"], 180, "the sensor to register images")
+    keys = _wait_for(
+        lambda: Deployment(url).partition_keys() == ["start0.png", "start1.png", "start2.png"],
+        180,
+        "the sensor to register images",
+    )
     assert keys
-    _wait_for(lambda: all((deployment["outputs"] / f"start{i}.png.png").is_file() for i in range(3)), 300, "sensor runs")
+    _wait_for(
+        lambda: all((deployment["outputs"] / f"start{i}.png.png").is_file() for i in range(3)), 300, "sensor runs"
+    )
     _wait_for(lambda: _all_finished(url), 120, "runs to finish")
     assert {run["status"] for run in _runs(url)} == {"SUCCESS"}
 
@@ -141,8 +164,21 @@ def test_sensor_registers_and_materializes_the_folder(deployment):
 def test_submit_wait_reports_outputs_and_metadata_over_graphql(deployment):
     url = deployment["url"]
     completed = subprocess.run(
-        [str(BIN / "random-diffusion"), "submit", "--url", url, "--prompt", "cat dancing in rain", "--seed", "5", "--wait"],
-        env=deployment["env"], capture_output=True, text=True, timeout=600,
+        [
+            str(BIN / "random-diffusion"),
+            "submit",
+            "--url",
+            url,
+            "--prompt",
+            "cat dancing in rain",
+            "--seed",
+            "5",
+            "--wait",
+        ],
+        env=deployment["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "Submitted run" in completed.stdout and ": SUCCESS" in completed.stdout
@@ -174,17 +210,20 @@ def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment
 
     def refreshed_and_stale():
         status = Deployment(url).query(STALE_QUERY, {"partitions": keys})
-        return status["prompts"]["staleStatus"] == "FRESH" and status["images"]["staleStatusByPartition"] == [
-            "STALE"] * 3
+        return (
+            status["prompts"]["staleStatus"] == "FRESH" and status["images"]["staleStatusByPartition"] == ["STALE"] * 3
+        )
 
-    # input_files_sensor sees the edit, refreshes prompt_list (FRESH again); the images made from the old list are STALE.
+    # input_files_sensor sees the edit and refreshes prompt_list (FRESH again): images from the old list are STALE.
     assert _wait_for(lambda: _latest_list_is_from_file(url) and refreshed_and_stale(), 240, "the edit to show")
 
 
 def _latest_list_is_from_file(url):
     """Whether prompt_list was last materialized from the prompts file (the refresh), not a submission."""
-    query = 'query($key: [String!]!) { assetNodeOrError(assetKey: {path: $key}) { ... on AssetNode { ' \
-            'assetMaterializations(limit: 1) { metadataEntries { label ... on TextMetadataEntry { text } } } } } }'
+    query = (
+        "query($key: [String!]!) { assetNodeOrError(assetKey: {path: $key}) { ... on AssetNode { "
+        "assetMaterializations(limit: 1) { metadataEntries { label ... on TextMetadataEntry { text } } } } } }"
+    )
     node = Deployment(url).query(query, {"key": ["prompt_list"]})["assetNodeOrError"]
     entries = {e["label"]: e.get("text") for e in node["assetMaterializations"][0]["metadataEntries"]}
     return entries.get("source") == "file"
@@ -193,7 +232,9 @@ def _latest_list_is_from_file(url):
 def test_submit_names_an_unreachable_webserver(deployment):
     completed = subprocess.run(
         [str(BIN / "random-diffusion"), "submit", "--url", f"http://127.0.0.1:{_free_port()}", "--prompt", "x"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 2 and "Cannot reach the Dagster webserver" in completed.stderr
 
@@ -201,12 +242,18 @@ def test_submit_names_an_unreachable_webserver(deployment):
 def test_new_image_is_picked_up_by_the_daemon_sensor(deployment):
     _aged_image(deployment["images"] / "dropped.png", size=(64, 64), color=(90, 90, 0))
     _wait_for(lambda: (deployment["outputs"] / "dropped.png.png").is_file(), 300, "the dropped image's result")
-    _wait_for(lambda: "dropped.png" in {
-        e["partition"] for e in _materialized_partitions(deployment["url"])}, 120, "its materialization")
+    _wait_for(
+        lambda: "dropped.png" in {e["partition"] for e in _materialized_partitions(deployment["url"])},
+        120,
+        "its materialization",
+    )
 
 
 def _materialized_partitions(url):
-    query = 'query { assetNodeOrError(assetKey: {path: ["diffused_image"]}) { ... on AssetNode { assetMaterializations(limit: 100) { partition } } } }'
+    query = (
+        'query { assetNodeOrError(assetKey: {path: ["diffused_image"]}) '
+        "{ ... on AssetNode { assetMaterializations(limit: 100) { partition } } } }"
+    )
     return Deployment(url).query(query, {})["assetNodeOrError"]["assetMaterializations"]
 
 
@@ -270,7 +317,9 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
 
     _wait_for(lambda: client.run_status(run_id) == "FAILURE", 120, "the killed run to be marked failed")
     retry = _wait_for(
-        lambda: [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run_id} in r["tags"]], 180, "a retry run"
+        lambda: [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run_id} in r["tags"]],
+        180,
+        "a retry run",
     )[0]
     assert client.wait(retry["runId"], timeout=600) == "SUCCESS"
     assert sorted(done_with_new_seed()) == sorted(keys)

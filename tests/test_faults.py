@@ -59,12 +59,15 @@ def test_the_schedule_repairs_results_on_disk_that_dagster_never_recorded(instan
     with dg.instance_for_test() as fresh:  # same disk, a Dagster history that lost the run
         fresh.add_dynamic_partitions("images", keys)
         with dg.build_schedule_context(
-            instance=fresh, resources={"dataset": DatasetResource(**project)},
+            instance=fresh,
+            resources={"dataset": DatasetResource(**project)},
             scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
         ) as context:
             requests = catch_up_schedule(context)
-        assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
-                for r in requests] == [(keys[0], keys[-1])]
+        assert [
+            (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in requests
+        ] == [(keys[0], keys[-1])]
 
 
 def _tasks(project):
@@ -112,9 +115,15 @@ def test_the_report_works_when_every_image_failed(project):
 def test_a_bad_environment_variable_names_itself_when_definitions_load(variable, value, message):
     code = "import random_diffusion_dagster.definitions as d; d.defs.resources['dataset']; d.defs.resources['engine']"
     completed = subprocess.run(
-        [sys.executable, "-c", code + "; from random_diffusion_dagster.resources import *; "
-         "DatasetResource(); DiffusionEngineResource()"],
-        env={"PATH": "", variable: value}, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            code + "; from random_diffusion_dagster.resources import *; DatasetResource(); DiffusionEngineResource()",
+        ],
+        env={"PATH": "", variable: value},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode != 0 and message in completed.stderr, completed.stderr[-2000:]
 

@@ -31,7 +31,12 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -104,8 +109,14 @@ def test_every_file_ends_as_a_result_an_error_or_a_skip(hostile):
         skipped_table = {record.data["name"] for record in metadata["skipped_files"].value.records}
         keys = instance.get_dynamic_partitions("images")
         assert len(keys) == len(set(keys)) == len(expected["good"]) + len(expected["errors"])
-        run = dg.materialize(ASSETS, selection=["prompt_list", "model_catalog", "diffused_image"], instance=instance,
-                             resources=_resources(project), tags=partition_range_tags(keys[0], keys[-1]), raise_on_error=False)
+        run = dg.materialize(
+            ASSETS,
+            selection=["prompt_list", "model_catalog", "diffused_image"],
+            instance=instance,
+            resources=_resources(project),
+            tags=partition_range_tags(keys[0], keys[-1]),
+            raise_on_error=False,
+        )
         assert not run.success
         error = str(run.get_step_failure_events()[0].step_failure_data.error)
 
@@ -144,8 +155,14 @@ def test_a_corrupt_model_fails_only_the_images_that_drew_it(project, models_dir,
     with dg.instance_for_test() as instance:
         dg.materialize(ASSETS, selection=["source_images"], instance=instance, resources=_resources(project))
         keys = instance.get_dynamic_partitions("images")
-        run = dg.materialize(ASSETS, selection=["prompt_list", "model_catalog", "diffused_image"], instance=instance,
-                             resources=_resources(project), tags=partition_range_tags(keys[0], keys[-1]), raise_on_error=False)
+        run = dg.materialize(
+            ASSETS,
+            selection=["prompt_list", "model_catalog", "diffused_image"],
+            instance=instance,
+            resources=_resources(project),
+            tags=partition_range_tags(keys[0], keys[-1]),
+            raise_on_error=False,
+        )
         error = str(run.get_step_failure_events()[0].step_failure_data.error)
     failed = [k for k in keys if f"- {k}:" in error]
     written = [k for k in keys if (Path(project["output_dir"]) / f"{k}.png").is_file()]
@@ -157,8 +174,13 @@ def test_check_and_catch_up_notice_a_lost_output(project):
     with dg.instance_for_test() as instance:
         dg.materialize(ASSETS, selection=["source_images"], instance=instance, resources=_resources(project))
         keys = instance.get_dynamic_partitions("images")
-        dg.materialize(ASSETS, selection=["prompt_list", "model_catalog", "diffused_image"], instance=instance,
-                       resources=_resources(project), tags=partition_range_tags(keys[0], keys[-1]))
+        dg.materialize(
+            ASSETS,
+            selection=["prompt_list", "model_catalog", "diffused_image"],
+            instance=instance,
+            resources=_resources(project),
+            tags=partition_range_tags(keys[0], keys[-1]),
+        )
         check = dg.AssetSelection.checks(results_readable_on_disk)
         passed = dg.materialize(ASSETS, selection=check, instance=instance, resources=_resources(project))
         assert passed.get_asset_check_evaluations()[0].passed

@@ -19,7 +19,17 @@ DAGSTER_UNSAFE = re.compile(r"\.\.\.|[|,\[\]\x00-\x1f/\\]")
 
 @pytest.mark.parametrize(
     "name",
-    ["a b.png", "weird|name.jpg", "x...y.png", "[1],2.png", "тест фото.jpg", "日本.png", "tab\there.png", "." * 5 + "x.png", "n" * 300 + ".png"],
+    [
+        "a b.png",
+        "weird|name.jpg",
+        "x...y.png",
+        "[1],2.png",
+        "тест фото.jpg",
+        "日本.png",
+        "tab\there.png",
+        "." * 5 + "x.png",
+        "n" * 300 + ".png",
+    ],
 )
 def test_partition_keys_are_dagster_safe_and_bounded(name):
     key = partition_key_for(name)

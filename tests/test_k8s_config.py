@@ -25,7 +25,9 @@ from random_diffusion_dagster.definitions import defs
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 # A kubeconfig for a cluster that is never contacted: the launcher only needs one to be constructed.
 KUBECONFIG = {
-    "apiVersion": "v1", "kind": "Config", "current-context": "test",
+    "apiVersion": "v1",
+    "kind": "Config",
+    "current-context": "test",
     "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:6443"}}],
     "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
     "users": [{"name": "test", "user": {"token": "unused"}}],
@@ -43,8 +45,12 @@ def test_diffusion_step_job_asks_for_one_gpu_on_a_gpu_node():
     tags = diffused_image.op.tags  # Dagster stores the dict tag as JSON, as dagster-k8s reads it
     user_config = get_user_defined_k8s_config(tags)
     job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="registry.example.com/random-diffusion-dagster:latest", dagster_home="/opt/dagster/dagster_home"),
-        args=["dagster", "api", "execute_step"], job_name="dagster-step-diffused-image", user_defined_k8s_config=user_config,
+        DagsterK8sJobConfig(
+            job_image="registry.example.com/random-diffusion-dagster:latest", dagster_home="/opt/dagster/dagster_home"
+        ),
+        args=["dagster", "api", "execute_step"],
+        job_name="dagster-step-diffused-image",
+        user_defined_k8s_config=user_config,
     )
     pod = job.spec.template.spec
     assert pod.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
@@ -63,8 +69,9 @@ def test_k8s_executor_is_selected_by_environment():
 def test_k8s_executor_without_step_storage_refuses_to_load_naming_the_variable():
     code = "import random_diffusion_dagster.definitions"
     env = {key: value for key, value in os.environ.items() if key != "RANDOM_DIFFUSION_STEP_STORAGE"}
-    completed = subprocess.run([sys.executable, "-c", code], env={**env, "RANDOM_DIFFUSION_EXECUTOR": "k8s"},
-                               capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "RANDOM_DIFFUSION_EXECUTOR": "k8s"}, capture_output=True, text=True
+    )
     assert completed.returncode != 0
     assert "set RANDOM_DIFFUSION_STEP_STORAGE to a folder or fsspec URL every worker reaches" in completed.stderr
 
@@ -77,10 +84,16 @@ def _launcher_from_helm_values() -> dict:
     """The K8sRunLauncher config the Helm chart renders from values.yaml (helm/dagster/templates/helpers/
     instance/_run-launcher.tpl: envVars -> env_vars, envSecrets names -> env_secrets, volumes, volumeMounts)."""
     chart = yaml.safe_load((DEPLOY / "values.yaml").read_text())["runLauncher"]["config"]["k8sRunLauncher"]
-    return {"service_account_name": "dagster", "instance_config_map": "dagster-instance",
-            "dagster_home": "/opt/dagster/dagster_home", "job_namespace": chart["jobNamespace"],
-            "env_vars": chart.get("envVars", []), "env_secrets": [secret["name"] for secret in chart["envSecrets"]],
-            "volumes": chart["volumes"], "volume_mounts": chart["volumeMounts"]}
+    return {
+        "service_account_name": "dagster",
+        "instance_config_map": "dagster-instance",
+        "dagster_home": "/opt/dagster/dagster_home",
+        "job_namespace": chart["jobNamespace"],
+        "env_vars": chart.get("envVars", []),
+        "env_secrets": [secret["name"] for secret in chart["envSecrets"]],
+        "volumes": chart["volumes"],
+        "volume_mounts": chart["volumeMounts"],
+    }
 
 
 def _step_pods(launcher_config: dict, kubeconfig: Path) -> dict:
@@ -95,7 +108,8 @@ def _step_pods(launcher_config: dict, kubeconfig: Path) -> dict:
         )
         job = construct_dagster_k8s_job(
             context.get_k8s_job_config("registry.example.com/random-diffusion-dagster:latest", launcher),
-            args=["dagster", "api", "execute_step"], job_name=f"dagster-step-{node.name.replace('_', '-')}",
+            args=["dagster", "api", "execute_step"],
+            job_name=f"dagster-step-{node.name.replace('_', '-')}",
             user_defined_k8s_config=context.run_k8s_config,
             env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": node.name}],
         )
@@ -118,8 +132,9 @@ def _step_storage_seen_by(env: dict[str, str]) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("launcher_config", [_launcher_from_instance_yaml, _launcher_from_helm_values],
-                         ids=["instance-yaml", "helm-values"])
+@pytest.mark.parametrize(
+    "launcher_config", [_launcher_from_instance_yaml, _launcher_from_helm_values], ids=["instance-yaml", "helm-values"]
+)
 def test_every_step_pod_mounts_the_shared_volume_its_step_storage_lies_on(launcher_config, tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(KUBECONFIG))
@@ -134,8 +149,11 @@ def test_every_step_pod_mounts_the_shared_volume_its_step_storage_lies_on(launch
         seen[key] = seen.get(key) or _step_storage_seen_by(env)
         storage = seen[key]
         assert storage["keys"][step] == ["io_manager"], storage["keys"]  # every output goes through step storage
-        claims = {volume.name: volume.persistent_volume_claim.claim_name for volume in pod.volumes
-                  if volume.persistent_volume_claim}
+        claims = {
+            volume.name: volume.persistent_volume_claim.claim_name
+            for volume in pod.volumes
+            if volume.persistent_volume_claim
+        }
         mounts = [m for m in container.volume_mounts if Path(storage["base_dir"]).is_relative_to(m.mount_path)]
         assert mounts and mounts[0].name in claims, (step, storage["base_dir"], container.volume_mounts)
         # the same claim the outputs go to, and nothing of the pod's own DAGSTER_HOME
@@ -147,7 +165,12 @@ def test_every_step_pod_mounts_the_shared_volume_its_step_storage_lies_on(launch
 def test_helm_values_point_the_code_location_at_the_definitions():
     values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "random_diffusion_dagster.definitions", "--attribute", "defs"]
+    assert deployment["dagsterApiGrpcArgs"] == [
+        "--module-name",
+        "random_diffusion_dagster.definitions",
+        "--attribute",
+        "defs",
+    ]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
 
 

@@ -28,7 +28,9 @@ def test_steps_on_two_machines_hand_values_over_shared_step_storage(tmp_path, mo
     # the values lay in the shared folder only, never under a machine's own DAGSTER_HOME or TMPDIR
     assert result["step_value_files"] == {
         "shared": ["shared/step-values/model_catalog.pickle", "shared/step-values/prompt_list.pickle"],
-        "launcher": [], "box-a": [], "box-b": [],
+        "launcher": [],
+        "box-a": [],
+        "box-b": [],
     }
 
 

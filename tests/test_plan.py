@@ -27,14 +27,30 @@ def test_a_new_run_seed_rerolls_and_choices_spread_over_the_lists(tmp_path):
 def test_fingerprint_changes_with_prompt_model_seed_and_source(tmp_path):
     models = _models(tmp_path)
     base = Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1))
-    assert base.fingerprint == Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
-    assert base.fingerprint != Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("bb", 1, 1)).fingerprint
-    assert base.fingerprint != Planner(PROMPTS, models, 5, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
+    assert (
+        base.fingerprint
+        == Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
+    )
+    assert (
+        base.fingerprint
+        != Planner(PROMPTS, models, 0, tmp_path).task("k", "/src", SourceSnapshot("bb", 1, 1)).fingerprint
+    )
+    assert (
+        base.fingerprint
+        != Planner(PROMPTS, models, 5, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
+    )
     retuned = parse_catalog(
         {"models": [{"name": f"m{i}", "path": f"m{i}", "strength": 0.5} for i in range(4)]}, base_dir=tmp_path
     )
-    assert base.fingerprint != Planner(PROMPTS, retuned, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
-    described = parse_catalog(
-        {"models": [{"name": f"m{i}", "path": f"m{i}", "description": "new words"} for i in range(4)]}, base_dir=tmp_path
+    assert (
+        base.fingerprint
+        != Planner(PROMPTS, retuned, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
     )
-    assert base.fingerprint == Planner(PROMPTS, described, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint  # no pixel change
+    described = parse_catalog(
+        {"models": [{"name": f"m{i}", "path": f"m{i}", "description": "new words"} for i in range(4)]},
+        base_dir=tmp_path,
+    )
+    assert (
+        base.fingerprint
+        == Planner(PROMPTS, described, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
+    )  # no pixel change

@@ -49,8 +49,13 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
         (request,) = tick.run_requests
         assets = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
-        run = dg.materialize(assets, selection=["prompt_list", "model_catalog", "diffused_image"],
-                             instance=instance, resources=resources, tags=request.tags)
+        run = dg.materialize(
+            assets,
+            selection=["prompt_list", "model_catalog", "diffused_image"],
+            instance=instance,
+            resources=resources,
+            tags=request.tags,
+        )
         assert run.success
         report = dg.materialize(assets, selection=["diffusion_report"], instance=instance, resources=resources)
         assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == 3

@@ -36,15 +36,25 @@ def test_results_report_check_and_catch_up_work_on_an_fsspec_url(remote_project)
         assert not [p for p in memory.find("/rdd-test") if p.endswith(".tmp")]
 
         resources = {"dataset": DatasetResource(**remote_project), "engine": DiffusionEngineResource(device="cpu")}
-        report = dg.materialize(ALL_ASSETS + [results_readable_on_disk], selection=["diffusion_report"], instance=instance, resources=resources)
+        report = dg.materialize(
+            ALL_ASSETS + [results_readable_on_disk],
+            selection=["diffusion_report"],
+            instance=instance,
+            resources=resources,
+        )
         assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == len(keys)
         assert memory.exists("/rdd-test/outputs/report/contact_sheet.png")
-        check = dg.materialize(ALL_ASSETS + [results_readable_on_disk], selection=dg.AssetSelection.checks(results_readable_on_disk),
-                               instance=instance, resources=resources)
+        check = dg.materialize(
+            ALL_ASSETS + [results_readable_on_disk],
+            selection=dg.AssetSelection.checks(results_readable_on_disk),
+            instance=instance,
+            resources=resources,
+        )
         assert check.get_asset_check_evaluations()[0].passed
 
         with dg.build_schedule_context(
-            instance=instance, resources={"dataset": resources["dataset"]},
+            instance=instance,
+            resources={"dataset": resources["dataset"]},
             scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
         ) as context:
             assert isinstance(catch_up_schedule(context), dg.SkipReason)

@@ -26,9 +26,12 @@ from random_diffusion_dagster.engine.runner import run_tasks
 
 
 def _record(**changes) -> ResultRecord:
-    values = {
-        f.name: 1 for f in dataclasses.fields(ResultRecord) if f.default is dataclasses.MISSING
-    } | {"key": "cat.jpg", "fingerprint": "f" * 64, "prompt": "a cat, dancing", "seed": 7}
+    values = {f.name: 1 for f in dataclasses.fields(ResultRecord) if f.default is dataclasses.MISSING} | {
+        "key": "cat.jpg",
+        "fingerprint": "f" * 64,
+        "prompt": "a cat, dancing",
+        "seed": 7,
+    }
     return ResultRecord(**(values | changes))
 
 
@@ -83,7 +86,7 @@ def parse_a1111(text: str) -> dict:
         (negative if line.startswith("Negative prompt:") or negative else prompt).append(line)
     parsed = {"Prompt": "\n".join(prompt)}
     if negative:
-        parsed["Negative prompt"] = "\n".join(negative)[len("Negative prompt:"):].strip()
+        parsed["Negative prompt"] = "\n".join(negative)[len("Negative prompt:") :].strip()
     for key, value in A1111_PARAM.findall(last):
         parsed[key.strip()] = json.loads(value) if value.startswith('"') else value
     return parsed

@@ -103,7 +103,11 @@ def test_sensor_scale_benchmark_runs_and_its_cursor_stays_bounded(tmp_path):
     started = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, "benchmarks/sensor_scale.py", "--files", "2000", "--out", str(out)],
-        cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())

@@ -33,17 +33,26 @@ def sd15_shaped_components():
     """UNet, VAE and text encoder with Stable Diffusion 1.5's published shapes, on the meta device (no memory)."""
     with torch.device("meta"):
         unet = diffusers.UNet2DConditionModel(
-            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768, attention_head_dim=8,
+            cross_attention_dim=768,
+            attention_head_dim=8,
         )
         vae = diffusers.AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
         )
-        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                    num_attention_heads=12, vocab_size=49408))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=49408
+            )
+        )
     return SimpleNamespace(unet=unet, vae=vae, text_encoder=text_encoder)
 
 
@@ -56,19 +65,28 @@ def test_sd15_shaped_pipeline_gets_the_original_key_names():
     ldm = pipeline_to_ldm_state_dict(pipeline)
     assert infer_diffusers_model_type(ldm) == "v1"  # diffusers recognises it as an SD 1.x checkpoint
     # Names every SD 1.x checkpoint has: the three UNet upsamplers, VAE attention as 1x1 convolutions.
-    for key in ("model.diffusion_model.output_blocks.2.1.conv.weight", "model.diffusion_model.output_blocks.5.2.conv.weight",
-                "model.diffusion_model.input_blocks.3.0.op.weight", "model.diffusion_model.middle_block.1.proj_in.weight",
-                "first_stage_model.decoder.up.3.block.0.conv1.weight", "first_stage_model.encoder.down.0.downsample.conv.weight",
-                "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight"):
+    for key in (
+        "model.diffusion_model.output_blocks.2.1.conv.weight",
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "model.diffusion_model.input_blocks.3.0.op.weight",
+        "model.diffusion_model.middle_block.1.proj_in.weight",
+        "first_stage_model.decoder.up.3.block.0.conv1.weight",
+        "first_stage_model.encoder.down.0.downsample.conv.weight",
+        "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight",
+    ):
         assert key in ldm, key
     assert ldm["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
-    assert len(ldm) == len(pipeline.unet.state_dict()) + len(pipeline.vae.state_dict()) + len(pipeline.text_encoder.state_dict())
+    assert len(ldm) == len(pipeline.unet.state_dict()) + len(pipeline.vae.state_dict()) + len(
+        pipeline.text_encoder.state_dict()
+    )
 
     # diffusers' own converters map every name back to where it came from, with the same shape.
     assert shapes(convert_ldm_unet_checkpoint(ldm, pipeline.unet.config)) == shapes(pipeline.unet.state_dict())
     assert shapes(convert_ldm_vae_checkpoint(ldm, pipeline.vae.config)) == shapes(pipeline.vae.state_dict())
     clip = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(ldm).items()}
-    assert shapes(clip) == {k.removeprefix("text_model."): s for k, s in shapes(pipeline.text_encoder.state_dict()).items()}
+    assert shapes(clip) == {
+        k.removeprefix("text_model."): s for k, s in shapes(pipeline.text_encoder.state_dict()).items()
+    }
 
 
 def test_unknown_weights_are_refused_by_name():
@@ -81,9 +99,18 @@ def test_unknown_weights_are_refused_by_name():
 
 def test_single_file_loads_back_every_weight_exactly(models_dir):
     folder = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(models_dir / "tiny-sd15")
-    spec = parse_catalog({"models": [{
-        "name": "file", "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors", "config": "tiny-sd15-single-file/config",
-    }]}, base_dir=models_dir)[0]
+    spec = parse_catalog(
+        {
+            "models": [
+                {
+                    "name": "file",
+                    "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors",
+                    "config": "tiny-sd15-single-file/config",
+                }
+            ]
+        },
+        base_dir=models_dir,
+    )[0]
     single = load_pipeline(spec, "cpu")
     for name in ("unet", "vae", "text_encoder"):
         expected, loaded = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
@@ -93,12 +120,25 @@ def test_single_file_loads_back_every_weight_exactly(models_dir):
 
 
 def test_single_file_entry_makes_the_same_image_as_its_folder(tmp_path, models_dir):
-    catalog = parse_catalog({"defaults": {"resolution": 64, "num_inference_steps": 4, "strength": 0.5}, "models": [
-        {"name": "folder", "path": "tiny-sd15"},
-        {"name": "file", "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors", "config": "tiny-sd15-single-file/config"},
-    ]}, base_dir=models_dir)
+    catalog = parse_catalog(
+        {
+            "defaults": {"resolution": 64, "num_inference_steps": 4, "strength": 0.5},
+            "models": [
+                {"name": "folder", "path": "tiny-sd15"},
+                {
+                    "name": "file",
+                    "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors",
+                    "config": "tiny-sd15-single-file/config",
+                },
+            ],
+        },
+        base_dir=models_dir,
+    )
     source = make_image(tmp_path / "in.png")
-    tasks = [Planner(["a fox"], [spec], 0, tmp_path / "out").task(spec.name, str(source), snapshot_source(source)) for spec in catalog]
+    tasks = [
+        Planner(["a fox"], [spec], 0, tmp_path / "out").task(spec.name, str(source), snapshot_source(source))
+        for spec in catalog
+    ]
     summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda message: None)
     assert [r.status for r in summary.results] == ["generated", "generated"], [r.error for r in summary.results]
     folder_image, file_image = (np.asarray(Image.open(r.task.output_path)) for r in summary.results)

@@ -12,6 +12,7 @@ import pytest
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
+from test_automation import _age
 
 from random_diffusion_dagster.assets import (
     diffused_image,
@@ -28,13 +29,20 @@ from random_diffusion_dagster.prompt_sets import submission_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.schedules import catch_up_schedule
 from random_diffusion_dagster.sensors import new_images_sensor
-from test_automation import _age
 
 from helpers import make_image
 
 SUBMITTED = ["cat dancing in rain"]
-ASSETS = [PROMPTS_FILE, MODELS_FILE, IMAGE_FILES, source_images, prompt_list, model_catalog, diffused_image,
-          diffusion_report]
+ASSETS = [
+    PROMPTS_FILE,
+    MODELS_FILE,
+    IMAGE_FILES,
+    source_images,
+    prompt_list,
+    model_catalog,
+    diffused_image,
+    diffusion_report,
+]
 
 
 @pytest.fixture
@@ -50,8 +58,14 @@ def _resources(project):
 def _run(instance, project, selection, keys=None, prompts=None, tags=None):
     run_config = {"ops": {"prompt_list": {"config": {"prompt_list": prompts}}}} if prompts else None
     range_tags = partition_range_tags(keys[0], keys[-1]) if keys else {}
-    result = dg.materialize(ASSETS, selection=selection, instance=instance, resources=_resources(project),
-                            run_config=run_config, tags=range_tags | (tags or {}))
+    result = dg.materialize(
+        ASSETS,
+        selection=selection,
+        instance=instance,
+        resources=_resources(project),
+        run_config=run_config,
+        tags=range_tags | (tags or {}),
+    )
     assert result.success
     return result
 
@@ -59,8 +73,11 @@ def _run(instance, project, selection, keys=None, prompts=None, tags=None):
 def _resolver(instance):
     # As Dagster's own tests build it (dagster._utils.test.data_versions), over the project's asset graph.
     graph = defs.resolve_asset_graph()
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=instance, asset_graph=graph)
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
     return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
 
 
@@ -83,15 +100,21 @@ def _tick_input_files(instance, project, cursor=None, refreshes=()):
 
 def _schedule_keys(instance, project):
     with dg.build_schedule_context(
-        instance=instance, resources={"dataset": DatasetResource(**project)},
+        instance=instance,
+        resources={"dataset": DatasetResource(**project)},
         scheduled_execution_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     ) as context:
         requests = catch_up_schedule(context)
     if isinstance(requests, dg.SkipReason):
         return set()
     keys = instance.get_dynamic_partitions("images")
-    spans = [(keys.index(r.tags["dagster/asset_partition_range_start"]),
-              keys.index(r.tags["dagster/asset_partition_range_end"])) for r in requests]
+    spans = [
+        (
+            keys.index(r.tags["dagster/asset_partition_range_start"]),
+            keys.index(r.tags["dagster/asset_partition_range_end"]),
+        )
+        for r in requests
+    ]
     return {keys[i] for first, last in spans for i in range(first, last + 1)}
 
 
@@ -166,8 +189,14 @@ def test_replacing_one_image_makes_only_its_partition_stale(instance, project, s
 def test_asking_for_the_prompts_file_ends_a_submitted_list(instance, project, submitted):
     keys, _ = submitted
     run_config = {"ops": {"prompt_list": {"config": {"use_prompts_file": True}}}}
-    dg.materialize(ASSETS, selection=["prompt_list", "model_catalog", "diffused_image"], instance=instance,
-                   resources=_resources(project), run_config=run_config, tags=partition_range_tags(keys[0], keys[-1]))
+    dg.materialize(
+        ASSETS,
+        selection=["prompt_list", "model_catalog", "diffused_image"],
+        instance=instance,
+        resources=_resources(project),
+        run_config=run_config,
+        tags=partition_range_tags(keys[0], keys[-1]),
+    )
     file_prompts = {"a red fox", "an ice castle", "the sea at night"}
     assert set(_prompts_on_disk(project, keys).values()) <= file_prompts
 

@@ -17,10 +17,14 @@ ASSETS = [source_images, prompt_list, model_catalog, diffused_image]
 
 
 def _materialize(instance, project, storage, selection, **kwargs):
-    resources = {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu"),
-                 "io_manager": SharedStepStorage(base_dir=str(storage))}
-    return dg.materialize(ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False,
-                          **kwargs)
+    resources = {
+        "dataset": DatasetResource(**project),
+        "engine": DiffusionEngineResource(device="cpu"),
+        "io_manager": SharedStepStorage(base_dir=str(storage)),
+    }
+    return dg.materialize(
+        ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False, **kwargs
+    )
 
 
 def test_diffused_image_reads_values_another_instance_wrote_to_step_storage(tmp_path, project):

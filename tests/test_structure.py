@@ -11,7 +11,8 @@ from random_diffusion_dagster.batching import partition_ranges
 def test_importing_the_engine_imports_no_dagster():
     code = (
         "import sys, pkgutil, importlib, random_diffusion_dagster.engine as e;"
-        "[importlib.import_module(f'random_diffusion_dagster.engine.{m.name}') for m in pkgutil.iter_modules(e.__path__)];"
+        "[importlib.import_module(f'random_diffusion_dagster.engine.{m.name}')"
+        " for m in pkgutil.iter_modules(e.__path__)];"
         "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('dagster')))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -29,7 +30,11 @@ def test_ranges_hold_only_wanted_keys_unless_gaps_may_be_bridged():
     wanted = ["k1", "k2", "k5", "k9"]
     assert _spans(partition_ranges(KEYS, wanted, 32)) == [("k1", "k2", 2), ("k5", "k5", 1), ("k9", "k9", 1)]
     assert _spans(partition_ranges(KEYS, wanted, 32, bridge_gaps=True)) == [("k1", "k9", 9)]
-    assert _spans(partition_ranges(KEYS, wanted, 4, bridge_gaps=True)) == [("k1", "k2", 2), ("k5", "k5", 1), ("k9", "k9", 1)]
+    assert _spans(partition_ranges(KEYS, wanted, 4, bridge_gaps=True)) == [
+        ("k1", "k2", 2),
+        ("k5", "k5", 1),
+        ("k9", "k9", 1),
+    ]
 
 
 def test_ranges_respect_the_per_run_limit():

@@ -114,11 +114,16 @@ def test_credentials_and_path_prefix_go_with_every_request(serve):
     assert len(server.requests) == 7  # keys, code locations, two launches, two statuses, outputs
     assert {(request["path"], request["auth"]) for request in server.requests} == {("/dagster/graphql", expected_auth)}
     first, second = respond.launched
-    assert first["selector"] == {"repositoryLocationName": "here", "repositoryName": "__repository__",
-                                 "jobName": "diffuse_images"}
+    assert first["selector"] == {
+        "repositoryLocationName": "here",
+        "repositoryName": "__repository__",
+        "jobName": "diffuse_images",
+    }
     second_tags = {tag["key"]: tag["value"] for tag in second["executionMetadata"]["tags"]}
     assert (second_tags["dagster/asset_partition_range_start"], second_tags["dagster/asset_partition_range_end"]) == (
-        "c.png", "c.png")
+        "c.png",
+        "c.png",
+    )
     assert first["runConfigData"]["resources"]["dataset"]["config"]["seed"] == 7
 
 
@@ -154,13 +159,22 @@ def test_submit_command_reports_a_wrong_server_without_a_traceback(serve, capsys
 
 
 FAILURES = {
-    "server error": ((500, "text/plain", "Internal Server Error: code location crashed"),
-                     r"failed \(POST /graphql answered HTTP 500 .*code location crashed\); check its log"),
+    "server error": (
+        (500, "text/plain", "Internal Server Error: code location crashed"),
+        r"failed \(POST /graphql answered HTTP 500 .*code location crashed\); check its log",
+    ),
     "bad gateway": ((502, "text/html", "<html>Bad Gateway</html>"), r"HTTP 502 .*check its log"),
     "invalid json": ((200, "application/json", '{"data": {"assetNodeOrError": '), r"not GraphQL JSON.*check --url"),
-    "graphql errors": ((200, "application/json", json.dumps({"data": None, "errors": [
-        {"message": 'Cannot query field "partitionKeys" on type "AssetNode".'}]})),
-        r"refused the GraphQL request: Cannot query field .*matching Dagster version"),
+    "graphql errors": (
+        (
+            200,
+            "application/json",
+            json.dumps(
+                {"data": None, "errors": [{"message": 'Cannot query field "partitionKeys" on type "AssetNode".'}]}
+            ),
+        ),
+        r"refused the GraphQL request: Cannot query field .*matching Dagster version",
+    ),
     "credentials needed": ((401, "text/plain", "Unauthorized"), r"wants credentials .*http://USER:PASSWORD@host"),
     "forbidden": ((403, "text/plain", "Forbidden by proxy"), r"refused the request .*Forbidden by proxy.*credentials"),
     "redirect": ((302, "text/plain", ""), r"redirect to 'https://elsewhere.example/graphql'; pass the address"),
@@ -201,6 +215,11 @@ def test_a_refused_launch_names_the_runs_partitions_and_the_reason(serve):
 
 def test_submit_queries_fit_dagsters_graphql_schema():
     schema = create_schema().graphql_schema
-    for name in ("PARTITION_KEYS_QUERY", "JOB_LOCATIONS_QUERY", "LAUNCH_RUN_MUTATION", "RUN_STATUS_QUERY",
-                 "RUN_OUTPUTS_QUERY"):
+    for name in (
+        "PARTITION_KEYS_QUERY",
+        "JOB_LOCATIONS_QUERY",
+        "LAUNCH_RUN_MUTATION",
+        "RUN_STATUS_QUERY",
+        "RUN_OUTPUTS_QUERY",
+    ):
         assert validate(schema, parse(getattr(remote, name))) == [], name

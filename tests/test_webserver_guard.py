@@ -51,7 +51,10 @@ def ui(tmp_path_factory):
     with open(root / "ui.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT, env={**os.environ, **project_env(root, home)}, stdout=log, stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **project_env(root, home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -59,8 +62,12 @@ def ui(tmp_path_factory):
         repositories = _wait_for(lambda: _repositories(url), 120, "the code location to load")
         (repo,) = repositories
         instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-        yield {"url": url, "port": port, "instance": instance,
-               "repo": {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]}}
+        yield {
+            "url": url,
+            "port": port,
+            "instance": instance,
+            "repo": {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]},
+        }
         instance.dispose()
     finally:
         stop_process_groups([process])
@@ -100,13 +107,22 @@ def test_mutation_posted_from_a_foreign_origin_is_refused_and_changes_nothing(ui
     response = _post_add(ui, "evil-post.png", Origin=EVIL)
     assert response.status_code == 403 and "origin http://evil.example" in response.text
     # An HTML form can POST text/plain with the query in the URL, which Dagster also executes.
-    response = requests.post(f"{ui['url']}/graphql", params={"query": ADD_PARTITION}, data="x",
-                             headers={"Origin": EVIL, "Content-Type": "text/plain"}, timeout=60)
+    response = requests.post(
+        f"{ui['url']}/graphql",
+        params={"query": ADD_PARTITION},
+        data="x",
+        headers={"Origin": EVIL, "Content-Type": "text/plain"},
+        timeout=60,
+    )
     assert response.status_code == 403
     assert "evil-post.png" not in _images(ui)
     # Dagster's other state-changing endpoints are plain POSTs a form can send too.
-    report = requests.post(f"{ui['url']}/report_asset_materialization/diffused_image", data="x",
-                           headers={"Origin": EVIL, "Content-Type": "text/plain"}, timeout=60)
+    report = requests.post(
+        f"{ui['url']}/report_asset_materialization/diffused_image",
+        data="x",
+        headers={"Origin": EVIL, "Content-Type": "text/plain"},
+        timeout=60,
+    )
     assert report.status_code == 403
 
 
@@ -132,8 +148,12 @@ def test_read_only_query_over_get_and_the_ui_page_still_work(ui):
 def test_foreign_host_name_on_loopback_is_refused(ui):
     # DNS rebinding: evil.example resolves to 127.0.0.1, so the page's requests look same-origin.
     rebound = f"evil.example:{ui['port']}"
-    response = requests.post(f"{ui['url']}/graphql", json={"query": "{ version }"},
-                             headers={"Host": rebound, "Origin": f"http://{rebound}"}, timeout=60)
+    response = requests.post(
+        f"{ui['url']}/graphql",
+        json={"query": "{ version }"},
+        headers={"Host": rebound, "Origin": f"http://{rebound}"},
+        timeout=60,
+    )
     assert response.status_code == 403 and "DNS-rebinding" in response.text
 
 

@@ -6,5 +6,12 @@ from .diffused_image import diffused_image
 from .inputs import model_catalog, prompt_list, source_images
 from .report import diffusion_report
 
-__all__ = ["source_images", "prompt_list", "model_catalog", "diffused_image", "diffusion_report", "model_comparison",
-           "comparison_report"]
+__all__ = [
+    "source_images",
+    "prompt_list",
+    "model_catalog",
+    "diffused_image",
+    "diffusion_report",
+    "model_comparison",
+    "comparison_report",
+]

@@ -33,8 +33,13 @@ from .diffused_image import GPU_STEP_TAGS
 # Summed over a cell's variants (each variant's share of its batch), or the cell's peak.
 SUMMED_FIGURES = ("pipeline_load_seconds", "inference_seconds", "total_seconds")
 PEAK_FIGURES = ("rss_peak_mb", "vram_peak_allocated_mb", "vram_peak_reserved_mb")
-VARIANT_COLUMNS = {"label": "string", "strength": "float", "steps": "int", "inference_seconds": "float",
-                   "output_path": "string"}
+VARIANT_COLUMNS = {
+    "label": "string",
+    "strength": "float",
+    "steps": "int",
+    "inference_seconds": "float",
+    "output_path": "string",
+}
 MAX_PREVIEW_GRIDS = 4
 
 
@@ -44,8 +49,9 @@ class ComparisonConfig(dg.Config):
     strengths: list[float] = Field(
         default=[], description="Denoising strengths to compare, each above 0 and at most 1; empty: each model's own."
     )
-    steps: list[int] = Field(default=[], description="Inference step counts to compare, each at least 1; "
-                             "empty: each model's own.")
+    steps: list[int] = Field(
+        default=[], description="Inference step counts to compare, each at least 1; empty: each model's own."
+    )
 
 
 def cell_image_and_model(key: str) -> tuple[str, str]:
@@ -91,8 +97,9 @@ def model_comparison(
         if image not in by_image:
             failures[key] = (missing | unreadable)[image]
         elif model not in by_model:
-            failures[key] = (f"model {model!r} is no longer in the catalog; rematerialize model_catalog to drop "
-                             "its column")
+            failures[key] = (
+                f"model {model!r} is no longer in the catalog; rematerialize model_catalog to drop its column"
+            )
         else:
             try:  # every combination checked before any model loads
                 tasks_by_cell[key] = cell_tasks(by_image[image], by_model[model], variants, dataset.output_dir)
@@ -125,9 +132,16 @@ def model_comparison(
 def _cell_metadata(results: list, variants: list[Variant]) -> dict:
     """The first variant's partition metadata (as diffused_image shows it), with figures over all variants."""
     metadata = partition_metadata(results[0])
-    rows = [{"label": v.label, "strength": r.record.strength, "steps": r.record.num_inference_steps,
-             "inference_seconds": r.record.inference_seconds, "output_path": r.task.output_path}
-            for v, r in zip(variants, results, strict=True)]
+    rows = [
+        {
+            "label": v.label,
+            "strength": r.record.strength,
+            "steps": r.record.num_inference_steps,
+            "inference_seconds": r.record.inference_seconds,
+            "output_path": r.task.output_path,
+        }
+        for v, r in zip(variants, results, strict=True)
+    ]
     metadata["variants"] = table(rows, VARIANT_COLUMNS)
     # Read by comparison_report: row label -> file, the settings this cell was last compared with.
     metadata["variant_files"] = dg.MetadataValue.json({row["label"]: row["output_path"] for row in rows})
@@ -153,8 +167,11 @@ def comparison_report(context: dg.AssetExecutionContext, dataset: DatasetResourc
     instance = context.instance
     models = instance.get_dynamic_partitions(models_partitions.name)
     done = {cell_image_and_model(k) for k in instance.get_materialized_partitions(model_comparison.key)}
-    images = [key for key in instance.get_dynamic_partitions(images_partitions.name)
-              if any((key, model) in done for model in models)]
+    images = [
+        key
+        for key in instance.get_dynamic_partitions(images_partitions.name)
+        if any((key, model) in done for model in models)
+    ]
     sources = {file.partition_key: file.path for file in dataset.files_for(images)[0]}
     grids, records, cells_per_model, previews = [], [], {}, []
     for image in images:
@@ -177,8 +194,10 @@ def comparison_report(context: dg.AssetExecutionContext, dataset: DatasetResourc
     metadata = {
         "images": len(grids),
         "models": len(models),
-        "grids": table([{**g, "columns": " | ".join(g["columns"]), "rows": " | ".join(g["rows"])} for g in grids],
-                       {"image": "string", "path": "string", "columns": "string", "rows": "string"}),
+        "grids": table(
+            [{**g, "columns": " | ".join(g["columns"]), "rows": " | ".join(g["rows"])} for g in grids],
+            {"image": "string", "path": "string", "columns": "string", "rows": "string"},
+        ),
         # The labels drawn on each grid: columns (source, then models) and rows (settings).
         "labels": dg.MetadataValue.json({g["image"]: {"columns": g["columns"], "rows": g["rows"]} for g in grids}),
         "summary": table(summary.to_dict("records"), SUMMARY_COLUMNS),

@@ -48,7 +48,9 @@ def diffused_image(
     finished = [r for r in summary.results if r.status != "failed"]
     for result in finished:
         if result.record.prompt_truncated:
-            context.log.warning(f"{result.task.key}: prompt longer than the text encoder reads; only its start was used")
+            context.log.warning(
+                f"{result.task.key}: prompt longer than the text encoder reads; only its start was used"
+            )
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
     context.instance.add_run_tags(context.run_id, run_figures(summary, failures))
     if not failures:

@@ -22,9 +22,18 @@ from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metad
 from ..resources import DatasetResource
 
 IMAGE_COLUMNS = {"key": "string", "name": "string", "format": "string", "width": "int", "height": "int", "bytes": "int"}
-MODEL_COLUMNS = {"name": "string", "source": "string", "weight": "float", "resolution": "int", "steps": "int",
-                 "strength": "float", "guidance": "float", "scheduler": "string", "dtype": "string",
-                 "prompt_weighting": "bool"}
+MODEL_COLUMNS = {
+    "name": "string",
+    "source": "string",
+    "weight": "float",
+    "resolution": "int",
+    "steps": "int",
+    "strength": "float",
+    "guidance": "float",
+    "scheduler": "string",
+    "dtype": "string",
+    "prompt_weighting": "bool",
+}
 
 
 class PromptListConfig(dg.Config):
@@ -37,7 +46,9 @@ class PromptListConfig(dg.Config):
     )
 
 
-@dg.asset(group_name="inputs", description="The images found in the images folder; registers one `images` partition each.")
+@dg.asset(
+    group_name="inputs", description="The images found in the images folder; registers one `images` partition each."
+)
 def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -> list[dict]:
     scan = dataset.scan()
     found, skipped = [], [{"name": entry.name, "reason": entry.reason} for entry in scan.skipped]
@@ -48,8 +59,15 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
             skipped.append({"name": source.name, "reason": str(exc)})
             continue
         found.append(
-            {"key": source.partition_key, "name": source.name, "path": source.path, "format": image_format,
-             "width": width, "height": height, "bytes": source.size}
+            {
+                "key": source.partition_key,
+                "name": source.name,
+                "path": source.path,
+                "format": image_format,
+                "width": width,
+                "height": height,
+                "bytes": source.size,
+            }
         )
     ensure_gpu_pool_limit(context.instance)  # before any run over these partitions can be queued
     sync_dynamic_partitions(context.instance, images_partitions, [row["key"] for row in found])
@@ -98,7 +116,11 @@ def prompt_list(
     context: dg.AssetExecutionContext, config: PromptListConfig, dataset: DatasetResource
 ) -> dg.Output[list[str]]:
     prompt_set = current_prompt_set(
-        context.instance, dataset, config.prompt_list, context.run.tags.get(SUBMITTED_BY_TAG), context.run_id,
+        context.instance,
+        dataset,
+        config.prompt_list,
+        context.run.tags.get(SUBMITTED_BY_TAG),
+        context.run_id,
         use_prompts_file=config.use_prompts_file,
     )
     # Every line parsed and every wildcard found now, so a broken template fails here, before any image.
@@ -107,8 +129,9 @@ def prompt_list(
     version = file_version(dataset.prompts_file)
     if version:  # what this run read, so the stored list's provenance names that file content
         report_what_was_read(context, [version_event(PROMPTS_FILE, version)])
-    return dg.Output(prompt_set.prompts, data_version=dg.DataVersion(prompt_set.version),
-                     metadata=prompt_set_metadata(prompt_set))
+    return dg.Output(
+        prompt_set.prompts, data_version=dg.DataVersion(prompt_set.version), metadata=prompt_set_metadata(prompt_set)
+    )
 
 
 @dg.asset(
@@ -121,13 +144,26 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     version = file_version(dataset.models_file)
     if version:
         report_what_was_read(context, [version_event(MODELS_FILE, version)])
-    rows = [{"name": m.name, "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
-             "weight": m.weight, "resolution": m.resolution, "steps": m.num_inference_steps, "strength": m.strength,
-             "guidance": m.guidance_scale, "scheduler": m.scheduler or "(model's own)", "dtype": m.dtype,
-             "prompt_weighting": m.prompt_weighting}
-            for m in catalog]
-    metadata = {"count": len(catalog), "catalog_file": dg.MetadataValue.path(dataset.models_file),
-                "models": table(rows, MODEL_COLUMNS)}
+    rows = [
+        {
+            "name": m.name,
+            "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
+            "weight": m.weight,
+            "resolution": m.resolution,
+            "steps": m.num_inference_steps,
+            "strength": m.strength,
+            "guidance": m.guidance_scale,
+            "scheduler": m.scheduler or "(model's own)",
+            "dtype": m.dtype,
+            "prompt_weighting": m.prompt_weighting,
+        }
+        for m in catalog
+    ]
+    metadata = {
+        "count": len(catalog),
+        "catalog_file": dg.MetadataValue.path(dataset.models_file),
+        "models": table(rows, MODEL_COLUMNS),
+    }
     _sync_model_partitions(context, [m.name for m in catalog])
     return dg.Output(catalog, data_version=dg.DataVersion(catalog_version(catalog)), metadata=metadata)
 

@@ -9,8 +9,9 @@ from ..partitions import images_partitions
 from ..resources import DatasetResource
 from .diffused_image import diffused_image
 
-SUMMARY_TYPES = {column: {"model": "string", "images": "int", "failures": "int"}.get(column, "float")
-                 for column in SUMMARY_COLUMNS}
+SUMMARY_TYPES = {
+    column: {"model": "string", "images": "int", "failures": "int"}.get(column, "float") for column in SUMMARY_COLUMNS
+}
 
 # Refresh after diffused images change, but (unlike `eager()`) do not wait for every
 # partition: one image that keeps failing must not block the report forever.

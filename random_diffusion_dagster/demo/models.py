@@ -30,14 +30,41 @@ class TinyModelRecipe:
 
 
 TINY_MODELS = (
-    TinyModelRecipe("tiny-sd14", seed=14, scheduler="PNDMScheduler", prediction_type="epsilon", text_hidden_size=32,
-                    sample_size=12, safety_checker=True),
-    TinyModelRecipe("tiny-sd15", seed=15, scheduler="EulerDiscreteScheduler", prediction_type="epsilon", text_hidden_size=32,
-                    sample_size=12, safety_checker=True),
-    TinyModelRecipe("tiny-sd2", seed=20, scheduler="DDIMScheduler", prediction_type="v_prediction", text_hidden_size=48,
-                    sample_size=16, fp16_variant=True),
-    TinyModelRecipe("tiny-sd21", seed=21, scheduler="EulerDiscreteScheduler", prediction_type="v_prediction", text_hidden_size=48,
-                    sample_size=16),
+    TinyModelRecipe(
+        "tiny-sd14",
+        seed=14,
+        scheduler="PNDMScheduler",
+        prediction_type="epsilon",
+        text_hidden_size=32,
+        sample_size=12,
+        safety_checker=True,
+    ),
+    TinyModelRecipe(
+        "tiny-sd15",
+        seed=15,
+        scheduler="EulerDiscreteScheduler",
+        prediction_type="epsilon",
+        text_hidden_size=32,
+        sample_size=12,
+        safety_checker=True,
+    ),
+    TinyModelRecipe(
+        "tiny-sd2",
+        seed=20,
+        scheduler="DDIMScheduler",
+        prediction_type="v_prediction",
+        text_hidden_size=48,
+        sample_size=16,
+        fp16_variant=True,
+    ),
+    TinyModelRecipe(
+        "tiny-sd21",
+        seed=21,
+        scheduler="EulerDiscreteScheduler",
+        prediction_type="v_prediction",
+        text_hidden_size=48,
+        sample_size=16,
+    ),
 )
 # The single-file demo: tiny-sd15's weights in the original (LDM) single-file format.
 SINGLE_FILE_SOURCE = "tiny-sd15"
@@ -134,7 +161,9 @@ def tiny_safety_checker():
 
     torch.manual_seed(0)
     small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
-    config = CLIPConfig(text_config=small, vision_config={**small, "image_size": 32, "patch_size": 4}, projection_dim=32)
+    config = CLIPConfig(
+        text_config=small, vision_config={**small, "image_size": 32, "patch_size": 4}, projection_dim=32
+    )
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return StableDiffusionSafetyChecker(config), processor
 
@@ -144,7 +173,9 @@ def save_demo_model(pipeline, recipe: TinyModelRecipe, target: Path, extra: dict
     import torch
 
     if recipe.safety_checker:
-        pipeline.register_modules(**dict(zip(("safety_checker", "feature_extractor"), tiny_safety_checker(), strict=False)))
+        pipeline.register_modules(
+            **dict(zip(("safety_checker", "feature_extractor"), tiny_safety_checker(), strict=False))
+        )
         pipeline.register_to_config(requires_safety_checker=True)
     pipeline.save_pretrained(target, safe_serialization=True)
     if recipe.fp16_variant:

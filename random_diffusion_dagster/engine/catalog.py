@@ -180,8 +180,11 @@ def _check_expanded_size(root: yaml.Node, name: str) -> None:
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-            node.value if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (node.value if isinstance(node, yaml.SequenceNode) else [])
+        )
         if children_done:
             ancestors.discard(id(node))
             sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
@@ -237,8 +240,11 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
     name = entry["name"]
     if not isinstance(name, str):
         # Not converted: YAML has already turned 1.10 into 1.1 and 010 into 8, so str() would rename the model.
-        hint = (f" (YAML reads an unquoted 1.5, 10 or yes as a number or boolean): quote it: name: '{name}'"
-                if isinstance(name, (int, float)) else "")
+        hint = (
+            f" (YAML reads an unquoted 1.5, 10 or yes as a number or boolean): quote it: name: '{name}'"
+            if isinstance(name, (int, float))
+            else ""
+        )
         raise CatalogError(f"{origin}: model {show(name)}: `name` must be text; got {show(name)}{hint}.")
     where = f"{origin}: model {show(name)}"
     for key in (*SOURCE_KINDS, *ENTRY_ONLY):
@@ -349,4 +355,3 @@ def _validate(spec: ModelSpec, where: str) -> None:
             f"{where}: single-file checkpoints carry no safety checker, so `safety_checker: true` cannot "
             "be honoured; convert the model to a diffusers folder with one, or drop the setting."
         )
-

@@ -30,9 +30,16 @@ TILE = 128
 GAP = 6
 HEADER_HEIGHT = 28  # column labels: "source", then model names
 ROW_LABEL_WIDTH = 150  # row labels: the strength/steps of the row
-SUMMARY_COLUMNS = {"model": "string", "cells": "int", "images": "int", "mean_inference_s": "float",
-                   "mean_load_s": "float", "peak_rss_mb": "float", "peak_vram_allocated_mb": "float",
-                   "peak_vram_reserved_mb": "float"}
+SUMMARY_COLUMNS = {
+    "model": "string",
+    "cells": "int",
+    "images": "int",
+    "mean_inference_s": "float",
+    "mean_load_s": "float",
+    "peak_rss_mb": "float",
+    "peak_vram_allocated_mb": "float",
+    "peak_vram_reserved_mb": "float",
+}
 
 
 class ComparisonError(ValueError):
@@ -49,13 +56,15 @@ class Variant:
     @property
     def label(self) -> str:
         parts = ([f"strength {self.strength:g}"] if self.strength is not None else []) + (
-            [f"steps {self.steps}"] if self.steps is not None else [])
+            [f"steps {self.steps}"] if self.steps is not None else []
+        )
         return ", ".join(parts) or "catalog settings"
 
     @property
     def suffix(self) -> str:
         return (f"-s{self.strength:g}" if self.strength is not None else "") + (
-            f"-steps{self.steps}" if self.steps is not None else "")
+            f"-steps{self.steps}" if self.steps is not None else ""
+        )
 
     def apply(self, spec: ModelSpec) -> ModelSpec:
         """The model's spec with this variant's settings; refuses a combination with no denoising step."""
@@ -123,8 +132,7 @@ class Grid:
     row_labels: list[str]  # the settings of each row
 
 
-def draw_grid(source: str | os.PathLike, models: list[str], rows: list[str],
-              cells: dict[tuple[str, str], str]) -> Grid:
+def draw_grid(source: str | os.PathLike, models: list[str], rows: list[str], cells: dict[tuple[str, str], str]) -> Grid:
     """Source first, then one column per model; one row per settings label. `cells`: (model, row) -> image path.
 
     A cell without an image (not compared yet, or failed) is a grey tile saying so, so columns stay aligned.
@@ -153,19 +161,31 @@ def write_grid(grid: Grid, path: str | os.PathLike) -> None:
 
 def model_summary(records: list[ResultRecord], cells: dict[str, int]) -> pd.DataFrame:
     """Per model over the compared images: cells, images, mean inference and load seconds, peak memory."""
-    columns = ["model", "inference_seconds", "pipeline_load_seconds", "rss_peak_mb", "vram_peak_allocated_mb",
-               "vram_peak_reserved_mb"]
+    columns = [
+        "model",
+        "inference_seconds",
+        "pipeline_load_seconds",
+        "rss_peak_mb",
+        "vram_peak_allocated_mb",
+        "vram_peak_reserved_mb",
+    ]
     frame = pd.DataFrame([[getattr(r, c) for c in columns] for r in records], columns=columns)
     frame[columns[1:]] = frame[columns[1:]].astype(float)
     grouped = frame.groupby("model", sort=False)
-    summary = pd.DataFrame({
-        "images": grouped.size(),
-        "mean_inference_s": grouped["inference_seconds"].mean().round(4),
-        "mean_load_s": grouped["pipeline_load_seconds"].mean().round(4),
-        "peak_rss_mb": grouped["rss_peak_mb"].max(),
-        "peak_vram_allocated_mb": grouped["vram_peak_allocated_mb"].max(),
-        "peak_vram_reserved_mb": grouped["vram_peak_reserved_mb"].max(),
-    }).rename_axis("model").reset_index()
+    summary = (
+        pd.DataFrame(
+            {
+                "images": grouped.size(),
+                "mean_inference_s": grouped["inference_seconds"].mean().round(4),
+                "mean_load_s": grouped["pipeline_load_seconds"].mean().round(4),
+                "peak_rss_mb": grouped["rss_peak_mb"].max(),
+                "peak_vram_allocated_mb": grouped["vram_peak_allocated_mb"].max(),
+                "peak_vram_reserved_mb": grouped["vram_peak_reserved_mb"].max(),
+            }
+        )
+        .rename_axis("model")
+        .reset_index()
+    )
     summary.insert(1, "cells", summary["model"].map(cells).fillna(0).astype(int))
     return summary[list(SUMMARY_COLUMNS)]
 

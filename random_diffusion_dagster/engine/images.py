@@ -135,18 +135,32 @@ def scan_images(folder: str | Path) -> FolderScan:
         if stat.S_ISDIR(info.st_mode):
             continue
         if not stat.S_ISREG(info.st_mode):
-            skipped.append(SkippedEntry(entry.name, f"not a regular file ({_file_kind(info.st_mode)}): only "
-                                        "regular files can be images; move it out of the images folder"))
+            skipped.append(
+                SkippedEntry(
+                    entry.name,
+                    f"not a regular file ({_file_kind(info.st_mode)}): only "
+                    "regular files can be images; move it out of the images folder",
+                )
+            )
             continue
         if not os.access(entry.path, os.R_OK):
-            skipped.append(SkippedEntry(entry.name, "no permission to read it: give the user running Dagster "
-                                        "read permission on it (chmod a+r)"))
+            skipped.append(
+                SkippedEntry(
+                    entry.name,
+                    "no permission to read it: give the user running Dagster read permission on it (chmod a+r)",
+                )
+            )
             continue
         source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns)
         key = source.partition_key
         if key in owners:
-            skipped.append(SkippedEntry(entry.name, f"{entry.name!r} and {owners[key]!r} have the same partition "
-                                        f"key {key!r}, which {owners[key]!r} keeps: rename one of the two"))
+            skipped.append(
+                SkippedEntry(
+                    entry.name,
+                    f"{entry.name!r} and {owners[key]!r} have the same partition "
+                    f"key {key!r}, which {owners[key]!r} keeps: rename one of the two",
+                )
+            )
             continue
         owners[key] = entry.name
         files.append(source)
@@ -171,8 +185,12 @@ def _stat_problem(entry: os.DirEntry, exc: OSError) -> str | None:
 
 
 def _file_kind(mode: int) -> str:
-    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
-             stat.S_ISBLK: "a block device"}
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
     return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
@@ -340,8 +358,9 @@ def _pad_with_edges(image: Image.Image, width: int, height: int) -> Image.Image:
     padded.paste(image, (0, 0))
     if width > content_width:
         column = image.crop((content_width - 1, 0, content_width, content_height))
-        padded.paste(column.resize((width - content_width, content_height), Image.Resampling.NEAREST),
-                     (content_width, 0))
+        padded.paste(
+            column.resize((width - content_width, content_height), Image.Resampling.NEAREST), (content_width, 0)
+        )
     if height > content_height:
         row = padded.crop((0, content_height - 1, width, content_height))
         padded.paste(row.resize((width, height - content_height), Image.Resampling.NEAREST), (0, content_height))

@@ -179,7 +179,9 @@ def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:
         if weights:
             digest = hashlib.sha256(dtype.encode())
             for path in weights:
-                digest.update(path.name.encode() + _file_digest(str(path), path.stat().st_size, path.stat().st_mtime_ns))
+                digest.update(
+                    path.name.encode() + _file_digest(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+                )
             identities[name] = digest.hexdigest()
     return identities
 
@@ -257,12 +259,17 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
     elif spec.source_kind == "single_file" and isinstance(exc, OSError) and not _is_local_dir(spec.config):
         hint = (
             "A single-file checkpoint holds weights only; its diffusers configs come from `config`, "
-            + (f"and {spec.config!r} is neither a folder next to the catalog nor a hub id in the local cache. "
-               if spec.config else "which the entry does not set, so diffusers tried the hub. ")
+            + (
+                f"and {spec.config!r} is neither a folder next to the catalog nor a hub id in the local cache. "
+                if spec.config
+                else "which the entry does not set, so diffusers tried the hub. "
+            )
             + "Set `config:` to a local diffusers folder of the same architecture (configs are enough)."
         )
     elif "AutoPipeline" in text or "can't find a pipeline" in text.lower():
-        hint = "Its pipeline type has no image-to-image form: use a Stable Diffusion (1.x, 2.x, XL) or similar checkpoint."
+        hint = (
+            "Its pipeline type has no image-to-image form: use a Stable Diffusion (1.x, 2.x, XL) or similar checkpoint."
+        )
     elif spec.variant and "variant" in text:
         hint = f"The files for variant {spec.variant!r} are missing: remove `variant` or add those files."
     else:
@@ -379,11 +386,14 @@ class PipelineCache:
         """Scheduler, dtype, device and model hash of a resident pipeline, for result records."""
         entry = self._resident[name]
         pipeline = entry.pipeline
-        return {"scheduler": type(pipeline.scheduler).__name__,
-                "karras_sigmas": bool(getattr(pipeline.scheduler.config, "use_karras_sigmas", False)),
-                "dtype": str(pipeline.dtype).replace("torch.", ""), "device": self.device,
-                "safety_checker": "run" if getattr(pipeline, "safety_checker", None) is not None else "not run",
-                "model_hash": model_hash(entry.spec)}
+        return {
+            "scheduler": type(pipeline.scheduler).__name__,
+            "karras_sigmas": bool(getattr(pipeline.scheduler.config, "use_karras_sigmas", False)),
+            "dtype": str(pipeline.dtype).replace("torch.", ""),
+            "device": self.device,
+            "safety_checker": "run" if getattr(pipeline, "safety_checker", None) is not None else "not run",
+            "model_hash": model_hash(entry.spec),
+        }
 
     def evict(self, name: str) -> None:
         entry = self._resident.pop(name, None)
@@ -414,8 +424,10 @@ class PipelineCache:
 def _same_pipeline(resident: ModelSpec, wanted: ModelSpec) -> bool:
     """Whether a resident pipeline serves `wanted`: strength and steps are call arguments, not part of the load,
     so a comparison over them keeps one load per model."""
-    return dataclasses.replace(wanted, strength=resident.strength,
-                               num_inference_steps=resident.num_inference_steps) == resident
+    return (
+        dataclasses.replace(wanted, strength=resident.strength, num_inference_steps=resident.num_inference_steps)
+        == resident
+    )
 
 
 def free_memory() -> None:

@@ -75,7 +75,9 @@ class ImageTask:
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def choose(source_sha256: str, run_seed: int, prompts: list[str], models: list[ModelSpec]) -> tuple[str, ModelSpec, int]:
+def choose(
+    source_sha256: str, run_seed: int, prompts: list[str], models: list[ModelSpec]
+) -> tuple[str, ModelSpec, int]:
     """(prompt, model, diffusion seed) from a generator keyed by the image content and the run seed.
 
     The same image and seed always give the same choice; another seed re-rolls. Editing the

@@ -59,7 +59,7 @@ def decode_text(data: bytes, source: str) -> str:
         line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
         cause = "Latin-1/Windows-1252 text gives this error" if encoding == "utf-8" else "a cut or mixed file"
         raise PromptListError(
-            f"{source}, line {line}: bytes {data[exc.start:exc.start + 4]!r} are not valid {encoding.upper()} "
+            f"{source}, line {line}: bytes {data[exc.start : exc.start + 4]!r} are not valid {encoding.upper()} "
             f"({cause}): save the file as UTF-8."
         ) from exc
 

@@ -17,8 +17,13 @@ from .results import FailureRecord, ResultRecord, output_path_for, read_failure,
 from .storage import location, write_bytes_atomic
 
 SUMMARY_COLUMNS = [
-    "model", "images", "mean_inference_s", "p95_inference_s", "peak_vram_allocated_mb",
-    "peak_vram_reserved_mb", "failures",
+    "model",
+    "images",
+    "mean_inference_s",
+    "p95_inference_s",
+    "peak_vram_allocated_mb",
+    "peak_vram_reserved_mb",
+    "failures",
 ]
 THUMB = 128
 CAPTION_WIDTH = 360

@@ -323,8 +323,12 @@ def _with_cpu_offload(pipeline, batch: _Batch, device: str, error: BaseException
     except Exception as exc:  # noqa: BLE001 - no offload here (e.g. no accelerator): the image fails as it would
         task = batch.items[0][0]
         yield _Outcome(
-            task, None, f"{task.source_path}: out of memory even at batch size 1 with VAE tiling with model "
-            f"{task.model.name!r}, and CPU offload is unavailable ({exc}): {error}", fallbacks, None
+            task,
+            None,
+            f"{task.source_path}: out of memory even at batch size 1 with VAE tiling with model "
+            f"{task.model.name!r}, and CPU offload is unavailable ({exc}): {error}",
+            fallbacks,
+            None,
         )
         return
     try:

@@ -55,10 +55,10 @@ def parse_line(text: str, where: str) -> PromptLine:
             known = ", ".join(f"--{n}" for n in LINE_OPTIONS)
             raise PromptListError(f"{where}: unknown option {option!r}; a line may set {known}.")
         if not words:
-            raise PromptListError(f"{where}: {option} needs a value, e.g. {option} \"...\".")
+            raise PromptListError(f'{where}: {option} needs a value, e.g. {option} "...".')
         values[LINE_OPTIONS[name]] = words.pop(0)
     if not values.get("template", "").strip():
-        raise PromptListError(f"{where}: the line sets options but no --prompt \"...\"; add one.")
+        raise PromptListError(f'{where}: the line sets options but no --prompt "..."; add one.')
     return PromptLine(**values)
 
 
@@ -108,7 +108,9 @@ class PromptTemplates:
         """Every wildcard the text names has values, and so does every wildcard those values name."""
         for name in WILDCARD.findall(text):
             if name in seen:
-                raise PromptListError(f"{where}: wildcard __{name}__ refers back to itself through {seen}: break the loop.")
+                raise PromptListError(
+                    f"{where}: wildcard __{name}__ refers back to itself through {seen}: break the loop."
+                )
             if self.wildcards_dir is None or not self.wildcards_dir.is_dir():
                 raise PromptListError(
                     f"{where}: uses wildcard __{name}__ but the wildcards folder {self.wildcards_dir} does not exist: "

@@ -72,8 +72,13 @@ def weighted_embeddings(pipeline, prompts: list[str], negatives: list[str]) -> d
 
     def embed(text: str):
         fragments = [Fragment(part, weight) for part, weight in parse_attention(text)] or [Fragment("", 1.0)]
-        (conditioning, _tokens), _options = compel.build_conditioning_tensor_for_prompt_object(FlattenedPrompt(fragments))
+        (conditioning, _tokens), _options = compel.build_conditioning_tensor_for_prompt_object(
+            FlattenedPrompt(fragments)
+        )
         return conditioning
 
     tensors = compel.pad_conditioning_tensors_to_same_length([embed(t) for t in [*prompts, *negatives]])
-    return {"prompt_embeds": torch.cat(tensors[: len(prompts)]), "negative_prompt_embeds": torch.cat(tensors[len(prompts) :])}
+    return {
+        "prompt_embeds": torch.cat(tensors[: len(prompts)]),
+        "negative_prompt_embeds": torch.cat(tensors[len(prompts) :]),
+    }
