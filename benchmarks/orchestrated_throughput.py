@@ -105,7 +105,8 @@ def engine_worker(args) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     imported = time.perf_counter()
-    planner = Planner(load_prompts(args.prompts), load_catalog(args.models), 0, args.engine_worker)
+    wildcards = str(Path(args.prompts).parent / "wildcards")  # the prompts' templates read data/wildcards
+    planner = Planner(load_prompts(args.prompts), load_catalog(args.models), 0, args.engine_worker, wildcards)
     tasks, unplanned = planner.plan(scan_images(args.images_dir).files)
     assert not unplanned, unplanned
     batches, loads = [], []
