@@ -31,7 +31,11 @@ def catch_up_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetRes
     recorded = context.instance.get_materialized_partitions(dg.AssetKey("diffused_image"))
     reasons = {}
     for source in files:
-        reason = why_stale(planner, source)
+        try:
+            reason = why_stale(planner, source)
+        except OSError as exc:  # gone or unreadable since the scan: the sensor deals with it, not this tick
+            context.log.warning(f"Skipping {source.name}: {exc}")
+            continue
         if reason is None and source.partition_key not in recorded:
             reason = "on disk but not recorded in Dagster"  # a run reuses the file and records it
         if reason:

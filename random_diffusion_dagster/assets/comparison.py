@@ -27,6 +27,7 @@ from ..engine.results import read_record
 from ..file_versions import IMAGE_FILES
 from ..metadata import partition_metadata, run_figures, table
 from ..partitions import comparison_partitions, images_partitions, models_partitions
+from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
 from .diffused_image import GPU_STEP_TAGS
 
@@ -66,7 +67,7 @@ def cell_image_and_model(key: str) -> tuple[str, str]:
     # A backfill makes one run per image (or per model, whichever is fewer) over a contiguous range; each run
     # loads each of its models once. Ranged runs over both dimensions cover a rectangle of images x models.
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="gpu",
+    pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
     group_name="comparison",
     description="Every catalog model on chosen images, with each image's own drawn prompt and seed: "
