@@ -7,16 +7,15 @@ over. This IO manager pickles to a folder or fsspec URL that every worker reache
 
 from __future__ import annotations
 
-import os
 import pickle
 import socket
-import uuid
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 from upath import UPath
 
+from .engine.storage import write_bytes_atomic
 from .settings import STEP_STORAGE_VARIABLE
 
 
@@ -43,16 +42,9 @@ class PickleOnSharedPath(dg.UPathIOManager):
         super().__init__(base_path=UPath(base_dir))
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
-        if path.protocol in ("", "file", "local"):
-            # Concurrent runs of a backfill rewrite the same file while others read it: write aside,
-            # then rename, so a reader sees the old value or the new one, never half of one.
-            scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-            with scratch.open("wb") as file:
-                pickle.dump(obj, file, pickle.HIGHEST_PROTOCOL)
-            os.replace(scratch, path)
-        else:  # object stores publish an object only once it is whole
-            with path.open("wb") as file:
-                pickle.dump(obj, file, pickle.HIGHEST_PROTOCOL)
+        # Concurrent runs of a backfill rewrite the same file while others read it: the project's atomic
+        # write (rename locally, one PUT on object stores) shows readers the old value or the new one.
+        write_bytes_atomic(path, pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         try:
