@@ -150,8 +150,10 @@ def build_models(shapes: dict, root: Path, device: str, count: int = 4) -> list[
     return folders
 
 
-def catalog(folders: list[Path], shapes: dict, dtype: str) -> list:
-    document = {
+def catalog_document(folders: list[Path], shapes: dict, dtype: str) -> dict:
+    """The catalog naming the built pipelines, with the benchmark's settings (also written out by
+    orchestrated_throughput.py, so both benchmarks run the same models the same way)."""
+    return {
         "defaults": {
             "resolution": shapes["resolution"],
             "num_inference_steps": shapes["steps"],
@@ -161,7 +163,10 @@ def catalog(folders: list[Path], shapes: dict, dtype: str) -> list:
         },
         "models": [{"name": f.name, "path": str(f)} for f in folders],
     }
-    return parse_catalog(document, base_dir=folders[0].parent)
+
+
+def catalog(folders: list[Path], shapes: dict, dtype: str) -> list:
+    return parse_catalog(catalog_document(folders, shapes, dtype), base_dir=folders[0].parent)
 
 
 def source_images(count: int, resolution: int) -> list[Image.Image]:

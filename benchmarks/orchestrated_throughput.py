@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_services import project_env, wait_for  # noqa: E402  (standard library only)
+
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BATCH_LINE = re.compile(r"batch of (\d+) at \d+x\d+ in ([0-9.]+) s")
@@ -65,27 +68,15 @@ def make_images(folder: Path, count: int, size: int, prefix: str, seed: int) -> 
 
 def gpu_catalog(folder: Path, shapes_name: str) -> Path:
     """Four SD-1.5-shaped pipelines (random weights) and a catalog naming them: gpu_throughput.py's models."""
+    import gpu_throughput
     import torch
     import yaml
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import gpu_throughput
 
     shapes = gpu_throughput.FULL if shapes_name == "full" else gpu_throughput.TINY
     device = "cuda" if torch.cuda.is_available() else "cpu"
     folders = gpu_throughput.build_models(shapes, folder / "models", device, count=4)
-    document = {
-        "defaults": {
-            "resolution": shapes["resolution"],
-            "num_inference_steps": shapes["steps"],
-            "strength": shapes["strength"],
-            "guidance_scale": 7.5,
-            "dtype": "auto",
-        },
-        "models": [{"name": f.name, "path": str(f)} for f in folders],
-    }
     path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.safe_dump(gpu_throughput.catalog_document(folders, shapes, "auto")))
     return path
 
 
@@ -186,16 +177,6 @@ def instance_home(home: Path, project_root: Path, dequeue: int | None) -> None:
         config["run_coordinator"].setdefault("config", {})["dequeue_interval_seconds"] = dequeue
     home.mkdir(parents=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def launch_backfill(instance, keys: list[str]) -> tuple[str, float]:
@@ -572,8 +553,6 @@ def main() -> int:
 
 
 def measure(args, variants: list[dict], root: Path) -> dict:
-    from local_services import project_env
-
     images = root / "images"
     make_images(images, args.images, args.size, "img", seed=1)
     if args.tiny:
@@ -653,5 +632,4 @@ def _device_name(device: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

@@ -24,12 +24,15 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 
 import dagster as dg  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from random_diffusion_dagster.resources import DatasetResource  # noqa: E402
 from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor  # noqa: E402
+
+from local_services import apply_partition_requests  # noqa: E402
 
 CHANGED = 10
 LINKS_PER_SEED = 50_000
@@ -49,12 +52,7 @@ def _tick(instance: dg.DagsterInstance, folder: Path, cursor: str | None) -> tup
         result = new_images_sensor(context)
         sensor_s = time.perf_counter() - started
     started = time.perf_counter()
-    for request in result.dynamic_partitions_requests:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    apply_partition_requests(instance, result)
     return result, sensor_s, time.perf_counter() - started
 
 

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import time
 
 import dagster as dg
@@ -27,14 +26,6 @@ CURSOR_VERSION = 2
 
 def _signature(source: SourceFile) -> str:
     return f"{source.size}:{source.mtime_ns}"
-
-
-def _ctime_ns(path: str) -> int | None:
-    """The inode's change time: moved by every write, rename, link, chmod and utime; no program can set it back."""
-    try:
-        return os.stat(path).st_ctime_ns
-    except OSError:
-        return None  # gone since the scan: the next tick sees it gone
 
 
 def _registered_by_others(ordered: list[str], last: str | None, has_cursor: bool) -> set[str]:
@@ -103,8 +94,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     handled: dict[str, int] = {}  # key -> ctime of every file settled and dealt with in this tick
     for source in files:
         key, signature = source.partition_key, _signature(source)
-        ctime = _ctime_ns(source.path)
-        if ctime is None or (ctime < mark and key not in waiting):
+        ctime = source.ctime_ns  # from the scan's own stat: one stat per file per tick
+        if ctime < mark and key not in waiting:
             continue  # nothing about this file changed since the last tick looked
         if recent.get(key) == ctime or legacy_seen.get(key) == signature or key in theirs:
             handled[key] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run

@@ -7,9 +7,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# The benchmarks' helpers (local services, waiting, applying sensor results) serve the tests too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from random_diffusion_dagster.demo.models import build_demo_models
 

@@ -16,6 +16,7 @@ from random_diffusion_dagster.schedules import catch_up_schedule
 from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
 
 from helpers import make_image
+from local_services import apply_partition_requests
 from test_assets import _diffuse_all
 
 
@@ -36,12 +37,7 @@ def _tick(instance, project, cursor=None):
     resources = {"dataset": DatasetResource(**project)}
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = new_images_sensor(context)
-    for request in result.dynamic_partitions_requests:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    apply_partition_requests(instance, result)
     return result
 
 

@@ -24,7 +24,7 @@ from random_diffusion_dagster.remote import Deployment
 from helpers import make_image, write_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from local_services import project_env, stop_process_groups  # noqa: E402
+from local_services import project_env, stop_process_groups, wait_for  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,16 +38,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _aged_image(path: Path, **kwargs) -> Path:
@@ -95,7 +85,7 @@ def deployment(tmp_path_factory, models_dir):
         ),
     ]
     try:
-        _wait_for(lambda: _reachable(url), 180, "the webserver")
+        wait_for(lambda: _reachable(url), 180, "the webserver")
         yield {"url": url, "root": root, "images": images, "outputs": root / "outputs", "env": env}
     finally:
         stop_process_groups(processes)
@@ -148,16 +138,14 @@ def _all_finished(url):
 
 def test_sensor_registers_and_materializes_the_folder(deployment):
     url = deployment["url"]
-    keys = _wait_for(
+    keys = wait_for(
         lambda: Deployment(url).partition_keys() == ["start0.png", "start1.png", "start2.png"],
         180,
         "the sensor to register images",
     )
     assert keys
-    _wait_for(
-        lambda: all((deployment["outputs"] / f"start{i}.png.png").is_file() for i in range(3)), 300, "sensor runs"
-    )
-    _wait_for(lambda: _all_finished(url), 120, "runs to finish")
+    wait_for(lambda: all((deployment["outputs"] / f"start{i}.png.png").is_file() for i in range(3)), 300, "sensor runs")
+    wait_for(lambda: _all_finished(url), 120, "runs to finish")
     assert {run["status"] for run in _runs(url)} == {"SUCCESS"}
 
 
@@ -203,7 +191,7 @@ query($partitions: [String!]!) {
 def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment):
     """After the submission above: the daemon's input_files_sensor sees the edit and refreshes prompt_list."""
     url, keys = deployment["url"], [f"start{i}.png" for i in range(3)]
-    _wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
     status = Deployment(url).query(STALE_QUERY, {"partitions": keys})
     assert status["images"]["staleStatusByPartition"] == ["FRESH"] * 3  # the submitted list is current
     (deployment["root"] / "prompts.txt").write_text("a lighthouse\na forest\na harbour at night\n")
@@ -215,7 +203,7 @@ def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment
         )
 
     # input_files_sensor sees the edit and refreshes prompt_list (FRESH again): images from the old list are STALE.
-    assert _wait_for(lambda: _latest_list_is_from_file(url) and refreshed_and_stale(), 240, "the edit to show")
+    assert wait_for(lambda: _latest_list_is_from_file(url) and refreshed_and_stale(), 240, "the edit to show")
 
 
 def _latest_list_is_from_file(url):
@@ -241,8 +229,8 @@ def test_submit_names_an_unreachable_webserver(deployment):
 
 def test_new_image_is_picked_up_by_the_daemon_sensor(deployment):
     _aged_image(deployment["images"] / "dropped.png", size=(64, 64), color=(90, 90, 0))
-    _wait_for(lambda: (deployment["outputs"] / "dropped.png.png").is_file(), 300, "the dropped image's result")
-    _wait_for(
+    wait_for(lambda: (deployment["outputs"] / "dropped.png.png").is_file(), 300, "the dropped image's result")
+    wait_for(
         lambda: "dropped.png" in {e["partition"] for e in _materialized_partitions(deployment["url"])},
         120,
         "its materialization",
@@ -259,7 +247,7 @@ def _materialized_partitions(url):
 
 def test_two_runs_never_overlap_on_the_gpu_pool(deployment):
     url = deployment["url"]
-    _wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
     deployment_client = Deployment(url)
     run_ids = deployment_client.submit(["a quiet harbour"], 11, None, max_per_run=2)
     assert len(run_ids) == 2
@@ -301,7 +289,7 @@ def _run_worker_pid(url: str, run_id: str) -> int | None:
 def test_killed_run_is_marked_failed_and_retried_without_partial_files(deployment):
     url = deployment["url"]
     outputs = deployment["outputs"]
-    _wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
     client = Deployment(url)
     (run_id,) = client.submit(["a storm at sea"], 23, None)
     keys = client.partition_keys()
@@ -309,14 +297,14 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
     def done_with_new_seed():
         return [k for k in keys if getattr(read_record(outputs / f"{k}.png"), "run_seed", None) == 23]
 
-    _wait_for(lambda: len(done_with_new_seed()) >= 1, 300, "the first image of the run", interval=0.1)
+    wait_for(lambda: len(done_with_new_seed()) >= 1, 300, "the first image of the run", interval=0.1)
     assert len(done_with_new_seed()) < len(keys), "the run finished before it could be killed"
-    worker = _wait_for(lambda: _run_worker_pid(url, run_id), 30, "the run worker process", interval=0.2)
+    worker = wait_for(lambda: _run_worker_pid(url, run_id), 30, "the run worker process", interval=0.2)
     for pid in [worker, *_descendants(worker)]:
         os.kill(pid, signal.SIGKILL)
 
-    _wait_for(lambda: client.run_status(run_id) == "FAILURE", 120, "the killed run to be marked failed")
-    retry = _wait_for(
+    wait_for(lambda: client.run_status(run_id) == "FAILURE", 120, "the killed run to be marked failed")
+    retry = wait_for(
         lambda: [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run_id} in r["tags"]],
         180,
         "a retry run",

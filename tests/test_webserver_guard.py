@@ -20,8 +20,13 @@ from dagster._core.instance.ref import InstanceRef
 from random_diffusion_dagster.remote import Deployment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from local_services import project_env, stop_process_groups  # noqa: E402
-from test_deployment import _free_port, _reachable, _wait_for  # noqa: E402
+from test_deployment import _free_port, _reachable  # noqa: E402
+
+from local_services import (  # noqa: E402
+    project_env,
+    stop_process_groups,
+    wait_for,  # noqa: E402
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EVIL = "http://evil.example"
@@ -58,8 +63,8 @@ def ui(tmp_path_factory):
             start_new_session=True,
         )
     try:
-        _wait_for(lambda: _reachable(url), 180, "the guarded webserver")
-        repositories = _wait_for(lambda: _repositories(url), 120, "the code location to load")
+        wait_for(lambda: _reachable(url), 180, "the guarded webserver")
+        repositories = wait_for(lambda: _repositories(url), 120, "the code location to load")
         (repo,) = repositories
         instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
         yield {
@@ -179,7 +184,7 @@ def test_ui_command_also_runs_the_daemon(ui):
         statuses = Deployment(ui["url"]).query(DAEMONS_QUERY, {})["instance"]["daemonHealth"]["allDaemonStatuses"]
         return any(status["daemonType"] == "SENSOR" and status["healthy"] for status in statuses)
 
-    assert _wait_for(sensor_daemon_healthy, 120, "the sensor daemon's heartbeat", interval=2)
+    assert wait_for(sensor_daemon_healthy, 120, "the sensor daemon's heartbeat", interval=2)
 
 
 def test_submit_launches_a_run_through_the_guard(ui):

@@ -44,6 +44,7 @@ class SourceFile:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0  # inode change time: moved by any write, rename, link, chmod; no program can set it back
 
     @functools.cached_property
     def partition_key(self) -> str:  # cached: sensors ask for it several times per file per tick
@@ -151,7 +152,7 @@ def scan_images(folder: str | Path) -> FolderScan:
                 )
             )
             continue
-        source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns)
+        source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         key = source.partition_key
         if key in owners:
             skipped.append(
