@@ -42,6 +42,15 @@ from local_services import project_env, wait_for  # noqa: E402  (standard librar
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment, else from PATH (a --target install keeps them apart)."""
+    import shutil
+
+    return str(BIN / name) if (BIN / name).exists() else shutil.which(name) or name
+
+
 BATCH_LINE = re.compile(r"batch of (\d+) at \d+x\d+ in ([0-9.]+) s")
 LOAD_LINE = re.compile(r"Loaded model .* in ([0-9.]+) s")
 ASSET = "diffused_image"
@@ -149,7 +158,7 @@ def run_engine(env: dict, project: dict, root: Path, threads: int | None) -> dic
             "--torch-threads",
             str(threads or 0),
         ],
-        cwd=env["PYTHONPATH"],
+        cwd=project["root"],
         env=env,
         capture_output=True,
         text=True,
@@ -323,7 +332,7 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
 
 def start_daemon(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        [tool("dagster-daemon"), "run", "-w", "workspace.yaml"],
         cwd=cwd,
         env=env,
         stdout=log.open("w"),
@@ -340,12 +349,31 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def start_worker(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    """`random-diffusion worker`, as the README's warm path starts it; returns once Celery says it is ready."""
+    worker = subprocess.Popen(
+        [tool("random-diffusion"), "worker", "--loglevel", "INFO"],
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for(lambda: " ready." in log.read_text() or worker.poll() is not None, 120, "the celery worker")
+    if worker.poll() is not None:
+        raise RuntimeError("celery worker did not start:\n" + log.read_text()[-3000:])
+    return worker
+
+
+VARIANT_SETTINGS = ("executor", "per_run", "dequeue", "resident")
+
+
 def parse_variant(text: str) -> dict:
-    settings = {"executor": None, "per_run": None, "dequeue": None}  # None: the project's own setting
+    settings = dict.fromkeys(VARIANT_SETTINGS)  # None: the project's own setting
     for part in filter(None, text.split(",")):
         name, _, value = part.partition("=")
         if name not in settings:
-            raise SystemExit(f"--variant {text!r}: unknown setting {name!r} (executor, per_run, dequeue)")
+            raise SystemExit(f"--variant {text!r}: unknown setting {name!r} ({', '.join(VARIANT_SETTINGS)})")
         settings[name] = value if name == "executor" else int(value)
     settings["name"] = text
     return settings
@@ -374,10 +402,14 @@ def run_variant(
         env["RANDOM_DIFFUSION_EXECUTOR"] = variant["executor"]
     if variant["per_run"]:
         env["RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN"] = str(variant["per_run"])
+    if variant["resident"]:
+        env["RANDOM_DIFFUSION_RESIDENT_MODELS"] = str(variant["resident"])
+    # The warm path: the worker starts before anything runs (with celery, registering runs on it too).
+    worker = start_worker(env, args.project_root, work / "worker.log") if variant["executor"] == "celery" else None
     started = time.perf_counter()
     subprocess.run(
         [
-            str(BIN / "dagster"),
+            tool("dagster"),
             "asset",
             "materialize",
             "-m",
@@ -441,12 +473,13 @@ def run_variant(
                 if "dagster/backfill" not in r.tags
                 and instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() > requested
             )
-            if with_sensor and args.sensor_images:
+            if with_sensor and args.sensor_images and not (args.deadline and time.time() > args.deadline):
                 result["sensor"] = sensor_figure(instance, drop or drop_images(instance, args), args, batch_size)
             return result
         finally:
-            if daemon:
-                stop(daemon)
+            for process in (daemon, worker):
+                if process:
+                    stop(process)
 
 
 def drop_images(instance, args) -> tuple[set[str], set[str], float]:
@@ -500,7 +533,8 @@ def main() -> int:
     parser.add_argument(
         "--variant",
         action="append",
-        help="executor=in_process|multiprocess,per_run=N,dequeue=S; "
+        help="executor=in_process|multiprocess|celery,per_run=N,dequeue=S,resident=N "
+        "(celery: a `random-diffusion worker` started before the request; resident: models kept loaded); "
         "repeatable; the first is the headline, the only one with the sensor figure (default: the "
         "project's settings)",
     )
@@ -518,6 +552,13 @@ def main() -> int:
         "the sensor's files come before the daemon starts, so neither waits for a daemon loop",
     )
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        help="start no further variant (nor the sensor figure) once this many seconds have passed; "
+        "the JSON is written after every variant",
+    )
     parser.add_argument("--project-root", type=Path, default=DEFAULT_ROOT, help="the checkout children import")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--out", type=Path)
@@ -537,6 +578,8 @@ def main() -> int:
     args.size = args.size or (128 if args.tiny else 512)
     args.sensor_images = args.images if args.sensor_images is None else args.sensor_images
     variants = [parse_variant(v) for v in (args.variant or [""])]
+    args.deadline = time.time() + args.budget_seconds if args.budget_seconds else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="orchestrated-"))
     try:
         result = measure(args, variants, root)
@@ -559,13 +602,15 @@ def measure(args, variants: list[dict], root: Path) -> dict:
         project = {"models": str(args.project_root / "data" / "models.yaml")}
     else:
         project = {"models": str(gpu_catalog(root, args.model_shapes))}
-    project.update(images=str(images), prompts=str(args.project_root / "data" / "prompts.txt"))
+    project.update(
+        images=str(images), prompts=str(args.project_root / "data" / "prompts.txt"), root=str(args.project_root)
+    )
     cuda = not args.tiny and _cuda_available()
     threads = args.torch_threads or (None if cuda else 1)
     env = {
         **os.environ,
         **project_env(root, root / "unused-home"),
-        "PYTHONPATH": str(args.project_root),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(args.project_root), os.environ.get("PYTHONPATH")])),
         "RANDOM_DIFFUSION_MODELS_FILE": project["models"],
         "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts"],
     }
@@ -574,14 +619,24 @@ def measure(args, variants: list[dict], root: Path) -> dict:
     load_before = os.getloadavg()
     engine = run_engine(env, project, root, threads)
     print("engine:", json.dumps({k: v for k, v in engine.items() if k != "batches"}), flush=True)
-    results = []
+    results, skipped = [], []
     for variant in variants:
+        if results and args.deadline and time.time() > args.deadline:
+            skipped.append(variant["name"])  # a lent GPU's minutes are counted: the figures so far come back
+            continue
         results.append(run_variant(variant, env, project, root, args, engine["batch_size"], with_sensor=not results))
         print(
             variant["name"] or "default",
             json.dumps({k: v for k, v in results[-1].items() if k not in ("per_run", "sensor")}),
             flush=True,
         )
+        args.out.write_text(json.dumps(report(args, project, threads, engine, results, load_before), indent=2) + "\n")
+    result = report(args, project, threads, engine, results, load_before)
+    result["variants_skipped_at_deadline"] = skipped
+    return result
+
+
+def report(args, project: dict, threads: int | None, engine: dict, results: list[dict], load_before) -> dict:
     head = results[0]
     engine_wall = engine["wall_seconds_with_process_start"]
     return {

@@ -206,6 +206,43 @@ def ui_command(args: argparse.Namespace) -> int:
     return serve_ui(args.host, args.port, args.workspace)
 
 
+def worker_command(args: argparse.Namespace) -> int:
+    """A Celery worker for this machine's GPU: steps of RANDOM_DIFFUSION_EXECUTOR=celery runs execute in it, and it
+    keeps their pipelines loaded from one run to the next. Celery's own CLI with dagster-celery's app, configured
+    through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
+    import socket
+
+    from .settings import celery_settings, celery_urls, instance_home
+
+    broker, backend = celery_urls()
+    config_dir = instance_home() / "celery" / "worker-config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"broker_url": broker, "result_backend": backend, **celery_settings()}
+    (config_dir / "dagster_celery_config.py").write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("RANDOM_DIFFUSION_EXECUTOR", "celery")
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "dagster_celery.app",
+        "worker",
+        "--queues",
+        ",".join(args.queues),
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--hostname",
+        f"{args.name}@{socket.gethostname()}",
+        "--loglevel",
+        args.loglevel,
+    ]
+    print(f"Worker {args.name!r}: queues {', '.join(args.queues)}, broker {broker}", flush=True)
+    os.execve(sys.executable, command, env)
+
+
 def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> None:
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
     job.execute_in_process(instance=instance, run_config={"resources": resources_config, **QUIET_LOGS})
@@ -336,6 +373,23 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("-p", "--port", type=int, default=3000, help="port to serve on (default 3000)")
     ui.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)")
     ui.set_defaults(handler=ui_command)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a GPU worker for RANDOM_DIFFUSION_EXECUTOR=celery; it keeps pipelines loaded between runs",
+    )
+    worker.add_argument("-n", "--name", default="gpu", help="worker name (default: %(default)s)")
+    worker.add_argument(
+        "-q",
+        "--queues",
+        type=lambda text: [q.strip() for q in text.split(",") if q.strip()],
+        default=["gpu", "dagster"],
+        help="comma-separated queues to take steps from (default: gpu,dagster: diffusion and every other step)",
+    )
+    worker.add_argument(
+        "--loglevel", default="WARNING", help="Celery's log level (default: %(default)s; steps log to Dagster)"
+    )
+    worker.set_defaults(handler=worker_command)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -17,7 +17,7 @@ from .jobs import compare_models_job, diffuse_images_job
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
 from .sensors import new_images_sensor
-from .settings import executor_choice, step_storage_location
+from .settings import celery_settings, celery_urls, executor_choice, step_storage_location
 from .step_storage import SharedStepStorage
 
 # Declarative automation (the report's condition) needs a sensor; Dagster's default one starts stopped.
@@ -45,12 +45,12 @@ def _executor() -> dg.ExecutorDefinition:
     if choice == "celery":
         from dagster_celery import celery_executor
 
+        broker, backend = celery_urls()
         return celery_executor.configured(
             {
-                "broker": {"env": "RANDOM_DIFFUSION_CELERY_BROKER"},
-                "backend": {"env": "RANDOM_DIFFUSION_CELERY_BACKEND"},
-                # as in deploy/celery/celery.yaml: busy workers reserve no further step
-                "config_source": {"task_acks_late": True},
+                "broker": broker,
+                "backend": backend,
+                "config_source": celery_settings(),
             }
         )
     if choice == "k8s":

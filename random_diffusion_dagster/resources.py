@@ -11,7 +11,7 @@ from .engine.catalog import ModelSpec, load_catalog
 from .engine.images import FolderScan, SourceFile, scan_images
 from .engine.plan import ImageTask, Planner
 from .engine.prompts import load_prompts
-from .settings import env_choices, env_int, env_path
+from .settings import env_choices, env_int, env_path, keep_pipelines_loaded
 
 if TYPE_CHECKING:  # the runner imports torch-adjacent code; keep it out of definition loading
     from .engine.runner import RunSummary
@@ -81,9 +81,15 @@ def _compile_from_env(part: str) -> bool:
     return part in env_choices("RANDOM_DIFFUSION_COMPILE", COMPILABLE_PARTS)
 
 
+# Pipelines kept by this process between steps (keep_loaded): one cache per engine setting.
+_KEPT_CACHES: dict[tuple, object] = {}
+
+
 class DiffusionEngineResource(dg.ConfigurableResource):
     """Holds the run's loaded diffusion pipelines: loaded on first use, LRU-evicted, freed at teardown.
 
+    With `keep_loaded` (on in Celery workers) the pipelines, and what torch.compile made of them, stay
+    in the worker process for its next step instead: a run then pays no imports, loads or compilation.
     torch and diffusers are imported only when the first pipeline is needed, so loading
     definitions, sensor ticks and the UI stay fast.
     """
@@ -94,7 +100,10 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).",
     )
     max_resident_models: int = Field(
-        default=2, ge=1, description="Pipelines kept loaded at once; the least recently used is evicted."
+        default_factory=lambda: env_int("RANDOM_DIFFUSION_RESIDENT_MODELS", 2, minimum=1),
+        ge=1,
+        description="Pipelines kept loaded at once; the least recently used is evicted "
+        "(RANDOM_DIFFUSION_RESIDENT_MODELS, default 2).",
     )
     memory_budget_mb: float | None = Field(default=None, description="Cap on the resident pipelines' weights, in MiB.")
     batch_size: int | None = Field(
@@ -120,31 +129,60 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="torch.compile the VAE encoder and decoder (RANDOM_DIFFUSION_COMPILE=vae).",
     )
 
+    keep_loaded: bool = Field(
+        default_factory=keep_pipelines_loaded,
+        description="Keep pipelines loaded in this process after the step, for the next step: on when "
+        "RANDOM_DIFFUSION_EXECUTOR=celery (steps run in long-lived workers), else off "
+        "(RANDOM_DIFFUSION_KEEP_LOADED=1 or 0 overrides).",
+    )
+
     _cache = PrivateAttr(default=None)
 
     def pipelines(self, log=lambda message: None):
-        """The run's PipelineCache, created on first use."""
+        """The run's PipelineCache, created on first use (or the one this process kept, with keep_loaded)."""
         if self._cache is None:
-            from .engine.pipelines import PipelineCache, Speedups
-
-            if self.torch_threads:
-                import torch
-
-                torch.set_num_threads(self.torch_threads)
-            self._cache = PipelineCache(
-                device=self.device,
-                dtype=self.dtype,
-                max_models=self.max_resident_models,
-                memory_budget_mb=self.memory_budget_mb,
-                log=log,
-                speedups=Speedups(
-                    channels_last=self.channels_last,
-                    vae_slicing=self.vae_slicing,
-                    compile_unet=self.compile_unet,
-                    compile_vae=self.compile_vae,
-                ),
-            )
+            settings = self._cache_settings()
+            kept = _KEPT_CACHES.get(settings) if self.keep_loaded else None
+            self._cache = kept or self._new_cache()
+            if self.keep_loaded:
+                for other in [key for key in _KEPT_CACHES if key != settings]:  # changed settings: free the GPU
+                    _KEPT_CACHES.pop(other).clear()
+                _KEPT_CACHES[settings] = self._cache
+        self._cache.log = log
         return self._cache
+
+    def _cache_settings(self) -> tuple:
+        return (
+            self.device,
+            self.dtype,
+            self.max_resident_models,
+            self.memory_budget_mb,
+            self.torch_threads,
+            self.channels_last,
+            self.vae_slicing,
+            self.compile_unet,
+            self.compile_vae,
+        )
+
+    def _new_cache(self):
+        from .engine.pipelines import PipelineCache, Speedups
+
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        return PipelineCache(
+            device=self.device,
+            dtype=self.dtype,
+            max_models=self.max_resident_models,
+            memory_budget_mb=self.memory_budget_mb,
+            speedups=Speedups(
+                channels_last=self.channels_last,
+                vae_slicing=self.vae_slicing,
+                compile_unet=self.compile_unet,
+                compile_vae=self.compile_vae,
+            ),
+        )
 
     def batch_size_on(self, device: str) -> int:
         return self.batch_size or (16 if device.startswith("cuda") else 4)
@@ -158,5 +196,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._cache is not None:
-            self._cache.clear()
+            self._cache.log = lambda message: None  # the step's logger ends with the step
+            if not self.keep_loaded:
+                self._cache.clear()
             self._cache = None

@@ -70,17 +70,62 @@ def executor_choice() -> str:
     return choice
 
 
+def keep_pipelines_loaded() -> bool:
+    """RANDOM_DIFFUSION_KEEP_LOADED (1/0): whether steps leave their pipelines loaded for the process's next step.
+
+    On by default with the celery executor, whose workers outlive steps; elsewhere each run is its own process
+    and keeping would only hold memory (tests, the CLI's comparisons).
+    """
+    raw = os.environ.get("RANDOM_DIFFUSION_KEEP_LOADED", "").strip().lower()
+    if not raw:
+        return executor_choice() == "celery"
+    if raw not in ("1", "0", "true", "false", "yes", "no"):
+        raise SettingError(f"RANDOM_DIFFUSION_KEEP_LOADED={raw!r}: set it to 1 or 0, or unset it.")
+    return raw in ("1", "true", "yes")
+
+
+def instance_home() -> Path:
+    """The Dagster instance's folder: DAGSTER_HOME, else the project's .dagster (what `random-diffusion ui` uses)."""
+    return Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster").resolve()
+
+
+def celery_urls() -> tuple[str, str]:
+    """(broker, result backend) for the celery executor and `random-diffusion worker`.
+
+    RANDOM_DIFFUSION_CELERY_BROKER / _BACKEND when set (Redis or RabbitMQ for several machines); unset, SQLite
+    files under the instance's folder, so one GPU box gets a warm worker with no service to run.
+    """
+    broker = os.environ.get("RANDOM_DIFFUSION_CELERY_BROKER", "").strip()
+    backend = os.environ.get("RANDOM_DIFFUSION_CELERY_BACKEND", "").strip()
+    local = instance_home() / "celery"
+    if not (broker and backend):
+        local.mkdir(parents=True, exist_ok=True)
+    return broker or f"sqla+sqlite:///{local}/broker.sqlite", backend or f"db+sqlite:///{local}/results.sqlite"
+
+
+def celery_settings() -> dict:
+    """Celery settings for runs and workers alike: a busy worker holds its one task unacknowledged and reserves no
+    other, so the next step goes to an idle GPU."""
+    return {"task_acks_late": True, "worker_prefetch_multiplier": 1}
+
+
+def one_box_celery() -> bool:
+    """Celery with the local SQLite broker: every worker is on this machine and shares its DAGSTER_HOME."""
+    return executor_choice() == "celery" and not os.environ.get("RANDOM_DIFFUSION_CELERY_BROKER", "").strip()
+
+
 def step_storage_location() -> str | None:
     """Where steps leave values for later steps (RANDOM_DIFFUSION_STEP_STORAGE), or None for Dagster's local storage.
 
-    Celery and Kubernetes run steps on other machines or pods, so there a value written under one
-    DAGSTER_HOME is not found by the next step: refuse to load without a location every worker reaches.
+    Celery (with a broker other machines reach) and Kubernetes run steps on other machines or pods, so there a
+    value written under one DAGSTER_HOME is not found by the next step: refuse to load without a location every
+    worker reaches. Celery on its local SQLite broker runs on this machine alone: local storage is shared.
     """
     value = os.environ.get(STEP_STORAGE_VARIABLE, "").strip()
     if value:
         return value if "://" in value else str(Path(value).expanduser().resolve())
     executor = executor_choice()
-    if executor in SEVERAL_MACHINES:
+    if executor in SEVERAL_MACHINES and not one_box_celery():
         raise SettingError(
             f"RANDOM_DIFFUSION_EXECUTOR={executor} runs steps on several machines, and prompt_list and "
             f"model_catalog hand their values to diffused_image through step storage: set {STEP_STORAGE_VARIABLE} "

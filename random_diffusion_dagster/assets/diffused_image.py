@@ -52,7 +52,7 @@ def diffused_image(
                 f"{result.task.key}: prompt longer than the text encoder reads; only its start was used"
             )
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
-    context.instance.add_run_tags(context.run_id, run_figures(summary, failures))
+    context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if not failures:
         for result in finished:
             context.add_asset_metadata(partition_metadata(result), partition_key=result.task.key)

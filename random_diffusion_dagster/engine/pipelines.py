@@ -330,7 +330,7 @@ class PipelineCache:
         self.speedups = speedups
         self.loads = 0
         self.evictions = 0
-        self._log = log
+        self.log = log  # rebound per run when a long-lived worker keeps the cache
         self._loader = loader
         self._resident: OrderedDict[str, ResidentPipeline] = OrderedDict()
 
@@ -369,7 +369,7 @@ class PipelineCache:
         self.loads += 1
         self._resident[spec.name] = ResidentPipeline(spec, pipeline, seconds, identities)
         reused = f", reusing {sorted(shared)}" if shared else ""
-        self._log(f"Loaded model {spec.name!r} on {self.device} in {seconds:.2f} s{reused} (resident: {self.resident})")
+        self.log(f"Loaded model {spec.name!r} on {self.device} in {seconds:.2f} s{reused} (resident: {self.resident})")
         self._make_room(0, keep=spec.name)
         return pipeline, seconds
 
@@ -402,7 +402,7 @@ class PipelineCache:
         self.evictions += 1
         del entry
         free_memory()
-        self._log(f"Evicted model {name!r} (resident: {self.resident})")
+        self.log(f"Evicted model {name!r} (resident: {self.resident})")
 
     def clear(self) -> None:
         for name in list(self._resident):

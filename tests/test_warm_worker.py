@@ -1,0 +1,122 @@
+"""The warm path: pipelines that outlive a run in a long-lived worker process.
+
+In process: two real runs with a kept engine, the second loading nothing. Through Celery: the
+one-box `random-diffusion worker` (local SQLite broker, no service) under a real daemon and backfill,
+driven by benchmarks/orchestrated_throughput.py so the test runs what the benchmark measures.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from random_diffusion_dagster.assets import diffused_image, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.settings import SettingError, celery_urls, keep_pipelines_loaded, step_storage_location
+
+from helpers import make_image, write_catalog
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ASSETS = [source_images, prompt_list, model_catalog, diffused_image]
+
+
+def _diffuse(instance, project, engine: DiffusionEngineResource) -> dict:
+    resources = {"dataset": DatasetResource(**project), "engine": engine}
+    dg.materialize(ASSETS, selection=["source_images"], instance=instance, resources=resources)
+    keys = instance.get_dynamic_partitions("images")
+    result = dg.materialize(
+        ASSETS,
+        selection=["prompt_list", "model_catalog", "diffused_image"],
+        instance=instance,
+        resources=resources,
+        tags=partition_range_tags(keys[0], keys[-1]),
+    )
+    assert result.success
+    return instance.get_run_by_id(result.run_id).tags
+
+
+@pytest.fixture
+def one_model(project, tmp_path, models_dir):
+    """The project with a one-model catalog: every image draws the same model."""
+    return {**project, "models_file": str(write_catalog(tmp_path / "one.yaml", models_dir, names=("tiny-sd15",)))}
+
+
+def test_a_kept_engine_serves_the_next_run_without_loading_again(one_model):
+    project = one_model
+    engine = DiffusionEngineResource(device="cpu", keep_loaded=True)
+    with dg.instance_for_test() as instance:
+        first = _diffuse(instance, project, engine)
+        make_image(Path(project["images_dir"]) / "new.png", color=(10, 120, 220))
+        second = _diffuse(instance, project, engine)
+    assert first["random_diffusion/pipeline_loads"] == "1"
+    assert second["random_diffusion/generated"] == "1"  # the new image, made with the pipelines still loaded
+    assert second["random_diffusion/pipeline_loads"] == "0"
+
+
+def test_an_engine_not_kept_loads_again_in_the_next_run(one_model):
+    project = one_model
+    engine = DiffusionEngineResource(device="cpu", keep_loaded=False)
+    with dg.instance_for_test() as instance:
+        _diffuse(instance, project, engine)
+        make_image(Path(project["images_dir"]) / "new.png", color=(10, 120, 220))
+        second = _diffuse(instance, project, engine)
+    assert second["random_diffusion/pipeline_loads"] == "1"
+
+
+def test_celery_on_one_box_needs_no_service_and_no_shared_storage(monkeypatch, tmp_path):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("RANDOM_DIFFUSION_EXECUTOR", "celery")
+    for name in ("CELERY_BROKER", "CELERY_BACKEND", "KEEP_LOADED", "STEP_STORAGE"):
+        monkeypatch.delenv(f"RANDOM_DIFFUSION_{name}", raising=False)
+    broker, backend = celery_urls()
+    assert broker == f"sqla+sqlite:///{tmp_path}/celery/broker.sqlite" and backend.startswith("db+sqlite:///")
+    assert keep_pipelines_loaded() and step_storage_location() is None
+    monkeypatch.setenv("RANDOM_DIFFUSION_CELERY_BROKER", "redis://gpu-box:6379/0")  # other machines: storage needed
+    with pytest.raises(SettingError, match="RANDOM_DIFFUSION_STEP_STORAGE"):
+        step_storage_location()
+    monkeypatch.setenv("RANDOM_DIFFUSION_KEEP_LOADED", "maybe")
+    with pytest.raises(SettingError, match="RANDOM_DIFFUSION_KEEP_LOADED='maybe'"):
+        keep_pipelines_loaded()
+
+
+@pytest.mark.timeout(600)
+def test_backfill_and_sensor_on_the_one_box_celery_worker_load_each_model_once(tmp_path):
+    out = tmp_path / "warm.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/orchestrated_throughput.py",
+            "--tiny",
+            "--images",
+            "6",
+            "--sensor-images",
+            "3",
+            "--size",
+            "64",
+            "--quick",
+            "--timeout",
+            "300",
+            "--variant",
+            "executor=celery,resident=5,per_run=3",
+            "--out",
+            str(out),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    (warm,) = json.loads(out.read_text())["variants"]
+    assert warm["executor"] == "celery" and warm["runs"] == 2 and warm["images"] == 6
+    models = 5  # the demo catalog; resident=5 keeps them all
+    loads = warm["pipeline_loads"] + warm["sensor"]["pipeline_loads"]
+    assert 1 <= loads <= models, warm  # every model at most once across three runs in one worker
+    assert warm["step_processes"] == 0 and warm["overlapping_runs"] == 0
+    assert warm["sensor"]["images"] == 3
