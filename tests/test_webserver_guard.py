@@ -254,6 +254,7 @@ def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
         ("dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Priority sorting and checking tag concurrency limits"),
         ("dagster.daemon.MonitoringDaemon", "INFO", "Collected 1 runs for monitoring"),
         ("dagster.daemon.EventLogConsumerDaemon", "WARNING", "No cursor for event type X, ignoring older events"),
+        ("dagster.code_server", "WARNING", "No heartbeat received in 20 seconds, shutting down"),
     ]
     assert [fields[2] for fields in routine if output.keep(_line(*fields))] == []
     kept = [
@@ -262,6 +263,7 @@ def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
         ("dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Launched 1 runs."),
         ("dagster.daemon.SensorDaemon", "ERROR", "Sensor new_images_sensor skipped: the folder is gone"),
         ("dagster.daemon.SensorDaemon", "WARNING", "Checking for new runs for sensor: took 95 seconds"),
+        ("dagster.code_server", "ERROR", "Error while loading code location"),
     ]
     assert all(output.keep(_line(*fields)) for fields in kept)
     assert output.keep("Traceback (most recent call last):\n")
