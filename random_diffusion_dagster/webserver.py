@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 ALLOWED_ORIGINS_ENV = "RANDOM_DIFFUSION_ALLOWED_ORIGINS"
@@ -216,57 +219,182 @@ def main(argv: list[str] | None = None) -> None:
     webserver_cli.cli.main(args=args, prog_name="random-diffusion-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER")
 
 
+# What the daemon prints on every pass of its loops (each sensor and automation tick, each second the
+# run queue is checked, each monitoring pass), a warning every fresh instance gets once per start, and
+# the warning its code server prints each minute when the daemon replaces it (the daemon reloads the
+# workspace every 60 s by starting a new code server; the old one stops after 20 s without heartbeats).
+# `random-diffusion ui` drops these lines and passes everything else on: run launches, warnings, errors,
+# tracebacks, what the project's sensors log.
+ROUTINE_DAEMON_LINE = re.compile(
+    r" - dagster\.code_server - WARNING - No heartbeat received in 20 seconds, shutting down"
+    r"| - dagster\.daemon\.(?:"
+    r"SensorDaemon - INFO - (?:Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for )"
+    r"|SchedulerDaemon - INFO - (?:Schedule \S+ skipped: |No run requests returned for )"
+    r"|AssetDaemon - INFO - (?:Checking \d+ assets/checks and |Prefetching asset records |Done prefetching asset "
+    r"records|Adding \d+ asset evaluations |Tick produced 0 runs |Submitting 0 runs |Finished auto-materialization "
+    r"tick|Renaming any states corresponding to the legacy default name)"
+    r"|QueuedRunCoordinatorDaemon - INFO - Priority sorting and checking tag concurrency limits"
+    r"|MonitoringDaemon - INFO - Collected \d+ runs for monitoring"
+    r"|BackfillDaemon - INFO - (?:Evaluating asset backfill |Assets targeted by backfill \S+ are valid|Backfill has "
+    r"in progress runs|Asset backfill \S+ completed iteration with status )"
+    r"|EventLogConsumerDaemon - WARNING - No cursor for event type \S+, ignoring older events"
+    r")"
+)
+# Repeated every second while a run waits for the `gpu` pool: shown once per run.
+BLOCKED_RUN_LINE = re.compile(
+    r" - dagster\.daemon\.QueuedRunCoordinatorDaemon - INFO - Run (\S+) is blocked by global concurrency limits"
+)
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class DaemonOutput:
+    """Decides which of the daemon's output lines reach the terminal (see ROUTINE_DAEMON_LINE)."""
+
+    def __init__(self):
+        self.blocked_runs: set[str] = set()
+
+    def keep(self, line: str) -> bool:
+        plain = ANSI_ESCAPE.sub("", line)
+        if ROUTINE_DAEMON_LINE.search(plain):
+            return False
+        blocked = BLOCKED_RUN_LINE.search(plain)
+        if blocked:
+            if blocked.group(1) in self.blocked_runs:
+                return False
+            self.blocked_runs.add(blocked.group(1))
+        return True
+
+    def forward(self, stream, out) -> None:
+        """Copy `stream` (bytes, line by line) to `out` (text), dropping routine lines, until EOF."""
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace")
+            if self.keep(line):
+                out.write(line)
+                out.flush()
+
+
+def history_location(instance, home: Path) -> str:
+    """Where `instance` keeps its runs and events, in words: a folder, or the database named in dagster.yaml."""
+    import yaml
+
+    ref = instance.get_ref()
+    data = ref.storage_data or ref.run_storage_data
+    config = (yaml.safe_load(data.config_yaml) if data else None) or {}
+    base_dir = config.get("base_dir") if isinstance(config, dict) else None
+    if isinstance(base_dir, str):
+        return str(Path(base_dir).resolve())  # relative paths are relative to the project root, our cwd
+    name = data.class_name if data else "default storage"
+    kind = "PostgreSQL" if "Postgres" in name else name
+    return f"{kind}, as configured in {home / 'dagster.yaml'}"
+
+
+def _ui_url(host: str | None, port: int | None) -> tuple[str, str]:
+    """(URL to show, URL to poll) for a webserver bound to host:port."""
+    host = host or "127.0.0.1"
+    port = port or 3000
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+    def url(name: str) -> str:
+        return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+    return url(host), url(local)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
-    """Guarded webserver plus `dagster-daemon run` on one instance, like `dagster dev`; stop both on Ctrl-C."""
+    """Guarded webserver plus `dagster-daemon run` on one instance, like `dagster dev`; stop both on Ctrl-C.
+
+    Both children get DAGSTER_HOME: the user's, else the project folder, whose dagster.yaml keeps history
+    in ./.dagster. The daemon's routine per-tick lines are dropped (DaemonOutput); once the UI answers, one
+    line says where it is and where history is kept.
+    """
+    import threading
+
     from dagster_shared.ipc import get_ipc_shutdown_pipe, open_ipc_subprocess, send_ipc_shutdown_message
 
+    from .cli import _instance_home, project_instance
+
     allowed_origins_from_env()  # fail here, not in the child
-    shared = ["--instance-ref", project_instance_ref(), "-w", workspace]
-    commands = {
-        "webserver": [
+    home = _instance_home().resolve()
+    instance = project_instance()  # creates storage once, before two children race to; chdirs to the project
+    history = history_location(instance, home)
+    instance.dispose()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    shown_url, local_url = _ui_url(host, port)
+
+    read_fd, webserver_pipe = get_ipc_shutdown_pipe()
+    webserver = open_ipc_subprocess(
+        [
             sys.executable,
             "-m",
             "random_diffusion_dagster.webserver",
             *(["-h", host] if host else []),
             *(["-p", str(port)] if port else []),
-            *shared,
+            "-w",
+            workspace,
+            "--shutdown-pipe",
+            str(read_fd),
         ],
-        "daemon": [sys.executable, "-m", "dagster._daemon", "run", *shared],
-    }
-    children = {}
-    for name, command in commands.items():
-        read_fd, write_fd = get_ipc_shutdown_pipe()
-        process = open_ipc_subprocess([*command, "--shutdown-pipe", str(read_fd)], pass_fds=[read_fd])
-        children[name] = (process, write_fd)
-        os.close(read_fd)
+        pass_fds=[read_fd],
+        env=env,
+    )
+    os.close(read_fd)
+    daemon = subprocess.Popen(
+        [_dagster_daemon(), "run", "-w", workspace],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    threading.Thread(target=DaemonOutput().forward, args=(daemon.stdout, sys.stderr), daemon=True).start()
+    children = {"webserver": webserver, "daemon": daemon}
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the children too, like Ctrl-C
     exit_code = 0
+    announced = False
     try:
         while True:
-            stopped = [name for name, (process, _) in children.items() if process.poll() is not None]
+            stopped = [name for name, process in children.items() if process.poll() is not None]
             if stopped:
                 print(
-                    f"error: the {stopped[0]} stopped (exit code {children[stopped[0]][0].returncode}); "
+                    f"error: the {stopped[0]} stopped (exit code {children[stopped[0]].returncode}); "
                     "stopping the others. Its output above says why.",
                     file=sys.stderr,
                 )
                 exit_code = 1
                 break
+            if not announced and _answers(local_url):
+                print(f"random-diffusion ui: the UI is at {shown_url}; history is kept in {history}", flush=True)
+                announced = True
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        for _process, write_fd in children.values():
-            try:
-                send_ipc_shutdown_message(write_fd)
-            except OSError:
-                pass  # that child is gone already
-        for process, _ in children.values():
+        try:
+            send_ipc_shutdown_message(webserver_pipe)
+        except OSError:
+            pass  # the webserver is gone already
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGINT)  # `dagster-daemon run` stops its daemons cleanly on Ctrl-C
+        for process in children.values():
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
     return exit_code
+
+
+def _dagster_daemon() -> str:
+    """The `dagster-daemon` script installed beside this Python (a venv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dagster-daemon"
+    return str(beside) if beside.is_file() else (shutil.which("dagster-daemon") or "dagster-daemon")
 
 
 def _interrupt(signum, frame):

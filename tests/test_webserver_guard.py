@@ -1,8 +1,8 @@
 """The documented way to start the UI (`random-diffusion ui`) refuses what a foreign web page could send.
 
-One real `random-diffusion ui` (guarded dagster-webserver + dagster-daemon) on loopback serves every
+One real `random-diffusion ui` (guarded dagster-webserver + `dagster-daemon run`) on loopback serves every
 test here; the mutation is a real `addDynamicPartition`, and whether it took effect is read from the
-instance itself.
+instance itself. Its terminal shows where the UI and the history are, and not a line per sensor tick.
 """
 
 import base64
@@ -18,6 +18,7 @@ import requests
 from dagster._core.instance.ref import InstanceRef
 
 from random_diffusion_dagster.remote import Deployment
+from random_diffusion_dagster.webserver import DaemonOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from test_deployment import _free_port, _reachable  # noqa: E402
@@ -72,6 +73,9 @@ def ui(tmp_path_factory):
             "port": port,
             "instance": instance,
             "repo": {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]},
+            "log": root / "ui.log",
+            "home": home,
+            "pid": process.pid,
         }
         instance.dispose()
     finally:
@@ -194,3 +198,77 @@ def test_submit_launches_a_run_through_the_guard(ui):
     assert deployment.run_status(run_id) in {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "SUCCESS", "FAILURE"}
     tags = ui["instance"].get_run_by_id(run_id).tags
     assert tags["dagster/asset_partition_range_start"] == tags["dagster/asset_partition_range_end"] == "submitted.png"
+
+
+SENSOR_TICKS_QUERY = """
+query($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) { ... on Sensor { sensorState { ticks(limit: 10) { status } } } }
+}"""
+
+
+def _process_group_commands(pgid: int) -> list[str]:
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return commands
+
+
+def test_ui_terminal_says_where_ui_and_history_are_and_not_each_tick(ui):
+    selector = {**ui["repo"], "sensorName": "new_images_sensor"}
+
+    def ticks():
+        state = Deployment(ui["url"]).query(SENSOR_TICKS_QUERY, {"selector": selector})["sensorOrError"]
+        return len(state["sensorState"]["ticks"]) >= 2
+
+    wait_for(ticks, 150, "two ticks of new_images_sensor", interval=3)
+    output = ui["log"].read_text()
+    assert f"random-diffusion ui: the UI is at {ui['url']}; history is kept in {ui['home']}\n" in output
+    assert f"Serving dagster-webserver on {ui['url']}" in output
+    assert "Checking for new runs for sensor" not in output and "skipped: Sensor function returned" not in output
+    assert "auto-materialization tick" not in output
+    # The daemon is the public `dagster-daemon run`, on the instance DAGSTER_HOME names.
+    commands = _process_group_commands(ui["pid"])
+    assert any("dagster-daemon run -w workspace.yaml" in command for command in commands), commands
+    assert not any("-m dagster._daemon" in command for command in commands), commands
+
+
+def _line(logger: str, level: str, message: str) -> str:
+    """A line as `dagster-daemon run` prints it (colored format)."""
+    return f"\x1b[32m2026-11-27 08:57:51 +0000\x1b[0m - {logger} - \x1b[34m{level}\x1b[0m - {message}\n"
+
+
+def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
+    output = DaemonOutput()
+    routine = [
+        ("dagster.daemon.SensorDaemon", "INFO", "Checking for new runs for sensor: new_images_sensor"),
+        ("dagster.daemon.SensorDaemon", "INFO", "Sensor new_images_sensor skipped: Sensor function returned an empty"),
+        ("dagster.daemon.AssetDaemon", "INFO", "Checking 1 assets/checks and 0 observable source assets for x"),
+        ("dagster.daemon.AssetDaemon", "INFO", "Tick produced 0 runs and 1 asset evaluation for evaluation ID 7"),
+        ("dagster.daemon.AssetDaemon", "INFO", "Submitting 0 runs for evaluation 7 for report_automation_sensor"),
+        ("dagster.daemon.AssetDaemon", "INFO", "Finished auto-materialization tick for report_automation_sensor"),
+        ("dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Priority sorting and checking tag concurrency limits"),
+        ("dagster.daemon.MonitoringDaemon", "INFO", "Collected 1 runs for monitoring"),
+        ("dagster.daemon.EventLogConsumerDaemon", "WARNING", "No cursor for event type X, ignoring older events"),
+        ("dagster.code_server", "WARNING", "No heartbeat received in 20 seconds, shutting down"),
+    ]
+    assert [fields[2] for fields in routine if output.keep(_line(*fields))] == []
+    kept = [
+        ("dagster.daemon.SensorDaemon", "INFO", "Completed launch of run 1234 for new_images_sensor"),
+        ("dagster.daemon.AssetDaemon", "INFO", "Tick produced 1 run and 1 asset evaluation for evaluation ID 8"),
+        ("dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Launched 1 runs."),
+        ("dagster.daemon.SensorDaemon", "ERROR", "Sensor new_images_sensor skipped: the folder is gone"),
+        ("dagster.daemon.SensorDaemon", "WARNING", "Checking for new runs for sensor: took 95 seconds"),
+        ("dagster.code_server", "ERROR", "Error while loading code location"),
+    ]
+    assert all(output.keep(_line(*fields)) for fields in kept)
+    assert output.keep("Traceback (most recent call last):\n")
+    blocked = _line(
+        "dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Run abc is blocked by global concurrency limits: gpu"
+    )
+    assert [output.keep(blocked) for _ in range(3)] == [True, False, False]  # once per run, not every second
+    assert output.keep(blocked.replace("Run abc", "Run def"))
