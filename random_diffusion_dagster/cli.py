@@ -212,13 +212,24 @@ def worker_command(args: argparse.Namespace) -> int:
     through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
     import socket
 
-    from .settings import celery_settings, celery_urls, instance_home
+    from .settings import celery_settings, celery_urls, local_celery_folder
 
     broker, backend = celery_urls()
-    config_dir = instance_home() / "celery" / "worker-config"
+    config_dir = local_celery_folder() / "worker-config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"broker_url": broker, "result_backend": backend, **celery_settings()}
-    (config_dir / "dagster_celery_config.py").write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
+    # Steps log to Dagster (the UI); what they also print reaches this terminal at INFO, so only --loglevel INFO
+    # shows it. dagster-celery registers its task twice, once per import path, and Celery warns: harmless.
+    settings = {
+        "broker_url": broker,
+        "result_backend": backend,
+        "worker_redirect_stdouts_level": "INFO",
+        **celery_settings(),
+    }
+    (config_dir / "dagster_celery_config.py").write_text(
+        "import warnings as _warnings\n"
+        "_warnings.filterwarnings('ignore', message=\"Task name 'execute_plan' is already registered\")\n"
+        + "".join(f"{k} = {v!r}\n" for k, v in settings.items())
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))}
     env.setdefault("RANDOM_DIFFUSION_EXECUTOR", "celery")
     command = [

@@ -84,20 +84,21 @@ def keep_pipelines_loaded() -> bool:
     return raw in ("1", "true", "yes")
 
 
-def instance_home() -> Path:
-    """The Dagster instance's folder: DAGSTER_HOME, else the project's .dagster (what `random-diffusion ui` uses)."""
-    return Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster").resolve()
+def local_celery_folder() -> Path:
+    """Where the one-box broker and result store live: .dagster/celery beside the instance's dagster.yaml
+    (DAGSTER_HOME, else the project root, which `random-diffusion ui` hands its daemon as DAGSTER_HOME)."""
+    return (Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT) / ".dagster" / "celery").resolve()
 
 
 def celery_urls() -> tuple[str, str]:
     """(broker, result backend) for the celery executor and `random-diffusion worker`.
 
     RANDOM_DIFFUSION_CELERY_BROKER / _BACKEND when set (Redis or RabbitMQ for several machines); unset, SQLite
-    files under the instance's folder, so one GPU box gets a warm worker with no service to run.
+    files in local_celery_folder(), so one GPU box gets a warm worker with no service to run.
     """
     broker = os.environ.get("RANDOM_DIFFUSION_CELERY_BROKER", "").strip()
     backend = os.environ.get("RANDOM_DIFFUSION_CELERY_BACKEND", "").strip()
-    local = instance_home() / "celery"
+    local = local_celery_folder()
     if not (broker and backend):
         local.mkdir(parents=True, exist_ok=True)
     return broker or f"sqla+sqlite:///{local}/broker.sqlite", backend or f"db+sqlite:///{local}/results.sqlite"

@@ -74,7 +74,7 @@ def test_celery_on_one_box_needs_no_service_and_no_shared_storage(monkeypatch, t
     for name in ("CELERY_BROKER", "CELERY_BACKEND", "KEEP_LOADED", "STEP_STORAGE"):
         monkeypatch.delenv(f"RANDOM_DIFFUSION_{name}", raising=False)
     broker, backend = celery_urls()
-    assert broker == f"sqla+sqlite:///{tmp_path}/celery/broker.sqlite" and backend.startswith("db+sqlite:///")
+    assert broker == f"sqla+sqlite:///{tmp_path}/.dagster/celery/broker.sqlite" and backend.startswith("db+sqlite:///")
     assert keep_pipelines_loaded() and step_storage_location() is None
     monkeypatch.setenv("RANDOM_DIFFUSION_CELERY_BROKER", "redis://gpu-box:6379/0")  # other machines: storage needed
     with pytest.raises(SettingError, match="RANDOM_DIFFUSION_STEP_STORAGE"):
