@@ -124,7 +124,9 @@ def output_file_name(key: str) -> str:
     Decided by the key alone, so a result's name never changes when other files come or go, and no two keys
     share a name: the first group's names hold exactly one dot; the second's hold two or more and never `..`
     (partition_key_for never makes a key with `..` or ending in `.`); only the third's hold `..`. Within each
-    group the key is read back from the name. Keys are themselves unique per file name (partition_key_for),
+    group the key is read back from the name (`.JPG` and `.jpg` differ by case, as their keys do; a folder that
+    ignores case cannot hold both sources). Only `.jpg` is shortened: shortening a second extension too would
+    give `coffee.jpg` and `coffee.jpeg` one name. Keys are themselves unique per file name (partition_key_for),
     so `coffee.jpg`, `coffee.png` and `coffee.webp` in one folder write `coffee.png`, `coffee.png.png` and
     `coffee.webp.png`. Results written before this rule are named `<key>.png` (legacy_output_path_for);
     result_path moves them to these names.
