@@ -3,7 +3,7 @@
 import dagster as dg
 
 from .assets import diffused_image
-from .engine.results import output_path_for, read_record
+from .engine.results import read_record, result_path
 from .partitions import images_partitions
 from .resources import DatasetResource
 
@@ -17,7 +17,7 @@ def results_readable_on_disk(context: dg.AssetCheckExecutionContext, dataset: Da
     materialized = context.instance.get_materialized_partitions(diffused_image.key)
     current = set(context.instance.get_dynamic_partitions(images_partitions.name))
     checked = sorted(materialized & current)
-    missing = [key for key in checked if read_record(output_path_for(dataset.output_dir, key)) is None]
+    missing = [key for key in checked if read_record(result_path(dataset.output_dir, key)) is None]
     metadata = {"checked": len(checked), "missing_or_unreadable": len(missing)}
     if missing:
         metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {key}" for key in missing[:200]))

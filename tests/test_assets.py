@@ -11,7 +11,7 @@ from PIL import Image
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
 from random_diffusion_dagster.batching import partition_range_tags
 from random_diffusion_dagster.engine.images import partition_key_for
-from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 
 from helpers import make_image
@@ -107,7 +107,7 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
             "preview",
         ):
             assert field in metadata, (key, field)
-        assert Path(metadata["output_path"]) == Path(project["output_dir"]) / f"{key}.png"
+        assert Path(metadata["output_path"]) == Path(project["output_dir"]) / output_file_name(key)
         assert str(read_record(metadata["output_path"]).seed) == metadata["seed"]  # a setting: text, not plotted
         assert isinstance(metadata["inference_seconds"], float)  # a measurement: plotted
         assert "vram_peak_allocated_mb" not in metadata and metadata["device"] == "cpu"  # no GPU, no VRAM figure
@@ -124,7 +124,9 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
 
 def test_same_seed_reproduces_pixels_and_a_new_seed_rerolls(instance, project):
     keys, _ = _diffuse_all(instance, project)
-    first = {k: (_partition_metadata(instance, k), _pixels(Path(project["output_dir"]) / f"{k}.png")) for k in keys}
+    first = {
+        k: (_partition_metadata(instance, k), _pixels(Path(project["output_dir"]) / output_file_name(k))) for k in keys
+    }
     for path in Path(project["output_dir"]).glob("*.png"):
         path.unlink()
     _diffuse_all(instance, project)
@@ -169,8 +171,8 @@ def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance
     error = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "1 of 4 images failed" in error and "bad.png" in error
     good = [k for k in keys if k != "bad.png"]
-    assert all((Path(project["output_dir"]) / f"{k}.png").is_file() for k in good)
-    assert not (Path(project["output_dir"]) / "bad.png.png").exists()
+    assert all((Path(project["output_dir"]) / output_file_name(k)).is_file() for k in good)
+    assert not (Path(project["output_dir"]) / output_file_name("bad.png")).exists()
 
     bad.write_bytes(original)  # the user fixes the file
     _, rerun = _diffuse_all(instance, project)

@@ -11,6 +11,7 @@ import pytest
 
 from random_diffusion_dagster.batching import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.images import partition_key_for
+from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.resources import DatasetResource
 from random_diffusion_dagster.schedules import catch_up_schedule
 from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
@@ -130,7 +131,7 @@ def test_catch_up_requests_missing_and_stale_partitions_only(instance, project):
     assert result.success
     assert isinstance(_schedule_requests(instance, project), dg.SkipReason)
 
-    Path(project["output_dir"], f"{keys[0]}.png").unlink()  # a result lost on disk
+    Path(project["output_dir"], output_file_name(keys[0])).unlink()  # a result lost on disk
     (requests,) = _schedule_requests(instance, project)
     assert (requests.tags[RANGE_START_TAG], requests.tags[RANGE_END_TAG]) == (keys[0], keys[0])
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.remote import Deployment
 
 from helpers import make_image, write_catalog
@@ -295,7 +295,7 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
     keys = client.partition_keys()
 
     def done_with_new_seed():
-        return [k for k in keys if getattr(read_record(outputs / f"{k}.png"), "run_seed", None) == 23]
+        return [k for k in keys if getattr(read_record(outputs / output_file_name(k)), "run_seed", None) == 23]
 
     wait_for(lambda: len(done_with_new_seed()) >= 1, 300, "the first image of the run", interval=0.1)
     assert len(done_with_new_seed()) < len(keys), "the run finished before it could be killed"

@@ -13,6 +13,7 @@ from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.report import build_report
+from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.engine.runner import run_tasks
 from random_diffusion_dagster.engine.storage import OutputLocationError
 from random_diffusion_dagster.resources import DatasetResource
@@ -48,7 +49,7 @@ def test_a_run_with_one_failure_records_every_finished_partition(instance, proje
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("diffused_image"), asset_partitions=[key]), limit=1
         ).records[0]
         metadata = record.asset_materialization.metadata
-        assert metadata["output_path"].value == str(Path(project["output_dir"]) / f"{key}.png")
+        assert metadata["output_path"].value == str(Path(project["output_dir"]) / output_file_name(key))
         assert "prompt" in metadata and "inference_seconds" in metadata
 
 

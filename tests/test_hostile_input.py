@@ -17,6 +17,7 @@ from random_diffusion_dagster.assets import diffused_image, diffusion_report, mo
 from random_diffusion_dagster.batching import partition_range_tags
 from random_diffusion_dagster.checks import results_readable_on_disk
 from random_diffusion_dagster.engine.images import load_rgb, partition_key_for
+from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 
 from helpers import make_image, write_catalog
@@ -121,7 +122,9 @@ def test_every_file_ends_as_a_result_an_error_or_a_skip(hostile):
         error = str(run.get_step_failure_events()[0].step_failure_data.error)
 
     outputs = {p.name for p in Path(project["output_dir"]).glob("*.png")}
-    results = {name for name in expected["good"] | expected["errors"] if f"{partition_key_for(name)}.png" in outputs}
+    results = {
+        name for name in expected["good"] | expected["errors"] if output_file_name(partition_key_for(name)) in outputs
+    }
     failed = {name for name in expected["good"] | expected["errors"] if name in error}
     skips = {name for name in expected["skipped"] if name in skipped_table}
     assert results == expected["good"]
@@ -165,7 +168,7 @@ def test_a_corrupt_model_fails_only_the_images_that_drew_it(project, models_dir,
         )
         error = str(run.get_step_failure_events()[0].step_failure_data.error)
     failed = [k for k in keys if f"- {k}:" in error]
-    written = [k for k in keys if (Path(project["output_dir"]) / f"{k}.png").is_file()]
+    written = [k for k in keys if (Path(project["output_dir"]) / output_file_name(k)).is_file()]
     assert failed and written and sorted(failed + written) == sorted(keys)
     assert "Model 'broken'" in error and "failed to load" in error
 
@@ -184,7 +187,7 @@ def test_check_and_catch_up_notice_a_lost_output(project):
         check = dg.AssetSelection.checks(results_readable_on_disk)
         passed = dg.materialize(ASSETS, selection=check, instance=instance, resources=_resources(project))
         assert passed.get_asset_check_evaluations()[0].passed
-        (Path(project["output_dir"]) / f"{keys[1]}.png").write_bytes(b"corrupted")
+        (Path(project["output_dir"]) / output_file_name(keys[1])).write_bytes(b"corrupted")
         failed = dg.materialize(ASSETS, selection=check, instance=instance, resources=_resources(project))
         evaluation = failed.get_asset_check_evaluations()[0]
         assert not evaluation.passed and keys[1] in evaluation.metadata["partitions"].value

@@ -11,7 +11,7 @@ from PIL import Image
 
 from random_diffusion_dagster.engine import images
 from random_diffusion_dagster.engine.images import partition_key_for, scan_folder
-from random_diffusion_dagster.engine.results import FailureRecord, output_path_for, write_failure
+from random_diffusion_dagster.engine.results import FailureRecord, output_file_name, output_path_for, write_failure
 from random_diffusion_dagster.engine.storage import write_bytes_atomic
 
 DAGSTER_UNSAFE = re.compile(r"\.\.\.|[|,\[\]\x00-\x1f\x7f/\\]")
@@ -235,17 +235,17 @@ def test_output_and_failure_names_fit_the_filesystem(tmp_path, name):
     source_dir.mkdir()
     _touch(source_dir / name)
     (source,) = scan_folder(source_dir)
-    key = source.partition_key
+    key, result = source.partition_key, output_file_name(source.partition_key)
     # The names written for a result and a failure record, with the atomic writer's temporary names.
     (out / ".failures").mkdir(parents=True)
-    for file_name in (f".{key}.png.abcdefgh.tmp", f"{key}.png"):
+    for file_name in (f".{result}.abcdefgh.tmp", result, f".{key}..png.abcdefgh.tmp"):  # `..png`: dotless keys
         _touch(out / file_name)
     for file_name in (f".{key}.json.abcdefgh.tmp", f"{key}.json"):
         _touch(out / ".failures" / file_name)
-    assert len(f".{key}.json.abcdefgh.tmp".encode()) <= 143  # even eCryptfs holds the longest of them
+    assert len(f".{key}..png.abcdefgh.tmp".encode()) <= 143  # even eCryptfs holds the longest of them
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, format="PNG")
     write_bytes_atomic(output_path_for(out, key), png.getvalue())
     write_failure(out, FailureRecord(key, "m", "error"))
-    assert (out / f"{key}.png").is_file() and (out / ".failures" / f"{key}.json").is_file()
+    assert (out / result).is_file() and (out / ".failures" / f"{key}.json").is_file()
     assert len(key.encode()) <= images.MAX_KEY_BYTES

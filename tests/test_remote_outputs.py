@@ -7,7 +7,7 @@ import fsspec
 import pytest
 
 from random_diffusion_dagster.checks import results_readable_on_disk
-from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.schedules import catch_up_schedule
 
@@ -30,7 +30,7 @@ def test_results_report_check_and_catch_up_work_on_an_fsspec_url(remote_project)
         keys, result = _diffuse_all(instance, remote_project)
         assert result.success
         for key in keys:
-            path = f"{URL}/{key}.png"
+            path = f"{URL}/{output_file_name(key)}"
             assert _partition_metadata(instance, key)["output_path"] == path
             assert read_record(path).fingerprint == _partition_metadata(instance, key)["fingerprint"]
         assert not [p for p in memory.find("/rdd-test") if p.endswith(".tmp")]

@@ -36,7 +36,7 @@ def _record(**changes) -> ResultRecord:
 
 
 def test_output_paths_cannot_leave_the_output_folder(tmp_path):
-    assert str(output_path_for(tmp_path, "cat.jpg")) == str(tmp_path.resolve() / "cat.jpg.png")
+    assert str(output_path_for(tmp_path, "cat.jpg")) == str(tmp_path.resolve() / "cat.png")
     with pytest.raises(ValueError, match="outside"):
         output_path_for(tmp_path, "../escape")
 

@@ -23,7 +23,7 @@ from random_diffusion_dagster.assets import (
 )
 from random_diffusion_dagster.batching import partition_range_tags
 from random_diffusion_dagster.definitions import defs
-from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.file_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
 from random_diffusion_dagster.prompt_sets import submission_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
@@ -119,7 +119,7 @@ def _schedule_keys(instance, project):
 
 
 def _prompts_on_disk(project, keys):
-    return {k: read_record(Path(project["output_dir"]) / f"{k}.png").prompt for k in keys}
+    return {k: read_record(Path(project["output_dir"]) / output_file_name(k)).prompt for k in keys}
 
 
 @pytest.fixture

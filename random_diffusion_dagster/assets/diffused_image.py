@@ -30,7 +30,8 @@ GPU_STEP_TAGS = {
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
     group_name="diffusion",
-    description="One img2img result per source image: `<output dir>/<partition key>.png`.",
+    description="One img2img result per source image in the output folder: `coffee.jpg` -> `coffee.png`, "
+    "other names keep their extension (`coffee.webp` -> `coffee.webp.png`).",
 )
 def diffused_image(
     context: dg.AssetExecutionContext,

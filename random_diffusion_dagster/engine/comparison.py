@@ -99,7 +99,8 @@ def comparison_variants(strengths: list[float], steps: list[int]) -> list[Varian
 
 def comparison_dir(output_dir: str | os.PathLike, image_key: str) -> UPath:
     """`<output_dir>/comparisons/<image key>`: refuses keys that could leave it, as result paths do."""
-    return output_path_for(location(output_dir) / COMPARISONS_DIR, image_key).with_suffix("")
+    folder = location(output_dir) / COMPARISONS_DIR
+    return output_path_for(folder, image_key).parent / image_key  # the key itself, checked as result names are
 
 
 def cell_tasks(task: ImageTask, spec: ModelSpec, variants: list[Variant], output_dir: str) -> list[ImageTask]:

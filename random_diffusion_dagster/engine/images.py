@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 from .storage import location
 
-# Keys name `<key>.png` and `.failures/<key>.json`, and the atomic writer's `.<key>.json.XXXXXXXX.tmp` adds
-# 19 bytes: 120 bytes keeps every one under 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and is the old
-# 120-character bound for ASCII names, whose keys therefore stay as they were.
+# Keys name results (results.output_file_name: at most `<key>..png`) and `.failures/<key>.json`; the atomic
+# writer's `.<key>..png.XXXXXXXX.tmp` and `.<key>.json.XXXXXXXX.tmp` add 19 bytes: 120 bytes keeps every one
+# under 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and is the old 120-character bound for ASCII names,
+# whose keys therefore stay as they were.
 MAX_KEY_BYTES = 120
 MAX_KEY_LENGTH = MAX_KEY_BYTES  # the former name, in characters; bytes bound it now
 HASH_DIGITS = 8

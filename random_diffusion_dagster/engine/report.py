@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
 from .images import square_tile
-from .results import FailureRecord, ResultRecord, output_path_for, read_failure, read_record
+from .results import FailureRecord, ResultRecord, output_file_name, read_failure, read_record, result_path
 from .storage import location, write_bytes_atomic
 
 SUMMARY_COLUMNS = [
@@ -55,7 +55,7 @@ def build_report(output_dir: str | os.PathLike, keys: list[str], images_dir: str
     failures: list[FailureRecord] = []
     for key in keys:
         failure = read_failure(output_dir, key)
-        record = None if failure else read_record(output_path_for(output_dir, key))
+        record = None if failure else read_record(result_path(output_dir, key))
         if record:
             records.append(record)
         else:
@@ -99,14 +99,18 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
 def contact_sheet(
     records: list[ResultRecord], images_dir: str | os.PathLike, output_dir: str | os.PathLike
 ) -> Image.Image:
-    """Source beside result for each record, captioned with prompt, model and seed."""
+    """Source beside result for each record, captioned with prompt, model and seed.
+
+    The result is found by its key (output_file_name), not the record's `output_file`: a result moved from
+    its legacy name keeps the name it was written under in its record.
+    """
     font = ImageFont.load_default(size=13)
     row_height = THUMB + 8
     sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, row_height * len(records) + 8), "white")
     draw = ImageDraw.Draw(sheet)
     for row, record in enumerate(records):
         top = 4 + row * row_height
-        paths = (location(images_dir) / record.source_file, location(output_dir) / record.output_file)
+        paths = (location(images_dir) / record.source_file, location(output_dir) / output_file_name(record.key))
         for column, path in enumerate(paths):
             sheet.paste(square_tile(path, THUMB), (4 + column * (THUMB + 8), top))
         caption = "\n".join(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 from upath import UPath
 
-from .storage import is_local, location, write_bytes_atomic
+from .storage import is_local, location, rename_atomic, write_bytes_atomic
 
 PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
 RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
@@ -67,7 +67,7 @@ class ResultRecord:
     source_bytes: int | None = None
     source_mtime_ns: int | None = None
     model_input_size: str = ""
-    output_file: str = ""  # relative to the output folder
+    output_file: str = ""  # relative to the output folder, as written (a result moved by result_path keeps it)
     created_at: str = ""
 
     def partition_metadata(self) -> dict:
@@ -111,12 +111,87 @@ class FailureRecord:
     source_path: str = ""
 
 
-def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
-    """`<output_dir>/<key>.png` (a local path or a URL), refusing keys that could leave it."""
+def output_file_name(key: str) -> str:
+    """The result's file name for a partition key: the one place the naming rule lives.
+
+    - A key `<stem>.jpg` whose stem has no dot drops the `.jpg`: `coffee.jpg` -> `coffee.png`, and the camera
+      spelling keeps its case: `IMG_0042.JPG` -> `IMG_0042.PNG`.
+    - Any other key with a dot keeps its whole name: `coffee.png` -> `coffee.png.png`, `coffee.webp` ->
+      `coffee.webp.png`, `coffee.jpeg` -> `coffee.jpeg.png`, `photo.2024.jpg` -> `photo.2024.jpg.png`,
+      `a_b.jpg-5e30dffb` (the key of `a b.jpg`) -> `a_b.jpg-5e30dffb.png`.
+    - A key without a dot (a file with no extension) gets an empty extension: `coffee` -> `coffee..png`.
+
+    Decided by the key alone, so a result's name never changes when other files come or go, and no two keys
+    share a name: the first group's names hold exactly one dot; the second's hold two or more and never `..`
+    (partition_key_for never makes a key with `..` or ending in `.`); only the third's hold `..`. Within each
+    group the key is read back from the name (`.JPG` and `.jpg` differ by case, as their keys do; a folder that
+    ignores case cannot hold both sources). Only `.jpg` is shortened: shortening a second extension too would
+    give `coffee.jpg` and `coffee.jpeg` one name. Keys are themselves unique per file name (partition_key_for),
+    so `coffee.jpg`, `coffee.png` and `coffee.webp` in one folder write `coffee.png`, `coffee.png.png` and
+    `coffee.webp.png`. Results written before this rule are named `<key>.png` (legacy_output_path_for);
+    result_path moves them to these names.
+    """
+    stem, dot, extension = key.rpartition(".")
+    if dot and stem and "." not in stem and extension in _SHORT_EXTENSIONS:
+        return stem + _SHORT_EXTENSIONS[extension]
+    return f"{key}.png" if dot else f"{key}..png"
+
+
+_SHORT_EXTENSIONS = {"jpg": ".png", "JPG": ".PNG"}
+
+
+def _checked_folder(output_dir: str | os.PathLike, key: str) -> UPath:
     if not key or key in (".", "..") or "/" in key or "\\" in key or "\x00" in key:
         raise ValueError(f"Partition key {key!r} would write outside {output_dir}; refusing.")
     directory = location(output_dir)
-    return (directory.resolve() if is_local(directory) else directory) / f"{key}.png"
+    return directory.resolve() if is_local(directory) else directory
+
+
+def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
+    """`<output_dir>/<output_file_name(key)>` (a local path or a URL), refusing keys that could leave it."""
+    return _checked_folder(output_dir, key) / output_file_name(key)
+
+
+def legacy_output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
+    """`<output_dir>/<key>.png`: where results were written before output_file_name (e.g. `coffee.jpg.png`)."""
+    return _checked_folder(output_dir, key) / f"{key}.png"
+
+
+def result_path(output_dir: str | os.PathLike, key: str) -> UPath:
+    """Where the key's result is (output_path_for), after moving one still under its legacy name there.
+
+    Runs, the catch-up schedule and freshness check, the report and the asset check all look a result up
+    through here, so a result written under the legacy name `<key>.png` counts as the existing result: the
+    first of them to look renames it (rename_atomic) to the current name, and it is reused, never redone.
+    Only a file whose record names this key moves; a current-named file that already holds this key's
+    result wins, and the legacy file is left as it is. A dotless key's legacy name (`coffee.png`) is the
+    current name of `coffee.jpg`: when `coffee.jpg`'s legacy result moves in, a legacy result of `coffee`
+    found there moves to `coffee..png` first. Failure records keep their names (`.failures/<key>.json`).
+    """
+    path = output_path_for(output_dir, key)
+    legacy = legacy_output_path_for(output_dir, key)
+    if legacy == path or not legacy.exists():
+        return path
+    legacy_record = read_record(legacy)
+    if legacy_record is None or legacy_record.key != key:
+        return path  # not this key's result (e.g. `coffee.png` holds the result of `coffee.jpg` now)
+    current = read_record(path)
+    if current is not None and current.key == key:
+        return path
+    if current is not None and _is_legacy_name(output_dir, current.key, path):
+        result_path(output_dir, current.key)  # a legacy result of another key sits where this one goes
+    try:
+        rename_atomic(legacy, path)
+    except FileNotFoundError:
+        pass  # another process moved it first
+    return path
+
+
+def _is_legacy_name(output_dir: str | os.PathLike, key: str, path: UPath) -> bool:
+    try:
+        return legacy_output_path_for(output_dir, key) == path
+    except ValueError:  # a record naming a key no result of ours could have
+        return False
 
 
 def failure_path(output_dir: str | os.PathLike, key: str) -> UPath:

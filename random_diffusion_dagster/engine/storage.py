@@ -58,6 +58,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def rename_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a file to a new name in the same folder; readers see it under the old name or whole under the new.
+
+    Locally: one `os.replace` (atomic within a file system; it replaces `target`). Object stores have no
+    rename: the file is copied (the store makes the copy visible whole), then the source is deleted, so a
+    reader in between sees the same file under both names. FileNotFoundError when `source` is gone
+    (another process moved it first).
+    """
+    source, target = location(source), location(target)
+    if is_local(source) and is_local(target):
+        os.replace(Path(source), Path(target))
+        return
+    if not source.exists():
+        raise FileNotFoundError(str(source))
+    source.fs.copy(source.path, target.path)
+    source.fs.rm(source.path)
+
+
 class OutputLocationError(OSError):
     """The output location cannot hold results; the message names it and the fix."""
 

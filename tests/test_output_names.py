@@ -1,0 +1,274 @@
+"""Result file names a person recognises (`coffee.jpg` -> `coffee.png`), unique and stable, and the move of
+results written under the old names (`<key>.png`) without losing or redoing any of them."""
+
+import dataclasses
+import datetime
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import fsspec
+import pytest
+from PIL import Image, PngImagePlugin
+
+from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.checks import results_readable_on_disk
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.images import partition_key_for, scan_folder
+from random_diffusion_dagster.engine.pipelines import PipelineCache
+from random_diffusion_dagster.engine.plan import Planner
+from random_diffusion_dagster.engine.report import build_report
+from random_diffusion_dagster.engine.results import (
+    legacy_output_path_for,
+    output_file_name,
+    output_path_for,
+    read_record,
+    result_path,
+)
+from random_diffusion_dagster.engine.runner import run_tasks
+from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.schedules import catch_up_schedule
+
+from helpers import make_image, write_catalog
+from test_assets import ALL_ASSETS, _partition_metadata
+from test_intake import _adversarial_names
+
+# Sources whose results move: `.jpg`/`.JPG` ones and a file without an extension (whose old name,
+# `coffee.png`, is the new name of `coffee.jpg`); `tea.png` keeps its name (`tea.png.png`).
+SOURCES = ("coffee.jpg", "IMG_7.JPG", "coffee", "tea.png")
+NEW_NAMES = {"coffee.jpg": "coffee.png", "IMG_7.JPG": "IMG_7.PNG", "coffee": "coffee..png", "tea.png": "tea.png.png"}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "result"),
+    [
+        ("coffee.jpg", "coffee.png"),
+        ("IMG_0042.JPG", "IMG_0042.PNG"),
+        ("coffee.png", "coffee.png.png"),
+        ("coffee.webp", "coffee.webp.png"),
+        ("coffee.jpeg", "coffee.jpeg.png"),
+        ("photo.2024.jpg", "photo.2024.jpg.png"),
+        ("coffee", "coffee..png"),
+        ("a b.jpg", "a_b.jpg-5e30dffb.png"),
+    ],
+)
+def test_a_result_is_named_from_its_file_name_alone(file_name, result):
+    assert output_file_name(partition_key_for(file_name)) == result
+
+
+def test_result_names_are_unique_over_adversarial_names_and_same_stems():
+    stems = ["coffee", "coffee.png", "coffee.jpg", "a.b", "IMG_1", "x-", "x_"]
+    extensions = ["", ".jpg", ".JPG", ".jpeg", ".png", ".PNG", ".webp", ".jpg.png", ".png.jpg", "."]
+    names = list(dict.fromkeys(_adversarial_names() + [s + e for s in stems for e in extensions]))
+    keys = {partition_key_for(name) for name in names}
+    results = {}
+    for key in keys:
+        result = output_file_name(key)
+        assert result not in results, f"{key!r} and {results.get(result)!r} share {result!r}"
+        assert "/" not in result and result.lower().endswith(".png")
+        results[result] = key
+    assert len(results) == len(keys) > 3000
+
+
+def _planner(folder: Path, output_dir, models_dir) -> Planner:
+    catalog = write_catalog(folder / "models.yaml", models_dir, names=("tiny-sd15",))
+    return Planner(["a red fox"], load_catalog(catalog), 0, str(output_dir))
+
+
+def test_same_stem_sources_in_one_folder_get_their_own_results(tmp_path, models_dir):
+    images = tmp_path / "images"
+    names = ["coffee.jpg", "coffee.JPG", "coffee.png", "coffee.webp", "coffee", "coffee.png.jpg"]
+    for index, name in enumerate(names):
+        make_image(images / name, size=(64, 48), color=(40 * index, 90, 200 - 30 * index))
+    tasks, _ = _planner(tmp_path, tmp_path / "outputs", models_dir).plan(scan_folder(images))
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+    assert [r.status for r in summary.results] == ["generated"] * len(names)
+    written = sorted(p.name for p in (tmp_path / "outputs").iterdir() if p.is_file())
+    assert written == sorted(
+        ["coffee.png", "coffee.PNG", "coffee.png.png", "coffee.webp.png", "coffee..png", "coffee.png.jpg.png"]
+    )
+    for name in names:  # each file holds its own source's result
+        assert read_record(tmp_path / "outputs" / output_file_name(name)).source_file == name
+
+
+def test_a_result_name_stays_when_other_files_come_and_go(tmp_path, models_dir):
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    make_image(images / "coffee.jpg")
+    planner = _planner(tmp_path, outputs, models_dir)
+
+    def coffee_output() -> str:
+        tasks, _ = planner.plan(scan_folder(images))
+        return next(t.output_path for t in tasks if t.key == "coffee.jpg")
+
+    alone = coffee_output()
+    for name in ("coffee.png", "coffee", "coffee.webp"):
+        make_image(images / name, color=(10, 200, 10))
+    crowded = coffee_output()
+    (images / "coffee.png").unlink()
+    assert alone == crowded == coffee_output() == str(outputs.resolve() / "coffee.png")
+
+
+def _old_deployment_outputs(images: Path, outputs, planner: Planner) -> dict[str, bytes]:
+    """Results made by the engine under the names used before (`<key>.png`), as an older version left them."""
+    tasks, _ = planner.plan(scan_folder(images))
+    legacy = [dataclasses.replace(t, output_path=str(legacy_output_path_for(outputs, t.key))) for t in tasks]
+    summary = run_tasks(legacy, PipelineCache(device="cpu"), log=lambda m: None)
+    assert [r.status for r in summary.results] == ["generated"] * len(tasks)
+    assert read_record(legacy_output_path_for(outputs, "coffee.jpg")).output_file == "coffee.jpg.png"
+    return {t.key: location_bytes(t.output_path) for t in legacy}
+
+
+def location_bytes(path) -> bytes:
+    with fsspec.open(str(path), "rb") as handle:
+        return handle.read()
+
+
+def _make_sources(images: Path) -> None:
+    for index, name in enumerate(SOURCES):
+        make_image(images / name, size=(64, 48), color=(60 * index, 120, 200 - 40 * index))
+
+
+def _assert_moved_intact(outputs: Path, old: dict[str, bytes]) -> None:
+    """Every old result is now under its new name, byte for byte; no old name is left but `tea.png.png`."""
+    for key, data in old.items():
+        assert (outputs / NEW_NAMES[key]).read_bytes() == data, key
+    assert sorted(p.name for p in outputs.iterdir() if p.is_file()) == sorted(NEW_NAMES.values())
+
+
+def test_a_run_reuses_results_left_under_old_names_and_moves_them(tmp_path, models_dir):
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    _make_sources(images)
+    planner = _planner(tmp_path, outputs, models_dir)
+    old = _old_deployment_outputs(images, outputs, planner)
+    assert sorted(p.name for p in outputs.glob("*.png")) == sorted(f"{key}.png" for key in SOURCES)
+
+    tasks, _ = planner.plan(scan_folder(images))
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+    assert {r.task.key: r.status for r in summary.results} == dict.fromkeys(SOURCES, "reused")
+    _assert_moved_intact(outputs, old)
+
+
+def test_a_jpg_result_moving_first_moves_the_extensionless_neighbours_old_result_aside(tmp_path, models_dir):
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    _make_sources(images)
+    old = _old_deployment_outputs(images, outputs, _planner(tmp_path, outputs, models_dir))
+    # `coffee.png` holds the old result of `coffee`; it is where `coffee.jpg`'s result goes now.
+    assert result_path(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
+    assert (outputs / "coffee.png").read_bytes() == old["coffee.jpg"]
+    assert (outputs / "coffee..png").read_bytes() == old["coffee"]
+    assert not (outputs / "coffee.jpg.png").exists()
+    # Looking `coffee` up afterwards leaves `coffee.jpg`'s result where it is.
+    assert result_path(outputs, "coffee") == outputs.resolve() / "coffee..png"
+    assert read_record(outputs / "coffee.png").key == "coffee.jpg"
+
+
+def test_a_result_under_its_new_name_wins_over_a_leftover_old_one(tmp_path, models_dir):
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    make_image(images / "coffee.jpg")
+    planner = _planner(tmp_path, outputs, models_dir)
+    old = _old_deployment_outputs_for(images, outputs, planner)
+    current = tmp_path / "current.png"
+    shutil.copy(outputs / "coffee.jpg.png", current)
+    Image.open(current).save(outputs / "coffee.png", pnginfo=_png_info_of(current))  # same record, other bytes
+    newer = (outputs / "coffee.png").read_bytes()
+    assert newer != old
+    assert result_path(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
+    assert (outputs / "coffee.png").read_bytes() == newer
+    assert (outputs / "coffee.jpg.png").read_bytes() == old  # left alone, never deleted
+
+
+def _old_deployment_outputs_for(images: Path, outputs: Path, planner: Planner) -> bytes:
+    tasks, _ = planner.plan(scan_folder(images))
+    (task,) = [dataclasses.replace(t, output_path=str(legacy_output_path_for(outputs, t.key))) for t in tasks]
+    run_tasks([task], PipelineCache(device="cpu"), log=lambda m: None)
+    return Path(task.output_path).read_bytes()
+
+
+def _png_info_of(path: Path) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    with Image.open(path) as image:
+        for key, value in image.text.items():
+            info.add_itxt(key, value)
+    return info
+
+
+def test_old_named_results_count_for_the_schedule_check_report_and_a_run(tmp_path, models_dir):
+    """An older deployment: Dagster recorded every partition, its files are under the old names."""
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    _make_sources(images)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\nan ice castle\n")
+    project = {
+        "images_dir": str(images),
+        "output_dir": str(outputs),
+        "prompts_file": str(prompts),
+        "models_file": str(write_catalog(tmp_path / "models.yaml", models_dir)),
+        "seed": 0,
+    }
+    dataset = DatasetResource(**project)
+    resources = {"dataset": dataset, "engine": DiffusionEngineResource(device="cpu")}
+    assets = ALL_ASSETS + [results_readable_on_disk]
+    with dg.instance_for_test() as instance:
+        dg.materialize(assets, selection=["source_images"], instance=instance, resources=resources)
+        keys = instance.get_dynamic_partitions("images")
+        tags = partition_range_tags(keys[0], keys[-1])
+        selection = ["prompt_list", "model_catalog", "diffused_image"]
+        assert dg.materialize(assets, selection=selection, instance=instance, resources=resources, tags=tags).success
+        for path in [p for p in outputs.iterdir() if p.is_file()]:
+            path.unlink()
+        old = _old_deployment_outputs(images, outputs, dataset.planner(dataset.prompts(), dataset.catalog()))
+        saved = tmp_path / "old-outputs"
+        shutil.copytree(outputs, saved)
+
+        def back_to_old_names() -> None:
+            shutil.rmtree(outputs)
+            shutil.copytree(saved, outputs)
+
+        with dg.build_schedule_context(
+            instance=instance,
+            resources={"dataset": dataset},
+            scheduled_execution_time=datetime.datetime(2026, 1, 1, 3, tzinfo=datetime.timezone.utc),
+        ) as context:
+            assert isinstance(catch_up_schedule(context), dg.SkipReason)  # nothing missing, nothing redone
+        _assert_moved_intact(outputs, old)
+
+        back_to_old_names()
+        check = dg.materialize(
+            assets, selection=dg.AssetSelection.checks(results_readable_on_disk), instance=instance, resources=resources
+        )
+        assert check.get_asset_check_evaluations()[0].passed
+        _assert_moved_intact(outputs, old)
+
+        back_to_old_names()
+        report = build_report(outputs, keys, images)
+        assert (report.image_count, report.failure_count) == (len(SOURCES), 0)
+        _assert_moved_intact(outputs, old)
+
+        back_to_old_names()
+        run = dg.materialize(assets, selection=selection, instance=instance, resources=resources, tags=tags)
+        assert run.success
+        for key in keys:
+            metadata = _partition_metadata(instance, key)
+            assert metadata["reused_existing"] is True, key
+            assert metadata["output_path"] == str(output_path_for(outputs, key))
+        _assert_moved_intact(outputs, old)
+
+
+def test_old_named_results_move_on_an_fsspec_url(tmp_path, models_dir):
+    url = "memory://rdd-names/outputs"
+    memory = fsspec.filesystem("memory")
+    memory.store.clear()
+    images = tmp_path / "images"
+    _make_sources(images)
+    planner = _planner(tmp_path, url, models_dir)
+    try:
+        old = _old_deployment_outputs(images, url, planner)
+        tasks, _ = planner.plan(scan_folder(images))
+        summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+        assert {r.status for r in summary.results} == {"reused"}
+        for key, data in old.items():
+            assert location_bytes(f"{url}/{NEW_NAMES[key]}") == data
+        names = sorted(path.rsplit("/", 1)[-1] for path in memory.find("/rdd-names/outputs"))
+        assert names == sorted(NEW_NAMES.values())
+    finally:
+        memory.store.clear()
