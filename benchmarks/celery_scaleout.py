@@ -290,7 +290,8 @@ def multinode(
         keys = register_partitions({**shared, **launcher})
         result = {"step_storage": step_storage, "images": len(keys)}
         if step_storage == "unset":  # the run fails as definitions load: no worker needed
-            ((code, output),) = launch_runs(keys, {**shared, **launcher}, len(keys), cwd=launcher_cwd)
+            several_boxes = {"RANDOM_DIFFUSION_CELERY_BROKER": f"{REDIS}/{broker_db}"}  # a broker the boxes share
+            ((code, output),) = launch_runs(keys, {**shared, **launcher, **several_boxes}, len(keys), cwd=launcher_cwd)
             return {**result, "exit_code": code, "output": output[-4000:]}
         workers = [
             Worker(f"box-a-{broker_db}", "dagster", box_a, a_cwd),

@@ -10,6 +10,7 @@ from PIL import Image
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
 from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.checks import results_readable_on_disk
 from random_diffusion_dagster.engine.images import partition_key_for
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
@@ -214,3 +215,30 @@ def test_partition_preview_shows_source_beside_result_and_report_tables_are_tabl
     summary = report[0].metadata["summary"].value
     assert [c.name for c in summary.schema.columns][:2] == ["model", "images"]
     assert sum(record.data["images"] for record in summary.records) == len(keys)
+
+
+def test_the_check_in_a_diffusion_run_reads_that_runs_results_and_alone_reads_them_all(instance, project):
+    keys, _ = _diffuse_all(instance, project)
+    Path(project["output_dir"], output_file_name(keys[0])).unlink()  # a result lost after it was recorded
+    make_image(Path(project["images_dir"]) / "late.png", color=(90, 90, 10))
+    _materialize(instance, project, ["source_images"])
+    resources = _resources(project)
+    in_run = dg.materialize(
+        ALL_ASSETS + [results_readable_on_disk],
+        selection=dg.AssetSelection.assets("prompt_list", "model_catalog", "diffused_image")
+        | dg.AssetSelection.checks(results_readable_on_disk),
+        instance=instance,
+        resources=resources,
+        partition_key="late.png",
+    )
+    (evaluation,) = in_run.get_asset_check_evaluations()
+    assert evaluation.passed and evaluation.metadata["checked"].value == 1  # this run's one result, not all four
+    alone = dg.materialize(
+        ALL_ASSETS + [results_readable_on_disk],
+        selection=dg.AssetSelection.checks(results_readable_on_disk),
+        instance=instance,
+        resources=resources,
+    )
+    (evaluation,) = alone.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["checked"].value == len(keys) + 1
+    assert keys[0] in evaluation.metadata["partitions"].value

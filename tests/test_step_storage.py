@@ -76,5 +76,6 @@ def test_step_storage_keeps_urls_and_resolves_folders(monkeypatch, tmp_path):
 def test_several_machine_executors_need_step_storage(monkeypatch, executor):
     monkeypatch.delenv("RANDOM_DIFFUSION_STEP_STORAGE", raising=False)
     monkeypatch.setenv("RANDOM_DIFFUSION_EXECUTOR", executor)
+    monkeypatch.setenv("RANDOM_DIFFUSION_CELERY_BROKER", "redis://broker-host:6379/0")  # one the boxes share
     with pytest.raises(SettingError, match="set RANDOM_DIFFUSION_STEP_STORAGE to a folder or fsspec URL"):
         step_storage_location()
