@@ -352,15 +352,15 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
     }
 
 
-def start_daemon(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+def start_service(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    """A long-lived process of its own session (stopped with its children), its output in `log`."""
     return subprocess.Popen(
-        [tool("dagster-daemon"), "run", "-w", "workspace.yaml"],
-        cwd=cwd,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        command, cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def start_daemon(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    return start_service([tool("dagster-daemon"), "run", "-w", "workspace.yaml"], env, cwd, log)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -373,14 +373,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def start_worker(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
     """`random-diffusion worker`, as the README's warm path starts it; returns once Celery says it is ready."""
-    worker = subprocess.Popen(
-        [tool("random-diffusion"), "worker", "--loglevel", "INFO"],
-        cwd=cwd,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker = start_service([tool("random-diffusion"), "worker", "--loglevel", "INFO"], env, cwd, log)
     wait_for(lambda: " ready." in log.read_text() or worker.poll() is not None, 120, "the celery worker")
     if worker.poll() is not None:
         raise RuntimeError("celery worker did not start:\n" + log.read_text()[-3000:])

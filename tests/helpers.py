@@ -1,5 +1,9 @@
-"""Test helpers: small generated images and catalogs of the tiny models."""
+"""Test helpers: small generated images, catalogs of the tiny models, the orchestrated benchmark's quick mode."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -27,3 +31,21 @@ def make_image(path: Path, size=(80, 60), color=(200, 40, 40), mode="RGB") -> Pa
     known_extension = path.suffix.lower() in Image.registered_extensions()
     image.convert(mode).save(path, format=None if known_extension else "PNG")
     return path
+
+
+def orchestrated_quick(out: Path, images: int, sensor_images: int, *variants: str) -> dict:
+    """benchmarks/orchestrated_throughput.py on a few tiny images, with --quick (the path, not the timing)."""
+    command = [sys.executable, "benchmarks/orchestrated_throughput.py", "--tiny", "--size", "64", "--quick"]
+    command += ["--images", str(images), "--sensor-images", str(sensor_images), "--timeout", "300", "--out", str(out)]
+    for variant in variants:
+        command += ["--variant", variant]
+    completed = subprocess.run(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    return json.loads(out.read_text())

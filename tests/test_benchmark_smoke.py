@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import orchestrated_quick
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,32 +55,7 @@ def test_benchmark_runs_on_cpu_and_reports_every_field(tmp_path):
 
 def test_orchestrated_benchmark_backfills_through_the_daemon_and_reports_every_field(tmp_path):
     """A real daemon, a backfill of every partition and the sensor's pickup, on a few tiny images."""
-    out = tmp_path / "orchestrated.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/orchestrated_throughput.py",
-            "--tiny",
-            "--images",
-            "4",
-            "--sensor-images",
-            "2",
-            "--size",
-            "64",
-            "--quick",
-            "--timeout",
-            "240",
-            "--out",
-            str(out),
-        ],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results = orchestrated_quick(tmp_path / "orchestrated.json", 4, 2)
     for field in (
         "device",
         "images",

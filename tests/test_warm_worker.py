@@ -5,10 +5,6 @@ one-box `random-diffusion worker` (local SQLite broker, no service) under a real
 driven by benchmarks/orchestrated_throughput.py so the test runs what the benchmark measures.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,9 +15,8 @@ from random_diffusion_dagster.batching import partition_range_tags
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.settings import SettingError, celery_urls, keep_pipelines_loaded, step_storage_location
 
-from helpers import make_image, write_catalog
+from helpers import make_image, orchestrated_quick, write_catalog
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = [source_images, prompt_list, model_catalog, diffused_image]
 
 
@@ -86,34 +81,8 @@ def test_celery_on_one_box_needs_no_service_and_no_shared_storage(monkeypatch, t
 
 @pytest.mark.timeout(600)
 def test_backfill_and_sensor_on_the_one_box_celery_worker_load_each_model_once(tmp_path):
-    out = tmp_path / "warm.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/orchestrated_throughput.py",
-            "--tiny",
-            "--images",
-            "6",
-            "--sensor-images",
-            "3",
-            "--size",
-            "64",
-            "--quick",
-            "--timeout",
-            "300",
-            "--variant",
-            "executor=celery,resident=5,per_run=3",
-            "--out",
-            str(out),
-        ],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=560,
-    )
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
-    (warm,) = json.loads(out.read_text())["variants"]
+    result = orchestrated_quick(tmp_path / "warm.json", 6, 3, "executor=celery,resident=5,per_run=3")
+    (warm,) = result["variants"]
     assert warm["executor"] == "celery" and warm["runs"] == 2 and warm["images"] == 6
     models = 5  # the demo catalog; resident=5 keeps them all
     loads = warm["pipeline_loads"] + warm["sensor"]["pipeline_loads"]
