@@ -6,6 +6,8 @@
 #
 #   bash scripts/gpu_orchestrated.sh            # on the GPU machine, from the repository root, .whl carried
 #   IMAGES=16 SHAPES=tiny bash scripts/gpu_orchestrated.sh   # the same path on a CPU, in minutes
+# Knobs (environment): IMAGES (512), ENGINE_IMAGES (all), SENSOR_IMAGES (128), BUDGET_SECONDS (380: no variant
+# or sensor figure starts later), BENCH_SECONDS (540: the benchmark is stopped then), SHAPES (full), RESULTS.
 #
 # The wheels (.whl/, git-ignored) are the project's dependencies for Python 3.12 minus what the machine
 # has (torch, transformers, numpy...); .whl/fallback holds newer protobuf, grpcio, click, typing-extensions
@@ -32,6 +34,7 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_
 # The headline: the warm path (README "One GPU, warm"); then the project's defaults while time is left.
 timeout "${BENCH_SECONDS:-540}" $PYTHON benchmarks/orchestrated_throughput.py \
     --model-shapes "$SHAPES" --images "$IMAGES" --sensor-images "${SENSOR_IMAGES:-128}" \
+    ${ENGINE_IMAGES:+--engine-images "$ENGINE_IMAGES"} \
     --budget-seconds "${BUDGET_SECONDS:-380}" --settle-seconds 5 \
     --variant executor=celery,resident=4,per_run=128 --variant "" \
     --out "$RESULTS/orchestrated-gpu.json" >"$RESULTS/orchestrated-gpu.log" 2>&1
