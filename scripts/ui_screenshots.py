@@ -51,6 +51,19 @@ VIEWPORT = {"width": 1400, "height": 900}
 MAX_BYTES = 300_000
 PARTITION = "coffee.jpg"
 GRAPH_ZOOM_STEPS = 2
+GRAPH_HEIGHT = 1100  # the zoomed-in graph, all three groups, is about 900 px tall
+GRAPH_ASSETS = (
+    "prompts_file",
+    "models_file",
+    "image_file",
+    "prompt_list",
+    "model_catalog",
+    "source_images",
+    "diffused_image",
+    "diffusion_report",
+    "model_comparison",
+    "comparison_report",
+)
 SUBMITTED_PROMPTS = ["a watercolor of a quiet harbour at dawn", "a linocut print, bold black lines"]
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -247,29 +260,42 @@ def take_screenshots(sync_playwright, chromium: str, base_url: str, run_id: str,
             page = shooter.page
 
             # 1. The global asset graph, every group expanded, the asset tree folded away for room.
-            shooter.open("/asset-groups?expanded=global%40global%3Adiffusion%2Cglobal%40global%3Ainputs")
+            shooter.open(
+                "/asset-groups?expanded=global%40global%3Adiffusion%2Cglobal%40global%3Ainputs"
+                "%2Cglobal%40global%3Acomparison",
+                height=GRAPH_HEIGHT,
+            )
             page.get_by_role("button", name="Hide navigation").click()
             page.locator("button:has([aria-label='panel_show_right'])").first.click()  # fold the asset tree
             page.wait_for_timeout(1500)
+
+            def graph_box() -> tuple[float, float, float, float]:
+                """Left, top, right, bottom of the asset names: the whole graph is around them."""
+                boxes = [page.get_by_text(name, exact=True).first.bounding_box() for name in GRAPH_ASSETS]
+                return (
+                    min(box["x"] for box in boxes),
+                    min(box["y"] for box in boxes),
+                    max(box["x"] + box["width"] for box in boxes),
+                    max(box["y"] + box["height"] for box in boxes),
+                )
+
             # Zoom in around the graph's middle until the nodes show their details (status, partitions).
-            left = page.get_by_text("source_images", exact=True).first.bounding_box()
-            right = page.get_by_text("diffusion_report", exact=True).first.bounding_box()
-            page.mouse.move((left["x"] + right["x"] + right["width"]) / 2, (left["y"] + right["y"]) / 2 + 40)
+            left, top, right, bottom = graph_box()
+            page.mouse.move((left + right) / 2, (top + bottom) / 2)
             for _ in range(GRAPH_ZOOM_STEPS):
                 page.keyboard.down("Control")
                 page.mouse.wheel(0, -100)
                 page.keyboard.up("Control")
                 page.wait_for_timeout(300)
             page.wait_for_timeout(1000)
-            # Then drag the canvas so the whole graph sits in the middle of the view.
-            left = page.get_by_text("source_images", exact=True).first.bounding_box()
-            right = page.get_by_text("diffusion_report", exact=True).first.bounding_box()
-            canvas = page.get_by_text("prompts_file", exact=True).first.bounding_box()  # bottom row, left column
-            graph_middle = ((left["x"] - 40 + right["x"] + right["width"] + 170) / 2, (left["y"] + canvas["y"]) / 2)
-            view_middle = (VIEWPORT["width"] / 2 + 30, VIEWPORT["height"] / 2 + 50)
-            page.mouse.move(1100, 820)
+            # Then drag the canvas so the whole graph sits in the middle of the view. Zoomed in, a name is at
+            # its node's top left: the groups reach about 30 px left, 80 up, 215 right and 135 down of them.
+            left, top, right, bottom = graph_box()
+            graph_middle = ((left - 30 + right + 215) / 2, (top - 80 + bottom + 135) / 2)
+            view_middle = ((68 + VIEWPORT["width"] - 60) / 2, (110 + GRAPH_HEIGHT) / 2)  # less the side and top bars
+            page.mouse.move(1250, 200)
             page.mouse.down()
-            page.mouse.move(1100 + view_middle[0] - graph_middle[0], 820 + view_middle[1] - graph_middle[1], steps=10)
+            page.mouse.move(1250 + view_middle[0] - graph_middle[0], 200 + view_middle[1] - graph_middle[1], steps=10)
             page.mouse.up()
             page.wait_for_timeout(1000)
             shooter.shot("01_asset_graph")
