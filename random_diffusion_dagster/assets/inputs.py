@@ -120,7 +120,7 @@ def prompt_list(
         dataset,
         config.prompt_list,
         context.run.tags.get(SUBMITTED_BY_TAG),
-        context.run_id,
+        context.run.run_id,
         use_prompts_file=config.use_prompts_file,
     )
     # Every line parsed and every wildcard found now, so a broken template fails here, before any image.
