@@ -31,11 +31,12 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
     assert defs.resolve_sensor_def("new_images_sensor") and defs.resolve_schedule_def("catch_up_schedule")
 
 
-def test_loading_definitions_imports_no_torch_diffusers_or_transformers():
+def test_loading_definitions_imports_no_torch_diffusers_transformers_or_pandas():
+    # Every run process, sensor tick and code server loads the definitions: pandas alone costs ~0.3 s there.
     code = (
         "import sys, random_diffusion_dagster.definitions, random_diffusion_dagster.sensors, "
         "random_diffusion_dagster.schedules;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers', 'pandas')))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"

@@ -13,8 +13,8 @@ import io
 import itertools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
@@ -23,6 +23,9 @@ from .images import partition_key_for, square_tile
 from .plan import ImageTask
 from .results import ResultRecord, output_path_for
 from .storage import location, write_bytes_atomic
+
+if TYPE_CHECKING:  # pandas costs 0.3 s of import: keep it out of definition loading
+    import pandas as pd
 
 COMPARISONS_DIR = "comparisons"
 GRID_FILE = "grid.png"
@@ -162,6 +165,8 @@ def write_grid(grid: Grid, path: str | os.PathLike) -> None:
 
 def model_summary(records: list[ResultRecord], cells: dict[str, int]) -> pd.DataFrame:
     """Per model over the compared images: cells, images, mean inference and load seconds, peak memory."""
+    import pandas as pd
+
     columns = [
         "model",
         "inference_seconds",

@@ -7,14 +7,17 @@ import io
 import os
 import textwrap
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
 from .images import square_tile
 from .results import FailureRecord, ResultRecord, output_file_name, read_failure, read_record, result_path
 from .storage import location, write_bytes_atomic
+
+if TYPE_CHECKING:  # pandas costs 0.3 s of import: keep it out of definition loading
+    import pandas as pd
 
 SUMMARY_COLUMNS = [
     "model",
@@ -50,6 +53,8 @@ class Report:
 
 def build_report(output_dir: str | os.PathLike, keys: list[str], images_dir: str | os.PathLike) -> Report:
     """Read every partition's result record and failure file; write summary.csv and contact_sheet.png."""
+    import pandas as pd
+
     output_dir = location(output_dir)
     records: list[ResultRecord] = []
     failures: list[FailureRecord] = []
@@ -76,6 +81,8 @@ def build_report(output_dir: str | os.PathLike, keys: list[str], images_dir: str
 
 def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.DataFrame:
     """One row per model: count, mean and p95 inference seconds, peak GPU memory, failures."""
+    import pandas as pd
+
     columns = ["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb"]
     frame = pd.DataFrame([[getattr(r, c) for c in columns] for r in records], columns=columns)
     frame[columns[1:]] = frame[columns[1:]].astype(float)  # typed even when empty, so quantiles work
