@@ -14,6 +14,7 @@ from .engine.prompts import load_prompts
 from .settings import env_choices, env_int, env_path, keep_pipelines_loaded
 
 if TYPE_CHECKING:  # the runner imports torch-adjacent code; keep it out of definition loading
+    from .engine.pipelines import PipelineCache
     from .engine.runner import RunSummary
 
 
@@ -82,7 +83,7 @@ def _compile_from_env(part: str) -> bool:
 
 
 # Pipelines kept by this process between steps (keep_loaded): one cache per engine setting.
-_KEPT_CACHES: dict[tuple, object] = {}
+_KEPT_CACHES: dict[tuple, PipelineCache] = {}
 
 
 class DiffusionEngineResource(dg.ConfigurableResource):
@@ -164,7 +165,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             self.compile_vae,
         )
 
-    def _new_cache(self):
+    def _new_cache(self) -> PipelineCache:
         from .engine.pipelines import PipelineCache, Speedups
 
         if self.torch_threads:
