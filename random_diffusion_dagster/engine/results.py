@@ -33,7 +33,6 @@ class ResultRecord:
     """How one result image was made, as stored in its PNG. Fields a partition shows are marked."""
 
     key: str
-    fingerprint: str = _partition()
     prompt: str = _partition()
     model: str = _partition()
     seed: int = _partition()
@@ -54,6 +53,7 @@ class ResultRecord:
     batch_size: int = _partition()
     fallback: str = _partition()
     safety_checker: str = _partition()
+    fingerprint: str = _partition()  # last of the required ones: a partition page opens on the prompt, not a hash
     prompt_truncated: bool | None = _partition(default=None)  # absent in records written before it existed
     prompt_template: str | None = _partition(default=None)  # the prompt list's line, when it was a template
     negative_prompt: str = ""
