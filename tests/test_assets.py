@@ -26,24 +26,28 @@ def instance():
         yield instance
 
 
-def _resources(project, **dataset):
-    return {"dataset": DatasetResource(**{**project, **dataset}), "engine": DiffusionEngineResource(device="cpu")}
+def _resources(project, engine=None, **dataset):
+    return {
+        "dataset": DatasetResource(**{**project, **dataset}),
+        "engine": engine or DiffusionEngineResource(device="cpu"),
+    }
 
 
-def _materialize(instance, project, selection, tags=None, run_config=None, **dataset):
+def _materialize(instance, project, selection, tags=None, run_config=None, engine=None, **dataset):
     return dg.materialize(
         ALL_ASSETS,
         selection=selection,
         instance=instance,
-        resources=_resources(project, **dataset),
+        resources=_resources(project, engine, **dataset),
         tags=tags or {},
         run_config=run_config,
         raise_on_error=False,
     )
 
 
-def _diffuse_all(instance, project, run_config=None, **dataset):
-    _materialize(instance, project, ["source_images"], **dataset)
+def _diffuse_all(instance, project, run_config=None, engine=None, **dataset):
+    """Register the images, then one ranged run over every partition (as a backfill's run)."""
+    _materialize(instance, project, ["source_images"], engine=engine, **dataset)
     keys = instance.get_dynamic_partitions("images")
     result = _materialize(
         instance,
@@ -51,6 +55,7 @@ def _diffuse_all(instance, project, run_config=None, **dataset):
         ["prompt_list", "model_catalog", "diffused_image"],
         tags=partition_range_tags(keys[0], keys[-1]),
         run_config=run_config,
+        engine=engine,
         **dataset,
     )
     return keys, result
