@@ -42,7 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from random_diffusion_dagster.demo.models import byte_level_vocab  # noqa: E402
+from random_diffusion_dagster.demo.models import byte_level_vocab, img2img_pipeline  # noqa: E402
 from random_diffusion_dagster.engine.catalog import parse_catalog  # noqa: E402
 from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups  # noqa: E402
 from random_diffusion_dagster.engine.runner import generate  # noqa: E402
@@ -133,16 +133,7 @@ def build_models(shapes: dict, root: Path, device: str, count: int = 4) -> list[
         with torch.device(device):
             torch.manual_seed(100 + index)
             unet = diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
-        pipeline = diffusers.StableDiffusionImg2ImgPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipeline = img2img_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
         folder = root / f"sd15-shaped-{index}"
         pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
         folders.append(folder)

@@ -140,7 +140,13 @@ def build_tiny_pipeline(recipe: TinyModelRecipe):
     for name, value in {"clip_sample": False, "skip_prk_steps": True, "set_alpha_to_one": False}.items():
         if name in accepted:
             scheduler_settings[name] = value
-    scheduler = scheduler_class(**scheduler_settings)
+    return img2img_pipeline(vae, text_encoder, tokenizer, unet, scheduler_class(**scheduler_settings))
+
+
+def img2img_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    """An SD img2img pipeline of built components, without a safety checker (these weights draw nothing real)."""
+    import diffusers
+
     return diffusers.StableDiffusionImg2ImgPipeline(
         vae=vae,
         text_encoder=text_encoder,
