@@ -2,7 +2,7 @@
 
 `run` does the whole job on this machine; `compare` shows what every catalog model makes of chosen
 images; `submit` sends it to a running deployment; `ui` starts
-the Dagster UI with its daemon; `build-demo-models` writes the tiny offline models the tests use.
+the Dagster UI with its daemon, `daemon` the daemon alone, `worker` a Celery GPU worker; `build-demo-models` writes the tiny offline models the tests use.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dagster as dg
 
 from .batching import MAX_PARTITIONS_PER_RUN, partition_range_tags, partition_ranges
 from .prompt_sets import submission_tags
-from .settings import PROJECT_ROOT
+from .settings import PROJECT_ROOT, SettingError
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -206,6 +206,13 @@ def ui_command(args: argparse.Namespace) -> int:
     return serve_ui(args.host, args.port, args.workspace)
 
 
+def daemon_command(args: argparse.Namespace) -> int:
+    from .daemon import main as run_daemon
+
+    run_daemon(["-w", args.workspace])
+    return 0
+
+
 def worker_command(args: argparse.Namespace) -> int:
     """A Celery worker for this machine's GPU: steps of RANDOM_DIFFUSION_EXECUTOR=celery runs execute in it, and it
     keeps their pipelines loaded from one run to the next. Celery's own CLI with dagster-celery's app, configured
@@ -385,6 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)")
     ui.set_defaults(handler=ui_command)
 
+    daemon_help = (
+        "run Dagster's daemon (sensors, schedules, the run queue, backfills) without the UI; it picks up new "
+        "backfills every RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 5; Dagster's own daemon: 30)"
+    )
+    daemon = commands.add_parser("daemon", help=daemon_help, description=daemon_help)
+    daemon.add_argument(
+        "-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)"
+    )
+    daemon.set_defaults(handler=daemon_command)
+
     worker = commands.add_parser(
         "worker",
         help="run a GPU worker for RANDOM_DIFFUSION_EXECUTOR=celery; it keeps pipelines loaded between runs",
@@ -403,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.set_defaults(handler=worker_command)
 
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except SettingError as error:
+        parser.exit(2, f"random-diffusion {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

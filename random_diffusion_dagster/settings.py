@@ -55,6 +55,11 @@ def max_partitions_per_run() -> int:
     return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", 32, minimum=1)
 
 
+def backfill_interval_seconds() -> int:
+    """Seconds between `random-diffusion daemon`'s looks for requested backfills (Dagster's own daemon: 30)."""
+    return env_int("RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS", 5, minimum=1)
+
+
 EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
 SEVERAL_MACHINES = ("celery", "k8s")  # executors whose steps may run on other machines or pods
 STEP_STORAGE_VARIABLE = "RANDOM_DIFFUSION_STEP_STORAGE"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -311,7 +310,7 @@ def _answers(url: str) -> bool:
 
 
 def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
-    """Guarded webserver plus `dagster-daemon run` on one instance, like `dagster dev`; stop both on Ctrl-C.
+    """Guarded webserver plus Dagster's daemon (random_diffusion_dagster.daemon) on one instance, like `dagster dev`; stop both on Ctrl-C.
 
     Both children get DAGSTER_HOME: the user's, else the project folder, whose dagster.yaml keeps history
     in ./.dagster. The daemon's routine per-tick lines are dropped (DaemonOutput); once the UI answers, one
@@ -322,8 +321,10 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     from dagster_shared.ipc import get_ipc_shutdown_pipe, open_ipc_subprocess, send_ipc_shutdown_message
 
     from .cli import _instance_home, project_instance
+    from .settings import backfill_interval_seconds
 
-    allowed_origins_from_env()  # fail here, not in the child
+    allowed_origins_from_env()  # fail here, not in a child
+    backfill_interval_seconds()
     home = _instance_home().resolve()
     instance = project_instance()  # creates storage once, before two children race to; chdirs to the project
     history = history_location(instance, home)
@@ -349,7 +350,7 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     )
     os.close(read_fd)
     daemon = subprocess.Popen(
-        [_dagster_daemon(), "run", "-w", workspace],
+        [sys.executable, "-m", "random_diffusion_dagster.daemon", "-w", workspace],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -382,19 +383,13 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
         except OSError:
             pass  # the webserver is gone already
         if daemon.poll() is None:
-            daemon.send_signal(signal.SIGINT)  # `dagster-daemon run` stops its daemons cleanly on Ctrl-C
+            daemon.send_signal(signal.SIGINT)  # Dagster's daemon command stops its daemons cleanly on Ctrl-C
         for process in children.values():
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
     return exit_code
-
-
-def _dagster_daemon() -> str:
-    """The `dagster-daemon` script installed beside this Python (a venv's bin/), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dagster-daemon"
-    return str(beside) if beside.is_file() else (shutil.which("dagster-daemon") or "dagster-daemon")
 
 
 def _interrupt(signum, frame):

@@ -1,6 +1,7 @@
-"""End to end: a real dagster-webserver and dagster-daemon on loopback, driven over GraphQL.
+"""End to end: a real dagster-webserver and `random-diffusion daemon` on loopback, driven over GraphQL.
 
-Covers the sensor registering and materializing images, `random-diffusion submit --wait`,
+Covers the sensor registering and materializing images, backfills launched as the UI does,
+`random-diffusion submit --wait`,
 per-partition metadata read back over GraphQL, the `gpu` pool keeping runs apart, and a
 run whose process is killed mid-batch being marked failed and retried.
 """
@@ -76,7 +77,7 @@ def deployment(tmp_path_factory, models_dir):
             start_new_session=True,
         ),
         subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            [str(BIN / "random-diffusion"), "daemon", "-w", "workspace.yaml"],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=logs["daemon"],
@@ -243,6 +244,39 @@ def _materialized_partitions(url):
         "{ ... on AssetNode { assetMaterializations(limit: 100) { partition } } } }"
     )
     return Deployment(url).query(query, {})["assetNodeOrError"]["assetMaterializations"]
+
+
+LAUNCH_BACKFILL_MUTATION = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def test_a_backfill_from_the_ui_gets_its_run_within_seconds(deployment):
+    """Dagster's own daemon looks for new backfills every 30 s; `random-diffusion daemon` every 5 s. A backfill
+    requested just after the daemon picked up the previous one would wait about 30 s for Dagster's next look."""
+    url = deployment["url"]
+    client = Deployment(url)
+
+    def launch() -> str:
+        params = {"partitionNames": ["start0.png"], "assetSelection": [{"path": ["diffused_image"]}]}
+        result = client.query(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        return result["backfillId"]
+
+    def runs_of(backfill_id: str) -> list[dict]:
+        return [run for run in _runs(url) if {"key": "dagster/backfill", "value": backfill_id} in run["tags"]]
+
+    first = launch()
+    wait_for(lambda: runs_of(first), 120, "the first backfill's run", interval=0.5)
+    requested = time.monotonic()
+    second = launch()
+    wait_for(lambda: runs_of(second), 120, "the second backfill's run", interval=0.5)
+    assert time.monotonic() - requested < 15
 
 
 def test_two_runs_never_overlap_on_the_gpu_pool(deployment):

@@ -231,9 +231,9 @@ def test_ui_terminal_says_where_ui_and_history_are_and_not_each_tick(ui):
     assert f"Serving dagster-webserver on {ui['url']}" in output
     assert "Checking for new runs for sensor" not in output and "skipped: Sensor function returned" not in output
     assert "auto-materialization tick" not in output
-    # The daemon is the public `dagster-daemon run`, on the instance DAGSTER_HOME names.
+    # The daemon is Dagster's daemon command with the shorter backfill loop, on the instance DAGSTER_HOME names.
     commands = _process_group_commands(ui["pid"])
-    assert any("dagster-daemon run -w workspace.yaml" in command for command in commands), commands
+    assert any("-m random_diffusion_dagster.daemon -w workspace.yaml" in command for command in commands), commands
     assert not any("-m dagster._daemon" in command for command in commands), commands
 
 
