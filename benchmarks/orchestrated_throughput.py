@@ -11,9 +11,10 @@ pool, run monitoring and retries; storage under that home, as tests/test_deploym
 2. times the bare engine on the same images in a fresh process (`run_tasks`, `PipelineCache`, `Planner`),
    reported with and without that process's start and imports;
 3. registers the images (`dagster asset materialize --select source_images,prompt_list,model_catalog`), starts
-   `random-diffusion daemon` (Dagster's daemon; new backfills picked up every 5 s), and requests a backfill of every `diffused_image` partition, as the UI's
-   "Materialize all" does (`PartitionBackfill.from_asset_partitions` + `instance.add_backfill`, what the
-   webserver's `launchPartitionBackfill` mutation calls); waits for the last materialization;
+   `random-diffusion daemon` (Dagster's daemon; new backfills picked up every 5 s), and requests a backfill of
+   every `diffused_image` partition, as the UI's "Materialize all" does (`PartitionBackfill.from_asset_partitions`
+   + `instance.add_backfill`, what the webserver's `launchPartitionBackfill` mutation calls); waits for the last
+   materialization;
 4. drops N more images into the folder and waits until `new_images_sensor` has had them all materialized.
 
 Each variant (--variant, e.g. `executor=multiprocess,per_run=32,dequeue=5`) gets a fresh home, outputs and daemon;

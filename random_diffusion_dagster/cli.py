@@ -1,8 +1,8 @@
 """`random-diffusion`: diffuse a folder of images with prompts and models drawn at random, from a terminal.
 
 `run` does the whole job on this machine; `compare` shows what every catalog model makes of chosen
-images; `submit` sends it to a running deployment; `ui` starts
-the Dagster UI with its daemon, `daemon` the daemon alone, `worker` a Celery GPU worker; `build-demo-models` writes the tiny offline models the tests use.
+images; `submit` sends it to a running deployment; `ui` starts the Dagster UI with its daemon, `daemon`
+the daemon alone, `worker` a Celery GPU worker; `build-demo-models` writes the tiny offline models the tests use.
 """
 
 from __future__ import annotations

@@ -310,7 +310,9 @@ def _answers(url: str) -> bool:
 
 
 def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
-    """Guarded webserver plus Dagster's daemon (random_diffusion_dagster.daemon) on one instance, like `dagster dev`; stop both on Ctrl-C.
+    """Guarded webserver plus Dagster's daemon (`random-diffusion daemon`) on one instance, like `dagster dev`.
+
+    Ctrl-C or SIGTERM stops both.
 
     Both children get DAGSTER_HOME: the user's, else the project folder, whose dagster.yaml keeps history
     in ./.dagster. The daemon's routine per-tick lines are dropped (DaemonOutput); once the UI answers, one
