@@ -1,8 +1,8 @@
 """Splitting partitions into ranged runs: the one place that decides how many images a run covers.
 
-Each run pays process start, imports and model loads once, so bigger runs are cheaper,
-while a failure redoes less when smaller. Ranged runs cover consecutive partitions
-(in insertion order), which is what Dagster's range tags and backfill policy accept.
+Each run pays process start, imports and model loads once, so bigger runs are cheaper, while smaller
+ones show their results in Dagster sooner (a run records them when its step ends). Ranged runs cover
+consecutive partitions (in insertion order), which is what Dagster's range tags and backfill policy accept.
 """
 
 from __future__ import annotations

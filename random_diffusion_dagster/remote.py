@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from .batching import partition_ranges
+from .batching import MAX_PARTITIONS_PER_RUN, partition_ranges
 from .engine.prompts import require_prompts
 from .prompt_sets import submission_tags
 
@@ -190,7 +190,11 @@ class Deployment:
         return result["partitionKeys"]
 
     def submit(
-        self, prompts: list[str] | None, seed: int | None, images: list[str] | None, max_per_run: int = 32
+        self,
+        prompts: list[str] | None,
+        seed: int | None,
+        images: list[str] | None,
+        max_per_run: int = MAX_PARTITIONS_PER_RUN,
     ) -> list[str]:
         """Launch runs covering `images` (default: every partition); return their run ids."""
         if prompts is not None:
