@@ -12,6 +12,7 @@
 # The wheels (.whl/, git-ignored) are the project's dependencies for Python 3.12 minus what the machine
 # has (torch, transformers, numpy...); .whl/fallback holds newer protobuf, grpcio, click, typing-extensions
 # and python-dateutil than the machine may have (dagster's gRPC health check needs grpcio >= 1.81.1).
+# scripts/gpu_wheels.sh rebuilds them here, at the versions in .venv.
 set -u
 RESULTS=${RESULTS:-${OUT:-/tmp/gpu-results}}
 IMAGES=${IMAGES:-512}
