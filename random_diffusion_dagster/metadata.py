@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -26,6 +27,38 @@ def partition_metadata(result: ImageResult) -> dict:
     metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
     return metadata
+
+
+def record_partition_metadata(context: dg.AssetExecutionContext, metadata_by_partition: Mapping[str, dict]) -> None:
+    """Give each partition of the run's range its own materialization metadata, reading the partition list once.
+
+    Dagster's `add_asset_metadata(partition_key=...)` checks the key against the run's range by reading every
+    key of the dynamic partitions from storage, and two more lookups, on each call: a run of 128 partitions with
+    100,000 images registered read 12.8 million keys. The instance serves those reads from one read while the
+    metadata is added (the keys of a running range cannot be deleted from under it).
+    """
+    instance = context.instance
+    read_keys = type(instance).get_dynamic_partitions
+    keys_by_name: dict[str, list[str]] = {}
+    known_by_name: dict[str, set[str]] = {}
+
+    def get_dynamic_partitions(partitions_def_name: str) -> list[str]:
+        if partitions_def_name not in keys_by_name:
+            keys_by_name[partitions_def_name] = list(read_keys(instance, partitions_def_name))
+        return keys_by_name[partitions_def_name]
+
+    def has_dynamic_partition(partitions_def_name: str, partition_key: str) -> bool:
+        if partitions_def_name not in known_by_name:
+            known_by_name[partitions_def_name] = set(get_dynamic_partitions(partitions_def_name))
+        return partition_key in known_by_name[partitions_def_name]
+
+    instance.get_dynamic_partitions = get_dynamic_partitions
+    instance.has_dynamic_partition = has_dynamic_partition
+    try:
+        for partition_key, metadata in metadata_by_partition.items():
+            context.add_asset_metadata(metadata, partition_key=partition_key)
+    finally:
+        del instance.get_dynamic_partitions, instance.has_dynamic_partition
 
 
 RUN_TAG_PREFIX = "random_diffusion/"

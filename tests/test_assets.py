@@ -128,6 +128,42 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
     assert all("generated" not in m and "pipeline_loads" not in m for m in per_partition.values())
 
 
+def test_a_run_reads_the_registered_partitions_a_fixed_number_of_times_however_many_it_covers(
+    instance, project, monkeypatch
+):
+    """Dagster's per-partition metadata call reads every registered key each time: with 100,000 images registered,
+    a run of 128 would read 12.8 million keys. A run reads them as often for 15 partitions as for 3."""
+    for index in range(12):
+        make_image(Path(project["images_dir"]) / f"extra{index:02d}.png", color=(10 * index, 90, 160))
+    _materialize(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    reads_by_run_size = {}
+    for covered in (keys[:3], keys):
+        reads = []
+        with monkeypatch.context() as patch:
+            for name in ("get_dynamic_partitions", "has_dynamic_partition"):
+                patch.setattr(dg.DagsterInstance, name, _counted(getattr(dg.DagsterInstance, name), reads))
+            result = _materialize(
+                instance,
+                project,
+                ["prompt_list", "model_catalog", "diffused_image"],
+                tags=partition_range_tags(covered[0], covered[-1]),
+            )
+        assert result.success
+        reads_by_run_size[len(covered)] = len(reads)
+    assert reads_by_run_size[3] == reads_by_run_size[15], reads_by_run_size
+    assert instance.get_materialized_partitions(dg.AssetKey("diffused_image")) == set(keys)
+    assert all(_partition_metadata(instance, key)["output_path"].endswith(output_file_name(key)) for key in keys)
+
+
+def _counted(method, calls: list):
+    def counted(self, *args, **kwargs):
+        calls.append(method.__name__)
+        return method(self, *args, **kwargs)
+
+    return counted
+
+
 def test_same_seed_reproduces_pixels_and_a_new_seed_rerolls(instance, project):
     keys, _ = _diffuse_all(instance, project)
     first = {

@@ -25,7 +25,7 @@ from ..engine.comparison import (
 from ..engine.images import thumbnail_data_uri
 from ..engine.results import read_record
 from ..file_versions import IMAGE_FILES
-from ..metadata import partition_metadata, run_figures, table
+from ..metadata import partition_metadata, record_partition_metadata, run_figures, table
 from ..partitions import comparison_partitions, images_partitions, models_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -119,8 +119,7 @@ def model_comparison(
             finished[key] = _cell_metadata(cell_results, variants)
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if not failures:
-        for key, metadata in finished.items():
-            context.add_asset_metadata(metadata, partition_key=key)
+        record_partition_metadata(context, finished)
         return dg.MaterializeResult()
     for key, metadata in finished.items():  # a failing step records none of its partitions: record these first
         context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata))

@@ -5,7 +5,7 @@ import dagster as dg
 from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
 from ..file_versions import IMAGE_FILES, report_what_was_read, version_event
-from ..metadata import partition_metadata, run_figures
+from ..metadata import partition_metadata, record_partition_metadata, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -55,8 +55,7 @@ def diffused_image(
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if not failures:
-        for result in finished:
-            context.add_asset_metadata(partition_metadata(result), partition_key=result.task.key)
+        record_partition_metadata(context, {result.task.key: partition_metadata(result) for result in finished})
         return dg.MaterializeResult()
     # A failing step records none of its partitions, so the finished ones are reported one by one
     # first: Dagster's record then agrees with the disk.

@@ -1,0 +1,111 @@
+"""What a run of 128 images pays for the images registered beside it (Dagster's bookkeeping, not the engine's).
+
+    python benchmarks/registered_partitions.py --registered 0 10000 100000 \
+        --out benchmarks/results/registered-partitions-cpu.json
+
+For each count, in a fresh process (the definitions read the folders once): a fresh SQLite instance
+(DAGSTER_HOME in a temporary folder), 128 generated images registered by `source_images`, that many more
+`images` partitions registered after them (no file behind them), then one ranged run of `diffused_image` over
+the 128 in this process with the demo catalog (data/models.yaml, 128 px).
+From the run's event log: the step's seconds before the first model load (inputs, reading sources, version
+events), after the last batch until its output (waiting for PNG writes, per-partition metadata), recording
+the 128 materializations, and the run's wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from orchestrated_throughput import BATCH_LINE, LOAD_LINE, make_images  # noqa: E402
+
+IMAGES = 128
+
+
+def measure(registered: int, root: Path) -> dict:
+    import dagster as dg
+
+    home = root / f"home-{registered}"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    make_images(root / f"images-{registered}", IMAGES, 128, "img", seed=1)
+    os.environ.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "RANDOM_DIFFUSION_IMAGES_DIR": str(root / f"images-{registered}"),
+            "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / f"outputs-{registered}"),
+        }
+    )
+    from random_diffusion_dagster.batching import partition_range_tags
+    from random_diffusion_dagster.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.DagsterInstance.get() as instance:
+        inputs = {dg.AssetKey(name) for name in ("source_images", "prompt_list", "model_catalog")}
+        job.get_subset(asset_selection=inputs).execute_in_process(instance=instance)
+        keys = instance.get_dynamic_partitions("images")
+        assert len(keys) == IMAGES, len(keys)
+        # Registered after the run's images (source_images would drop partitions whose file is missing).
+        instance.add_dynamic_partitions("images", [f"elsewhere-{i:06d}.png" for i in range(registered)])
+        diffuse = job.get_subset(asset_selection={dg.AssetKey("diffused_image")}, asset_check_selection=set())
+        started = time.perf_counter()
+        result = diffuse.execute_in_process(instance=instance, tags=partition_range_tags(keys[0], keys[-1]))
+        wall = time.perf_counter() - started
+        assert result.success
+        step_start = first_load = last_batch = output = None
+        materialized = []
+        for entry in instance.all_logs(result.run_id):
+            event, message = entry.dagster_event, entry.user_message or ""
+            if event is None:
+                if LOAD_LINE.search(message) and first_load is None:
+                    first_load = entry.timestamp - float(LOAD_LINE.search(message).group(1))
+                if BATCH_LINE.search(message):
+                    last_batch = entry.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_START:
+                step_start = entry.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
+                output = entry.timestamp
+            elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                materialized.append(entry.timestamp)
+    return {
+        "registered_elsewhere": registered,
+        "images": IMAGES,
+        "step_start_to_first_load_seconds": round(first_load - step_start, 2),
+        "last_batch_to_output_seconds": round(output - last_batch, 2),
+        "recording_materializations_seconds": round(max(materialized) - output, 2),
+        "run_wall_seconds": round(wall, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registered", type=int, nargs="+", default=[0, 10_000, 100_000])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child: measure --registered[0] under this root
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.registered[0], args.one)))
+        return 0
+    env = {**os.environ, "RANDOM_DIFFUSION_TORCH_THREADS": os.environ.get("RANDOM_DIFFUSION_TORCH_THREADS", "1")}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for registered in args.registered:
+            child = [sys.executable, __file__, "--registered", str(registered), "--one", folder]
+            output = subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(output.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "runs": rows}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
