@@ -9,7 +9,8 @@ For each count, in a fresh process (the definitions read the folders once): a fr
 the 128 in this process with the demo catalog (data/models.yaml, 128 px).
 From the run's event log: the step's seconds before the first model load (inputs, reading sources, version
 events), after the last batch until its output (waiting for PNG writes, per-partition metadata), recording
-the 128 materializations, and the run's wall.
+the 128 materializations, and the run's wall. `--postgres-url` runs it on PostgreSQL instead (the database is
+wiped), where DAGSTER_EVENT_BATCH_SIZE in the environment lets Dagster write a step's materializations in batches.
 """
 
 from __future__ import annotations
@@ -29,12 +30,22 @@ from orchestrated_throughput import BATCH_LINE, LOAD_LINE, make_images  # noqa: 
 IMAGES = 128
 
 
-def measure(registered: int, root: Path) -> dict:
+def instance_yaml(postgres_url: str | None) -> str:
+    if not postgres_url:
+        return "telemetry:\n  enabled: false\n"
+    return (
+        "storage:\n  custom:\n    module: random_diffusion_dagster.postgres_storage\n"
+        f"    class: Psycopg2PostgresStorage\n    config:\n      postgres_url: {postgres_url}\n"
+        "telemetry:\n  enabled: false\n"
+    )
+
+
+def measure(registered: int, root: Path, postgres_url: str | None) -> dict:
     import dagster as dg
 
     home = root / f"home-{registered}"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(instance_yaml(postgres_url))
     make_images(root / f"images-{registered}", IMAGES, 128, "img", seed=1)
     os.environ.update(
         {
@@ -48,6 +59,7 @@ def measure(registered: int, root: Path) -> dict:
 
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
+        instance.wipe()  # a PostgreSQL database is reused from one count to the next
         inputs = {dg.AssetKey(name) for name in ("source_images", "prompt_list", "model_catalog")}
         job.get_subset(asset_selection=inputs).execute_in_process(instance=instance)
         keys = instance.get_dynamic_partitions("images")
@@ -75,6 +87,8 @@ def measure(registered: int, root: Path) -> dict:
             elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
                 materialized.append(entry.timestamp)
     return {
+        "storage": "postgresql" if postgres_url else "sqlite",
+        "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", ""),
         "registered_elsewhere": registered,
         "images": IMAGES,
         "step_start_to_first_load_seconds": round(first_load - step_start, 2),
@@ -88,16 +102,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registered", type=int, nargs="+", default=[0, 10_000, 100_000])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--postgres-url", help="an empty PostgreSQL database to use instead of SQLite (it is wiped)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # child: measure --registered[0] under this root
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.registered[0], args.one)))
+        print(json.dumps(measure(args.registered[0], args.one, args.postgres_url)))
         return 0
     env = {**os.environ, "RANDOM_DIFFUSION_TORCH_THREADS": os.environ.get("RANDOM_DIFFUSION_TORCH_THREADS", "1")}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for registered in args.registered:
             child = [sys.executable, __file__, "--registered", str(registered), "--one", folder]
+            child += ["--postgres-url", args.postgres_url] if args.postgres_url else []
             output = subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(output.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)

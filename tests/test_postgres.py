@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.sensors import new_images_sensor
 
@@ -26,12 +27,17 @@ def database():
         yield url
 
 
-@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2"])
-def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp_path, monkeypatch, scheme):
+# The second case also writes each step's materializations in one batch, as the README's team setup does.
+@pytest.mark.parametrize(("scheme", "event_batch_size"), [("postgresql", None), ("postgresql+psycopg2", "128")])
+def test_shipped_config_stores_the_whole_flow_in_postgres(
+    database, project, tmp_path, monkeypatch, scheme, event_batch_size
+):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", database.replace("postgresql://", f"{scheme}://", 1))
+    if event_batch_size:
+        monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size)
     for path in Path(project["images_dir"]).iterdir():
         past = time.time() - 300
         os.utime(path, (past, past))
@@ -57,6 +63,11 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(database, project, tmp
             tags=request.tags,
         )
         assert run.success
+        # Each partition keeps its own metadata, batched or not.
+        records = instance.fetch_materializations(dg.AssetKey("diffused_image"), limit=10).records
+        metadata = {r.partition_key: r.asset_materialization.metadata for r in records}
+        assert len(metadata) == 3 and len({m["seed"].value for m in metadata.values()}) == 3
+        assert all(m["output_path"].value.endswith(output_file_name(key)) for key, m in metadata.items())
         report = dg.materialize(assets, selection=["diffusion_report"], instance=instance, resources=resources)
         assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == 3
 
