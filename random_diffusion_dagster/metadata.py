@@ -34,8 +34,8 @@ def record_partition_metadata(context: dg.AssetExecutionContext, metadata_by_par
 
     Dagster's `add_asset_metadata(partition_key=...)` checks the key against the run's range by reading every
     key of the dynamic partitions from storage, and two more lookups, on each call: a run of 128 partitions with
-    100,000 images registered read 12.8 million keys. The instance serves those reads from one read while the
-    metadata is added (the keys of a running range cannot be deleted from under it).
+    100,000 images registered read 12.8 million keys (37 s a run here). While the metadata is added, the instance
+    answers those reads from one read of each partition set; the check then sees the keys as the step began.
     """
     instance = context.instance
     read_keys = type(instance).get_dynamic_partitions
