@@ -9,7 +9,8 @@ For each count, in a fresh process (the definitions read the folders once): a fr
 the 128 in this process with the demo catalog (data/models.yaml, 128 px).
 From the run's event log: the step's seconds before the first model load (inputs, reading sources, version
 events), after the last batch until its output (waiting for PNG writes, per-partition metadata), recording
-the 128 materializations, and the run's wall. `--postgres-url` runs it on PostgreSQL instead (the database is
+the 128 materializations, and the run's wall; then the same for a re-roll of the 128 (run seed 1), whose
+sources' versions are already on record. `--postgres-url` runs it on PostgreSQL instead (the database is
 wiped), where DAGSTER_EVENT_BATCH_SIZE in the environment lets Dagster write a step's materializations in batches.
 """
 
@@ -54,7 +55,6 @@ def measure(registered: int, root: Path, postgres_url: str | None) -> dict:
             "RANDOM_DIFFUSION_OUTPUT_DIR": str(root / f"outputs-{registered}"),
         }
     )
-    from random_diffusion_dagster.batching import partition_range_tags
     from random_diffusion_dagster.definitions import defs
 
     job = defs.resolve_implicit_global_asset_job_def()
@@ -67,30 +67,49 @@ def measure(registered: int, root: Path, postgres_url: str | None) -> dict:
         # Registered after the run's images (source_images would drop partitions whose file is missing).
         instance.add_dynamic_partitions("images", [f"elsewhere-{i:06d}.png" for i in range(registered)])
         diffuse = job.get_subset(asset_selection={dg.AssetKey("diffused_image")}, asset_check_selection=set())
-        started = time.perf_counter()
-        result = diffuse.execute_in_process(instance=instance, tags=partition_range_tags(keys[0], keys[-1]))
-        wall = time.perf_counter() - started
-        assert result.success
-        step_start = first_load = last_batch = output = None
-        materialized = []
-        for entry in instance.all_logs(result.run_id):
-            event, message = entry.dagster_event, entry.user_message or ""
-            if event is None:
-                if LOAD_LINE.search(message) and first_load is None:
-                    first_load = entry.timestamp - float(LOAD_LINE.search(message).group(1))
-                if BATCH_LINE.search(message):
-                    last_batch = entry.timestamp
-            elif event.event_type == dg.DagsterEventType.STEP_START:
-                step_start = entry.timestamp
-            elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
-                output = entry.timestamp
-            elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-                materialized.append(entry.timestamp)
+        first = run_split(instance, diffuse, keys)
+        reroll = run_split(instance, diffuse, keys, {"resources": {"dataset": {"config": {"seed": 1}}}})
     return {
         "storage": "postgresql" if postgres_url else "sqlite",
         "DAGSTER_EVENT_BATCH_SIZE": os.environ.get("DAGSTER_EVENT_BATCH_SIZE", ""),
         "registered_elsewhere": registered,
         "images": IMAGES,
+        **first,
+        **{f"reroll_{name}": value for name, value in reroll.items()},
+    }
+
+
+def run_split(instance, job, keys: list[str], run_config: dict | None = None) -> dict:
+    """One ranged run over `keys` in this process, and where its step's time went (from its event log)."""
+    import dagster as dg
+
+    from random_diffusion_dagster.batching import partition_range_tags
+
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        instance=instance, tags=partition_range_tags(keys[0], keys[-1]), run_config=run_config
+    )
+    wall = time.perf_counter() - started
+    assert result.success
+    step_start = first_load = last_batch = output = None
+    materialized, observed = [], 0
+    for entry in instance.all_logs(result.run_id):
+        event, message = entry.dagster_event, entry.user_message or ""
+        if event is None:
+            if LOAD_LINE.search(message) and first_load is None:
+                first_load = entry.timestamp - float(LOAD_LINE.search(message).group(1))
+            if BATCH_LINE.search(message):
+                last_batch = entry.timestamp
+        elif event.event_type == dg.DagsterEventType.STEP_START:
+            step_start = entry.timestamp
+        elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
+            output = entry.timestamp
+        elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            materialized.append(entry.timestamp)
+        elif event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+            observed += 1
+    return {
+        "source_versions_written": observed,
         "step_start_to_first_load_seconds": round(first_load - step_start, 2),
         "last_batch_to_output_seconds": round(output - last_batch, 2),
         "recording_materializations_seconds": round(max(materialized) - output, 2),

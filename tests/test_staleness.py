@@ -211,3 +211,21 @@ def test_results_of_a_first_run_are_in_sync_with_the_files_the_sensor_then_repor
     assert resolver.get_status(dg.AssetKey("prompt_list")) == StaleStatus.FRESH
     assert resolver.get_status(dg.AssetKey("model_catalog")) == StaleStatus.FRESH
     assert _stale(instance, keys) == set()
+
+
+def _image_versions_on_record(instance) -> int:
+    return len(instance.fetch_observations(IMAGE_FILES.key, limit=1000).records)
+
+
+def test_a_rerun_records_only_the_image_versions_that_changed_and_stays_in_sync(instance, project):
+    """Each run reports the versions it read; one already on record is not written again (a write each)."""
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys)
+    assert _image_versions_on_record(instance) == len(keys)
+    _run(instance, project, ["diffused_image"], keys)  # the same images again: every version is on record
+    assert _image_versions_on_record(instance) == len(keys)
+    make_image(Path(project["images_dir"]) / "red.png", color=(10, 10, 10))  # replaced; no sensor tick
+    _run(instance, project, ["diffused_image"], keys)
+    assert _image_versions_on_record(instance) == len(keys) + 1
+    assert _stale(instance, keys) == set()
