@@ -1,6 +1,7 @@
 """Faults during a run: Dagster's record and the disk agree, and every failure is named."""
 
 import datetime
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,20 @@ def test_a_symlink_loop_in_the_folder_does_not_stop_source_images(instance, proj
     table = result.asset_materializations_for_node("source_images")[0].metadata["skipped_files"].value
     skipped = {record.data["name"]: record.data["reason"] for record in table.records}
     assert "symlink loop" in skipped["loop.png"]
+
+
+@pytest.mark.parametrize("command", ["daemon", "ui"])
+def test_a_bad_backfill_interval_stops_the_daemon_before_it_starts_naming_the_variable(command):
+    completed = subprocess.run(
+        [sys.executable, "-m", "random_diffusion_dagster.cli", command],
+        env={**os.environ, "RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS": "0"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert completed.stderr == (
+        f"random-diffusion {command}: error: RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS=0 is below 1: "
+        "set it to 1 or more, or unset it.\n"
+    )
