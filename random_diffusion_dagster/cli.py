@@ -219,13 +219,15 @@ def worker_command(args: argparse.Namespace) -> int:
     through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
     import socket
 
-    from .settings import celery_settings, celery_urls, local_celery_folder
+    from .settings import CELERY_POLL_SECONDS, celery_settings, celery_urls, local_celery_folder
 
     broker, backend = celery_urls()
     config_dir = local_celery_folder() / "worker-config"
     config_dir.mkdir(parents=True, exist_ok=True)
     # Steps log to Dagster (the UI); what they also print reaches this terminal at INFO, so only --loglevel INFO
     # shows it. dagster-celery registers its task twice, once per import path, and Celery warns: harmless.
+    # kombu's SQL broker hands broker_transport_options to SQLAlchemy's create_engine, so its poll interval is
+    # set on the transport class instead.
     settings = {
         "broker_url": broker,
         "result_backend": backend,
@@ -235,6 +237,8 @@ def worker_command(args: argparse.Namespace) -> int:
     (config_dir / "dagster_celery_config.py").write_text(
         "import warnings as _warnings\n"
         "_warnings.filterwarnings('ignore', message=\"Task name 'execute_plan' is already registered\")\n"
+        "import kombu.transport.sqlalchemy as _sql_broker\n"
+        f"_sql_broker.Transport.polling_interval = {CELERY_POLL_SECONDS!r}\n"
         + "".join(f"{k} = {v!r}\n" for k, v in settings.items())
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))}

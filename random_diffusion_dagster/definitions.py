@@ -17,7 +17,7 @@ from .jobs import compare_models_job, diffuse_images_job
 from .resources import DatasetResource, DiffusionEngineResource
 from .schedules import catch_up_schedule
 from .sensors import new_images_sensor
-from .settings import celery_settings, celery_urls, executor_choice, step_storage_location
+from .settings import CELERY_POLL_SECONDS, celery_settings, celery_urls, executor_choice, step_storage_location
 from .step_storage import SharedStepStorage
 
 # Declarative automation (the report's condition) needs a sensor; Dagster's default one starts stopped.
@@ -43,8 +43,11 @@ def _executor() -> dg.ExecutorDefinition:
     if choice == "multiprocess":
         return dg.multiprocess_executor
     if choice == "celery":
+        import dagster_celery.core_execution_loop
         from dagster_celery import celery_executor
 
+        # The run's loop sleeps TICK_SECONDS between looks at its steps' results; dagster-celery has no setting.
+        dagster_celery.core_execution_loop.TICK_SECONDS = CELERY_POLL_SECONDS
         broker, backend = celery_urls()
         return celery_executor.configured(
             {

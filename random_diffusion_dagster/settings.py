@@ -113,6 +113,12 @@ def celery_urls() -> tuple[str, str]:
     return broker or f"sqla+sqlite:///{local}/broker.sqlite", backend or f"db+sqlite:///{local}/results.sqlite"
 
 
+# How often a run looks for its steps' results, and a worker on the local SQLite broker for new steps: both
+# poll once a second by default (dagster-celery's TICK_SECONDS, kombu's Transport.polling_interval), which cost a
+# warm run about a second per trip through the broker (benchmarks/results/README.md).
+CELERY_POLL_SECONDS = 0.1
+
+
 def celery_settings() -> dict:
     """Celery settings for runs and workers alike: a busy worker holds its one task unacknowledged and reserves no
     other, so the next step goes to an idle GPU."""
