@@ -75,6 +75,7 @@ def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]
         "reused": len(summary.with_status("reused")),
         "failed": len(failures),
         "pipeline_loads": summary.pipeline_loads,
+        "compiled_graphs": summary.compiled_graphs,
         "batch_size": summary.batch_size,
         "images_per_second": round(summary.images_per_second, 3),
         "device": summary.device,

@@ -1,5 +1,6 @@
 """The code location: one Definitions object that loads fast, without torch or diffusers."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,33 @@ def test_compile_settings_come_from_the_environment_for_sensor_and_schedule_runs
     monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "unet,decoder")
     with pytest.raises(ValueError, match=r"RANDOM_DIFFUSION_COMPILE names \['decoder'\].*'unet,vae'"):
         DiffusionEngineResource(device="cpu")
+
+
+def test_a_worker_that_keeps_pipelines_on_a_cuda_gpu_compiles_by_default_with_the_cache_in_the_instance_folder(
+    monkeypatch, tmp_path
+):
+    """The rule is decided from the device's name: no CUDA device exists here, so no pipeline is made on one."""
+    from random_diffusion_dagster.engine.pipelines import Speedups
+    from random_diffusion_dagster.resources import DiffusionEngineResource
+
+    monkeypatch.delenv("RANDOM_DIFFUSION_COMPILE", raising=False)
+    warm = DiffusionEngineResource(keep_loaded=True)
+    assert warm.speedups_on("cuda:1") == Speedups(compile_unet=True, compile_vae=True)
+    assert warm.speedups_on("cpu") == warm.speedups_on("mps") == Speedups()  # compiling there would not pay
+    assert DiffusionEngineResource(keep_loaded=False).speedups_on("cuda") == Speedups()  # a run process per run
+    assert DiffusionEngineResource(keep_loaded=True, compile_vae=False).speedups_on("cuda") == Speedups(
+        compile_unet=True
+    )
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "none")
+    assert DiffusionEngineResource(keep_loaded=True).speedups_on("cuda") == Speedups()
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "vae")
+    assert DiffusionEngineResource(keep_loaded=True).speedups_on("cuda") == Speedups(compile_vae=True)
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset below; restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.delenv("RANDOM_DIFFUSION_COMPILE")
+    DiffusionEngineResource(device="cpu").pipelines()  # nothing compiled: torch's own default
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    assert DiffusionEngineResource(device="cpu", compile_vae=True).pipelines().speedups.compile_vae
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path.resolve() / ".dagster" / "torch-compile-cache")

@@ -225,3 +225,30 @@ def test_persistent_out_of_memory_fails_only_that_image_with_a_clear_message(one
     assert [r.status for r in results] == ["failed"] * 3
     assert "out of memory even at batch size 1 with VAE tiling" in results[0].error
     assert "img0.png" in results[0].error
+
+
+def test_a_run_counts_the_graphs_torch_compile_made_and_a_warm_rerun_makes_none(tmp_path, models_dir):
+    """What a warm worker's run tag `compiled_graphs` reports: compilation paid in this run, none once warm.
+
+    The UNet goes through dynamo with its eager backend (tracing without inductor's code generation, so this
+    takes seconds on a CPU); the count is dynamo's, whatever the backend.
+    """
+    (spec,) = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd15",)))
+
+    def loader(*args, **kwargs):
+        pipeline = load_pipeline(*args, **kwargs)
+        pipeline.unet = torch.compile(pipeline.unet, backend="eager")
+        return pipeline
+
+    images = tmp_path / "images"
+    for index in range(2):
+        make_image(images / f"{index}.png", color=(40 * index, 90, 200))
+    planner = Planner(["a red fox"], [spec], 0, str(tmp_path / "outputs"))
+    tasks, _ = planner.plan(scan_folder(str(images)))
+    cache = PipelineCache(device="cpu", loader=loader)
+    first = run_tasks(tasks, cache, batch_size=2, log=lambda message: None)
+    for task in tasks:
+        os.remove(task.output_path)  # made again, by the same compiled pipeline at the same shapes
+    second = run_tasks(tasks, cache, batch_size=2, log=lambda message: None)
+    assert [r.status for r in first.results + second.results] == ["generated"] * 4
+    assert first.compiled_graphs >= 1 and second.compiled_graphs == 0

@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -166,6 +167,12 @@ def apply_speedups(pipeline, device: str, speedups: Speedups):
             if getattr(part, "_compiled_call_impl", None) is None:  # a shared VAE is compiled already
                 part.compile(fullgraph=True)
     return pipeline
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far (0 before anything was compiled)."""
+    dynamo = sys.modules.get("torch._dynamo.utils")  # imported by the first compilation, not before
+    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo else 0
 
 
 def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from .images import (
     prepare_model_input,
     thumbnail_data_uri,
 )
-from .pipelines import ModelLoadError, PipelineCache, free_memory
+from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory
 from .plan import ImageTask
 from .results import (
     FailureRecord,
@@ -60,6 +60,7 @@ class RunSummary:
     batch_size: int
     seconds: float
     device: str
+    compiled_graphs: int  # graphs torch.compile made during the run (0 when nothing new had to be compiled)
 
     def with_status(self, status: Status) -> list[ImageResult]:
         return [r for r in self.results if r.status == status]
@@ -118,7 +119,7 @@ def run_tasks(
     for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
         require_writable_folder(folder)  # before any model loads
     started = time.perf_counter()
-    loads_before = cache.loads
+    loads_before, graphs_before = cache.loads, compiled_graphs()
     # Keyed by output path: a comparison has several tasks per source key (one per model and setting).
     results: dict[str, ImageResult] = {}
     pending = []
@@ -145,6 +146,7 @@ def run_tasks(
         batch_size=batch_size,
         seconds=time.perf_counter() - started,
         device=cache.device,
+        compiled_graphs=compiled_graphs() - graphs_before,
     )
 
 
