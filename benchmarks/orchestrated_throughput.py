@@ -124,7 +124,11 @@ def engine_worker(args) -> int:
         if match := LOAD_LINE.search(message):
             loads.append(float(match.group(1)))
 
-    cache = PipelineCache(max_models=2, log=log)  # the resource's default residency; its load lines as a run logs them
+    from random_diffusion_dagster.engine.pipelines import Speedups
+
+    speedups = Speedups(compile_unet=True, compile_vae=True) if args.engine_compile else Speedups()
+    # The resource's default residency; its load lines as a run logs them.
+    cache = PipelineCache(max_models=2, log=log, speedups=speedups)
     batch_size = 16 if cache.device.startswith("cuda") else 4
     summary = run_tasks(tasks, cache, batch_size, log)
     assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results if r.error]
@@ -141,13 +145,15 @@ def engine_worker(args) -> int:
                 "inference_seconds": sum(s for _, s in batches),
                 "load_seconds": sum(loads),
                 "device": cache.device,
+                "compiled": args.engine_compile,
+                "compile_events": summary.compiled_graphs,
             }
         )
     )
     return 0
 
 
-def run_engine(env: dict, project: dict, root: Path, threads: int | None, engine_images: int | None) -> dict:
+def run_engine(env: dict, project: dict, root: Path, threads: int | None, args) -> dict:
     out = root / "engine-outputs"
     started = time.perf_counter()
     completed = subprocess.run(
@@ -165,7 +171,8 @@ def run_engine(env: dict, project: dict, root: Path, threads: int | None, engine
             "--torch-threads",
             str(threads or 0),
             "--engine-images",
-            str(engine_images or 0),
+            str(args.engine_images or 0),
+            *(["--engine-compile"] if args.engine_compile else []),
         ],
         cwd=project["root"],
         env=env,
@@ -220,23 +227,31 @@ def launch_backfill(instance, keys: list[str]) -> tuple[str, float]:
         run_config=None,
     )
     instance.add_backfill(backfill)
+    say(f"backfill of {len(keys)} partitions requested")
     return backfill.backfill_id, requested
 
 
-def materialized(instance, keys: set[str]) -> bool:
+def materialized_since(instance, keys: set[str], since: float) -> set[str]:
+    """Which of `keys` have a materialization recorded after `since` (a rerun's, not the first backfill's)."""
     import dagster as dg
 
-    return keys <= set(instance.get_materialized_partitions(dg.AssetKey(ASSET)))
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(dg.AssetKey(ASSET), asset_partitions=sorted(keys), after_timestamp=since),
+        limit=10 * len(keys),
+    ).records
+    return keys & {r.partition_key for r in records}
+
+
+def materialized(instance, keys: set[str]) -> bool:
+    return keys <= materialized_since(instance, keys, 0.0)
 
 
 _last_progress = [0.0, -1]
 
 
-def progress(instance, keys: set[str]) -> bool:
-    """materialized(), saying every 15 s how many are done."""
-    import dagster as dg
-
-    done = len(keys & set(instance.get_materialized_partitions(dg.AssetKey(ASSET))))
+def progress(instance, keys: set[str], since: float) -> bool:
+    """Whether every key has materialized since `since`, saying every 15 s how many have."""
+    done = len(materialized_since(instance, keys, since))
     if time.time() - _last_progress[0] > 15 and done != _last_progress[1]:
         say(f"{done}/{len(keys)} materialized")
         _last_progress[:] = [time.time(), done]
@@ -291,6 +306,7 @@ def run_timeline(instance, run) -> dict:
         "status": run.status.value,
         "images": len(materializations),
         "pipeline_loads": int(run.tags.get("random_diffusion/pipeline_loads", len(loads))),
+        "compile_events": int(run.tags.get("random_diffusion/compiled_graphs", 0)),
         "batches": [b for b, _ in batches],
         "step_processes": step_processes,
         "created": enqueued,
@@ -338,6 +354,7 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
         "wall_seconds_request_to_last_materialization": round(wall, 2),
         "orchestrated_images_per_s": round(images / wall, 3),
         "pipeline_loads": sum(r["pipeline_loads"] for r in runs),
+        "compile_events": sum(r["compile_events"] for r in runs),
         "mean_batch_fill": round(sum(batches) / len(batches) / batch_size, 3) if batches else None,
         "pipeline_calls": len(batches),
         "step_processes": sum(r["step_processes"] for r in runs),
@@ -456,41 +473,31 @@ def run_variant(
                 )
                 time.sleep(args.settle_seconds)  # the code server is up and the first sensor ticks are behind us
             load = os.getloadavg()
-            backfill_id, requested = launch_backfill(instance, keys)
-            say(f"backfill of {len(keys)} partitions requested")
+            first_keys = keys[: args.warmup_images or None]
+            backfill = launch_backfill(instance, first_keys)
             if args.quick:  # both requests before the daemon starts: neither waits for a daemon loop
                 drop = drop_images(instance, args) if with_sensor and args.sensor_images else None
                 daemon = start_daemon(env, args.project_root, work / "daemon.log")
-
-            def backfill_runs():
-                return runs_where(instance, "dagster/backfill", backfill_id)
-
-            wait_for(
-                lambda: progress(instance, set(keys)) or failed_runs(backfill_runs()), args.timeout, "the backfill"
-            )
-            runs = wait_for(
-                lambda: all(r.is_finished for r in backfill_runs()) and backfill_runs(),
-                120,
-                "the backfill's runs to end",
-            )
-            if failed_runs(runs):
-                raise RuntimeError(f"backfill runs failed: {failed_runs(runs)}; see {work / 'daemon.log'}")
-            result = summarize([run_timeline(instance, r) for r in runs], len(keys), requested, batch_size)
+            result = finish_backfill(instance, first_keys, backfill, args, batch_size, work)
             result.update(
                 {
                     "variant": variant["name"] or "default",
                     "executor": variant["executor"] or "project default",
                     "load_average_at_request": [round(x, 2) for x in load],
                     "register_seconds": round(register_seconds, 2),
-                    "compile_events": 0,
                 }
             )
             result["other_runs_meanwhile"] = sorted(
                 r.job_name
                 for r in instance.get_runs()
                 if "dagster/backfill" not in r.tags
-                and instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() > requested
+                and instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() > backfill[1]
             )
+            if args.warm_rerun and not (args.deadline and time.time() > args.deadline):
+                shutil.rmtree(env["RANDOM_DIFFUSION_OUTPUT_DIR"])  # every image made again, on the same processes
+                result["warm_rerun"] = finish_backfill(
+                    instance, keys, launch_backfill(instance, keys), args, batch_size, work
+                )
             if with_sensor and args.sensor_images and not (args.deadline and time.time() > args.deadline):
                 result["sensor"] = sensor_figure(instance, drop or drop_images(instance, args), args, batch_size)
             return result
@@ -498,6 +505,24 @@ def run_variant(
             for process in (daemon, worker):
                 if process:
                     stop(process)
+
+
+def finish_backfill(instance, keys: list[str], backfill: tuple[str, float], args, batch_size: int, work: Path) -> dict:
+    """Waits for a requested backfill (id, request time): timed to the last of its keys' new materializations."""
+    backfill_id, requested = backfill
+
+    def backfill_runs():
+        return runs_where(instance, "dagster/backfill", backfill_id)
+
+    wait_for(
+        lambda: progress(instance, set(keys), requested) or failed_runs(backfill_runs()), args.timeout, "the backfill"
+    )
+    runs = wait_for(
+        lambda: all(r.is_finished for r in backfill_runs()) and backfill_runs(), 120, "the backfill's runs to end"
+    )
+    if failed_runs(runs):
+        raise RuntimeError(f"backfill runs failed: {failed_runs(runs)}; see {work / 'daemon.log'}")
+    return summarize([run_timeline(instance, r) for r in runs], len(keys), requested, batch_size)
 
 
 def drop_images(instance, args) -> tuple[set[str], set[str], float]:
@@ -575,6 +600,24 @@ def main() -> int:
         default=None,
         help="time the bare engine on the first N of the images (default: all); saves a lent GPU's minutes",
     )
+    parser.add_argument(
+        "--engine-compile",
+        action="store_true",
+        help="the bare engine with compile_unet and compile_vae, as a warm worker on a CUDA GPU runs by default",
+    )
+    parser.add_argument(
+        "--warm-rerun",
+        action="store_true",
+        help="after the first backfill, delete the outputs and backfill every partition again on the same "
+        "daemon and worker: what every later backfill on a warm worker gets (reported as warm_rerun)",
+    )
+    parser.add_argument(
+        "--warmup-images",
+        type=int,
+        default=None,
+        help="with --warm-rerun: the first backfill covers only the first N partitions (it pays the loads and "
+        "compilation); saves a lent GPU's minutes",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument(
         "--budget-seconds",
@@ -637,13 +680,15 @@ def measure(args, variants: list[dict], root: Path) -> dict:
         **os.environ,
         **project_env(root, root / "unused-home"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(args.project_root), os.environ.get("PYTHONPATH")])),
+        # One compile cache for this invocation (engine first, then the worker): no kernels from earlier ones.
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "torch-compile-cache"),
         "RANDOM_DIFFUSION_MODELS_FILE": project["models"],
         "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts"],
     }
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), RANDOM_DIFFUSION_TORCH_THREADS=str(threads))
     load_before = os.getloadavg()
-    engine = run_engine(env, project, root, threads, args.engine_images)
+    engine = run_engine(env, project, root, threads, args)
     say("engine: " + json.dumps({k: v for k, v in engine.items() if k != "batches"}))
     results, skipped = [], []
     for variant in variants:
@@ -663,11 +708,12 @@ def measure(args, variants: list[dict], root: Path) -> dict:
 
 def report(args, project: dict, threads: int | None, engine: dict, results: list[dict], load_before) -> dict:
     head = results[0]
-    engine_wall = engine["wall_seconds_with_process_start"] * args.images / engine["images"]  # --engine-images
+    # Scaled to the first backfill's images when --engine-images timed fewer (or --warmup-images asked fewer).
+    engine_wall = engine["wall_seconds_with_process_start"] * head["images"] / engine["images"]
     return {
         "device": _device_name(engine["device"]),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}",
-        "images": args.images,
+        "images": head["images"],
         "image_size": args.size,
         "catalog": project["models"],
         "torch_threads": threads,
@@ -678,13 +724,14 @@ def report(args, project: dict, threads: int | None, engine: dict, results: list
         "wall_seconds_request_to_last_materialization": head["wall_seconds_request_to_last_materialization"],
         "seconds_to_first_run": head["seconds_to_first_run"],
         "orchestrated_images_per_s_from_first_run": round(
-            args.images / head["wall_seconds_first_run_to_last_materialization"], 3
+            head["images"] / head["wall_seconds_first_run_to_last_materialization"], 3
         ),
         "engine_wall_seconds_with_imports": round(engine_wall, 2),
         "runs": head["runs"],
         "pipeline_loads": head["pipeline_loads"],
         "mean_batch_fill": head["mean_batch_fill"],
-        "compile_events": 0,
+        "compile_events": head["compile_events"],
+        **warm_rerun_figures(head, engine),
         "dagster_seconds_per_run_above_engine": round(
             (head["wall_seconds_request_to_last_materialization"] - engine_wall) / head["runs"], 2
         ),
@@ -693,8 +740,28 @@ def report(args, project: dict, threads: int | None, engine: dict, results: list
         "variants": results,
         "notes": "engine_images_per_s counts the engine process's start and imports (a run pays those too); "
         "ratio = engine / orchestrated images per second; dagster_seconds_per_run_above_engine = "
-        "(orchestrated wall - engine wall) / runs, the engine's wall scaled to all images when --engine-images "
-        "timed fewer; split_seconds_summed_over_runs from event-log timestamps.",
+        "(orchestrated wall - engine wall) / runs, the engine's wall scaled to the backfill's images when "
+        "--engine-images timed fewer; split_seconds_summed_over_runs from event-log timestamps; warm_rerun_*: "
+        "the same variant's second backfill of every image (outputs deleted) on the same daemon and worker.",
+    }
+
+
+def warm_rerun_figures(head: dict, engine: dict) -> dict:
+    """The headline variant's second backfill (--warm-rerun), beside the engine as the first is."""
+    rerun = head.get("warm_rerun")
+    if not rerun:
+        return {}
+    return {
+        "warm_rerun_images": rerun["images"],
+        "warm_rerun_images_per_s": rerun["orchestrated_images_per_s"],
+        "warm_rerun_ratio": round(engine["images_per_s_with_imports"] / rerun["orchestrated_images_per_s"], 2),
+        "warm_rerun_ratio_to_engine_without_imports": round(
+            engine["images_per_s_without_imports"] / rerun["orchestrated_images_per_s"], 2
+        ),
+        "warm_rerun_runs": rerun["runs"],
+        "warm_rerun_pipeline_loads": rerun["pipeline_loads"],
+        "warm_rerun_compile_events": rerun["compile_events"],
+        "warm_rerun_mean_batch_fill": rerun["mean_batch_fill"],
     }
 
 

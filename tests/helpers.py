@@ -33,9 +33,9 @@ def make_image(path: Path, size=(80, 60), color=(200, 40, 40), mode="RGB") -> Pa
     return path
 
 
-def orchestrated_quick(out: Path, images: int, sensor_images: int, *variants: str) -> dict:
+def orchestrated_quick(out: Path, images: int, sensor_images: int, *variants: str, flags: tuple[str, ...] = ()) -> dict:
     """benchmarks/orchestrated_throughput.py on a few tiny images, with --quick (the path, not the timing)."""
-    command = [sys.executable, "benchmarks/orchestrated_throughput.py", "--tiny", "--size", "64", "--quick"]
+    command = [sys.executable, "benchmarks/orchestrated_throughput.py", "--tiny", "--size", "64", "--quick", *flags]
     command += ["--images", str(images), "--sensor-images", str(sensor_images), "--timeout", "300", "--out", str(out)]
     for variant in variants:
         command += ["--variant", variant]

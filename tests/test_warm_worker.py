@@ -69,12 +69,17 @@ def test_celery_on_one_box_needs_no_service_and_no_shared_storage(monkeypatch, t
 
 
 @pytest.mark.timeout(600)
-def test_backfill_and_sensor_on_the_one_box_celery_worker_load_each_model_once(tmp_path):
-    result = orchestrated_quick(tmp_path / "warm.json", 6, 3, "executor=celery,resident=5,per_run=3")
+def test_backfill_rerun_and_sensor_on_the_one_box_celery_worker_load_each_model_once(tmp_path):
+    result = orchestrated_quick(
+        tmp_path / "warm.json", 6, 3, "executor=celery,resident=5,per_run=3", flags=("--warm-rerun",)
+    )
     (warm,) = result["variants"]
     assert warm["executor"] == "celery" and warm["runs"] == 2 and warm["images"] == 6
+    rerun = warm["warm_rerun"]  # every image made again (outputs deleted) by the same worker
+    assert rerun["images"] == 6 and rerun["runs"] == 2 and rerun["pipeline_loads"] == 0
+    assert result["warm_rerun_pipeline_loads"] == 0 and result["warm_rerun_compile_events"] == 0  # no compiling on CPU
     models = 5  # the demo catalog; resident=5 keeps them all
     loads = warm["pipeline_loads"] + warm["sensor"]["pipeline_loads"]
-    assert 1 <= loads <= models, warm  # every model at most once across three runs in one worker
-    assert warm["step_processes"] == 0 and warm["overlapping_runs"] == 0
+    assert 1 <= loads <= models, warm  # every model at most once across five runs in one worker
+    assert warm["step_processes"] == 0 and warm["overlapping_runs"] == rerun["overlapping_runs"] == 0
     assert warm["sensor"]["images"] == 3
