@@ -2,6 +2,7 @@
 
     python benchmarks/orchestrated_throughput.py --out results.json             # CUDA: SD-1.5-sized models, 512 px
     python benchmarks/orchestrated_throughput.py --tiny --images 128 --out benchmarks/results/orchestrated-cpu.json
+    bash scripts/gpu_orchestrated.sh                                            # a lent GPU's one call: the warm path
 
 What it does, in a temporary folder with its own DAGSTER_HOME (the project's dagster.yaml: queued runs, the `gpu`
 pool, run monitoring and retries; storage under that home, as tests/test_deployment.py does):
@@ -9,13 +10,16 @@ pool, run monitoring and retries; storage under that home, as tests/test_deploym
    saved to disk as benchmarks/gpu_throughput.py builds them, or with --tiny the shipped demo catalog
    (data/models.yaml, data/models);
 2. times the bare engine on the same images in a fresh process (`run_tasks`, `PipelineCache`, `Planner`),
-   reported with and without that process's start and imports;
+   reported with and without that process's start and imports (--engine-compile: compiled; --warm-rerun: a
+   second pass in the same process, everything loaded and compiled: the engine at its best);
 3. registers the images (`dagster asset materialize --select source_images,prompt_list,model_catalog`), starts
    `random-diffusion daemon` (Dagster's daemon; new backfills picked up every 5 s), and requests a backfill of
-   every `diffused_image` partition, as the UI's "Materialize all" does (`PartitionBackfill.from_asset_partitions`
-   + `instance.add_backfill`, what the webserver's `launchPartitionBackfill` mutation calls); waits for the last
-   materialization;
-4. drops N more images into the folder and waits until `new_images_sensor` has had them all materialized.
+   every `diffused_image` partition (--warmup-images: the first N), as the UI's "Materialize all" does
+   (`PartitionBackfill.from_asset_partitions` + `instance.add_backfill`, what the webserver's
+   `launchPartitionBackfill` mutation calls); waits for the last materialization;
+4. with --warm-rerun, deletes the outputs and backfills every partition again on the same daemon and worker
+   (`warm_rerun_*`: what every later backfill on a warm worker gets, against the engine's second pass);
+5. drops N more images into the folder and waits until `new_images_sensor` has had them all materialized.
 
 Each variant (--variant, e.g. `executor=multiprocess,per_run=32,dequeue=5`) gets a fresh home, outputs and daemon;
 the first is the headline (and the only one timed with the sensor). Children import the package from
