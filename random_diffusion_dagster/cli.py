@@ -213,12 +213,9 @@ def daemon_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_command(args: argparse.Namespace) -> int:
-    """A Celery worker for this machine's GPU: steps of RANDOM_DIFFUSION_EXECUTOR=celery runs execute in it, and it
-    keeps their pipelines loaded from one run to the next. Celery's own CLI with dagster-celery's app, configured
-    through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
-    import socket
-
+def write_worker_config() -> Path:
+    """The folder holding the `dagster_celery_config` module a worker's Celery app reads: this instance's broker and
+    result store, and the settings runs use (celery_settings)."""
     from .settings import CELERY_POLL_SECONDS, celery_settings, celery_urls, local_celery_folder
 
     broker, backend = celery_urls()
@@ -241,6 +238,19 @@ def worker_command(args: argparse.Namespace) -> int:
         f"_sql_broker.Transport.polling_interval = {CELERY_POLL_SECONDS!r}\n"
         + "".join(f"{k} = {v!r}\n" for k, v in settings.items())
     )
+    return config_dir
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """A Celery worker for this machine's GPU: steps of RANDOM_DIFFUSION_EXECUTOR=celery runs execute in it, and it
+    keeps their pipelines loaded from one run to the next. Celery's own CLI with dagster-celery's app, configured
+    through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
+    import socket
+
+    from .settings import celery_urls
+
+    broker, _ = celery_urls()
+    config_dir = write_worker_config()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))}
     env.setdefault("RANDOM_DIFFUSION_EXECUTOR", "celery")
     command = [

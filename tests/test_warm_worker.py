@@ -5,6 +5,9 @@ one-box `random-diffusion worker` (local SQLite broker, no service) under a real
 driven by benchmarks/orchestrated_throughput.py so the test runs what the benchmark measures.
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -66,6 +69,33 @@ def test_celery_on_one_box_needs_no_service_and_no_shared_storage(monkeypatch, t
     monkeypatch.setenv("RANDOM_DIFFUSION_KEEP_LOADED", "maybe")
     with pytest.raises(SettingError, match="RANDOM_DIFFUSION_KEEP_LOADED='maybe'"):
         keep_pipelines_loaded()
+
+
+def test_runs_and_the_one_box_worker_poll_celery_every_tenth_of_a_second(monkeypatch, tmp_path):
+    """A warm run makes two trips through the broker; at Celery's and dagster-celery's once-a-second polls they
+    cost it about 3 s (benchmarks/results). Checked in fresh processes, as a worker and a run process start."""
+    from random_diffusion_dagster.cli import write_worker_config
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("RANDOM_DIFFUSION_EXECUTOR", "celery")
+    for name in ("CELERY_BROKER", "CELERY_BACKEND", "STEP_STORAGE"):
+        monkeypatch.delenv(f"RANDOM_DIFFUSION_{name}", raising=False)
+    config_dir = write_worker_config()
+    worker_side = (
+        "from dagster_celery.make_app import make_app\n"
+        "app = make_app()\n"  # as `celery --app dagster_celery.app worker` makes it: reads dagster_celery_config
+        "with app.connection_for_read() as connection:\n"
+        "    print(connection.transport.polling_interval, app.conf.broker_url, app.conf.task_acks_late)\n"
+    )
+    run_side = (
+        "import random_diffusion_dagster.definitions, dagster_celery.core_execution_loop as loop\n"
+        "print(loop.TICK_SECONDS)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(config_dir), os.environ.get("PYTHONPATH", "")])}
+    worker = subprocess.run([sys.executable, "-c", worker_side], env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", run_side], env=env, capture_output=True, text=True, timeout=120)
+    assert worker.stdout.split() == ["0.1", celery_urls()[0], "True"], worker.stderr[-2000:]
+    assert run.stdout.split() == ["0.1"], run.stderr[-2000:]
 
 
 @pytest.mark.timeout(600)
