@@ -198,7 +198,7 @@ def run_engine(env: dict, project: dict, root: Path, threads: int | None, args) 
         raise RuntimeError("engine run failed:\n" + completed.stderr[-4000:])
     figures = json.loads(completed.stdout.split("ENGINE ", 1)[1].splitlines()[0])
     figures["wall_seconds_with_process_start"] = wall - figures.pop("seconds_after_first_pass", 0.0)
-    figures["images_per_s_with_imports"] = figures["images"] / wall
+    figures["images_per_s_with_imports"] = figures["images"] / figures["wall_seconds_with_process_start"]
     figures["images_per_s_without_imports"] = figures["images"] / figures["run_seconds"]
     figures["mean_batch_fill"] = sum(figures["batches"]) / len(figures["batches"]) / figures["batch_size"]
     return figures
