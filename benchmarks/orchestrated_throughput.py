@@ -624,6 +624,12 @@ def main() -> int:
         help="the bare engine with compile_unet and compile_vae, as a warm worker on a CUDA GPU runs by default",
     )
     parser.add_argument(
+        "--engine-last",
+        action="store_true",
+        help="time the engine after the variants (its compilation then reads what the worker compiled); the "
+        "backfill figures come back even when a lent GPU's time ends during the engine",
+    )
+    parser.add_argument(
         "--warm-rerun",
         action="store_true",
         help="after the first backfill, delete the outputs and backfill every partition again on the same "
@@ -705,80 +711,96 @@ def measure(args, variants: list[dict], root: Path) -> dict:
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), RANDOM_DIFFUSION_TORCH_THREADS=str(threads))
     load_before = os.getloadavg()
-    engine = run_engine(env, project, root, threads, args)
-    say("engine: " + json.dumps({k: v for k, v in engine.items() if k != "batches"}))
+
+    def time_engine() -> dict:
+        figures = run_engine(env, project, root, threads, args)
+        say("engine: " + json.dumps({k: v for k, v in figures.items() if k != "batches"}))
+        return figures
+
+    engine = None if args.engine_last else time_engine()
+    batch_size = 16 if cuda else 4  # the engine resource's default on the device, as the engine child uses
     results, skipped = [], []
     for variant in variants:
         if results and args.deadline and time.time() > args.deadline:
             skipped.append(variant["name"])  # a lent GPU's minutes are counted: the figures so far come back
             continue
-        results.append(run_variant(variant, env, project, root, args, engine["batch_size"], with_sensor=not results))
+        results.append(run_variant(variant, env, project, root, args, batch_size, with_sensor=not results))
         say(
             f"{variant['name'] or 'default'}: "
             + json.dumps({k: v for k, v in results[-1].items() if k not in ("per_run", "sensor")})
         )
         args.out.write_text(json.dumps(report(args, project, threads, engine, results, load_before), indent=2) + "\n")
+    engine = engine or time_engine()
     result = report(args, project, threads, engine, results, load_before)
     result["variants_skipped_at_deadline"] = skipped
     return result
 
 
-def report(args, project: dict, threads: int | None, engine: dict, results: list[dict], load_before) -> dict:
+def report(args, project: dict, threads: int | None, engine: dict | None, results: list[dict], load_before) -> dict:
+    """The headline variant's figures beside the engine's (engine keys absent until it has run: --engine-last)."""
     head = results[0]
-    # Scaled to the first backfill's images when --engine-images timed fewer (or --warmup-images asked fewer).
-    engine_wall = engine["wall_seconds_with_process_start"] * head["images"] / engine["images"]
-    return {
-        "device": _device_name(engine["device"]),
+    figures = {
+        "device": _device_name(engine["device"] if engine else "cuda" if _cuda_available() else "cpu"),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}",
         "images": head["images"],
         "image_size": args.size,
         "catalog": project["models"],
         "torch_threads": threads,
         "orchestrated_images_per_s": head["orchestrated_images_per_s"],
-        "engine_images_per_s": round(engine["images_per_s_with_imports"], 3),
-        "engine_images_per_s_without_imports": round(engine["images_per_s_without_imports"], 3),
-        "ratio": round(engine["images_per_s_with_imports"] / head["orchestrated_images_per_s"], 2),
         "wall_seconds_request_to_last_materialization": head["wall_seconds_request_to_last_materialization"],
         "seconds_to_first_run": head["seconds_to_first_run"],
         "orchestrated_images_per_s_from_first_run": round(
             head["images"] / head["wall_seconds_first_run_to_last_materialization"], 3
         ),
-        "engine_wall_seconds_with_imports": round(engine_wall, 2),
         "runs": head["runs"],
         "pipeline_loads": head["pipeline_loads"],
         "mean_batch_fill": head["mean_batch_fill"],
         "compile_events": head["compile_events"],
         **warm_rerun_figures(head, engine),
-        "dagster_seconds_per_run_above_engine": round(
-            (head["wall_seconds_request_to_last_materialization"] - engine_wall) / head["runs"], 2
-        ),
-        "engine": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in engine.items()},
         "load_average_before": [round(x, 2) for x in load_before],
         "variants": results,
         "notes": "engine_images_per_s counts the engine process's start and imports (a run pays those too); "
         "ratio = engine / orchestrated images per second; dagster_seconds_per_run_above_engine = "
         "(orchestrated wall - engine wall) / runs, the engine's wall scaled to the backfill's images when "
         "--engine-images timed fewer; split_seconds_summed_over_runs from event-log timestamps; warm_rerun_*: "
-        "the same variant's second backfill of every image (outputs deleted) on the same daemon and worker.",
+        "the same variant's second backfill of every image (outputs deleted) on the same daemon and worker, "
+        "its ratio against the engine's second pass in its own process.",
     }
+    if engine:
+        # Scaled to the first backfill's images when --engine-images timed fewer (or --warmup-images asked fewer).
+        engine_wall = engine["wall_seconds_with_process_start"] * head["images"] / engine["images"]
+        figures.update(
+            {
+                "engine_images_per_s": round(engine["images_per_s_with_imports"], 3),
+                "engine_images_per_s_without_imports": round(engine["images_per_s_without_imports"], 3),
+                "ratio": round(engine["images_per_s_with_imports"] / head["orchestrated_images_per_s"], 2),
+                "engine_wall_seconds_with_imports": round(engine_wall, 2),
+                "dagster_seconds_per_run_above_engine": round(
+                    (head["wall_seconds_request_to_last_materialization"] - engine_wall) / head["runs"], 2
+                ),
+                "engine": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in engine.items()},
+            }
+        )
+    return figures
 
 
-def warm_rerun_figures(head: dict, engine: dict) -> dict:
-    """The headline variant's second backfill (--warm-rerun), beside the engine as the first is."""
+def warm_rerun_figures(head: dict, engine: dict | None) -> dict:
+    """The headline variant's second backfill (--warm-rerun), beside the engine's second pass."""
     rerun = head.get("warm_rerun")
     if not rerun:
         return {}
-    return {
+    figures = {
         "warm_rerun_images": rerun["images"],
         "warm_rerun_images_per_s": rerun["orchestrated_images_per_s"],
-        "engine_warm_rerun_images_per_s": round(engine["warm_rerun_images_per_s"], 3),
-        # Both second passes: everything loaded (and compiled) before; what is left is Dagster's own cost.
-        "warm_rerun_ratio": round(engine["warm_rerun_images_per_s"] / rerun["orchestrated_images_per_s"], 2),
         "warm_rerun_runs": rerun["runs"],
         "warm_rerun_pipeline_loads": rerun["pipeline_loads"],
         "warm_rerun_compile_events": rerun["compile_events"],
         "warm_rerun_mean_batch_fill": rerun["mean_batch_fill"],
     }
+    if engine:  # both second passes: everything loaded (and compiled) before; what is left is Dagster's own cost
+        figures["engine_warm_rerun_images_per_s"] = round(engine["warm_rerun_images_per_s"], 3)
+        figures["warm_rerun_ratio"] = round(engine["warm_rerun_images_per_s"] / rerun["orchestrated_images_per_s"], 2)
+    return figures
 
 
 def _cuda_available() -> bool:

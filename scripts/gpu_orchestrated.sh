@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One lent-GPU session of benchmarks/orchestrated_throughput.py (no network there): install the carried
 # wheels, then the warm path on four SD-1.5-sized models: a Celery worker that keeps its pipelines loaded and,
-# on a CUDA GPU, compiles them by default. The bare engine first (compiled, two passes over the same images in
-# one process: the second is its best), then a first backfill on a fresh worker (loads, compiles from the
-# engine's kernels) and a second backfill of every image on the same worker (the headline: what every later
-# backfill gets). Results and logs go to $RESULTS (default $OUT).
+# on a CUDA GPU, compiles them by default. A first backfill on the fresh worker (WARMUP_IMAGES: it pays the loads
+# and the compilation), then a second backfill of all IMAGES on the same worker (the headline: what every later
+# backfill gets), then the bare engine, compiled, two passes over ENGINE_IMAGES in one process (the second is its
+# best; its compilation reads the worker's kernels). Results and logs go to $RESULTS (default $OUT).
 #
 #   bash scripts/gpu_orchestrated.sh            # on the GPU machine, from the repository root, .whl carried
 #   IMAGES=16 WARMUP_IMAGES=8 ENGINE_IMAGES=8 SHAPES=tiny bash scripts/gpu_orchestrated.sh   # the path, on a CPU
-# Knobs (environment): IMAGES (512: the timed second backfill), WARMUP_IMAGES (128: the first backfill),
-# ENGINE_IMAGES (64), SENSOR_IMAGES (0), BUDGET_SECONDS (400: no variant or later figure starts after),
+# Knobs (environment): IMAGES (512: the timed second backfill), WARMUP_IMAGES (32: the first backfill),
+# ENGINE_IMAGES (32), SENSOR_IMAGES (0), BUDGET_SECONDS (400: no variant or later figure starts after),
 # BENCH_SECONDS (560: the benchmark is stopped then), SHAPES (full), RESULTS, TORCHINDUCTOR_CACHE_DIR
 # (/tmp/rd-compile-cache: kept on the machine, so a second call on it compiles from the first's kernels).
 #
@@ -40,7 +40,8 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_
 # The warm path as README "The warm path on one GPU" sets it up, with no speed flags: compilation is its default.
 timeout "${BENCH_SECONDS:-560}" $PYTHON benchmarks/orchestrated_throughput.py \
     --model-shapes "$SHAPES" --images "$IMAGES" --sensor-images "${SENSOR_IMAGES:-0}" \
-    --engine-images "${ENGINE_IMAGES:-64}" --engine-compile --warm-rerun --warmup-images "${WARMUP_IMAGES:-128}" \
+    --engine-images "${ENGINE_IMAGES:-32}" --engine-compile --engine-last --warm-rerun \
+    --warmup-images "${WARMUP_IMAGES:-32}" \
     --budget-seconds "${BUDGET_SECONDS:-400}" --settle-seconds 5 \
     --variant executor=celery,resident=4 \
     --out "$RESULTS/orchestrated-gpu.json" >"$RESULTS/orchestrated-gpu.log" 2>&1
