@@ -22,7 +22,9 @@ from .batching import MAX_PARTITIONS_PER_RUN, partition_range_tags, partition_ra
 from .prompt_sets import submission_tags
 from .settings import PROJECT_ROOT, SettingError
 
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# The terminal shows the progress bar; the run's log lines (a line per batch, loads) stay in its event log, where
+# the UI shows them. Warnings and errors still reach the terminal.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _instance_home() -> Path:

@@ -32,6 +32,7 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     outputs = Path(project["output_dir"])
     assert f"Outputs: {outputs}" in completed.stdout and "succeeded for 3 images" in completed.stdout
+    assert " - dagster - " not in completed.stdout + completed.stderr  # the batch lines are in the run's log, not here
     assert len(list(outputs.glob("*.png"))) == 3
     summary = pd.read_csv(outputs / "report" / "summary.csv")
     assert summary["images"].sum() == 3 and (outputs / "report" / "contact_sheet.png").is_file()
