@@ -53,6 +53,17 @@ def project_env(root: Path, home: Path) -> dict[str, str]:
     }
 
 
+def shipped_instance_config(project_root: Path, home: Path) -> dict:
+    """The project's dagster.yaml (its storage class, queue, `gpu` pool, monitoring) storing everything under `home`."""
+    import yaml
+
+    config = yaml.safe_load((project_root / "dagster.yaml").read_text())
+    config["storage"]["custom"]["config"]["base_dir"] = str(home / "storage")
+    for key in ("local_artifact_storage", "compute_logs"):
+        config.pop(key, None)  # Dagster's defaults: under DAGSTER_HOME
+    return config
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
     """Poll until `predicate()` is truthy and return its value; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout

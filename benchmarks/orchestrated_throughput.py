@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_services import project_env, wait_for  # noqa: E402  (standard library only)
+from local_services import project_env, shipped_instance_config, wait_for  # noqa: E402  (standard library only)
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -209,9 +209,7 @@ def instance_home(home: Path, project_root: Path, dequeue: int | None) -> None:
     """The project's dagster.yaml with storage under `home` (as tests/test_deployment.py makes it)."""
     import yaml
 
-    config = yaml.safe_load((project_root / "dagster.yaml").read_text())
-    for key in ("storage", "local_artifact_storage", "compute_logs"):
-        config.pop(key, None)
+    config = shipped_instance_config(project_root, home)
     if dequeue is not None:
         config["run_coordinator"].setdefault("config", {})["dequeue_interval_seconds"] = dequeue
     home.mkdir(parents=True)

@@ -9,7 +9,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import sys
 from pathlib import Path
+from unittest import mock
 
+import dagster as dg
 import pytest
 
 # The benchmarks' helpers (local services, waiting, applying sensor results) serve the tests too.
@@ -18,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from random_diffusion_dagster.demo.models import build_demo_models
 
 from helpers import make_image, write_catalog
+from local_services import shipped_instance_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +52,11 @@ def project(tmp_path, models_dir):
         "models_file": str(catalog),
         "seed": 0,
     }
+
+
+@pytest.fixture
+def instance(tmp_path):
+    """A Dagster instance on the storage the project ships (dagster.yaml), in a temporary folder."""
+    storage = shipped_instance_config(PROJECT_ROOT, tmp_path / "dagster-home")["storage"]
+    with mock.patch.dict(os.environ), dg.instance_for_test(overrides={"storage": storage}) as instance:
+        yield instance  # the environment as it was afterwards: the storage sets DAGSTER_EVENT_BATCH_SIZE

@@ -5,7 +5,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
@@ -18,12 +17,6 @@ from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineR
 from helpers import make_image
 
 ALL_ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _resources(project, engine=None, **dataset):

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from random_diffusion_dagster.batching import MAX_PARTITIONS_PER_RUN, RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.images import partition_key_for
@@ -20,12 +19,6 @@ from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
 from helpers import make_image
 from local_services import apply_partition_requests
 from test_assets import _diffuse_all
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def _age(path: Path, seconds: float = SETTLE_SECONDS + 5) -> None:

@@ -25,7 +25,7 @@ from random_diffusion_dagster.remote import Deployment
 from helpers import make_image, write_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from local_services import project_env, stop_process_groups, wait_for  # noqa: E402
+from local_services import project_env, shipped_instance_config, stop_process_groups, wait_for  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -58,9 +58,7 @@ def deployment(tmp_path_factory, models_dir):
     write_catalog(root / "models.yaml", models_dir, names=("tiny-sd15",), **SLOW_DEFAULTS)
     home = root / "home"
     home.mkdir()
-    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-    for key in ("storage", "local_artifact_storage", "compute_logs"):
-        config.pop(key)  # defaults: everything under this test's DAGSTER_HOME
+    config = shipped_instance_config(PROJECT_ROOT, home)
     config["run_monitoring"]["poll_interval_seconds"] = 5
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, **project_env(root, home)}

@@ -26,12 +26,6 @@ from test_assets import _diffuse_all
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _truncate(path: Path) -> None:
     """A PNG cut after its header: registered as an image, fails to decode in the run."""
     make_image(path)

@@ -38,6 +38,8 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", database.replace("postgresql://", f"{scheme}://", 1))
     if event_batch_size:
         monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size)
+    else:
+        monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)  # one by one, as Dagster's default
     for path in Path(project["images_dir"]).iterdir():
         past = time.time() - 300
         os.utime(path, (past, past))

@@ -23,12 +23,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
 def folder(tmp_path):
     """Three settled images and the project settings that point at them."""
     images = tmp_path / "images"

@@ -45,12 +45,6 @@ ASSETS = [
 ]
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _resources(project):
     return {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
 

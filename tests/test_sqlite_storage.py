@@ -1,0 +1,69 @@
+"""The shipped SQLite storage writes a run's materializations in one batch and records what one-by-one writes do."""
+
+import os
+
+import dagster as dg
+from conftest import PROJECT_ROOT
+
+from random_diffusion_dagster.file_versions import DATA_VERSION_TAG
+from random_diffusion_dagster.sqlite_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
+
+from local_services import shipped_instance_config
+from test_assets import _diffuse_all
+
+DIFFUSED = dg.AssetKey("diffused_image")
+
+
+def _recorded(instance, keys):
+    """Per partition: its latest materialization's metadata and tags, and the data version Dagster's index holds."""
+    versions = instance.event_log_storage.get_latest_tags_by_partition(
+        DIFFUSED, dg.DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG], asset_partitions=keys
+    )
+    recorded = {}
+    for key in keys:
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=DIFFUSED, asset_partitions=[key]), limit=5
+        ).records
+        materialization = record.asset_materialization
+        recorded[key] = (materialization.metadata, materialization.tags, versions[key][DATA_VERSION_TAG])
+    return recorded
+
+
+def test_a_run_records_its_materializations_in_one_batch_exactly_as_one_by_one_writes_do(
+    instance, project, tmp_path, monkeypatch
+):
+    written_alone = []
+    store_event = BatchingSqliteEventLogStorage.store_event
+
+    def store_one(storage, event):
+        if event.dagster_event and event.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            written_alone.append(event.dagster_event.partition)
+        store_event(storage, event)
+
+    monkeypatch.setattr(BatchingSqliteEventLogStorage, "store_event", store_one)
+    assert os.environ[BATCH_SIZE_VARIABLE] == "256"  # set by loading the storage
+    keys, result = _diffuse_all(instance, project)
+    assert result.success and len(keys) == 3
+    assert written_alone == [None, None, None]  # the three inputs' materializations; the images' went in one batch
+    batched = _recorded(instance, keys)
+
+    monkeypatch.setenv(BATCH_SIZE_VARIABLE, "0")  # Dagster's one-by-one writes, on a second instance
+    storage = shipped_instance_config(PROJECT_ROOT, tmp_path / "one-by-one")["storage"]
+    with dg.instance_for_test(overrides={"storage": storage}) as one_by_one:
+        _diffuse_all(one_by_one, {**project, "output_dir": str(tmp_path / "one-by-one-outputs")})
+        assert sorted(p for p in written_alone if p) == sorted(keys)
+        expected = _recorded(one_by_one, keys)
+    inputs = "dagster/input_data_version/"  # the versions each result was made from (its own depend on the run)
+    for key in keys:
+        metadata, tags, version = batched[key]
+        assert version == tags[DATA_VERSION_TAG]  # the index has a version for every image, and the right one
+        assert tags.keys() == expected[key][1].keys()
+        assert {k: v for k, v in tags.items() if k.startswith(inputs)} == {
+            k: v for k, v in expected[key][1].items() if k.startswith(inputs)
+        }
+        assert metadata.keys() == expected[key][0].keys()
+        assert [metadata[name] for name in ("prompt", "model", "seed")] == [
+            expected[key][0][name] for name in ("prompt", "model", "seed")
+        ]
+    assert instance.get_materialized_partitions(DIFFUSED) == set(keys)
+    assert instance.get_latest_materialization_event(DIFFUSED).dagster_event.partition in keys
