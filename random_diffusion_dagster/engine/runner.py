@@ -133,9 +133,9 @@ def run_tasks(
         log(f"Reusing {len(results)} identical results already on disk; {len(pending)} to generate.")
     progress = _Progress(len(pending), log, progress_bar)
     by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
-    with _ResultWriter() as writer:
-        for _model_name, model_tasks in by_model:
-            for result in _run_model(list(model_tasks), cache, batch_size, progress, writer):
+    with _ResultWriter() as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
+        for model_sources in sources:
+            for result in _run_model(model_sources, cache, batch_size, progress, writer):
                 results[result.task.output_path] = result
     progress.close()
     for result in results.values():
@@ -183,6 +183,32 @@ class _ResultWriter:
         self._pool.shutdown()
 
 
+class _SourceReader:
+    """Yields each model's decoded sources, reading the next model's on a background thread meanwhile.
+
+    Reading, hashing and decoding release the GIL, so the next model's reads overlap this model's batches;
+    at most two models' sources are held at once. A source that cannot be read comes as its ImageLoadError.
+    """
+
+    def __init__(self, groups: list[list[ImageTask]]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-reader")
+        self._futures = (self._pool.submit(_load_sources, group) for group in groups)
+
+    def __iter__(self) -> Iterator[list[tuple[ImageTask, _Source | ImageLoadError]]]:
+        upcoming = next(self._futures, None)
+        while upcoming is not None:
+            current, upcoming = upcoming, next(self._futures, None)
+            yield current.result()
+
+    def __enter__(self) -> _SourceReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
 class _Progress:
     """A log line per batch (what the Dagster UI shows) and an optional terminal progress bar."""
 
@@ -202,16 +228,20 @@ class _Progress:
 
 
 def _run_model(
-    tasks: list[ImageTask], cache: PipelineCache, batch_size: int, progress: _Progress, writer: _ResultWriter
+    sources: list[tuple[ImageTask, _Source | ImageLoadError]],
+    cache: PipelineCache,
+    batch_size: int,
+    progress: _Progress,
+    writer: _ResultWriter,
 ) -> Iterator[ImageResult]:
-    spec = tasks[0].model
+    spec = sources[0][0].model
     loaded: list[tuple[ImageTask, _Source]] = []
-    for task in tasks:
-        try:
-            loaded.append((task, _load_source(task)))
-        except ImageLoadError as exc:
-            progress.advance(1, f"skipped unreadable source: {exc}")
-            yield ImageResult(task, "failed", error=str(exc))
+    for task, source in sources:
+        if isinstance(source, ImageLoadError):
+            progress.advance(1, f"skipped unreadable source: {source}")
+            yield ImageResult(task, "failed", error=str(source))
+        else:
+            loaded.append((task, source))
     if not loaded:
         return
     try:
@@ -245,6 +275,16 @@ def _run_model(
 def _batch_key(item: tuple[ImageTask, _Source]) -> tuple:
     task, source = item
     return source.model_input.image.size, task.model.strength, task.model.num_inference_steps
+
+
+def _load_sources(tasks: list[ImageTask]) -> list[tuple[ImageTask, _Source | ImageLoadError]]:
+    loaded: list[tuple[ImageTask, _Source | ImageLoadError]] = []
+    for task in tasks:
+        try:
+            loaded.append((task, _load_source(task)))
+        except ImageLoadError as exc:
+            loaded.append((task, exc))
+    return loaded
 
 
 def _load_source(task: ImageTask) -> _Source:
