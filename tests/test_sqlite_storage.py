@@ -1,9 +1,9 @@
 """The shipped SQLite storage writes a run's materializations in one batch and records what one-by-one writes do."""
 
 import os
+from pathlib import Path
 
 import dagster as dg
-from conftest import PROJECT_ROOT
 
 from random_diffusion_dagster.file_versions import DATA_VERSION_TAG
 from random_diffusion_dagster.sqlite_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
@@ -11,6 +11,7 @@ from random_diffusion_dagster.sqlite_storage import BATCH_SIZE_VARIABLE, Batchin
 from local_services import shipped_instance_config
 from test_assets import _diffuse_all
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIFFUSED = dg.AssetKey("diffused_image")
 
 
