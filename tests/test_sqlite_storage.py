@@ -1,4 +1,4 @@
-"""The shipped SQLite storage writes a run's materializations in one batch and records what one-by-one writes do."""
+"""The shipped SQLite storage writes a run's materializations in batches and records what one-by-one writes do."""
 
 import os
 from pathlib import Path
@@ -13,6 +13,7 @@ from test_assets import _diffuse_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIFFUSED = dg.AssetKey("diffused_image")
+BATCHED = (dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_MATERIALIZATION)
 
 
 def _recorded(instance, keys):
@@ -30,29 +31,31 @@ def _recorded(instance, keys):
     return recorded
 
 
-def test_a_run_records_its_materializations_in_one_batch_exactly_as_one_by_one_writes_do(
+def test_a_run_records_its_planned_and_made_materializations_in_batches_as_one_by_one_writes_do(
     instance, project, tmp_path, monkeypatch
 ):
     written_alone = []
     store_event = BatchingSqliteEventLogStorage.store_event
 
     def store_one(storage, event):
-        if event.dagster_event and event.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-            written_alone.append(event.dagster_event.partition)
+        if event.dagster_event and event.dagster_event.event_type in BATCHED:
+            written_alone.append((event.dagster_event.event_type, event.dagster_event.partition))
         store_event(storage, event)
 
     monkeypatch.setattr(BatchingSqliteEventLogStorage, "store_event", store_one)
     assert os.environ[BATCH_SIZE_VARIABLE] == "256"  # set by loading the storage
     keys, result = _diffuse_all(instance, project)
     assert result.success and len(keys) == 3
-    assert written_alone == [None, None, None]  # the three inputs' materializations; the images' went in one batch
+    # The images' planned and made materializations went in batches; only the unpartitioned inputs' one by one.
+    assert [partition for _, partition in written_alone if partition] == []
     batched = _recorded(instance, keys)
 
     monkeypatch.setenv(BATCH_SIZE_VARIABLE, "0")  # Dagster's one-by-one writes, on a second instance
     storage = shipped_instance_config(PROJECT_ROOT, tmp_path / "one-by-one")["storage"]
     with dg.instance_for_test(overrides={"storage": storage}) as one_by_one:
         _diffuse_all(one_by_one, {**project, "output_dir": str(tmp_path / "one-by-one-outputs")})
-        assert sorted(p for p in written_alone if p) == sorted(keys)
+        one_by_one_writes = [(kind.value, partition) for kind, partition in written_alone if partition]
+        assert sorted(one_by_one_writes) == sorted((kind.value, key) for kind in BATCHED for key in keys)
         expected = _recorded(one_by_one, keys)
     inputs = "dagster/input_data_version/"  # the versions each result was made from (its own depend on the run)
     for key in keys:
@@ -67,4 +70,5 @@ def test_a_run_records_its_materializations_in_one_batch_exactly_as_one_by_one_w
             expected[key][0][name] for name in ("prompt", "model", "seed")
         ]
     assert instance.get_materialized_partitions(DIFFUSED) == set(keys)
+    assert {instance.get_latest_planned_materialization_info(DIFFUSED, key).run_id for key in keys} == {result.run_id}
     assert instance.get_latest_materialization_event(DIFFUSED).dagster_event.partition in keys
