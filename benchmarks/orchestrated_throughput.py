@@ -111,6 +111,7 @@ def engine_worker(args) -> int:
     from random_diffusion_dagster.engine.plan import Planner
     from random_diffusion_dagster.engine.prompts import load_prompts
     from random_diffusion_dagster.engine.runner import run_tasks
+    from random_diffusion_dagster.resources import DiffusionEngineResource
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -132,7 +133,7 @@ def engine_worker(args) -> int:
     # The resource's default residency (every model for a second pass, as a warm worker keeps them); its load
     # lines as a run logs them.
     cache = PipelineCache(max_models=len(catalog) if args.warm_rerun else 2, log=log, speedups=speedups)
-    batch_size = 16 if cache.device.startswith("cuda") else 4
+    batch_size = DiffusionEngineResource().batch_size_on(cache.device)  # the resource's default, as runs use
     summary = run_tasks(tasks, cache, batch_size, log)
     assert all(r.status == "generated" for r in summary.results), [r.error for r in summary.results if r.error]
     first_pass_end = time.perf_counter()
@@ -683,6 +684,8 @@ def main() -> int:
 
 
 def measure(args, variants: list[dict], root: Path) -> dict:
+    from random_diffusion_dagster.resources import DiffusionEngineResource
+
     images = root / "images"
     make_images(images, args.images, args.size, "img", seed=1)
     say(f"{args.images} source images made")
@@ -716,7 +719,7 @@ def measure(args, variants: list[dict], root: Path) -> dict:
         return figures
 
     engine = None if args.engine_last else time_engine()
-    batch_size = 16 if cuda else 4  # the engine resource's default on the device, as the engine child uses
+    batch_size = DiffusionEngineResource().batch_size_on("cuda" if cuda else "cpu")  # runs' default, as the engine's
     results, skipped = [], []
     for variant in variants:
         if results and args.deadline and time.time() > args.deadline:
