@@ -150,8 +150,10 @@ def main() -> int:
         for registered in args.registered:
             child = [sys.executable, __file__, "--registered", str(registered), "--one", folder]
             child += ["--postgres-url", args.postgres_url] if args.postgres_url else []
-            output = subprocess.run(child, env=env, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(output.strip().splitlines()[-1]))
+            done = subprocess.run(child, env=env, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"--registered {registered} failed:\n{done.stderr[-4000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "runs": rows}, indent=1) + "\n")

@@ -13,6 +13,7 @@ import hashlib
 import os
 
 import dagster as dg
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
 from .partitions import images_partitions
 from .resources import DatasetResource
@@ -78,12 +79,15 @@ def report_what_was_read(context: dg.AssetExecutionContext, events: list[dg.Asse
     refresh, the first result made from a file would record no version for it, and a later change
     would never show as stale. (The step context's wipe is Dagster's own tool for inputs that change
     during the step.) A partition whose latest recorded version is the one read is not reported again:
-    re-rolls and catch-up runs read unchanged images, and each observation is a write (about 1 s per 128).
+    re-rolls and catch-up runs read unchanged images. The rest go to the storage as one batch, as a step's
+    output's events do (`context.log_event` writes each alone: 1.1-1.6 s more for a first run of 128 on the
+    2-core CPU); they show in the run's event log, not among an in-process result's events.
     """
     events = _not_on_record(context.instance, events)
-    for event in events:
-        context.log_event(event)
     step = context.get_step_execution_context()
+    batch = generate_event_batch_id()
+    for i, event in enumerate(events):
+        DagsterEvent.asset_observation(step, event, DagsterEventBatchMetadata(batch, is_end=i == len(events) - 1))
     for key in {event.asset_key for event in events}:
         step.wipe_input_asset_version_info(key)
 

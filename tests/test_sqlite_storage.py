@@ -1,11 +1,11 @@
-"""The shipped SQLite storage writes a run's materializations in batches and records what one-by-one writes do."""
+"""The shipped SQLite storage writes a run's asset events in batches and records what one-by-one writes do."""
 
 import os
 from pathlib import Path
 
 import dagster as dg
 
-from random_diffusion_dagster.file_versions import DATA_VERSION_TAG
+from random_diffusion_dagster.file_versions import DATA_VERSION_TAG, IMAGE_FILES
 from random_diffusion_dagster.sqlite_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
 
 from local_services import shipped_instance_config
@@ -13,7 +13,11 @@ from test_assets import _diffuse_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIFFUSED = dg.AssetKey("diffused_image")
-BATCHED = (dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_MATERIALIZATION)
+BATCHED = (
+    dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    dg.DagsterEventType.ASSET_OBSERVATION,  # the versions of the sources the step read
+    dg.DagsterEventType.ASSET_MATERIALIZATION,
+)
 
 
 def _recorded(instance, keys):
@@ -28,10 +32,13 @@ def _recorded(instance, keys):
         ).records
         materialization = record.asset_materialization
         recorded[key] = (materialization.metadata, materialization.tags, versions[key][DATA_VERSION_TAG])
-    return recorded
+    read = instance.event_log_storage.get_latest_tags_by_partition(
+        IMAGE_FILES.key, dg.DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=keys
+    )
+    return recorded, {key: tags[DATA_VERSION_TAG] for key, tags in read.items()}
 
 
-def test_a_run_records_its_planned_and_made_materializations_in_batches_as_one_by_one_writes_do(
+def test_a_run_records_its_planned_materializations_source_versions_and_results_in_batches_as_one_by_one_writes_do(
     instance, project, tmp_path, monkeypatch
 ):
     written_alone = []
@@ -46,9 +53,10 @@ def test_a_run_records_its_planned_and_made_materializations_in_batches_as_one_b
     assert os.environ[BATCH_SIZE_VARIABLE] == "256"  # set by loading the storage
     keys, result = _diffuse_all(instance, project)
     assert result.success and len(keys) == 3
-    # The images' planned and made materializations went in batches; only the unpartitioned inputs' one by one.
+    # The images' planned materializations, sources' versions and results went in batches; only the unpartitioned
+    # inputs' one by one.
     assert [partition for _, partition in written_alone if partition] == []
-    batched = _recorded(instance, keys)
+    batched, read = _recorded(instance, keys)
 
     monkeypatch.setenv(BATCH_SIZE_VARIABLE, "0")  # Dagster's one-by-one writes, on a second instance
     storage = shipped_instance_config(PROJECT_ROOT, tmp_path / "one-by-one")["storage"]
@@ -56,7 +64,8 @@ def test_a_run_records_its_planned_and_made_materializations_in_batches_as_one_b
         _diffuse_all(one_by_one, {**project, "output_dir": str(tmp_path / "one-by-one-outputs")})
         one_by_one_writes = [(kind.value, partition) for kind, partition in written_alone if partition]
         assert sorted(one_by_one_writes) == sorted((kind.value, key) for kind in BATCHED for key in keys)
-        expected = _recorded(one_by_one, keys)
+        expected, expected_read = _recorded(one_by_one, keys)
+    assert read == expected_read and len(set(read.values())) == len(keys)  # each image's own content hash
     inputs = "dagster/input_data_version/"  # the versions each result was made from (its own depend on the run)
     for key in keys:
         metadata, tags, version = batched[key]
