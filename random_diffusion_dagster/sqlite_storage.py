@@ -27,7 +27,8 @@ from dagster._serdes import ConfigurableClassData
 BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 EVENTS_PER_BATCH = 256  # Dagster hands a batch over at this many events, or at the step output's last
 # What Dagster batches and this storage writes at once: a step's output's events (materializations or
-# observations) and a new run's planned materializations. Others in a batch (a check's planned evaluation) one by one.
+# observations), the versions of the sources a run read (file_versions.report_what_was_read) and a new run's planned
+# materializations. Others in a batch (a check's planned evaluation) one by one.
 BATCHED_TYPES = {
     DagsterEventType.ASSET_MATERIALIZATION,
     DagsterEventType.ASSET_OBSERVATION,
