@@ -12,9 +12,8 @@ events), after the last batch until its output (waiting for PNG writes, per-part
 128 materializations (the step's output to its success) and, at the run's creation, the 128 planned ones, and the
 run's wall; then the same for a re-roll of the 128 (run seed 1), whose sources' versions are already on record.
 The instance is the shipped SQLite storage, which writes both kinds in batches (DAGSTER_EVENT_BATCH_SIZE=0 in the
-environment: one by one, as Dagster's own SQLite storage does); `--postgres-url` runs it on PostgreSQL instead
-(the database is wiped), where DAGSTER_EVENT_BATCH_SIZE in the environment lets Dagster write a step's
-materializations in batches.
+environment: one by one, as Dagster's own SQLite storage does); `--postgres-url` runs it on the shipped PostgreSQL
+storage instead (the database is wiped), which batches likewise.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ def instance_yaml(home: Path, postgres_url: str | None) -> str:
         return yaml.safe_dump({"storage": storage, "telemetry": {"enabled": False}})
     return (
         "storage:\n  custom:\n    module: random_diffusion_dagster.postgres_storage\n"
-        f"    class: Psycopg2PostgresStorage\n    config:\n      postgres_url: {postgres_url}\n"
+        f"    class: BatchingPostgresStorage\n    config:\n      postgres_url: {postgres_url}\n"
         "telemetry:\n  enabled: false\n"
     )
 

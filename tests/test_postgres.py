@@ -27,8 +27,9 @@ def database():
         yield url
 
 
-# The second case also writes each step's materializations in one batch, as the README's team setup does.
-@pytest.mark.parametrize(("scheme", "event_batch_size"), [("postgresql", None), ("postgresql+psycopg2", "128")])
+# The first case writes every event alone (Dagster's default, which the storage replaces with batches), the second
+# a run's events in batches, as the shipped storage does unless told otherwise.
+@pytest.mark.parametrize(("scheme", "event_batch_size"), [("postgresql", "0"), ("postgresql+psycopg2", None)])
 def test_shipped_config_stores_the_whole_flow_in_postgres(
     database, project, tmp_path, monkeypatch, scheme, event_batch_size
 ):
@@ -36,16 +37,16 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", database.replace("postgresql://", f"{scheme}://", 1))
-    if event_batch_size:
-        monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size)
-    else:
-        monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)  # one by one, as Dagster's default
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size or "unset below; restored after the test")
+    if not event_batch_size:
+        monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")  # the storage sets it
     for path in Path(project["images_dir"]).iterdir():
         past = time.time() - 300
         os.utime(path, (past, past))
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == (event_batch_size or "256")
         assert instance.run_storage.postgres_url.startswith("postgresql+psycopg2://")
         pools = instance.get_concurrency_config().pool_config
         assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"

@@ -1,14 +1,20 @@
-"""The shipped SQLite storage writes a run's asset events in batches and records what one-by-one writes do."""
+"""The shipped storages (SQLite, and PostgreSQL for teams) write a run's asset events in batches and record what
+one-by-one writes do."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import pytest
+import yaml
 
+from random_diffusion_dagster.event_batches import BATCH_SIZE_VARIABLE
 from random_diffusion_dagster.file_versions import DATA_VERSION_TAG, IMAGE_FILES
-from random_diffusion_dagster.sqlite_storage import BATCH_SIZE_VARIABLE, BatchingSqliteEventLogStorage
+from random_diffusion_dagster.postgres_storage import BatchingPostgresEventLogStorage
+from random_diffusion_dagster.sqlite_storage import BatchingSqliteEventLogStorage
 
-from local_services import shipped_instance_config
+from local_services import shipped_instance_config, throwaway_database
 from test_assets import _diffuse_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,29 +44,62 @@ def _recorded(instance, keys):
     return recorded, {key: tags[DATA_VERSION_TAG] for key, tags in read.items()}
 
 
+@contextmanager
+def _sqlite_instance(home: Path):
+    """The storage dagster.yaml names, under `home`."""
+    with dg.instance_for_test(
+        overrides={"storage": shipped_instance_config(PROJECT_ROOT, home)["storage"]}
+    ) as instance:
+        yield instance
+
+
+@contextmanager
+def _postgres_instance(home: Path):
+    """The storage deploy/postgres/dagster.yaml names, on a new database of the local server."""
+    storage = yaml.safe_load((PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml").read_text())["storage"]
+    with throwaway_database("rdd_batches") as url:
+        storage["custom"]["config"]["postgres_url"] = url
+        with dg.instance_for_test(overrides={"storage": storage}) as instance:
+            yield instance
+
+
+STORAGES = {
+    "sqlite": (_sqlite_instance, BatchingSqliteEventLogStorage),
+    "postgres": (_postgres_instance, BatchingPostgresEventLogStorage),
+}
+
+
+@pytest.mark.parametrize("storage", STORAGES)
 def test_a_run_records_its_planned_materializations_source_versions_and_results_in_batches_as_one_by_one_writes_do(
-    instance, project, tmp_path, monkeypatch
+    storage, project, tmp_path, monkeypatch
 ):
+    open_instance, event_log = STORAGES[storage]
     written_alone = []
-    store_event = BatchingSqliteEventLogStorage.store_event
+    store_event = event_log.store_event
 
     def store_one(storage, event):
         if event.dagster_event and event.dagster_event.event_type in BATCHED:
             written_alone.append((event.dagster_event.event_type, event.dagster_event.partition))
         store_event(storage, event)
 
-    monkeypatch.setattr(BatchingSqliteEventLogStorage, "store_event", store_one)
-    assert os.environ[BATCH_SIZE_VARIABLE] == "256"  # set by loading the storage
-    keys, result = _diffuse_all(instance, project)
-    assert result.success and len(keys) == 3
-    # The images' planned materializations, sources' versions and results went in batches; only the unpartitioned
-    # inputs' one by one.
-    assert [partition for _, partition in written_alone if partition] == []
-    batched, read = _recorded(instance, keys)
+    monkeypatch.setattr(event_log, "store_event", store_one)
+    monkeypatch.setenv(BATCH_SIZE_VARIABLE, "unset below; restored after the test")
+    monkeypatch.delenv(BATCH_SIZE_VARIABLE)
+    with open_instance(tmp_path / "batched") as instance:
+        assert os.environ[BATCH_SIZE_VARIABLE] == "256"  # set by loading the storage
+        keys, result = _diffuse_all(instance, project)
+        assert result.success and len(keys) == 3
+        # The images' planned materializations, sources' versions and results went in batches; only the
+        # unpartitioned inputs' one by one.
+        assert [partition for _, partition in written_alone if partition] == []
+        batched, read = _recorded(instance, keys)
+        assert instance.get_materialized_partitions(DIFFUSED) == set(keys)
+        planned_by = {instance.get_latest_planned_materialization_info(DIFFUSED, key).run_id for key in keys}
+        assert planned_by == {result.run_id}
+        assert instance.get_latest_materialization_event(DIFFUSED).dagster_event.partition in keys
 
     monkeypatch.setenv(BATCH_SIZE_VARIABLE, "0")  # Dagster's one-by-one writes, on a second instance
-    storage = shipped_instance_config(PROJECT_ROOT, tmp_path / "one-by-one")["storage"]
-    with dg.instance_for_test(overrides={"storage": storage}) as one_by_one:
+    with open_instance(tmp_path / "one-by-one") as one_by_one:
         _diffuse_all(one_by_one, {**project, "output_dir": str(tmp_path / "one-by-one-outputs")})
         one_by_one_writes = [(kind.value, partition) for kind, partition in written_alone if partition]
         assert sorted(one_by_one_writes) == sorted((kind.value, key) for kind in BATCHED for key in keys)
@@ -78,6 +117,3 @@ def test_a_run_records_its_planned_materializations_source_versions_and_results_
         assert [metadata[name] for name in ("prompt", "model", "seed")] == [
             expected[key][0][name] for name in ("prompt", "model", "seed")
         ]
-    assert instance.get_materialized_partitions(DIFFUSED) == set(keys)
-    assert {instance.get_latest_planned_materialization_info(DIFFUSED, key).run_id for key in keys} == {result.run_id}
-    assert instance.get_latest_materialization_event(DIFFUSED).dagster_event.partition in keys
