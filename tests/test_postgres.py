@@ -85,3 +85,14 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(
             ('["diffused_image"]',),
         )
         assert cursor.fetchone()[0] == 3
+
+
+def test_an_instance_config_naming_the_storage_s_earlier_class_still_loads_it(database, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = (PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(config.replace("BatchingPostgresStorage", "Psycopg2PostgresStorage"))
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", database)
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "0")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.event_log_storage).__name__ == "BatchingPostgresEventLogStorage"
