@@ -567,8 +567,12 @@ def sensor_figure(instance, drop: tuple[set[str], set[str], float], args, batch_
     )
     if failed_runs(runs):
         raise RuntimeError(f"sensor runs failed: {failed_runs(runs)}")
+    from random_diffusion_dagster.settings import sensor_interval_seconds
+
     result = summarize([run_timeline(instance, r) for r in runs], len(keys), dropped, batch_size)
-    result["note"] = "from the files' arrival: includes waiting for the sensor's next tick (every 30 s)"
+    result["note"] = (
+        f"from the files' arrival: includes waiting for the sensor's next tick (every {sensor_interval_seconds()} s)"
+    )
     return result
 
 

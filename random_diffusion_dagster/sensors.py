@@ -13,6 +13,7 @@ from .jobs import diffuse_images_job
 from .partitions import images_partitions, partition_ceiling_warning, partition_changes
 from .pools import ensure_gpu_pool_limit
 from .resources import DatasetResource
+from .settings import sensor_interval_seconds
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
 SETTLE_SECONDS = 60
@@ -52,7 +53,7 @@ def _next_mark(last_mark: int, scan_ns: int, handled_ctimes: list[int]) -> int:
 @dg.sensor(
     name="new_images_sensor",
     job=diffuse_images_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds an `images` partition for each new image (detected by content, once fully written), "
     "deletes those whose file is gone, and requests batched runs for new and replaced images.",

@@ -6,6 +6,9 @@ import os
 # CPUs, and the hub must never be contacted.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The daemons the tests start look for new images every 5 s, not every 30 s: the waits are the suite's, not the
+# behaviour under test (tests/test_definitions.py checks the default).
+os.environ.setdefault("RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS", "5")
 
 import sys
 from pathlib import Path

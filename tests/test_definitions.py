@@ -43,6 +43,18 @@ def test_loading_definitions_imports_no_torch_diffusers_transformers_or_pandas()
     assert output.strip() == "[]"
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, 30), ("12", 12)])
+def test_the_new_images_sensor_looks_every_30_s_unless_the_environment_says_otherwise(value, expected):
+    code = (
+        "from random_diffusion_dagster.definitions import defs;"
+        "print(defs.resolve_sensor_def('new_images_sensor').minimum_interval_seconds)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS"}  # conftest's 5
+    env.update({"RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS": value} if value else {})
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert output.strip() == str(expected)
+
+
 def test_dagster_cli_validates_the_workspace():
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],

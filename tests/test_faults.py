@@ -106,6 +106,7 @@ def test_the_report_works_when_every_image_failed(project):
         ("RANDOM_DIFFUSION_SEED", "abc", "RANDOM_DIFFUSION_SEED='abc' is not a whole number"),
         ("RANDOM_DIFFUSION_TORCH_THREADS", "-1", "RANDOM_DIFFUSION_TORCH_THREADS=-1 is below 1"),
         ("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", "0", "RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN=0 is below 1"),
+        ("RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS", "1", "RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS=1 is below 5"),
     ],
 )
 def test_a_bad_environment_variable_names_itself_when_definitions_load(variable, value, message):
