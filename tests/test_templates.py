@@ -62,6 +62,23 @@ def test_a_template_resolves_the_same_per_image_and_seed_and_differs_across_imag
     assert any(p.endswith("cat at dawn") or p.endswith("cat at dusk") for p in first)  # nested wildcard
 
 
+def test_a_template_resolves_to_what_dynamic_prompts_generates_from_the_same_seed(wildcards):
+    """Templates are parsed once, not per image; an image's prompt stays what Dynamic Prompts' generator gives."""
+    from dynamicprompts.generators import RandomPromptGenerator
+    from dynamicprompts.wildcards import WildcardManager
+
+    shipped = Path(__file__).resolve().parent.parent / "data" / "prompts.txt"
+    lines = [line for line in shipped.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = [line for line in lines if "__" not in line]  # the shipped wildcards are in data/, these in `wildcards`
+    lines += ["{3::common|1::rare} {2$$a|b|c|d}", "{1-2$$ and $$x|y|z} __animals__", "{~one|two|three}"]
+    templates = PromptTemplates(lines, wildcards)
+    manager = WildcardManager(wildcards)
+    for index, line in enumerate(lines):
+        for seed in (0, 1, 7, 2**31 + 5, 2**32 - 1):
+            expected = RandomPromptGenerator(wildcard_manager=manager, seed=seed).generate(line, 1)[0]
+            assert templates.resolve(index, seed).prompt == expected, (line, seed)
+
+
 def test_weighted_variants_follow_their_weights(tmp_path):
     templates = PromptTemplates(["{3::common|1::rare}"])
     counts = Counter(templates.resolve(0, seed).prompt for seed in range(4000))
