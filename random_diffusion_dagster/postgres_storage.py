@@ -54,16 +54,11 @@ class BatchingPostgresStorage(DagsterPostgresStorage):
 
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> BatchingPostgresStorage:
-        config = dict(config_value)
-        if config.get("postgres_url"):
-            config["postgres_url"] = with_psycopg2_driver(config["postgres_url"])
-        else:
-            config["postgres_db"] = {"scheme": PSYCOPG2_SCHEME, **config["postgres_db"]}
         return cls(  # dagster-postgres's own from_config_value builds its base class
-            postgres_url=pg_url_from_config(config),
-            should_autocreate_tables=config.get("should_autocreate_tables", True),
+            postgres_url=with_psycopg2_driver(pg_url_from_config(config_value)),  # from `postgres_db` fields too
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
             inst_data=inst_data,
-            token_provider=get_token_provider_from_config(config),
+            token_provider=get_token_provider_from_config(config_value),
         )
 
 

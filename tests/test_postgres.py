@@ -5,10 +5,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg2
 import pytest
+import yaml
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
 from random_diffusion_dagster.engine.results import output_file_name
@@ -96,3 +98,28 @@ def test_an_instance_config_naming_the_storage_s_earlier_class_still_loads_it(da
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "0")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.event_log_storage).__name__ == "BatchingPostgresEventLogStorage"
+
+
+def test_an_instance_config_with_postgres_db_fields_connects_through_psycopg2(database, tmp_path, monkeypatch):
+    """The `postgres_db` form (user, host, database as fields) gets the driver that works, as URLs do."""
+    home = tmp_path / "home"
+    home.mkdir()
+    fields = urlsplit(database)
+    storage = {
+        "module": "random_diffusion_dagster.postgres_storage",
+        "class": "BatchingPostgresStorage",
+        "config": {
+            "postgres_db": {
+                "username": fields.username,
+                "hostname": fields.hostname,
+                "port": fields.port,
+                "db_name": fields.path.lstrip("/"),
+            }
+        },
+    }
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"custom": storage}}))
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "0")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_storage.postgres_url.startswith("postgresql+psycopg2://")
+        instance.add_dynamic_partitions("images", ["a.png"])
+        assert instance.get_dynamic_partitions("images") == ["a.png"]
