@@ -552,6 +552,8 @@ def drop_images(instance, args) -> tuple[set[str], set[str], float]:
 
 def sensor_figure(instance, drop: tuple[set[str], set[str], float], args, batch_size: int) -> dict:
     """Time from the files' arrival until new_images_sensor's runs have materialized them all."""
+    from random_diffusion_dagster.settings import sensor_interval_seconds
+
     keys, before, dropped = drop
     wait_for(lambda: materialized(instance, keys), args.timeout, "the sensor's runs")
 
@@ -567,8 +569,6 @@ def sensor_figure(instance, drop: tuple[set[str], set[str], float], args, batch_
     )
     if failed_runs(runs):
         raise RuntimeError(f"sensor runs failed: {failed_runs(runs)}")
-    from random_diffusion_dagster.settings import sensor_interval_seconds
-
     result = summarize([run_timeline(instance, r) for r in runs], len(keys), dropped, batch_size)
     result["note"] = (
         f"from the files' arrival: includes waiting for the sensor's next tick (every {sensor_interval_seconds()} s)"
