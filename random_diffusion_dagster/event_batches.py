@@ -14,8 +14,7 @@ import os
 from collections.abc import Sequence
 from itertools import groupby
 
-from dagster._core.events import DagsterEventType
-from dagster._core.events.log import EventLogEntry
+import dagster as dg
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 
 BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
@@ -30,9 +29,9 @@ class AssetEventBatches:
     """Mixin for a SQL event log: each run of one batched kind in a batch is stored at once, in one insert and one
     transaction; other kinds, and a lone event, as the storage it is mixed into stores them."""
 
-    batched_types: frozenset[DagsterEventType]
+    batched_types: frozenset[dg.DagsterEventType]
 
-    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+    def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
         for kind, same_kind in groupby(events, key=lambda event: event.get_dagster_event().event_type):
             same_kind = list(same_kind)
             if kind in self.batched_types and len(same_kind) > 1:
@@ -40,7 +39,7 @@ class AssetEventBatches:
             else:
                 super().store_event_batch(same_kind)
 
-    def _store_asset_events(self, events: list[EventLogEntry]) -> None:
+    def _store_asset_events(self, events: list[dg.EventLogEntry]) -> None:
         """What store_event does for each in the index, at once: the rows, their tags, each asset's latest entry.
         A batch too big for one statement fails on the insert, before anything is written, and Dagster then writes
         it one by one."""

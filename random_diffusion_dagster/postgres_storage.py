@@ -10,7 +10,7 @@ turns batches on by default. Otherwise it is dagster-postgres itself, same table
 
 from __future__ import annotations
 
-from dagster._core.events import DagsterEventType
+import dagster as dg
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
@@ -32,7 +32,7 @@ class BatchingPostgresEventLogStorage(AssetEventBatches, PostgresEventLogStorage
     """dagster-postgres's event log, storing a batch of planned materializations in one insert and one transaction;
     materializations and observations as dagster-postgres batches them."""
 
-    batched_types = frozenset({DagsterEventType.ASSET_MATERIALIZATION_PLANNED})
+    batched_types = frozenset({dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED})
 
 
 class BatchingPostgresStorage(DagsterPostgresStorage):

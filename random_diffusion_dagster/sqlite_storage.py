@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dagster._core.events import DagsterEventType
-from dagster._core.events.log import EventLogEntry
+import dagster as dg
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
@@ -25,15 +24,15 @@ class BatchingSqliteEventLogStorage(AssetEventBatches, SqliteEventLogStorage):
 
     batched_types = frozenset(
         {
-            DagsterEventType.ASSET_MATERIALIZATION,
-            DagsterEventType.ASSET_OBSERVATION,
-            DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+            dg.DagsterEventType.ASSET_MATERIALIZATION,
+            dg.DagsterEventType.ASSET_OBSERVATION,
+            dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
         }
     )
 
-    def _store_asset_events(self, events: list[EventLogEntry]) -> None:
+    def _store_asset_events(self, events: list[dg.EventLogEntry]) -> None:
         """Into each run's own file first, then into the cross-run index."""
-        by_run: dict[str, list[EventLogEntry]] = {}
+        by_run: dict[str, list[dg.EventLogEntry]] = {}
         for event in events:
             by_run.setdefault(event.run_id, []).append(event)
         for run_id, run_events in by_run.items():

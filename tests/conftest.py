@@ -58,8 +58,16 @@ def project(tmp_path, models_dir):
 
 
 @pytest.fixture
-def instance(tmp_path):
+def environ():
+    """os.environ, restored whole after the test. The storages and the engine resource set variables with setdefault
+    (DAGSTER_EVENT_BATCH_SIZE, TORCHINDUCTOR_CACHE_DIR); monkeypatch does not undo a variable it never saw set."""
+    with mock.patch.dict(os.environ):
+        yield os.environ
+
+
+@pytest.fixture
+def instance(tmp_path, environ):
     """A Dagster instance on the storage the project ships (dagster.yaml), in a temporary folder."""
     storage = shipped_instance_config(PROJECT_ROOT, tmp_path / "dagster-home")["storage"]
-    with mock.patch.dict(os.environ), dg.instance_for_test(overrides={"storage": storage}) as instance:
-        yield instance  # the environment as it was afterwards: the storage sets DAGSTER_EVENT_BATCH_SIZE
+    with dg.instance_for_test(overrides={"storage": storage}) as instance:
+        yield instance

@@ -83,7 +83,7 @@ def test_compile_settings_come_from_the_environment_for_sensor_and_schedule_runs
 
 
 def test_a_worker_that_keeps_pipelines_on_a_cuda_gpu_compiles_by_default_with_the_cache_in_the_instance_folder(
-    monkeypatch, tmp_path
+    monkeypatch, tmp_path, environ
 ):
     """The rule is decided from the device's name: no CUDA device exists here, so no pipeline is made on one."""
     from random_diffusion_dagster.engine.pipelines import Speedups
@@ -103,8 +103,7 @@ def test_a_worker_that_keeps_pipelines_on_a_cuda_gpu_compiles_by_default_with_th
     assert DiffusionEngineResource(keep_loaded=True).speedups_on("cuda") == Speedups(compile_vae=True)
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset below; restored after the test")
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
     monkeypatch.delenv("RANDOM_DIFFUSION_COMPILE")
     DiffusionEngineResource(device="cpu").pipelines()  # nothing compiled: torch's own default
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ

@@ -71,7 +71,7 @@ STORAGES = {
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_a_run_records_its_planned_materializations_source_versions_and_results_in_batches_as_one_by_one_writes_do(
-    storage, project, tmp_path, monkeypatch
+    storage, project, tmp_path, monkeypatch, environ
 ):
     open_instance, event_log = STORAGES[storage]
     written_alone = []
@@ -83,8 +83,7 @@ def test_a_run_records_its_planned_materializations_source_versions_and_results_
         store_event(storage, event)
 
     monkeypatch.setattr(event_log, "store_event", store_one)
-    monkeypatch.setenv(BATCH_SIZE_VARIABLE, "unset below; restored after the test")
-    monkeypatch.delenv(BATCH_SIZE_VARIABLE)
+    environ.pop(BATCH_SIZE_VARIABLE, None)
     with open_instance(tmp_path / "batched") as instance:
         assert os.environ[BATCH_SIZE_VARIABLE] == "256"  # set by loading the storage
         keys, result = _diffuse_all(instance, project)

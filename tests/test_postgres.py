@@ -33,15 +33,15 @@ def database():
 # a run's events in batches, as the shipped storage does unless told otherwise.
 @pytest.mark.parametrize(("scheme", "event_batch_size"), [("postgresql", "0"), ("postgresql+psycopg2", None)])
 def test_shipped_config_stores_the_whole_flow_in_postgres(
-    database, project, tmp_path, monkeypatch, scheme, event_batch_size
+    database, project, tmp_path, monkeypatch, environ, scheme, event_batch_size
 ):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", database.replace("postgresql://", f"{scheme}://", 1))
-    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_batch_size or "unset below; restored after the test")
-    if not event_batch_size:
-        monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE")  # the storage sets it
+    environ.pop("DAGSTER_EVENT_BATCH_SIZE", None)  # the storage sets it, unless the case does
+    if event_batch_size:
+        environ["DAGSTER_EVENT_BATCH_SIZE"] = event_batch_size
     for path in Path(project["images_dir"]).iterdir():
         past = time.time() - 300
         os.utime(path, (past, past))

@@ -84,13 +84,13 @@ class PromptTemplates:
         prompt = self._generate(self._parsed[index], seed) if line.is_template else line.template
         return ResolvedPrompt(line.template, prompt, line.negative_prompt)
 
-    def _generate(self, template, seed: int) -> str:
+    def _generate(self, parsed, seed: int) -> str:
         """What Dynamic Prompts' RandomPromptGenerator(seed=seed).generate(text, 1) gives, from the parsed text."""
         from dynamicprompts.commands.base import SamplingMethod
         from dynamicprompts.sampling_context import SamplingContext
 
         context = SamplingContext(SamplingMethod.RANDOM, self._wildcards(), rand=random.Random(seed))
-        return str(next(iter(context.sample_prompts(template, 1))))
+        return str(next(iter(context.sample_prompts(parsed, 1))))
 
     def _wildcards(self):
         if self._manager is None:
