@@ -12,7 +12,7 @@ $(BIN)/random-diffusion: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | grep -v '^WARNING: Location' || true
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install -q -e '.[test,celery,k8s]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres, dagster_celery, dagster_k8s, dagster_dg_cli"
+	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres, dagster_celery, dagster_k8s, dagster_dg_cli, xdist"
 	touch $@
 
 setup: $(BIN)/random-diffusion
@@ -20,7 +20,11 @@ setup: $(BIN)/random-diffusion
 run: setup
 	$(BIN)/random-diffusion run
 
+# pytest-xdist: most tests wait on real daemons, webservers and Celery workers, so three workers share two cores
+# well; a test file stays on one worker (its module fixtures start once, its Redis databases are its own).
+TEST_WORKERS ?= 3
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup run test
