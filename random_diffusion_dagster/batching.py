@@ -16,7 +16,6 @@ from .settings import max_partitions_per_run
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-MAX_PARTITIONS_PER_RUN = max_partitions_per_run()
 
 
 def partition_range_tags(first: str, last: str) -> dict[str, str]:
@@ -46,13 +45,14 @@ class PartitionRange:
 def partition_ranges(
     ordered_keys: list[str], wanted: Iterable[str], max_per_run: int | None = None, bridge_gaps: bool = False
 ) -> list[PartitionRange]:
-    """Cover the wanted keys with ranges of at most `max_per_run` consecutive partitions.
+    """Cover the wanted keys with ranges of at most `max_per_run` consecutive partitions
+    (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN).
 
     Without `bridge_gaps` a range holds only wanted keys (e.g. a submission with its own prompts
     must not touch other images). With it, a range may span unwanted keys between wanted ones
     (fewer runs; those images are reused when their results are current).
     """
-    limit = max_per_run or MAX_PARTITIONS_PER_RUN
+    limit = max_per_run or max_partitions_per_run()
     if limit < 1:
         raise ValueError(f"The number of partitions per run must be at least 1, got {limit}.")
     wanted = set(wanted)

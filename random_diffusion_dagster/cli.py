@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from .batching import MAX_PARTITIONS_PER_RUN, partition_range_tags, partition_ranges
+from .batching import partition_range_tags, partition_ranges
 from .prompt_sets import submission_tags
 from .settings import PROJECT_ROOT, SettingError
 
@@ -79,9 +79,26 @@ def build_demo_models_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_problem(defs: dg.Definitions) -> str | None:
+    """What stops the images or output folder from being used, found before any run starts: one line on the
+    terminal instead of a failed run's traceback (the messages are the scan's and the output check's own)."""
+    from .engine.storage import require_writable_folder
+
+    dataset = defs.resources["dataset"]
+    try:
+        dataset.scan()
+        require_writable_folder(dataset.output_dir)
+    except OSError as error:
+        return str(error)
+    return None
+
+
 def run_command(args: argparse.Namespace) -> int:
     from .definitions import defs
 
+    if problem := _folder_problem(defs):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     resources_config = {"engine": {"config": _engine_config(args)}}
     if args.seed is not None:
         resources_config["dataset"] = {"config": {"seed": args.seed}}
@@ -120,13 +137,20 @@ def run_command(args: argparse.Namespace) -> int:
 def compare_command(args: argparse.Namespace) -> int:
     """Every catalog model on the chosen images (their own prompts and seeds), then their grids."""
     from .definitions import defs
+    from .engine.catalog import CatalogError
     from .engine.comparison import ComparisonError, comparison_variants, grid_path
     from .engine.images import partition_key_for
 
-    try:  # a bad value fails here, before any run starts or model loads
-        comparison_variants(args.strength or [], args.steps or [])
-    except ComparisonError as exc:
+    try:  # a bad value, or one no catalog model can denoise with, fails here, before any run starts or model loads
+        variants = comparison_variants(args.strength or [], args.steps or [])
+        for spec in defs.resources["dataset"].catalog():
+            for variant in variants:
+                variant.apply(spec)
+    except (ComparisonError, CatalogError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if problem := _folder_problem(defs):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     dataset_config = {"dataset": {"config": {"seed": args.seed}}} if args.seed is not None else {}
     resources_config = {"engine": {"config": _engine_config(args)}, **dataset_config}
@@ -249,12 +273,13 @@ def worker_command(args: argparse.Namespace) -> int:
     through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
     import socket
 
-    from .settings import celery_urls
+    from .settings import celery_urls, step_storage_location
 
+    os.environ.setdefault("RANDOM_DIFFUSION_EXECUTOR", "celery")
     broker, _ = celery_urls()
+    step_storage_location()  # on a broker other machines reach, refuse to start where every step would fail
     config_dir = write_worker_config()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))}
-    env.setdefault("RANDOM_DIFFUSION_EXECUTOR", "celery")
     command = [
         sys.executable,
         "-m",
@@ -335,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--max-partitions-per-run",
         type=_positive_int,
-        default=MAX_PARTITIONS_PER_RUN,
-        help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)",
+        help="images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or 128)",
     )
     run.set_defaults(handler=run_command)
 
@@ -371,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument(
         "--max-partitions-per-run",
         type=_positive_int,
-        default=MAX_PARTITIONS_PER_RUN,
-        help="images per run, each with all models (default: %(default)s)",
+        help="images per run, each with all models (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or 128)",
     )
     compare.set_defaults(handler=compare_command)
 
@@ -393,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument(
         "--max-partitions-per-run",
         type=_positive_int,
-        default=MAX_PARTITIONS_PER_RUN,
-        help="images per run (default: %(default)s, RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN)",
+        help="images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or 128)",
     )
     submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
     submit.set_defaults(handler=submit_command)

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from .batching import MAX_PARTITIONS_PER_RUN, partition_ranges
+from .batching import partition_ranges
 from .engine.prompts import require_prompts
 from .prompt_sets import submission_tags
 
@@ -152,7 +152,7 @@ class Deployment:
                     else "put them in --url, e.g. http://USER:PASSWORD@host:3000 (or DAGSTER_WEBSERVER_URL)."
                 )
             )
-        if status in (404, 405):
+        if status in (404, 405, 501):  # no such path, or no POST there (Python's http.server: 501)
             raise SubmitError(f"{not_dagster}; check --url (host, port and path prefix, e.g. http://host:3000/dagster)")
         if 400 <= status < 500:
             raise SubmitError(
@@ -194,7 +194,7 @@ class Deployment:
         prompts: list[str] | None,
         seed: int | None,
         images: list[str] | None,
-        max_per_run: int = MAX_PARTITIONS_PER_RUN,
+        max_per_run: int | None = None,
     ) -> list[str]:
         """Launch runs covering `images` (default: every partition); return their run ids."""
         if prompts is not None:

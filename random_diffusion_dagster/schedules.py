@@ -1,7 +1,5 @@
 """`catch_up_schedule`: redo every image whose result is missing or stale, in batched runs."""
 
-import os
-
 import dagster as dg
 
 from .batching import partition_ranges, ranged_run_requests
@@ -10,14 +8,13 @@ from .jobs import diffuse_images_job
 from .partitions import images_partitions
 from .prompt_sets import current_prompt_set
 from .resources import DatasetResource
-
-CATCH_UP_CRON = os.environ.get("RANDOM_DIFFUSION_CATCH_UP_CRON") or "0 3 * * *"
+from .settings import catch_up_cron
 
 
 @dg.schedule(
     name="catch_up_schedule",
     job=diffuse_images_job,
-    cron_schedule=CATCH_UP_CRON,
+    cron_schedule=catch_up_cron(),
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Nightly (RANDOM_DIFFUSION_CATCH_UP_CRON): runs every partition whose result is missing, "
     "unreadable, made from other prompts, catalog, seed or source, or not recorded as materialized; "

@@ -59,6 +59,19 @@ def max_partitions_per_run() -> int:
     return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", 128, minimum=1)
 
 
+def catch_up_cron() -> str:
+    """When `catch_up_schedule` runs (cron syntax, the daemon's time zone): nightly at 03:00 unless set."""
+    from dagster._utils.schedules import is_valid_cron_schedule  # Dagster's own rule; no public name
+
+    cron = os.environ.get("RANDOM_DIFFUSION_CATCH_UP_CRON", "").strip() or "0 3 * * *"
+    if not is_valid_cron_schedule(cron):
+        raise SettingError(
+            f"RANDOM_DIFFUSION_CATCH_UP_CRON={cron!r} is not a cron schedule: set it to five fields such as "
+            "'0 3 * * *' (03:00 every day), or unset it."
+        )
+    return cron
+
+
 def sensor_interval_seconds() -> int:
     """Seconds between new_images_sensor's looks at the images folder: how long a new image may wait before its run.
     Dagster's daemon evaluates sensors at most every 5 s; a tick over 100,000 files took 1.2 s on the 2-core CPU."""

@@ -221,11 +221,14 @@ def main(argv: list[str] | None = None) -> None:
 # What the daemon prints on every pass of its loops (each sensor and automation tick, each second the
 # run queue is checked, each monitoring pass), a warning every fresh instance gets once per start, and
 # the warning its code server prints each minute when the daemon replaces it (the daemon reloads the
-# workspace every 60 s by starting a new code server; the old one stops after 20 s without heartbeats).
+# workspace every 60 s by starting a new code server; the old one stops after 20 s without heartbeats), and
+# the runs' own DEBUG events, which the runs the daemon launches print to its terminal (step start, inputs,
+# outputs, a materialization per image: the UI's run page shows them).
 # `random-diffusion ui` drops these lines and passes everything else on: run launches, warnings, errors,
-# tracebacks, what the project's sensors log.
+# tracebacks, what the project's sensors and assets log.
 ROUTINE_DAEMON_LINE = re.compile(
-    r" - dagster\.code_server - WARNING - No heartbeat received in 20 seconds, shutting down"
+    r" - dagster - DEBUG - "
+    r"| - dagster\.code_server - WARNING - No heartbeat received in 20 seconds, shutting down"
     r"| - dagster\.daemon\.(?:"
     r"SensorDaemon - INFO - (?:Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for )"
     r"|SchedulerDaemon - INFO - (?:Schedule \S+ skipped: |No run requests returned for )"

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from random_diffusion_dagster.batching import MAX_PARTITIONS_PER_RUN, RANGE_END_TAG, RANGE_START_TAG
+from random_diffusion_dagster.batching import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.images import partition_key_for
 from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.resources import DatasetResource
 from random_diffusion_dagster.schedules import catch_up_schedule
 from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
+from random_diffusion_dagster.settings import max_partitions_per_run
 
 from helpers import make_image
 from local_services import apply_partition_requests
@@ -104,7 +105,7 @@ def test_ten_thousand_files_tick_fast_and_arrive_as_few_batched_runs(instance, t
     again = _tick(instance, project, result.cursor)
     quiet_tick = time.perf_counter() - started
     assert len(instance.get_dynamic_partitions("images")) == 10_000
-    assert len(result.run_requests) == math.ceil(10_000 / MAX_PARTITIONS_PER_RUN)  # 79 with the default 128
+    assert len(result.run_requests) == math.ceil(10_000 / max_partitions_per_run())  # 79 with the default 128
     assert again.run_requests == []
     assert first_tick < 30 and quiet_tick < 5, (first_tick, quiet_tick)
     assert len(json.dumps(json.loads(again.cursor))) < 600_000

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -52,3 +53,36 @@ def test_run_without_images_says_where_to_put_them(project, tmp_path):
         [str(BIN / "random-diffusion"), "run"], env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 1 and "No images found" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "setting", "message"),
+    [
+        (["run"], {"RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN": "0"}, "MAX_PARTITIONS_PER_RUN=0 is below 1"),
+        (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{file}"}, "a file, not a folder: point RANDOM_DIFFUSION_OUTPUT_DIR"),
+        (["run"], {"RANDOM_DIFFUSION_IMAGES_DIR": "{file}"}, "a file, not a folder: point RANDOM_DIFFUSION_IMAGES_DIR"),
+        (["compare", "red.png", "--strength", "0.01", "--steps", "5"], {}, "runs no denoising step"),
+    ],
+)
+def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
+    project, tmp_path, args, setting, message
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_IMAGES_DIR": project["images_dir"],
+        "RANDOM_DIFFUSION_OUTPUT_DIR": project["output_dir"],
+        "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts_file"],
+        "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"],
+    }
+    env |= {variable: value.format(file=a_file) for variable, value in setting.items()}
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 2 and message in completed.stderr, completed.stderr[-3000:]
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr[-3000:]  # no traceback, no run's log
+    assert list(home.iterdir()) == []  # no instance, so no run

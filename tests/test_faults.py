@@ -107,6 +107,7 @@ def test_the_report_works_when_every_image_failed(project):
         ("RANDOM_DIFFUSION_TORCH_THREADS", "-1", "RANDOM_DIFFUSION_TORCH_THREADS=-1 is below 1"),
         ("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", "0", "RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN=0 is below 1"),
         ("RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS", "1", "RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS=1 is below 5"),
+        ("RANDOM_DIFFUSION_CATCH_UP_CRON", "nightly", "CATCH_UP_CRON='nightly' is not a cron schedule"),
     ],
 )
 def test_a_bad_environment_variable_names_itself_when_definitions_load(variable, value, message):

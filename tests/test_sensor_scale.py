@@ -14,8 +14,8 @@ from test_automation import _age, _tick
 
 from random_diffusion_dagster import partitions
 from random_diffusion_dagster.assets.inputs import source_images
-from random_diffusion_dagster.batching import MAX_PARTITIONS_PER_RUN
 from random_diffusion_dagster.resources import DatasetResource
+from random_diffusion_dagster.settings import max_partitions_per_run
 
 from helpers import make_image
 
@@ -107,7 +107,7 @@ def test_sensor_scale_benchmark_runs_and_its_cursor_stays_bounded(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(out.read_text())
-    first = math.ceil(2000 / MAX_PARTITIONS_PER_RUN)  # 16 with the default 128
+    first = math.ceil(2000 / max_partitions_per_run())  # 16 with the default 128
     assert results["files"] == 2000 and results["run_requests"] == {"first": first, "quiet": 0, "change": 11}
     assert results["cursor_bytes"] < 2_000
     assert time.perf_counter() - started < 60

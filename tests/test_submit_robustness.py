@@ -147,6 +147,7 @@ NOT_DAGSTER = {
     "json without data": (200, "application/json", json.dumps({"status": "ok"})),
     "other graphql api": (200, "application/json", json.dumps({"data": {"hello": "world"}})),
     "405 on POST": (405, "text/plain", "Method Not Allowed"),
+    "501 on POST (http.server)": (501, "text/html", "<html><body>Unsupported method ('POST')</body></html>"),
 }
 
 

@@ -13,8 +13,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from random_diffusion_dagster.cli import main
 from random_diffusion_dagster.resources import DiffusionEngineResource
-from random_diffusion_dagster.settings import SettingError, celery_urls, keep_pipelines_loaded, step_storage_location
+from random_diffusion_dagster.settings import (
+    SettingError,
+    celery_urls,
+    keep_pipelines_loaded,
+    local_celery_folder,
+    step_storage_location,
+)
 
 from helpers import make_image, orchestrated_quick, write_catalog
 from test_assets import _diffuse_all, _run_figures
@@ -69,6 +76,18 @@ def test_celery_on_one_box_needs_no_service_and_no_shared_storage(monkeypatch, t
     monkeypatch.setenv("RANDOM_DIFFUSION_KEEP_LOADED", "maybe")
     with pytest.raises(SettingError, match="RANDOM_DIFFUSION_KEEP_LOADED='maybe'"):
         keep_pipelines_loaded()
+
+
+def test_a_worker_on_a_shared_broker_without_step_storage_refuses_to_start_naming_the_variable(
+    environ, tmp_path, capsys
+):
+    environ.update(DAGSTER_HOME=str(tmp_path), RANDOM_DIFFUSION_CELERY_BROKER="redis://gpu-box:6379/0")
+    for name in ("EXECUTOR", "STEP_STORAGE"):
+        environ.pop(f"RANDOM_DIFFUSION_{name}", None)
+    with pytest.raises(SystemExit) as stopped:
+        main(["worker"])
+    assert stopped.value.code == 2 and "RANDOM_DIFFUSION_STEP_STORAGE" in capsys.readouterr().err
+    assert not (local_celery_folder() / "worker-config").exists()  # no worker config written, no worker started
 
 
 def test_runs_and_the_one_box_worker_poll_celery_every_tenth_of_a_second(monkeypatch, tmp_path):

@@ -255,6 +255,8 @@ def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
         ("dagster.daemon.MonitoringDaemon", "INFO", "Collected 1 runs for monitoring"),
         ("dagster.daemon.EventLogConsumerDaemon", "WARNING", "No cursor for event type X, ignoring older events"),
         ("dagster.code_server", "WARNING", "No heartbeat received in 20 seconds, shutting down"),
+        ("dagster", "DEBUG", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_START - Started execution"),
+        ("dagster", "DEBUG", "diffuse_images - 9f1c - diffused_image - ASSET_MATERIALIZATION - Materialized value"),
     ]
     assert [fields[2] for fields in routine if output.keep(_line(*fields))] == []
     kept = [
@@ -264,6 +266,8 @@ def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
         ("dagster.daemon.SensorDaemon", "ERROR", "Sensor new_images_sensor skipped: the folder is gone"),
         ("dagster.daemon.SensorDaemon", "WARNING", "Checking for new runs for sensor: took 95 seconds"),
         ("dagster.code_server", "ERROR", "Error while loading code location"),
+        ("dagster", "INFO", "diffuse_images - 9f1c - 4242 - diffused_image - tiny-sd15: 4 images in 1.2 s"),
+        ("dagster", "ERROR", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_FAILURE - Execution failed"),
     ]
     assert all(output.keep(_line(*fields)) for fields in kept)
     assert output.keep("Traceback (most recent call last):\n")

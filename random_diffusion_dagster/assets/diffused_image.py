@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from ..batching import MAX_PARTITIONS_PER_RUN
 from ..engine.catalog import ModelSpec
 from ..file_versions import IMAGE_FILES, report_what_was_read, version_event
 from ..metadata import partition_metadata, record_partition_metadata, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
+from ..settings import max_partitions_per_run
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
 GPU_STEP_TAGS = {
@@ -26,7 +26,7 @@ GPU_STEP_TAGS = {
 @dg.asset(
     partitions_def=images_partitions,
     deps=[IMAGE_FILES],
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run()),
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
     group_name="diffusion",
