@@ -8,3 +8,5 @@ warnings.filterwarnings(
     "ignore", message=r"Parameter `(backfill_policy|data_version)` of (function `asset`|initializer `Output)"
 )
 warnings.filterwarnings("ignore", message=r"Function `observable_source_asset` is currently in beta")
+# dagster-celery registers its task once per import path, and Celery warns about it in every run and worker: harmless.
+warnings.filterwarnings("ignore", message=r"Task name 'execute_plan' is already registered")

@@ -126,7 +126,7 @@ def run_command(args: argparse.Namespace) -> int:
             )
             failed_runs += not result.success
             outcome = "succeeded" if result.success else "FAILED"
-            print(f"Run {result.run_id}: {outcome} for {len(partition_range.keys)} images")
+            print(f"Run {result.run_id}: {outcome} for {_count(len(partition_range.keys), 'image')}")
         _materialize(defs, "diffusion_report", instance, dataset_config)
     output_dir = Path(defs.resources["dataset"].output_dir)
     print(f"Outputs: {output_dir}")
@@ -190,7 +190,10 @@ def compare_command(args: argparse.Namespace) -> int:
             )
             failed_runs += not result.success
             outcome = "succeeded" if result.success else "FAILED"
-            print(f"Run {result.run_id}: {outcome} for {len(image_range.keys)} images x {len(models)} models")
+            print(
+                f"Run {result.run_id}: {outcome} for {_count(len(image_range.keys), 'image')} x "
+                f"{_count(len(models), 'model')}"
+            )
         _materialize(defs, "comparison_report", instance, dataset_config)
     output_dir = defs.resources["dataset"].output_dir
     for key in dict.fromkeys(wanted):
@@ -248,7 +251,7 @@ def write_worker_config() -> Path:
     config_dir = local_celery_folder() / "worker-config"
     config_dir.mkdir(parents=True, exist_ok=True)
     # Steps log to Dagster (the UI); what they also print reaches this terminal at INFO, so only --loglevel INFO
-    # shows it. dagster-celery registers its task twice, once per import path, and Celery warns: harmless.
+    # shows it. The project's package holds the filter for dagster-celery's harmless duplicate-task warning.
     # kombu's SQL broker hands broker_transport_options to SQLAlchemy's create_engine, so its poll interval is
     # set on the transport class instead.
     settings = {
@@ -258,8 +261,7 @@ def write_worker_config() -> Path:
         **celery_settings(),
     }
     (config_dir / "dagster_celery_config.py").write_text(
-        "import warnings as _warnings\n"
-        "_warnings.filterwarnings('ignore', message=\"Task name 'execute_plan' is already registered\")\n"
+        "import random_diffusion_dagster as _project  # its warning filters\n"
         "import kombu.transport.sqlalchemy as _sql_broker\n"
         f"_sql_broker.Transport.polling_interval = {CELERY_POLL_SECONDS!r}\n"
         + "".join(f"{k} = {v!r}\n" for k, v in settings.items())
@@ -310,6 +312,11 @@ def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance,
 def _engine_config(args: argparse.Namespace) -> dict:
     """The terminal's progress bar, and a batch size only when one was given (else the device's default)."""
     return {"progress_bar": True, **({"batch_size": args.batch_size} if args.batch_size else {})}
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 image', '3 images'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _positive_int(text: str) -> int:

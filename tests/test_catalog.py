@@ -115,10 +115,13 @@ def test_uncached_hub_id_while_offline_says_what_to_do(tmp_path, monkeypatch):
         load_pipeline(_spec(tmp_path, hub_id="nobody/no-such-model"), "cpu")
 
 
-def test_unknown_scheduler_names_the_model(tmp_path, models_dir):
+def test_unknown_scheduler_names_the_model_and_the_schedulers_that_fit_it(tmp_path, models_dir):
     spec = _spec(tmp_path, path=str(models_dir / "tiny-sd15"), scheduler="WarpDriveScheduler")
-    with pytest.raises(ModelLoadError, match="Model 'm': unknown scheduler 'WarpDriveScheduler'"):
+    with pytest.raises(ModelLoadError, match="Model 'm': unknown scheduler 'WarpDriveScheduler'") as raised:
         load_pipeline(spec, "cpu")
+    fits = str(raised.value).split("these fit the model: ")[1]
+    assert "EulerDiscreteScheduler" in fits and "DPMSolverMultistepScheduler" in fits
+    assert "AmusedScheduler" not in fits  # a scheduler of another kind of model is not offered
 
 
 def test_corrupt_weights_name_the_model(tmp_path, models_dir):

@@ -129,7 +129,7 @@ def load_pipeline(
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
     if spec.scheduler:
-        pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler.config)
+        pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
     return apply_speedups(pipeline.to(device), device, speedups)
 
@@ -288,17 +288,18 @@ def _is_local_dir(path: str | None) -> bool:
     return bool(path) and Path(path).is_dir()
 
 
-def _make_scheduler(spec: ModelSpec, config):
+def _make_scheduler(spec: ModelSpec, shipped):
+    """The catalog's scheduler, configured like the one the model shipped with (`shipped`)."""
     import diffusers
 
     scheduler_class = getattr(diffusers, str(spec.scheduler), None)
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+        fits = sorted(c.__name__ for c in getattr(shipped, "compatibles", [])) or [type(shipped).__name__]
         raise ModelLoadError(
-            f"Model {spec.name!r}: unknown scheduler {spec.scheduler!r}. Use a diffusers scheduler class "
-            f"name such as {', '.join(known[:6])}, ..."
+            f"Model {spec.name!r}: unknown scheduler {spec.scheduler!r}. Use a diffusers scheduler class name; "
+            f"these fit the model: {', '.join(fits)}."
         )
-    return scheduler_class.from_config(config)
+    return scheduler_class.from_config(shipped.config)
 
 
 @dataclass
