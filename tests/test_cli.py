@@ -11,10 +11,10 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
-    home = tmp_path / "home"
+def _env(project: dict, home: Path) -> dict[str, str]:
+    """The command's environment for the `project` fixture, with a new, empty instance folder at `home`."""
     home.mkdir()
-    env = {
+    return {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "RANDOM_DIFFUSION_IMAGES_DIR": project["images_dir"],
@@ -23,6 +23,10 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
         "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"],
         "OMP_NUM_THREADS": "1",
     }
+
+
+def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
+    env = _env(project, tmp_path / "home")
     completed = subprocess.run(
         [str(BIN / "random-diffusion"), "run", "--seed", "3", "--prompt", "a red kite"],
         env=env,
@@ -68,17 +72,9 @@ def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
     project, tmp_path, args, setting, message
 ):
     home = tmp_path / "home"
-    home.mkdir()
+    env = _env(project, home)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "RANDOM_DIFFUSION_IMAGES_DIR": project["images_dir"],
-        "RANDOM_DIFFUSION_OUTPUT_DIR": project["output_dir"],
-        "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts_file"],
-        "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"],
-    }
     env |= {variable: value.format(file=a_file) for variable, value in setting.items()}
     completed = subprocess.run(
         [str(BIN / "random-diffusion"), *args], env=env, capture_output=True, text=True, timeout=300
