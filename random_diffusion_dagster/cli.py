@@ -20,7 +20,7 @@ import dagster as dg
 
 from .batching import partition_range_tags, partition_ranges
 from .prompt_sets import submission_tags
-from .settings import PROJECT_ROOT, SettingError
+from .settings import DEFAULT_MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError
 
 # The terminal shows the progress bar; the run's log lines (a line per batch, loads) stay in its event log, where
 # the UI shows them. Warnings and errors still reach the terminal.
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--max-partitions-per-run",
         type=_positive_int,
-        help="images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or 128)",
+        help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
     run.set_defaults(handler=run_command)
 
@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument(
         "--max-partitions-per-run",
         type=_positive_int,
-        help="images per run, each with all models (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or 128)",
+        help="images per run, each with all models (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or "
+        f"{DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
     compare.set_defaults(handler=compare_command)
 
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument(
         "--max-partitions-per-run",
         type=_positive_int,
-        help="images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or 128)",
+        help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
     submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
     submit.set_defaults(handler=submit_command)

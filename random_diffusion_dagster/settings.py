@@ -50,13 +50,16 @@ def env_choices(variable: str, allowed: tuple[str, ...]) -> set[str]:
     return named
 
 
+DEFAULT_MAX_PARTITIONS_PER_RUN = 128
+
+
 def max_partitions_per_run() -> int:
     """Images per run in backfills, sensor, schedule, CLI and `submit` runs.
 
     128: every run process pays imports and a load per model drawn, and splits its images across models; with 32
     per run a 128-image backfill took 2.9x the engine's time on the CPU, with 128 1.4x (benchmarks/results).
     """
-    return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", 128, minimum=1)
+    return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", DEFAULT_MAX_PARTITIONS_PER_RUN, minimum=1)
 
 
 def catch_up_cron() -> str:
