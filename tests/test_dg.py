@@ -46,16 +46,18 @@ def _dg(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def quiet_home(tmp_path):
+    """The README's setting: the project's environment active (as `. .venv/bin/activate` sets it)."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return {**os.environ, "DAGSTER_HOME": str(home)}
+    return {**os.environ, "DAGSTER_HOME": str(home), "VIRTUAL_ENV": str(DG.parent.parent)}
 
 
 def test_dg_check_and_list_load_the_project_definitions(quiet_home):
     check = _dg("check", "defs", cwd=PROJECT_ROOT, env=quiet_home)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "All definitions loaded successfully" in check.stdout + check.stderr
+    assert "does not match" not in check.stdout + check.stderr  # dg's warning when another environment is active
     listed = _dg("list", "defs", "--json", cwd=PROJECT_ROOT, env=quiet_home)
     assert listed.returncode == 0, listed.stderr
     defs = json.loads(listed.stdout)
