@@ -22,6 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     from dagster._daemon import controller
     from dagster._daemon.cli import cli
 
+    from .cli import project_instance
+
+    # A fresh SQLite instance gets its tables from one process at a time: a webserver started beside the daemon
+    # may be making them now, and the daemon's code server opening them halfway fails to load for good
+    # ("alembic_version has more than one head").
+    project_instance().dispose()
+
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds  # read by the backfill loop when its thread starts
     cli(["run", *(sys.argv[1:] if argv is None else argv)], prog_name="random-diffusion daemon", obj={})
 

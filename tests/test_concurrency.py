@@ -1,10 +1,13 @@
 """Processes that start together: storage is set up once, and CLI runs take turns."""
 
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from local_services import stop_process_groups, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +27,16 @@ HOLD_RUN_LOCK = (
 )
 
 
+HOLD_INIT_LOCK = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from random_diffusion_dagster.cli import exclusive\n"
+    "with exclusive(Path(sys.argv[1]) / '.dagster' / 'instance-init.lock', 'waiting'):\n"
+    "    print('got', flush=True)\n"
+    "    time.sleep(float(sys.argv[2]))\n"
+)
+
+
 def _spawn(code: str, cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", code, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -36,6 +49,32 @@ def test_three_processes_opening_a_fresh_instance_together_all_succeed(tmp_path)
     outcomes = [p.communicate(timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err[-1500:] for _, err in outcomes]
     assert (tmp_path / ".dagster" / "storage").is_dir()
+
+
+def test_the_daemon_waits_while_another_process_sets_up_a_fresh_instance(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    holder = _spawn(HOLD_INIT_LOCK, tmp_path, str(home), "6")
+    assert holder.stdout.readline().startswith("got")  # e.g. a webserver creating the tables
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "random-diffusion"), "daemon", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+        cwd=home,  # dagster.yaml keeps history in ./.dagster/storage
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert daemon.stderr.readline() == "Waiting for another process to set up storage...\n"
+        storage = home / ".dagster" / "storage"
+        assert not storage.exists()  # nothing opened while the other process holds the lock
+        holder.communicate(timeout=60)
+        wait_for(lambda: (storage / "schedules").is_dir() or daemon.poll() is not None, 120, "the daemon's storage")
+        assert daemon.poll() is None
+    finally:
+        stop_process_groups([daemon])
 
 
 def test_a_second_cli_run_waits_for_the_first_and_says_so(tmp_path):
