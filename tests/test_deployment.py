@@ -1,9 +1,9 @@
-"""End to end: a real dagster-webserver and `random-diffusion daemon` on loopback, driven over GraphQL.
+"""End to end: the README's team commands, `random-diffusion-webserver` and `random-diffusion daemon`, on loopback,
+driven over GraphQL (started together on a fresh home, they take turns making the instance).
 
 Covers the sensor registering and materializing images, backfills launched as the UI does,
-`random-diffusion submit --wait`,
-per-partition metadata read back over GraphQL, the `gpu` pool keeping runs apart, and a
-run whose process is killed mid-batch being marked failed and retried.
+`random-diffusion submit --wait`, per-partition metadata read back over GraphQL, the `gpu` pool keeping runs
+apart, and a run whose process is killed mid-batch being marked failed and retried.
 """
 
 import os
@@ -67,7 +67,7 @@ def deployment(tmp_path_factory, models_dir):
     logs = {name: open(root / f"{name}.log", "w") for name in ("webserver", "daemon")}
     processes = [
         subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+            [str(BIN / "random-diffusion-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=logs["webserver"],
