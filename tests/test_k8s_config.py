@@ -89,6 +89,7 @@ def _launcher_from_helm_values() -> dict:
         "instance_config_map": "dagster-instance",
         "dagster_home": "/opt/dagster/dagster_home",
         "job_namespace": chart["jobNamespace"],
+        "image_pull_policy": chart["imagePullPolicy"],
         "env_vars": chart.get("envVars", []),
         "env_secrets": [secret["name"] for secret in chart["envSecrets"]],
         "volumes": chart["volumes"],
@@ -176,6 +177,31 @@ def test_helm_values_point_the_code_location_at_the_definitions():
 
 def test_helm_values_give_runs_the_same_environment_as_the_instance_yaml():
     assert _launcher_from_helm_values()["env_vars"] == _launcher_from_instance_yaml()["env_vars"]
+    assert _launcher_from_helm_values()["image_pull_policy"] == _launcher_from_instance_yaml()["image_pull_policy"]
+
+
+def test_helm_values_render_the_instance_yaml_gpu_pool_monitoring_and_retries():
+    """What the chart writes into the instance ConfigMap from values.yaml (configmap-instance.yaml: runMonitoring,
+    runRetries under dagsterDaemon; helpers/instance/_concurrency.tpl: top-level concurrency, only if enabled)."""
+    values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
+    instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    daemon, concurrency = values["dagsterDaemon"], values["concurrency"]
+    assert concurrency["enabled"] is True
+    rendered = {
+        "concurrency": {
+            "pools": {
+                "granularity": concurrency["pools"]["granularity"],
+                "default_limit": concurrency["pools"]["defaultLimit"],
+            }
+        },
+        "run_monitoring": {
+            "enabled": daemon["runMonitoring"]["enabled"],
+            "start_timeout_seconds": daemon["runMonitoring"]["startTimeoutSeconds"],
+            "poll_interval_seconds": daemon["runMonitoring"]["pollIntervalSeconds"],
+        },
+        "run_retries": {"enabled": daemon["runRetries"]["enabled"], "max_retries": daemon["runRetries"]["maxRetries"]},
+    }
+    assert rendered == {key: instance[key] for key in rendered}
     values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     code_location = [f"{var['name']}={var['value']}" for var in deployment["env"]]
