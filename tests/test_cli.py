@@ -82,3 +82,17 @@ def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
     assert completed.returncode == 2 and message in completed.stderr, completed.stderr[-3000:]
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr[-3000:]  # no traceback, no run's log
     assert list(home.iterdir()) == []  # no instance, so no run
+
+
+def test_build_demo_models_prints_one_line_and_no_library_output(tmp_path):
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "build-demo-models", "--models-dir", str(tmp_path / "models")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines() == [f"Built 5 demo models in {tmp_path / 'models'}"]
+    assert completed.stderr == ""  # no progress bars ("Writing model shards"), no torchvision or float32 notices
+    assert (tmp_path / "models" / "tiny-sd15" / "model_index.json").is_file()

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.quiet import quiet_libraries
+
 
 @dataclass(frozen=True)
 class TinyModelRecipe:
@@ -212,6 +214,7 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
     The shipped demo models (data/models) are these, trained by scripts/train_demo_models.py;
     the random ones are the smallest, fastest stand-ins, used by the tests.
     """
+    quiet_libraries()
     models_dir = Path(models_dir)
     built = []
     for recipe in TINY_MODELS:

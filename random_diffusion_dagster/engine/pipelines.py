@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ModelSpec
-from .quiet import silence_harmless_notices
+from .quiet import quiet_libraries
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # Components that may be shared between pipelines when their weights are byte-identical
@@ -108,12 +108,9 @@ def load_pipeline(
 
     `shared` maps component names to already loaded modules to reuse instead of loading.
     """
-    silence_harmless_notices()
+    quiet_libraries()
     import diffusers
-    import transformers
 
-    diffusers.utils.logging.disable_progress_bar()  # one log line per load is enough
-    transformers.utils.logging.disable_progress_bar()
     _check_source_exists(spec)
     dtype = pick_dtype(spec.dtype, device, dtype_override)
     skip_checker = {} if spec.safety_checker else _without_safety_checker(spec)

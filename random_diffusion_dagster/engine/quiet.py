@@ -1,4 +1,4 @@
-"""Third-party notices known to be harmless here, filtered at the loggers that emit them.
+"""Third-party output kept off the console: notices known to be harmless here, and progress bars.
 
 Each filter drops one exact notice and nothing else, so real warnings from the same
 libraries still reach the console and the Dagster run log.
@@ -32,3 +32,14 @@ def silence_harmless_notices() -> None:
         logger = logging.getLogger(logger_name)
         if not any(isinstance(f, _DropNotice) and f.text == text for f in logger.filters):
             logger.addFilter(_DropNotice(text))
+
+
+def quiet_libraries() -> None:
+    """Harmless notices filtered and diffusers' and transformers' progress bars off (loading, saving): the
+    project logs one line per model instead."""
+    silence_harmless_notices()
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
