@@ -21,10 +21,7 @@ import dagster as dg
 from .batching import partition_range_tags, partition_ranges
 from .prompt_sets import submission_tags
 from .settings import DEFAULT_MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError
-
-# The terminal shows the progress bar; the run's log lines (a line per batch, loads) stay in its event log, where
-# the UI shows them. Warnings and errors still reach the terminal.
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+from .terminal_log import TERMINAL_LOGGING, is_interruption, with_terminal_logger
 
 
 def _instance_home() -> Path:
@@ -110,28 +107,31 @@ def run_command(args: argparse.Namespace) -> int:
         project_instance() as instance,
         exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."),
     ):
-        _materialize(defs, "source_images", instance, dataset_config)
+        if not _materialize(defs, "source_images", instance, dataset_config):
+            return 1
         keys = instance.get_dynamic_partitions("images")
         if not keys:
             print("No images found: put some in the images folder (RANDOM_DIFFUSION_IMAGES_DIR).", file=sys.stderr)
             return 1
-        job = defs.resolve_job_def("diffuse_images")
+        job = with_terminal_logger(defs.resolve_job_def("diffuse_images"))
         failed_runs = 0
         for partition_range in partition_ranges(keys, keys, args.max_partitions_per_run):
             result = job.execute_in_process(
                 instance=instance,
                 tags=partition_range.tags | (submission_tags() if args.prompt else {}),
-                run_config={"resources": resources_config, "ops": ops_config, **QUIET_LOGS},
+                run_config={"resources": resources_config, "ops": ops_config, **TERMINAL_LOGGING},
                 raise_on_error=False,
             )
+            _stop_if_interrupted(result)
             failed_runs += not result.success
-            outcome = "succeeded" if result.success else "FAILED"
-            print(f"Run {result.run_id}: {outcome} for {_count(len(partition_range.keys), 'image')}")
+            print(f"Run {result.run_id} over {_count(len(partition_range.keys), 'image')}: {_outcome(result)}")
         _materialize(defs, "diffusion_report", instance, dataset_config)
     output_dir = Path(defs.resources["dataset"].output_dir)
     print(f"Outputs: {output_dir}")
-    print(f"Report:  {output_dir / 'report' / 'summary.csv'} and {output_dir / 'report' / 'contact_sheet.png'}")
-    return 1 if failed_runs else 0
+    report = [path for path in ("summary.csv", "contact_sheet.png") if (output_dir / "report" / path).is_file()]
+    if report:
+        print(f"Report:  {' and '.join(str(output_dir / 'report' / path) for path in report)}")
+    return _said_where_the_traces_are() if failed_runs else 0
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -158,8 +158,9 @@ def compare_command(args: argparse.Namespace) -> int:
     lock = _instance_home() / ".dagster" / "cli-run.lock"
     waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
     with project_instance() as instance, exclusive(lock, waiting):
-        _materialize(defs, "source_images", instance, dataset_config)  # registers the images partitions
-        _materialize(defs, "model_catalog", instance, dataset_config)  # registers the models partitions
+        registered = _materialize(defs, "source_images", instance, dataset_config)  # the images partitions
+        if not (registered and _materialize(defs, "model_catalog", instance, dataset_config)):  # the models ones
+            return 1
         keys, models = instance.get_dynamic_partitions("images"), instance.get_dynamic_partitions("models")
         wanted = [image if image in keys else partition_key_for(Path(image).name) for image in args.images]
         unknown = [image for image, key in zip(args.images, wanted, strict=True) if key not in keys]
@@ -172,7 +173,7 @@ def compare_command(args: argparse.Namespace) -> int:
             )
             print(f"error: {problem}.", file=sys.stderr)
             return 2
-        job = defs.resolve_job_def("compare_models")
+        job = with_terminal_logger(defs.resolve_job_def("compare_models"))
         failed_runs = 0
         # One run per contiguous range of the chosen images, over all models: each model loads once per run.
         for image_range in partition_ranges(keys, wanted, args.max_partitions_per_run):
@@ -184,21 +185,20 @@ def compare_command(args: argparse.Namespace) -> int:
                 run_config={
                     "resources": resources_config,
                     "ops": {"model_comparison": {"config": comparison_config}},
-                    **QUIET_LOGS,
+                    **TERMINAL_LOGGING,
                 },
                 raise_on_error=False,
             )
+            _stop_if_interrupted(result)
             failed_runs += not result.success
-            outcome = "succeeded" if result.success else "FAILED"
-            print(
-                f"Run {result.run_id}: {outcome} for {_count(len(image_range.keys), 'image')} x "
-                f"{_count(len(models), 'model')}"
-            )
+            cells = f"{_count(len(image_range.keys), 'image')} x {_count(len(models), 'model')}"
+            print(f"Run {result.run_id} over {cells}: {_outcome(result)}")
         _materialize(defs, "comparison_report", instance, dataset_config)
     output_dir = defs.resources["dataset"].output_dir
     for key in dict.fromkeys(wanted):
-        print(f"Grid: {grid_path(output_dir, key)}")
-    return 1 if failed_runs else 0
+        if grid_path(output_dir, key).is_file():
+            print(f"Grid: {grid_path(output_dir, key)}")
+    return _said_where_the_traces_are() if failed_runs else 0
 
 
 def _cell_key(image: str, model: str) -> str:
@@ -304,9 +304,30 @@ def worker_command(args: argparse.Namespace) -> int:
     os.execve(sys.executable, command, env)
 
 
-def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> None:
+def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> bool:
+    """One asset, in this process; its failure is shown as the terminal logger's one line, and False returned."""
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
-    job.execute_in_process(instance=instance, run_config={"resources": resources_config, **QUIET_LOGS})
+    result = with_terminal_logger(job).execute_in_process(
+        instance=instance, run_config={"resources": resources_config, **TERMINAL_LOGGING}, raise_on_error=False
+    )
+    _stop_if_interrupted(result)
+    return result.success
+
+
+def _stop_if_interrupted(result: dg.ExecuteInProcessResult) -> None:
+    """Dagster turns Ctrl-C into a failed step and returns; the command stops there, as a terminal user expects."""
+    if any(is_interruption(event) for event in result.all_events):
+        raise KeyboardInterrupt
+
+
+def _outcome(result: dg.ExecuteInProcessResult) -> str:
+    return "succeeded" if result.success else "FAILED (the error lines above say what failed)"
+
+
+def _said_where_the_traces_are() -> int:
+    """After failed runs: where the stack traces the terminal left out are. The exit status for failed runs."""
+    print("Each failure's stack trace is on its run's page in the UI (`random-diffusion ui`, Runs).", file=sys.stderr)
+    return 1
 
 
 def _engine_config(args: argparse.Namespace) -> dict:
@@ -470,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except SettingError as error:
         parser.exit(2, f"random-diffusion {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        finished = " (finished images are saved; running it again reuses them)" if args.command == "run" else ""
+        print(f"\nrandom-diffusion {args.command}: interrupted{finished}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 """`random-diffusion run`, the command behind `make run`, end to end in a subprocess."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from helpers import write_catalog
 
 BIN = Path(sys.executable).parent
 
@@ -36,7 +41,7 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     outputs = Path(project["output_dir"])
-    assert f"Outputs: {outputs}" in completed.stdout and "succeeded for 3 images" in completed.stdout
+    assert f"Outputs: {outputs}" in completed.stdout and "over 3 images: succeeded" in completed.stdout
     assert " - dagster - " not in completed.stdout + completed.stderr  # the batch lines are in the run's log, not here
     assert len(list(outputs.glob("*.png"))) == 3
     summary = pd.read_csv(outputs / "report" / "summary.csv")
@@ -96,3 +101,50 @@ def test_build_demo_models_prints_one_line_and_no_library_output(tmp_path):
     assert completed.stdout.splitlines() == [f"Built 5 demo models in {tmp_path / 'models'}"]
     assert completed.stderr == ""  # no progress bars ("Writing model shards"), no torchvision or float32 notices
     assert (tmp_path / "models" / "tiny-sd15" / "model_index.json").is_file()
+
+
+def test_a_failing_run_shows_each_failure_as_its_own_message_without_stack_traces(project, tmp_path):
+    """Dagster's console logger printed 80-250 lines of frames per failure; the terminal gets the message."""
+    catalog = yaml.safe_load(Path(project["models_file"]).read_text())
+    catalog["models"][1]["name"] = catalog["models"][0]["name"]
+    Path(project["models_file"]).write_text(yaml.safe_dump(catalog))
+    (Path(project["images_dir"]) / "notes.png").write_text("not an image")
+    env = _env(project, tmp_path / "home")
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # no Dagster banner
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1
+    errors = completed.stderr.splitlines()
+    assert f"error: model_catalog failed: {project['models_file']}: model names must be unique" in completed.stderr
+    assert any(line.startswith("warning: Skipped notes.png: ") for line in errors)
+    assert "Traceback" not in completed.stderr and "Stack Trace" not in completed.stderr and len(errors) <= 4
+    assert " over 3 images: FAILED" in completed.stdout and "contact_sheet.png" not in completed.stdout
+
+
+def test_ctrl_c_stops_the_run_in_one_line_and_keeps_finished_images(project, tmp_path, models_dir):
+    """Dagster turns SIGINT into a failed step and returns; the command stops instead of going on to the report."""
+    write_catalog(Path(project["models_file"]), models_dir, names=("tiny-sd15",), num_inference_steps=400, strength=1.0)
+    outputs = Path(project["output_dir"])
+    process = subprocess.Popen(
+        [str(BIN / "random-diffusion"), "run", "--batch-size", "1"],
+        env=_env(project, tmp_path / "home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(outputs.glob("*.png")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.rstrip().endswith(
+        "random-diffusion run: interrupted (finished images are saved; running it again reuses them)"
+    )
+    assert "Traceback" not in stderr and "Run " not in stdout  # stopped: no outcome line, no report
+    assert 1 <= len(list(outputs.glob("*.png"))) < 3
