@@ -33,6 +33,7 @@ def wildcards(tmp_path):
     (folder / "animals.txt").write_text("fox\nowl\n__colors__ cat\n")
     (folder / "colors.txt").write_text("red\nblue\n")
     (folder / "empty.txt").write_text("")
+    (folder / "broken.txt").write_text("a {broken\n")
     return folder
 
 
@@ -112,6 +113,12 @@ def test_plain_lines_are_used_exactly_as_written(tmp_path):
         ("--prompt 'a fox' --steps 20", "unknown option '--steps'"),
         ("--negative_prompt 'blurry'", "no --prompt"),
         ("--prompt 'a fox", "close the quote"),
+        # These parse, but failed (or came out empty) only when an image drew them: every image of the run failed.
+        ("{0::a|0::b}", "prompt 1: '{0::a|0::b}' cannot be drawn"),
+        ("{|}", "prompt 1: '{|}' can draw an empty prompt: give every choice text"),
+        ("a cat #1 fan, {red|blue}", "has a '#', which starts a comment in a template"),
+        ("a __broken__", "wildcard __broken__ has the value 'a {broken', not a valid template"),
+        ("a __../secret__", "wildcard __../secret__ has '..' in its name"),
     ],
 )
 def test_broken_lines_name_the_prompt_and_the_fix(wildcards, line, message):

@@ -19,6 +19,7 @@ from .prompts import PromptListError
 TEMPLATE_MARKS = ("{", "__")  # a line without these is plain text and is not parsed
 WILDCARD = re.compile(r"__([\w\-./*]+?)__")
 LINE_OPTIONS = {"prompt": "template", "negative_prompt": "negative_prompt"}  # A1111 name -> PromptLine field
+TRIAL_SEEDS = range(8)  # draws of each template before any image runs
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,30 @@ class PromptTemplates:
         except ParseException as exc:
             raise PromptListError(
                 f"{where}: {template[:80]!r} is not a valid template ({exc.msg} at column {exc.column}): "
-                "balance its braces { }, or escape a literal brace as \\{."
+                "balance its braces { } (a template has no literal braces)."
             ) from None
+        if "#" in template:
+            raise PromptListError(
+                f"{where}: {template[:80]!r} has a '#', which starts a comment in a template, so the rest of the line "
+                "would be dropped: remove the '#'."
+            )
         self._check_wildcards(template, where, seen=())
+        self._check_draws(parsed, template, where)
         return parsed
+
+    def _check_draws(self, parsed, template: str, where: str) -> None:
+        """Some templates parse but fail or come out empty only when drawn (`{0::a|0::b}`, `{|}`): trial draws find
+        them before any image runs, instead of failing every image of the run that draws the line."""
+        for seed in TRIAL_SEEDS:
+            try:
+                prompt = self._generate(parsed, seed)
+            except Exception as exc:  # noqa: BLE001 - whatever Dynamic Prompts raises, named with the line
+                raise PromptListError(
+                    f"{where}: {template[:80]!r} cannot be drawn ({type(exc).__name__}: {exc}): check its weights "
+                    "and counts, e.g. {3::a|1::b} or {2$$a|b|c}."
+                ) from None
+            if not prompt.strip():
+                raise PromptListError(f"{where}: {template[:80]!r} can draw an empty prompt: give every choice text.")
 
     def _check_wildcards(self, text: str, where: str, seen: tuple[str, ...]) -> None:
         """Every wildcard the text names has values, and so does every wildcard those values name."""
@@ -127,6 +148,11 @@ class PromptTemplates:
                     f"{where}: uses wildcard __{name}__ but the wildcards folder {self.wildcards_dir} does not exist: "
                     "create it with a file per wildcard (e.g. animals.txt), or set RANDOM_DIFFUSION_WILDCARDS_DIR."
                 )
+            if ".." in name.split("/"):  # Dynamic Prompts refuses these only when drawn, logging a traceback
+                raise PromptListError(
+                    f"{where}: wildcard __{name}__ has '..' in its name, which Dynamic Prompts does not allow: name "
+                    f"the file by its path inside {self.wildcards_dir} (e.g. __animals/cats__ for animals/cats.txt)."
+                )
             values = self._wildcards().get_values(name).string_values
             if not values:
                 raise PromptListError(
@@ -134,4 +160,19 @@ class PromptTemplates:
                     "with one value per line."
                 )
             for value in values:
+                self._check_value(value, name, where)
                 self._check_wildcards(value, where, (*seen, name))
+
+    def _check_value(self, value: str, name: str, where: str) -> None:
+        """A wildcard value is a template too: its syntax is checked here, not when an image draws it."""
+        from dynamicprompts.parser.parse import parse
+        from pyparsing import ParseException
+
+        if any(mark in value for mark in TEMPLATE_MARKS):
+            try:
+                parse(value)
+            except ParseException as exc:
+                raise PromptListError(
+                    f"{where}: wildcard __{name}__ has the value {value[:80]!r}, not a valid template ({exc.msg} "
+                    f"at column {exc.column}): balance its braces in {name}.txt."
+                ) from None
