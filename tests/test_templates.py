@@ -197,3 +197,16 @@ def test_weighted_prompts_run_in_batches_with_a_correct_truncation_flag(project,
         results.append(run_tasks(tasks, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None).results)
     assert all(r.status == "generated" for batch in results for r in batch)
     assert [batch[0].record.prompt_truncated for batch in results] == [False, False, True]
+
+
+def test_a_long_prompt_is_flagged_without_the_libraries_notices(project, models_dir, tmp_path, caplog):
+    """The flag (and the step's one-line warning) say it; diffusers and transformers printed the cut-off text
+    per call and per tokenizer, on every console."""
+    catalog = load_catalog(write_catalog(tmp_path / "w.yaml", models_dir, names=("tiny-sd15", "tiny-sd2")))
+    planner = Planner(["a very detailed photograph of a cat " * 30], catalog, 0, project["output_dir"])
+    tasks, _ = planner.plan(scan_folder(project["images_dir"]))
+    results = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None).results
+    assert {task.model.name for task in tasks} == {"tiny-sd15", "tiny-sd2"}
+    assert all(r.status == "generated" and r.record.prompt_truncated for r in results)
+    printed = caplog.text  # what reached any handler: the console's, the Dagster run log's
+    assert "truncated because CLIP" not in printed and "Token indices sequence length" not in printed

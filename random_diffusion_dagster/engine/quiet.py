@@ -14,6 +14,13 @@ HARMLESS_NOTICES = (
     ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
     # Printed when a model with no float32-only modules (the list is empty) is cast: nothing to keep.
     ("diffusers.models.modeling_utils", "that should be kept in float32: []"),
+    # A prompt over CLIP's 77 tokens, printed with the cut-off text at every call and when tokenized whole: the
+    # project records `prompt_truncated` on the image and logs one short warning for it instead.
+    (
+        "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img",
+        "The following part of your input was truncated because CLIP can only handle sequences up to",
+    ),
+    ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum"),
 )
 
 
