@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
-from .engine.catalog import ModelSpec, load_catalog
+from .engine.catalog import DTYPES, ModelSpec, load_catalog
 from .engine.images import FolderScan, SourceFile, scan_images
 from .engine.plan import ImageTask, Planner
 from .engine.prompts import load_prompts
@@ -111,7 +112,9 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="Pipelines kept loaded at once; the least recently used is evicted "
         "(RANDOM_DIFFUSION_RESIDENT_MODELS, default 2).",
     )
-    memory_budget_mb: float | None = Field(default=None, description="Cap on the resident pipelines' weights, in MiB.")
+    memory_budget_mb: float | None = Field(
+        default=None, gt=0, description="Cap on the resident pipelines' weights, in MiB."
+    )
     batch_size: int | None = Field(
         default=None,
         ge=1,
@@ -120,6 +123,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     )
     torch_threads: int | None = Field(
         default_factory=lambda: env_int("RANDOM_DIFFUSION_TORCH_THREADS", None, minimum=1),
+        ge=1,
         description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
     )
     progress_bar: bool = Field(default=False, description="Show a terminal progress bar (the CLI turns it on).")
@@ -144,6 +148,21 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     )
 
     _cache = PrivateAttr(default=None)
+
+    @field_validator("device")
+    @classmethod
+    def _a_torch_device(cls, value: str | None) -> str | None:
+        """Checked when the run starts, not when torch first meets the value in the middle of loading a model."""
+        if value is not None and not re.fullmatch(r"(cpu|mps|xpu|cuda)(:\d+)?", value):
+            raise ValueError(f"{value!r} is not a torch device: use cuda, cuda:1, mps or cpu, or leave it unset")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _a_known_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"{value!r} is not one of {', '.join(DTYPES)}: use one, or leave it unset")
+        return value
 
     def pipelines(self, log=lambda message: None):
         """The run's PipelineCache, created on first use (or the one this process kept, with keep_loaded)."""

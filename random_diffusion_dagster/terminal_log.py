@@ -18,6 +18,8 @@ import dagster as dg
 
 # Dagster's log records carry their event and original message here (dagster._core.log_manager, no public name).
 _RECORD_METADATA = "dagster_meta"
+# pydantic's last line under each invalid Config or resource field: a link to its docs, not about this value.
+_PYDANTIC_LINK = "For further information visit https://errors.pydantic.dev"
 # Dagster's own line for each step left out after a failure: the failure itself was already shown.
 _LEFT_OUT_STEP = ("Dependencies for step ", "Not executing.")
 
@@ -30,9 +32,10 @@ def is_interruption(event: dg.DagsterEvent) -> bool:
 def error_text(error) -> str:
     """A step failure's own message, without its stack: the user code's exception (not Dagster's wrapper around
     it), named by its class unless it is the project's own or a `dg.Failure`, whose messages say what to do."""
-    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+    while error.cause is not None and error.cls_name.startswith("Dagster"):  # Dagster's wrappers around it
         error = error.cause
     qualified, _, text = error.message.strip().partition(": ")
+    text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(_PYDANTIC_LINK))
     own = qualified.startswith("random_diffusion_dagster.") or qualified.endswith(".Failure")
     return text if own else f"{error.cls_name}: {text}" if text else error.cls_name
 
@@ -41,9 +44,13 @@ class _TerminalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         metadata = getattr(record, _RECORD_METADATA, {})
         event = metadata.get("dagster_event")
+        error = getattr(getattr(event, "event_specific_data", None), "error", None)  # a failure's exception
         if event is not None and event.is_step_failure:
-            return f"error: {metadata['step_key']} failed: {error_text(event.step_failure_data.error)}"
-        return f"{record.levelname.lower()}: {metadata.get('orig_message', record.getMessage())}"
+            return f"error: {metadata['step_key']} failed: {error_text(error)}"
+        message = metadata.get("orig_message", record.getMessage())
+        if error is not None:  # e.g. a resource that could not start: "Initialization of resources [...] failed."
+            return f"error: {message.rstrip('.')}: {error_text(error)}"
+        return f"{record.levelname.lower()}: {message}"
 
 
 class _WithoutRepeats(logging.Filter):

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
@@ -276,3 +277,33 @@ def test_the_check_in_a_diffusion_run_reads_that_runs_results_and_alone_reads_th
     (evaluation,) = alone.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["checked"].value == len(keys) + 1
     assert keys[0] in evaluation.metadata["partitions"].value
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"device": "banana"}, "'banana' is not a torch device: use cuda, cuda:1, mps or cpu"),
+        ({"dtype": "float8"}, "'float8' is not one of auto, float16, bfloat16, float32"),
+        ({"torch_threads": 0}, "torch_threads\n  Input should be greater than or equal to 1"),
+        ({"memory_budget_mb": -5}, "memory_budget_mb\n  Input should be greater than 0"),
+    ],
+)
+def test_an_unusable_engine_setting_fails_the_run_naming_it_before_any_image(instance, project, setting, message):
+    """Launchpad config passes Dagster's type check; these values failed deep in torch (or, -5 MiB, never)."""
+    _materialize(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    result = dg.materialize(
+        ALL_ASSETS,
+        selection=["prompt_list", "model_catalog", "diffused_image"],
+        instance=instance,
+        resources={"dataset": DatasetResource(**project), "engine": DiffusionEngineResource.configure_at_launch()},
+        run_config={"resources": {"engine": {"config": setting}}},
+        tags=partition_range_tags(keys[0], keys[-1]),
+        raise_on_error=False,
+    )
+    assert not result.success
+    # The engine starts with the run, before any step: its failure is the run's resource failure.
+    failures = [event for event in result.all_events if event.event_type_value == "RESOURCE_INIT_FAILURE"]
+    errors = [str(event.event_specific_data.error) for event in failures]
+    assert any(message in error for error in errors), errors
+    assert not list(Path(project["output_dir"]).glob("*.png"))
