@@ -226,12 +226,13 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     def batch_size_on(self, device: str) -> int:
         return self.batch_size or (16 if device.startswith("cuda") else 4)
 
-    def run(self, tasks: list[ImageTask], log=lambda message: None) -> RunSummary:
-        """Make the tasks' images with this run's pipelines: reused, generated or failed, one result each."""
+    def run(self, tasks: list[ImageTask], log=lambda message: None, finished: list | None = None) -> RunSummary:
+        """Make the tasks' images with this run's pipelines: reused, generated or failed, one result each
+        (`finished`: each result as it is done, see run_tasks)."""
         from .engine.runner import run_tasks
 
         pipelines = self.pipelines(log)
-        return run_tasks(tasks, pipelines, self.batch_size_on(pipelines.device), log, self.progress_bar)
+        return run_tasks(tasks, pipelines, self.batch_size_on(pipelines.device), log, self.progress_bar, finished)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._cache is not None:

@@ -7,9 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 import pytest
 import yaml
+
+from random_diffusion_dagster.engine.results import output_file_name
 
 from helpers import write_catalog
 
@@ -147,4 +150,8 @@ def test_ctrl_c_stops_the_run_in_one_line_and_keeps_finished_images(project, tmp
         "random-diffusion run: interrupted (finished images are saved; running it again reuses them)"
     )
     assert "Traceback" not in stderr and "Run " not in stdout  # stopped: no outcome line, no report
-    assert 1 <= len(list(outputs.glob("*.png"))) < 3
+    written = {path.name for path in outputs.glob("*.png")}
+    assert 1 <= len(written) < 3
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:  # the images on disk are recorded
+        recorded = instance.get_materialized_partitions(dg.AssetKey("diffused_image"))
+    assert {output_file_name(key) for key in recorded} == written

@@ -44,7 +44,12 @@ def diffused_image(
     tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
     # The bytes this run read: each partition's provenance names that content.
     report_what_was_read(context, [version_event(IMAGE_FILES, t.source.sha256[:16], partition=t.key) for t in tasks])
-    summary = engine.run(tasks, context.log.info)
+    done: list = []
+    try:
+        summary = engine.run(tasks, context.log.info, finished=done)
+    except BaseException:  # interrupted (Ctrl-C, a terminated run): the images already on disk are recorded too
+        _record_one_by_one(context, [result for result in done if result.status != "failed"])
+        raise
 
     finished = [r for r in summary.results if r.status != "failed"]
     for result in finished:
@@ -57,13 +62,17 @@ def diffused_image(
     if not failures:
         record_partition_metadata(context, {result.task.key: partition_metadata(result) for result in finished})
         return dg.MaterializeResult()
-    # A failing step records none of its partitions, so the finished ones are reported one by one
-    # first: Dagster's record then agrees with the disk.
-    for result in finished:
-        context.log_event(
-            dg.AssetMaterialization(context.asset_key, partition=result.task.key, metadata=partition_metadata(result))
-        )
+    _record_one_by_one(context, finished)
     raise dg.Failure(
         description=f"{len(failures)} of {len(context.partition_keys)} images failed; the {len(finished)} finished "
         "are saved and recorded, and a rerun reuses them:\n" + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
     )
+
+
+def _record_one_by_one(context: dg.AssetExecutionContext, finished: list) -> None:
+    """A failing step records none of its partitions, so the finished ones are reported one by one before it
+    fails: Dagster's record then agrees with the disk."""
+    for result in finished:
+        context.log_event(
+            dg.AssetMaterialization(context.asset_key, partition=result.task.key, metadata=partition_metadata(result))
+        )

@@ -112,8 +112,12 @@ def run_tasks(
     batch_size: int = 4,
     log: Callable[[str], None] = print,
     progress_bar: bool = False,
+    finished: list[ImageResult] | None = None,
 ) -> RunSummary:
-    """Make every task's image, at most one load per model, carrying on past failures."""
+    """Make every task's image, at most one load per model, carrying on past failures.
+
+    `finished`, if given, gets each result as it is done (its PNG written once this returns or raises): what a
+    caller records when the run is interrupted part way."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
@@ -131,12 +135,15 @@ def run_tasks(
             pending.append(task)
     if results:
         log(f"Reusing {len(results)} identical results already on disk; {len(pending)} to generate.")
+    finished = [] if finished is None else finished
+    finished.extend(results.values())
     progress = _Progress(len(pending), log, progress_bar)
     by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
     with _ResultWriter() as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
         for model_sources in sources:
             for result in _run_model(model_sources, cache, batch_size, progress, writer):
                 results[result.task.output_path] = result
+                finished.append(result)
     progress.close()
     for result in results.values():
         _record_outcome(result)
