@@ -108,6 +108,10 @@ def test_unreadable_and_truncated_files_name_the_file(tmp_path):
     for path in (text, truncated):
         with pytest.raises(ImageLoadError, match=re.escape(path.name)):
             load_rgb(path)
+    # Runs decode the bytes they read and hashed: the error names the file, not Pillow's <_io.BytesIO object at ...>.
+    with pytest.raises(ImageLoadError) as refused:
+        load_rgb(io.BytesIO(text.read_bytes()), name=str(text))
+    assert str(refused.value) == f"{text} cannot be decoded (truncated or not an image): cannot identify image file"
 
 
 def test_oversized_image_is_refused_with_the_limit(tmp_path):

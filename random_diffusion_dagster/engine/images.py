@@ -246,10 +246,14 @@ def load_rgb(
                 return _to_rgb(image)
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{label} looks like a decompression bomb: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses twice its own limit before we can measure
+        raise ImageLoadError(
+            f"{label} is far above the {max_pixels:,}-pixel limit for source images (a decompression-bomb guard): "
+            "downscale it first."
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{label} cannot be decoded (truncated or not an image): {exc}") from exc
+        reason = str(exc).replace(f" {path!r}", "")  # Pillow names a file object by its repr: <_io.BytesIO ...>
+        raise ImageLoadError(f"{label} cannot be decoded (truncated or not an image): {reason}") from exc
 
 
 def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:
