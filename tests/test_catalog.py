@@ -29,7 +29,9 @@ def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tm
         ({"models": []}, "empty"),
         ({"models": [{"name": "x", "path": "p", "config": "c"}]}, "`config` only applies to `single_file`"),
         ({"models": [{"name": "x", "single_file": "f", "safety_checker": True}]}, "carry no safety checker"),
-        ({"model": []}, "models:"),
+        ({"model": []}, r"unknown top-level keys \['model'\]; a catalog has \['defaults', 'models'\]"),
+        ({"models": None}, "`models:` is missing or has no entries"),
+        ({"models": {"name": "x"}}, "`models:` must be a list of entries"),
     ],
 )
 def test_bad_catalogs_are_refused_with_the_reason(tmp_path, document, message):
@@ -270,6 +272,13 @@ def test_a_few_aliases_for_shared_settings_still_work(tmp_path):
     )
     a, b = load_catalog(path)
     assert (b.name, b.resolution, b.num_inference_steps) == ("b", 64, 8)
+
+
+def test_a_setting_written_twice_in_an_entry_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - name: x\n    path: p\n    strength: 0.3\n    strength: 0.9\n")
+    with pytest.raises(CatalogError, match=r"models\.yaml, line 5: `strength` is set twice in one mapping"):
+        load_catalog(path)
 
 
 def test_oversized_catalog_file_is_refused_before_parsing(tmp_path):

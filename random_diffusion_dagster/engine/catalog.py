@@ -165,12 +165,25 @@ def load_catalog(path: str | Path) -> list[ModelSpec]:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES nodes, or loop."""
+    """SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES nodes, or loop, and keys set
+    twice in one mapping (YAML keeps the last one silently: `strength: 0.3` then `strength: 0.9` ran at 0.9)."""
 
     def compose_document(self):
         node = super().compose_document()
         _check_expanded_size(node, self.name)
         return node
+
+    def construct_mapping(self, node, deep=False):
+        written = set()
+        for key_node, _value in node.value:  # as written: keys a `<<: *alias` merges in may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in written:
+                    raise CatalogError(
+                        f"Model catalog {self.name}, line {key_node.start_mark.line + 1}: `{key_node.value}` is set "
+                        "twice in one mapping, and YAML would keep only the last: remove one."
+                    )
+                written.add(key_node.value)
+        return super().construct_mapping(node, deep)
 
 
 def _check_expanded_size(root: yaml.Node, name: str) -> None:
@@ -202,11 +215,17 @@ def _check_expanded_size(root: yaml.Node, name: str) -> None:
 
 
 def parse_catalog(document: dict, base_dir: Path, origin: str = "catalog") -> list[ModelSpec]:
-    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+    if not isinstance(document, dict):
         raise CatalogError(f"{origin}: expected a mapping with a `models:` list.")
     unknown = sorted(set(document) - set(TOP_LEVEL), key=str)
     if unknown:
         raise CatalogError(f"{origin}: unknown top-level keys {show(unknown)}; a catalog has {list(TOP_LEVEL)}.")
+    if document.get("models") is None:
+        raise CatalogError(f"{origin}: `models:` is missing or has no entries: list the models under it.")
+    if not isinstance(document["models"], list):
+        raise CatalogError(
+            f"{origin}: `models:` must be a list of entries (`- name: ...`); got {show(document['models'])}."
+        )
     given = document.get("defaults") or {}
     if not isinstance(given, dict):
         raise CatalogError(
