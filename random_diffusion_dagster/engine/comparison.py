@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
-from .catalog import ModelSpec
+from .catalog import SETTINGS, ModelSpec
 from .images import partition_key_for, square_tile
 from .plan import ImageTask
 from .results import ResultRecord, output_path_for
@@ -92,9 +92,12 @@ def comparison_variants(strengths: list[float], steps: list[int]) -> list[Varian
             raise ComparisonError(
                 f"strength {value!r} is outside (0, 1]: give a strength above 0 and at most 1 (e.g. 0.3, 0.6, 1.0)."
             )
+    most = int(SETTINGS["num_inference_steps"].high)  # the catalog's own bound
     for value in steps:
-        if value < 1:
-            raise ComparisonError(f"steps {value!r} is below 1: give a whole number of steps of at least 1 (e.g. 20).")
+        if not 1 <= value <= most:
+            raise ComparisonError(
+                f"steps {value!r} is outside 1 to {most}: give a whole number of steps in that range (e.g. 20)."
+            )
     unique_strengths = list(dict.fromkeys(strengths)) or [None]
     unique_steps = list(dict.fromkeys(steps)) or [None]
     return [Variant(s, n) for s, n in itertools.product(unique_strengths, unique_steps)]
