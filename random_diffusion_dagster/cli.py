@@ -165,13 +165,8 @@ def compare_command(args: argparse.Namespace) -> int:
         wanted = [image if image in keys else partition_key_for(Path(image).name) for image in args.images]
         unknown = [image for image, key in zip(args.images, wanted, strict=True) if key not in keys]
         if unknown or not models:
-            problem = (
-                f"no image {unknown} in the images folder (RANDOM_DIFFUSION_IMAGES_DIR); give file names or "
-                "partition keys of images there"
-                if unknown
-                else "the model catalog has no usable model"
-            )
-            print(f"error: {problem}.", file=sys.stderr)
+            problem = _not_comparable(defs, unknown) if unknown else "the model catalog has no usable model."
+            print(f"error: {problem}", file=sys.stderr)
             return 2
         job = with_terminal_logger(defs.resolve_job_def("compare_models"))
         failed_runs = 0
@@ -199,6 +194,28 @@ def compare_command(args: argparse.Namespace) -> int:
         if grid_path(output_dir, key).is_file():
             print(f"Grid: {grid_path(output_dir, key)}")
     return _said_where_the_traces_are() if failed_runs else 0
+
+
+def _not_comparable(defs: dg.Definitions, names: list[str]) -> str:
+    """Why these images cannot be compared: skipped as `source_images` skips them (the reason), or not there."""
+    from .engine.images import ImageLoadError, probe_image
+
+    scan = defs.resources["dataset"].scan()
+    skipped = {entry.name: entry.reason for entry in scan.skipped}
+    for source in scan.files:
+        if source.name in names:
+            try:
+                probe_image(source.path)
+            except ImageLoadError as exc:
+                skipped[source.name] = str(exc)
+    absent = [name for name in names if name not in skipped]
+    reasons = [f"{name}: {skipped[name]} (skipped, so not comparable)." for name in names if name in skipped]
+    if absent:
+        reasons.append(
+            f"no image {absent} in the images folder (RANDOM_DIFFUSION_IMAGES_DIR); give file names or partition "
+            "keys of images there."
+        )
+    return " ".join(reasons)
 
 
 def _cell_key(image: str, model: str) -> str:

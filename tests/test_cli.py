@@ -155,3 +155,17 @@ def test_ctrl_c_stops_the_run_in_one_line_and_keeps_finished_images(project, tmp
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:  # the images on disk are recorded
         recorded = instance.get_materialized_partitions(dg.AssetKey("diffused_image"))
     assert {output_file_name(key) for key in recorded} == written
+
+
+def test_compare_on_a_file_the_scan_skipped_says_why_it_was_skipped(project, tmp_path):
+    (Path(project["images_dir"]) / "zero.jpg").write_bytes(b"")
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "compare", "zero.jpg"],
+        env=_env(project, tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines()[-1].startswith("error: zero.jpg: ")  # the scan's own reason follows
+    assert "(skipped, so not comparable)." in completed.stderr and "no image" not in completed.stderr
