@@ -58,9 +58,14 @@ def current_prompt_set(
             file_prompts_version = None  # a submission does not need a usable prompts file
         prompts = require_prompts(submitted, source="run config `prompt_list`")
         return PromptSet(prompts, "submitted", file_prompts_version, submitted_by, run_id)
-    file_prompts = dataset.prompts()
-    file_prompts_version = prompts_version(file_prompts)
     latest = None if use_prompts_file else latest_prompt_set(instance)
+    try:
+        file_prompts = dataset.prompts()
+    except PromptListError:
+        if latest is not None and latest.source == "submitted" and latest.file_prompts_version is None:
+            return latest  # submitted while the file was unusable, and it still is: the file has not changed
+        raise
+    file_prompts_version = prompts_version(file_prompts)
     if latest is not None and latest.source == "submitted" and latest.file_prompts_version == file_prompts_version:
         return latest
     return PromptSet(file_prompts, "file", file_prompts_version)

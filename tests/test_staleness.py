@@ -136,6 +136,21 @@ def test_submitted_prompts_stay_through_the_schedule_and_a_plain_run(instance, p
     assert latest["source"].value == "submitted" and "@" in latest["submitted_by"].value
 
 
+def test_a_list_submitted_without_a_prompts_file_stays_while_there_is_none(instance, project):
+    """`run --prompt` needs no prompts file; the plain run after it failed with "Prompt file ... does not exist"."""
+    Path(project["prompts_file"]).unlink()
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, SUBMITTED, submission_tags())
+    _run(instance, project, ["prompt_list"])  # the plain run's prompt_list (`random-diffusion run`, the schedule)
+    latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
+    assert latest["source"].value == "submitted"
+    Path(project["prompts_file"]).write_text("a lighthouse at dusk\n")  # a file again: it is a change, it wins
+    _run(instance, project, ["prompt_list"])
+    latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
+    assert latest["source"].value == "file"
+
+
 def test_editing_the_prompts_file_makes_results_stale_and_the_ui_path_uses_the_new_prompts(
     instance, project, submitted
 ):
