@@ -235,7 +235,7 @@ def submit_command(args: argparse.Namespace) -> int:
             return 0
         failed = 0
         for run_id in run_ids:
-            status = deployment.wait(run_id)
+            status = deployment.wait(run_id, still_queued=_say_still_queued)
             failed += status != "SUCCESS"
             print(f"Run {run_id}: {status}")
             for key, path in sorted(deployment.outputs(run_id).items()):
@@ -244,6 +244,15 @@ def submit_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1 if failed else 0
+
+
+def _say_still_queued(run_id: str) -> None:
+    print(
+        f"Run {run_id} is still queued: it starts once the deployment's daemon (`random-diffusion daemon` or `ui`) "
+        "is running and the gpu pool has room; still waiting...",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def ui_command(args: argparse.Namespace) -> int:

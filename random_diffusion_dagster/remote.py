@@ -18,6 +18,8 @@ from .prompt_sets import submission_tags
 
 JOB_NAME = "diffuse_images"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+# A run still queued after this long is waiting for a daemon or for room in the gpu pool: `submit --wait` says so.
+QUEUED_NOTICE_SECONDS = 30
 
 PARTITION_KEYS_QUERY = """
 query PartitionKeys($assetKey: AssetKeyInput!) {
@@ -258,12 +260,24 @@ class Deployment:
             raise SubmitError(f"The deployment at {self.base_url} has no run {run_id}: {run.get('message')}")
         return run["status"]
 
-    def wait(self, run_id: str, poll_seconds: float = 2.0, timeout: float = 3600) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait(
+        self,
+        run_id: str,
+        poll_seconds: float = 2.0,
+        timeout: float = 3600,
+        still_queued=lambda run_id: None,
+        queued_notice_seconds: float = QUEUED_NOTICE_SECONDS,
+    ) -> str:
+        """The run's final status. `still_queued(run_id)` is called once if it waits in the queue that long."""
+        started = time.monotonic()
+        noticed = False
+        while time.monotonic() < started + timeout:
             status = self.run_status(run_id)
             if status in FINISHED:
                 return status
+            if status == "QUEUED" and not noticed and time.monotonic() - started >= queued_notice_seconds:
+                still_queued(run_id)
+                noticed = True
             time.sleep(poll_seconds)
         raise SubmitError(f"Run {run_id} did not finish within {timeout:.0f} s.")
 

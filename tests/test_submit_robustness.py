@@ -133,6 +133,15 @@ def test_credentials_and_path_prefix_go_with_every_request(serve):
     assert first["runConfigData"]["resources"]["dataset"]["config"]["seed"] == 7
 
 
+def test_a_run_left_in_the_queue_is_said_once_while_waiting_goes_on(serve):
+    """No daemon beside the webserver: `submit --wait` sat silent with the run QUEUED."""
+    statuses = iter(["QUEUED", "QUEUED", "QUEUED", "STARTED", "SUCCESS"])
+    server = serve(lambda body: graphql({"runOrError": {"__typename": "Run", "status": next(statuses)}}))
+    noticed = []
+    status = Deployment(server.url).wait("run-1", poll_seconds=0, still_queued=noticed.append, queued_notice_seconds=0)
+    assert status == "SUCCESS" and noticed == ["run-1"]
+
+
 def test_printed_run_links_keep_the_prefix_and_hide_the_password(serve, capsys):
     server = serve(fake_dagster())
     url = server.url.replace("http://", "http://ann:secret@") + "/dagster"
