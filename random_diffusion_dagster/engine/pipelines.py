@@ -219,9 +219,14 @@ def _check_source_exists(spec: ModelSpec) -> None:
     source = Path(spec.source)
     if spec.source_kind == "path":
         if not source.is_dir():
+            demo = source.parent.name == "models" and source.name.startswith("tiny-sd")  # data/models/tiny-sd15
             raise ModelLoadError(
-                f"{where}: the folder does not exist. The demo models ship in data/models "
-                "(`git checkout data/models` restores them); otherwise fix `path` in the catalog."
+                f"{where}: the folder does not exist. "
+                + (
+                    "The demo models ship in data/models (`git checkout data/models` restores them)."
+                    if demo
+                    else "Fix `path` in the catalog (a relative path is read from the catalog's folder)."
+                )
             )
         if not (source / "model_index.json").is_file():
             raise ModelLoadError(
