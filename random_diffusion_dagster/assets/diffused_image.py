@@ -47,7 +47,7 @@ def diffused_image(
     done: list = []
     try:
         summary = engine.run(tasks, context.log.info, finished=done)
-    except BaseException:  # interrupted (Ctrl-C, a terminated run): the images already on disk are recorded too
+    except BaseException:  # stopped part way (Ctrl-C, a terminated run): the images already on disk are recorded
         _record_one_by_one(context, [result for result in done if result.status != "failed"])
         raise
 
