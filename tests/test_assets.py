@@ -198,6 +198,14 @@ def test_empty_prompt_override_fails_with_a_clear_error(instance, project):
     )
 
 
+def test_a_submitted_list_with_use_prompts_file_is_refused_as_contradictory(instance, project):
+    config = {"prompt_list": ["cat dancing in rain"], "use_prompts_file": True}  # the list silently won
+    result = _materialize(instance, project, ["prompt_list"], run_config={"ops": {"prompt_list": {"config": config}}})
+    assert not result.success
+    error = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "prompt_list and use_prompts_file: true ask for two different prompt lists" in error
+
+
 def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance, project):
     bad = make_image(Path(project["images_dir"]) / "bad.png")
     original = bad.read_bytes()

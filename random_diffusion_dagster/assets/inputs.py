@@ -2,7 +2,7 @@
 
 import dagster as dg
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
@@ -44,6 +44,14 @@ class PromptListConfig(dg.Config):
     use_prompts_file: bool = Field(
         default=False, description="Go back to the prompts file now, even if a submitted list is current."
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PromptListConfig":
+        if self.prompt_list is not None and self.use_prompts_file:
+            raise ValueError(
+                "prompt_list and use_prompts_file: true ask for two different prompt lists: give one of them"
+            )
+        return self
 
 
 @dg.asset(
