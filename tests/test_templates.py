@@ -132,7 +132,7 @@ def test_a_missing_wildcards_folder_is_named(tmp_path):
 
 
 def test_a_broken_template_fails_prompt_list_before_any_image(project, tmp_path):
-    Path(project["prompts_file"]).write_text("a fine prompt\na {broken\n")
+    Path(project["prompts_file"]).write_text("# my prompts\na fine prompt\n\na {broken\n")
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [prompt_list, model_catalog],
@@ -142,7 +142,7 @@ def test_a_broken_template_fails_prompt_list_before_any_image(project, tmp_path)
         )
     assert not result.success
     error = str(result.get_step_failure_events()[0].step_failure_data.error)
-    assert "prompt 2" in error and "is not a valid template" in error
+    assert "prompts.txt, line 4: 'a {broken' is not a valid template" in error  # the file's line, comments counted
 
 
 def test_a_line_negative_prompt_reaches_the_pipeline_and_the_png(project):

@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from ..engine.catalog import ModelSpec
 from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ..engine.plan import catalog_version
+from ..engine.prompts import load_numbered_prompts
 from ..engine.templates import PromptTemplates
 from ..file_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
 from ..metadata import table
@@ -132,8 +133,13 @@ def prompt_list(
         use_prompts_file=config.use_prompts_file,
     )
     # Every line parsed and every wildcard found now, so a broken template fails here, before any image.
-    where = dataset.prompts_file if prompt_set.source == "file" else "run config `prompt_list`"
-    PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source=where)
+    if prompt_set.source == "file":
+        numbered = load_numbered_prompts(dataset.prompts_file)
+        same = [prompt for _number, prompt in numbered] == prompt_set.prompts  # unless edited since it was read
+        line_numbers = [number for number, _prompt in numbered] if same else None
+        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, line_numbers)
+    else:
+        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source="run config `prompt_list`")
     version = file_version(dataset.prompts_file)
     if version:  # what this run read, so the stored list's provenance names that file content
         report_what_was_read(context, [version_event(PROMPTS_FILE, version)])

@@ -31,23 +31,33 @@ class PromptListError(ValueError):
 
 def parse_prompts(text: str, source: str = "prompt text") -> list[str]:
     """Return the prompts in `text`, skipping blank lines and `#` comments; refuse lines that are not text."""
+    return [prompt for _number, prompt in numbered_prompts(text, source)]
+
+
+def numbered_prompts(text: str, source: str = "prompt text") -> list[tuple[int, str]]:
+    """parse_prompts, each prompt with its line number in `text` (for messages that send a person to the line)."""
     prompts = []
     for number, line in enumerate(LINE_BREAK.split(text), start=1):
         _check_text(line, f"{source}, line {number}")
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
-            prompts.append(stripped)
+            prompts.append((number, stripped))
     return prompts
 
 
 def load_prompts(path: str | Path) -> list[str]:
+    return require_prompts([prompt for _number, prompt in load_numbered_prompts(path)], source=str(path))
+
+
+def load_numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
+    """The prompts file's prompts with their line numbers; refuses a missing file or one that is not text."""
     path = Path(path)
     if not path.is_file():
         raise PromptListError(
             f"Prompt file {path} does not exist: create it with one prompt per line, "
             "or point RANDOM_DIFFUSION_PROMPTS_FILE at one."
         )
-    return require_prompts(parse_prompts(decode_text(path.read_bytes(), str(path)), str(path)), source=str(path))
+    return numbered_prompts(decode_text(path.read_bytes(), str(path)), str(path))
 
 
 def decode_text(data: bytes, source: str) -> str:

@@ -70,14 +70,23 @@ class PromptTemplates:
     A template is parsed once, not per image: parsing was nearly all of the 1.7-2.2 ms a resolve took on the 2-core
     CPU, 0.2 s of every run of 128 images before its first batch (benchmarks/results/README.md)."""
 
-    def __init__(self, lines: list[str], wildcards_dir: str | Path | None = None, source: str = "prompt list"):
+    def __init__(
+        self,
+        lines: list[str],
+        wildcards_dir: str | Path | None = None,
+        source: str = "prompt list",
+        line_numbers: list[int] | None = None,
+    ):
+        """`line_numbers`: where each line is in its file, so messages name the file's line, not the n-th prompt."""
         self.wildcards_dir = Path(wildcards_dir) if wildcards_dir else None
         self._manager = None
-        self.lines = [parse_line(text, f"{source}, prompt {n}") for n, text in enumerate(lines, start=1)]
+        where = [
+            f"{source}, line {line_numbers[index]}" if line_numbers else f"{source}, prompt {index + 1}"
+            for index in range(len(lines))
+        ]
+        self.lines = [parse_line(text, where[index]) for index, text in enumerate(lines)]
         self._parsed = {
-            index: self._check(line.template, f"{source}, prompt {index + 1}")
-            for index, line in enumerate(self.lines)
-            if line.is_template
+            index: self._check(line.template, where[index]) for index, line in enumerate(self.lines) if line.is_template
         }
 
     def resolve(self, index: int, seed: int) -> ResolvedPrompt:
