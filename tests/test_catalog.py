@@ -31,6 +31,11 @@ def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tm
         ({"models": [{"name": "x", "single_file": "f", "safety_checker": True}]}, "carry no safety checker"),
         ({"model": []}, r"unknown top-level keys \['model'\]; a catalog has \['defaults', 'models'\]"),
         ({"models": None}, "`models:` is missing or has no entries"),
+        (
+            {"models": [{"name": "x", "path": "p", "negative_prompt": "blurry" * 2000}]},
+            "`negative_prompt`: 12,000 chara",
+        ),
+        ({"models": [{"name": "x", "path": "p", "negative_prompt": "blurry\x1b"}]}, r"control character '\\x1b'"),
         ({"models": {"name": "x"}}, "`models:` must be a list of entries"),
     ],
 )

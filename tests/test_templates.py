@@ -34,6 +34,7 @@ def wildcards(tmp_path):
     (folder / "colors.txt").write_text("red\nblue\n")
     (folder / "empty.txt").write_text("")
     (folder / "broken.txt").write_text("a {broken\n")
+    (folder / "escape.txt").write_text("caf\x1b\n")
     return folder
 
 
@@ -119,6 +120,7 @@ def test_plain_lines_are_used_exactly_as_written(tmp_path):
         ("a cat #1 fan, {red|blue}", "has a '#', which starts a comment in a template"),
         ("a __broken__", "wildcard __broken__ has the value 'a {broken', not a valid template"),
         ("a __../secret__", "wildcard __../secret__ has '..' in its name"),
+        ("a __escape__", r"wildcard __escape__, value 'caf\\x1b': control character '\\x1b' at column 4"),
     ],
 )
 def test_broken_lines_name_the_prompt_and_the_fix(wildcards, line, message):

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from .prompts import PromptListError, check_text
+
 SOURCE_KINDS = ("path", "hub_id", "single_file")
 ENTRY_ONLY = ("name", "description", "config")  # per-model keys that are not settings with defaults
 TOP_LEVEL = ("defaults", "models")
@@ -364,6 +366,10 @@ def _single_file_config(entry: dict, kind: str, base_dir: Path, where: str) -> s
 
 def _validate(spec: ModelSpec, where: str) -> None:
     """Rules between settings; each setting alone is checked against SETTINGS."""
+    try:  # the negative prompt goes to the text encoder beside the prompt: the same rule for what text may hold
+        check_text(spec.negative_prompt, f"{where}: `negative_prompt`")
+    except PromptListError as exc:
+        raise CatalogError(str(exc)) from None
     if spec.denoising_steps < 1:
         raise CatalogError(
             f"{where}: num_inference_steps ({spec.num_inference_steps}) x strength ({spec.strength}) "

@@ -38,7 +38,7 @@ def numbered_prompts(text: str, source: str = "prompt text") -> list[tuple[int, 
     """parse_prompts, each prompt with its line number in `text` (for messages that send a person to the line)."""
     prompts = []
     for number, line in enumerate(LINE_BREAK.split(text), start=1):
-        _check_text(line, f"{source}, line {number}")
+        check_text(line, f"{source}, line {number}")
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             prompts.append((number, stripped))
@@ -92,7 +92,7 @@ def require_prompts(prompts: list[str], source: str) -> list[str]:
     """Refuse an empty list (every image needs a prompt to be chosen from) and items that are not text."""
     for number, prompt in enumerate(prompts, start=1):
         if prompt:
-            _check_text(prompt, f"{source}, prompt {number}")
+            check_text(prompt, f"{source}, prompt {number}")
     cleaned = [p.strip() for p in prompts if p and p.strip()]
     if not cleaned:
         raise PromptListError(
@@ -102,7 +102,7 @@ def require_prompts(prompts: list[str], source: str) -> list[str]:
     return cleaned
 
 
-def _check_text(text: str, where: str) -> None:
+def check_text(text: str, where: str) -> None:
     """The one rule for what a prompt may hold: any printable text and tabs, within MAX_PROMPT_CHARS."""
     if len(text) > MAX_PROMPT_CHARS:
         raise PromptListError(

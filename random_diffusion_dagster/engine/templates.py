@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .prompts import PromptListError
+from .prompts import PromptListError, check_text
 
 TEMPLATE_MARKS = ("{", "__")  # a line without these is plain text and is not parsed
 WILDCARD = re.compile(r"__([\w\-./*]+?)__")
@@ -173,10 +173,11 @@ class PromptTemplates:
                 self._check_wildcards(value, where, (*seen, name))
 
     def _check_value(self, value: str, name: str, where: str) -> None:
-        """A wildcard value is a template too: its syntax is checked here, not when an image draws it."""
+        """A wildcard value is prompt text and maybe a template: checked here, not when an image draws it."""
         from dynamicprompts.parser.parse import parse
         from pyparsing import ParseException
 
+        check_text(value, f"{where}: wildcard __{name}__, value {value[:40]!r}")
         if any(mark in value for mark in TEMPLATE_MARKS):
             try:
                 parse(value)
