@@ -1,4 +1,5 @@
 import pytest
+from PIL import Image
 
 from random_diffusion_dagster.engine.prompts import PromptListError, load_prompts, parse_prompts, require_prompts
 
@@ -16,8 +17,17 @@ def test_comment_only_file_is_refused_naming_the_file_and_fix(tmp_path):
 
 
 def test_missing_file_names_the_variable_to_set(tmp_path):
-    with pytest.raises(PromptListError, match="RANDOM_DIFFUSION_PROMPTS_FILE"):
+    with pytest.raises(PromptListError, match="absent.txt does not exist.*RANDOM_DIFFUSION_PROMPTS_FILE"):
         load_prompts(tmp_path / "absent.txt")
+    with pytest.raises(PromptListError, match="is a folder, not a file.*RANDOM_DIFFUSION_PROMPTS_FILE"):
+        load_prompts(tmp_path)
+
+
+def test_an_image_given_as_the_prompts_file_is_called_binary_not_latin1(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(path)
+    with pytest.raises(PromptListError, match=r"photo\.png is an image or other binary file, not text"):
+        load_prompts(path)
 
 
 def test_override_list_is_cleaned_and_empty_refused():

@@ -114,6 +114,7 @@ def test_plain_lines_are_used_exactly_as_written(tmp_path):
         ("--prompt 'a fox' --steps 20", "unknown option '--steps'"),
         ("--negative_prompt 'blurry'", "no --prompt"),
         ("--prompt 'a fox", "close the quote"),
+        ("--prompt 'a fox' --prompt 'an owl'", "--prompt is given twice; keep one"),
         # These parse, but failed (or came out empty) only when an image drew them: every image of the run failed.
         ("{0::a|0::b}", "prompt 1: '{0::a|0::b}' cannot be drawn"),
         ("{|}", "prompt 1: '{|}' can draw an empty prompt: give every choice text"),

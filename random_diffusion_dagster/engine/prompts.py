@@ -22,6 +22,8 @@ BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+# File types people point a prompts variable at by mistake: PNG, JPEG, GIF, WebP/RIFF, PDF, zip (docx, xlsx).
+BINARY_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"%PDF", b"PK\x03\x04")
 LINE_BREAK = re.compile(r"\r\n|\r|\n")  # not str.splitlines: it also splits on \x0c, \x1c, \x85, ...
 
 
@@ -53,8 +55,9 @@ def load_numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
     """The prompts file's prompts with their line numbers; refuses a missing file or one that is not text."""
     path = Path(path)
     if not path.is_file():
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise PromptListError(
-            f"Prompt file {path} does not exist: create it with one prompt per line, "
+            f"Prompt file {path} {problem}: create a text file with one prompt per line, "
             "or point RANDOM_DIFFUSION_PROMPTS_FILE at one."
         )
     return numbered_prompts(decode_text(path.read_bytes(), str(path)), str(path))
@@ -67,6 +70,10 @@ def decode_text(data: bytes, source: str) -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+        if data.startswith(BINARY_SIGNATURES):
+            raise PromptListError(
+                f"{source} is an image or other binary file, not text: point it at a prompt list."
+            ) from None
         cause = "Latin-1/Windows-1252 text gives this error" if encoding == "utf-8" else "a cut or mixed file"
         raise PromptListError(
             f"{source}, line {line}: bytes {data[exc.start : exc.start + 4]!r} are not valid {encoding.upper()} "

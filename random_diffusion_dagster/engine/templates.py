@@ -58,6 +58,8 @@ def parse_line(text: str, where: str) -> PromptLine:
             raise PromptListError(f"{where}: unknown option {option!r}; a line may set {known}.")
         if not words:
             raise PromptListError(f'{where}: {option} needs a value, e.g. {option} "...".')
+        if LINE_OPTIONS[name] in values:
+            raise PromptListError(f"{where}: {option} is given twice; keep one.")
         values[LINE_OPTIONS[name]] = words.pop(0)
     if not values.get("template", "").strip():
         raise PromptListError(f'{where}: the line sets options but no --prompt "..."; add one.')
