@@ -21,7 +21,7 @@ import dagster as dg
 from .batching import partition_range_tags, partition_ranges
 from .prompt_sets import submission_tags
 from .settings import DEFAULT_MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError
-from .terminal_log import TERMINAL_LOGGING, is_interruption, with_terminal_logger
+from .terminal_log import TERMINAL_LOGGING, is_interruption, redeliver_swallowed_interrupts, with_terminal_logger
 
 
 def _instance_home() -> Path:
@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.set_defaults(handler=worker_command)
 
     args = parser.parse_args(argv)
+    if args.command in ("run", "compare"):  # they execute runs in this process: Ctrl-C must stop them
+        sys.unraisablehook = redeliver_swallowed_interrupts
     try:
         return args.handler(args)
     except SettingError as error:

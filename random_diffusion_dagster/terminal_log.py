@@ -12,6 +12,8 @@ run's page in the UI, which the CLI points to.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 
 import dagster as dg
@@ -22,6 +24,17 @@ _RECORD_METADATA = "dagster_meta"
 _PYDANTIC_LINK = "For further information visit https://errors.pydantic.dev"
 # Dagster's own line for each step left out after a failure: the failure itself was already shown.
 _LEFT_OUT_STEP = ("Dependencies for step ", "Not executing.")
+
+
+def redeliver_swallowed_interrupts(unraisable) -> None:
+    """A `sys.unraisablehook`. Dagster raises Ctrl-C as an exception from its signal handler; when the signal lands
+    while a garbage-collection callback runs (SQLAlchemy has some), Python swallows the exception ("Exception
+    ignored in ...", a traceback) and the run goes on as if nothing was pressed. This sends the signal again, so
+    it is raised in the run's own code."""
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
+        os.kill(os.getpid(), signal.SIGINT)
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 def is_interruption(event: dg.DagsterEvent) -> bool:

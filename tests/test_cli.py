@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from random_diffusion_dagster.engine.results import output_file_name
+from random_diffusion_dagster.terminal_log import redeliver_swallowed_interrupts
 
 from helpers import write_catalog
 
@@ -169,3 +170,27 @@ def test_compare_on_a_file_the_scan_skipped_says_why_it_was_skipped(project, tmp
     assert completed.returncode == 2
     assert completed.stderr.splitlines()[-1].startswith("error: zero.jpg: ")  # the scan's own reason follows
     assert "(skipped, so not comparable)." in completed.stderr and "no image" not in completed.stderr
+
+
+def test_an_interrupt_python_swallowed_in_a_garbage_collection_callback_is_sent_again():
+    """Seen once in the suite: the SIGINT landed in SQLAlchemy's weakref callback, Python printed "Exception
+    ignored in ..." and the run finished as if Ctrl-C had not been pressed."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signo, frame: received.append(signo))
+    try:
+
+        class Collected:
+            def __del__(self):
+                raise dg.DagsterExecutionInterruptedError()  # what Dagster's handler raises, here where it is lost
+
+        hook, sys.unraisablehook = sys.unraisablehook, redeliver_swallowed_interrupts
+        try:
+            Collected()  # dropped at once: __del__ raises, Python hands the exception to the hook
+            deadline = time.monotonic() + 5
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            sys.unraisablehook = hook
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert received == [signal.SIGINT]
