@@ -26,6 +26,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.assets("diffusion_report"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
+    description="Refreshes diffusion_report after new diffused images (its automation condition), at most once a "
+    "minute and without waiting for every partition.",
 )
 
 

@@ -238,10 +238,18 @@ ROUTINE_DAEMON_LINE = re.compile(
     r"|QueuedRunCoordinatorDaemon - INFO - Priority sorting and checking tag concurrency limits"
     r"|MonitoringDaemon - INFO - Collected \d+ runs for monitoring"
     r"|BackfillDaemon - INFO - (?:Evaluating asset backfill |Assets targeted by backfill \S+ are valid|Backfill has "
-    r"in progress runs|Asset backfill \S+ completed iteration with status )"
+    r"in progress runs|Asset backfill \S+ completed iteration with status |Candidate subset is empty|No asset "
+    r"partitions to request)"
     r"|EventLogConsumerDaemon - WARNING - No cursor for event type \S+, ignoring older events"
     r")"
 )
+# The backfill daemon's markdown summaries, a header line and the lines under it, each iteration (about 60 lines for
+# a 5-image backfill): the UI's backfill page shows the same. Dropped with the lines that follow them.
+SUMMARY_HEADER = re.compile(
+    r" - dagster\.daemon\.BackfillDaemon - INFO - "
+    r"(?:Backfill iteration summary|Overall backfill status|Assets materialized since last tick):\s*$"
+)
+LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")
 # Repeated every second while a run waits for the `gpu` pool: shown once per run.
 BLOCKED_RUN_LINE = re.compile(
     r" - dagster\.daemon\.QueuedRunCoordinatorDaemon - INFO - Run (\S+) is blocked by global concurrency limits"
@@ -254,10 +262,14 @@ class DaemonOutput:
 
     def __init__(self):
         self.blocked_runs: set[str] = set()
+        self.in_summary = False
 
     def keep(self, line: str) -> bool:
         plain = ANSI_ESCAPE.sub("", line)
-        if ROUTINE_DAEMON_LINE.search(plain):
+        if self.in_summary and not LOG_LINE_START.match(plain):
+            return False  # a line of a dropped summary
+        self.in_summary = bool(SUMMARY_HEADER.search(plain))
+        if self.in_summary or ROUTINE_DAEMON_LINE.search(plain):
             return False
         blocked = BLOCKED_RUN_LINE.search(plain)
         if blocked:

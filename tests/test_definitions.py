@@ -32,6 +32,11 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
     assert defs.resolve_sensor_def("new_images_sensor") and defs.resolve_schedule_def("catch_up_schedule")
 
 
+def test_every_sensor_and_schedule_says_in_the_ui_what_it_does():
+    automations = [*defs.sensors, *defs.schedules]
+    assert automations and [a.name for a in automations if not (a.description or "").strip()] == []
+
+
 def test_loading_definitions_imports_no_torch_diffusers_transformers_or_pandas():
     # Every run process, sensor tick and code server loads the definitions: pandas alone costs ~0.3 s there.
     code = (

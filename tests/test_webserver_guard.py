@@ -276,3 +276,24 @@ def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
     )
     assert [output.keep(blocked) for _ in range(3)] == [True, False, False]  # once per run, not every second
     assert output.keep(blocked.replace("Run abc", "Run def"))
+
+
+def test_daemon_output_drops_the_backfill_summaries_with_their_lines_and_keeps_what_follows():
+    output = DaemonOutput()
+    summary = [
+        _line("dagster.daemon.BackfillDaemon", "INFO", "Backfill iteration summary:"),
+        "**Assets materialized since last iteration:**\n",
+        "None\n",
+        "**Assets requested by this iteration:**\n",
+        "- diffused_image: {coffee.jpg, astronaut.jpg}\n",
+        "\n",
+        _line("dagster.daemon.BackfillDaemon", "INFO", "Assets materialized since last tick:"),
+        "- diffused_image: {coffee.jpg, astronaut.jpg}\n",
+        _line("dagster.daemon.BackfillDaemon", "INFO", "Candidate subset is empty."),
+    ]
+    assert [line for line in summary if output.keep(line)] == []
+    submitted = _line("dagster.daemon.BackfillDaemon", "INFO", "Submitted run f3a5 for assets/checks diffused_image")
+    failed = _line(
+        "dagster", "ERROR", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_FAILURE - Execution failed"
+    )
+    assert [output.keep(line) for line in (submitted, failed, "Traceback (most recent call last):\n")] == [True] * 3
