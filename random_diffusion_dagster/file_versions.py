@@ -123,7 +123,7 @@ def file_version(path: str | os.PathLike) -> str | None:
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=dg.AssetSelection.assets("prompt_list", "model_catalog"),
     description="Versions the prompts file and the model catalog file by content hash, and when one changes "
-    "refreshes `prompt_list` / `model_catalog`: the images made from the old contents then show as stale.",
+    "refreshes prompt_list / model_catalog: the images made from the old contents then show as stale.",
 )
 def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
     seen = dict(pair.split("=", 1) for pair in (context.cursor or "").split(",") if "=" in pair)

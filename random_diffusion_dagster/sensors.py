@@ -55,7 +55,7 @@ def _next_mark(last_mark: int, scan_ns: int, handled_ctimes: list[int]) -> int:
     job=diffuse_images_job,
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds an `images` partition for each new image (detected by content, once fully written), "
+    description="Adds an images partition for each new image (detected by content, once fully written), "
     "deletes those whose file is gone, and requests batched runs for new and replaced images.",
 )
 def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:

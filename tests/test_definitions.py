@@ -35,6 +35,7 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
 def test_every_sensor_and_schedule_says_in_the_ui_what_it_does():
     automations = [*defs.sensors, *defs.schedules]
     assert automations and [a.name for a in automations if not (a.description or "").strip()] == []
+    assert [a.name for a in automations if "`" in a.description] == []  # the sensor pages show descriptions as text
 
 
 def test_loading_definitions_imports_no_torch_diffusers_transformers_or_pandas():
