@@ -104,8 +104,12 @@ def test_batching_does_not_change_pixels_and_each_model_loads_once(project):
     for task in tasks:
         failure_path(project["output_dir"], task.key).unlink(missing_ok=True)
         os.remove(task.output_path)
-    single = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=1, log=lambda m: None)
+    lines = []
+    single = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=1, log=lines.append)
     assert [r.status for r in single.results] == ["generated"] * 3
+    # Each batch line (what the run page shows) names its images, so a slow or failed batch can be traced.
+    batch_lines = [line for line in lines if ": batch of 1 at " in line]
+    assert sorted(line.rsplit(" (", 1)[1].rstrip(")") for line in batch_lines) == sorted(t.key for t in tasks)
     for task in tasks:
         assert np.abs(_pixels(task.output_path) - first[task.key]).max() <= 1, task.key
 

@@ -273,10 +273,18 @@ def _run_model(
             progress.advance(
                 len(results),
                 f"model {spec.name!r}: batch of {len(results)} at {size[0]}x{size[1]} in "
-                f"{time.perf_counter() - batch_started:.2f} s" + (f", {failed} failed" if failed else ""),
+                f"{time.perf_counter() - batch_started:.2f} s"
+                + (f", {failed} failed" if failed else "")
+                + f" ({_some_keys([r.task.key for r in results])})",
             )
             yield from results
             load_seconds = 0.0  # charged to the first batch only
+
+
+def _some_keys(keys: list[str], shown: int = 3) -> str:
+    """The images a batch line is about: 'coffee.jpg, rocket.jpg, +14'."""
+    more = f", +{len(keys) - shown}" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _batch_key(item: tuple[ImageTask, _Source]) -> tuple:
