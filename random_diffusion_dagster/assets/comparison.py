@@ -29,7 +29,7 @@ from ..metadata import partition_metadata, record_partition_metadata, run_figure
 from ..partitions import comparison_partitions, images_partitions, models_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
-from .diffused_image import GPU_STEP_TAGS
+from .diffused_image import DIFFUSION_KINDS, GPU_STEP_TAGS
 
 # Summed over a cell's variants (each variant's share of its batch), or the cell's peak.
 SUMMED_FIGURES = ("pipeline_load_seconds", "inference_seconds", "total_seconds")
@@ -69,6 +69,7 @@ def cell_image_and_model(key: str) -> tuple[str, str]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
+    kinds=DIFFUSION_KINDS,
     group_name="comparison",
     description="Every catalog model on chosen images, with each image's own drawn prompt and seed: "
     "`<output dir>/comparisons/<image key>/<model>[-s<strength>][-steps<n>].png`. Run config `strengths` and "

@@ -23,8 +23,13 @@ GPU_STEP_TAGS = {
 }
 
 
+# What the UI shows on the asset's node (kind icons/tags): the work is diffusers pipelines on torch.
+DIFFUSION_KINDS = {"pytorch", "diffusers"}
+
+
 @dg.asset(
     partitions_def=images_partitions,
+    kinds=DIFFUSION_KINDS,
     deps=[IMAGE_FILES],
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run()),
     pool=GPU_POOL,
