@@ -69,11 +69,11 @@ def decode_text(data: bytes, source: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
         if data.startswith(BINARY_SIGNATURES):
             raise PromptListError(
                 f"{source} is an image or other binary file, not text: point it at a prompt list."
             ) from None
+        line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
         cause = "Latin-1/Windows-1252 text gives this error" if encoding == "utf-8" else "a cut or mixed file"
         raise PromptListError(
             f"{source}, line {line}: bytes {data[exc.start : exc.start + 4]!r} are not valid {encoding.upper()} "
