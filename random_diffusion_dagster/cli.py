@@ -107,7 +107,7 @@ def run_command(args: argparse.Namespace) -> int:
         project_instance() as instance,
         exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."),
     ):
-        if not _materialize(defs, "source_images", instance, dataset_config):
+        if not _materialize(defs, "source_images", instance, dataset_config).success:
             return 1
         keys = instance.get_dynamic_partitions("images")
         if not keys:
@@ -158,14 +158,14 @@ def compare_command(args: argparse.Namespace) -> int:
     lock = _instance_home() / ".dagster" / "cli-run.lock"
     waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
     with project_instance() as instance, exclusive(lock, waiting):
-        registered = _materialize(defs, "source_images", instance, dataset_config)  # the images partitions
-        if not (registered and _materialize(defs, "model_catalog", instance, dataset_config)):  # the models ones
+        scan = _materialize(defs, "source_images", instance, dataset_config)  # registers the images partitions
+        if not (scan.success and _materialize(defs, "model_catalog", instance, dataset_config).success):
             return 1
         keys, models = instance.get_dynamic_partitions("images"), instance.get_dynamic_partitions("models")
         wanted = [image if image in keys else partition_key_for(Path(image).name) for image in args.images]
         unknown = [image for image, key in zip(args.images, wanted, strict=True) if key not in keys]
         if unknown or not models:
-            problem = _not_comparable(defs, unknown) if unknown else "the model catalog has no usable model."
+            problem = _not_comparable(scan, unknown) if unknown else "the model catalog has no usable model."
             print(f"error: {problem}", file=sys.stderr)
             return 2
         job = with_terminal_logger(defs.resolve_job_def("compare_models"))
@@ -196,18 +196,12 @@ def compare_command(args: argparse.Namespace) -> int:
     return _said_where_the_traces_are() if failed_runs else 0
 
 
-def _not_comparable(defs: dg.Definitions, names: list[str]) -> str:
-    """Why these images cannot be compared: skipped as `source_images` skips them (the reason), or not there."""
-    from .engine.images import ImageLoadError, probe_image
-
-    scan = defs.resources["dataset"].scan()
-    skipped = {entry.name: entry.reason for entry in scan.skipped}
-    for source in scan.files:
-        if source.name in names:
-            try:
-                probe_image(source.path)
-            except ImageLoadError as exc:
-                skipped[source.name] = str(exc)
+def _not_comparable(scan: dg.ExecuteInProcessResult, names: list[str]) -> str:
+    """Why these images cannot be compared: `source_images` (the `scan` run) skipped them, saying why, or they are
+    not in the folder."""
+    metadata = scan.asset_materializations_for_node("source_images")[0].metadata
+    records = metadata["skipped_files"].value.records if "skipped_files" in metadata else []
+    skipped = {record.data["name"]: record.data["reason"] for record in records}
     absent = [name for name in names if name not in skipped]
     reasons = [f"{name}: {skipped[name]} (skipped, so not comparable)." for name in names if name in skipped]
     if absent:
@@ -330,14 +324,16 @@ def worker_command(args: argparse.Namespace) -> int:
     os.execve(sys.executable, command, env)
 
 
-def _materialize(defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict) -> bool:
-    """One asset, in this process; its failure is shown as the terminal logger's one line, and False returned."""
+def _materialize(
+    defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict
+) -> dg.ExecuteInProcessResult:
+    """One asset, in this process; a failure is shown as the terminal logger's one line (see the result's success)."""
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
     result = with_terminal_logger(job).execute_in_process(
         instance=instance, run_config={"resources": resources_config, **TERMINAL_LOGGING}, raise_on_error=False
     )
     _stop_if_interrupted(result)
-    return result.success
+    return result
 
 
 def _stop_if_interrupted(result: dg.ExecuteInProcessResult) -> None:
