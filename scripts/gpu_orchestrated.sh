@@ -9,7 +9,7 @@
 #   bash scripts/gpu_orchestrated.sh            # on the GPU machine, from the repository root, .whl carried
 #   IMAGES=16 WARMUP_IMAGES=8 ENGINE_IMAGES=8 SHAPES=tiny bash scripts/gpu_orchestrated.sh   # the path, on a CPU
 # Knobs (environment): IMAGES (512: the timed second backfill), WARMUP_IMAGES (32: the first backfill),
-# ENGINE_IMAGES (32), SENSOR_IMAGES (0), BUDGET_SECONDS (400: no variant or later figure starts after),
+# ENGINE_IMAGES (64), SENSOR_IMAGES (0), BUDGET_SECONDS (400: no variant or later figure starts after),
 # BENCH_SECONDS (560: the benchmark is stopped then), SHAPES (full), RESULTS, TORCHINDUCTOR_CACHE_DIR
 # (/tmp/rd-compile-cache: kept on the machine, so a second call on it compiles from the first's kernels).
 #
@@ -24,10 +24,15 @@ SHAPES=${SHAPES:-full}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$RESULTS"
 started=$(date +%s)
+# Bytecode as a pip install leaves it: the device's image sets PYTHONDONTWRITEBYTECODE=1, and without .pyc files
+# every run process there compiled dagster's sources again (its imports: 2.5-3.3 s instead of 1.8-2.1 s,
+# benchmarks/results/h100-imports-probe.txt).
+unset PYTHONDONTWRITEBYTECODE
 if [ -d .whl ]; then
-    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    $PYTHON -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl .whl/fallback/*.whl || exit 1
 fi
+$PYTHON -m compileall -q -j 0 random_diffusion_dagster benchmarks >/dev/null
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/rd-compile-cache}
 echo "installed in $(($(date +%s) - started)) s"
@@ -40,7 +45,7 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_
 # The warm path as README "The warm path on one GPU" sets it up, with no speed flags: compilation is its default.
 timeout "${BENCH_SECONDS:-560}" $PYTHON benchmarks/orchestrated_throughput.py \
     --model-shapes "$SHAPES" --images "$IMAGES" --sensor-images "${SENSOR_IMAGES:-0}" \
-    --engine-images "${ENGINE_IMAGES:-32}" --engine-compile --engine-last --warm-rerun \
+    --engine-images "${ENGINE_IMAGES:-64}" --engine-compile --engine-last --warm-rerun \
     --warmup-images "${WARMUP_IMAGES:-32}" \
     --budget-seconds "${BUDGET_SECONDS:-400}" --settle-seconds 5 \
     --variant executor=celery,resident=4 \
