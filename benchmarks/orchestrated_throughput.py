@@ -13,7 +13,7 @@ pool, run monitoring and retries; storage under that home, as tests/test_deploym
    reported with and without that process's start and imports (--engine-compile: compiled; --warm-rerun: a
    second pass in the same process, everything loaded and compiled: the engine at its best);
 3. registers the images (`dagster asset materialize --select source_images,prompt_list,model_catalog`), starts
-   `random-diffusion daemon` (Dagster's daemon; new backfills picked up every 5 s), and requests a backfill of
+   `random-diffusion daemon` (Dagster's daemon; new backfills picked up every second), and requests a backfill of
    every `diffused_image` partition (--warmup-images: the first N), as the UI's "Materialize all" does
    (`PartitionBackfill.from_asset_partitions` + `instance.add_backfill`, what the webserver's
    `launchPartitionBackfill` mutation calls); waits for the last materialization;
@@ -415,7 +415,7 @@ def start_worker(env: dict, cwd: Path, log: Path) -> subprocess.Popen:
     return worker
 
 
-VARIANT_SETTINGS = ("executor", "per_run", "dequeue", "resident")
+VARIANT_SETTINGS = ("executor", "per_run", "dequeue", "resident", "backfill_interval")
 
 
 def parse_variant(text: str) -> dict:
@@ -453,6 +453,8 @@ def run_variant(
         env["RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN"] = str(variant["per_run"])
     if variant["resident"]:
         env["RANDOM_DIFFUSION_RESIDENT_MODELS"] = str(variant["resident"])
+    if variant["backfill_interval"]:
+        env["RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS"] = str(variant["backfill_interval"])
     # The warm path: the worker starts before anything runs (with celery, registering runs on it too).
     worker = start_worker(env, args.project_root, work / "worker.log") if variant["executor"] == "celery" else None
     started = time.perf_counter()
@@ -601,7 +603,7 @@ def main() -> int:
     parser.add_argument(
         "--variant",
         action="append",
-        help="executor=in_process|multiprocess|celery,per_run=N,dequeue=S,resident=N "
+        help="executor=in_process|multiprocess|celery,per_run=N,dequeue=S,resident=N,backfill_interval=S "
         "(celery: a `random-diffusion worker` started before the request; resident: models kept loaded); "
         "repeatable; the first is the headline, the only one with the sensor figure (default: the "
         "project's settings)",

@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
 
     daemon_help = (
         "run Dagster's daemon (sensors, schedules, the run queue, backfills) without the UI; it picks up new "
-        "backfills every RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 5; Dagster's own daemon: 30)"
+        "backfills every RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 1; Dagster's own daemon: 30)"
     )
     daemon = commands.add_parser("daemon", help=daemon_help, description=daemon_help)
     daemon.add_argument(

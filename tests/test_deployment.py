@@ -255,7 +255,7 @@ mutation($params: LaunchBackfillParams!) {
 
 
 def test_a_backfill_from_the_ui_gets_its_run_within_seconds(deployment):
-    """Dagster's own daemon looks for new backfills every 30 s; `random-diffusion daemon` every 5 s. A backfill
+    """Dagster's own daemon looks for new backfills every 30 s; `random-diffusion daemon` every second. A backfill
     requested just after the daemon picked up the previous one would wait about 30 s for Dagster's next look."""
     url = deployment["url"]
     client = Deployment(url)
