@@ -63,6 +63,44 @@ def test_read_record_ignores_foreign_missing_and_incomplete_files(tmp_path):
     assert read_record(tmp_path / "old.png") is None
 
 
+def test_read_record_checks_every_chunk_without_decoding_the_pixels(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+    record = _record()
+    noise = Image.effect_noise((64, 64), 80).convert("RGB")
+    write_result_png(noise, path, "a cat", record)
+    original = path.read_bytes()
+
+    def no_decoding(image):
+        raise AssertionError("the pixels were decoded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+        assert read_record(path) == record
+
+    idat = original.index(b"IDAT") + 20  # a byte inside the pixel data: its chunk's checksum no longer matches
+    path.write_bytes(original[:idat] + bytes([original[idat] ^ 0xFF]) + original[idat + 1 :])
+    assert read_record(path) is None
+    path.write_bytes(original[: len(original) // 2])  # cut short, as a copy that stopped half way
+    assert read_record(path) is None
+
+
+def test_a_record_after_the_pixels_is_still_read(tmp_path):
+    """Other tools may rewrite a PNG with its text chunks after the image data."""
+    path = tmp_path / "out.png"
+    record = _record()
+    write_result_png(Image.new("RGB", (8, 8)), path, "a cat", record)
+    data = path.read_bytes()
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append(data[at : at + 12 + length])
+        at += 12 + length
+    text = [c for c in chunks if c[4:8] in (b"tEXt", b"iTXt")]
+    rest = [c for c in chunks if c not in text]
+    path.write_bytes(data[:8] + b"".join(rest[:-1] + text + rest[-1:]))  # IHDR, IDAT, text, IEND
+    assert read_record(path) == record
+
+
 def test_records_from_newer_versions_keep_the_fields_this_version_knows(tmp_path):
     record = _record()
     assert ResultRecord.from_json(record.to_json()[:-1] + ', "added_later": 1}') == record
