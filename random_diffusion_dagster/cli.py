@@ -256,10 +256,9 @@ def ui_command(args: argparse.Namespace) -> int:
 
 
 def daemon_command(args: argparse.Namespace) -> int:
-    from .daemon import main as run_daemon
+    from .daemon import run_with_quiet_console
 
-    run_daemon(["-w", args.workspace])
-    return 0
+    return run_with_quiet_console(args.workspace)
 
 
 def write_worker_config() -> Path:

@@ -6,10 +6,17 @@ its first run existed: 20 s in the CPU benchmark, as long as the engine takes fo
 sets that constant to RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 1) and then runs Dagster's own daemon
 command unchanged; a pass with no backfill to work on is one query for requested ones. The same constant is the
 auto-materialize interval of code locations without an automation sensor; this project's automation has one.
+
+Each pass over a backfill in progress logs a summary of it, and the runs the daemon launches print every Dagster
+event of theirs (a line per image) to its terminal: `random-diffusion daemon` and `ui` run the daemon in a child and
+pass on what a person watching needs (DaemonOutput), as the UI's pages show the rest.
 """
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
 import sys
 
 from .settings import backfill_interval_seconds
@@ -31,6 +38,105 @@ def main(argv: list[str] | None = None) -> None:
 
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds  # read by the backfill loop when its thread starts
     cli(["run", *(sys.argv[1:] if argv is None else argv)], prog_name="random-diffusion daemon", obj={})
+
+
+def run_with_quiet_console(workspace: str) -> int:
+    """`random-diffusion daemon`: the daemon in a child process whose output reaches the terminal as `random-diffusion
+    ui` shows it (DaemonOutput). SIGTERM or Ctrl-C stops it as Ctrl-C stops Dagster's daemon; returns its exit code."""
+    backfill_interval_seconds()  # a bad value fails here, with the command's own message
+    child = subprocess.Popen(
+        [sys.executable, "-m", "random_diffusion_dagster.daemon", "-w", workspace],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output = DaemonOutput()
+    signal.signal(signal.SIGTERM, interrupt)
+    while True:
+        try:
+            output.forward(child.stdout, sys.stderr)  # until the child's output ends
+            break
+        except KeyboardInterrupt:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)  # its daemons stop cleanly; their last lines still come through
+    try:
+        return child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
+
+
+def interrupt(signum, frame):
+    """A SIGTERM handler: stop as on Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+# What the daemon prints on every pass of its loops (each sensor and automation tick, each second the
+# run queue is checked, each monitoring pass), a warning every fresh instance gets once per start, and
+# the warning its code server prints each minute when the daemon replaces it (the daemon reloads the
+# workspace every 60 s by starting a new code server; the old one stops after 20 s without heartbeats), and
+# the runs' own DEBUG events, which the runs the daemon launches print to its terminal (step start, inputs,
+# outputs, a materialization per image: the UI's run page shows them).
+# `random-diffusion daemon` and `ui` drop these lines and pass everything else on: run launches, warnings, errors,
+# tracebacks, what the project's sensors and assets log.
+ROUTINE_DAEMON_LINE = re.compile(
+    r" - dagster - DEBUG - "
+    r"| - dagster\.code_server - WARNING - No heartbeat received in 20 seconds, shutting down"
+    r"| - dagster\.daemon\.(?:"
+    r"SensorDaemon - INFO - (?:Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for )"
+    r"|SchedulerDaemon - INFO - (?:Schedule \S+ skipped: |No run requests returned for )"
+    r"|AssetDaemon - INFO - (?:Checking \d+ assets/checks and |Prefetching asset records |Done prefetching asset "
+    r"records|Adding \d+ asset evaluations |Tick produced 0 runs |Submitting 0 runs |Finished auto-materialization "
+    r"tick|Renaming any states corresponding to the legacy default name)"
+    r"|QueuedRunCoordinatorDaemon - INFO - Priority sorting and checking tag concurrency limits"
+    r"|MonitoringDaemon - INFO - Collected \d+ runs for monitoring"
+    r"|BackfillDaemon - INFO - (?:Evaluating asset backfill |Assets targeted by backfill \S+ are valid|Backfill has "
+    r"in progress runs|Asset backfill \S+ completed iteration with status |Candidate subset is empty|No asset "
+    r"partitions to request)"
+    r"|EventLogConsumerDaemon - WARNING - No cursor for event type \S+, ignoring older events"
+    r")"
+)
+# The backfill daemon's markdown summaries, a header line and the lines under it, each iteration (about 60 lines for
+# a 5-image backfill): the UI's backfill page shows the same. Dropped with the lines that follow them.
+SUMMARY_HEADER = re.compile(
+    r" - dagster\.daemon\.BackfillDaemon - INFO - "
+    r"(?:Backfill iteration summary|Overall backfill status|Assets materialized since last tick):\s*$"
+)
+LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")
+# Repeated every second while a run waits for the `gpu` pool: shown once per run.
+BLOCKED_RUN_LINE = re.compile(
+    r" - dagster\.daemon\.QueuedRunCoordinatorDaemon - INFO - Run (\S+) is blocked by global concurrency limits"
+)
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class DaemonOutput:
+    """Decides which of the daemon's output lines reach the terminal (see ROUTINE_DAEMON_LINE)."""
+
+    def __init__(self):
+        self.blocked_runs: set[str] = set()
+        self.in_summary = False
+
+    def keep(self, line: str) -> bool:
+        plain = ANSI_ESCAPE.sub("", line)
+        if self.in_summary and not LOG_LINE_START.match(plain):
+            return False  # a line of a dropped summary
+        self.in_summary = bool(SUMMARY_HEADER.search(plain))
+        if self.in_summary or ROUTINE_DAEMON_LINE.search(plain):
+            return False
+        blocked = BLOCKED_RUN_LINE.search(plain)
+        if blocked:
+            if blocked.group(1) in self.blocked_runs:
+                return False
+            self.blocked_runs.add(blocked.group(1))
+        return True
+
+    def forward(self, stream, out) -> None:
+        """Copy `stream` (bytes, line by line) to `out` (text), dropping routine lines, until EOF."""
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace")
+            if self.keep(line):
+                out.write(line)
+                out.flush()
 
 
 if __name__ == "__main__":

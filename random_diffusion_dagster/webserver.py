@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -218,75 +217,6 @@ def main(argv: list[str] | None = None) -> None:
     webserver_cli.cli.main(args=args, prog_name="random-diffusion-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER")
 
 
-# What the daemon prints on every pass of its loops (each sensor and automation tick, each second the
-# run queue is checked, each monitoring pass), a warning every fresh instance gets once per start, and
-# the warning its code server prints each minute when the daemon replaces it (the daemon reloads the
-# workspace every 60 s by starting a new code server; the old one stops after 20 s without heartbeats), and
-# the runs' own DEBUG events, which the runs the daemon launches print to its terminal (step start, inputs,
-# outputs, a materialization per image: the UI's run page shows them).
-# `random-diffusion ui` drops these lines and passes everything else on: run launches, warnings, errors,
-# tracebacks, what the project's sensors and assets log.
-ROUTINE_DAEMON_LINE = re.compile(
-    r" - dagster - DEBUG - "
-    r"| - dagster\.code_server - WARNING - No heartbeat received in 20 seconds, shutting down"
-    r"| - dagster\.daemon\.(?:"
-    r"SensorDaemon - INFO - (?:Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for )"
-    r"|SchedulerDaemon - INFO - (?:Schedule \S+ skipped: |No run requests returned for )"
-    r"|AssetDaemon - INFO - (?:Checking \d+ assets/checks and |Prefetching asset records |Done prefetching asset "
-    r"records|Adding \d+ asset evaluations |Tick produced 0 runs |Submitting 0 runs |Finished auto-materialization "
-    r"tick|Renaming any states corresponding to the legacy default name)"
-    r"|QueuedRunCoordinatorDaemon - INFO - Priority sorting and checking tag concurrency limits"
-    r"|MonitoringDaemon - INFO - Collected \d+ runs for monitoring"
-    r"|BackfillDaemon - INFO - (?:Evaluating asset backfill |Assets targeted by backfill \S+ are valid|Backfill has "
-    r"in progress runs|Asset backfill \S+ completed iteration with status |Candidate subset is empty|No asset "
-    r"partitions to request)"
-    r"|EventLogConsumerDaemon - WARNING - No cursor for event type \S+, ignoring older events"
-    r")"
-)
-# The backfill daemon's markdown summaries, a header line and the lines under it, each iteration (about 60 lines for
-# a 5-image backfill): the UI's backfill page shows the same. Dropped with the lines that follow them.
-SUMMARY_HEADER = re.compile(
-    r" - dagster\.daemon\.BackfillDaemon - INFO - "
-    r"(?:Backfill iteration summary|Overall backfill status|Assets materialized since last tick):\s*$"
-)
-LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")
-# Repeated every second while a run waits for the `gpu` pool: shown once per run.
-BLOCKED_RUN_LINE = re.compile(
-    r" - dagster\.daemon\.QueuedRunCoordinatorDaemon - INFO - Run (\S+) is blocked by global concurrency limits"
-)
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class DaemonOutput:
-    """Decides which of the daemon's output lines reach the terminal (see ROUTINE_DAEMON_LINE)."""
-
-    def __init__(self):
-        self.blocked_runs: set[str] = set()
-        self.in_summary = False
-
-    def keep(self, line: str) -> bool:
-        plain = ANSI_ESCAPE.sub("", line)
-        if self.in_summary and not LOG_LINE_START.match(plain):
-            return False  # a line of a dropped summary
-        self.in_summary = bool(SUMMARY_HEADER.search(plain))
-        if self.in_summary or ROUTINE_DAEMON_LINE.search(plain):
-            return False
-        blocked = BLOCKED_RUN_LINE.search(plain)
-        if blocked:
-            if blocked.group(1) in self.blocked_runs:
-                return False
-            self.blocked_runs.add(blocked.group(1))
-        return True
-
-    def forward(self, stream, out) -> None:
-        """Copy `stream` (bytes, line by line) to `out` (text), dropping routine lines, until EOF."""
-        for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace")
-            if self.keep(line):
-                out.write(line)
-                out.flush()
-
-
 def history_location(instance, home: Path) -> str:
     """Where `instance` keeps its runs and events, in words: a folder, or the database named in dagster.yaml."""
     import yaml
@@ -338,6 +268,7 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     from dagster_shared.ipc import get_ipc_shutdown_pipe, open_ipc_subprocess, send_ipc_shutdown_message
 
     from .cli import _instance_home, project_instance
+    from .daemon import DaemonOutput, interrupt
     from .settings import backfill_interval_seconds
 
     allowed_origins_from_env()  # fail here, not in a child
@@ -374,7 +305,7 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     )
     threading.Thread(target=DaemonOutput().forward, args=(daemon.stdout, sys.stderr), daemon=True).start()
     children = {"webserver": webserver, "daemon": daemon}
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the children too, like Ctrl-C
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the children too, like Ctrl-C
     exit_code = 0
     announced = False
     try:
@@ -407,10 +338,6 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
     return exit_code
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -49,3 +49,17 @@ def orchestrated_quick(out: Path, images: int, sensor_images: int, *variants: st
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, as /proc shows them now."""
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            if ppid == pid:
+                children.append(int(proc.name))
+    return children + [grandchild for child in children for grandchild in descendants(child)]

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import descendants
 from local_services import stop_process_groups, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +111,49 @@ def test_registering_images_stores_the_gpu_pool_limit_before_any_run_is_queued(t
             resources={"dataset": DatasetResource(images_dir=str(tmp_path / "images"))},
         )
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_daemon_command_and_its_daemon_cleanly(tmp_path):
+    """`random-diffusion daemon` runs Dagster's daemon in a child whose output it filters: `kill` (a service
+    manager's stop) must stop that child too, as Ctrl-C stops Dagster's daemon, and say so."""
+    home = tmp_path / "home"
+    (home / "images").mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    console = tmp_path / "console.log"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(home / "images"),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(home / "outputs"),
+    }
+    command = [
+        str(Path(sys.executable).parent / "random-diffusion"),
+        "daemon",
+        "-w",
+        str(PROJECT_ROOT / "workspace.yaml"),
+    ]
+    with console.open("w") as out:
+        daemon = subprocess.Popen(
+            command,
+            cwd=home,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "Instance is configured with the following daemons" in console.read_text(), 120, "the daemon")
+        processes = descendants(daemon.pid)  # Dagster's daemon, its code server
+        daemon.terminate()  # the command alone, not its process group
+        assert daemon.wait(timeout=60) == 0
+        wait_for(lambda: not any(_alive(pid) for pid in processes), 30, "the daemon's processes to end")
+        assert "Daemon threads shut down." in console.read_text()
+    finally:
+        stop_process_groups([daemon])

@@ -22,7 +22,7 @@ import yaml
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.remote import Deployment
 
-from helpers import make_image, write_catalog
+from helpers import descendants, make_image, write_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from local_services import project_env, shipped_instance_config, stop_process_groups, wait_for  # noqa: E402
@@ -289,17 +289,22 @@ def test_two_runs_never_overlap_on_the_gpu_pool(deployment):
     assert spans[0][1] <= spans[1][0], spans
 
 
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                children.append(int(proc.name))
-    return children + [grandchild for child in children for grandchild in _descendants(child)]
+def test_the_daemon_console_shows_the_runs_log_lines_and_not_the_routine_ones(deployment):
+    """`random-diffusion daemon` prints as `random-diffusion ui` does: the runs it launches print every Dagster event
+    (a line per image) and the backfill loop, now every second, its summaries; neither reaches the console."""
+    url = deployment["url"]
+    wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    client = Deployment(url)
+    (run_id,) = client.submit(["a foggy pier"], 12, ["start0.png"])
+    assert client.wait(run_id, timeout=600) == "SUCCESS"
+    params = {"partitionNames": ["start0.png"], "assetSelection": [{"path": ["diffused_image"]}]}
+    backfill = client.query(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]["backfillId"]
+    tag = {"key": "dagster/backfill", "value": backfill}
+    wait_for(lambda: any(tag in run["tags"] for run in _runs(url)) and _all_finished(url), 300, "the backfill's run")
+    console = (deployment["root"] / "daemon.log").read_text()
+    assert f"{run_id} - diffused_image - " in console and "batch of 1 at" in console  # the run's own log lines
+    assert " - DEBUG - " not in console and "STEP_START" not in console and "ASSET_MATERIALIZATION" not in console
+    assert "Backfill iteration summary" not in console and "Checking for new runs for sensor" not in console
 
 
 RUN_LOGS_QUERY = """
@@ -332,7 +337,7 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
     wait_for(lambda: len(done_with_new_seed()) >= 1, 300, "the first image of the run", interval=0.1)
     assert len(done_with_new_seed()) < len(keys), "the run finished before it could be killed"
     worker = wait_for(lambda: _run_worker_pid(url, run_id), 30, "the run worker process", interval=0.2)
-    for pid in [worker, *_descendants(worker)]:
+    for pid in [worker, *descendants(worker)]:
         os.kill(pid, signal.SIGKILL)
 
     wait_for(lambda: client.run_status(run_id) == "FAILURE", 120, "the killed run to be marked failed")

@@ -17,8 +17,8 @@ import pytest
 import requests
 from dagster._core.instance.ref import InstanceRef
 
+from random_diffusion_dagster.daemon import DaemonOutput
 from random_diffusion_dagster.remote import Deployment
-from random_diffusion_dagster.webserver import DaemonOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from test_deployment import _free_port, _reachable  # noqa: E402
