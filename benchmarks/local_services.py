@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 POSTGRES = os.environ.get("RANDOM_DIFFUSION_TEST_POSTGRES", "postgres@127.0.0.1:5432")
@@ -30,14 +30,17 @@ def throwaway_database(prefix: str = "rdd"):
 
 
 def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float = 30) -> None:
-    """SIGTERM each process's group (they were started with start_new_session), then SIGKILL laggards."""
+    """SIGTERM each process's group (they were started with start_new_session), then SIGKILL laggards.
+    A group that has ended already (its processes stopped on their own) is skipped."""
     for process in processes:
-        os.killpg(process.pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
     for process in processes:
         try:
             process.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def project_env(root: Path, home: Path) -> dict[str, str]:
