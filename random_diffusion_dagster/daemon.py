@@ -44,11 +44,7 @@ def run_with_quiet_console(workspace: str) -> int:
     """`random-diffusion daemon`: the daemon in a child process whose output reaches the terminal as `random-diffusion
     ui` shows it (DaemonOutput). SIGTERM or Ctrl-C stops it as Ctrl-C stops Dagster's daemon; returns its exit code."""
     backfill_interval_seconds()  # a bad value fails here, with the command's own message
-    child = subprocess.Popen(
-        [sys.executable, "-m", "random_diffusion_dagster.daemon", "-w", workspace],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    child = start_child(workspace)
     output = DaemonOutput()
     signal.signal(signal.SIGTERM, interrupt)
     while True:
@@ -63,6 +59,16 @@ def run_with_quiet_console(workspace: str) -> int:
     except subprocess.TimeoutExpired:
         child.kill()
         return child.wait()
+
+
+def start_child(workspace: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Dagster's daemon (`main`) in a child process, its output on one pipe for DaemonOutput."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "random_diffusion_dagster.daemon", "-w", workspace],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def interrupt(signum, frame):

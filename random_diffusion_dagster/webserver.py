@@ -268,7 +268,7 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     from dagster_shared.ipc import get_ipc_shutdown_pipe, open_ipc_subprocess, send_ipc_shutdown_message
 
     from .cli import _instance_home, project_instance
-    from .daemon import DaemonOutput, interrupt
+    from .daemon import DaemonOutput, interrupt, start_child
     from .settings import backfill_interval_seconds
 
     allowed_origins_from_env()  # fail here, not in a child
@@ -297,12 +297,7 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
         env=env,
     )
     os.close(read_fd)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "random_diffusion_dagster.daemon", "-w", workspace],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    daemon = start_child(workspace, env)
     threading.Thread(target=DaemonOutput().forward, args=(daemon.stdout, sys.stderr), daemon=True).start()
     children = {"webserver": webserver, "daemon": daemon}
     signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the children too, like Ctrl-C
