@@ -14,6 +14,7 @@ import requests
 
 from .batching import partition_ranges
 from .engine.prompts import require_prompts
+from .engine.templates import PromptTemplates
 from .prompt_sets import submission_tags
 
 JOB_NAME = "diffuse_images"
@@ -201,6 +202,7 @@ class Deployment:
         """Launch runs covering `images` (default: every partition); return their run ids."""
         if prompts is not None:
             prompts = require_prompts(prompts, source="--prompt")
+            PromptTemplates(prompts, source="--prompt", wildcard_files=False)  # a bad template fails here, not in a run
         all_keys = self.partition_keys()
         if not all_keys:
             raise SubmitError(

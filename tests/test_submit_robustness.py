@@ -18,6 +18,7 @@ from graphql import parse, validate
 
 from random_diffusion_dagster import remote
 from random_diffusion_dagster.cli import main
+from random_diffusion_dagster.engine.prompts import PromptListError
 from random_diffusion_dagster.remote import Deployment, SubmitError
 
 KEYS = ["a.png", "b.png", "c.png"]
@@ -227,6 +228,33 @@ def test_a_refused_launch_names_the_runs_partitions_and_the_reason(serve):
     server = serve(fake_dagster(launch_result=refusal))
     with pytest.raises(SubmitError, match=r"refused the run for a.png..c.png \(RunConfigValidationInvalid\): .*\"x\""):
         Deployment(server.url).submit(["x"], None, None)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a {red|green harbour", r"--prompt, prompt 1: 'a \{red\|green harbour' is not a valid template .*balance"),
+        ("a {0::red|0::green} __colour__ harbour", r"--prompt, prompt 1: .* cannot be drawn"),
+    ],
+)
+def test_a_bad_template_is_refused_before_any_run_is_launched(serve, capsys, prompt, message):
+    respond = fake_dagster()
+    server = serve(respond)
+    assert main(["submit", "--url", server.url, "--prompt", "a calm sea", "--prompt", prompt]) == 2
+    assert capsys.readouterr().err.startswith("error: --prompt, prompt 2: ")
+    assert respond.launched == []
+    with pytest.raises(PromptListError, match=message):
+        Deployment(server.url).submit([prompt], None, None)
+    assert respond.launched == []
+
+
+def test_wildcards_in_a_submitted_template_are_left_to_the_deployment(serve, capsys):
+    """The wildcard files are the deployment's: a prompt naming one is launched, and nothing is logged about it."""
+    respond = fake_dagster()
+    server = serve(respond)
+    assert main(["submit", "--url", server.url, "--prompt", "a {red|green} __colour__ harbour"]) == 0
+    assert len(respond.launched) == 1
+    assert capsys.readouterr().err == ""
 
 
 def test_submit_queries_fit_dagsters_graphql_schema():

@@ -78,9 +78,13 @@ class PromptTemplates:
         wildcards_dir: str | Path | None = None,
         source: str = "prompt list",
         line_numbers: list[int] | None = None,
+        wildcard_files: bool = True,
     ):
-        """`line_numbers`: where each line is in its file, so messages name the file's line, not the n-th prompt."""
+        """`line_numbers`: where each line is in its file, so messages name the file's line, not the n-th prompt.
+        `wildcard_files=False`: the wildcard files are elsewhere (a deployment's, for `submit`), so a word stands
+        for each wildcard here and only the rest of each line is checked."""
         self.wildcards_dir = Path(wildcards_dir) if wildcards_dir else None
+        self.wildcard_files = wildcard_files
         self._manager = None
         where = [
             f"{source}, line {line_numbers[index]}" if line_numbers else f"{source}, prompt {index + 1}"
@@ -129,8 +133,11 @@ class PromptTemplates:
                 f"{where}: {template[:80]!r} has a '#', which starts a comment in a template, so the rest of the line "
                 "would be dropped: remove the '#'."
             )
-        self._check_wildcards(template, where, seen=())
-        self._check_draws(parsed, template, where)
+        if self.wildcard_files:
+            self._check_wildcards(template, where, seen=())
+            self._check_draws(parsed, template, where)
+        else:
+            self._check_draws(parse(WILDCARD.sub("word", template)), template, where)
         return parsed
 
     def _check_draws(self, parsed, template: str, where: str) -> None:
