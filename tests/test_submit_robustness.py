@@ -235,6 +235,7 @@ def test_a_refused_launch_names_the_runs_partitions_and_the_reason(serve):
     [
         ("a {red|green harbour", r"--prompt, prompt 1: 'a \{red\|green harbour' is not a valid template .*balance"),
         ("a {0::red|0::green} __colour__ harbour", r"--prompt, prompt 1: .* cannot be drawn"),
+        ("a __../colour__ harbour", r"--prompt, prompt 1: wildcard __../colour__ has '..' in its name"),
     ],
 )
 def test_a_bad_template_is_refused_before_any_run_is_launched(serve, capsys, prompt, message):

@@ -137,6 +137,8 @@ class PromptTemplates:
             self._check_wildcards(template, where, seen=())
             self._check_draws(parsed, template, where)
         else:
+            for name in WILDCARD.findall(template):
+                self._check_wildcard_name(name, where)
             self._check_draws(parse(WILDCARD.sub("word", template)), template, where)
         return parsed
 
@@ -166,11 +168,7 @@ class PromptTemplates:
                     f"{where}: uses wildcard __{name}__ but the wildcards folder {self.wildcards_dir} does not exist: "
                     "create it with a file per wildcard (e.g. animals.txt), or set RANDOM_DIFFUSION_WILDCARDS_DIR."
                 )
-            if ".." in name.split("/"):  # Dynamic Prompts refuses these only when drawn, logging a traceback
-                raise PromptListError(
-                    f"{where}: wildcard __{name}__ has '..' in its name, which Dynamic Prompts does not allow: name "
-                    f"the file by its path inside {self.wildcards_dir} (e.g. __animals/cats__ for animals/cats.txt)."
-                )
+            self._check_wildcard_name(name, where)
             values = self._wildcards().get_values(name).string_values
             if not values:
                 raise PromptListError(
@@ -180,6 +178,14 @@ class PromptTemplates:
             for value in values:
                 self._check_value(value, name, where)
                 self._check_wildcards(value, where, (*seen, name))
+
+    def _check_wildcard_name(self, name: str, where: str) -> None:
+        if ".." in name.split("/"):  # Dynamic Prompts refuses these only when drawn, logging a traceback
+            folder = self.wildcards_dir or "the wildcards folder"
+            raise PromptListError(
+                f"{where}: wildcard __{name}__ has '..' in its name, which Dynamic Prompts does not allow: name "
+                f"the file by its path inside {folder} (e.g. __animals/cats__ for animals/cats.txt)."
+            )
 
     def _check_value(self, value: str, name: str, where: str) -> None:
         """A wildcard value is prompt text and maybe a template: checked here, not when an image draws it."""
