@@ -18,29 +18,37 @@ OPEN_INSTANCE = (
     "    print(len(instance.get_runs()))\n"
 )
 
+# A holder keeps its lock until the test writes a line to it: a fixed hold raced the other process's start
+# on a slow machine (its imports took longer than the hold, so it never had to wait).
 HOLD_RUN_LOCK = (
     "import sys, time\n"
     "from pathlib import Path\n"
     "from random_diffusion_dagster.cli import exclusive\n"
     "with exclusive(Path('.dagster/cli-run.lock'), 'waiting for the other run'):\n"
     "    print('got', time.time(), flush=True)\n"
-    "    time.sleep(float(sys.argv[1]))\n"
+    "    if sys.argv[1:] == ['hold']:\n"
+    "        sys.stdin.readline()\n"
 )
 
 
 HOLD_INIT_LOCK = (
-    "import sys, time\n"
+    "import sys\n"
     "from pathlib import Path\n"
     "from random_diffusion_dagster.cli import exclusive\n"
     "with exclusive(Path(sys.argv[1]) / '.dagster' / 'instance-init.lock', 'waiting'):\n"
     "    print('got', flush=True)\n"
-    "    time.sleep(float(sys.argv[2]))\n"
+    "    sys.stdin.readline()\n"
 )
 
 
 def _spawn(code: str, cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -56,7 +64,7 @@ def test_the_daemon_waits_while_another_process_sets_up_a_fresh_instance(tmp_pat
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    holder = _spawn(HOLD_INIT_LOCK, tmp_path, str(home), "6")
+    holder = _spawn(HOLD_INIT_LOCK, tmp_path, str(home))
     assert holder.stdout.readline().startswith("got")  # e.g. a webserver creating the tables
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "random-diffusion"), "daemon", "-w", str(PROJECT_ROOT / "workspace.yaml")],
@@ -71,23 +79,28 @@ def test_the_daemon_waits_while_another_process_sets_up_a_fresh_instance(tmp_pat
         assert daemon.stderr.readline() == "Waiting for another process to set up storage...\n"
         storage = home / ".dagster" / "storage"
         assert not storage.exists()  # nothing opened while the other process holds the lock
-        holder.communicate(timeout=60)
+        holder.communicate(input="release\n", timeout=60)
         wait_for(lambda: (storage / "schedules").is_dir() or daemon.poll() is not None, 120, "the daemon's storage")
         assert daemon.poll() is None
     finally:
+        holder.kill()
         stop_process_groups([daemon])
 
 
 def test_a_second_cli_run_waits_for_the_first_and_says_so(tmp_path):
     shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
-    first = _spawn(HOLD_RUN_LOCK, tmp_path, "3")
-    assert first.stdout.readline().startswith("got")  # the first holds the lock
-    released_after = time.time() + 2
-    second = _spawn(HOLD_RUN_LOCK, tmp_path, "0")
-    out, err = second.communicate(timeout=60)
-    first.communicate(timeout=60)
-    assert "waiting for the other run" in err
-    assert float(out.split()[1]) >= released_after  # it got the lock only once the first let go
+    first = _spawn(HOLD_RUN_LOCK, tmp_path, "hold")
+    try:
+        assert first.stdout.readline().startswith("got")  # the first holds the lock
+        second = _spawn(HOLD_RUN_LOCK, tmp_path)
+        said = iter(second.stderr.readline, "")  # its lines until it exits
+        assert "waiting for the other run\n" in said  # said while it waits (a second that never waited exits)
+        released_at = time.time()
+        first.communicate(input="release\n", timeout=60)
+        out, _ = second.communicate(timeout=60)
+        assert float(out.split()[1]) >= released_at  # it got the lock only once the first let go
+    finally:
+        first.kill()
 
 
 def test_registering_images_stores_the_gpu_pool_limit_before_any_run_is_queued(tmp_path):
