@@ -59,7 +59,8 @@ def max_partitions_per_run() -> int:
     512: every run pays its process start, definitions and Dagster's bookkeeping (without a warm worker also
     imports and a load per model drawn) while the GPU waits, and splits its images across models. On one H100 a
     warm worker's 512-image backfill in runs of 128 spent about 9 s a run on that (3.61 images/s, the engine
-    4.82); on the CPU the same backfill took 39.3 s in runs of 128, 32.9 s in one run (benchmarks/results).
+    4.82); on one H200 in a run of 512, 7 s in all (4.81 images/s, the engine 4.80); on the CPU the same backfill
+    took 39.3 s in runs of 128, 32.9 s in one run (benchmarks/results).
     """
     return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", DEFAULT_MAX_PARTITIONS_PER_RUN, minimum=1)
 

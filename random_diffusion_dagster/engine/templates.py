@@ -82,7 +82,7 @@ class PromptTemplates:
     ):
         """`line_numbers`: where each line is in its file, so messages name the file's line, not the n-th prompt.
         `wildcard_files=False`: the wildcard files are elsewhere (a deployment's, for `submit`), so a word stands
-        for each wildcard here and only the rest of each line is checked."""
+        for each wildcard here and only the rest of each line is checked; such templates are for checking only."""
         self.wildcards_dir = Path(wildcards_dir) if wildcards_dir else None
         self.wildcard_files = wildcard_files
         self._manager = None
@@ -121,8 +121,10 @@ class PromptTemplates:
         from dynamicprompts.parser.parse import parse
         from pyparsing import ParseException
 
+        # Without the wildcard files, each wildcard is a word of its length here (so columns stay the template's).
+        text = template if self.wildcard_files else WILDCARD.sub(lambda match: "w" * len(match[0]), template)
         try:
-            parsed = parse(template)
+            parsed = parse(text)
         except ParseException as exc:
             raise PromptListError(
                 f"{where}: {template[:80]!r} is not a valid template ({exc.msg} at column {exc.column}): "
@@ -135,11 +137,10 @@ class PromptTemplates:
             )
         if self.wildcard_files:
             self._check_wildcards(template, where, seen=())
-            self._check_draws(parsed, template, where)
         else:
             for name in WILDCARD.findall(template):
                 self._check_wildcard_name(name, where)
-            self._check_draws(parse(WILDCARD.sub("word", template)), template, where)
+        self._check_draws(parsed, template, where)
         return parsed
 
     def _check_draws(self, parsed, template: str, where: str) -> None:
