@@ -4,6 +4,7 @@ import datetime
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -82,6 +83,30 @@ def test_a_source_replaced_or_deleted_after_planning_fails_by_name_and_others_fi
     assert results["blue.webp"].status == "failed" and "could not be read during the run" in results["blue.webp"].error
     others = [r for k, r in results.items() if k not in ("red.png", "blue.webp")]
     assert others and all(r.status == "generated" for r in others)
+
+
+def test_an_interrupt_while_a_batch_is_logged_counts_its_written_images_as_finished(project):
+    """Ctrl-C can land after a PNG is on disk but before its batch's log line returns; the caller records from
+    `finished`, so every image on disk must be in it (a CI run recorded none of one written image)."""
+    outputs = Path(project["output_dir"])
+
+    def interrupt_once_an_image_is_on_disk(line: str) -> None:
+        deadline = time.monotonic() + 30
+        while not list(outputs.glob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    finished: list = []
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(
+            _tasks(project),
+            PipelineCache(device="cpu"),
+            log=interrupt_once_an_image_is_on_disk,
+            finished=finished,
+        )
+    written = {path.name for path in outputs.glob("*.png")}
+    assert written  # the first batch's; the run stopped there
+    assert {output_file_name(r.task.key) for r in finished if r.status != "failed"} == written
 
 
 def test_an_output_location_that_is_a_file_fails_before_any_model_loads(project, tmp_path):

@@ -116,8 +116,9 @@ def run_tasks(
 ) -> RunSummary:
     """Make every task's image, at most one load per model, carrying on past failures.
 
-    `finished`, if given, gets each result as it is done (its PNG written once this returns or raises): what a
-    caller records when the run is interrupted part way."""
+    `finished`, if given, gets each result whose image is on disk or being written, from the moment its write
+    starts (returning or raising waits for the writes; a failed write marks its result failed): what a caller
+    records when the run is interrupted part way, even between a write and the batch's log line."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
@@ -139,11 +140,10 @@ def run_tasks(
     finished.extend(results.values())
     progress = _Progress(len(pending), log, progress_bar)
     by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
-    with _ResultWriter() as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
+    with _ResultWriter(finished) as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
         for model_sources in sources:
             for result in _run_model(model_sources, cache, batch_size, progress, writer):
                 results[result.task.output_path] = result
-                finished.append(result)
     progress.close()
     for result in results.values():
         _record_outcome(result)
@@ -160,18 +160,22 @@ def run_tasks(
 class _ResultWriter:
     """Encodes and writes result PNGs on background threads while the GPU works on the next batch.
 
-    Pillow releases the GIL while compressing, so writing overlaps inference. Leaving the
-    `with` block waits for every write; a write that failed turns its result into a failure.
+    Pillow releases the GIL while compressing, so writing overlaps inference. A result goes into
+    `finished` as its write starts, not after its batch is logged (Ctrl-C can land in between);
+    leaving the `with` block, also on Ctrl-C, waits for every write, and a failed write turns
+    its result into a failure.
     """
 
-    def __init__(self, threads: int = 2):
+    def __init__(self, finished: list[ImageResult], threads: int = 2):
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png-writer")
         self._pending = []
+        self._finished = finished
 
     def submit(self, result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
         self._pending.append((result, self._pool.submit(self._write, result, image, parameters, source)))
+        self._finished.append(result)
 
     @staticmethod
     def _write(result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
