@@ -228,7 +228,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
 
     def run(self, tasks: list[ImageTask], log=lambda message: None, finished: list | None = None) -> RunSummary:
         """Make the tasks' images with this run's pipelines: reused, generated or failed, one result each
-        (`finished`: each result as it is done, see run_tasks)."""
+        (`finished`: each result whose image is written or being written, see run_tasks)."""
         from .engine.runner import run_tasks
 
         pipelines = self.pipelines(log)
