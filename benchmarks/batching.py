@@ -23,7 +23,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from random_diffusion_dagster.batching import partition_range_tags  # noqa: E402
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

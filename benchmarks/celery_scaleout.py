@@ -35,7 +35,7 @@ from local_services import project_env, stop_process_groups, throwaway_database
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from random_diffusion_dagster.batching import partition_range_tags  # noqa: E402
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags  # noqa: E402
 
 BIN = Path(sys.executable).parent
 REDIS = os.environ.get("RANDOM_DIFFUSION_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -109,13 +109,13 @@ def engine_worker(args) -> int:
     started = time.perf_counter()
     import torch
 
+    from random_diffusion_dagster.defs.resources import DiffusionEngineResource
     from random_diffusion_dagster.engine.catalog import load_catalog
     from random_diffusion_dagster.engine.images import scan_images
     from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups
     from random_diffusion_dagster.engine.plan import Planner
     from random_diffusion_dagster.engine.prompts import load_prompts
     from random_diffusion_dagster.engine.runner import run_tasks
-    from random_diffusion_dagster.resources import DiffusionEngineResource
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -695,7 +695,7 @@ def main() -> int:
 
 
 def measure(args, variants: list[dict], root: Path) -> dict:
-    from random_diffusion_dagster.resources import DiffusionEngineResource
+    from random_diffusion_dagster.defs.resources import DiffusionEngineResource
 
     images = root / "images"
     make_images(images, args.images, args.size, "img", seed=1)

@@ -41,7 +41,7 @@ def instance_yaml(home: Path, postgres_url: str | None) -> str:
         storage = shipped_instance_config(Path(__file__).resolve().parent.parent, home)["storage"]
         return yaml.safe_dump({"storage": storage, "telemetry": {"enabled": False}})
     return (
-        "storage:\n  custom:\n    module: random_diffusion_dagster.postgres_storage\n"
+        "storage:\n  custom:\n    module: random_diffusion_dagster.runtime.instance_storage.postgres\n"
         f"    class: BatchingPostgresStorage\n    config:\n      postgres_url: {postgres_url}\n"
         "telemetry:\n  enabled: false\n"
     )
@@ -89,7 +89,7 @@ def run_split(instance, job, keys: list[str], run_config: dict | None = None) ->
     """One ranged run over `keys` in this process, and where its step's time went (from its event log)."""
     import dagster as dg
 
-    from random_diffusion_dagster.batching import partition_range_tags
+    from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 
     started = time.perf_counter()
     result = job.execute_in_process(

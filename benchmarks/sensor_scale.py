@@ -29,8 +29,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 import dagster as dg  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from random_diffusion_dagster.resources import DatasetResource  # noqa: E402
-from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor  # noqa: E402
+from random_diffusion_dagster.defs.automation.new_images_sensor import SETTLE_SECONDS, new_images_sensor  # noqa: E402
+from random_diffusion_dagster.defs.resources import DatasetResource  # noqa: E402
 
 from local_services import apply_partition_requests  # noqa: E402
 

@@ -50,6 +50,59 @@ def env_choices(variable: str, allowed: tuple[str, ...]) -> set[str]:
     return named
 
 
+def library_default(variable: str, value: str) -> None:
+    """Give a library setting that exists only as an environment variable (torch's compile cache folder, Dagster's
+    event batch size) this project's value, unless the user set it: every process that loads the project gets it,
+    including those Dagster starts for runs and code servers."""
+    os.environ.setdefault(variable, value)
+
+
+# The dataset resource's defaults (defs/resources.py): what a user points at their own files.
+def images_dir() -> str:
+    return env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images")
+
+
+def output_dir() -> str:
+    return env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs")
+
+
+def prompts_file() -> str:
+    return env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt")
+
+
+def models_file() -> str:
+    return env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml")
+
+
+def wildcards_dir() -> str:
+    return env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards")
+
+
+def run_seed() -> int:
+    return env_int("RANDOM_DIFFUSION_SEED", 0)
+
+
+# The engine resource's defaults.
+def resident_models() -> int:
+    return env_int("RANDOM_DIFFUSION_RESIDENT_MODELS", 2, minimum=1)
+
+
+def torch_threads() -> int | None:
+    return env_int("RANDOM_DIFFUSION_TORCH_THREADS", None, minimum=1)
+
+
+COMPILABLE_PARTS = ("unet", "vae")
+
+
+def compile_part(part: str) -> bool | None:
+    """Whether RANDOM_DIFFUSION_COMPILE ("unet", "vae", "unet,vae" or "none") names `part`; unset: None, decided
+    per device (DiffusionEngineResource.speedups_on). How sensor and schedule runs get their setting."""
+    if os.environ.get("RANDOM_DIFFUSION_COMPILE", "").strip().lower() == "none":
+        return False
+    named = env_choices("RANDOM_DIFFUSION_COMPILE", COMPILABLE_PARTS)
+    return part in named if named else None
+
+
 DEFAULT_MAX_PARTITIONS_PER_RUN = 512
 
 
@@ -98,9 +151,12 @@ SEVERAL_MACHINES = ("celery", "k8s")  # executors whose steps may run on other m
 STEP_STORAGE_VARIABLE = "RANDOM_DIFFUSION_STEP_STORAGE"
 
 
+EXECUTOR_VARIABLE = "RANDOM_DIFFUSION_EXECUTOR"
+
+
 def executor_choice() -> str:
     """RANDOM_DIFFUSION_EXECUTOR: "" or "in_process" (the default), "multiprocess", "celery" or "k8s"."""
-    choice = os.environ.get("RANDOM_DIFFUSION_EXECUTOR", "").strip().lower()
+    choice = os.environ.get(EXECUTOR_VARIABLE, "").strip().lower()
     if choice and choice not in EXECUTORS:
         raise SettingError(
             f"RANDOM_DIFFUSION_EXECUTOR={choice!r}: use in_process (the default), multiprocess, celery or k8s."
@@ -122,10 +178,30 @@ def keep_pipelines_loaded() -> bool:
     return raw in ("1", "true", "yes")
 
 
+def dagster_home() -> Path | None:
+    """DAGSTER_HOME, Dagster's own variable: the folder of the instance's dagster.yaml, if set."""
+    value = os.environ.get("DAGSTER_HOME", "").strip()
+    return Path(value) if value else None
+
+
 def instance_folder() -> Path:
     """.dagster beside the instance's dagster.yaml (DAGSTER_HOME, else the project root, which `random-diffusion ui`
     hands its daemon as DAGSTER_HOME): what this box keeps besides Dagster's own storage."""
-    return (Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT) / ".dagster").resolve()
+    return ((dagster_home() or PROJECT_ROOT) / ".dagster").resolve()
+
+
+def webserver_url() -> str:
+    """The deployment `random-diffusion submit` talks to (DAGSTER_WEBSERVER_URL, Dagster's own variable)."""
+    return os.environ.get("DAGSTER_WEBSERVER_URL", "").strip() or "http://127.0.0.1:3000"
+
+
+ALLOWED_ORIGINS_VARIABLE = "RANDOM_DIFFUSION_ALLOWED_ORIGINS"
+
+
+def allowed_origins() -> list[str]:
+    """Origins besides the UI's own whose pages may call its API (RANDOM_DIFFUSION_ALLOWED_ORIGINS, comma-separated);
+    runtime/ui_guard.py checks each is an origin."""
+    return [origin.strip() for origin in os.environ.get(ALLOWED_ORIGINS_VARIABLE, "").split(",") if origin.strip()]
 
 
 def local_celery_folder() -> Path:
@@ -165,12 +241,12 @@ def celery_settings() -> dict:
     return {"task_acks_late": True, "worker_prefetch_multiplier": 1}
 
 
-def one_box_celery() -> bool:
+def one_box_celery(executor: str) -> bool:
     """Celery with the local SQLite broker: every worker is on this machine and shares its DAGSTER_HOME."""
-    return executor_choice() == "celery" and not os.environ.get("RANDOM_DIFFUSION_CELERY_BROKER", "").strip()
+    return executor == "celery" and not os.environ.get("RANDOM_DIFFUSION_CELERY_BROKER", "").strip()
 
 
-def step_storage_location() -> str | None:
+def step_storage_location(executor: str | None = None) -> str | None:
     """Where steps leave values for later steps (RANDOM_DIFFUSION_STEP_STORAGE), or None for Dagster's local storage.
 
     Celery (with a broker other machines reach) and Kubernetes run steps on other machines or pods, so there a
@@ -180,8 +256,8 @@ def step_storage_location() -> str | None:
     value = os.environ.get(STEP_STORAGE_VARIABLE, "").strip()
     if value:
         return value if "://" in value else str(Path(value).expanduser().resolve())
-    executor = executor_choice()
-    if executor in SEVERAL_MACHINES and not one_box_celery():
+    executor = executor_choice() if executor is None else executor
+    if executor in SEVERAL_MACHINES and not one_box_celery(executor):
         raise SettingError(
             f"RANDOM_DIFFUSION_EXECUTOR={executor} runs steps on several machines, and prompt_list and "
             f"model_catalog hand their values to diffused_image through step storage: set {STEP_STORAGE_VARIABLE} "

@@ -14,7 +14,7 @@ What it does, in about two minutes on a 2-core CPU:
    the project's with storage left at the defaults (under that home);
 2. materializes everything with `random-diffusion run` (prompts from the file), then once more with
    `random-diffusion run --prompt ...` so `prompt_list` shows a submitted list;
-3. starts the guarded UI (`python -m random_diffusion_dagster.cli ui`) on 127.0.0.1 and waits until it
+3. starts the guarded UI (`python -m random_diffusion_dagster.runtime.cli ui`) on 127.0.0.1 and waits until it
    serves the code location;
 4. saves PNGs (1400 px wide, each kept under 300 KB) of: the asset graph, one `diffused_image`
    partition's metadata and its preview (source beside result), the run's tags, the `diffusion_report`
@@ -151,7 +151,7 @@ open(sys.argv[2], "w").write(yaml.safe_dump(config))
 
 
 def run_cli(python: str, env: dict[str, str], *args: str) -> None:
-    command = [python, "-m", "random_diffusion_dagster.cli", *args]
+    command = [python, "-m", "random_diffusion_dagster.runtime.cli", *args]
     print("$", " ".join(["random-diffusion", *args]), flush=True)
     result = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, capture_output=True, text=True)
     if result.returncode:
@@ -189,7 +189,7 @@ def latest_run_id(url: str) -> str:
 def start_ui(python: str, env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
     return subprocess.Popen(
-        [python, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
+        [python, "-m", "random_diffusion_dagster.runtime.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
         cwd=PROJECT_ROOT,
         env={**os.environ, **env},
         stdout=log,

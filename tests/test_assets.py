@@ -8,12 +8,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
-from random_diffusion_dagster.batching import partition_range_tags
-from random_diffusion_dagster.checks import results_readable_on_disk
+from random_diffusion_dagster.defs.assets import (
+    diffused_image,
+    diffusion_report,
+    model_catalog,
+    prompt_list,
+    source_images,
+)
+from random_diffusion_dagster.defs.checks import results_readable_on_disk
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.engine.images import partition_key_for
 from random_diffusion_dagster.engine.results import output_file_name, read_record
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 
 from helpers import make_image
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from random_diffusion_dagster.batching import RANGE_END_TAG, RANGE_START_TAG
-from random_diffusion_dagster.engine.images import partition_key_for
+from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
+from random_diffusion_dagster.defs.automation.new_images_sensor import SETTLE_SECONDS, decide, new_images_sensor
+from random_diffusion_dagster.defs.resources import DatasetResource
+from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
+from random_diffusion_dagster.engine.images import SourceFile, partition_key_for
 from random_diffusion_dagster.engine.results import output_file_name
-from random_diffusion_dagster.resources import DatasetResource
-from random_diffusion_dagster.schedules import catch_up_schedule
-from random_diffusion_dagster.sensors import SETTLE_SECONDS, new_images_sensor
 from random_diffusion_dagster.settings import max_partitions_per_run
 
 from helpers import make_image
@@ -140,3 +140,31 @@ def test_catch_up_ignores_a_touched_but_identical_source(instance, project):
     for path in Path(project["images_dir"]).iterdir():
         _age(path, 1000)
     assert isinstance(_schedule_requests(instance, project), dg.SkipReason)
+
+
+def _file(name: str, size: int, mtime_s: int, ctime_s: int) -> SourceFile:
+    return SourceFile(name=name, path=f"/images/{name}", size=size, mtime_ns=mtime_s * 10**9, ctime_ns=ctime_s * 10**9)
+
+
+def test_the_sensor_decision_settles_adds_replaces_skips_and_removes_from_its_inputs_alone():
+    """`decide` is the sensor without Dagster or a folder: the same inputs give the same decision."""
+    now = 10_000 * 10**9
+    fresh = _file("fresh.png", 10, 9_990, 9_990)  # written 10 s ago: still settling
+    old = _file("old.png", 20, 1_000, 1_000)
+    broken = _file("broken.png", 5, 1_000, 1_000)
+    unreadable = {"broken.png": "not an image"}.get
+    first = decide({}, [], [fresh, old, broken], now, lambda f: unreadable(f.name))
+    assert (first.new_keys, first.skipped, first.gone) == (["old.png"], {"broken.png": "not an image"}, [])
+    assert first.cursor["waiting"] == {"fresh.png": "10:9990000000000"} and first.kept == ["old.png"]
+
+    # Next tick: the settling file did not change, so it is complete; `old.png` was replaced (its ctime moved);
+    # a partition whose file is gone is deleted.
+    replaced = _file("old.png", 21, 1_000, 10_010)
+    second = decide(first.cursor, ["old.png", "lost.png"], [fresh, replaced], now + 30 * 10**9, lambda f: None)
+    assert second.new_keys == ["fresh.png"] and second.replaced == {"old.png": "/images/old.png"}
+    assert second.gone == ["lost.png"] and second.kept == ["old.png", "fresh.png"]
+    assert second.signatures == {"fresh.png": "10:9990000000000", "old.png": "21:1000000000000"}
+
+    # A third tick over the same files changes nothing.
+    third = decide(second.cursor, second.kept, [fresh, replaced], now + 60 * 10**9, lambda f: None)
+    assert (third.new_keys, third.replaced, third.gone, third.skipped) == ([], {}, [], {})

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from random_diffusion_dagster.engine.results import output_file_name
-from random_diffusion_dagster.terminal_log import redeliver_swallowed_interrupts
+from random_diffusion_dagster.runtime.terminal_log import redeliver_swallowed_interrupts
 
 from helpers import write_catalog
 

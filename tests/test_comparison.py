@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from random_diffusion_dagster.assets import (
+from random_diffusion_dagster.defs.assets import (
     comparison_report,
     diffused_image,
     model_catalog,
@@ -13,12 +13,12 @@ from random_diffusion_dagster.assets import (
     prompt_list,
     source_images,
 )
-from random_diffusion_dagster.batching import partition_range_tags
-from random_diffusion_dagster.cli import main
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.engine.comparison import grid_size
 from random_diffusion_dagster.engine.plan import snapshot_source
 from random_diffusion_dagster.engine.results import read_record
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.runtime.cli import main
 
 from helpers import make_image, write_catalog
 

@@ -13,7 +13,7 @@ from local_services import stop_process_groups, wait_for
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 OPEN_INSTANCE = (
-    "from random_diffusion_dagster.cli import project_instance\n"
+    "from random_diffusion_dagster.runtime.instance import project_instance\n"
     "with project_instance() as instance:\n"
     "    print(len(instance.get_runs()))\n"
 )
@@ -23,7 +23,7 @@ OPEN_INSTANCE = (
 HOLD_RUN_LOCK = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from random_diffusion_dagster.cli import exclusive\n"
+    "from random_diffusion_dagster.runtime.instance import exclusive\n"
     "with exclusive(Path('.dagster/cli-run.lock'), 'waiting for the other run'):\n"
     "    print('got', time.time(), flush=True)\n"
     "    if sys.argv[1:] == ['hold']:\n"
@@ -34,7 +34,7 @@ HOLD_RUN_LOCK = (
 HOLD_INIT_LOCK = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from random_diffusion_dagster.cli import exclusive\n"
+    "from random_diffusion_dagster.runtime.instance import exclusive\n"
     "with exclusive(Path(sys.argv[1]) / '.dagster' / 'instance-init.lock', 'waiting'):\n"
     "    print('got', flush=True)\n"
     "    sys.stdin.readline()\n"
@@ -108,9 +108,9 @@ def test_registering_images_stores_the_gpu_pool_limit_before_any_run_is_queued(t
     import dagster as dg
     import yaml
 
-    from random_diffusion_dagster.assets import source_images
-    from random_diffusion_dagster.pools import GPU_POOL
-    from random_diffusion_dagster.resources import DatasetResource
+    from random_diffusion_dagster.defs.assets import source_images
+    from random_diffusion_dagster.defs.pools import GPU_POOL
+    from random_diffusion_dagster.defs.resources import DatasetResource
 
     from helpers import make_image
 

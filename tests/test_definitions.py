@@ -41,8 +41,8 @@ def test_every_sensor_and_schedule_says_in_the_ui_what_it_does():
 def test_loading_definitions_imports_no_torch_diffusers_transformers_or_pandas():
     # Every run process, sensor tick and code server loads the definitions: pandas alone costs ~0.3 s there.
     code = (
-        "import sys, random_diffusion_dagster.definitions, random_diffusion_dagster.sensors, "
-        "random_diffusion_dagster.schedules;"
+        "import sys, random_diffusion_dagster.definitions, random_diffusion_dagster.defs.automation.new_images_sensor, "
+        "random_diffusion_dagster.defs.automation.catch_up_schedule;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers', 'pandas')))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -73,8 +73,8 @@ def test_dagster_cli_validates_the_workspace():
 
 
 def test_compile_settings_come_from_the_environment_for_sensor_and_schedule_runs(monkeypatch):
+    from random_diffusion_dagster.defs.resources import DiffusionEngineResource
     from random_diffusion_dagster.engine.pipelines import Speedups
-    from random_diffusion_dagster.resources import DiffusionEngineResource
 
     assert DiffusionEngineResource(device="cpu").pipelines().speedups == Speedups()
     monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "unet, vae")
@@ -92,8 +92,8 @@ def test_a_worker_that_keeps_pipelines_on_a_cuda_gpu_compiles_by_default_with_th
     monkeypatch, tmp_path, environ
 ):
     """The rule is decided from the device's name: no CUDA device exists here, so no pipeline is made on one."""
+    from random_diffusion_dagster.defs.resources import DiffusionEngineResource
     from random_diffusion_dagster.engine.pipelines import Speedups
-    from random_diffusion_dagster.resources import DiffusionEngineResource
 
     monkeypatch.delenv("RANDOM_DIFFUSION_COMPILE", raising=False)
     warm = DiffusionEngineResource(keep_loaded=True)

@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from random_diffusion_dagster.engine.results import output_file_name, read_record
-from random_diffusion_dagster.remote import Deployment
+from random_diffusion_dagster.runtime.remote import Deployment
 
 from helpers import descendants, make_image, write_catalog
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from random_diffusion_dagster.remote import Deployment
+from random_diffusion_dagster.runtime.remote import Deployment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from test_deployment import _free_port, _reachable  # noqa: E402

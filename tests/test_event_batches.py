@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from random_diffusion_dagster.event_batches import BATCH_SIZE_VARIABLE
-from random_diffusion_dagster.file_versions import DATA_VERSION_TAG, IMAGE_FILES
-from random_diffusion_dagster.postgres_storage import BatchingPostgresEventLogStorage
-from random_diffusion_dagster.sqlite_storage import BatchingSqliteEventLogStorage
+from random_diffusion_dagster.defs.source_versions import DATA_VERSION_TAG, IMAGE_FILES
+from random_diffusion_dagster.runtime.instance_storage.event_writes import BATCH_SIZE_VARIABLE
+from random_diffusion_dagster.runtime.instance_storage.postgres import BatchingPostgresEventLogStorage
+from random_diffusion_dagster.runtime.instance_storage.sqlite import BatchingSqliteEventLogStorage
 
 from local_services import shipped_instance_config, throwaway_database
 from test_assets import _diffuse_all

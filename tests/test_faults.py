@@ -10,16 +10,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
+from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
+from random_diffusion_dagster.engine.output_location import OutputLocationError
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.report import build_report
 from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.engine.runner import run_tasks
-from random_diffusion_dagster.engine.storage import OutputLocationError
-from random_diffusion_dagster.resources import DatasetResource
-from random_diffusion_dagster.schedules import catch_up_schedule
 
 from helpers import make_image
 from test_assets import _diffuse_all
@@ -141,7 +141,8 @@ def test_a_bad_environment_variable_names_itself_when_definitions_load(variable,
         [
             sys.executable,
             "-c",
-            code + "; from random_diffusion_dagster.resources import *; DatasetResource(); DiffusionEngineResource()",
+            code
+            + "; from random_diffusion_dagster.defs.resources import *; DatasetResource(); DiffusionEngineResource()",
         ],
         env={"PATH": "", variable: value},
         cwd=PROJECT_ROOT,
@@ -175,7 +176,7 @@ def test_a_symlink_loop_in_the_folder_does_not_stop_source_images(instance, proj
 @pytest.mark.parametrize("command", ["daemon", "ui"])
 def test_a_bad_backfill_interval_stops_the_daemon_before_it_starts_naming_the_variable(command):
     completed = subprocess.run(
-        [sys.executable, "-m", "random_diffusion_dagster.cli", command],
+        [sys.executable, "-m", "random_diffusion_dagster.runtime.cli", command],
         env={**os.environ, "RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS": "0"},
         cwd=PROJECT_ROOT,
         capture_output=True,

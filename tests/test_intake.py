@@ -11,8 +11,8 @@ from PIL import Image
 
 from random_diffusion_dagster.engine import images
 from random_diffusion_dagster.engine.images import partition_key_for, scan_folder
+from random_diffusion_dagster.engine.output_location import write_bytes_atomic
 from random_diffusion_dagster.engine.results import FailureRecord, output_file_name, output_path_for, write_failure
-from random_diffusion_dagster.engine.storage import write_bytes_atomic
 
 DAGSTER_UNSAFE = re.compile(r"\.\.\.|[|,\[\]\x00-\x1f\x7f/\\]")
 FILESYSTEM_NAME_LIMIT = 255  # bytes, ext4/xfs/btrfs/APFS; eCryptfs allows 143

@@ -19,8 +19,8 @@ from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
-from random_diffusion_dagster.assets import diffused_image
 from random_diffusion_dagster.definitions import defs
+from random_diffusion_dagster.defs.assets import diffused_image
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 # A kubeconfig for a cluster that is never contacted: the launcher only needs one to be constructed.

@@ -11,23 +11,23 @@ import fsspec
 import pytest
 from PIL import Image, PngImagePlugin
 
-from random_diffusion_dagster.batching import partition_range_tags
-from random_diffusion_dagster.checks import results_readable_on_disk
+from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
+from random_diffusion_dagster.defs.checks import results_readable_on_disk
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import partition_key_for, scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.report import build_report
 from random_diffusion_dagster.engine.results import (
+    adopt_legacy_result,
     legacy_output_path_for,
     output_file_name,
     output_path_for,
     read_record,
-    result_path,
 )
 from random_diffusion_dagster.engine.runner import run_tasks
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
-from random_diffusion_dagster.schedules import catch_up_schedule
 
 from helpers import make_image, write_catalog
 from test_assets import ALL_ASSETS, _partition_metadata
@@ -153,12 +153,14 @@ def test_a_jpg_result_moving_first_moves_the_extensionless_neighbours_old_result
     _make_sources(images)
     old = _old_deployment_outputs(images, outputs, _planner(tmp_path, outputs, models_dir))
     # `coffee.png` holds the old result of `coffee`; it is where `coffee.jpg`'s result goes now.
-    assert result_path(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
+    adopt_legacy_result(outputs, "coffee.jpg")
+    assert output_path_for(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
     assert (outputs / "coffee.png").read_bytes() == old["coffee.jpg"]
     assert (outputs / "coffee..png").read_bytes() == old["coffee"]
     assert not (outputs / "coffee.jpg.png").exists()
     # Looking `coffee` up afterwards leaves `coffee.jpg`'s result where it is.
-    assert result_path(outputs, "coffee") == outputs.resolve() / "coffee..png"
+    adopt_legacy_result(outputs, "coffee")
+    assert output_path_for(outputs, "coffee") == outputs.resolve() / "coffee..png"
     assert read_record(outputs / "coffee.png").key == "coffee.jpg"
 
 
@@ -172,7 +174,8 @@ def test_a_result_under_its_new_name_wins_over_a_leftover_old_one(tmp_path, mode
     Image.open(current).save(outputs / "coffee.png", pnginfo=_png_info_of(current))  # same record, other bytes
     newer = (outputs / "coffee.png").read_bytes()
     assert newer != old
-    assert result_path(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
+    adopt_legacy_result(outputs, "coffee.jpg")
+    assert output_path_for(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
     assert (outputs / "coffee.png").read_bytes() == newer
     assert (outputs / "coffee.jpg.png").read_bytes() == old  # left alone, never deleted
 

@@ -12,10 +12,16 @@ import psycopg2
 import pytest
 import yaml
 
-from random_diffusion_dagster.assets import diffused_image, diffusion_report, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.defs.assets import (
+    diffused_image,
+    diffusion_report,
+    model_catalog,
+    prompt_list,
+    source_images,
+)
+from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.engine.results import output_file_name
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
-from random_diffusion_dagster.sensors import new_images_sensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from local_services import throwaway_database  # noqa: E402
@@ -106,7 +112,7 @@ def test_an_instance_config_with_postgres_db_fields_connects_through_psycopg2(da
     home.mkdir()
     fields = urlsplit(database)
     storage = {
-        "module": "random_diffusion_dagster.postgres_storage",
+        "module": "random_diffusion_dagster.runtime.instance_storage.postgres",
         "class": "BatchingPostgresStorage",
         "config": {
             "postgres_db": {

@@ -6,10 +6,10 @@ import dagster as dg
 import fsspec
 import pytest
 
-from random_diffusion_dagster.checks import results_readable_on_disk
+from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
+from random_diffusion_dagster.defs.checks import results_readable_on_disk
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.engine.results import output_file_name, read_record
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
-from random_diffusion_dagster.schedules import catch_up_schedule
 
 from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata
 

@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 from test_automation import _age, _tick
 
-from random_diffusion_dagster import partitions
-from random_diffusion_dagster.assets.inputs import source_images
-from random_diffusion_dagster.resources import DatasetResource
+from random_diffusion_dagster.defs import partitions
+from random_diffusion_dagster.defs.assets.inputs import source_images
+from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.settings import max_partitions_per_run
 
 from helpers import make_image

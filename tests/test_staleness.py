@@ -14,21 +14,21 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 from test_automation import _age
 
-from random_diffusion_dagster.assets import (
+from random_diffusion_dagster.definitions import defs
+from random_diffusion_dagster.defs.assets import (
     diffused_image,
     diffusion_report,
     model_catalog,
     prompt_list,
     source_images,
 )
-from random_diffusion_dagster.batching import partition_range_tags
-from random_diffusion_dagster.definitions import defs
+from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
+from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
+from random_diffusion_dagster.defs.prompt_sets import submission_tags
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags
+from random_diffusion_dagster.defs.source_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
 from random_diffusion_dagster.engine.results import output_file_name, read_record
-from random_diffusion_dagster.file_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
-from random_diffusion_dagster.prompt_sets import submission_tags
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
-from random_diffusion_dagster.schedules import catch_up_schedule
-from random_diffusion_dagster.sensors import new_images_sensor
 
 from helpers import make_image
 

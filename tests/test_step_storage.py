@@ -6,12 +6,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from random_diffusion_dagster.assets import diffused_image, model_catalog, prompt_list, source_images
-from random_diffusion_dagster.batching import partition_range_tags
+from random_diffusion_dagster.defs.assets import diffused_image, model_catalog, prompt_list, source_images
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
+from random_diffusion_dagster.defs.run_ranges import partition_range_tags
+from random_diffusion_dagster.defs.step_io_manager import SharedStepStorage
 from random_diffusion_dagster.engine.results import output_path_for, read_record
-from random_diffusion_dagster.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.settings import SettingError, step_storage_location
-from random_diffusion_dagster.step_storage import SharedStepStorage
 
 ASSETS = [source_images, prompt_list, model_catalog, diffused_image]
 

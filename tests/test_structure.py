@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from random_diffusion_dagster.batching import partition_ranges
+from random_diffusion_dagster.defs.run_ranges import partition_ranges
 
 
 def test_importing_the_engine_imports_no_dagster():

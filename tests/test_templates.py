@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from random_diffusion_dagster.assets import model_catalog, prompt_list
+from random_diffusion_dagster.defs.assets import model_catalog, prompt_list
+from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.engine.catalog import load_catalog, parse_catalog
 from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline
@@ -19,7 +20,6 @@ from random_diffusion_dagster.engine.prompts import PromptListError
 from random_diffusion_dagster.engine.runner import run_tasks
 from random_diffusion_dagster.engine.templates import PromptTemplates
 from random_diffusion_dagster.engine.weighting import parse_attention, weighted_embeddings
-from random_diffusion_dagster.resources import DatasetResource
 
 from helpers import write_catalog
 

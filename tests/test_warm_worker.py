@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from random_diffusion_dagster.cli import main
-from random_diffusion_dagster.resources import DiffusionEngineResource
+from random_diffusion_dagster.defs.resources import DiffusionEngineResource
+from random_diffusion_dagster.runtime.cli import main
 from random_diffusion_dagster.settings import (
     SettingError,
     celery_urls,
@@ -93,7 +93,7 @@ def test_a_worker_on_a_shared_broker_without_step_storage_refuses_to_start_namin
 def test_runs_and_the_one_box_worker_poll_celery_every_tenth_of_a_second(monkeypatch, tmp_path):
     """A warm run makes two trips through the broker; at Celery's and dagster-celery's once-a-second polls they
     cost it about 3 s (benchmarks/results). Checked in fresh processes, as a worker and a run process start."""
-    from random_diffusion_dagster.cli import write_worker_config
+    from random_diffusion_dagster.runtime.cli import write_worker_config
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("RANDOM_DIFFUSION_EXECUTOR", "celery")

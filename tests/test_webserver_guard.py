@@ -17,8 +17,8 @@ import pytest
 import requests
 from dagster._core.instance.ref import InstanceRef
 
-from random_diffusion_dagster.daemon import DaemonOutput
-from random_diffusion_dagster.remote import Deployment
+from random_diffusion_dagster.runtime.daemon import DaemonOutput
+from random_diffusion_dagster.runtime.remote import Deployment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from test_deployment import _free_port, _reachable  # noqa: E402
@@ -56,7 +56,7 @@ def ui(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     with open(root / "ui.log", "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "random_diffusion_dagster.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "random_diffusion_dagster.runtime.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
             cwd=PROJECT_ROOT,
             env={**os.environ, **project_env(root, home)},
             stdout=log,
@@ -233,7 +233,9 @@ def test_ui_terminal_says_where_ui_and_history_are_and_not_each_tick(ui):
     assert "auto-materialization tick" not in output
     # The daemon is Dagster's daemon command with the shorter backfill loop, on the instance DAGSTER_HOME names.
     commands = _process_group_commands(ui["pid"])
-    assert any("-m random_diffusion_dagster.daemon -w workspace.yaml" in command for command in commands), commands
+    assert any("-m random_diffusion_dagster.runtime.daemon -w workspace.yaml" in command for command in commands), (
+        commands
+    )
     assert not any("-m dagster._daemon" in command for command in commands), commands
 
 

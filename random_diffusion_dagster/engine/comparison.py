@@ -20,9 +20,9 @@ from upath import UPath
 
 from .catalog import SETTINGS, ModelSpec
 from .images import partition_key_for, square_tile
+from .output_location import location, write_bytes_atomic
 from .plan import ImageTask
 from .results import ResultRecord, output_path_for
-from .storage import location, write_bytes_atomic
 
 if TYPE_CHECKING:  # pandas costs 0.3 s of import: keep it out of definition loading
     import pandas as pd

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from .images import SourceFile
 from .plan import Planner, SourceSnapshot, snapshot_source
-from .results import read_record, result_path
+from .results import read_result
 
 
 def why_stale(planner: Planner, source: SourceFile) -> str | None:
     """Why this image's result must be (re)made, or None if the result on disk is current."""
-    record = read_record(result_path(planner.output_dir, source.partition_key))
+    record = read_result(planner.output_dir, source.partition_key)
     if record is None:
         return "missing"
     snapshot = SourceSnapshot(record.source_sha256, source.size, source.mtime_ns)

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageDraw, ImageOps
 
-from .storage import location
+from .output_location import location
 
 # Keys name results (results.output_file_name: at most `<key>..png`) and `.failures/<key>.json`; the atomic
 # writer's `.<key>..png.XXXXXXXX.tmp` and `.<key>.json.XXXXXXXX.tmp` add 19 bytes: 120 bytes keeps every one

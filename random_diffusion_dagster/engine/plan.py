@@ -16,7 +16,7 @@ from functools import cached_property
 
 from .catalog import ModelSpec
 from .images import SourceFile
-from .results import output_path_for, result_path
+from .results import adopt_legacy_result, output_path_for
 from .templates import PromptTemplates
 
 ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
@@ -141,12 +141,12 @@ class Planner:
     def plan(self, files: list[SourceFile]) -> tuple[list[ImageTask], dict[str, str]]:
         """(tasks, key -> why it cannot be planned) for files found in the images folder.
 
-        A result still under its legacy name is moved to the task's output path first (result_path), so the
+        A result still under its legacy name is moved to the task's output path first (adopt_legacy_result), so the
         run reuses it instead of making it again.
         """
         tasks, unplanned = [], {}
         for file in files:
-            result_path(self.output_dir, file.partition_key)
+            adopt_legacy_result(self.output_dir, file.partition_key)
             try:
                 tasks.append(self.task(file.partition_key, file.path, snapshot_source(file.path)))
             except OSError as exc:

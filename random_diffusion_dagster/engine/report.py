@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from upath import UPath
 
 from .images import square_tile
-from .results import FailureRecord, ResultRecord, output_file_name, read_failure, read_record, result_path
-from .storage import location, write_bytes_atomic
+from .output_location import location, write_bytes_atomic
+from .results import FailureRecord, ResultRecord, output_file_name, read_failure, read_result
 
 if TYPE_CHECKING:  # pandas costs 0.3 s of import: keep it out of definition loading
     import pandas as pd
@@ -60,7 +60,7 @@ def build_report(output_dir: str | os.PathLike, keys: list[str], images_dir: str
     failures: list[FailureRecord] = []
     for key in keys:
         failure = read_failure(output_dir, key)
-        record = None if failure else read_record(result_path(output_dir, key))
+        record = None if failure else read_result(output_dir, key)
         if record:
             records.append(record)
         else:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 from upath import UPath
 
-from .storage import is_local, location, rename_atomic, write_bytes_atomic
+from .output_location import is_local, location, rename_atomic, write_bytes_atomic
 
 PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
 RECORD_CHUNK = "random_diffusion"  # the full machine-readable record, as JSON
@@ -67,7 +67,7 @@ class ResultRecord:
     source_bytes: int | None = None
     source_mtime_ns: int | None = None
     model_input_size: str = ""
-    output_file: str = ""  # relative to the output folder, as written (a result moved by result_path keeps it)
+    output_file: str = ""  # relative to the output folder, as written (a result adopted from its legacy name keeps it)
     created_at: str = ""
 
     def partition_metadata(self) -> dict:
@@ -129,7 +129,7 @@ def output_file_name(key: str) -> str:
     give `coffee.jpg` and `coffee.jpeg` one name. Keys are themselves unique per file name (partition_key_for),
     so `coffee.jpg`, `coffee.png` and `coffee.webp` in one folder write `coffee.png`, `coffee.png.png` and
     `coffee.webp.png`. Results written before this rule are named `<key>.png` (legacy_output_path_for);
-    result_path moves them to these names.
+    adopt_legacy_result moves them to these names.
     """
     stem, dot, extension = key.rpartition(".")
     if dot and stem and "." not in stem and extension in _SHORT_EXTENSIONS:
@@ -157,12 +157,10 @@ def legacy_output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
     return _checked_folder(output_dir, key) / f"{key}.png"
 
 
-def result_path(output_dir: str | os.PathLike, key: str) -> UPath:
-    """Where the key's result is (output_path_for), after moving one still under its legacy name there.
+def adopt_legacy_result(output_dir: str | os.PathLike, key: str) -> None:
+    """Move the key's result from its legacy name `<key>.png` to output_path_for, if one is there: the one place
+    results of older versions are renamed, so they are reused, never redone.
 
-    Runs, the catch-up schedule and freshness check, the report and the asset check all look a result up
-    through here, so a result written under the legacy name `<key>.png` counts as the existing result: the
-    first of them to look renames it (rename_atomic) to the current name, and it is reused, never redone.
     Only a file whose record names this key moves; a current-named file that already holds this key's
     result wins, and the legacy file is left as it is. A dotless key's legacy name (`coffee.png`) is the
     current name of `coffee.jpg`: when `coffee.jpg`'s legacy result moves in, a legacy result of `coffee`
@@ -171,20 +169,26 @@ def result_path(output_dir: str | os.PathLike, key: str) -> UPath:
     path = output_path_for(output_dir, key)
     legacy = legacy_output_path_for(output_dir, key)
     if legacy == path or not legacy.exists():
-        return path
+        return
     legacy_record = read_record(legacy)
     if legacy_record is None or legacy_record.key != key:
-        return path  # not this key's result (e.g. `coffee.png` holds the result of `coffee.jpg` now)
+        return  # not this key's result (e.g. `coffee.png` holds the result of `coffee.jpg` now)
     current = read_record(path)
     if current is not None and current.key == key:
-        return path
+        return
     if current is not None and _is_legacy_name(output_dir, current.key, path):
-        result_path(output_dir, current.key)  # a legacy result of another key sits where this one goes
+        adopt_legacy_result(output_dir, current.key)  # a legacy result of another key sits where this one goes
     try:
         rename_atomic(legacy, path)
     except FileNotFoundError:
         pass  # another process moved it first
-    return path
+
+
+def read_result(output_dir: str | os.PathLike, key: str) -> ResultRecord | None:
+    """The record of the key's result, or None if it has none: how the schedule, the report and the asset check see
+    what exists (a result under its legacy name is adopted first)."""
+    adopt_legacy_result(output_dir, key)
+    return read_record(output_path_for(output_dir, key))
 
 
 def _is_legacy_name(output_dir: str | os.PathLike, key: str, path: UPath) -> bool:

@@ -25,6 +25,7 @@ from .images import (
     prepare_model_input,
     thumbnail_data_uri,
 )
+from .output_location import location, require_writable_folder
 from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory
 from .plan import ImageTask
 from .results import (
@@ -37,7 +38,6 @@ from .results import (
     write_failure,
     write_result_png,
 )
-from .storage import location, require_writable_folder
 from .weighting import plain_text, weighted_embeddings
 
 Status = Literal["generated", "reused", "failed"]

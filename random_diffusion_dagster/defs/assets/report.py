@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from ..engine.images import thumbnail_data_uri
-from ..engine.report import SUMMARY_COLUMNS, build_report
+from ...engine.images import thumbnail_data_uri
+from ...engine.report import SUMMARY_COLUMNS, build_report
 from ..metadata import table
 from ..partitions import images_partitions
 from ..resources import DatasetResource

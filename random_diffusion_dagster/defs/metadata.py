@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 if TYPE_CHECKING:
-    from .engine.runner import ImageResult, RunSummary
+    from ..engine.runner import ImageResult, RunSummary
 
 
 def partition_metadata(result: ImageResult) -> dict:

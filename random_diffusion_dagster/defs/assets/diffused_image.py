@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from ..engine.catalog import ModelSpec
-from ..file_versions import IMAGE_FILES, report_what_was_read, version_event
+from ...engine.catalog import ModelSpec
+from ...settings import max_partitions_per_run
 from ..metadata import partition_metadata, record_partition_metadata, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
-from ..settings import max_partitions_per_run
+from ..source_versions import IMAGE_FILES, report_what_was_read, version_event
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
 GPU_STEP_TAGS = {

@@ -10,8 +10,8 @@ multi-partitions have two dimensions): a cell makes one image per (strength, ste
 import dagster as dg
 from pydantic import Field
 
-from ..engine.catalog import ModelSpec
-from ..engine.comparison import (
+from ...engine.catalog import ModelSpec
+from ...engine.comparison import (
     SUMMARY_COLUMNS,
     ComparisonError,
     Variant,
@@ -22,13 +22,13 @@ from ..engine.comparison import (
     model_summary,
     write_grid,
 )
-from ..engine.images import thumbnail_data_uri
-from ..engine.results import read_record
-from ..file_versions import IMAGE_FILES
+from ...engine.images import thumbnail_data_uri
+from ...engine.results import read_record
 from ..metadata import partition_metadata, record_partition_metadata, run_figures, table
 from ..partitions import comparison_partitions, images_partitions, models_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
+from ..source_versions import IMAGE_FILES
 from .diffused_image import DIFFUSION_KINDS, GPU_STEP_TAGS
 
 # Summed over a cell's variants (each variant's share of its batch), or the cell's peak.

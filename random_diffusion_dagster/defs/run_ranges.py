@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from .settings import max_partitions_per_run
+from ..settings import max_partitions_per_run
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

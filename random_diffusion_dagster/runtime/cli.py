@@ -8,66 +8,35 @@ the daemon alone, `worker` a Celery GPU worker; `build-demo-models` writes the t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import sys
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import dagster as dg
 
-from .batching import partition_range_tags, partition_ranges
-from .prompt_sets import submission_tags
-from .settings import DEFAULT_MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError
+from ..defs.prompt_sets import submission_tags
+from ..defs.run_ranges import partition_range_tags, partition_ranges
+from ..settings import DEFAULT_MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError, webserver_url
+from .instance import diffusing_alone, project_instance
 from .terminal_log import TERMINAL_LOGGING, is_interruption, redeliver_swallowed_interrupts, with_terminal_logger
 
 
-def _instance_home() -> Path:
-    """DAGSTER_HOME if set, else the project folder holding dagster.yaml (its storage is under ./.dagster)."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    return Path.cwd() if (Path.cwd() / "dagster.yaml").is_file() else PROJECT_ROOT
-
-
-@contextlib.contextmanager
-def exclusive(lock_path: Path, waiting: str) -> Iterator[None]:
-    """Hold an advisory file lock; say what we wait for when another process holds it."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(waiting, file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def project_instance() -> dg.DagsterInstance:
-    """The instance `dagster dev` uses: DAGSTER_HOME if set, else ./dagster.yaml with storage under ./.dagster.
-
-    Creating a fresh SQLite instance creates its tables; processes starting together take
-    turns, so two cannot both create them (one would fail with "table ... already exists").
-    """
-    home = _instance_home()
-    with exclusive(home / ".dagster" / "instance-init.lock", "Waiting for another process to set up storage..."):
-        if os.environ.get("DAGSTER_HOME"):
-            instance = dg.DagsterInstance.get()
-        else:
-            os.chdir(home)  # dagster.yaml's storage paths are relative to the project root
-            instance = dg.DagsterInstance.from_config(str(home))
-        instance.get_runs(limit=1)  # touch each storage while holding the lock
-        instance.get_dynamic_partitions("images")
-        list(instance.all_instigator_state())
-    return instance
+def add_build_demo_models_parser(commands) -> None:
+    build = commands.add_parser(
+        "build-demo-models", help="build random-weight stand-ins of the demo models (smallest, fastest; for tests)"
+    )
+    build.add_argument(
+        "--models-dir",
+        default=str(PROJECT_ROOT / "data" / "models-random"),
+        help="where to write them (default: %(default)s)",
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if present")
+    build.set_defaults(handler=build_demo_models_command)
 
 
 def build_demo_models_command(args: argparse.Namespace) -> int:
-    from .demo.models import build_demo_models
+    from ..demo.models import build_demo_models
 
     built = build_demo_models(args.models_dir, force=args.force)
     print(
@@ -79,7 +48,7 @@ def build_demo_models_command(args: argparse.Namespace) -> int:
 def _folder_problem(defs: dg.Definitions) -> str | None:
     """What stops the images or output folder from being used, found before any run starts: one line on the
     terminal instead of a failed run's traceback (the messages are the scan's and the output check's own)."""
-    from .engine.storage import require_writable_folder
+    from ..engine.output_location import require_writable_folder
 
     dataset = defs.resources["dataset"]
     try:
@@ -90,8 +59,33 @@ def _folder_problem(defs: dg.Definitions) -> str | None:
     return None
 
 
+def add_run_parser(commands) -> None:
+    run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
+    run.add_argument("--seed", type=int, help="run seed (default: RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
+    prompts = run.add_mutually_exclusive_group()
+    prompts.add_argument(
+        "--prompt",
+        action="append",
+        help="submit these prompts (repeatable): they stay current until the prompts file changes",
+    )
+    prompts.add_argument(
+        "--use-prompts-file",
+        action="store_true",
+        help="go back to the prompts file now, even if a submitted prompt list is current",
+    )
+    run.add_argument(
+        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
+    )
+    run.add_argument(
+        "--max-partitions-per-run",
+        type=_positive_int,
+        help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
+    )
+    run.set_defaults(handler=run_command)
+
+
 def run_command(args: argparse.Namespace) -> int:
-    from .definitions import defs
+    from ..definitions import defs
 
     if problem := _folder_problem(defs):
         print(f"error: {problem}", file=sys.stderr)
@@ -102,10 +96,9 @@ def run_command(args: argparse.Namespace) -> int:
     prompt_config = {"prompt_list": args.prompt} if args.prompt else {"use_prompts_file": args.use_prompts_file}
     ops_config = {"prompt_list": {"config": prompt_config}}
     dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
-    lock = _instance_home() / ".dagster" / "cli-run.lock"
     with (
         project_instance() as instance,
-        exclusive(lock, "Another `random-diffusion run` is diffusing; waiting for it..."),
+        diffusing_alone("Another `random-diffusion run` is diffusing; waiting for it..."),
     ):
         if not _materialize(defs, "source_images", instance, dataset_config).success:
             return 1
@@ -134,12 +127,50 @@ def run_command(args: argparse.Namespace) -> int:
     return _said_where_the_traces_are() if failed_runs else 0
 
 
+def add_compare_parser(commands) -> None:
+    compare = commands.add_parser(
+        "compare", help="run every catalog model on chosen images with their own prompts and seeds; draw grids"
+    )
+    compare.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="file names in the images folder, or their partition keys"
+    )
+    compare.add_argument(
+        "--strength",
+        type=float,
+        action="append",
+        help="a denoising strength to compare, above 0 and at most 1 (repeatable: one grid row "
+        "each; default: each model's own)",
+    )
+    compare.add_argument(
+        "--steps",
+        type=_positive_int,
+        action="append",
+        help="an inference step count to compare (repeatable: one grid row each, times the "
+        "strengths; default: each model's own)",
+    )
+    compare.add_argument(
+        "--seed",
+        type=int,
+        help="run seed whose draws (prompt, diffusion seed) are compared (default: RANDOM_DIFFUSION_SEED or 0)",
+    )
+    compare.add_argument(
+        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
+    )
+    compare.add_argument(
+        "--max-partitions-per-run",
+        type=_positive_int,
+        help="images per run, each with all models (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or "
+        f"{DEFAULT_MAX_PARTITIONS_PER_RUN})",
+    )
+    compare.set_defaults(handler=compare_command)
+
+
 def compare_command(args: argparse.Namespace) -> int:
     """Every catalog model on the chosen images (their own prompts and seeds), then their grids."""
-    from .definitions import defs
-    from .engine.catalog import CatalogError
-    from .engine.comparison import ComparisonError, comparison_variants, grid_path
-    from .engine.images import partition_key_for
+    from ..definitions import defs
+    from ..engine.catalog import CatalogError
+    from ..engine.comparison import ComparisonError, comparison_variants, grid_path
+    from ..engine.images import partition_key_for
 
     try:  # a bad value, or one no catalog model can denoise with, fails here, before any run starts or model loads
         variants = comparison_variants(args.strength or [], args.steps or [])
@@ -155,9 +186,8 @@ def compare_command(args: argparse.Namespace) -> int:
     dataset_config = {"dataset": {"config": {"seed": args.seed}}} if args.seed is not None else {}
     resources_config = {"engine": {"config": _engine_config(args)}, **dataset_config}
     comparison_config = {"strengths": args.strength or [], "steps": args.steps or []}
-    lock = _instance_home() / ".dagster" / "cli-run.lock"
     waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
-    with project_instance() as instance, exclusive(lock, waiting):
+    with project_instance() as instance, diffusing_alone(waiting):
         scan = _materialize(defs, "source_images", instance, dataset_config)  # registers the images partitions
         if not (scan.success and _materialize(defs, "model_catalog", instance, dataset_config).success):
             return 1
@@ -216,8 +246,32 @@ def _cell_key(image: str, model: str) -> str:
     return str(dg.MultiPartitionKey({"image": image, "model": model}))
 
 
+def add_submit_parser(commands) -> None:
+    submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
+    submit.add_argument(
+        "--url",
+        default=webserver_url(),
+        help="the webserver, with credentials and path prefix if any (default: %(default)s, DAGSTER_WEBSERVER_URL)",
+    )
+    submit.add_argument(
+        "--prompt",
+        action="append",
+        help="submit these prompts (repeatable): they stay current until the prompts file changes; "
+        "default: the current prompt list",
+    )
+    submit.add_argument("--seed", type=int, help="run seed; a new seed re-rolls")
+    submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
+    submit.add_argument(
+        "--max-partitions-per-run",
+        type=_positive_int,
+        help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
+    )
+    submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
+    submit.set_defaults(handler=submit_command)
+
+
 def submit_command(args: argparse.Namespace) -> int:
-    from .engine.prompts import PromptListError
+    from ..engine.prompts import PromptListError
     from .remote import Deployment, SubmitError
 
     try:
@@ -249,10 +303,33 @@ def _say_still_queued(run_id: str) -> None:
     )
 
 
+def add_ui_parser(commands) -> None:
+    ui = commands.add_parser(
+        "ui", add_help=False, help="start the Dagster UI, guarded against requests from other web pages, and the daemon"
+    )
+    ui.add_argument("--help", action="help", help="show this help message and exit")
+    ui.add_argument("-h", "--host", default="127.0.0.1", help="address to serve on; bind wider only behind auth")
+    ui.add_argument("-p", "--port", type=int, default=3000, help="port to serve on (default 3000)")
+    ui.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)")
+    ui.set_defaults(handler=ui_command)
+
+
 def ui_command(args: argparse.Namespace) -> int:
-    from .webserver import serve_ui
+    from .ui_guard import serve_ui
 
     return serve_ui(args.host, args.port, args.workspace)
+
+
+def add_daemon_parser(commands) -> None:
+    daemon_help = (
+        "run Dagster's daemon (sensors, schedules, the run queue, backfills) without the UI; it picks up new "
+        "backfills every RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 1; Dagster's own daemon: 30)"
+    )
+    daemon = commands.add_parser("daemon", help=daemon_help, description=daemon_help)
+    daemon.add_argument(
+        "-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)"
+    )
+    daemon.set_defaults(handler=daemon_command)
 
 
 def daemon_command(args: argparse.Namespace) -> int:
@@ -264,7 +341,7 @@ def daemon_command(args: argparse.Namespace) -> int:
 def write_worker_config() -> Path:
     """The folder holding the `dagster_celery_config` module a worker's Celery app reads: this instance's broker and
     result store, and the settings runs use (celery_settings)."""
-    from .settings import CELERY_POLL_SECONDS, celery_settings, celery_urls, local_celery_folder
+    from ..settings import CELERY_POLL_SECONDS, celery_settings, celery_urls, local_celery_folder
 
     broker, backend = celery_urls()
     config_dir = local_celery_folder() / "worker-config"
@@ -288,19 +365,39 @@ def write_worker_config() -> Path:
     return config_dir
 
 
+def add_worker_parser(commands) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run a GPU worker for RANDOM_DIFFUSION_EXECUTOR=celery; it keeps pipelines loaded between runs",
+    )
+    worker.add_argument("-n", "--name", default="gpu", help="worker name (default: %(default)s)")
+    worker.add_argument(
+        "-q",
+        "--queues",
+        type=lambda text: [q.strip() for q in text.split(",") if q.strip()],
+        default=["gpu", "dagster"],
+        help="comma-separated queues to take steps from (default: gpu,dagster: diffusion and every other step)",
+    )
+    worker.add_argument(
+        "--loglevel", default="WARNING", help="Celery's log level (default: %(default)s; steps log to Dagster)"
+    )
+    worker.set_defaults(handler=worker_command)
+
+
 def worker_command(args: argparse.Namespace) -> int:
     """A Celery worker for this machine's GPU: steps of RANDOM_DIFFUSION_EXECUTOR=celery runs execute in it, and it
     keeps their pipelines loaded from one run to the next. Celery's own CLI with dagster-celery's app, configured
     through the `dagster_celery_config` module that app reads (as `dagster-celery worker start` writes it)."""
     import socket
 
-    from .settings import celery_urls, step_storage_location
+    from ..settings import EXECUTOR_VARIABLE, celery_urls, executor_choice, step_storage_location
 
-    os.environ.setdefault("RANDOM_DIFFUSION_EXECUTOR", "celery")
+    executor = executor_choice() or "celery"  # the worker's steps read it; an explicit choice stands
     broker, _ = celery_urls()
-    step_storage_location()  # on a broker other machines reach, refuse to start where every step would fail
+    step_storage_location(executor)  # on a broker other machines reach, refuse to start where every step would fail
     config_dir = write_worker_config()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))}
+    python_path = os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, EXECUTOR_VARIABLE: executor, "PYTHONPATH": python_path}
     command = [
         sys.executable,
         "-m",
@@ -378,135 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('random_diffusion_dagster')}")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    build = commands.add_parser(
-        "build-demo-models", help="build random-weight stand-ins of the demo models (smallest, fastest; for tests)"
-    )
-    build.add_argument(
-        "--models-dir",
-        default=str(PROJECT_ROOT / "data" / "models-random"),
-        help="where to write them (default: %(default)s)",
-    )
-    build.add_argument("--force", action="store_true", help="rebuild even if present")
-    build.set_defaults(handler=build_demo_models_command)
-
-    run = commands.add_parser("run", help="diffuse every image in the images folder, then write the report")
-    run.add_argument("--seed", type=int, help="run seed (default: RANDOM_DIFFUSION_SEED or 0); a new seed re-rolls")
-    prompts = run.add_mutually_exclusive_group()
-    prompts.add_argument(
-        "--prompt",
-        action="append",
-        help="submit these prompts (repeatable): they stay current until the prompts file changes",
-    )
-    prompts.add_argument(
-        "--use-prompts-file",
-        action="store_true",
-        help="go back to the prompts file now, even if a submitted prompt list is current",
-    )
-    run.add_argument(
-        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
-    )
-    run.add_argument(
-        "--max-partitions-per-run",
-        type=_positive_int,
-        help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
-    )
-    run.set_defaults(handler=run_command)
-
-    compare = commands.add_parser(
-        "compare", help="run every catalog model on chosen images with their own prompts and seeds; draw grids"
-    )
-    compare.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="file names in the images folder, or their partition keys"
-    )
-    compare.add_argument(
-        "--strength",
-        type=float,
-        action="append",
-        help="a denoising strength to compare, above 0 and at most 1 (repeatable: one grid row "
-        "each; default: each model's own)",
-    )
-    compare.add_argument(
-        "--steps",
-        type=_positive_int,
-        action="append",
-        help="an inference step count to compare (repeatable: one grid row each, times the "
-        "strengths; default: each model's own)",
-    )
-    compare.add_argument(
-        "--seed",
-        type=int,
-        help="run seed whose draws (prompt, diffusion seed) are compared (default: RANDOM_DIFFUSION_SEED or 0)",
-    )
-    compare.add_argument(
-        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
-    )
-    compare.add_argument(
-        "--max-partitions-per-run",
-        type=_positive_int,
-        help="images per run, each with all models (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or "
-        f"{DEFAULT_MAX_PARTITIONS_PER_RUN})",
-    )
-    compare.set_defaults(handler=compare_command)
-
-    submit = commands.add_parser("submit", help="launch runs on a running deployment over its GraphQL API")
-    submit.add_argument(
-        "--url",
-        default=os.environ.get("DAGSTER_WEBSERVER_URL", "http://127.0.0.1:3000"),
-        help="the webserver, with credentials and path prefix if any (default: %(default)s, DAGSTER_WEBSERVER_URL)",
-    )
-    submit.add_argument(
-        "--prompt",
-        action="append",
-        help="submit these prompts (repeatable): they stay current until the prompts file changes; "
-        "default: the current prompt list",
-    )
-    submit.add_argument("--seed", type=int, help="run seed; a new seed re-rolls")
-    submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
-    submit.add_argument(
-        "--max-partitions-per-run",
-        type=_positive_int,
-        help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
-    )
-    submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
-    submit.set_defaults(handler=submit_command)
-
-    ui = commands.add_parser(
-        "ui", add_help=False, help="start the Dagster UI, guarded against requests from other web pages, and the daemon"
-    )
-    ui.add_argument("--help", action="help", help="show this help message and exit")
-    ui.add_argument("-h", "--host", default="127.0.0.1", help="address to serve on; bind wider only behind auth")
-    ui.add_argument("-p", "--port", type=int, default=3000, help="port to serve on (default 3000)")
-    ui.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)")
-    ui.set_defaults(handler=ui_command)
-
-    daemon_help = (
-        "run Dagster's daemon (sensors, schedules, the run queue, backfills) without the UI; it picks up new "
-        "backfills every RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 1; Dagster's own daemon: 30)"
-    )
-    daemon = commands.add_parser("daemon", help=daemon_help, description=daemon_help)
-    daemon.add_argument(
-        "-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)"
-    )
-    daemon.set_defaults(handler=daemon_command)
-
-    worker = commands.add_parser(
-        "worker",
-        help="run a GPU worker for RANDOM_DIFFUSION_EXECUTOR=celery; it keeps pipelines loaded between runs",
-    )
-    worker.add_argument("-n", "--name", default="gpu", help="worker name (default: %(default)s)")
-    worker.add_argument(
-        "-q",
-        "--queues",
-        type=lambda text: [q.strip() for q in text.split(",") if q.strip()],
-        default=["gpu", "dagster"],
-        help="comma-separated queues to take steps from (default: gpu,dagster: diffusion and every other step)",
-    )
-    worker.add_argument(
-        "--loglevel", default="WARNING", help="Celery's log level (default: %(default)s; steps log to Dagster)"
-    )
-    worker.set_defaults(handler=worker_command)
-
+    for add_parser in (
+        add_build_demo_models_parser,
+        add_run_parser,
+        add_compare_parser,
+        add_submit_parser,
+        add_ui_parser,
+        add_daemon_parser,
+        add_worker_parser,
+    ):
+        add_parser(commands)
     args = parser.parse_args(argv)
     if args.command in ("run", "compare"):  # they execute runs in this process: Ctrl-C must stop them
         sys.unraisablehook = redeliver_swallowed_interrupts

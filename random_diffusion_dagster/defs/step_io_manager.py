@@ -15,8 +15,8 @@ import dagster as dg
 from pydantic import Field
 from upath import UPath
 
-from .engine.storage import write_bytes_atomic
-from .settings import STEP_STORAGE_VARIABLE
+from ..engine.output_location import write_bytes_atomic
+from ..settings import STEP_STORAGE_VARIABLE
 
 
 class StepValueMissing(FileNotFoundError):

@@ -3,17 +3,19 @@
 import hashlib
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
 
-from .batching import partition_ranges, ranged_run_requests
-from .engine.images import ImageLoadError, SourceFile, probe_image
-from .file_versions import IMAGE_FILES, file_version, version_event
-from .jobs import diffuse_images_job
-from .partitions import images_partitions, partition_ceiling_warning, partition_changes
-from .pools import ensure_gpu_pool_limit
-from .resources import DatasetResource
-from .settings import sensor_interval_seconds
+from ...engine.images import ImageLoadError, SourceFile, probe_image
+from ...settings import sensor_interval_seconds
+from ..jobs import diffuse_images_job
+from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
+from ..pools import ensure_gpu_pool_limit
+from ..resources import DatasetResource
+from ..run_ranges import partition_ranges, ranged_run_requests
+from ..source_versions import IMAGE_FILES, file_version, version_event
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
 SETTLE_SECONDS = 60
@@ -50,17 +52,30 @@ def _next_mark(last_mark: int, scan_ns: int, handled_ctimes: list[int]) -> int:
     return mark
 
 
-@dg.sensor(
-    name="new_images_sensor",
-    job=diffuse_images_job,
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds an images partition for each new image (detected by content, once fully written), "
-    "deletes those whose file is gone, and requests batched runs for new and replaced images.",
-)
-def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
-    """Looks only at files whose inode changed since the last tick, so the cursor does not grow with the folder.
+@dataclass(frozen=True)
+class NewImagesDecision:
+    """What one tick does: the partitions to add and delete, the images to run again, and the next cursor."""
 
+    new_keys: list[str]
+    replaced: dict[str, str]  # key -> path of an image whose file was replaced
+    gone: list[str]  # partitions whose file is gone
+    kept: list[str]  # the partitions after this tick, in order
+    signatures: dict[str, str]  # key -> "size:mtime" of each new or replaced file
+    skipped: dict[str, str]  # file name -> why it is not an image
+    cursor: dict
+
+
+def decide(
+    state: dict,
+    ordered: list[str],
+    files: list[SourceFile],
+    scan_ns: int,
+    unreadable: Callable[[SourceFile], str | None],
+) -> NewImagesDecision:
+    """The sensor's decision from its cursor (`state`), the registered partitions in order, the files the scan found
+    at `scan_ns`, and `unreadable` (why a new file is not an image, or None).
+
+    Looks only at files whose inode changed since the last tick, so the cursor does not grow with the folder.
     The cursor holds a mark (a time just before the last scan), the last partition key it knew, the files
     still settling and the files handled that changed inside the margin before the scan: never one entry
     per file of a quiet folder. A file whose change time (ctime) is older than the mark is as the last tick
@@ -74,24 +89,21 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     A filesystem whose clock runs more than CHANGE_MARGIN_NS behind this machine's can hide a change from the
     sensor; the nightly catch-up schedule compares contents.
     """
-    state = json.loads(context.cursor) if context.cursor else {}
     has_cursor = "mark" in state
     mark: int = state.get("mark", 0)
     waiting: dict[str, str] = state.get("waiting", {})  # key -> signature seen last tick, not yet settled
     recent: dict[str, int] = state.get("recent", {})  # key -> ctime of a handled file that changed near the mark
     legacy_seen: dict[str, str] = state.get("seen", {})  # cursors before version 2: key -> signature
-    ordered = context.instance.get_dynamic_partitions(images_partitions.name)
     partitions = set(ordered)
     if legacy_seen:
         theirs = partitions - set(legacy_seen)
     else:
         theirs = _registered_by_others(ordered, state.get("last"), has_cursor)
 
-    scan_ns = time.time_ns()
-    files = dataset.source_files()
-    new_keys, replaced_keys, next_waiting = [], [], {}
-    replaced_paths: dict[str, str] = {}
+    new_keys, next_waiting = [], {}
+    replaced: dict[str, str] = {}
     signatures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     handled: dict[str, int] = {}  # key -> ctime of every file settled and dealt with in this tick
     for source in files:
         key, signature = source.partition_key, _signature(source)
@@ -108,26 +120,61 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         handled[key] = ctime
         signatures[key] = signature
         if key in partitions:
-            replaced_keys.append(key)
-            replaced_paths[key] = source.path
+            replaced[key] = source.path
             continue
-        try:
-            probe_image(source.path)
-        except ImageLoadError as exc:
-            context.log.info(f"Skipping {source.name}: {exc}")
+        reason = unreadable(source)
+        if reason is not None:
+            skipped[source.name] = reason
             continue
         new_keys.append(key)
 
     gone = partition_changes(ordered, [source.partition_key for source in files]).gone
-    if new_keys or replaced_keys or gone:
-        context.log.info(f"{len(new_keys)} new, {len(replaced_keys)} replaced, {len(gone)} removed images")
     gone_set = set(gone)
     kept = [key for key in ordered if key not in gone_set] + new_keys
-    warning = partition_ceiling_warning(len(kept))
-    if warning and (new_keys or not has_cursor):
+    next_mark = _next_mark(mark, scan_ns, list(handled.values()))
+    cursor = {
+        "v": CURSOR_VERSION,
+        "mark": next_mark,
+        "last": kept[-1] if kept else None,
+        "waiting": next_waiting,
+        "recent": {key: ctime for key, ctime in handled.items() if ctime >= next_mark},
+    }
+    return NewImagesDecision(new_keys, replaced, gone, kept, signatures, skipped, cursor)
+
+
+def _unreadable(source: SourceFile) -> str | None:
+    try:
+        probe_image(source.path)
+    except ImageLoadError as exc:
+        return str(exc)
+    return None
+
+
+@dg.sensor(
+    name="new_images_sensor",
+    job=diffuse_images_job,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds an images partition for each new image (detected by content, once fully written), "
+    "deletes those whose file is gone, and requests batched runs for new and replaced images.",
+)
+def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
+    """Applies `decide` to the folder: partition requests, runs in ranges, and replaced images' new versions."""
+    state = json.loads(context.cursor) if context.cursor else {}
+    ordered = context.instance.get_dynamic_partitions(images_partitions.name)
+    scan_ns = time.time_ns()
+    decision = decide(state, ordered, dataset.source_files(), scan_ns, _unreadable)
+    for name, reason in decision.skipped.items():
+        context.log.info(f"Skipping {name}: {reason}")
+    new_keys, replaced_keys, gone = decision.new_keys, list(decision.replaced), decision.gone
+    if new_keys or replaced_keys or gone:
+        context.log.info(f"{len(new_keys)} new, {len(replaced_keys)} replaced, {len(gone)} removed images")
+    warning = partition_ceiling_warning(len(decision.kept))
+    if warning and (new_keys or "mark" not in state):
         context.log.warning(warning)
 
     # Added in one request at the end, the new keys are contiguous in partition order.
+    signatures = decision.signatures
     requests = ranged_run_requests(
         partition_ranges(new_keys, new_keys), lambda r: f"new:{r.first}...{r.last}:{signatures[r.first]}"
     )
@@ -139,16 +186,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         partition_requests.append(images_partitions.build_add_request(new_keys))
     if gone:
         partition_requests.append(images_partitions.build_delete_request(gone))
-    next_mark = _next_mark(mark, scan_ns, list(handled.values()))
-    cursor = {
-        "v": CURSOR_VERSION,
-        "mark": next_mark,
-        "last": kept[-1] if kept else None,
-        "waiting": next_waiting,
-        "recent": {key: ctime for key, ctime in handled.items() if ctime >= next_mark},
-    }
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
-    versions = {key: file_version(path) for key, path in replaced_paths.items()}
+    versions = {key: file_version(path) for key, path in decision.replaced.items()}
     replaced_versions = [
         version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version
     ]
@@ -156,7 +195,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         run_requests=requests,
         asset_events=replaced_versions,
         dynamic_partitions_requests=partition_requests,
-        cursor=json.dumps(cursor, separators=(",", ":")),
+        cursor=json.dumps(decision.cursor, separators=(",", ":")),
     )
 
 

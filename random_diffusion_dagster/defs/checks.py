@@ -2,8 +2,8 @@
 
 import dagster as dg
 
+from ..engine.results import read_result
 from .assets import diffused_image
-from .engine.results import read_record, result_path
 from .partitions import images_partitions
 from .resources import DatasetResource
 
@@ -15,7 +15,7 @@ from .resources import DatasetResource
 )
 def results_readable_on_disk(context: dg.AssetCheckExecutionContext, dataset: DatasetResource) -> dg.AssetCheckResult:
     checked = _partitions_to_check(context)
-    missing = [key for key in checked if read_record(result_path(dataset.output_dir, key)) is None]
+    missing = [key for key in checked if read_result(dataset.output_dir, key) is None]
     metadata = {"checked": len(checked), "missing_or_unreadable": len(missing)}
     if missing:
         metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {key}" for key in missing[:200]))

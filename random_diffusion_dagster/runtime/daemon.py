@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 
-from .settings import backfill_interval_seconds
+from ..settings import backfill_interval_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from dagster._daemon import controller
     from dagster._daemon.cli import cli
 
-    from .cli import project_instance
+    from .instance import project_instance
 
     # A fresh SQLite instance gets its tables from one process at a time: a webserver started beside the daemon
     # may be making them now, and the daemon's code server opening them halfway fails to load for good
@@ -64,7 +64,7 @@ def run_with_quiet_console(workspace: str) -> int:
 def start_child(workspace: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Dagster's daemon (`main`) in a child process, its output on one pipe for DaemonOutput."""
     return subprocess.Popen(
-        [sys.executable, "-m", "random_diffusion_dagster.daemon", "-w", workspace],
+        [sys.executable, "-m", "random_diffusion_dagster.runtime.daemon", "-w", workspace],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

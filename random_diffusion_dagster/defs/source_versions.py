@@ -2,7 +2,7 @@
 
 Dagster marks a result stale when something it was made from has a newer data version.
 The prompts file, the catalog file and each source image are observed with content hashes:
-by `input_files_sensor` when the files change (it then refreshes `prompt_list` /
+by `input_files_sensor` (automation/) when the files change (it then refreshes `prompt_list` /
 `model_catalog`), by `new_images_sensor` when an image is replaced, by the runs themselves
 for the bytes they actually read, and by "Observe sources" in the UI.
 """
@@ -16,7 +16,6 @@ import dagster as dg
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
 from .partitions import images_partitions
-from .resources import DatasetResource
 
 # The event tag Dagster reads an observation's data version from (dagster._core.definitions.data_version).
 DATA_VERSION_TAG = "dagster/data_version"
@@ -115,34 +114,3 @@ def file_version(path: str | os.PathLike) -> str | None:
             return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
     except OSError:
         return None
-
-
-@dg.sensor(
-    name="input_files_sensor",
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=dg.AssetSelection.assets("prompt_list", "model_catalog"),
-    description="Versions the prompts file and the model catalog file by content hash, and when one changes "
-    "refreshes prompt_list / model_catalog: the images made from the old contents then show as stale.",
-)
-def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
-    seen = dict(pair.split("=", 1) for pair in (context.cursor or "").split(",") if "=" in pair)
-    files = [(PROMPTS_FILE, dataset.prompts_file, "prompt_list"), (MODELS_FILE, dataset.models_file, "model_catalog")]
-    events, refresh, versions = [], [], {}
-    for source, path, reader in files:
-        version = file_version(path)
-        if version is None:
-            continue  # missing or unreadable: the asset that reads it says why when it runs
-        versions[source.key.to_user_string()] = version
-        previous = seen.get(source.key.to_user_string())
-        if previous != version:
-            events.append(version_event(source, version, path=dg.MetadataValue.path(str(path))))
-            if previous is not None:
-                context.log.info(f"{path} changed: refreshing {reader}")
-                refresh.append(dg.AssetKey(reader))
-    requests = [dg.RunRequest(run_key=f"refresh:{','.join(sorted(versions.values()))}", asset_selection=refresh)]
-    return dg.SensorResult(
-        run_requests=requests if refresh else [],
-        asset_events=events,
-        cursor=",".join(f"{key}={version}" for key, version in sorted(versions.items())),
-    )

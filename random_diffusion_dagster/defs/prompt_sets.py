@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from .engine.plan import prompts_version
-from .engine.prompts import PromptListError, require_prompts
+from ..engine.plan import prompts_version
+from ..engine.prompts import PromptListError, require_prompts
 from .resources import DatasetResource
 
 SUBMITTED_BY_TAG = "random_diffusion/submitted_by"

@@ -2,51 +2,51 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field, PrivateAttr, field_validator
 
-from .engine.catalog import DTYPES, ModelSpec, load_catalog
-from .engine.images import FolderScan, SourceFile, scan_images
-from .engine.plan import ImageTask, Planner
-from .engine.prompts import load_prompts
-from .settings import compile_cache_folder, env_choices, env_int, env_path, keep_pipelines_loaded
+from .. import settings
+from ..engine.catalog import DTYPES, ModelSpec, load_catalog
+from ..engine.images import FolderScan, SourceFile, scan_images
+from ..engine.plan import ImageTask, Planner
+from ..engine.prompts import load_prompts
+from .step_io_manager import SharedStepStorage
 
 if TYPE_CHECKING:  # the runner imports torch-adjacent code; keep it out of definition loading
-    from .engine.pipelines import PipelineCache, Speedups
-    from .engine.runner import RunSummary
+    from ..engine.pipelines import PipelineCache, Speedups
+    from ..engine.runner import RunSummary
 
 
 class DatasetResource(dg.ConfigurableResource):
     """The folders and files a user edits, each with a default and an environment variable."""
 
     images_dir: str = Field(
-        default_factory=lambda: env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images"),
+        default_factory=settings.images_dir,
         description="Folder of source images (RANDOM_DIFFUSION_IMAGES_DIR).",
     )
     output_dir: str = Field(
-        default_factory=lambda: env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs"),
+        default_factory=settings.output_dir,
         description="Folder or fsspec URL (s3://bucket/outputs) the diffused PNGs and the report go to "
         "(RANDOM_DIFFUSION_OUTPUT_DIR).",
     )
     prompts_file: str = Field(
-        default_factory=lambda: env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt"),
+        default_factory=settings.prompts_file,
         description="One prompt per line (RANDOM_DIFFUSION_PROMPTS_FILE).",
     )
     models_file: str = Field(
-        default_factory=lambda: env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml"),
+        default_factory=settings.models_file,
         description="The model catalog (RANDOM_DIFFUSION_MODELS_FILE).",
     )
     wildcards_dir: str = Field(
-        default_factory=lambda: env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards"),
+        default_factory=settings.wildcards_dir,
         description="Wildcard files for `__name__` in prompt templates, one value per line "
         "(RANDOM_DIFFUSION_WILDCARDS_DIR).",
     )
     seed: int = Field(
-        default_factory=lambda: env_int("RANDOM_DIFFUSION_SEED", 0),
+        default_factory=settings.run_seed,
         description="Run seed: together with each image's content it decides prompt, model and "
         "diffusion seed. Change it to re-roll every image (RANDOM_DIFFUSION_SEED).",
     )
@@ -76,18 +76,6 @@ class DatasetResource(dg.ConfigurableResource):
         return load_catalog(self.models_file)
 
 
-COMPILABLE_PARTS = ("unet", "vae")
-
-
-def _compile_from_env(part: str) -> bool | None:
-    """Whether RANDOM_DIFFUSION_COMPILE ("unet", "vae", "unet,vae" or "none") names `part`; unset: None, decided
-    per device (DiffusionEngineResource.speedups_on). How sensor and schedule runs get their setting."""
-    if os.environ.get("RANDOM_DIFFUSION_COMPILE", "").strip().lower() == "none":
-        return False
-    named = env_choices("RANDOM_DIFFUSION_COMPILE", COMPILABLE_PARTS)
-    return part in named if named else None
-
-
 # Pipelines kept by this process between steps (keep_loaded): one cache per engine setting.
 _KEPT_CACHES: dict[tuple, PipelineCache] = {}
 
@@ -107,7 +95,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="float16, bfloat16 or float32; default: per catalog entry (auto: fp16 on CUDA, fp32 elsewhere).",
     )
     max_resident_models: int = Field(
-        default_factory=lambda: env_int("RANDOM_DIFFUSION_RESIDENT_MODELS", 2, minimum=1),
+        default_factory=settings.resident_models,
         ge=1,
         description="Pipelines kept loaded at once; the least recently used is evicted "
         "(RANDOM_DIFFUSION_RESIDENT_MODELS, default 2).",
@@ -122,7 +110,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         "(benchmarks/results: 4x the throughput of one at a time on an H100), 4 elsewhere.",
     )
     torch_threads: int | None = Field(
-        default_factory=lambda: env_int("RANDOM_DIFFUSION_TORCH_THREADS", None, minimum=1),
+        default_factory=settings.torch_threads,
         ge=1,
         description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
     )
@@ -130,18 +118,18 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     channels_last: bool = Field(default=True, description="NHWC layout for the UNet on CUDA.")
     vae_slicing: bool = Field(default=True, description="Decode batches one image at a time (less peak memory).")
     compile_unet: bool | None = Field(
-        default_factory=lambda: _compile_from_env("unet"),
+        default_factory=lambda: settings.compile_part("unet"),
         description="torch.compile the UNet: faster steps after a minute or two of compiling per process "
         "(RANDOM_DIFFUSION_COMPILE=unet); default: on in a worker that keeps its pipelines on a CUDA GPU, else off.",
     )
     compile_vae: bool | None = Field(
-        default_factory=lambda: _compile_from_env("vae"),
+        default_factory=lambda: settings.compile_part("vae"),
         description="torch.compile the VAE encoder and decoder (RANDOM_DIFFUSION_COMPILE=vae); "
         "default: as compile_unet.",
     )
 
     keep_loaded: bool = Field(
-        default_factory=keep_pipelines_loaded,
+        default_factory=settings.keep_pipelines_loaded,
         description="Keep pipelines loaded in this process after the step, for the next step: on when "
         "RANDOM_DIFFUSION_EXECUTOR=celery (steps run in long-lived workers), else off "
         "(RANDOM_DIFFUSION_KEEP_LOADED=1 or 0 overrides).",
@@ -194,7 +182,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         """What pipelines on `device` get. Compilation, where not set: on in a warm worker on a CUDA GPU, which
         compiles once (about 1.5 min, less from the compile cache) for every later run at 5.4 instead of 3.3
         images/s on an H100 (benchmarks/results); off elsewhere, where each run process would compile again."""
-        from .engine.pipelines import Speedups
+        from ..engine.pipelines import Speedups
 
         warm_gpu = self.keep_loaded and device.startswith("cuda")
         return Speedups(
@@ -205,7 +193,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         )
 
     def _new_cache(self) -> PipelineCache:
-        from .engine.pipelines import PipelineCache, pick_device
+        from ..engine.pipelines import PipelineCache, pick_device
 
         if self.torch_threads:
             import torch
@@ -214,7 +202,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         device = pick_device(self.device)
         speedups = self.speedups_on(device)
         if speedups.compile_unet or speedups.compile_vae:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_folder()))
+            settings.library_default("TORCHINDUCTOR_CACHE_DIR", str(settings.compile_cache_folder()))
         return PipelineCache(
             device=device,
             dtype=self.dtype,
@@ -229,7 +217,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     def run(self, tasks: list[ImageTask], log=lambda message: None, finished: list | None = None) -> RunSummary:
         """Make the tasks' images with this run's pipelines: reused, generated or failed, one result each
         (`finished`: each result whose image is written or being written, see run_tasks)."""
-        from .engine.runner import run_tasks
+        from ..engine.runner import run_tasks
 
         pipelines = self.pipelines(log)
         return run_tasks(tasks, pipelines, self.batch_size_on(pipelines.device), log, self.progress_bar, finished)
@@ -240,3 +228,13 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             if not self.keep_loaded:
                 self._cache.clear()
             self._cache = None
+
+
+def project_resources() -> dict:
+    """The dataset and engine, plus step storage every worker reaches when RANDOM_DIFFUSION_STEP_STORAGE is set
+    (required with celery and k8s); unset, step values stay in Dagster's local storage under DAGSTER_HOME."""
+    resources = {"dataset": DatasetResource(), "engine": DiffusionEngineResource()}
+    location = settings.step_storage_location()
+    if location:
+        resources["io_manager"] = SharedStepStorage(base_dir=location)
+    return resources

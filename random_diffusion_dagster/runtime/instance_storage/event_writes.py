@@ -10,19 +10,20 @@ instance writes batches, and `0` gives the one-by-one writes back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from itertools import groupby
 
 import dagster as dg
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 
+from ...settings import library_default
+
 BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 EVENTS_PER_BATCH = 256  # Dagster hands a batch over at this many events, or at the batch's last
 
 
 def write_events_in_batches() -> None:
-    os.environ.setdefault(BATCH_SIZE_VARIABLE, str(EVENTS_PER_BATCH))
+    library_default(BATCH_SIZE_VARIABLE, str(EVENTS_PER_BATCH))
 
 
 class AssetEventBatches:

@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from .batching import partition_ranges, ranged_run_requests
-from .engine.freshness import why_stale
-from .jobs import diffuse_images_job
-from .partitions import images_partitions
-from .prompt_sets import current_prompt_set
-from .resources import DatasetResource
-from .settings import catch_up_cron
+from ...engine.freshness import why_stale
+from ...settings import catch_up_cron
+from ..jobs import diffuse_images_job
+from ..partitions import images_partitions
+from ..prompt_sets import current_prompt_set
+from ..resources import DatasetResource
+from ..run_ranges import partition_ranges, ranged_run_requests
 
 
 @dg.schedule(

@@ -4,12 +4,11 @@ import dagster as dg
 from PIL import Image
 from pydantic import Field, model_validator
 
-from ..engine.catalog import ModelSpec
-from ..engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
-from ..engine.plan import catalog_version
-from ..engine.prompts import load_numbered_prompts
-from ..engine.templates import PromptTemplates
-from ..file_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
+from ...engine.catalog import ModelSpec
+from ...engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
+from ...engine.plan import catalog_version
+from ...engine.prompts import load_numbered_prompts
+from ...engine.templates import PromptTemplates
 from ..metadata import table
 from ..partitions import (
     images_partitions,
@@ -21,6 +20,7 @@ from ..partitions import (
 from ..pools import ensure_gpu_pool_limit
 from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
+from ..source_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
 
 IMAGE_COLUMNS = {"key": "string", "name": "string", "format": "string", "width": "int", "height": "int", "bytes": "int"}
 MODEL_COLUMNS = {
