@@ -28,7 +28,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from random_diffusion_dagster.demo.models import build_demo_models  # noqa: E402
 from random_diffusion_dagster.engine.catalog import load_catalog  # noqa: E402
-from random_diffusion_dagster.engine.images import fit_to_resolution, image_strip, load_rgb  # noqa: E402
+from random_diffusion_dagster.engine.images import image_strip, load_rgb, prepare_model_input  # noqa: E402
 from random_diffusion_dagster.engine.pipelines import PipelineCache  # noqa: E402
 from random_diffusion_dagster.engine.runner import generate  # noqa: E402
 
@@ -64,7 +64,7 @@ def results(specs, sources, strength: float) -> dict[tuple[str, str], tuple[Imag
         spec = dataclasses.replace(spec, strength=strength)
         pipeline, _ = cache.get(spec)
         for index, (name, image) in enumerate(sources):
-            source = fit_to_resolution(image, spec.resolution)
+            source = prepare_model_input(image, spec.resolution).image  # as the runner hands it to the pipeline
             (result,), _ = generate(pipeline, spec, [PROMPT], [source], [index], "cpu")
             out[(spec.name, name)] = (source, result)
     cache.clear()

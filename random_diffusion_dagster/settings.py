@@ -110,10 +110,8 @@ def max_partitions_per_run() -> int:
     """Images per run in backfills, sensor, schedule, CLI and `submit` runs.
 
     512: every run pays its process start, definitions and Dagster's bookkeeping (without a warm worker also
-    imports and a load per model drawn) while the GPU waits, and splits its images across models. On one H100 a
-    warm worker's 512-image backfill in runs of 128 spent about 9 s a run on that (3.61 images/s, the engine
-    4.82); on one H200 in a run of 512, 7 s in all (4.81 images/s, the engine 4.80); on the CPU the same backfill
-    took 39.3 s in runs of 128, 32.9 s in one run (benchmarks/results).
+    imports and a load per model drawn) while the GPU waits, and splits its images across models; fewer, bigger
+    runs keep the GPU busy (docs/speed.md). Lower it with several GPUs, so a backfill spreads over them.
     """
     return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", DEFAULT_MAX_PARTITIONS_PER_RUN, minimum=1)
 
@@ -133,16 +131,15 @@ def catch_up_cron() -> str:
 
 def sensor_interval_seconds() -> int:
     """Seconds between new_images_sensor's looks at the images folder: how long a new image may wait before its run.
-    Dagster's daemon evaluates sensors at most every 5 s; a tick over 100,000 files took 1.2 s on the 2-core CPU."""
+    Dagster's daemon evaluates sensors at most every 5 s; a tick stats every file, so huge folders want longer."""
     return env_int("RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS", 30, minimum=5)
 
 
 def backfill_interval_seconds() -> int:
     """Seconds between `random-diffusion daemon`'s looks for requested backfills (Dagster's own daemon: 30).
 
-    1: on the 2-core CPU a warm worker's 512-image backfill got its run 0.3-1.2 s after the request with 1,
-    3.5-5.1 s with 5, and the looks during the backfill did not slow it (benchmarks/results: the
-    backfill-interval file)."""
+    1: a backfill's first run starts about a second after the request, and a look with no backfill to work on is
+    one query (docs/speed.md)."""
     return env_int("RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS", 1, minimum=1)
 
 
@@ -211,7 +208,7 @@ def local_celery_folder() -> Path:
 
 def compile_cache_folder() -> Path:
     """torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR, unless set): a restarted worker or a new run process
-    reads the kernels compiled before instead of compiling again (on the CPU, 53 s -> 8 s for a demo UNet)."""
+    reads the kernels compiled before instead of compiling again."""
     return instance_folder() / "torch-compile-cache"
 
 
@@ -231,7 +228,7 @@ def celery_urls() -> tuple[str, str]:
 
 # How often a run looks for its steps' results, and a worker on the local SQLite broker for new steps: both
 # poll once a second by default (dagster-celery's TICK_SECONDS, kombu's Transport.polling_interval), which cost a
-# warm run about a second per trip through the broker (benchmarks/results/README.md).
+# warm run about a second per trip through the broker.
 CELERY_POLL_SECONDS = 0.1
 
 

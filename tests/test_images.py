@@ -6,8 +6,6 @@ from PIL import Image
 
 from random_diffusion_dagster.engine.images import (
     ImageLoadError,
-    fit_size,
-    fit_to_resolution,
     load_rgb,
     partition_key_for,
     prepare_model_input,
@@ -48,25 +46,9 @@ def test_names_that_sanitise_alike_get_distinct_keys():
     assert len(set(keys)) == len(names)
 
 
-@pytest.mark.parametrize(
-    "size, resolution, expected",
-    [
-        ((3072, 3072), 512, (512, 512)),
-        ((4000, 1000), 512, (512, 128)),
-        ((1000, 4000), 512, (128, 512)),
-        ((333, 197), 64, (64, 40)),
-        ((50, 30), 128, (128, 80)),
-        ((10000, 10), 64, (64, 8)),
-    ],
-)
-def test_fit_size_keeps_aspect_and_multiples_of_eight(size, resolution, expected):
-    width, height = fit_size(size, resolution)
-    assert (width, height) == expected
-    assert width % 8 == 0 and height % 8 == 0
-
-
 def test_large_image_is_downscaled_for_the_model():
-    assert fit_to_resolution(Image.new("RGB", (3072, 2048)), 512).size == (512, 344)
+    model_input = prepare_model_input(Image.new("RGB", (3072, 2048)), 512)
+    assert model_input.size == (512, 341) and model_input.image.size == (512, 344)
 
 
 def _save(image, path, **kwargs):
@@ -152,7 +134,7 @@ def test_a_panorama_is_not_squashed_to_multiples_of_eight():
     assert model_input.size == model_input.image.size == (192, 32)  # the short side kept at 32 px
     assert model_input.restore(model_input.image).size == (192, 32)
     model_input = prepare_model_input(Image.new("RGB", (6000, 1000)), 512)
-    assert model_input.size == (512, 85) and model_input.image.size == (512, 88)  # fit_size gave 512x88
+    assert model_input.size == (512, 85) and model_input.image.size == (512, 88)  # padded to 88, not squashed
     assert model_input.content_box == (0, 0, 512, 85) and model_input.restore(model_input.image).size == (512, 85)
 
 

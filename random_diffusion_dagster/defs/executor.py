@@ -10,7 +10,7 @@ def project_executor() -> dg.ExecutorDefinition:
     step (`multiprocess`), `celery` workers, or `k8s` Jobs, one per step, so only the diffusion step asks for a GPU.
 
     In process by default: on one box a step process per step repeats the imports and definition loading
-    (about 5 s per run here, benchmarks/results/README.md) and runs nothing in parallel that matters, as the
+    (docs/speed.md) and runs nothing in parallel that matters, as the
     diffusion step is the run. A killed run still loses nothing (results are written atomically, one by one).
     """
     choice = executor_choice()

@@ -106,8 +106,8 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     batch_size: int | None = Field(
         default=None,
         ge=1,
-        description="Images per pipeline call (same model, same size); default 16 on CUDA "
-        "(benchmarks/results: 4x the throughput of one at a time on an H100), 4 elsewhere.",
+        description="Images per pipeline call (same model, same size); default 16 on CUDA, 4 elsewhere "
+        "(docs/speed.md).",
     )
     torch_threads: int | None = Field(
         default_factory=settings.torch_threads,
@@ -180,8 +180,8 @@ class DiffusionEngineResource(dg.ConfigurableResource):
 
     def speedups_on(self, device: str) -> Speedups:
         """What pipelines on `device` get. Compilation, where not set: on in a warm worker on a CUDA GPU, which
-        compiles once (about 1.5 min, less from the compile cache) for every later run at 5.4 instead of 3.3
-        images/s on an H100 (benchmarks/results); off elsewhere, where each run process would compile again."""
+        compiles once (minutes, less from the compile cache) for every later run's faster steps (docs/speed.md);
+        off elsewhere, where each run process would compile again."""
         from ..engine.pipelines import Speedups
 
         warm_gpu = self.keep_loaded and device.startswith("cuda")

@@ -74,13 +74,12 @@ def version_event(
 def report_what_was_read(context: dg.AssetExecutionContext, events: list[dg.AssetObservation]) -> None:
     """Report the versions of the inputs a step read, and let its materialization's provenance name them.
 
-    Dagster reads the upstream versions for a step's provenance when the step starts; without the
-    refresh, the first result made from a file would record no version for it, and a later change
-    would never show as stale. (The step context's wipe is Dagster's own tool for inputs that change
-    during the step.) A partition whose latest recorded version is the one read is not reported again:
-    re-rolls and catch-up runs read unchanged images. The rest go to the storage as one batch, as a step's
-    output's events do (`context.log_event` writes each alone: 1.1-1.6 s more for a first run of 128 on the
-    2-core CPU); they show in the run's event log, not among an in-process result's events.
+    Dagster reads the upstream versions for a step's provenance when the step starts; without the refresh, the first
+    result made from a file would record no version for it, and a later change would never show as stale. (The step
+    context's wipe is Dagster's own tool for inputs that change during the step.) A partition whose latest recorded
+    version is the one read is not reported again: re-rolls and catch-up runs read unchanged images. The rest go to the
+    storage as one batch, as a step's output's events do (`context.log_event` writes each alone, while the GPU waits);
+    they show in the run's event log, not among an in-process result's events.
     """
     events = _not_on_record(context.instance, events)
     step = context.get_step_execution_context()

@@ -24,7 +24,7 @@ from .output_location import location, write_bytes_atomic
 from .plan import ImageTask
 from .results import ResultRecord, output_path_for
 
-if TYPE_CHECKING:  # pandas costs 0.3 s of import: keep it out of definition loading
+if TYPE_CHECKING:  # pandas is slow to import: keep it out of definition loading
     import pandas as pd
 
 COMPARISONS_DIR = "comparisons"

@@ -22,10 +22,9 @@ from .output_location import location
 
 # Keys name results (results.output_file_name: at most `<key>..png`) and `.failures/<key>.json`; the atomic
 # writer's `.<key>..png.XXXXXXXX.tmp` and `.<key>.json.XXXXXXXX.tmp` add 19 bytes: 120 bytes keeps every one
-# under 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and is the old 120-character bound for ASCII names,
-# whose keys therefore stay as they were.
+# under 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and keeps the keys of existing deployments' ASCII names,
+# which were bound at 120 characters.
 MAX_KEY_BYTES = 120
-MAX_KEY_LENGTH = MAX_KEY_BYTES  # the former name, in characters; bytes bound it now
 HASH_DIGITS = 8
 _HASHED_KEY = re.compile(rf"-[0-9a-f]{{{HASH_DIGITS}}}\Z")
 # Pillow's decompression-bomb threshold (89.5 Mpx): Pillow only warns above it; we refuse.
@@ -273,29 +272,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def fit_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> tuple[int, int]:
-    """Scale so the longer side is `resolution`, round sides to `multiple`.
-
-    Rounding both sides squashes thin images (6000x1000 at 128 becomes 128x24, aspect 5.3): new code
-    uses prepare_model_input, which keeps the aspect and pads instead. Kept for existing callers.
-    """
-    width, height = size
-    scale = resolution / max(width, height)
-
-    def snap(side: float) -> int:
-        return max(multiple, int(round(side * scale / multiple)) * multiple)
-
-    return snap(width), snap(height)
-
-
-def fit_to_resolution(image: Image.Image, resolution: int) -> Image.Image:
-    """The image resized to fit_size (aspect distorted for thin images); prefer prepare_model_input."""
-    target = fit_size(image.size, resolution)
-    if target == image.size:
-        return image
-    return image.resize(target, Image.Resampling.LANCZOS)
-
-
 # Rounding a side of n pixels moves the aspect by up to 0.5/n: a short side of 32 keeps it within ~2%.
 MIN_SHORT_SIDE = 32
 # How far a thin image's long side may grow past `resolution` to keep that short side: 10:1 at 32 px.
@@ -342,7 +318,7 @@ class ModelInput:
 
 
 def prepare_model_input(image: Image.Image, resolution: int, multiple: int = 8) -> ModelInput:
-    """The pipeline input for `image` at `resolution`, keeping its aspect ratio (fit_size squashes thin ones).
+    """The pipeline input for `image` at `resolution`, keeping its aspect ratio: padded, not squashed.
 
     Use: `model_input = prepare_model_input(load_rgb(path, min_side=resolution), resolution)`, give
     `model_input.image` to the pipeline, save `model_input.restore(result)`. A 6000x1000 panorama at 128

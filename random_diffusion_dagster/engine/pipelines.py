@@ -316,8 +316,8 @@ class PipelineCache:
     """Pipelines loaded on first use and kept; the least recently used go first.
 
     Limits: at most `max_models` resident, and (if set) their weights within
-    `memory_budget_mb`. The old server preloaded every model and ran out of memory;
-    here only what the current work needs is resident. Components whose weight files
+    `memory_budget_mb`: preloading every catalog model would run a GPU out of memory, so
+    only what the current work needs is resident. Components whose weight files
     are byte-identical across models are loaded once and shared.
     """
 

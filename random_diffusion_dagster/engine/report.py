@@ -16,7 +16,7 @@ from .images import square_tile
 from .output_location import location, write_bytes_atomic
 from .results import FailureRecord, ResultRecord, output_file_name, read_failure, read_result
 
-if TYPE_CHECKING:  # pandas costs 0.3 s of import: keep it out of definition loading
+if TYPE_CHECKING:  # pandas is slow to import: keep it out of definition loading
     import pandas as pd
 
 SUMMARY_COLUMNS = [

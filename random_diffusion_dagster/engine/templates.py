@@ -69,8 +69,8 @@ def parse_line(text: str, where: str) -> PromptLine:
 class PromptTemplates:
     """Parses and checks every line once; resolves a line for an image with that image's seed.
 
-    A template is parsed once, not per image: parsing was nearly all of the 1.7-2.2 ms a resolve took on the 2-core
-    CPU, 0.2 s of every run of 128 images before its first batch (benchmarks/results/README.md)."""
+    A template is parsed once, not per image: parsing is nearly all of a resolve's cost, paid before a run's first
+    batch."""
 
     def __init__(
         self,

@@ -396,8 +396,8 @@ def worker_command(args: argparse.Namespace) -> int:
     broker, _ = celery_urls()
     step_storage_location(executor)  # on a broker other machines reach, refuse to start where every step would fail
     config_dir = write_worker_config()
-    python_path = os.pathsep.join(filter(None, [str(config_dir), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, EXECUTOR_VARIABLE: executor, "PYTHONPATH": python_path}
+    env = {**os.environ, EXECUTOR_VARIABLE: executor}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config_dir), env.get("PYTHONPATH")]))
     command = [
         sys.executable,
         "-m",

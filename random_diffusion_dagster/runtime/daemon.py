@@ -1,11 +1,11 @@
 """`random-diffusion daemon`: Dagster's daemon (`dagster-daemon run`), picking up new backfills within seconds.
 
-Dagster 1.13's backfill daemon looks for requested backfills every 30 s, a constant of its daemon controller that
-no instance setting reaches (dagster-io/dagster#11649), so a backfill launched from the UI waited 0-30 s before
-its first run existed: 20 s in the CPU benchmark, as long as the engine takes for all 128 of its images. This
-sets that constant to RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 1) and then runs Dagster's own daemon
-command unchanged; a pass with no backfill to work on is one query for requested ones. The same constant is the
-auto-materialize interval of code locations without an automation sensor; this project's automation has one.
+Dagster 1.13's backfill daemon looks for requested backfills every 30 s, a constant of its daemon controller that no
+instance setting reaches (dagster-io/dagster#11649), so a backfill launched from the UI waits up to 30 s before its
+first run exists, while the GPU idles. This sets that constant to RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS (default 1)
+and then runs Dagster's own daemon command unchanged; a pass with no backfill to work on is one query for requested
+ones. The same constant is the auto-materialize interval of code locations without an automation sensor; this project's
+automation has one.
 
 Each pass over a backfill in progress logs a summary of it, and the runs the daemon launches print every Dagster
 event of theirs (a line per image) to its terminal: `random-diffusion daemon` and `ui` run the daemon in a child and

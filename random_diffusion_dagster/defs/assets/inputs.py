@@ -38,8 +38,8 @@ MODEL_COLUMNS = {
 
 
 class PromptListConfig(dg.Config):
-    """Submit a prompt list, as the old server took {"prompt_list": [...]}: it stays current until the
-    prompts file changes or another list is submitted."""
+    """Submit a prompt list (`{"prompt_list": [...]}`): it stays current until the prompts file changes or another
+    list is submitted."""
 
     prompt_list: list[str] | None = None
     use_prompts_file: bool = Field(

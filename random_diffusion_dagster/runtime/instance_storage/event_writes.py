@@ -1,9 +1,9 @@
-"""What the project's two storages share: a batch of one kind of asset event written at once, and batches by default.
+"""What the two instance storages share: a batch of one kind of asset event written at once, and batches by default.
 
 A new run hands Dagster one planned materialization per image, a first run one observation of each source's
-version, and a ranged step one materialization per image: 128 of each for a run of 128. Dagster writes an event in a
-few statements and transactions of its own, so 128 cost 0.9-2.5 s on the 2-core CPU (in the daemon before a run
-starts, in the run while the GPU waits); as one batch, 0.1-0.2 s. Dagster passes events in batches only where
+version, and a ranged step one materialization per image. Dagster writes an event in a few statements and
+transactions of its own, so a run's worth of them costs seconds (in the daemon before a run starts, in the run while
+the GPU waits) that one batch saves (docs/speed.md). Dagster passes events in batches only where
 DAGSTER_EVENT_BATCH_SIZE is above 0: loading either storage sets it (unless set), so every process that loads the
 instance writes batches, and `0` gives the one-by-one writes back.
 """

@@ -1,11 +1,11 @@
 """dagster-postgres storage that accepts the `postgresql://` URLs people type and writes a run's planned
-materializations in one batch (event_batches.py).
+materializations in one batch (event_writes.py).
 
 SQLAlchemy 2.1 maps `postgresql://` to the psycopg 3 driver, which dagster-postgres does not support (its
 LISTEN/NOTIFY statements fail there): this storage rewrites such URLs to `postgresql+psycopg2://`. dagster-postgres
 writes a step's materializations and observations as one batch, but a new run's planned materializations one by one
-(128 took 1.3-1.6 s, in the daemon or the webserver that creates the run); this storage writes those at once too, and
-turns batches on by default. Otherwise it is dagster-postgres itself, same tables.
+(in the daemon or the webserver that creates the run, while the GPU waits); this storage writes those at once too,
+and turns batches on by default (docs/speed.md). Otherwise it is dagster-postgres itself, same tables.
 """
 
 from __future__ import annotations

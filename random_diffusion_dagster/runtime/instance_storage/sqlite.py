@@ -1,8 +1,8 @@
 """Dagster's embedded SQLite storage, writing a run's planned materializations, its sources' versions and its
-materializations each in one batch (event_batches.py).
+materializations each in one batch (event_writes.py).
 
-Dagster's SQLite event log writes them one by one, four statements in two database files each (1.0-1.8 s for a run
-of 128 on the 2-core CPU; 0.14-0.21 s as one batch). This is Dagster's SQLite storage, same files and layout, with
+Dagster's SQLite event log writes them one by one, four statements in two database files each, a run's worth in
+seconds while the GPU waits (docs/speed.md). This is Dagster's SQLite storage, same files and layout, with
 dagster-postgres's batch write: one insert into the run's file, one into the index, the latest entry from each
 asset's last event.
 """
