@@ -326,3 +326,59 @@ def test_shipped_catalogs_load(catalog):
 
     specs = load_catalog(Path(__file__).parent.parent / catalog)
     assert len(specs) >= 5 and len({s.name for s in specs}) == len(specs)
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        (_entry(hub_id=123), r"model 'x': `hub_id` must be text; got 123 .*quote it: hub_id: '123'\.$"),
+        (_entry(resolution=12, strength="x"), r"`resolution` must be a whole number from 8 to 4096, a multiple of 8"),
+        (_entry(weight=0), r"model 'x': `weight` must be a number above 0 and at most 1e\+06; got 0\.$"),
+        (_entry(dtype="fp8"), r"`dtype` must be one of \('auto', 'float16', 'bfloat16', 'float32'\); got 'fp8'\.$"),
+        (_entry(stregth=1, **{"1": 2}), r"model 'x': unknown settings \['1', 'stregth'\]; known settings are \["),
+        ({"models": [{"name": 7, "path": "p", "resolution": 12}]}, r"model 7: `name` must be text; got 7 "),
+        ({"models": [{"name": "x", "path": "p", "single_file": "f"}]}, r"model 'x': it must name exactly one of"),
+        (
+            {"defaults": {"negative_prompt": "a\x07"}, "models": [{"name": "x", "path": "p"}]},
+            r"^catalog: defaults: `negative_prompt`: control character '\\x07' at column 2",
+        ),
+        (
+            {"defaults": {"num_inference_steps": 4, "strength": 0.2}, "models": [{"name": "x", "path": "p"}]},
+            r"^catalog: model 'x': num_inference_steps \(4\) x strength \(0\.2\) gives no denoising step",
+        ),
+    ],
+)
+def test_validation_errors_are_one_line_in_the_catalogs_own_words(tmp_path, document, message):
+    with pytest.raises(CatalogError, match=message) as caught:
+        parse_catalog(document, base_dir=tmp_path)
+    text = str(caught.value)
+    assert "\n" not in text and "Input should" not in text and "pydantic" not in text
+    assert caught.value.__cause__ is None  # pydantic's own report is not chained on
+
+
+def test_defaults_apply_unless_an_entry_overrides_them_even_with_null(tmp_path):
+    document = {
+        "defaults": {"scheduler": "DDIMScheduler", "negative_prompt": "blurry", "dtype": "float16"},
+        "models": [
+            {"name": "a", "path": "a"},
+            {"name": "b", "hub_id": "o/b", "scheduler": None, "negative_prompt": None},
+        ],
+    }
+    a, b = parse_catalog(document, base_dir=tmp_path)
+    assert (a.scheduler, a.negative_prompt, a.dtype) == ("DDIMScheduler", "blurry", "float16")
+    assert (b.scheduler, b.negative_prompt, b.dtype) == (None, "", "float16")
+    assert hash(a) != hash(b) and a == parse_catalog(document, base_dir=tmp_path)[0]  # ModelSpecs are dict keys
+
+
+@pytest.mark.parametrize(
+    "yaml_value, message",
+    [
+        ("description: 2024-02-30", r"YAML cannot convert a value \(day is out of range for month\): fix or quote it"),
+        (f"resolution: {'9' * 5000}", r"YAML cannot convert a value \(Exceeds the limit \(4300 digits\)"),
+    ],
+)
+def test_yaml_values_python_cannot_convert_are_catalog_errors(tmp_path, yaml_value, message):
+    path = tmp_path / "models.yaml"
+    path.write_text(f"models:\n  - name: x\n    path: p\n    {yaml_value}\n")
+    with pytest.raises(CatalogError, match=rf"models\.yaml: {message}"):
+        load_catalog(path)

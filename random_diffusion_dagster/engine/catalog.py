@@ -16,8 +16,8 @@ Each model names exactly one source: `path`, `hub_id` or `single_file`. A single
 checkpoint holds weights only; `config` says which diffusers layout they fill. Without it
 diffusers guesses the original repo from the weights and fetches its configs from the hub.
 
-Every value is checked against SETTINGS (type and bounds) when the catalog is read, so a typo
-fails before any image runs rather than as a traceback or a black image halfway through.
+Every value is checked against the Settings and Entry models (type and bounds) when the catalog is read, so a
+typo fails before any image runs rather than as a traceback or a black image halfway through.
 """
 
 from __future__ import annotations
@@ -28,65 +28,20 @@ import reprlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from .prompts import PromptListError, check_text
 
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+DTYPES = get_args(Dtype)
 SOURCE_KINDS = ("path", "hub_id", "single_file")
-ENTRY_ONLY = ("name", "description", "config")  # per-model keys that are not settings with defaults
 TOP_LEVEL = ("defaults", "models")
-DTYPES = ("auto", "float16", "bfloat16", "float32")
 MAX_CATALOG_BYTES = 2**20  # a catalog of thousands of models is a few hundred KB
 MAX_YAML_NODES = 1_000_000  # after alias expansion; more than 1 MB holds without aliases: only bombs reach it
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What one setting accepts: the one place its type and bounds are written down."""
-
-    default: Any
-    kind: type  # int, float, bool or str
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # strength: above 0, not 0
-    multiple_of: int | None = None  # resolution: the VAE works in 8-pixel blocks
-    optional: bool = False  # null allowed: "the model's own"
-    choices: tuple = ()
-
-    def expectation(self) -> str:
-        if self.choices:
-            return f"one of {self.choices}"
-        if self.kind is bool:
-            return "true or false (unquoted)"
-        if self.kind is str:
-            return "text"
-        noun = "a whole number" if self.kind is int else "a number"
-        low = f"above {self.low:g}" if self.low_open else f"from {self.low:g}"
-        to = " and at most " if self.low_open else " to "
-        step = f", a multiple of {self.multiple_of}" if self.multiple_of else ""
-        return f"{noun} {low}{to}{self.high:g}{step}"
-
-
-SETTINGS: dict[str, Setting] = {
-    "resolution": Setting(512, int, 8, 4096, multiple_of=8),
-    "num_inference_steps": Setting(50, int, 1, 1000),
-    "strength": Setting(0.75, float, 0, 1, low_open=True),
-    "guidance_scale": Setting(7.5, float, 0, 100),  # 1e30 renders all-black images that look like success
-    "scheduler": Setting(None, str, optional=True),
-    "dtype": Setting("auto", str, choices=DTYPES),
-    "variant": Setting(None, str, optional=True),
-    "negative_prompt": Setting("", str, optional=True),
-    # The SD 1.x checkpoints ship a safety checker. The project does not run it unless asked:
-    # it blacks out flagged images, and on untrained or unusual models it flags at random.
-    "safety_checker": Setting(False, bool),
-    # How often the seeded draw picks this model relative to the others ("mostly SD 1.5, sometimes 2.1").
-    "weight": Setting(1.0, float, 0, 1_000_000, low_open=True),
-    # A1111/compel emphasis in prompts, `(word:1.3)`, `[word]`; off: the text goes to the encoder as written.
-    "prompt_weighting": Setting(False, bool),
-}
-DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
@@ -100,6 +55,107 @@ def show(value: Any) -> str:
 
 class CatalogError(ValueError):
     """The catalog file or one of its entries is unusable."""
+
+
+def _finite(value: Any) -> Any:
+    """Booleans are not numbers, quoted text is not read as one, and only finite numbers count."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _whole(value: Any) -> int:
+    if not float(_finite(value)).is_integer():
+        raise ValueError("not a whole number")
+    return int(value)  # 50.0 steps -> 50
+
+
+def _prompt_text(text: str | None) -> str | None:
+    check_text(text or "", "`negative_prompt`")  # it goes to the text encoder beside the prompt: the same rule
+    return text
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+Number = Annotated[float, BeforeValidator(_finite)]
+
+
+class Settings(BaseModel):
+    """What each setting accepts: the one place its type and bounds are written down."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resolution: Whole = Field(512, ge=8, le=4096, multiple_of=8)  # the VAE works in 8-pixel blocks
+    num_inference_steps: Whole = Field(50, ge=1, le=1000)
+    strength: Number = Field(0.75, gt=0, le=1)
+    guidance_scale: Number = Field(7.5, ge=0, le=100)  # 1e30 renders all-black images that look like success
+    scheduler: StrictStr | None = None  # None: the model's own
+    dtype: Dtype = "auto"
+    variant: StrictStr | None = None
+    negative_prompt: Annotated[StrictStr | None, AfterValidator(_prompt_text)] = ""
+    # The SD 1.x checkpoints ship a safety checker. The project does not run it unless asked:
+    # it blacks out flagged images, and on untrained or unusual models it flags at random.
+    safety_checker: StrictBool = False
+    # How often the seeded draw picks this model relative to the others ("mostly SD 1.5, sometimes 2.1").
+    weight: Number = Field(1.0, gt=0, le=1_000_000)
+    # A1111/compel emphasis in prompts, `(word:1.3)`, `[word]`; off: the text goes to the encoder as written.
+    prompt_weighting: StrictBool = False
+
+
+class Entry(Settings):
+    """One `models:` entry: the catalog's defaults with the entry's own keys over them."""
+
+    name: StrictStr
+    description: StrictStr | None = None
+    path: StrictStr | None = None
+    hub_id: StrictStr | None = None
+    single_file: StrictStr | None = None
+    config: StrictStr | None = None  # single_file only: diffusers config folder or hub id
+
+    @model_validator(mode="after")
+    def _rules(self) -> Entry:
+        """Rules between keys; each key alone is checked by its type and bounds."""
+        kinds = [kind for kind in SOURCE_KINDS if getattr(self, kind)]
+        if len(kinds) != 1:
+            raise CatalogError(f"it must name exactly one of {SOURCE_KINDS}; it names {kinds or 'none'}.")
+        if self.config is not None and kinds != ["single_file"]:
+            raise CatalogError(f"`config` only applies to `single_file` models; {kinds[0]} models carry their own.")
+        if int(self.num_inference_steps * self.strength) < 1:  # ModelSpec.denoising_steps
+            raise CatalogError(
+                f"num_inference_steps ({self.num_inference_steps}) x strength ({self.strength}) "
+                "gives no denoising step; raise either so their product is at least 1."
+            )
+        if kinds == ["single_file"] and self.safety_checker:
+            raise CatalogError(
+                "single-file checkpoints carry no safety checker, so `safety_checker: true` cannot "
+                "be honoured; convert the model to a diffusers folder with one, or drop the setting."
+            )
+        return self
+
+
+class Setting(NamedTuple):
+    """A key as the models declare it: in words for messages, and its upper bound for checks elsewhere."""
+
+    expectation: str
+    high: float | None = None
+
+
+def _setting(field: Any) -> Setting:
+    kind = field.annotation
+    if kind is bool:
+        return Setting("true or false (unquoted)")
+    if get_origin(kind) is Literal:
+        return Setting(f"one of {get_args(kind)}")
+    if kind not in (int, float):
+        return Setting("text")
+    bound = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "multiple_of") if hasattr(m, k)}
+    noun = "a whole number" if kind is int else "a number"
+    span = f"above {bound['gt']:g} and at most" if "gt" in bound else f"from {bound['ge']:g} to"
+    step = f", a multiple of {bound['multiple_of']}" if "multiple_of" in bound else ""
+    return Setting(f"{noun} {span} {bound['le']:g}{step}", bound["le"])
+
+
+SETTINGS: dict[str, Setting] = {key: _setting(field) for key, field in Settings.model_fields.items()}
+_KEYS: dict[str, Setting] = {key: _setting(field) for key, field in Entry.model_fields.items()}
 
 
 @dataclass(frozen=True)
@@ -163,6 +219,11 @@ def load_catalog(path: str | Path) -> list[ModelSpec]:
         raise CatalogError(f"Model catalog {path} is not valid YAML: {str(exc)[:500]}") from exc
     except RecursionError as exc:
         raise CatalogError(f"Model catalog {path} nests lists or mappings too deeply to be a catalog.") from exc
+    except CatalogError:
+        raise
+    except ValueError as exc:  # a date such as 2024-02-30, or an integer of more than 4,300 digits
+        reason = str(exc).split(":")[0]
+        raise CatalogError(f"Model catalog {path}: YAML cannot convert a value ({reason}): fix or quote it.") from exc
     return parse_catalog(document, base_dir=path.parent, origin=str(path))
 
 
@@ -234,12 +295,11 @@ def parse_catalog(document: dict, base_dir: Path, origin: str = "catalog") -> li
             f"{origin}: `defaults` must be a mapping of setting: value, such as `defaults: {{resolution: 512}}`; "
             f"got {show(given)}."
         )
-    defaults = _settings({**DEFAULTS, **given}, f"{origin}: defaults")
+    defaults = _validated(Settings, given, given, f"{origin}: defaults").model_dump()
     specs = [_parse_entry(entry, defaults, base_dir, origin) for entry in document["models"]]
     if not specs:
         raise CatalogError(f"{origin}: the `models:` list is empty; add at least one model.")
-    names = [s.name for s in specs]
-    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+    duplicates = sorted(n for n, count in Counter(s.name for s in specs).items() if count > 1)
     if duplicates:
         raise CatalogError(f"{origin}: model names must be unique; repeated: {show(duplicates)}.")
     return specs
@@ -258,73 +318,42 @@ def find_model(catalog: list[ModelSpec], name: str) -> ModelSpec:
 def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> ModelSpec:
     if not isinstance(entry, dict) or entry.get("name") in (None, ""):
         raise CatalogError(f"{origin}: every model needs a `name`; got {show(entry)}.")
-    name = entry["name"]
-    if not isinstance(name, str):
-        # Not converted: YAML has already turned 1.10 into 1.1 and 010 into 8, so str() would rename the model.
-        hint = (
-            f" (YAML reads an unquoted 1.5, 10 or yes as a number or boolean): quote it: name: '{name}'"
-            if isinstance(name, (int, float))
-            else ""
-        )
-        raise CatalogError(f"{origin}: model {show(name)}: `name` must be text; got {show(name)}{hint}.")
-    where = f"{origin}: model {show(name)}"
-    for key in (*SOURCE_KINDS, *ENTRY_ONLY):
-        if entry.get(key) is not None and not isinstance(entry[key], str):
-            raise CatalogError(f"{where}: `{key}` must be text; got {show(entry[key])}. Quote it if it is a number.")
-    kinds = [k for k in SOURCE_KINDS if entry.get(k)]
-    if len(kinds) != 1:
-        raise CatalogError(f"{where} must name exactly one of {SOURCE_KINDS}; it names {kinds or 'none'}.")
-    kind = kinds[0]
-    source = entry[kind]
-    if kind != "hub_id":
-        source = str((base_dir / source).resolve())
-    own = {k: v for k, v in entry.items() if k not in (*SOURCE_KINDS, *ENTRY_ONLY)}
-    settings = {**defaults, **_settings(own, where)}
-    spec = ModelSpec(
-        name=name,
+    where = f"{origin}: model {show(entry['name'])}"
+    valid = _validated(Entry, {**defaults, **entry}, entry, where)
+    kind = next(kind for kind in SOURCE_KINDS if getattr(valid, kind))
+    source = getattr(valid, kind)
+    return ModelSpec(
+        **valid.model_dump(include=set(SETTINGS)) | {"negative_prompt": valid.negative_prompt or ""},
+        name=valid.name,
         source_kind=kind,
-        source=source,
-        resolution=settings["resolution"],
-        num_inference_steps=settings["num_inference_steps"],
-        strength=settings["strength"],
-        guidance_scale=settings["guidance_scale"],
-        scheduler=settings["scheduler"],
-        dtype=settings["dtype"],
-        variant=settings["variant"],
-        negative_prompt=settings["negative_prompt"] or "",
-        safety_checker=settings["safety_checker"],
-        weight=settings["weight"],
-        prompt_weighting=settings["prompt_weighting"],
-        description=entry.get("description") or "",
-        config=_single_file_config(entry, kind, base_dir, where),
+        source=source if kind == "hub_id" else str((base_dir / source).resolve()),
+        description=valid.description or "",
+        config=_single_file_config(valid.config, base_dir, where),
     )
-    _validate(spec, where)
-    return spec
 
 
-def _settings(given: dict, where: str) -> dict[str, Any]:
-    """Check each setting against SETTINGS and return them as their Python types (50.0 steps -> 50)."""
-    unknown = sorted(set(given) - set(SETTINGS), key=str)
+def _validated(model: type[Settings], values: dict, given: dict, where: str) -> Any:
+    """`model` of `values`, or the first problem as one line naming `where`, the key and the fix."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        errors = exc.errors()
+    unknown = sorted((e["loc"][0] for e in errors if e["type"] in ("extra_forbidden", "invalid_key")), key=str)
     if unknown:
         raise CatalogError(f"{where}: unknown settings {show(unknown)}; known settings are {sorted(SETTINGS)}.")
-    return {key: _setting(key, value, where) for key, value in given.items()}
-
-
-def _setting(key: str, value: Any, where: str) -> Any:
-    rule = SETTINGS[key]
-    if value is None and rule.optional:
-        return None
-    converted = _as_kind(value, rule.kind)
-    if rule.kind in (int, float) and converted is not None:
-        low_ok = converted > rule.low if rule.low_open else converted >= rule.low
-        if not (low_ok and converted <= rule.high and not (rule.multiple_of and converted % rule.multiple_of)):
-            converted = None
-    elif rule.choices and converted not in rule.choices:
-        converted = None
-    if converted is None:
-        hint = " Write the number without quotes, with a dot in exponents (1.0e+3)." if _numeric_text(value) else ""
-        raise CatalogError(f"{where}: `{key}` must be {rule.expectation()}; got {show(value)}.{hint}")
-    return converted
+    error = min(errors, key=lambda e: e["loc"][:1] != ("name",))  # the other messages name the model by it
+    if isinstance(error.get("ctx", {}).get("error"), (CatalogError, PromptListError)):  # a rule's own message
+        raise CatalogError(f"{where}: {error['ctx']['error']}")
+    key = error["loc"][0]
+    value, expectation = given.get(key), _KEYS[key].expectation
+    if expectation == "text" and isinstance(value, (int, float)):
+        # Not converted: YAML has already turned 1.10 into 1.1 and 010 into 8, so str() would rename the model.
+        hint = f" (YAML reads an unquoted 1.5, 10 or yes as a number or boolean): quote it: {key}: '{show(value)}'."
+    elif _KEYS[key].high is not None and _numeric_text(value):
+        hint = ". Write the number without quotes, with a dot in exponents (1.0e+3)."
+    else:
+        hint = "."
+    raise CatalogError(f"{where}: `{key}` must be {expectation}; got {show(value)}{hint}")
 
 
 def _numeric_text(value: Any) -> bool:
@@ -335,25 +364,11 @@ def _numeric_text(value: Any) -> bool:
         return False
 
 
-def _as_kind(value: Any, kind: type) -> Any:
-    """`value` as `kind`, or None: booleans are not numbers, numbers not text, and only finite numbers count."""
-    if kind in (bool, str):
-        return value if isinstance(value, kind) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    if kind is int:
-        return int(value) if float(value).is_integer() else None
-    return float(value)
-
-
-def _single_file_config(entry: dict, kind: str, base_dir: Path, where: str) -> str | None:
+def _single_file_config(config: str | None, base_dir: Path, where: str) -> str | None:
     """A local config folder resolves against the catalog's folder; anything else is a hub id."""
-    config = entry.get("config")
     if config is None:
         return None
-    if kind != "single_file":
-        raise CatalogError(f"{where}: `config` only applies to `single_file` models; {kind} models carry their own.")
-    local = base_dir / str(config)
+    local = base_dir / config
     if local.is_dir():
         if not (local / "model_index.json").is_file():
             raise CatalogError(
@@ -361,22 +376,4 @@ def _single_file_config(entry: dict, kind: str, base_dir: Path, where: str) -> s
                 "folder (configs are enough, weights are not needed)."
             )
         return str(local.resolve())
-    return str(config)
-
-
-def _validate(spec: ModelSpec, where: str) -> None:
-    """Rules between settings; each setting alone is checked against SETTINGS."""
-    try:  # the negative prompt goes to the text encoder beside the prompt: the same rule for what text may hold
-        check_text(spec.negative_prompt, f"{where}: `negative_prompt`")
-    except PromptListError as exc:
-        raise CatalogError(str(exc)) from None
-    if spec.denoising_steps < 1:
-        raise CatalogError(
-            f"{where}: num_inference_steps ({spec.num_inference_steps}) x strength ({spec.strength}) "
-            "gives no denoising step; raise either so their product is at least 1."
-        )
-    if spec.source_kind == "single_file" and spec.safety_checker:
-        raise CatalogError(
-            f"{where}: single-file checkpoints carry no safety checker, so `safety_checker: true` cannot "
-            "be honoured; convert the model to a diffusers folder with one, or drop the setting."
-        )
+    return config
