@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .engine.local_files import kind_problem
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,16 +18,44 @@ class SettingError(ValueError):
     """An environment variable holds a value the project cannot use."""
 
 
-def env_path(variable: str, default: str) -> str:
-    """A path knob: the variable if set (a path, or a URL such as s3://...), else the default under the project root."""
-    value = os.environ.get(variable)
+def env_path(variable: str, default: str, want: str, urls: bool = False) -> str:
+    """A path knob: the variable if set, else the default under the project root. Checked as it is read: a `want`
+    ("file" or "folder") where one is there, and with `urls`, a URL (s3://...) whose protocol fsspec knows."""
+    value = os.environ.get(variable, "").strip()
     if not value:
         return str(PROJECT_ROOT / default)
-    return value if "://" in value else str(Path(value).expanduser().resolve())
+    if "://" in value:
+        if not urls:
+            raise SettingError(f"{variable}={value!r} is a URL; it must be a local {want}: point it at one.")
+        return _known_protocol(variable, value)
+    path = Path(value).expanduser().resolve()
+    problem = kind_problem(path, want)
+    if problem and problem != "does not exist":  # a missing one is named by its reader, which says what to create
+        raise SettingError(f"{variable}={path} {problem}: point {variable} at a {want}.")
+    return str(path)
 
 
-def env_int(variable: str, default: int | None, minimum: int | None = None) -> int | None:
-    """An integer knob; unset or empty gives the default."""
+def _known_protocol(variable: str, url: str) -> str:
+    """The URL, if fsspec knows its protocol."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise SettingError(
+            f"{variable}={url!r}: {protocol!r} is not a storage protocol fsspec knows; use a local folder or a URL "
+            "such as s3://bucket/folder."
+        ) from None
+    except ImportError:
+        pass  # a known protocol whose package this process lacks: the process that writes there says so
+    return url
+
+
+def env_int(
+    variable: str, default: int | None, minimum: int | None = None, maximum: int | None = None, why: str = ""
+) -> int | None:
+    """An integer knob within [minimum, maximum]; unset or empty gives the default. `why` says why the maximum."""
     raw = os.environ.get(variable, "").strip()
     if not raw:
         return default
@@ -35,6 +65,11 @@ def env_int(variable: str, default: int | None, minimum: int | None = None) -> i
         raise SettingError(f"{variable}={raw!r} is not a whole number: set it to one, or unset it.") from None
     if minimum is not None and value < minimum:
         raise SettingError(f"{variable}={value} is below {minimum}: set it to {minimum} or more, or unset it.")
+    if maximum is not None and value > maximum:
+        raise SettingError(
+            f"{variable}={value} is above {maximum}{f' ({why})' if why else ''}: set it to {maximum} or less, "
+            "or unset it."
+        )
     return value
 
 
@@ -50,6 +85,12 @@ def env_choices(variable: str, allowed: tuple[str, ...]) -> set[str]:
     return named
 
 
+MAX_SEED = 2**63 - 1
+MAX_RESIDENT_MODELS = 64
+MAX_PARTITIONS_PER_RUN = 100_000  # Dagster's advice for the partitions of one asset
+DAY_SECONDS, HOUR_SECONDS = 86_400, 3_600
+
+
 def library_default(variable: str, value: str) -> None:
     """Give a library setting that exists only as an environment variable (torch's compile cache folder, Dagster's
     event batch size) this project's value, unless the user set it: every process that loads the project gets it,
@@ -59,36 +100,45 @@ def library_default(variable: str, value: str) -> None:
 
 # The dataset resource's defaults (defs/resources.py): what a user points at their own files.
 def images_dir() -> str:
-    return env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images")
+    return env_path("RANDOM_DIFFUSION_IMAGES_DIR", "data/images", "folder")
 
 
 def output_dir() -> str:
-    return env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs")
+    return env_path("RANDOM_DIFFUSION_OUTPUT_DIR", "data/outputs", "folder", urls=True)
 
 
 def prompts_file() -> str:
-    return env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt")
+    return env_path("RANDOM_DIFFUSION_PROMPTS_FILE", "data/prompts.txt", "file")
 
 
 def models_file() -> str:
-    return env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml")
+    return env_path("RANDOM_DIFFUSION_MODELS_FILE", "data/models.yaml", "file")
 
 
 def wildcards_dir() -> str:
-    return env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards")
+    return env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards", "folder")
 
 
 def run_seed() -> int:
-    return env_int("RANDOM_DIFFUSION_SEED", 0)
+    return env_int("RANDOM_DIFFUSION_SEED", 0, minimum=-MAX_SEED, maximum=MAX_SEED, why="a 64-bit seed")
 
 
 # The engine resource's defaults.
 def resident_models() -> int:
-    return env_int("RANDOM_DIFFUSION_RESIDENT_MODELS", 2, minimum=1)
+    return env_int(
+        "RANDOM_DIFFUSION_RESIDENT_MODELS", 2, minimum=1, maximum=MAX_RESIDENT_MODELS, why="pipelines held at once"
+    )
 
 
 def torch_threads() -> int | None:
-    return env_int("RANDOM_DIFFUSION_TORCH_THREADS", None, minimum=1)
+    cores = os.cpu_count() or 1
+    return env_int(
+        "RANDOM_DIFFUSION_TORCH_THREADS",
+        None,
+        minimum=1,
+        maximum=4 * cores,
+        why=f"4 per CPU core; this machine has {cores}",
+    )
 
 
 COMPILABLE_PARTS = ("unet", "vae")
@@ -113,7 +163,13 @@ def max_partitions_per_run() -> int:
     imports and a load per model drawn) while the GPU waits, and splits its images across models; fewer, bigger
     runs keep the GPU busy (docs/speed.md). Lower it with several GPUs, so a backfill spreads over them.
     """
-    return env_int("RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN", DEFAULT_MAX_PARTITIONS_PER_RUN, minimum=1)
+    return env_int(
+        "RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN",
+        DEFAULT_MAX_PARTITIONS_PER_RUN,
+        minimum=1,
+        maximum=MAX_PARTITIONS_PER_RUN,
+        why="one run records each of its images in Dagster at its end",
+    )
 
 
 def catch_up_cron() -> str:
@@ -132,7 +188,7 @@ def catch_up_cron() -> str:
 def sensor_interval_seconds() -> int:
     """Seconds between new_images_sensor's looks at the images folder: how long a new image may wait before its run.
     Dagster's daemon evaluates sensors at most every 5 s; a tick stats every file, so huge folders want longer."""
-    return env_int("RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS", 30, minimum=5)
+    return env_int("RANDOM_DIFFUSION_SENSOR_INTERVAL_SECONDS", 30, minimum=5, maximum=DAY_SECONDS, why="a day")
 
 
 def backfill_interval_seconds() -> int:
@@ -140,7 +196,7 @@ def backfill_interval_seconds() -> int:
 
     1: a backfill's first run starts about a second after the request, and a look with no backfill to work on is
     one query (docs/speed.md)."""
-    return env_int("RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS", 1, minimum=1)
+    return env_int("RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS", 1, minimum=1, maximum=HOUR_SECONDS, why="an hour")
 
 
 EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
@@ -250,9 +306,8 @@ def step_storage_location(executor: str | None = None) -> str | None:
     value written under one DAGSTER_HOME is not found by the next step: refuse to load without a location every
     worker reaches. Celery on its local SQLite broker runs on this machine alone: local storage is shared.
     """
-    value = os.environ.get(STEP_STORAGE_VARIABLE, "").strip()
-    if value:
-        return value if "://" in value else str(Path(value).expanduser().resolve())
+    if os.environ.get(STEP_STORAGE_VARIABLE, "").strip():
+        return env_path(STEP_STORAGE_VARIABLE, "", "folder", urls=True)
     executor = executor_choice() if executor is None else executor
     if executor in SEVERAL_MACHINES and not one_box_celery(executor):
         raise SettingError(
@@ -262,3 +317,27 @@ def step_storage_location(executor: str | None = None) -> str | None:
             "or s3://bucket/step-values)."
         )
     return None
+
+
+ALLOWED_HOSTS_VARIABLE = "RANDOM_DIFFUSION_ALLOWED_HOSTS"
+
+
+def allowed_hosts() -> list[str]:
+    """Host names besides IP addresses, localhost and this machine's own names by which browsers may reach the UI
+    (RANDOM_DIFFUSION_ALLOWED_HOSTS, comma-separated, e.g. dagster.lan): runtime/ui_guard.py refuses requests whose
+    Host header names any other, as DNS rebinding sends them. Each must be a host name, without scheme or port."""
+    import re
+
+    label = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+    names = [name.strip().lower() for name in os.environ.get(ALLOWED_HOSTS_VARIABLE, "").split(",") if name.strip()]
+    bad = [
+        name
+        for name in names
+        if len(name.rstrip(".")) > 253 or not all(label.fullmatch(part) for part in name.rstrip(".").split("."))
+    ]
+    if bad:
+        raise SettingError(
+            f"{ALLOWED_HOSTS_VARIABLE} holds {bad}, which are not host names; list names only, without scheme, port "
+            "or path, comma-separated (e.g. dagster.lan,gpu-box.example.com), or unset it."
+        )
+    return [name.rstrip(".") for name in names]

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from random_diffusion_dagster.engine.results import output_file_name
+from random_diffusion_dagster.engine.results import output_file_name, read_record
+from random_diffusion_dagster.runtime.cli import main
 from random_diffusion_dagster.runtime.terminal_log import redeliver_swallowed_interrupts
 
-from helpers import write_catalog
+from helpers import make_image, write_catalog
 
 BIN = Path(sys.executable).parent
 
@@ -75,6 +76,21 @@ def test_run_without_images_says_where_to_put_them(project, tmp_path):
         (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{file}"}, "a file, not a folder: point RANDOM_DIFFUSION_OUTPUT_DIR"),
         (["run"], {"RANDOM_DIFFUSION_IMAGES_DIR": "{file}"}, "a file, not a folder: point RANDOM_DIFFUSION_IMAGES_DIR"),
         (["compare", "red.png", "--strength", "0.01", "--steps", "5"], {}, "runs no denoising step"),
+        (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{images}"}, "is the images folder"),
+        (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{images}/results"}, "is inside the images folder"),
+        (["compare", "red.png"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{parent}"}, "holds the images folder"),
+        (["run"], {"RANDOM_DIFFUSION_TORCH_THREADS": "100000"}, "RANDOM_DIFFUSION_TORCH_THREADS=100000 is above"),
+        (["run"], {"RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN": "1000000"}, "PER_RUN=1000000 is above 100000"),
+        (["run"], {"RANDOM_DIFFUSION_SEED": str(2**64)}, f"RANDOM_DIFFUSION_SEED={2**64} is above"),
+        (["run"], {"RANDOM_DIFFUSION_PROMPTS_FILE": "/dev/zero"}, "/dev/zero is a device, not a file: point"),
+        (["run"], {"RANDOM_DIFFUSION_MODELS_FILE": "/dev/urandom"}, "/dev/urandom is a device, not a file"),
+        (["run"], {"RANDOM_DIFFUSION_MODELS_FILE": "{images}"}, "a folder, not a file: point RANDOM_DIFFUSION_MODELS"),
+        (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "foo://x/out"}, "'foo' is not a storage protocol fsspec knows"),
+        (
+            ["run"],
+            {"RANDOM_DIFFUSION_STEP_STORAGE": "foo://x/values"},
+            "RANDOM_DIFFUSION_STEP_STORAGE='foo://x/values'",
+        ),
     ],
 )
 def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
@@ -84,13 +100,33 @@ def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
     env = _env(project, home)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    env |= {variable: value.format(file=a_file) for variable, value in setting.items()}
+    folders = {"file": a_file, "images": project["images_dir"], "parent": tmp_path}
+    env |= {variable: value.format(**folders) for variable, value in setting.items()}
+    sources = {path: path.read_bytes() for path in Path(project["images_dir"]).iterdir()}
     completed = subprocess.run(
         [str(BIN / "random-diffusion"), *args], env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 2 and message in completed.stderr, completed.stderr[-3000:]
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr[-3000:]  # no traceback, no run's log
     assert list(home.iterdir()) == []  # no instance, so no run
+    assert {path: path.read_bytes() for path in Path(project["images_dir"]).iterdir()} == sources
+
+
+def test_a_file_the_project_did_not_write_is_never_overwritten_and_only_its_image_fails(project, tmp_path):
+    """A user's own file at a result's name (no result record in it) stays as it was; the other images are made."""
+    env = _env(project, tmp_path / "home")
+    outputs = Path(project["output_dir"])
+    theirs = outputs / output_file_name("red.png")
+    make_image(theirs, color=(1, 2, 3))
+    before = theirs.read_bytes()
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "run"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 1, completed.stdout[-2000:] + completed.stderr[-3000:]
+    assert f"a file not made by this project is at {theirs}: move it" in completed.stderr
+    assert theirs.read_bytes() == before
+    made = sorted(path.name for path in outputs.glob("*.png") if read_record(path) is not None)
+    assert len(made) == 2 and theirs.name not in made  # the other two images have their results
 
 
 def test_build_demo_models_prints_one_line_and_no_library_output(tmp_path):
@@ -194,3 +230,36 @@ def test_an_interrupt_python_swallowed_in_a_garbage_collection_callback_is_sent_
     finally:
         signal.signal(signal.SIGINT, previous)
     assert received == [signal.SIGINT]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--batch-size", "100000"], "100000 is not from 1 to 256"),
+        (["compare", "x.png", "--steps", "5000"], "5000 is not from 1 to 1000"),
+        (["submit", "--max-partitions-per-run", "0"], "0 is not from 1 to 100000"),
+    ],
+)
+def test_counts_beyond_their_bounds_are_refused_before_anything_starts(capsys, args, message):
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_command_imports_ends_in_one_line_without_a_traceback():
+    """The console script's first second is spent importing Dagster: Ctrl-C there (here raised exactly as the first
+    `import dagster` starts) ends like Ctrl-C in a run, not in an import traceback."""
+    code = (
+        "import sys\n"
+        "class InterruptDagster:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'dagster':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, InterruptDagster())\n"
+        "sys.argv = ['random-diffusion', 'run']\n"
+        "from random_diffusion_dagster.runtime.entry_point import main\n"
+        "sys.exit(main())\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 130, completed.stderr[-3000:]
+    assert completed.stderr.strip() == "random-diffusion: interrupted"

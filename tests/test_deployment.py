@@ -19,7 +19,9 @@ import pytest
 import requests
 import yaml
 
+from random_diffusion_dagster.defs.run_ranges import RANGE_START_TAG
 from random_diffusion_dagster.engine.results import output_file_name, read_record
+from random_diffusion_dagster.runtime.cli_runs import PROCESS_TAG
 from random_diffusion_dagster.runtime.remote import Deployment
 
 from helpers import descendants, make_image, write_catalog
@@ -349,3 +351,36 @@ def test_killed_run_is_marked_failed_and_retried_without_partial_files(deploymen
     assert client.wait(retry["runId"], timeout=600) == "SUCCESS"
     assert sorted(done_with_new_seed()) == sorted(keys)
     assert not [p for p in outputs.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_killed_cli_run_frees_the_gpu_pool_for_the_next_run(deployment):
+    """`random-diffusion run` executes its runs in its own process: killed with -9 mid-run, its run must not hold
+    the gpu pool, or every run queued after it waits for good."""
+    url = deployment["url"]
+    wait_for(lambda: _all_finished(url), 300, "earlier runs to finish")
+    log = open(deployment["root"] / "killed-cli.log", "w")
+    cli = subprocess.Popen(
+        [str(BIN / "random-diffusion"), "run", "--seed", "31"],
+        cwd=PROJECT_ROOT,
+        env=deployment["env"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def cli_run():
+        tagged = [r for r in _runs(url) if any(t["key"] == PROCESS_TAG for t in r["tags"])]
+        ranged = [r for r in tagged if any(t["key"] == RANGE_START_TAG for t in r["tags"])]
+        return ranged[0] if ranged and ranged[0]["status"] == "STARTED" else None
+
+    try:
+        killed = wait_for(cli_run, 300, "the CLI's diffusion run to start", interval=0.2)
+    finally:
+        os.killpg(cli.pid, signal.SIGKILL)
+        cli.wait()
+        log.close()
+    client = Deployment(url)
+    (run_id,) = client.submit(["a harbour at noon"], 32, ["start1.png"])
+    assert client.wait(run_id, timeout=300) == "SUCCESS"
+    assert client.run_status(killed["runId"]) == "FAILURE"
+    assert f"Run {killed['runId']}: its CLI process is gone" in (deployment["root"] / "daemon.log").read_text()

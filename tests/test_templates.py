@@ -2,6 +2,7 @@
 
 import hashlib
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -213,3 +214,24 @@ def test_a_long_prompt_is_flagged_without_the_libraries_notices(project, models_
     assert all(r.status == "generated" and r.record.prompt_truncated for r in results)
     printed = caplog.text  # what reached any handler: the console's, the Dagster run log's
     assert "truncated because CLIP" not in printed and "Token indices sequence length" not in printed
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{" * 2000 + "a" + "}" * 2000, "nests braces 2000 deep (at most 20): flatten the template"),
+        ("{400$$" + "|".join(["x" * 50] * 400) + "}", "can draw a prompt of 20,399 characters (at most 10,000)"),
+    ],
+    ids=["2000-deep", "runaway-expansion"],
+)
+def test_templates_too_deep_or_too_big_are_named_before_the_parser_recurses(template, message):
+    with pytest.raises(PromptListError, match=re.escape(message)):
+        PromptTemplates([template])
+
+
+def test_wildcards_nesting_too_deep_are_named(tmp_path):
+    for level in range(25):
+        (tmp_path / f"w{level}.txt").write_text(f"__w{level + 1}__\n")
+    (tmp_path / "w25.txt").write_text("end\n")
+    with pytest.raises(PromptListError, match=r"wildcards nest more than 20 deep \(w0 -> w1 .*: let fewer"):
+        PromptTemplates(["a __w0__"], wildcards_dir=tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from .. import settings
 from ..engine.catalog import DTYPES, ModelSpec, load_catalog
 from ..engine.images import FolderScan, SourceFile, scan_images
+from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.plan import ImageTask, Planner
 from ..engine.prompts import load_prompts
 from .step_io_manager import SharedStepStorage
@@ -47,6 +49,8 @@ class DatasetResource(dg.ConfigurableResource):
     )
     seed: int = Field(
         default_factory=settings.run_seed,
+        ge=-settings.MAX_SEED,
+        le=settings.MAX_SEED,
         description="Run seed: together with each image's content it decides prompt, model and "
         "diffusion seed. Change it to re-roll every image (RANDOM_DIFFUSION_SEED).",
     )
@@ -67,7 +71,14 @@ class DatasetResource(dg.ConfigurableResource):
         return [by_key[k] for k in keys if k in by_key], missing
 
     def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
+        require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
         return Planner(prompts, catalog, self.seed, self.output_dir, self.wildcards_dir)
+
+    def check_folders(self) -> None:
+        """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""
+        self.scan()
+        require_separate_folders(self.images_dir, self.output_dir)
+        require_writable_folder(self.output_dir)
 
     def prompts(self) -> list[str]:
         return load_prompts(self.prompts_file)
@@ -75,6 +86,9 @@ class DatasetResource(dg.ConfigurableResource):
     def catalog(self) -> list[ModelSpec]:
         return load_catalog(self.models_file)
 
+
+MAX_BATCH_SIZE = 256  # far past what any GPU holds at 512 px; a typo of 10000 would only fail halfway
+MAX_MEMORY_BUDGET_MB = 2**24  # 16 TiB
 
 # Pipelines kept by this process between steps (keep_loaded): one cache per engine setting.
 _KEPT_CACHES: dict[tuple, PipelineCache] = {}
@@ -97,21 +111,24 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     max_resident_models: int = Field(
         default_factory=settings.resident_models,
         ge=1,
+        le=settings.MAX_RESIDENT_MODELS,
         description="Pipelines kept loaded at once; the least recently used is evicted "
         "(RANDOM_DIFFUSION_RESIDENT_MODELS, default 2).",
     )
     memory_budget_mb: float | None = Field(
-        default=None, gt=0, description="Cap on the resident pipelines' weights, in MiB."
+        default=None, gt=0, le=MAX_MEMORY_BUDGET_MB, description="Cap on the resident pipelines' weights, in MiB."
     )
     batch_size: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_BATCH_SIZE,
         description="Images per pipeline call (same model, same size); default 16 on CUDA, 4 elsewhere "
         "(docs/speed.md).",
     )
     torch_threads: int | None = Field(
         default_factory=settings.torch_threads,
         ge=1,
+        le=4 * (os.cpu_count() or 1),  # more only thrashes, and enough of them exhaust the machine's threads
         description="CPU threads for torch (RANDOM_DIFFUSION_TORCH_THREADS); default: torch's own choice.",
     )
     progress_bar: bool = Field(default=False, description="Show a terminal progress bar (the CLI turns it on).")

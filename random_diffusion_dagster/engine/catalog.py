@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 
+from .local_files import kind_problem
 from .prompts import PromptListError, check_text
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
@@ -196,10 +197,9 @@ class ModelSpec:
 def load_catalog(path: str | Path) -> list[ModelSpec]:
     """Read and validate a catalog file; relative model paths resolve against its folder."""
     path = Path(path)
-    if not path.is_file():
+    if problem := kind_problem(path, "file"):
         raise CatalogError(
-            f"Model catalog {path} does not exist: point RANDOM_DIFFUSION_MODELS_FILE at a "
-            "catalog such as data/models.yaml."
+            f"Model catalog {path} {problem}: point RANDOM_DIFFUSION_MODELS_FILE at a catalog such as data/models.yaml."
         )
     with path.open("rb") as handle:
         data = handle.read(MAX_CATALOG_BYTES + 1)

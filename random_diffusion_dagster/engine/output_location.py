@@ -96,3 +96,24 @@ def require_writable_folder(path_or_url: str | os.PathLike) -> None:
             pass
     except OSError as exc:
         raise OutputLocationError(f"Output folder {folder} cannot be written ({exc.strerror or exc}): {fix}.") from exc
+
+
+def require_separate_folders(images_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Refuse an output folder that is the images folder, lies inside it or holds it: results would be written
+    among the sources (a result can take a source's name) and the next scan would read them as sources."""
+    output = location(output_dir)
+    if not is_local(output):
+        return
+    images, out = Path(images_dir).resolve(), Path(output).resolve()
+    if out == images:
+        relation = "is"
+    elif images in out.parents:
+        relation = "is inside"
+    elif out in images.parents:
+        relation = "holds"
+    else:
+        return
+    raise OutputLocationError(
+        f"The output folder {out} {relation} the images folder {images}: results would be written among the "
+        "sources. Point RANDOM_DIFFUSION_OUTPUT_DIR (or the dataset resource's output_dir) at a folder outside it."
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ModelSpec
+from .local_files import kind_problem
 from .quiet import quiet_libraries
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
@@ -218,10 +219,10 @@ def _check_source_exists(spec: ModelSpec) -> None:
     where = f"Model {spec.name!r} ({spec.source_kind}: {spec.source})"
     source = Path(spec.source)
     if spec.source_kind == "path":
-        if not source.is_dir():
+        if problem := kind_problem(source, "folder"):
             demo = source.parent.name == "models" and source.name.startswith("tiny-sd")  # data/models/tiny-sd15
             raise ModelLoadError(
-                f"{where}: the folder does not exist. "
+                f"{where}: the path {problem}. "
                 + (
                     "The demo models ship in data/models (`git checkout data/models` restores them)."
                     if demo
@@ -234,8 +235,8 @@ def _check_source_exists(spec: ModelSpec) -> None:
                 "written by save_pretrained, or use `single_file` for a .safetensors/.ckpt checkpoint."
             )
         _check_model_index(source / "model_index.json", where)
-    if spec.source_kind == "single_file" and not source.is_file():
-        raise ModelLoadError(f"{where}: the checkpoint file does not exist; fix `single_file` in the catalog.")
+    if spec.source_kind == "single_file" and (problem := kind_problem(source, "file")):
+        raise ModelLoadError(f"{where}: the checkpoint file {problem}; fix `single_file` in the catalog.")
 
 
 def _check_model_index(index: Path, where: str) -> None:

@@ -13,6 +13,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from .local_files import kind_problem
+
 MAX_PROMPT_CHARS = 10_000  # CLIP reads ~77 tokens; a longer line is a broken file, not a prompt
 # Mark -> the codec that reads it and drops it. Longest first: UTF-32 LE's mark starts like UTF-16 LE's.
 BYTE_ORDER_MARKS = (
@@ -54,8 +56,7 @@ def load_prompts(path: str | Path) -> list[str]:
 def load_numbered_prompts(path: str | Path) -> list[tuple[int, str]]:
     """The prompts file's prompts with their line numbers; refuses a missing file or one that is not text."""
     path = Path(path)
-    if not path.is_file():
-        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+    if problem := kind_problem(path, "file"):
         raise PromptListError(
             f"Prompt file {path} {problem}: create a text file with one prompt per line, "
             "or point RANDOM_DIFFUSION_PROMPTS_FILE at one."

@@ -129,9 +129,11 @@ def run_tasks(
     results: dict[str, ImageResult] = {}
     pending = []
     for task in tasks:
-        reused = _reuse_existing(task)
-        if reused:
-            results[task.output_path] = reused
+        record = read_record(task.output_path)
+        if record is not None and record.fingerprint == task.fingerprint:
+            results[task.output_path] = _reused(task, record)
+        elif problem := _not_ours_to_replace(task, record):
+            results[task.output_path] = ImageResult(task, "failed", error=problem)
         else:
             pending.append(task)
     if results:
@@ -539,10 +541,26 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict)
     return a1111_parameters(task.prompt, task.negative_prompt, {k: v for k, v in settings.items() if v is not None})
 
 
-def _reuse_existing(task: ImageTask) -> ImageResult | None:
-    record = read_record(task.output_path)
-    if record is None or record.fingerprint != task.fingerprint:
+def _not_ours_to_replace(task: ImageTask, record: ResultRecord | None) -> str | None:
+    """Why the file at the task's output path (whose record is `record`) must not be overwritten, or None: only a
+    missing file or this image's own earlier result may be replaced; anything else is the user's."""
+    if record is None and not location(task.output_path).exists():
         return None
+    if record is None:
+        return (
+            f"a file not made by this project is at {task.output_path}: move it, or choose another output folder "
+            "(RANDOM_DIFFUSION_OUTPUT_DIR)."
+        )
+    if record.key != task.key:
+        return (
+            f"{task.output_path} holds the result of another image ({record.key!r}), not of {task.key!r}: move it, "
+            "or choose another output folder (RANDOM_DIFFUSION_OUTPUT_DIR)."
+        )
+    return None
+
+
+def _reused(task: ImageTask, record: ResultRecord) -> ImageResult:
+    """The identical result already on disk, with its preview."""
     result = open_image_copy(task.output_path)
     try:
         source = load_rgb(task.source_path, min_side=PREVIEW_HEIGHT)

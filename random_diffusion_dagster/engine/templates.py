@@ -20,6 +20,10 @@ TEMPLATE_MARKS = ("{", "__")  # a line without these is plain text and is not pa
 WILDCARD = re.compile(r"__([\w\-./*]+?)__")
 LINE_OPTIONS = {"prompt": "template", "negative_prompt": "negative_prompt"}  # A1111 name -> PromptLine field
 TRIAL_SEEDS = range(8)  # draws of each template before any image runs
+# Dynamic Prompts' parser recurses once per nesting level: a few thousand levels exhaust Python's stack. Real
+# templates nest a few braces and wildcards deep; the bounds fail a broken or hostile file with a named error first.
+MAX_NESTING = 20
+MAX_DRAWN_CHARS = 10_000  # a drawn prompt past this is a runaway expansion, not a prompt (CLIP reads ~77 tokens)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class PromptTemplates:
 
         # Without the wildcard files, each wildcard is a word of its length here (so columns stay the template's).
         text = template if self.wildcard_files else WILDCARD.sub(lambda match: "w" * len(match[0]), template)
+        _check_nesting(template, where)
         try:
             parsed = parse(text)
         except ParseException as exc:
@@ -156,6 +161,11 @@ class PromptTemplates:
                 ) from None
             if not prompt.strip():
                 raise PromptListError(f"{where}: {template[:80]!r} can draw an empty prompt: give every choice text.")
+            if len(prompt) > MAX_DRAWN_CHARS:
+                raise PromptListError(
+                    f"{where}: {template[:80]!r} can draw a prompt of {len(prompt):,} characters (at most "
+                    f"{MAX_DRAWN_CHARS:,}): draw fewer values (the N in {{N$$...}}) or shorten the wildcard values."
+                )
 
     def _check_wildcards(self, text: str, where: str, seen: tuple[str, ...]) -> None:
         """Every wildcard the text names has values, and so does every wildcard those values name."""
@@ -163,6 +173,11 @@ class PromptTemplates:
             if name in seen:
                 raise PromptListError(
                     f"{where}: wildcard __{name}__ refers back to itself through {seen}: break the loop."
+                )
+            if len(seen) >= MAX_NESTING:
+                raise PromptListError(
+                    f"{where}: wildcards nest more than {MAX_NESTING} deep ({' -> '.join(seen)} -> {name}): let "
+                    "fewer wildcard values name other wildcards."
                 )
             if self.wildcards_dir is None or not self.wildcards_dir.is_dir():
                 raise PromptListError(
@@ -195,6 +210,7 @@ class PromptTemplates:
 
         check_text(value, f"{where}: wildcard __{name}__, value {value[:40]!r}")
         if any(mark in value for mark in TEMPLATE_MARKS):
+            _check_nesting(value, f"{where}: wildcard __{name}__")
             try:
                 parse(value)
             except ParseException as exc:
@@ -202,3 +218,15 @@ class PromptTemplates:
                     f"{where}: wildcard __{name}__ has the value {value[:80]!r}, not a valid template ({exc.msg} "
                     f"at column {exc.column}): balance its braces in {name}.txt."
                 ) from None
+
+
+def _check_nesting(template: str, where: str) -> None:
+    """Refuse braces nested deeper than MAX_NESTING before the parser recurses into them."""
+    depth = deepest = 0
+    for character in template:
+        depth += {"{": 1, "}": -1}.get(character, 0)
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:
+        raise PromptListError(
+            f"{where}: {template[:80]!r} nests braces {deepest} deep (at most {MAX_NESTING}): flatten the template."
+        )

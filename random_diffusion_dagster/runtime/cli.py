@@ -16,8 +16,11 @@ from pathlib import Path
 import dagster as dg
 
 from ..defs.prompt_sets import submission_tags
+from ..defs.resources import MAX_BATCH_SIZE
 from ..defs.run_ranges import partition_range_tags, partition_ranges
-from ..settings import DEFAULT_MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError, webserver_url
+from ..engine.catalog import SETTINGS
+from ..settings import DEFAULT_MAX_PARTITIONS_PER_RUN, MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError, webserver_url
+from .cli_runs import fail_runs_whose_process_is_gone, process_tags
 from .instance import diffusing_alone, project_instance
 from .terminal_log import TERMINAL_LOGGING, is_interruption, redeliver_swallowed_interrupts, with_terminal_logger
 
@@ -48,12 +51,8 @@ def build_demo_models_command(args: argparse.Namespace) -> int:
 def _folder_problem(defs: dg.Definitions) -> str | None:
     """What stops the images or output folder from being used, found before any run starts: one line on the
     terminal instead of a failed run's traceback (the messages are the scan's and the output check's own)."""
-    from ..engine.output_location import require_writable_folder
-
-    dataset = defs.resources["dataset"]
     try:
-        dataset.scan()
-        require_writable_folder(dataset.output_dir)
+        defs.resources["dataset"].check_folders()
     except OSError as error:
         return str(error)
     return None
@@ -74,11 +73,11 @@ def add_run_parser(commands) -> None:
         help="go back to the prompts file now, even if a submitted prompt list is current",
     )
     run.add_argument(
-        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
+        "--batch-size", type=_batch_size, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
     )
     run.add_argument(
         "--max-partitions-per-run",
-        type=_positive_int,
+        type=_images_per_run,
         help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
     run.set_defaults(handler=run_command)
@@ -100,6 +99,7 @@ def run_command(args: argparse.Namespace) -> int:
         project_instance() as instance,
         diffusing_alone("Another `random-diffusion run` is diffusing; waiting for it..."),
     ):
+        fail_runs_whose_process_is_gone(instance)
         if not _materialize(defs, "source_images", instance, dataset_config).success:
             return 1
         keys = instance.get_dynamic_partitions("images")
@@ -109,13 +109,12 @@ def run_command(args: argparse.Namespace) -> int:
         job = with_terminal_logger(defs.resolve_job_def("diffuse_images"))
         failed_runs = 0
         for partition_range in partition_ranges(keys, keys, args.max_partitions_per_run):
-            result = job.execute_in_process(
-                instance=instance,
-                tags=partition_range.tags | (submission_tags() if args.prompt else {}),
-                run_config={"resources": resources_config, "ops": ops_config, **TERMINAL_LOGGING},
-                raise_on_error=False,
+            result = _execute(
+                job,
+                instance,
+                {"resources": resources_config, "ops": ops_config, **TERMINAL_LOGGING},
+                partition_range.tags | (submission_tags() if args.prompt else {}),
             )
-            _stop_if_interrupted(result)
             failed_runs += not result.success
             print(f"Run {result.run_id} over {_count(len(partition_range.keys), 'image')}: {_outcome(result)}")
         _materialize(defs, "diffusion_report", instance, dataset_config)
@@ -143,7 +142,7 @@ def add_compare_parser(commands) -> None:
     )
     compare.add_argument(
         "--steps",
-        type=_positive_int,
+        type=_steps,
         action="append",
         help="an inference step count to compare (repeatable: one grid row each, times the "
         "strengths; default: each model's own)",
@@ -154,11 +153,11 @@ def add_compare_parser(commands) -> None:
         help="run seed whose draws (prompt, diffusion seed) are compared (default: RANDOM_DIFFUSION_SEED or 0)",
     )
     compare.add_argument(
-        "--batch-size", type=_positive_int, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
+        "--batch-size", type=_batch_size, help="images per pipeline call (default: 16 on CUDA, 4 elsewhere)"
     )
     compare.add_argument(
         "--max-partitions-per-run",
-        type=_positive_int,
+        type=_images_per_run,
         help="images per run, each with all models (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or "
         f"{DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
@@ -188,6 +187,7 @@ def compare_command(args: argparse.Namespace) -> int:
     comparison_config = {"strengths": args.strength or [], "steps": args.steps or []}
     waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
     with project_instance() as instance, diffusing_alone(waiting):
+        fail_runs_whose_process_is_gone(instance)
         scan = _materialize(defs, "source_images", instance, dataset_config)  # registers the images partitions
         if not (scan.success and _materialize(defs, "model_catalog", instance, dataset_config).success):
             return 1
@@ -202,19 +202,16 @@ def compare_command(args: argparse.Namespace) -> int:
         failed_runs = 0
         # One run per contiguous range of the chosen images, over all models: each model loads once per run.
         for image_range in partition_ranges(keys, wanted, args.max_partitions_per_run):
-            result = job.execute_in_process(
-                instance=instance,
-                tags=partition_range_tags(
-                    _cell_key(image_range.first, models[0]), _cell_key(image_range.last, models[-1])
-                ),
-                run_config={
+            result = _execute(
+                job,
+                instance,
+                {
                     "resources": resources_config,
                     "ops": {"model_comparison": {"config": comparison_config}},
                     **TERMINAL_LOGGING,
                 },
-                raise_on_error=False,
+                partition_range_tags(_cell_key(image_range.first, models[0]), _cell_key(image_range.last, models[-1])),
             )
-            _stop_if_interrupted(result)
             failed_runs += not result.success
             cells = f"{_count(len(image_range.keys), 'image')} x {_count(len(models), 'model')}"
             print(f"Run {result.run_id} over {cells}: {_outcome(result)}")
@@ -263,7 +260,7 @@ def add_submit_parser(commands) -> None:
     submit.add_argument("--images", nargs="+", metavar="KEY", help="partition keys (default: all images)")
     submit.add_argument(
         "--max-partitions-per-run",
-        type=_positive_int,
+        type=_images_per_run,
         help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
     submit.add_argument("--wait", action="store_true", help="wait for the runs and print outcomes and output paths")
@@ -425,8 +422,16 @@ def _materialize(
 ) -> dg.ExecuteInProcessResult:
     """One asset, in this process; a failure is shown as the terminal logger's one line (see the result's success)."""
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
-    result = with_terminal_logger(job).execute_in_process(
-        instance=instance, run_config={"resources": resources_config, **TERMINAL_LOGGING}, raise_on_error=False
+    return _execute(with_terminal_logger(job), instance, {"resources": resources_config, **TERMINAL_LOGGING})
+
+
+def _execute(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict, tags: dict[str, str] | None = None
+) -> dg.ExecuteInProcessResult:
+    """A run in this process, tagged with it so it is failed if the process dies (cli_runs); Ctrl-C stops the
+    command."""
+    result = job.execute_in_process(
+        instance=instance, run_config=run_config, tags={**(tags or {}), **process_tags()}, raise_on_error=False
     )
     _stop_if_interrupted(result)
     return result
@@ -458,15 +463,24 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _positive_int(text: str) -> int:
-    """argparse type for counts: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1; give 1 or more")
-    return value
+def _count_up_to(maximum: int):
+    """argparse type for counts: a whole number from 1 to `maximum`."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value} is not from 1 to {maximum}; give a number in that range")
+        return value
+
+    return count
+
+
+_batch_size = _count_up_to(MAX_BATCH_SIZE)
+_images_per_run = _count_up_to(MAX_PARTITIONS_PER_RUN)
+_steps = _count_up_to(int(SETTINGS["num_inference_steps"].high))
 
 
 def main(argv: list[str] | None = None) -> int:
