@@ -137,6 +137,19 @@ def test_no_module_imports_another_modules_private_names():
     assert not private, private
 
 
+def test_every_name_imported_from_the_package_exists():
+    """Lazy imports inside functions run only when their command does: a moved name must not wait for that."""
+    import importlib
+
+    missing = [
+        f"{module} imports {name} from {target}"
+        for module in MODULES
+        for target, name in _imports(module)
+        if name and name != "*" and not hasattr(importlib.import_module(target), name)
+    ]
+    assert not missing, missing
+
+
 def _environment_reads(tree: ast.AST) -> list[int]:
     """Lines that read one variable of os.environ (get, [], setdefault, getenv, pop): copying the whole environment
     for a child process is not a read of a setting."""

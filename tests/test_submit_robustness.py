@@ -8,18 +8,20 @@ Dagster's real GraphQL schema is checked against the schema itself.
 
 import base64
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from dagster_graphql.client import client_queries
 from dagster_graphql.schema import create_schema
 from graphql import parse, validate
 
-from random_diffusion_dagster import remote
-from random_diffusion_dagster.cli import main
 from random_diffusion_dagster.engine.prompts import PromptListError
-from random_diffusion_dagster.remote import Deployment, SubmitError
+from random_diffusion_dagster.runtime import remote
+from random_diffusion_dagster.runtime.cli import main
+from random_diffusion_dagster.runtime.remote import Deployment, SubmitError
 
 KEYS = ["a.png", "b.png", "c.png"]
 
@@ -83,7 +85,7 @@ def graphql(data):
 
 
 def fake_dagster(launch_result=None):
-    """Answers the submit, wait and outputs queries the way Dagster 1.13 does."""
+    """Answers the submit, wait and outputs queries (dagster-graphql's client's included) as Dagster 1.13 does."""
     launched = []
 
     def respond(body):
@@ -93,12 +95,12 @@ def fake_dagster(launch_result=None):
         if "repositoriesOrError" in query:
             node = {"name": "__repository__", "location": {"name": "here"}, "jobs": [{"name": "diffuse_images"}]}
             return graphql({"repositoriesOrError": {"__typename": "RepositoryConnection", "nodes": [node]}})
-        if "launchRun" in query:
+        if "launchPipelineExecution" in query:
             launched.append(body["variables"]["executionParams"])
             success = {"__typename": "LaunchRunSuccess", "run": {"runId": f"run-{len(launched)}"}}
-            return graphql({"launchRun": launch_result or success})
+            return graphql({"launchPipelineExecution": launch_result or success})
         if "RunStatus" in query:
-            return graphql({"runOrError": {"__typename": "Run", "status": "SUCCESS"}})
+            return graphql({"pipelineRunOrError": {"__typename": "Run", "status": "SUCCESS"}})
         if "RunOutputs" in query:
             entry = {"label": "output_path", "__typename": "PathMetadataEntry", "path": "/out/a.png.png"}
             event = {"partition": "a.png", "assetKey": {"path": ["diffused_image"]}, "metadataEntries": [entry]}
@@ -124,7 +126,9 @@ def test_credentials_and_path_prefix_go_with_every_request(serve):
     assert first["selector"] == {
         "repositoryLocationName": "here",
         "repositoryName": "__repository__",
-        "jobName": "diffuse_images",
+        "pipelineName": "diffuse_images",  # dagster-graphql's client names the job so; Dagster takes it as jobName
+        "solidSelection": None,
+        "assetSelection": None,
     }
     second_tags = {tag["key"]: tag["value"] for tag in second["executionMetadata"]["tags"]}
     assert (second_tags["dagster/asset_partition_range_start"], second_tags["dagster/asset_partition_range_end"]) == (
@@ -137,7 +141,7 @@ def test_credentials_and_path_prefix_go_with_every_request(serve):
 def test_a_run_left_in_the_queue_is_said_once_while_waiting_goes_on(serve):
     """No daemon beside the webserver: `submit --wait` sat silent with the run QUEUED."""
     statuses = iter(["QUEUED", "QUEUED", "QUEUED", "STARTED", "SUCCESS"])
-    server = serve(lambda body: graphql({"runOrError": {"__typename": "Run", "status": next(statuses)}}))
+    server = serve(lambda body: graphql({"pipelineRunOrError": {"__typename": "Run", "status": next(statuses)}}))
     noticed = []
     status = Deployment(server.url).wait("run-1", poll_seconds=0, still_queued=noticed.append, queued_notice_seconds=0)
     assert status == "SUCCESS" and noticed == ["run-1"]
@@ -230,6 +234,50 @@ def test_a_refused_launch_names_the_runs_partitions_and_the_reason(serve):
         Deployment(server.url).submit(["x"], None, None)
 
 
+def test_a_launch_refused_for_another_reason_names_it(serve):
+    refusal = {"__typename": "PythonError", "message": "the run queue is full"}
+    server = serve(fake_dagster(launch_result=refusal))
+    with pytest.raises(SubmitError, match=r"refused the run for a.png..c.png \(PythonError\): the run queue is full$"):
+        Deployment(server.url).submit(["x"], None, None)
+
+
+def _closed_port_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+CLIENT_FAILURES = {
+    "unreachable": (None, r"^Cannot reach the Dagster webserver at http://127\.0\.0\.1:\d+: start it"),
+    "server error": ((500, "text/plain", "boom"), r"HTTP 500 .*boom\); check its log"),
+    "timeout": ("slow", r"did not answer within 0.5 s: .*check its log"),
+    "not dagster": (
+        graphql({"hello": "world"}),
+        r"not a Dagster webserver: its GraphQL answer has no pipelineRunOrError;",
+    ),
+    "no such run": (
+        graphql({"pipelineRunOrError": {"__typename": "RunNotFoundError", "message": "Run run-9 could not be found."}}),
+        r"at http://127\.0\.0\.1:\d+ has no run run-9: Run run-9 could not be found\.$",
+    ),
+}
+
+
+@pytest.mark.parametrize(("answer", "message"), CLIENT_FAILURES.values(), ids=CLIENT_FAILURES.keys())
+def test_failures_inside_dagster_graphqls_client_say_what_failed_and_what_to_do(serve, answer, message):
+    """Run status goes through dagster-graphql's client, which wraps failures in its own errors (naming the query)."""
+
+    def respond(body):
+        if answer == "slow":
+            time.sleep(3)
+            return graphql({})
+        return answer
+
+    url = serve(respond).url if answer else _closed_port_url()
+    with pytest.raises(SubmitError, match=message) as raised:
+        Deployment(url, timeout=0.5).wait("run-9", poll_seconds=0)
+    assert "query" not in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("prompt", "message"),
     [
@@ -259,12 +307,13 @@ def test_wildcards_in_a_submitted_template_are_left_to_the_deployment(serve, cap
 
 
 def test_submit_queries_fit_dagsters_graphql_schema():
+    """Ours, and those of dagster-graphql's client that `submit` and `wait` send (launch, run status)."""
     schema = create_schema().graphql_schema
-    for name in (
-        "PARTITION_KEYS_QUERY",
-        "JOB_LOCATIONS_QUERY",
-        "LAUNCH_RUN_MUTATION",
-        "RUN_STATUS_QUERY",
-        "RUN_OUTPUTS_QUERY",
+    for module, name in (
+        (remote, "PARTITION_KEYS_QUERY"),
+        (remote, "JOB_LOCATIONS_QUERY"),
+        (client_queries, "CLIENT_SUBMIT_PIPELINE_RUN_MUTATION"),
+        (client_queries, "GET_PIPELINE_RUN_STATUS_QUERY"),
+        (remote, "RUN_OUTPUTS_QUERY"),
     ):
-        assert validate(schema, parse(getattr(remote, name))) == [], name
+        assert validate(schema, parse(getattr(module, name))) == [], name

@@ -312,7 +312,7 @@ def add_ui_parser(commands) -> None:
 
 
 def ui_command(args: argparse.Namespace) -> int:
-    from .ui_guard import serve_ui
+    from .ui import serve_ui
 
     return serve_ui(args.host, args.port, args.workspace)
 
