@@ -79,6 +79,7 @@ def test_run_without_images_says_where_to_put_them(project, tmp_path):
         (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{images}"}, "is the images folder"),
         (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{images}/results"}, "is inside the images folder"),
         (["compare", "red.png"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{parent}"}, "holds the images folder"),
+        (["run"], {"RANDOM_DIFFUSION_OUTPUT_DIR": "{failures_file}"}, ".failures is a file, but the project keeps"),
         (["run"], {"RANDOM_DIFFUSION_TORCH_THREADS": "100000"}, "RANDOM_DIFFUSION_TORCH_THREADS=100000 is above"),
         (["run"], {"RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN": "1000000"}, "PER_RUN=1000000 is above 100000"),
         (["run"], {"RANDOM_DIFFUSION_SEED": str(2**64)}, f"RANDOM_DIFFUSION_SEED={2**64} is above"),
@@ -100,7 +101,14 @@ def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
     env = _env(project, home)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    folders = {"file": a_file, "images": project["images_dir"], "parent": tmp_path}
+    (tmp_path / "with-failures-file").mkdir()
+    (tmp_path / "with-failures-file" / ".failures").write_text("")
+    folders = {
+        "file": a_file,
+        "images": project["images_dir"],
+        "parent": tmp_path,
+        "failures_file": tmp_path / "with-failures-file",
+    }
     env |= {variable: value.format(**folders) for variable, value in setting.items()}
     sources = {path: path.read_bytes() for path in Path(project["images_dir"]).iterdir()}
     completed = subprocess.run(

@@ -15,6 +15,7 @@ from ..engine.images import FolderScan, SourceFile, scan_images
 from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.plan import ImageTask, Planner
 from ..engine.prompts import load_prompts
+from ..engine.results import FAILURES_DIR
 from .step_io_manager import SharedStepStorage
 
 if TYPE_CHECKING:  # the runner imports torch-adjacent code; keep it out of definition loading
@@ -78,7 +79,7 @@ class DatasetResource(dg.ConfigurableResource):
         """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""
         self.scan()
         require_separate_folders(self.images_dir, self.output_dir)
-        require_writable_folder(self.output_dir)
+        require_writable_folder(self.output_dir, subfolders=(FAILURES_DIR,))
 
     def prompts(self) -> list[str]:
         return load_prompts(self.prompts_file)

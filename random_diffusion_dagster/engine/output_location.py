@@ -80,8 +80,9 @@ class OutputLocationError(OSError):
     """The output location cannot hold results; the message names it and the fix."""
 
 
-def require_writable_folder(path_or_url: str | os.PathLike) -> None:
-    """Create the folder if needed and prove it takes files, before any model is loaded."""
+def require_writable_folder(path_or_url: str | os.PathLike, subfolders: tuple[str, ...] = ()) -> None:
+    """Create the folder if needed and prove it takes files, before any model is loaded; `subfolders` the project
+    keeps in it (failure records) must not be files."""
     path = location(path_or_url)
     fix = "point RANDOM_DIFFUSION_OUTPUT_DIR (or the dataset resource's output_dir) at a writable folder"
     if not is_local(path):
@@ -96,6 +97,12 @@ def require_writable_folder(path_or_url: str | os.PathLike) -> None:
             pass
     except OSError as exc:
         raise OutputLocationError(f"Output folder {folder} cannot be written ({exc.strerror or exc}): {fix}.") from exc
+    for name in subfolders:
+        if (folder / name).exists() and not (folder / name).is_dir():
+            raise OutputLocationError(
+                f"{folder / name} is a file, but the project keeps a folder of that name in the output folder: move "
+                f"the file, or {fix}."
+            )
 
 
 def require_separate_folders(images_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:

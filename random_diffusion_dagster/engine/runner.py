@@ -29,6 +29,7 @@ from .output_location import location, require_writable_folder
 from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory
 from .plan import ImageTask
 from .results import (
+    FAILURES_DIR,
     FailureRecord,
     ResultRecord,
     a1111_parameters,
@@ -122,7 +123,7 @@ def run_tasks(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
-        require_writable_folder(folder)  # before any model loads
+        require_writable_folder(folder, subfolders=(FAILURES_DIR,))  # before any model loads
     started = time.perf_counter()
     loads_before, graphs_before = cache.loads, compiled_graphs()
     # Keyed by output path: a comparison has several tasks per source key (one per model and setting).
