@@ -1,11 +1,13 @@
 """The documented way to start the UI (`random-diffusion ui`) refuses what a foreign web page could send.
 
-One real `random-diffusion ui` (guarded dagster-webserver + `dagster-daemon run`) on loopback serves every
-test here; the mutation is a real `addDynamicPartition`, and whether it took effect is read from the
-instance itself. Its terminal shows where the UI and the history are, and not a line per sensor tick.
+One real `random-diffusion ui` (guarded dagster-webserver + `dagster-daemon run`) on loopback serves most tests
+here, and one bound to 0.0.0.0 and reached at this machine's LAN address the rest: the guard holds whatever the
+bind. The mutation is a real `addDynamicPartition`, and whether it took effect is read from the instance itself.
+Its terminal shows where the UI and the history are, and not a line per sensor tick.
 """
 
 import base64
+import ipaddress
 import os
 import socket
 import subprocess
@@ -44,21 +46,21 @@ mutation Add($key: String!, $repo: RepositorySelector!) {
 DAEMONS_QUERY = "query { instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    root = tmp_path_factory.mktemp("guarded-ui")
+def _serve_ui(root: Path, bind: str, address: str, extra_env: dict[str, str] | None = None):
+    """Start `random-diffusion ui -h bind` on a free port, wait until its code location loads at `address`, and yield
+    what the tests need; stop its whole process group after."""
     (root / "images").mkdir()  # empty: the daemon's sensor has nothing to run
     (root / "prompts.txt").write_text("a lighthouse\n")
     home = root / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{address}:{port}"
     with open(root / "ui.log", "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "random_diffusion_dagster.runtime.cli", "ui", "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "random_diffusion_dagster.runtime.cli", "ui", "-h", bind, "-p", str(port)],
             cwd=PROJECT_ROOT,
-            env={**os.environ, **project_env(root, home)},
+            env={**os.environ, **project_env(root, home), **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -71,6 +73,7 @@ def ui(tmp_path_factory):
         yield {
             "url": url,
             "port": port,
+            "address": address,
             "instance": instance,
             "repo": {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]},
             "log": root / "ui.log",
@@ -80,6 +83,45 @@ def ui(tmp_path_factory):
         instance.dispose()
     finally:
         stop_process_groups([process])
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    yield from _serve_ui(tmp_path_factory.mktemp("guarded-ui"), "127.0.0.1", "127.0.0.1")
+
+
+def _lan_address() -> str:
+    """This machine's non-loopback IPv4 address: the one its route to a TEST-NET address leaves from, else the first
+    global address `ip` lists."""
+    address = ""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # UDP: picks the route, sends nothing
+            address = sock.getsockname()[0]
+        except OSError:
+            pass
+    if not address or ipaddress.ip_address(address).is_loopback:
+        listing = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+        address = next((line.split()[3].split("/")[0] for line in listing.stdout.splitlines()), "")
+    if not address:
+        pytest.fail("this machine has no non-loopback IPv4 address; the 0.0.0.0-bind guard tests need one")
+    return address
+
+
+LISTED_HOST = "ui-box.example"
+
+
+@pytest.fixture(scope="module")
+def lan_ui(tmp_path_factory):
+    """`random-diffusion ui -h 0.0.0.0`, reached at this machine's LAN address; one name listed as allowed."""
+    extra_env = {"RANDOM_DIFFUSION_ALLOWED_HOSTS": f" {LISTED_HOST.upper()} ,other.example"}
+    yield from _serve_ui(tmp_path_factory.mktemp("lan-ui"), "0.0.0.0", _lan_address(), extra_env)
+
+
+@pytest.fixture(params=["loopback", "lan"])
+def any_ui(request):
+    """Each guard check below, against the UI bound to 127.0.0.1 and the one bound to 0.0.0.0 (at its LAN address)."""
+    return request.getfixturevalue({"loopback": "ui", "lan": "lan_ui"}[request.param])
 
 
 def _repositories(url):
@@ -95,8 +137,9 @@ def _post_add(ui, key, **headers):
     return requests.post(f"{ui['url']}/graphql", json=body, headers=headers, timeout=60)
 
 
-def test_mutation_sent_as_get_is_refused_and_changes_nothing(ui):
+def test_mutation_sent_as_get_is_refused_and_changes_nothing(any_ui):
     # What `<img src="http://127.0.0.1:3000/graphql?query=mutation{...}">` on any web page sends.
+    ui = any_ui
     repo = ui["repo"]
     mutation = (
         '# a comment first\nmutation { addDynamicPartition(partitionsDefName: "images", partitionKey: "evil-get.png", '
@@ -112,7 +155,8 @@ def test_mutation_sent_as_get_is_refused_and_changes_nothing(ui):
     assert "evil-get.png" not in _images(ui)
 
 
-def test_mutation_posted_from_a_foreign_origin_is_refused_and_changes_nothing(ui):
+def test_mutation_posted_from_a_foreign_origin_is_refused_and_changes_nothing(any_ui):
+    ui = any_ui
     response = _post_add(ui, "evil-post.png", Origin=EVIL)
     assert response.status_code == 403 and "origin http://evil.example" in response.text
     # An HTML form can POST text/plain with the query in the URL, which Dagster also executes.
@@ -164,6 +208,46 @@ def test_foreign_host_name_on_loopback_is_refused(ui):
         timeout=60,
     )
     assert response.status_code == 403 and "DNS-rebinding" in response.text
+
+
+def test_rebinding_to_the_lan_address_is_refused_and_changes_nothing(lan_ui):
+    # DNS rebinding to a LAN address: evil.example now resolves to this machine, so the page's requests carry
+    # Host evil.example and a matching Origin, and reach the UI bound to 0.0.0.0.
+    for rebound in (f"evil.example:{lan_ui['port']}", "evil.example"):
+        response = _post_add(lan_ui, "rebound.png", Host=rebound, Origin=f"http://evil.example:{lan_ui['port']}")
+        assert response.status_code == 403, response.text
+        assert "DNS-rebinding" in response.text and "RANDOM_DIFFUSION_ALLOWED_HOSTS" in response.text
+        assert response.text.count("\n") == 1 and f"{rebound}'" in response.text  # one line, naming the Host
+    # localhost is a name only this machine's own connections may use.
+    response = _post_add(lan_ui, "rebound.png", Host=f"localhost:{lan_ui['port']}")
+    assert response.status_code == 403, response.text
+    assert "rebound.png" not in _images(lan_ui)
+
+
+def test_the_lan_address_as_host_is_allowed_with_or_without_its_origin(lan_ui):
+    assert lan_ui["address"] != "127.0.0.1"
+    no_origin = _post_add(lan_ui, "lan-no-origin.png")  # Host is the address:port the URL names
+    assert no_origin.status_code == 200 and "errors" not in no_origin.json(), no_origin.text
+    same_origin = _post_add(lan_ui, "lan-same-origin.png", Origin=lan_ui["url"])
+    assert same_origin.status_code == 200 and "errors" not in same_origin.json(), same_origin.text
+    assert {"lan-no-origin.png", "lan-same-origin.png"} <= set(_images(lan_ui))
+
+
+def test_listed_host_names_and_the_machines_own_name_are_allowed_on_every_connection(lan_ui):
+    listed = f"{LISTED_HOST}:{lan_ui['port']}"
+    for address in (lan_ui["address"], "127.0.0.1"):
+        url = f"http://{address}:{lan_ui['port']}"
+        key = f"listed-{address}.png"
+        body = {"query": ADD_PARTITION, "variables": {"key": key, "repo": lan_ui["repo"]}}
+        response = requests.post(
+            f"{url}/graphql", json=body, headers={"Host": listed, "Origin": f"http://{listed}"}, timeout=60
+        )
+        assert response.status_code == 200 and "errors" not in response.json(), (address, response.text)
+        assert key in _images(lan_ui)
+    own = f"{socket.gethostname()}:{lan_ui['port']}"
+    response = _post_add(lan_ui, "own-name.png", Host=own, Origin=f"http://{own}")
+    assert response.status_code == 200 and "errors" not in response.json(), response.text
+    assert "own-name.png" in _images(lan_ui)
 
 
 def _websocket_handshake_status(ui, origin: str) -> int:

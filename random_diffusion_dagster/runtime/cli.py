@@ -305,7 +305,13 @@ def add_ui_parser(commands) -> None:
         "ui", add_help=False, help="start the Dagster UI, guarded against requests from other web pages, and the daemon"
     )
     ui.add_argument("--help", action="help", help="show this help message and exit")
-    ui.add_argument("-h", "--host", default="127.0.0.1", help="address to serve on; bind wider only behind auth")
+    ui.add_argument(
+        "-h",
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on; bind wider only behind auth, and list the host names users reach it by in "
+        "RANDOM_DIFFUSION_ALLOWED_HOSTS",
+    )
     ui.add_argument("-p", "--port", type=int, default=3000, help="port to serve on (default 3000)")
     ui.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file (default: %(default)s)")
     ui.set_defaults(handler=ui_command)

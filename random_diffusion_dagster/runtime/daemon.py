@@ -23,6 +23,7 @@ import time
 
 from ..settings import backfill_interval_seconds
 from .cli_runs import fail_runs_whose_process_is_gone
+from .instance import check_instance_yaml, instance_home, project_instance
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +32,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from dagster._daemon import controller
     from dagster._daemon.cli import cli
-
-    from .instance import project_instance
 
     # A fresh SQLite instance gets its tables from one process at a time: a webserver started beside the daemon
     # may be making them now, and the daemon's code server opening them halfway fails to load for good
@@ -61,6 +60,7 @@ def run_with_quiet_console(workspace: str) -> int:
     """`random-diffusion daemon`: the daemon in a child process whose output reaches the terminal as `random-diffusion
     ui` shows it (DaemonOutput). SIGTERM or Ctrl-C stops it as Ctrl-C stops Dagster's daemon; returns its exit code."""
     backfill_interval_seconds()  # a bad value fails here, with the command's own message
+    check_instance_yaml(instance_home() / "dagster.yaml")  # and a broken dagster.yaml, before the child's traceback
     child = start_child(workspace)
     output = DaemonOutput()
     signal.signal(signal.SIGTERM, interrupt)

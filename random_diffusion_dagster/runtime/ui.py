@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ..settings import allowed_origins, backfill_interval_seconds
+from ..settings import allowed_hosts, allowed_origins, backfill_interval_seconds
 from .daemon import DaemonOutput, interrupt, start_child
 from .instance import instance_home, project_instance
 from .ui_guard import checked_origins
@@ -52,6 +54,37 @@ def _answers(url: str) -> bool:
         return False
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the webserver could not serve on host:port, found before anything starts; None if it can.
+
+    Binds a socket to each address the host resolves to, as uvicorn's server does (SO_REUSEADDR on, as asyncio sets
+    it: a port whose only traffic is closed connections of a UI stopped a moment ago is free to it, while one another
+    program listens on or holds is not), and closes it again.
+    """
+    if not 1 <= port <= 65535:
+        return f"port {port} is not a TCP port: give one from 1 to 65535 with -p."
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        return f"cannot serve on host {host!r}: {reason}; give an address or name of this machine with -h."
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return (
+                        f"port {port} on {host} is in use by another program (another UI?): stop it, or give a free "
+                        "port with -p."
+                    )
+                return f"cannot serve on {host} port {port}: {error.strerror}; give an address of this machine with -h."
+    return None
+
+
 def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     """Guarded webserver plus Dagster's daemon (`random-diffusion daemon`) on one instance, like `dagster dev`.
 
@@ -60,13 +93,23 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     Both children get DAGSTER_HOME: the user's, else the project folder, whose dagster.yaml keeps history
     in ./.dagster. The daemon's routine per-tick lines are dropped (DaemonOutput); once the UI answers, one
     line says where it is and where history is kept.
+
+    The guard (ui_guard.py) answers only requests whose Host header is an IP address, localhost (on this machine),
+    this machine's host name, or a name listed in RANDOM_DIFFUSION_ALLOWED_HOSTS (comma-separated) or in
+    RANDOM_DIFFUSION_ALLOWED_ORIGINS: serving on 0.0.0.0 for a LAN that reaches the UI by a DNS name, list that name.
+
+    What stops it from starting (a bad setting, a port out of range or in use, an instance it cannot open) is one
+    line and exit status 2, before any child starts; if a child stops anyway, the other is stopped too.
     """
     import threading
 
-    from dagster_shared.ipc import get_ipc_shutdown_pipe, open_ipc_subprocess, send_ipc_shutdown_message
-
     checked_origins(allowed_origins())  # fail here, not in a child
+    allowed_hosts()
     backfill_interval_seconds()
+    problem = port_problem(host or "127.0.0.1", 3000 if port is None else port)
+    if problem:
+        print(f"random-diffusion ui: error: {problem}", file=sys.stderr)
+        return 2
     home = instance_home().resolve()
     instance = project_instance()  # creates storage once, before two children race to; chdirs to the project
     history = history_location(instance, home)
@@ -74,8 +117,9 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     shown_url, local_url = _ui_url(host, port)
 
-    read_fd, webserver_pipe = get_ipc_shutdown_pipe()
-    webserver = open_ipc_subprocess(
+    # Stopped with SIGINT, not `dagster dev`'s shutdown pipe: a webserver given that pipe waits on it before it
+    # exits, so one that fails to start (its port taken after the check above) would never end, nor would this.
+    webserver = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -84,13 +128,9 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
             *(["-p", str(port)] if port else []),
             "-w",
             workspace,
-            "--shutdown-pipe",
-            str(read_fd),
         ],
-        pass_fds=[read_fd],
         env=env,
     )
-    os.close(read_fd)
     daemon = start_child(workspace, env)
     threading.Thread(target=DaemonOutput().forward, args=(daemon.stdout, sys.stderr), daemon=True).start()
     children = {"webserver": webserver, "daemon": daemon}
@@ -115,12 +155,9 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        try:
-            send_ipc_shutdown_message(webserver_pipe)
-        except OSError:
-            pass  # the webserver is gone already
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGINT)  # Dagster's daemon command stops its daemons cleanly on Ctrl-C
+        for process in children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # both stop cleanly on Ctrl-C: uvicorn and Dagster's daemons
         for process in children.values():
             try:
                 process.wait(timeout=30)

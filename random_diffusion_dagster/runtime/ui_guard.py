@@ -2,18 +2,20 @@
 
 Dagster's webserver runs GraphQL mutations sent as GET requests and answers requests from any origin, so any page
 open in the user's browser could launch runs or add partitions on 127.0.0.1:3000
-(`<img src="http://127.0.0.1:3000/graphql?query=mutation{...}">`). `WebserverGuard` refuses those requests before
-Dagster sees them; `random-diffusion-webserver` (webserver.py) and `random-diffusion ui` (ui.py) serve the UI
-through it.
+(`<img src="http://127.0.0.1:3000/graphql?query=mutation{...}">`), and a page whose own name its DNS later points at
+this machine (DNS rebinding) looks same-origin to it. `WebserverGuard` refuses those requests before Dagster sees
+them, whatever address the server is bound to; `random-diffusion-webserver` (webserver.py) and `random-diffusion ui`
+(ui.py) serve the UI through it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
-from ..settings import ALLOWED_ORIGINS_VARIABLE, SettingError
+from ..settings import ALLOWED_HOSTS_VARIABLE, ALLOWED_ORIGINS_VARIABLE, SettingError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -23,18 +25,33 @@ class WebserverGuard:
     """ASGI middleware in front of Dagster's webserver app.
 
     Refuses, with a plain-text reason:
+    - a Host header naming anything but a name the server may be reached by (DNS rebinding: a foreign page whose
+      name now resolves to this machine sends its own name as Host, and its Origin matches it). Allowed: any IP
+      address; `localhost` and `*.localhost` on a loopback connection; this machine's host name and fully qualified
+      name (`socket.gethostname()`, `socket.getfqdn()`), which a LAN user types for a `-h 0.0.0.0` bind and which
+      no outside page can be served under unless its owner already controls the user's name resolution; the hosts
+      of RANDOM_DIFFUSION_ALLOWED_ORIGINS; and the names listed in RANDOM_DIFFUSION_ALLOWED_HOSTS (comma-separated,
+      e.g. `dagster.lan`), for a DNS name or proxy by which users reach the UI. This holds on every connection,
+      whatever address the server is bound to;
     - GraphQL over anything but POST unless every operation in it is a query (GET must not change state);
     - requests to /graphql (HTTP and websocket) and state-changing requests anywhere whose Origin header
       is not the server's own origin or one listed in RANDOM_DIFFUSION_ALLOWED_ORIGINS; requests
-      without Origin (curl, Python clients, `random-diffusion submit`) pass;
-    - on a loopback connection, a Host header that is not a loopback name, an IP address or an allowed
-      origin's host: that is how DNS rebinding makes a foreign page look same-origin.
+      without Origin (curl, Python clients, `random-diffusion submit`) pass.
     """
 
-    def __init__(self, app, allowed_origins: Iterable[str] = ()):
+    def __init__(
+        self,
+        app,
+        allowed_origins: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        machine_names: Iterable[str] | None = None,
+    ):
         self.app = app
         self.allowed_origins = {_origin_key(origin) for origin in allowed_origins} - {None}
-        self.allowed_hosts = {key[1] for key in self.allowed_origins}
+        names = own_host_names() if machine_names is None else machine_names
+        listed = {key[1] for key in self.allowed_origins} | set(allowed_hosts) | set(names)
+        # localhost names are for loopback connections only, whatever lists them (_rebound)
+        self.allowed_hosts = {_bare_name(name) for name in listed} - {""}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
@@ -64,9 +81,10 @@ class WebserverGuard:
         host = hosts[0] if len(hosts) == 1 else ""
         if self._rebound(scope, host):
             return 403, (
-                f"Refused: Host {host!r} on a connection to a loopback address. Only a page loaded from this "
-                "server (http://127.0.0.1:PORT or http://localhost:PORT) may use it; a foreign name pointing at "
-                f"127.0.0.1 is a DNS-rebinding attack. Behind a proxy, add its URL to {ALLOWED_ORIGINS_VARIABLE}.\n"
+                f"Refused: Host {host!r} is not a name this Dagster webserver is known by; a foreign name pointing "
+                "at this machine is how a DNS-rebinding attack reaches it. Use its IP address (or localhost on this "
+                f"machine), or, if users reach it by that name, add the name to {ALLOWED_HOSTS_VARIABLE} "
+                "(comma-separated).\n"
             )
         method = scope.get("method", "GET")  # websocket scopes have none: the handshake is a GET
         graphql = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1].lower() == "graphql"
@@ -104,14 +122,17 @@ class WebserverGuard:
         return own is not None and own == key[1:]
 
     def _rebound(self, scope, host: str) -> bool:
-        server = scope.get("server")
-        if not server or not _is_loopback_ip(server[0]):
-            return False
+        """Whether the Host header names something other than a name the server may be reached by."""
         key = _host_key(host, default_port=0)
         if key is None:
-            return True
-        name = key[0]
-        return not (_is_ip(name) or name == "localhost" or name.endswith(".localhost") or name in self.allowed_hosts)
+            return True  # no Host, several, or not a host[:port]
+        name = _bare_name(key[0])
+        if _is_ip(name):
+            return False
+        if _is_localhost(name):
+            server = scope.get("server")
+            return not (server and _is_loopback_ip(server[0]))
+        return name not in self.allowed_hosts
 
 
 def _not_read_only(query: str) -> str | None:
@@ -158,6 +179,21 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_localhost(name: str) -> bool:
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def _bare_name(name: str) -> str:
+    """A host name as compared: lowercase, without the root's trailing dot."""
+    return name.strip().lower().rstrip(".")
+
+
+def own_host_names() -> set[str]:
+    """This machine's host name and fully qualified name, as a LAN user types them (loopback names left out)."""
+    names = {_bare_name(socket.gethostname()), _bare_name(socket.getfqdn())}
+    return {name for name in names if name and not _is_localhost(name)}
 
 
 def _is_loopback_ip(address: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..settings import SettingError, allowed_origins
+from ..settings import SettingError, allowed_hosts, allowed_origins
 from .instance import project_instance
 from .ui_guard import WebserverGuard, checked_origins
 
@@ -27,18 +27,19 @@ def main(argv: list[str] | None = None) -> None:
             "This dagster-webserver no longer builds its app through create_app_from_workspace_process_context; "
             "the guard cannot wrap it. Install dagster-webserver==1.13.27 (pyproject.toml pins it)."
         )
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        allowed = checked_origins(allowed_origins())
+        origins, hosts = checked_origins(allowed_origins()), allowed_hosts()
+        if "--instance-ref" not in args and not any(arg in ("--help", "--version") for arg in args):
+            args += ["--instance-ref", project_instance_ref()]  # a broken dagster.yaml fails here, in one line
     except SettingError as error:
-        raise SystemExit(f"random-diffusion-webserver: error: {error}") from None
+        print(f"random-diffusion-webserver: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     def create_guarded_app(*args, **kwargs):
-        return WebserverGuard(create_app(*args, **kwargs), allowed_origins=allowed)
+        return WebserverGuard(create_app(*args, **kwargs), allowed_origins=origins, allowed_hosts=hosts)
 
     webserver_cli.create_app_from_workspace_process_context = create_guarded_app
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--instance-ref" not in args and not any(arg in ("--help", "--version") for arg in args):
-        args += ["--instance-ref", project_instance_ref()]
     webserver_cli.cli.main(args=args, prog_name="random-diffusion-webserver", auto_envvar_prefix="DAGSTER_WEBSERVER")
 
 
