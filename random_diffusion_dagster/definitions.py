@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .defs.assets import (
+    augmented_dataset,
     comparison_report,
     diffused_image,
     diffusion_report,
@@ -33,6 +34,7 @@ defs = dg.Definitions(
         diffusion_report,
         model_comparison,
         comparison_report,
+        augmented_dataset,
     ],
     asset_checks=[results_readable_on_disk],
     jobs=[diffuse_images_job, compare_models_job],

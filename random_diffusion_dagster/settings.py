@@ -119,6 +119,15 @@ def wildcards_dir() -> str:
     return env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards", "folder")
 
 
+def recursive_scan() -> bool:
+    """RANDOM_DIFFUSION_RECURSIVE (1/0): whether subfolders of the images folder are scanned too (default 1)."""
+    return env_flag("RANDOM_DIFFUSION_RECURSIVE", True)
+
+
+def dataset_dir() -> str:
+    return env_path("RANDOM_DIFFUSION_DATASET_DIR", "data/augmented", "folder")
+
+
 def run_seed() -> int:
     return env_int("RANDOM_DIFFUSION_SEED", 0, minimum=-MAX_SEED, maximum=MAX_SEED, why="a 64-bit seed")
 
@@ -217,18 +226,23 @@ def executor_choice() -> str:
     return choice
 
 
+def env_flag(variable: str, default: bool) -> bool:
+    """A 1/0 knob; unset or empty gives the default."""
+    raw = os.environ.get(variable, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("1", "0", "true", "false", "yes", "no"):
+        raise SettingError(f"{variable}={raw!r}: set it to 1 or 0, or unset it.")
+    return raw in ("1", "true", "yes")
+
+
 def keep_pipelines_loaded() -> bool:
     """RANDOM_DIFFUSION_KEEP_LOADED (1/0): whether steps leave their pipelines loaded for the process's next step.
 
     On by default with the celery executor, whose workers outlive steps; elsewhere each run is its own process
     and keeping would only hold memory (tests, the CLI's comparisons).
     """
-    raw = os.environ.get("RANDOM_DIFFUSION_KEEP_LOADED", "").strip().lower()
-    if not raw:
-        return executor_choice() == "celery"
-    if raw not in ("1", "0", "true", "false", "yes", "no"):
-        raise SettingError(f"RANDOM_DIFFUSION_KEEP_LOADED={raw!r}: set it to 1 or 0, or unset it.")
-    return raw in ("1", "true", "yes")
+    return env_flag("RANDOM_DIFFUSION_KEEP_LOADED", executor_choice() == "celery")
 
 
 def dagster_home() -> Path | None:

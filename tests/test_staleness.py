@@ -23,11 +23,12 @@ from random_diffusion_dagster.defs.assets import (
     source_images,
 )
 from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
+from random_diffusion_dagster.defs.automation.input_files_sensor import input_files_sensor
 from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
 from random_diffusion_dagster.defs.prompt_sets import submission_tags
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
-from random_diffusion_dagster.defs.source_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE, input_files_sensor
+from random_diffusion_dagster.defs.source_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 
 from helpers import make_image
@@ -238,3 +239,19 @@ def test_a_rerun_records_only_the_image_versions_that_changed_and_stays_in_sync(
     _run(instance, project, ["diffused_image"], keys)
     assert _image_versions_on_record(instance) == len(keys) + 1
     assert _stale(instance, keys) == set()
+
+
+def test_editing_one_caption_makes_only_that_image_stale(instance, project, submitted):
+    """A caption is part of its image's data version: "Observe sources" (the image_file observation) after editing
+    one sidecar caption marks that partition stale and no other; a run redoes it with the new caption."""
+    keys, _ = submitted
+    images = Path(project["images_dir"])
+    for image in [path for path in images.iterdir() if path.suffix != ".txt"]:
+        image.with_suffix(".txt").write_text(f"a caption of {image.name}\n")
+    _run(instance, project, ["image_file"])
+    selection = ["prompt_list", "model_catalog", "diffused_image"]
+    _run(instance, project, selection, keys, ["a study of {caption}"], submission_tags())
+    assert _stale(instance, keys) == set()
+    (images / "red.txt").write_text("a new caption\n")
+    _run(instance, project, ["image_file"])
+    assert _stale(instance, keys) == {"red.png"}

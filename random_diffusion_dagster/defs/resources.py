@@ -56,9 +56,24 @@ class DatasetResource(dg.ConfigurableResource):
         "diffusion seed. Change it to re-roll every image (RANDOM_DIFFUSION_SEED).",
     )
 
+    dataset_dir: str = Field(
+        default_factory=settings.dataset_dir,
+        description="Folder augmented_dataset writes the results to as a Hugging Face ImageFolder dataset "
+        "(RANDOM_DIFFUSION_DATASET_DIR).",
+    )
+    recursive: bool = Field(
+        default_factory=settings.recursive_scan,
+        description="Scan the images folder's subfolders too; a file's first folder is its `{label}` "
+        "(RANDOM_DIFFUSION_RECURSIVE, default on).",
+    )
+    caption_fallback: str | None = Field(
+        default=None,
+        description="What `{caption}` becomes for an image without a caption; unset, such an image fails by name.",
+    )
+
     def scan(self) -> FolderScan:
         """The image files, and the entries skipped with their reasons (loops, unreadable, ...)."""
-        return scan_images(self.images_dir)
+        return scan_images(self.images_dir, self.recursive)
 
     def source_files(self) -> list[SourceFile]:
         return self.scan().files
@@ -73,7 +88,7 @@ class DatasetResource(dg.ConfigurableResource):
 
     def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
         require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
-        return Planner(prompts, catalog, self.seed, self.output_dir, self.wildcards_dir)
+        return Planner(prompts, catalog, self.seed, self.output_dir, self.wildcards_dir, self.caption_fallback)
 
     def check_folders(self) -> None:
         """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""

@@ -15,6 +15,9 @@ import os
 import dagster as dg
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
+from ..engine.captions import Captions, image_version
+from ..engine.images import SourceFile
+from ..engine.prompts import PromptListError
 from .partitions import images_partitions
 
 # The event tag Dagster reads an observation's data version from (dagster._core.definitions.data_version).
@@ -47,11 +50,25 @@ def models_file(context) -> dg.ObserveResult:
     description="Each source image, versioned by content hash: a replaced image makes its result stale.",
 )
 def image_files(context) -> dg.DataVersionsByPartition:
-    """All registered images at once (the UI's "Observe sources"): reads every file."""
-    files = {f.partition_key: f.path for f in context.resources.dataset.source_files()}
+    """All registered images at once (the UI's "Observe sources"): reads every file and its caption."""
+    files = {f.partition_key: f for f in context.resources.dataset.source_files()}
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
-    versions = {key: file_version(files[key]) for key in keys if key in files}
+    captions = Captions()
+    versions = {key: image_file_version(files[key], captions) for key in keys if key in files}
     return dg.DataVersionsByPartition({key: version for key, version in versions.items() if version})
+
+
+def image_file_version(source: SourceFile, captions: Captions) -> str | None:
+    """An image's data version: its content and its caption (engine/captions.py), or None if it cannot be read.
+    A caption file that cannot be read counts as none here; the run that reads it names the problem."""
+    content = file_version(source.path)
+    if content is None:
+        return None
+    try:
+        caption = captions.caption_for(source)
+    except (PromptListError, OSError):
+        caption = None
+    return image_version(content, caption)
 
 
 def _observe_file(path: str) -> dg.ObserveResult:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .images import SourceFile
 from .plan import Planner, SourceSnapshot, snapshot_source
+from .prompts import PromptListError
 from .results import read_result
 
 
@@ -21,6 +22,10 @@ def why_stale(planner: Planner, source: SourceFile) -> str | None:
         snapshot = snapshot_source(source.path)  # touched or replaced: only the content can tell
         if snapshot.sha256 != record.source_sha256:
             return "source image changed"
-    if planner.task(source.partition_key, source.path, snapshot).fingerprint != record.fingerprint:
-        return "prompts, catalog or seed changed"
+    try:
+        task = planner.task(source.partition_key, source.path, snapshot, planner.words_for(source))
+    except PromptListError as exc:  # its run names the missing word for this image
+        return f"cannot be planned: {exc}"
+    if task.fingerprint != record.fingerprint:
+        return "prompts, catalog, seed or caption changed"
     return None

@@ -45,14 +45,30 @@ class SourceFile:
     size: int
     mtime_ns: int
     ctime_ns: int = 0  # inode change time: moved by any write, rename, link, chmod; no program can set it back
+    folder: str = ""  # its folder under the images folder, "/"-separated ("cat", "cat/kitten"); "" at the top
 
     @functools.cached_property
     def partition_key(self) -> str:  # cached: sensors ask for it several times per file per tick
-        return partition_key_for(self.name)
+        return partition_key_for(self.name, self.folder)
+
+    @property
+    def relative_path(self) -> str:
+        """Its path under the images folder: `cat/001.jpg`, or `001.jpg` at the top."""
+        return f"{self.folder}/{self.name}" if self.folder else self.name
+
+    @property
+    def label(self) -> str:
+        """Its class in the ImageFolder layout (`train/<label>/...` or `<label>/...`): the first folder under the
+        images folder; "" at the top."""
+        return self.folder.split("/", 1)[0] if self.folder else ""
 
 
-def partition_key_for(file_name: str) -> str:
+def partition_key_for(file_name: str, folder: str = "") -> str:
     """A Dagster-safe, file-name-safe, stable partition key for a file name; distinct names get distinct keys.
+
+    A file in a subfolder gets the keys of its folders and its name joined by `/` (`cat/001.jpg`): a key made
+    for one name never holds a `/`, so distinct paths keep distinct keys, each part bounded as a top-level key is,
+    and a file at the top keeps the key it always had.
 
     A name that is already safe (letters, digits, `_`, `-`, single inner dots), at most MAX_KEY_BYTES in
     UTF-8 and not shaped like a hashed key (`...-<8 hex>`) is its own key, so ordinary names keep theirs.
@@ -62,6 +78,8 @@ def partition_key_for(file_name: str) -> str:
     their sanitized prefix, so only names that sanitize alike AND whose sha1 prefixes collide could meet
     (scan_images reports that case instead of failing). 8 digits keep the keys of already hashed names.
     """
+    if folder:
+        return "/".join(partition_key_for(part) for part in [*folder.split("/"), file_name])
     normalized = unicodedata.normalize("NFC", file_name)
     safe = re.sub(r"[^\w.\-]", "_", normalized, flags=re.UNICODE)
     safe = re.sub(r"\.{2,}", ".", safe).strip("._") or "image"
@@ -95,13 +113,16 @@ class FolderScan:
     skipped: list[SkippedEntry]
 
 
-def scan_images(folder: str | Path) -> FolderScan:
-    """Every visible regular file directly in `folder`; one bad entry is skipped with its reason, never raised.
+def scan_images(folder: str | Path, recursive: bool = True) -> FolderScan:
+    """Every visible regular file in `folder` and, with `recursive`, in its subfolders; one bad entry is skipped
+    with its reason, never raised.
 
-    Hidden entries and folders are ignored silently, as before. Symlink loops, dangling symlinks, unreadable
-    files, FIFOs/sockets/devices (reading one would block or make no sense) and a name whose key another
-    name already holds are listed in `skipped`. Only a missing, unlistable or non-folder `folder` raises:
-    then nothing can be scanned and the message says what to fix. No file is read.
+    Hidden files are ignored silently. Hidden folders, symlinked folders (not followed, so the scan cannot loop
+    or leave the images folder), folders nested past MAX_FOLDER_DEPTH, symlink loops, dangling symlinks, unreadable
+    files, FIFOs/sockets/devices (reading one would block or make no sense) and a name whose key another name
+    already holds are listed in `skipped`. Caption files (`<stem>.txt` beside an image, `metadata.jsonl`,
+    `metadata.csv`) are captions, not images: left out silently. Only a missing, unlistable or non-folder `folder`
+    raises: then nothing can be scanned and the message says what to fix. No file is read.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -115,57 +136,109 @@ def scan_images(folder: str | Path) -> FolderScan:
             "or point RANDOM_DIFFUSION_IMAGES_DIR at one."
         )
     try:
-        with os.scandir(folder) as listing:
-            entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+        entries = _listing(folder)
     except PermissionError as exc:
         raise PermissionError(
             f"Images folder {folder} cannot be listed ({exc.strerror}): give the user running Dagster read "
             "and execute permission on it."
         ) from exc
-    files: list[SourceFile] = []
-    skipped: list[SkippedEntry] = []
-    owners: dict[str, str] = {}  # partition key -> the name that holds it
+    scan = FolderScan([], [])
+    _scan_entries(entries, "", recursive, scan, owners={})
+    return scan
+
+
+MAX_FOLDER_DEPTH = 16  # deeper trees are a mistake (a copy inside itself), not a dataset
+CAPTION_FILES = ("metadata.jsonl", "metadata.csv")  # Hugging Face ImageFolder's captions; `<stem>.txt` beside each
+
+
+def _listing(folder: str | Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as listing:
+        return sorted(listing, key=lambda e: e.name)
+
+
+def _scan_entries(
+    entries: list[os.DirEntry], relative: str, recursive: bool, scan: FolderScan, owners: dict[str, str]
+) -> None:
+    """Add the usable files among one folder's entries to `scan` (its subfolders' after its own, in name order)."""
+    subfolders = []
+    stems = {Path(entry.name).stem for entry in entries if not _is_sidecar_name(entry.name)}
     for entry in entries:
+        shown = f"{relative}/{entry.name}" if relative else entry.name
         try:
             info = os.stat(entry.path)
         except OSError as exc:
             reason = _stat_problem(entry, exc)
-            if reason:
-                skipped.append(SkippedEntry(entry.name, reason))
+            if reason and not entry.name.startswith("."):
+                scan.skipped.append(SkippedEntry(shown, reason))
             continue
         if stat.S_ISDIR(info.st_mode):
+            if recursive:
+                subfolders.append((entry, shown))
             continue
-        if not stat.S_ISREG(info.st_mode):
-            skipped.append(
-                SkippedEntry(
-                    entry.name,
-                    f"not a regular file ({_file_kind(info.st_mode)}): only "
-                    "regular files can be images; move it out of the images folder",
-                )
-            )
+        if entry.name.startswith(".") or entry.name in CAPTION_FILES:
             continue
-        if not os.access(entry.path, os.R_OK):
-            skipped.append(
-                SkippedEntry(
-                    entry.name,
-                    "no permission to read it: give the user running Dagster read permission on it (chmod a+r)",
-                )
-            )
+        if _is_sidecar_name(entry.name) and Path(entry.name).stem in stems:
+            continue  # `<stem>.txt` beside an image: its caption
+        problem = _file_problem(entry, info)
+        if problem:
+            scan.skipped.append(SkippedEntry(shown, problem))
             continue
-        source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns, info.st_ctime_ns, relative)
         key = source.partition_key
         if key in owners:
-            skipped.append(
+            scan.skipped.append(
                 SkippedEntry(
-                    entry.name,
-                    f"{entry.name!r} and {owners[key]!r} have the same partition "
+                    shown,
+                    f"{shown!r} and {owners[key]!r} have the same partition "
                     f"key {key!r}, which {owners[key]!r} keeps: rename one of the two",
                 )
             )
             continue
-        owners[key] = entry.name
-        files.append(source)
-    return FolderScan(files, skipped)
+        owners[key] = shown
+        scan.files.append(source)
+    for entry, shown in subfolders:
+        reason = _folder_problem(entry, shown)
+        if reason:
+            scan.skipped.append(SkippedEntry(shown, reason))
+            continue
+        try:
+            listing = _listing(entry.path)
+        except OSError as exc:
+            scan.skipped.append(
+                SkippedEntry(shown, f"folder cannot be listed ({exc.strerror or exc}); fix its permissions")
+            )
+            continue
+        _scan_entries(listing, shown, recursive, scan, owners)
+
+
+def _is_sidecar_name(name: str) -> bool:
+    return name.lower().endswith(".txt")
+
+
+def _folder_problem(entry: os.DirEntry, shown: str) -> str | None:
+    """Why a subfolder is not scanned, or None."""
+    if entry.name.startswith("."):
+        return "hidden folder: not scanned; move its images to a visible folder to use them"
+    if entry.is_symlink():
+        return (
+            "symlinked folder: not followed, so the scan can neither loop nor leave the images folder; move or copy "
+            "its images in, or point RANDOM_DIFFUSION_IMAGES_DIR at its target"
+        )
+    if shown.count("/") + 1 > MAX_FOLDER_DEPTH:
+        return f"more than {MAX_FOLDER_DEPTH} folders deep: not scanned; move its images nearer the images folder"
+    return None
+
+
+def _file_problem(entry: os.DirEntry, info: os.stat_result) -> str | None:
+    """Why a file cannot be an image source, or None."""
+    if not stat.S_ISREG(info.st_mode):
+        return (
+            f"not a regular file ({_file_kind(info.st_mode)}): only regular files can be images; move it out of the "
+            "images folder"
+        )
+    if not os.access(entry.path, os.R_OK):
+        return "no permission to read it: give the user running Dagster read permission on it (chmod a+r)"
+    return None
 
 
 def _stat_problem(entry: os.DirEntry, exc: OSError) -> str | None:
@@ -195,9 +268,9 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
-def scan_folder(folder: str | Path) -> list[SourceFile]:
-    """The usable files of scan_images(folder), sorted by name; see scan_images for what is skipped and why."""
-    return scan_images(folder).files
+def scan_folder(folder: str | Path, recursive: bool = True) -> list[SourceFile]:
+    """The usable files of scan_images(folder); see scan_images for what is skipped and why."""
+    return scan_images(folder, recursive).files
 
 
 def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:

@@ -13,9 +13,12 @@ import os
 import random
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
+from .captions import Captions
 from .catalog import ModelSpec
 from .images import SourceFile
+from .prompts import PromptListError
 from .results import adopt_legacy_result, output_path_for
 from .templates import PromptTemplates
 
@@ -55,6 +58,9 @@ class ImageTask:
     output_path: str
     prompt_template: str = ""  # the prompt list's line it came from (equal to `prompt` for plain lines)
     line_negative_prompt: str | None = None  # the line's own --negative_prompt, if it has one
+    source_file: str = ""  # its path under the images folder (`cat/001.jpg`), as its record keeps it
+    label: str = ""  # its class folder ("" at the top of the images folder)
+    caption: str | None = None  # engine/captions.py; part of the image's data version
 
     @property
     def negative_prompt(self) -> str:
@@ -117,14 +123,34 @@ class Planner:
     run_seed: int
     output_dir: str
     wildcards_dir: str | None = None
+    caption_fallback: str | None = None  # `{caption}` of an image without one; None: that image fails by name
 
     @cached_property
     def templates(self) -> PromptTemplates:
         return PromptTemplates(self.prompts, self.wildcards_dir)
 
-    def task(self, key: str, source_path: str, source: SourceSnapshot) -> ImageTask:
+    @cached_property
+    def captions(self) -> Captions:
+        return Captions()
+
+    def words_for(self, file: SourceFile) -> dict[str, str | None]:
+        """The image's own words for templates: `{label}`, `{stem}`, `{caption}` (None where it has none)."""
+        return {"label": file.label, "stem": Path(file.name).stem, "caption": self.captions.caption_for(file)}
+
+    def task(
+        self,
+        key: str,
+        source_path: str,
+        source: SourceSnapshot,
+        words: dict[str, str | None] | None = None,
+        relative_path: str = "",
+    ) -> ImageTask:
+        """The image's task; `words` fill the line's image words (words_for), PromptListError if one is missing."""
         line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog)
-        resolved = self.templates.resolve(self.prompts.index(line), template_seed(source.sha256, self.run_seed))
+        seed_of_template = template_seed(source.sha256, self.run_seed)
+        words = words or {}
+        filled = {**words, "caption": words.get("caption") or self.caption_fallback}
+        resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
         return ImageTask(
             key=key,
             source_path=str(source_path),
@@ -136,6 +162,9 @@ class Planner:
             output_path=str(output_path_for(self.output_dir, key)),
             prompt_template=resolved.template,
             line_negative_prompt=resolved.negative_prompt,
+            source_file=relative_path or Path(source_path).name,
+            label=words.get("label") or "",
+            caption=words.get("caption"),
         )
 
     def plan(self, files: list[SourceFile]) -> tuple[list[ImageTask], dict[str, str]]:
@@ -148,7 +177,11 @@ class Planner:
         for file in files:
             adopt_legacy_result(self.output_dir, file.partition_key)
             try:
-                tasks.append(self.task(file.partition_key, file.path, snapshot_source(file.path)))
+                snapshot = snapshot_source(file.path)
+                words = self.words_for(file)
+                tasks.append(self.task(file.partition_key, file.path, snapshot, words, file.relative_path))
             except OSError as exc:
                 unplanned[file.partition_key] = f"{file.path} cannot be read: {exc.strerror or exc}"
+            except PromptListError as exc:  # an image word it lacks, or an unreadable caption: this image only
+                unplanned[file.partition_key] = f"{file.relative_path}: {exc}"
         return tasks, unplanned

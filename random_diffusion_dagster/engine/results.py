@@ -62,6 +62,8 @@ class ResultRecord:
     dtype: str = ""
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths
+    label: str = ""  # the source's class folder
+    caption: str | None = None  # the source's caption, if it has one
     source_sha256: str = ""
     # With the fingerprint these let a schedule see a stale result without hashing the source.
     source_bytes: int | None = None
@@ -131,17 +133,22 @@ def output_file_name(key: str) -> str:
     `coffee.webp.png`. Results of older versions are named `<key>.png` (legacy_output_path_for);
     adopt_legacy_result moves them to these names.
     """
+    folders, _, key = key.rpartition("/")  # a file in a subfolder: its result in the same subfolder
     stem, dot, extension = key.rpartition(".")
     if dot and stem and "." not in stem and extension in _SHORT_EXTENSIONS:
-        return stem + _SHORT_EXTENSIONS[extension]
-    return f"{key}.png" if dot else f"{key}..png"
+        name = stem + _SHORT_EXTENSIONS[extension]
+    else:
+        name = f"{key}.png" if dot else f"{key}..png"
+    return f"{folders}/{name}" if folders else name
 
 
 _SHORT_EXTENSIONS = {"jpg": ".png", "JPG": ".PNG"}
 
 
 def _checked_folder(output_dir: str | os.PathLike, key: str) -> UPath:
-    if not key or key in (".", "..") or "/" in key or "\\" in key or "\x00" in key:
+    """The output folder, once the key is known not to lead out of it (a `/` only between subfolders' keys)."""
+    parts = key.split("/")
+    if any(not part or part in (".", "..") or "\\" in part or "\x00" in part for part in parts):
         raise ValueError(f"Partition key {key!r} would write outside {output_dir}; refusing.")
     directory = location(output_dir)
     return directory.resolve() if is_local(directory) else directory
@@ -153,7 +160,10 @@ def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
 
 
 def legacy_output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
-    """`<output_dir>/<key>.png`: where results were written before output_file_name (e.g. `coffee.jpg.png`)."""
+    """`<output_dir>/<key>.png`: where results were written before output_file_name (e.g. `coffee.jpg.png`); a file
+    in a subfolder has no legacy name (its key is newer than that rule)."""
+    if "/" in key:
+        return output_path_for(output_dir, key)
     return _checked_folder(output_dir, key) / f"{key}.png"
 
 

@@ -23,6 +23,10 @@ TRIAL_SEEDS = range(8)  # draws of each template before any image runs
 # Dynamic Prompts' parser recurses once per nesting level: a few thousand levels exhaust Python's stack. Real
 # templates nest a few braces and wildcards deep; the bounds fail a broken or hostile file with a named error first.
 MAX_NESTING = 20
+# An image's own words: `{label}` (its class folder), `{caption}` (engine/captions.py), `{stem}` (its file name
+# without extension). Dynamic Prompts would read `{label}` as a one-choice variant, so each is parsed as a marker
+# word and filled in per image after the draw.
+IMAGE_WORD = re.compile(r"\{(label|caption|stem)\}")
 MAX_DRAWN_CHARS = 10_000  # a drawn prompt past this is a runaway expansion, not a prompt (CLIP reads ~77 tokens)
 
 
@@ -94,15 +98,38 @@ class PromptTemplates:
             f"{source}, line {line_numbers[index]}" if line_numbers else f"{source}, prompt {index + 1}"
             for index in range(len(lines))
         ]
+        self._where = where
         self.lines = [parse_line(text, where[index]) for index, text in enumerate(lines)]
         self._parsed = {
             index: self._check(line.template, where[index]) for index, line in enumerate(self.lines) if line.is_template
         }
 
-    def resolve(self, index: int, seed: int) -> ResolvedPrompt:
+    def uses(self, word: str) -> bool:
+        """Whether any line names the image word `{word}` (label, caption, stem)."""
+        return any(f"{{{word}}}" in line.template + (line.negative_prompt or "") for line in self.lines)
+
+    def resolve(self, index: int, seed: int, words: dict[str, str | None] | None = None) -> ResolvedPrompt:
+        """The line drawn with `seed`, its image words filled from `words`; a word the line names and the image
+        lacks is a PromptListError naming the line and the word (that image fails; the others run)."""
         line = self.lines[index]
         prompt = self._generate(self._parsed[index], seed) if line.is_template else line.template
-        return ResolvedPrompt(line.template, prompt, line.negative_prompt)
+        prompt = self._fill(prompt, index, words or {})
+        negative = None if line.negative_prompt is None else self._fill(line.negative_prompt, index, words or {})
+        return ResolvedPrompt(line.template, prompt, negative)
+
+    def _fill(self, text: str, index: int, words: dict[str, str | None]) -> str:
+        def value(word: str) -> str:
+            if not words.get(word):
+                fixes = {
+                    "label": "put the image in a class folder (images/<label>/...)",
+                    "caption": "give it a caption (a .txt beside it, or a metadata.jsonl row) or set caption_fallback",
+                    "stem": "rename the file",
+                }
+                raise PromptListError(f"{self._where[index]} uses {{{word}}}, but the image has none: {fixes[word]}.")
+            return words[word]
+
+        text = re.sub(r"RDDIMAGEWORD(LABEL|CAPTION|STEM)", lambda match: value(match[1].lower()), text)
+        return IMAGE_WORD.sub(lambda match: value(match[1]), text)
 
     def _generate(self, parsed, seed: int) -> str:
         """What Dynamic Prompts' RandomPromptGenerator(seed=seed).generate(text, 1) gives, from the parsed text."""
@@ -127,7 +154,8 @@ class PromptTemplates:
 
         # Without the wildcard files, each wildcard is a word of its length here (so columns stay the template's).
         text = template if self.wildcard_files else WILDCARD.sub(lambda match: "w" * len(match[0]), template)
-        _check_nesting(template, where)
+        text = IMAGE_WORD.sub(lambda match: f"RDDIMAGEWORD{match[1].upper()}", text)
+        _check_nesting(text, where)
         try:
             parsed = parse(text)
         except ParseException as exc:

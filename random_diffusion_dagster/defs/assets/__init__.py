@@ -1,7 +1,8 @@
 """The assets: source images, prompts and the model catalog; one diffused image per partition; a report;
-model comparisons on chosen images and their grids."""
+model comparisons on chosen images and their grids; the results as a dataset."""
 
 from .comparison import comparison_report, model_comparison
+from .dataset import augmented_dataset
 from .diffused_image import diffused_image
 from .inputs import model_catalog, prompt_list, source_images
 from .report import diffusion_report
@@ -14,4 +15,5 @@ __all__ = [
     "diffusion_report",
     "model_comparison",
     "comparison_report",
+    "augmented_dataset",
 ]

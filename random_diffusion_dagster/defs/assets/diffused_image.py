@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
 from ...settings import max_partitions_per_run
 from ..metadata import partition_metadata, record_partition_metadata, run_figures
@@ -48,7 +49,10 @@ def diffused_image(
     files, missing = dataset.files_for(context.partition_keys)
     tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
     # The bytes this run read: each partition's provenance names that content.
-    report_what_was_read(context, [version_event(IMAGE_FILES, t.source.sha256[:16], partition=t.key) for t in tasks])
+    versions = [
+        version_event(IMAGE_FILES, image_version(t.source.sha256[:16], t.caption), partition=t.key) for t in tasks
+    ]
+    report_what_was_read(context, versions)
     done: list = []
     try:
         summary = engine.run(tasks, context.log.info, finished=done)

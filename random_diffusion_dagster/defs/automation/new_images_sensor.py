@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ...engine.captions import Captions
 from ...engine.images import ImageLoadError, SourceFile, probe_image
 from ...settings import sensor_interval_seconds
 from ..jobs import diffuse_images_job
@@ -15,7 +16,7 @@ from ..partitions import images_partitions, partition_ceiling_warning, partition
 from ..pools import ensure_gpu_pool_limit
 from ..resources import DatasetResource
 from ..run_ranges import partition_ranges, ranged_run_requests
-from ..source_versions import IMAGE_FILES, file_version, version_event
+from ..source_versions import IMAGE_FILES, image_file_version, version_event
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
 SETTLE_SECONDS = 60
@@ -163,7 +164,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     state = json.loads(context.cursor) if context.cursor else {}
     ordered = context.instance.get_dynamic_partitions(images_partitions.name)
     scan_ns = time.time_ns()
-    decision = decide(state, ordered, dataset.source_files(), scan_ns, _unreadable)
+    files = dataset.source_files()
+    decision = decide(state, ordered, files, scan_ns, _unreadable)
     for name, reason in decision.skipped.items():
         context.log.info(f"Skipping {name}: {reason}")
     new_keys, replaced_keys, gone = decision.new_keys, list(decision.replaced), decision.gone
@@ -187,7 +189,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     if gone:
         partition_requests.append(images_partitions.build_delete_request(gone))
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
-    versions = {key: file_version(path) for key, path in decision.replaced.items()}
+    sources, captions = {source.partition_key: source for source in files}, Captions()
+    versions = {key: image_file_version(sources[key], captions) for key in decision.replaced}
     replaced_versions = [
         version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version
     ]

@@ -1,0 +1,59 @@
+"""`augmented_dataset`: every current result as a Hugging Face ImageFolder dataset (engine/dataset.py)."""
+
+import dagster as dg
+from pydantic import Field
+
+from ...engine.dataset import METADATA_FILE, export_image_folder
+from ...engine.results import output_path_for, read_result
+from ..metadata import table
+from ..partitions import images_partitions
+from ..resources import DatasetResource
+from .diffused_image import diffused_image
+
+
+class AugmentedDatasetConfig(dg.Config):
+    include_sources: bool = Field(
+        default=False, description="Put each source image beside its results (kind: source), as augmentation wants."
+    )
+
+
+@dg.asset(
+    deps=[diffused_image],
+    group_name="diffusion",
+    kinds={"parquet"},
+    description="The results as a dataset: Hugging Face's ImageFolder layout with a metadata.jsonl (label, caption, "
+    "prompt, model, seed, ...) that `datasets.load_dataset('imagefolder', data_dir=...)` loads, and manifest.parquet "
+    "with the same rows (RANDOM_DIFFUSION_DATASET_DIR).",
+)
+def augmented_dataset(
+    context: dg.AssetExecutionContext, config: AugmentedDatasetConfig, dataset: DatasetResource
+) -> dg.MaterializeResult:
+    keys = context.instance.get_dynamic_partitions(images_partitions.name)
+    results = []
+    for key in keys:
+        record = read_result(dataset.output_dir, key)
+        if record is not None:
+            results.append((record, output_path_for(dataset.output_dir, key)))
+    missing = len(keys) - len(results)
+    if missing:
+        context.log.warning(f"{missing} of {len(keys)} images have no result yet; the dataset leaves them out.")
+    rows = export_image_folder(results, dataset.images_dir, dataset.dataset_dir, config.include_sources)
+    labels = sorted({row.label for row in rows if row.label})
+    context.log.info(f"Wrote {len(rows)} images ({len(labels)} labels) to {dataset.dataset_dir}")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(dataset.dataset_dir),
+            "images": len(rows),
+            "results": len(results),
+            "without_result": missing,
+            "labels": table(
+                [{"label": label, "images": sum(r.label == label for r in rows)} for label in labels],
+                {"label": "string", "images": "int"},
+            ),
+            "load_with": dg.MetadataValue.md(
+                f"```python\nfrom datasets import load_dataset\n"
+                f"load_dataset('imagefolder', data_dir={str(dataset.dataset_dir)!r})\n```\n"
+                f"Rows and provenance: `{METADATA_FILE}`, `manifest.parquet`."
+            ),
+        }
+    )

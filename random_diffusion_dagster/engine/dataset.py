@@ -1,0 +1,119 @@
+"""The results as a dataset training code loads as it is: Hugging Face's ImageFolder layout with a metadata.jsonl,
+and the same rows as a Parquet manifest for pandas and DuckDB.
+
+`datasets.load_dataset("imagefolder", data_dir=...)` reads the images and every metadata column (label, caption,
+prompt, model, seed, ...). The folder is built beside the old one and swapped in, so a reader sees the old dataset
+or the new one; only a folder this module wrote (it holds MARKER) is ever replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .results import ResultRecord, output_file_name
+
+MARKER = ".random-diffusion-dataset"
+METADATA_FILE = "metadata.jsonl"
+MANIFEST_FILE = "manifest.parquet"
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """One image of the dataset and where it came from; `kind` is "augmented" (a result) or "source"."""
+
+    file_name: str
+    kind: str
+    source_file: str
+    label: str
+    caption: str | None
+    prompt: str | None
+    prompt_template: str | None
+    model: str | None
+    model_hash: str | None
+    seed: int | None
+    strength: float | None
+    variant: int | None
+
+
+class DatasetExportError(OSError):
+    """The dataset folder cannot be written; the message names it and the fix."""
+
+
+def export_image_folder(
+    results: list[tuple[ResultRecord, Path]], images_dir: str | os.PathLike, target: str | os.PathLike, sources: bool
+) -> list[DatasetRow]:
+    """Write `target` as an ImageFolder dataset of these results (record, result file), with their sources too if
+    `sources`; returns its rows. The files are hard links where the filesystem allows, else copies."""
+    import pandas as pd
+
+    target = Path(target).resolve()
+    if target.exists() and not (target / MARKER).is_file():
+        raise DatasetExportError(
+            f"{target} exists and was not written by this project (no {MARKER} in it): move it, or point "
+            "RANDOM_DIFFUSION_DATASET_DIR at a new folder."
+        )
+    staging = target.parent / f".{target.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        rows = []
+        for record, result in sorted(results, key=lambda pair: pair[0].key):
+            name = f"augmented/{output_file_name(record.key)}"
+            _place(result, staging / name)
+            rows.append(_row(name, "augmented", record))
+            if sources:
+                source = Path(images_dir) / record.source_file
+                name = f"source/{record.source_file}"
+                if source.is_file() and not (staging / name).exists():
+                    _place(source, staging / name)
+                    own = (record.source_file, record.label, record.caption)
+                    rows.append(DatasetRow(name, "source", *own, *[None] * 7))
+        lines = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in rows)
+        (staging / METADATA_FILE).write_text(lines, encoding="utf-8")
+        pd.DataFrame([asdict(row) for row in rows], columns=list(DatasetRow.__dataclass_fields__)).to_parquet(
+            staging / MANIFEST_FILE, index=False
+        )
+        (staging / MARKER).write_text("Written by random-diffusion's augmented_dataset; rebuilt on each run.\n")
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return rows
+
+
+def _row(name: str, kind: str, record: ResultRecord) -> DatasetRow:
+    return DatasetRow(
+        file_name=name,
+        kind=kind,
+        source_file=record.source_file,
+        label=record.label,
+        caption=record.caption,
+        prompt=record.prompt,
+        prompt_template=record.prompt_template,
+        model=record.model,
+        model_hash=record.model_hash,
+        seed=record.seed,
+        strength=record.strength,
+        variant=0,
+    )
+
+
+def _place(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` with `staging`: two renames, so readers find the old dataset or the new one."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""Collections as people keep them: class-labelled folder trees and captions, through real materializations."""
+
+import json
+import os
+
+import dagster as dg
+import pytest
+
+from random_diffusion_dagster.engine.images import partition_key_for, scan_images
+from random_diffusion_dagster.engine.results import output_path_for, read_record
+
+from helpers import make_image, write_catalog
+from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata, _resources
+
+
+@pytest.fixture
+def labelled(tmp_path, models_dir):
+    """A tree in the ImageFolder layout: two classes, a nested album, captions beside one image and in a
+    metadata.jsonl for another, and one image with no caption."""
+    images = tmp_path / "images"
+    make_image(images / "cat" / "001.jpg", color=(200, 40, 40))
+    (images / "cat" / "001.txt").write_text("a ginger cat on a sofa\n")
+    make_image(images / "dog" / "002.png", color=(40, 200, 40))
+    (images / "dog" / "metadata.jsonl").write_text(json.dumps({"file_name": "002.png", "text": "a dog in snow"}))
+    make_image(images / "dog" / "puppies" / "003 (copy).png", color=(40, 40, 200))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a {photo|painting} of a {label}, {caption}\n")
+    return {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(prompts),
+        "models_file": str(write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd15",))),
+        "seed": 0,
+    }
+
+
+def test_a_tree_is_scanned_with_keys_from_paths_and_top_level_keys_as_before(tmp_path):
+    images = tmp_path / "images"
+    for name in (
+        "top.png",
+        "a b.png",
+        "cat/001.jpg",
+        "cat/kitten/x y.png",
+        ".cache/hidden.png",
+        "deep/" * 17 + "z.png",
+    ):
+        make_image(images / name)
+    os.symlink(images / "cat", images / "linked")
+    os.symlink(images, images / "cat" / "loop")
+    scan = scan_images(images)
+    keys = {source.relative_path: source.partition_key for source in scan.files}
+    assert keys == {
+        "top.png": "top.png",
+        "a b.png": partition_key_for("a b.png"),  # a top-level key is what it always was
+        "cat/001.jpg": "cat/001.jpg",
+        "cat/kitten/x y.png": f"cat/kitten/{partition_key_for('x y.png')}",
+    }
+    reasons = {entry.name: entry.reason for entry in scan.skipped}
+    assert reasons[".cache"].startswith("hidden folder") and reasons["linked"].startswith("symlinked folder")
+    assert reasons["cat/loop"].startswith("symlinked folder") and "16 folders deep" in reasons["deep/" * 16 + "deep"]
+    assert [s.relative_path for s in scan_images(images, recursive=False).files] == ["a b.png", "top.png"]
+    assert output_path_for(tmp_path / "out", "cat/001.jpg") == (tmp_path / "out").resolve() / "cat" / "001.png"
+    with pytest.raises(ValueError, match="would write outside"):
+        output_path_for(tmp_path / "out", "cat/../../etc")
+
+
+def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_fails_that_image_alone(labelled):
+    with dg.instance_for_test() as instance:
+        keys, result = _diffuse_all(instance, labelled)
+        assert not result.success  # the image without a caption failed, by name
+        outputs = labelled["output_dir"]
+        cat, dog = (
+            read_record(output_path_for(outputs, "cat/001.jpg")),
+            read_record(output_path_for(outputs, "dog/002.png")),
+        )
+        assert cat.prompt.endswith("of a cat, a ginger cat on a sofa") and cat.source_file == "cat/001.jpg"
+        assert (
+            dog.prompt.endswith("of a dog, a dog in snow")
+            and cat.prompt_template == "a {photo|painting} of a {label}, {caption}"
+        )
+        assert (output_path_for(outputs, "cat/001.jpg")).parent.name == "cat"
+        puppy = f"dog/puppies/{partition_key_for('003 (copy).png')}"
+        assert puppy in keys and read_record(output_path_for(outputs, puppy)) is None
+        assert _partition_metadata(instance, "cat/001.jpg")["prompt"].endswith("a ginger cat on a sofa")
+        failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+        assert "dog/puppies/003 (copy).png" in failure and "uses {caption}, but the image has none" in failure
+
+        _, rerun = _diffuse_all(instance, labelled, caption_fallback="a photo")
+        assert rerun.success
+        assert read_record(output_path_for(outputs, puppy)).prompt.endswith("of a dog, a photo")
+
+
+def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_provenance(labelled, tmp_path):
+    import datasets
+    import pandas as pd
+
+    from random_diffusion_dagster.defs.assets import augmented_dataset
+
+    export = tmp_path / "augmented"
+    with dg.instance_for_test() as instance:
+        _diffuse_all(instance, labelled, caption_fallback="a photo")
+        result = dg.materialize(
+            ALL_ASSETS + [augmented_dataset],
+            selection=["augmented_dataset"],
+            instance=instance,
+            resources=_resources(labelled, dataset_dir=str(export)),
+            run_config={"ops": {"augmented_dataset": {"config": {"include_sources": True}}}},
+        )
+        assert result.success
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(export), split="train")
+    assert loaded.num_rows == 6  # three results and their three sources
+    rows = sorted(zip(loaded["kind"], loaded["source_file"], loaded["label"], loaded["caption"], strict=True))
+    assert rows[:3] == [
+        ("augmented", "cat/001.jpg", "cat", "a ginger cat on a sofa"),
+        ("augmented", "dog/002.png", "dog", "a dog in snow"),
+        ("augmented", "dog/puppies/003 (copy).png", "dog", None),
+    ]
+    augmented = [row for row in loaded if row["kind"] == "augmented"]
+    assert all(row["image"].mode == "RGB" and row["model"] == "tiny-sd15" for row in augmented)
+    assert {row["prompt"].split(", ")[-1] for row in augmented} == {
+        "a ginger cat on a sofa",
+        "a dog in snow",
+        "a photo",
+    }
+    manifest = pd.read_parquet(export / "manifest.parquet")
+    assert len(manifest) == 6 and set(manifest["label"]) == {"cat", "dog"}
+
+
+def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):
+    from random_diffusion_dagster.defs.assets import augmented_dataset
+
+    theirs = tmp_path / "mine"
+    (theirs / "keep.txt").parent.mkdir()
+    (theirs / "keep.txt").write_text("my notes")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            ALL_ASSETS + [augmented_dataset],
+            selection=["augmented_dataset"],
+            instance=instance,
+            resources=_resources(labelled, dataset_dir=str(theirs)),
+            raise_on_error=False,
+        )
+    assert not result.success and (theirs / "keep.txt").read_text() == "my notes"
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
+    assert "mine exists and was not written by this project" in failure
