@@ -2,6 +2,10 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -11,6 +15,8 @@ from random_diffusion_dagster.engine.results import output_path_for, read_record
 
 from helpers import make_image, write_catalog
 from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata, _resources
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -143,3 +149,35 @@ def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled,
     assert not result.success and (theirs / "keep.txt").read_text() == "my notes"
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
     assert "mine exists and was not written by this project" in failure
+
+
+def test_the_shipped_labelled_sample_becomes_a_dataset_through_the_cli(tmp_path, models_dir):
+    """The README's example: the labelled sample tree and its prompts, `random-diffusion run --dataset`."""
+    import datasets
+
+    sample = tmp_path / "labelled"
+    shutil.copytree(PROJECT_ROOT / "data" / "labelled", sample)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(sample),
+        "RANDOM_DIFFUSION_PROMPTS_FILE": str(PROJECT_ROOT / "data" / "labelled-prompts.txt"),
+        "RANDOM_DIFFUSION_MODELS_FILE": str(write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd15",))),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(tmp_path / "outputs"),
+        "RANDOM_DIFFUSION_DATASET_DIR": str(tmp_path / "dataset"),
+        "OMP_NUM_THREADS": "1",
+    }
+    (tmp_path / "home").mkdir()
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "random-diffusion"), "run", "--dataset"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    assert f"Dataset: {tmp_path / 'dataset'}" in completed.stdout
+    assert (tmp_path / "outputs" / "space" / "rocket.png").is_file()  # the results mirror the tree
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "dataset"), split="train")
+    assert sorted(loaded["label"]) == ["animal", "drink", "space", "space", "space"]
+    assert all(caption in prompt for caption, prompt in zip(loaded["caption"], loaded["prompt"], strict=True))

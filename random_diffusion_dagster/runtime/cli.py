@@ -80,6 +80,14 @@ def add_run_parser(commands) -> None:
         type=_images_per_run,
         help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
+    run.add_argument(
+        "--dataset",
+        action="store_true",
+        help="then write the results as a Hugging Face ImageFolder dataset (RANDOM_DIFFUSION_DATASET_DIR)",
+    )
+    run.add_argument(
+        "--with-sources", action="store_true", help="with --dataset: put each source image beside its results"
+    )
     run.set_defaults(handler=run_command)
 
 
@@ -118,11 +126,16 @@ def run_command(args: argparse.Namespace) -> int:
             failed_runs += not result.success
             print(f"Run {result.run_id} over {_count(len(partition_range.keys), 'image')}: {_outcome(result)}")
         _materialize(defs, "diffusion_report", instance, dataset_config)
+        if args.dataset:
+            ops = {"augmented_dataset": {"config": {"include_sources": args.with_sources}}}
+            failed_runs += not _materialize(defs, "augmented_dataset", instance, dataset_config, ops).success
     output_dir = Path(defs.resources["dataset"].output_dir)
     print(f"Outputs: {output_dir}")
     report = [path for path in ("summary.csv", "contact_sheet.png") if (output_dir / "report" / path).is_file()]
     if report:
         print(f"Report:  {' and '.join(str(output_dir / 'report' / path) for path in report)}")
+    if args.dataset:
+        print(f"Dataset: {defs.resources['dataset'].dataset_dir} (datasets.load_dataset('imagefolder', data_dir=...))")
     return _said_where_the_traces_are() if failed_runs else 0
 
 
@@ -424,11 +437,12 @@ def worker_command(args: argparse.Namespace) -> int:
 
 
 def _materialize(
-    defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict
+    defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict, ops: dict | None = None
 ) -> dg.ExecuteInProcessResult:
     """One asset, in this process; a failure is shown as the terminal logger's one line (see the result's success)."""
     job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
-    return _execute(with_terminal_logger(job), instance, {"resources": resources_config, **TERMINAL_LOGGING})
+    run_config = {"resources": resources_config, **({"ops": ops} if ops else {}), **TERMINAL_LOGGING}
+    return _execute(with_terminal_logger(job), instance, run_config)
 
 
 def _execute(
