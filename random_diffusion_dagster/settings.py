@@ -128,6 +128,13 @@ def dataset_dir() -> str:
     return env_path("RANDOM_DIFFUSION_DATASET_DIR", "data/augmented", "folder")
 
 
+MAX_VARIANTS = 64
+
+
+def variants() -> int:
+    return env_int("RANDOM_DIFFUSION_VARIANTS", 1, minimum=1, maximum=MAX_VARIANTS, why="results per image")
+
+
 def run_seed() -> int:
     return env_int("RANDOM_DIFFUSION_SEED", 0, minimum=-MAX_SEED, maximum=MAX_SEED, why="a 64-bit seed")
 

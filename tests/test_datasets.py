@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
+from PIL import Image
 
 from random_diffusion_dagster.engine.images import partition_key_for, scan_images
-from random_diffusion_dagster.engine.results import output_path_for, read_record
+from random_diffusion_dagster.engine.results import output_path_for, read_record, variant_path_for
 
 from helpers import make_image, write_catalog
 from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata, _resources
@@ -152,7 +154,7 @@ def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled,
 
 
 def test_the_shipped_labelled_sample_becomes_a_dataset_through_the_cli(tmp_path, models_dir):
-    """The README's example: the labelled sample tree and its prompts, `random-diffusion run --dataset`."""
+    """The README's example: the labelled sample tree and its prompts, `random-diffusion run --variants 3 --dataset`."""
     import datasets
 
     sample = tmp_path / "labelled"
@@ -169,7 +171,7 @@ def test_the_shipped_labelled_sample_becomes_a_dataset_through_the_cli(tmp_path,
     }
     (tmp_path / "home").mkdir()
     completed = subprocess.run(
-        [str(Path(sys.executable).parent / "random-diffusion"), "run", "--dataset"],
+        [str(Path(sys.executable).parent / "random-diffusion"), "run", "--variants", "3", "--dataset"],
         env=env,
         capture_output=True,
         text=True,
@@ -179,5 +181,57 @@ def test_the_shipped_labelled_sample_becomes_a_dataset_through_the_cli(tmp_path,
     assert f"Dataset: {tmp_path / 'dataset'}" in completed.stdout
     assert (tmp_path / "outputs" / "space" / "rocket.png").is_file()  # the results mirror the tree
     loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "dataset"), split="train")
-    assert sorted(loaded["label"]) == ["animal", "drink", "space", "space", "space"]
+    assert sorted(loaded["label"]) == ["animal"] * 3 + ["drink"] * 3 + ["space"] * 9
+    assert sorted(set(loaded["variant"])) == [0, 1, 2]
     assert all(caption in prompt for caption, prompt in zip(loaded["caption"], loaded["prompt"], strict=True))
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=int)
+
+
+def _run_figures_of(instance, result):
+    tags = instance.get_run_by_id(result.run_id).tags
+    return {name: int(tags[f"random_diffusion/{name}"]) for name in ("generated", "reused")}
+
+
+def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(project, tmp_path):
+    """K results per image, each its own draw; a fresh instance makes the same pixels; K 2 -> 3 makes one more per
+    image and reuses the rest; the dataset holds every variant."""
+    import pandas as pd
+
+    from random_diffusion_dagster.defs.assets import augmented_dataset
+
+    with dg.instance_for_test() as instance:
+        keys, result = _diffuse_all(instance, project, variants=2)
+        assert result.success and _run_figures_of(instance, result) == {"generated": 6, "reused": 0}
+        outputs = project["output_dir"]
+        first = {(k, v): _pixels(variant_path_for(outputs, k, v)) for k in keys for v in (0, 1)}
+        for key in keys:
+            zero = read_record(output_path_for(outputs, key))
+            one = read_record(variant_path_for(outputs, key, 1))
+            assert (zero.variant, one.variant) == (0, 1) and zero.seed != one.seed
+            assert first[(key, 0)].shape != first[(key, 1)].shape or (first[(key, 0)] != first[(key, 1)]).any()
+        variants = _partition_metadata(instance, keys[0])["variants"]
+        assert [row.data["variant"] for row in variants.records] == [0, 1]
+
+        _, more = _diffuse_all(instance, project, variants=3)
+        assert more.success and _run_figures_of(instance, more) == {"generated": 3, "reused": 6}
+        export = tmp_path / "augmented"
+        dg.materialize(
+            ALL_ASSETS + [augmented_dataset],
+            selection=["augmented_dataset"],
+            instance=instance,
+            resources=_resources(project, dataset_dir=str(export), variants=3),
+        )
+        manifest = pd.read_parquet(export / "manifest.parquet")
+        assert sorted(manifest["variant"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and manifest["file_name"].is_unique
+
+    for path in [p for p in Path(outputs).rglob("*.png")]:
+        path.unlink()
+    with dg.instance_for_test() as fresh:
+        _diffuse_all(fresh, project, variants=2)
+    for (key, variant), pixels in first.items():  # the same draws, the same pixels (CPU, same batches)
+        again = _pixels(variant_path_for(outputs, key, variant))
+        assert again.shape == pixels.shape and np.abs(again.astype(int) - pixels).max() <= 1, (key, variant)

@@ -29,6 +29,32 @@ def partition_metadata(result: ImageResult) -> dict:
     return metadata
 
 
+def metadata_by_partition(results: list[ImageResult]) -> dict[str, dict]:
+    """Each partition's metadata from its results: the first variant's fields, and with several variants a
+    `variants` table of every one (its prompt, model, seed and file)."""
+    by_key: dict[str, list[ImageResult]] = {}
+    for result in sorted(results, key=lambda r: r.task.variant):
+        by_key.setdefault(result.task.key, []).append(result)
+    metadata = {}
+    for key, variants in by_key.items():
+        metadata[key] = partition_metadata(variants[0])
+        if len(variants) > 1 or variants[0].task.variant:
+            rows = [
+                {
+                    "variant": r.task.variant,
+                    "prompt": r.record.prompt,
+                    "model": r.record.model,
+                    "seed": str(r.record.seed),
+                    "file": r.task.output_path,
+                    "reused": r.status == "reused",
+                }
+                for r in variants
+            ]
+            columns = {"variant": "int", "prompt": "string", "model": "string", "seed": "string", "file": "path"}
+            metadata[key]["variants"] = table(rows, columns | {"reused": "bool"})
+    return metadata
+
+
 def record_partition_metadata(context: dg.AssetExecutionContext, metadata_by_partition: Mapping[str, dict]) -> None:
     """Give each partition of the run's range its own materialization metadata, reading the partition list once.
 

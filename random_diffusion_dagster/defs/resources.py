@@ -66,6 +66,13 @@ class DatasetResource(dg.ConfigurableResource):
         description="Scan the images folder's subfolders too; a file's first folder is its `{label}` "
         "(RANDOM_DIFFUSION_RECURSIVE, default on).",
     )
+    variants: int = Field(
+        default_factory=settings.variants,
+        ge=1,
+        le=settings.MAX_VARIANTS,
+        description="Results per image, each its own draw of prompt, model and seed; raising it adds results and "
+        "keeps the existing ones (RANDOM_DIFFUSION_VARIANTS, default 1).",
+    )
     caption_fallback: str | None = Field(
         default=None,
         description="What `{caption}` becomes for an image without a caption; unset, such an image fails by name.",
@@ -88,7 +95,9 @@ class DatasetResource(dg.ConfigurableResource):
 
     def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
         require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
-        return Planner(prompts, catalog, self.seed, self.output_dir, self.wildcards_dir, self.caption_fallback)
+        return Planner(
+            prompts, catalog, self.seed, self.output_dir, self.wildcards_dir, self.caption_fallback, self.variants
+        )
 
     def check_folders(self) -> None:
         """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .results import ResultRecord, output_file_name
+from .results import ResultRecord, variant_file_name
 
 MARKER = ".random-diffusion-dataset"
 METADATA_FILE = "metadata.jsonl"
@@ -61,8 +61,8 @@ def export_image_folder(
     staging.mkdir(parents=True)
     try:
         rows = []
-        for record, result in sorted(results, key=lambda pair: pair[0].key):
-            name = f"augmented/{output_file_name(record.key)}"
+        for record, result in sorted(results, key=lambda pair: (pair[0].key, pair[0].variant)):
+            name = f"augmented/{variant_file_name(record.key, record.variant)}"
             _place(result, staging / name)
             rows.append(_row(name, "augmented", record))
             if sources:
@@ -98,7 +98,7 @@ def _row(name: str, kind: str, record: ResultRecord) -> DatasetRow:
         model_hash=record.model_hash,
         seed=record.seed,
         strength=record.strength,
-        variant=0,
+        variant=record.variant,
     )
 
 

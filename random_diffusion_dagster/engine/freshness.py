@@ -9,23 +9,31 @@ from __future__ import annotations
 from .images import SourceFile
 from .plan import Planner, SourceSnapshot, snapshot_source
 from .prompts import PromptListError
-from .results import read_result
+from .results import read_record, read_result, variant_path_for
 
 
 def why_stale(planner: Planner, source: SourceFile) -> str | None:
-    """Why this image's result must be (re)made, or None if the result on disk is current."""
-    record = read_result(planner.output_dir, source.partition_key)
-    if record is None:
+    """Why this image's results (all `planner.variants` of them) must be (re)made, or None if they are current."""
+    records = [read_result(planner.output_dir, source.partition_key)] + [
+        read_record(variant_path_for(planner.output_dir, source.partition_key, variant))
+        for variant in range(1, planner.variants)
+    ]
+    if any(record is None for record in records):
         return "missing"
-    snapshot = SourceSnapshot(record.source_sha256, source.size, source.mtime_ns)
-    if (record.source_bytes, record.source_mtime_ns) != (source.size, source.mtime_ns):
+    first = records[0]
+    snapshot = SourceSnapshot(first.source_sha256, source.size, source.mtime_ns)
+    if (first.source_bytes, first.source_mtime_ns) != (source.size, source.mtime_ns):
         snapshot = snapshot_source(source.path)  # touched or replaced: only the content can tell
-        if snapshot.sha256 != record.source_sha256:
+        if snapshot.sha256 != first.source_sha256:
             return "source image changed"
     try:
-        task = planner.task(source.partition_key, source.path, snapshot, planner.words_for(source))
+        words = planner.words_for(source)
+        tasks = [
+            planner.task(source.partition_key, source.path, snapshot, words, source.relative_path, variant)
+            for variant in range(planner.variants)
+        ]
     except PromptListError as exc:  # its run names the missing word for this image
         return f"cannot be planned: {exc}"
-    if task.fingerprint != record.fingerprint:
+    if any(task.fingerprint != record.fingerprint for task, record in zip(tasks, records, strict=True)):
         return "prompts, catalog, seed or caption changed"
     return None

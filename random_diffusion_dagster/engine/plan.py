@@ -19,7 +19,7 @@ from .captions import Captions
 from .catalog import ModelSpec
 from .images import SourceFile
 from .prompts import PromptListError
-from .results import adopt_legacy_result, output_path_for
+from .results import adopt_legacy_result, variant_path_for
 from .templates import PromptTemplates
 
 ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
@@ -58,6 +58,7 @@ class ImageTask:
     output_path: str
     prompt_template: str = ""  # the prompt list's line it came from (equal to `prompt` for plain lines)
     line_negative_prompt: str | None = None  # the line's own --negative_prompt, if it has one
+    variant: int = 0  # which of the image's results (Planner.variants); 0 is the one a single-result run makes
     source_file: str = ""  # its path under the images folder (`cat/001.jpg`), as its record keeps it
     label: str = ""  # its class folder ("" at the top of the images folder)
     caption: str | None = None  # engine/captions.py; part of the image's data version
@@ -78,18 +79,21 @@ class ImageTask:
         }
         if self.line_negative_prompt is not None:
             material["negative_prompt"] = self.line_negative_prompt
+        if self.variant:
+            material["variant"] = self.variant
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def choose(
-    source_sha256: str, run_seed: int, prompts: list[str], models: list[ModelSpec]
+    source_sha256: str, run_seed: int, prompts: list[str], models: list[ModelSpec], variant: int = 0
 ) -> tuple[str, ModelSpec, int]:
-    """(prompt, model, diffusion seed) from a generator keyed by the image content and the run seed.
+    """(prompt, model, diffusion seed) from a generator keyed by the image content, the run seed and the variant.
 
-    The same image and seed always give the same choice; another seed re-rolls. Editing the
-    prompt list or the catalog changes the choice only through the lists themselves.
+    The same image, seed and variant always give the same choice; another seed re-rolls, another variant draws
+    anew. Editing the prompt list or the catalog changes the choice only through the lists themselves.
     """
-    material = hashlib.sha256(f"{source_sha256}:{run_seed}".encode()).digest()
+    variant_part = f":variant{variant}" if variant else ""  # variant 0 draws as a single-result run always did
+    material = hashlib.sha256(f"{source_sha256}:{run_seed}{variant_part}".encode()).digest()
     rng = random.Random(int.from_bytes(material[:8], "big"))
     prompt = rng.choice(prompts)
     weights = [model.weight for model in models]
@@ -98,9 +102,11 @@ def choose(
     return prompt, model, rng.randrange(2**32)
 
 
-def template_seed(source_sha256: str, run_seed: int) -> int:
+def template_seed(source_sha256: str, run_seed: int, variant: int = 0) -> int:
     """The seed a template is resolved with: its own stream, so templates leave the other choices alone."""
-    return int.from_bytes(hashlib.sha256(f"{source_sha256}:{run_seed}:template".encode()).digest()[:8], "big")
+    variant_part = f":variant{variant}" if variant else ""
+    material = f"{source_sha256}:{run_seed}{variant_part}:template"
+    return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
 
 
 def prompts_version(prompts: list[str]) -> str:
@@ -124,6 +130,7 @@ class Planner:
     output_dir: str
     wildcards_dir: str | None = None
     caption_fallback: str | None = None  # `{caption}` of an image without one; None: that image fails by name
+    variants: int = 1  # results per image, each its own draw of prompt, model and seed
 
     @cached_property
     def templates(self) -> PromptTemplates:
@@ -144,10 +151,12 @@ class Planner:
         source: SourceSnapshot,
         words: dict[str, str | None] | None = None,
         relative_path: str = "",
+        variant: int = 0,
     ) -> ImageTask:
-        """The image's task; `words` fill the line's image words (words_for), PromptListError if one is missing."""
-        line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog)
-        seed_of_template = template_seed(source.sha256, self.run_seed)
+        """The image's task (its `variant`-th result); `words` fill the line's image words (words_for),
+        PromptListError if one is missing."""
+        line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog, variant)
+        seed_of_template = template_seed(source.sha256, self.run_seed, variant)
         words = words or {}
         filled = {**words, "caption": words.get("caption") or self.caption_fallback}
         resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
@@ -159,7 +168,8 @@ class Planner:
             model=model,
             seed=seed,
             run_seed=self.run_seed,
-            output_path=str(output_path_for(self.output_dir, key)),
+            output_path=str(variant_path_for(self.output_dir, key, variant)),
+            variant=variant,
             prompt_template=resolved.template,
             line_negative_prompt=resolved.negative_prompt,
             source_file=relative_path or Path(source_path).name,
@@ -168,7 +178,7 @@ class Planner:
         )
 
     def plan(self, files: list[SourceFile]) -> tuple[list[ImageTask], dict[str, str]]:
-        """(tasks, key -> why it cannot be planned) for files found in the images folder.
+        """(tasks, key -> why it cannot be planned) for files found in the images folder: `variants` tasks each.
 
         A result still under its legacy name is moved to the task's output path first (adopt_legacy_result), so the
         run reuses it instead of making it again.
@@ -179,7 +189,10 @@ class Planner:
             try:
                 snapshot = snapshot_source(file.path)
                 words = self.words_for(file)
-                tasks.append(self.task(file.partition_key, file.path, snapshot, words, file.relative_path))
+                tasks += [
+                    self.task(file.partition_key, file.path, snapshot, words, file.relative_path, variant)
+                    for variant in range(self.variants)
+                ]
             except OSError as exc:
                 unplanned[file.partition_key] = f"{file.path} cannot be read: {exc.strerror or exc}"
             except PromptListError as exc:  # an image word it lacks, or an unreadable caption: this image only

@@ -62,6 +62,7 @@ class ResultRecord:
     dtype: str = ""
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths
+    variant: int = 0  # which of the image's results: 0 is the one a single-result run makes
     label: str = ""  # the source's class folder
     caption: str | None = None  # the source's caption, if it has one
     source_sha256: str = ""
@@ -157,6 +158,18 @@ def _checked_folder(output_dir: str | os.PathLike, key: str) -> UPath:
 def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
     """`<output_dir>/<output_file_name(key)>` (a local path or a URL), refusing keys that could leave it."""
     return _checked_folder(output_dir, key) / output_file_name(key)
+
+
+def variant_file_name(key: str, variant: int) -> str:
+    """The name of the key's variant `variant`: variant 0 is the result (output_file_name), variant 2 of
+    `cat/001.jpg` is `cat/001~v2.png` (no key holds `~`, so no other result has that name)."""
+    name = output_file_name(key)
+    return name if variant == 0 else f"{name[: -len('.png')]}~v{variant}.png"
+
+
+def variant_path_for(output_dir: str | os.PathLike, key: str, variant: int) -> UPath:
+    """`<output_dir>/<variant_file_name>`, refusing keys that could leave it."""
+    return _checked_folder(output_dir, key) / variant_file_name(key, variant)
 
 
 def legacy_output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:

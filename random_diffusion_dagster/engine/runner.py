@@ -499,6 +499,7 @@ def _record(
         num_inference_steps=spec.num_inference_steps,
         guidance_scale=spec.guidance_scale,
         source_file=task.source_file or Path(task.source_path).name,
+        variant=task.variant,
         label=task.label,
         caption=task.caption,
         source_sha256=task.source.sha256,
@@ -554,7 +555,7 @@ def _not_ours_to_replace(task: ImageTask, record: ResultRecord | None) -> str | 
             f"a file not made by this project is at {task.output_path}: move it, or choose another output folder "
             "(RANDOM_DIFFUSION_OUTPUT_DIR)."
         )
-    if record.key != task.key:
+    if (record.key, record.variant) != (task.key, task.variant):
         return (
             f"{task.output_path} holds the result of another image ({record.key!r}), not of {task.key!r}: move it, "
             "or choose another output folder (RANDOM_DIFFUSION_OUTPUT_DIR)."

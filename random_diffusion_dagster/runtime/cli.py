@@ -19,7 +19,14 @@ from ..defs.prompt_sets import submission_tags
 from ..defs.resources import MAX_BATCH_SIZE
 from ..defs.run_ranges import partition_range_tags, partition_ranges
 from ..engine.catalog import SETTINGS
-from ..settings import DEFAULT_MAX_PARTITIONS_PER_RUN, MAX_PARTITIONS_PER_RUN, PROJECT_ROOT, SettingError, webserver_url
+from ..settings import (
+    DEFAULT_MAX_PARTITIONS_PER_RUN,
+    MAX_PARTITIONS_PER_RUN,
+    MAX_VARIANTS,
+    PROJECT_ROOT,
+    SettingError,
+    webserver_url,
+)
 from .cli_runs import fail_runs_whose_process_is_gone, process_tags
 from .instance import diffusing_alone, project_instance
 from .terminal_log import TERMINAL_LOGGING, is_interruption, redeliver_swallowed_interrupts, with_terminal_logger
@@ -81,6 +88,12 @@ def add_run_parser(commands) -> None:
         help=f"images per run (default: RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN or {DEFAULT_MAX_PARTITIONS_PER_RUN})",
     )
     run.add_argument(
+        "--variants",
+        type=_variants,
+        help="results per image, each its own draw (default: RANDOM_DIFFUSION_VARIANTS or 1); raising it keeps the "
+        "existing ones",
+    )
+    run.add_argument(
         "--dataset",
         action="store_true",
         help="then write the results as a Hugging Face ImageFolder dataset (RANDOM_DIFFUSION_DATASET_DIR)",
@@ -98,8 +111,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     resources_config = {"engine": {"config": _engine_config(args)}}
-    if args.seed is not None:
-        resources_config["dataset"] = {"config": {"seed": args.seed}}
+    chosen = {"seed": args.seed, "variants": args.variants}
+    if any(value is not None for value in chosen.values()):
+        resources_config["dataset"] = {"config": {k: v for k, v in chosen.items() if v is not None}}
     prompt_config = {"prompt_list": args.prompt} if args.prompt else {"use_prompts_file": args.use_prompts_file}
     ops_config = {"prompt_list": {"config": prompt_config}}
     dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
@@ -501,6 +515,7 @@ def _count_up_to(maximum: int):
 _batch_size = _count_up_to(MAX_BATCH_SIZE)
 _images_per_run = _count_up_to(MAX_PARTITIONS_PER_RUN)
 _steps = _count_up_to(int(SETTINGS["num_inference_steps"].high))
+_variants = _count_up_to(MAX_VARIANTS)
 
 
 def main(argv: list[str] | None = None) -> int:

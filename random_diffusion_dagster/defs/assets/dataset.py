@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...engine.dataset import METADATA_FILE, export_image_folder
-from ...engine.results import output_path_for, read_result
+from ...engine.results import read_record, read_result, variant_path_for
 from ..metadata import table
 from ..partitions import images_partitions
 from ..resources import DatasetResource
@@ -29,14 +29,18 @@ def augmented_dataset(
     context: dg.AssetExecutionContext, config: AugmentedDatasetConfig, dataset: DatasetResource
 ) -> dg.MaterializeResult:
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
-    results = []
+    results, missing = [], 0
     for key in keys:
-        record = read_result(dataset.output_dir, key)
-        if record is not None:
-            results.append((record, output_path_for(dataset.output_dir, key)))
-    missing = len(keys) - len(results)
+        read_result(dataset.output_dir, key)  # adopts a result left under its legacy name
+        for variant in range(dataset.variants):
+            path = variant_path_for(dataset.output_dir, key, variant)
+            record = read_record(path)
+            if record is None:
+                missing += 1
+            else:
+                results.append((record, path))
     if missing:
-        context.log.warning(f"{missing} of {len(keys)} images have no result yet; the dataset leaves them out.")
+        context.log.warning(f"{missing} results of {len(keys)} images are not made yet; the dataset leaves them out.")
     rows = export_image_folder(results, dataset.images_dir, dataset.dataset_dir, config.include_sources)
     labels = sorted({row.label for row in rows if row.label})
     context.log.info(f"Wrote {len(rows)} images ({len(labels)} labels) to {dataset.dataset_dir}")
@@ -45,7 +49,7 @@ def augmented_dataset(
             "path": dg.MetadataValue.path(dataset.dataset_dir),
             "images": len(rows),
             "results": len(results),
-            "without_result": missing,
+            "results_missing": missing,
             "labels": table(
                 [{"label": label, "images": sum(r.label == label for r in rows)} for label in labels],
                 {"label": "string", "images": "int"},

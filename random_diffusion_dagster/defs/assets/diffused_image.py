@@ -5,7 +5,7 @@ import dagster as dg
 from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
 from ...settings import max_partitions_per_run
-from ..metadata import partition_metadata, record_partition_metadata, run_figures
+from ..metadata import metadata_by_partition, record_partition_metadata, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -49,10 +49,8 @@ def diffused_image(
     files, missing = dataset.files_for(context.partition_keys)
     tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
     # The bytes this run read: each partition's provenance names that content.
-    versions = [
-        version_event(IMAGE_FILES, image_version(t.source.sha256[:16], t.caption), partition=t.key) for t in tasks
-    ]
-    report_what_was_read(context, versions)
+    versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
+    report_what_was_read(context, [version_event(IMAGE_FILES, v, partition=key) for key, v in versions.items()])
     done: list = []
     try:
         summary = engine.run(tasks, context.log.info, finished=done)
@@ -69,7 +67,7 @@ def diffused_image(
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if not failures:
-        record_partition_metadata(context, {result.task.key: partition_metadata(result) for result in finished})
+        record_partition_metadata(context, metadata_by_partition(finished))
         return dg.MaterializeResult()
     _record_one_by_one(context, finished)
     raise dg.Failure(
@@ -81,7 +79,5 @@ def diffused_image(
 def _record_one_by_one(context: dg.AssetExecutionContext, finished: list) -> None:
     """A failing step records none of its partitions, so the finished ones are reported one by one before it
     fails: Dagster's record then agrees with the disk."""
-    for result in finished:
-        context.log_event(
-            dg.AssetMaterialization(context.asset_key, partition=result.task.key, metadata=partition_metadata(result))
-        )
+    for key, metadata in metadata_by_partition(finished).items():
+        context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata))
