@@ -235,3 +235,18 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
     for (key, variant), pixels in first.items():  # the same draws, the same pixels (CPU, same batches)
         again = _pixels(variant_path_for(outputs, key, variant))
         assert again.shape == pixels.shape and np.abs(again.astype(int) - pixels).max() <= 1, (key, variant)
+
+
+def test_a_broken_caption_file_fails_only_images_whose_prompt_names_caption(tmp_path, models_dir):
+    from random_diffusion_dagster.engine.catalog import load_catalog
+    from random_diffusion_dagster.engine.plan import Planner
+
+    images = tmp_path / "images"
+    make_image(images / "dog" / "002.png")
+    (images / "dog" / "metadata.jsonl").write_text('{"file_name": "002.png", "text": "a dog"}\nnot json\n')
+    catalog = load_catalog(write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd15",)))
+    files = scan_images(images).files
+    tasks, unplanned = Planner(["a photo of a {label}"], catalog, 0, str(tmp_path / "out")).plan(files)
+    assert [t.prompt for t in tasks] == ["a photo of a dog"] and unplanned == {}
+    tasks, unplanned = Planner(["{caption}"], catalog, 0, str(tmp_path / "out")).plan(files)
+    assert tasks == [] and "metadata.jsonl, line 2: not JSON" in unplanned["dog/002.png"]

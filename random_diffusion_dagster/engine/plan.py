@@ -141,8 +141,15 @@ class Planner:
         return Captions()
 
     def words_for(self, file: SourceFile) -> dict[str, str | None]:
-        """The image's own words for templates: `{label}`, `{stem}`, `{caption}` (None where it has none)."""
-        return {"label": file.label, "stem": Path(file.name).stem, "caption": self.captions.caption_for(file)}
+        """The image's own words for templates: `{label}`, `{stem}`, `{caption}` (None where it has none). A
+        caption file that cannot be read fails the image only where a prompt line names `{caption}`."""
+        try:
+            caption = self.captions.caption_for(file)
+        except (PromptListError, OSError):
+            if self.templates.uses("caption"):
+                raise
+            caption = None
+        return {"label": file.label, "stem": Path(file.name).stem, "caption": caption}
 
     def task(
         self,
