@@ -250,3 +250,69 @@ def test_a_broken_caption_file_fails_only_images_whose_prompt_names_caption(tmp_
     assert [t.prompt for t in tasks] == ["a photo of a dog"] and unplanned == {}
     tasks, unplanned = Planner(["{caption}"], catalog, 0, str(tmp_path / "out")).plan(files)
     assert tasks == [] and "metadata.jsonl, line 2: not JSON" in unplanned["dog/002.png"]
+
+
+def test_a_top_level_folder_named_as_the_output_folder_keeps_its_report_is_skipped_by_name(tmp_path):
+    make_image(tmp_path / "images" / "report" / "contact_sheet.jpg")
+    make_image(tmp_path / "images" / "animal" / "report" / "x.png")  # deeper down it mirrors nowhere special
+    scan = scan_images(tmp_path / "images")
+    assert [s.relative_path for s in scan.files] == ["animal/report/x.png"]
+    assert "the output folder keeps its report/ there" in {e.name: e.reason for e in scan.skipped}["report"]
+
+
+def test_case_distinct_sources_keep_distinct_variant_files(tmp_path):
+    assert variant_path_for(tmp_path, "UP.JPG", 1).name == "UP~v1.PNG"
+    assert variant_path_for(tmp_path, "UP.jpg", 1).name == "UP~v1.png"
+
+
+def test_a_failed_variant_in_a_subfolder_is_recorded_where_the_report_reads_it(labelled):
+    """One image's variant 1 is blocked by a user's file: the image's failure record is in the output folder's
+    .failures (not its subfolder's), and its successful variant 0 does not clear it."""
+    from random_diffusion_dagster.engine.results import read_failure
+
+    outputs = Path(labelled["output_dir"])
+    blocked = variant_path_for(outputs, "cat/001.jpg", 1)
+    make_image(blocked, color=(1, 2, 3))
+    with dg.instance_for_test() as instance:
+        _, result = _diffuse_all(instance, labelled, variants=2, caption_fallback="a photo")
+    assert not result.success and read_record(blocked) is None
+    failure = read_failure(outputs, "cat/001.jpg")
+    assert failure is not None and "a file not made by this project" in failure.error
+    assert read_record(output_path_for(outputs, "cat/001.jpg")).variant == 0
+
+
+def test_captions_go_into_prompts_as_written_and_a_bad_row_fails_only_its_image(tmp_path, models_dir):
+    from random_diffusion_dagster.engine.catalog import load_catalog
+    from random_diffusion_dagster.engine.plan import Planner
+
+    images = tmp_path / "images"
+    make_image(images / "a.png")
+    make_image(images / "b.png")
+    rows = [
+        {"file_name": "a.png", "text": "a {stem} with {label} and {x|y} __w__"},
+        {"file_name": "b.png", "text": "\x00"},
+    ]
+    (images / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    catalog = load_catalog(write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd15",)))
+    tasks, unplanned = Planner(["{photo|picture}: {caption}"], catalog, 0, str(tmp_path / "o")).plan(
+        scan_images(images).files
+    )
+    assert [t.prompt.split(": ", 1)[1] for t in tasks] == ["a {stem} with {label} and {x|y} __w__"]
+    assert list(unplanned) == ["b.png"] and "row 2" in unplanned["b.png"]
+
+
+def test_the_dataset_folder_may_not_lie_in_the_output_or_images_folder(labelled):
+    from random_diffusion_dagster.defs.assets import augmented_dataset
+
+    for inside in (Path(labelled["output_dir"]) / "augmented", Path(labelled["images_dir"]) / "ds"):
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                ALL_ASSETS + [augmented_dataset],
+                selection=["augmented_dataset"],
+                instance=instance,
+                resources=_resources(labelled, dataset_dir=str(inside)),
+                raise_on_error=False,
+            )
+        failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
+        assert "is inside the" in failure and "RANDOM_DIFFUSION_DATASET_DIR at a folder outside both" in failure
+        assert not inside.exists()

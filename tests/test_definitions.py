@@ -25,6 +25,7 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
         "diffusion_report",
         "model_comparison",
         "comparison_report",
+        "augmented_dataset",
         "prompts_file",
         "models_file",
         "image_file",

@@ -54,7 +54,8 @@ def test_skipped_entries_say_why(tmp_path):
 
     assert [f.name for f in scan.files] == ["good.png", "link_to_real.png", "real.png"]
     reasons = _skipped(scan)
-    assert sorted(reasons) == ["dangling.png", "pipe.png", "self.png"]  # folders and hidden files: silent
+    # A symlinked folder is named (not followed); real folders are scanned; hidden files are silent.
+    assert sorted(reasons) == ["dangling.png", "link_to_folder", "pipe.png", "self.png"]
     assert "symlink loop" in reasons["self.png"]
     assert "dangling symlink" in reasons["dangling.png"] and "gone.png" in reasons["dangling.png"]
     assert "not a regular file" in reasons["pipe.png"]
@@ -98,7 +99,9 @@ def test_names_that_are_not_utf8_get_clean_keys(tmp_path):
 def test_a_residual_key_collision_is_reported_not_raised(tmp_path, monkeypatch):
     for name in ("b.png", "a.png", "c.png"):
         _touch(tmp_path / name)
-    monkeypatch.setattr(images, "partition_key_for", lambda name: "same" if name in ("a.png", "b.png") else name)
+    monkeypatch.setattr(
+        images, "partition_key_for", lambda name, folder="": "same" if name in ("a.png", "b.png") else name
+    )
     scan = images.scan_images(tmp_path)
     assert [f.name for f in scan.files] == ["a.png", "c.png"]
     reason = _skipped(scan)["b.png"]

@@ -35,14 +35,16 @@ class Captions:
             folder = root.joinpath(*parts[:depth])
             relative = "/".join([*parts[depth:], source.name])
             caption = self._table(folder).get(relative)
+            if isinstance(caption, PromptListError):
+                raise caption  # this image's row is unusable; the other rows still count
             if caption is not None:
                 return caption
         return None
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Captions per plan; it lives as long as its tables
-    def _table(self, folder: Path) -> dict[str, str]:
-        """file_name -> caption from the metadata files in `folder`."""
-        table: dict[str, str] = {}
+    def _table(self, folder: Path) -> dict[str, str | PromptListError]:
+        """file_name -> caption (or why its row is unusable) from the metadata files in `folder`."""
+        table: dict[str, str | PromptListError] = {}
         for name in CAPTION_FILES:
             path = folder / name
             if not path.is_file():
@@ -54,8 +56,11 @@ class Captions:
             for number, row in enumerate(rows, start=1):
                 column = next((c for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
                 if isinstance(row.get("file_name"), str) and column:
-                    where = f"{path}, row {number}"
-                    table.setdefault(row["file_name"].strip("/"), _checked(row[column].strip(), where))
+                    try:
+                        caption = _checked(row[column].strip(), f"{path}, row {number}")
+                    except PromptListError as error:
+                        caption = error
+                    table.setdefault(row["file_name"].strip("/"), caption)
         return table
 
 

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .images import readable
+from .output_location import is_local, location, overlap
 from .results import ResultRecord, variant_file_name
 
 MARKER = ".random-diffusion-dataset"
@@ -44,13 +46,25 @@ class DatasetExportError(OSError):
 
 
 def export_image_folder(
-    results: list[tuple[ResultRecord, Path]], images_dir: str | os.PathLike, target: str | os.PathLike, sources: bool
+    results: list[tuple[ResultRecord, Path]],
+    images_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    target: str | os.PathLike,
+    sources: bool,
 ) -> list[DatasetRow]:
     """Write `target` as an ImageFolder dataset of these results (record, result file), with their sources too if
-    `sources`; returns its rows. The files are hard links where the filesystem allows, else copies."""
+    `sources`; returns its rows. The files are hard links where the filesystem allows, else copies. `target` must
+    lie apart from the images and output folders: replacing it would delete results, or a scan would read it."""
     import pandas as pd
 
     target = Path(target).resolve()
+    for name, folder in (("images", images_dir), ("output", output_dir)):
+        relation = overlap(target, Path(folder).resolve()) if is_local(location(folder)) else None
+        if relation:
+            raise DatasetExportError(
+                f"The dataset folder {target} {relation} the {name} folder {Path(folder).resolve()}: point "
+                "RANDOM_DIFFUSION_DATASET_DIR at a folder outside both."
+            )
     if target.exists() and not (target / MARKER).is_file():
         raise DatasetExportError(
             f"{target} exists and was not written by this project (no {MARKER} in it): move it, or point "
@@ -62,15 +76,15 @@ def export_image_folder(
     try:
         rows = []
         for record, result in sorted(results, key=lambda pair: (pair[0].key, pair[0].variant)):
-            name = f"augmented/{variant_file_name(record.key, record.variant)}"
+            name = readable(f"augmented/{variant_file_name(record.key, record.variant)}")
             _place(result, staging / name)
             rows.append(_row(name, "augmented", record))
             if sources:
                 source = Path(images_dir) / record.source_file
-                name = f"source/{record.source_file}"
+                name = readable(f"source/{record.source_file}")
                 if source.is_file() and not (staging / name).exists():
                     _place(source, staging / name)
-                    own = (record.source_file, record.label, record.caption)
+                    own = (readable(record.source_file), record.label, record.caption)
                     rows.append(DatasetRow(name, "source", *own, *[None] * 7))
         lines = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in rows)
         (staging / METADATA_FILE).write_text(lines, encoding="utf-8")
@@ -89,7 +103,7 @@ def _row(name: str, kind: str, record: ResultRecord) -> DatasetRow:
     return DatasetRow(
         file_name=name,
         kind=kind,
-        source_file=record.source_file,
+        source_file=readable(record.source_file),
         label=record.label,
         caption=record.caption,
         prompt=record.prompt,

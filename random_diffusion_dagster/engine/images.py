@@ -58,8 +58,8 @@ class SourceFile:
 
     @property
     def label(self) -> str:
-        """Its class in the ImageFolder layout (`train/<label>/...` or `<label>/...`): the first folder under the
-        images folder; "" at the top."""
+        """Its class in the ImageFolder layout (`<label>/...`): the first folder under the images folder; "" at the
+        top."""
         return self.folder.split("/", 1)[0] if self.folder else ""
 
 
@@ -212,13 +212,24 @@ def _scan_entries(
 
 
 def _is_sidecar_name(name: str) -> bool:
-    return name.lower().endswith(".txt")
+    return name.endswith(".txt")  # as engine/captions.py reads them: `<stem>.txt`
+
+
+# Folders the output folder keeps for itself: a top-level images folder of that name would mirror into them.
+RESERVED_FOLDERS = ("report", "comparisons")
 
 
 def _folder_problem(entry: os.DirEntry, shown: str) -> str | None:
     """Why a subfolder is not scanned, or None."""
     if entry.name.startswith("."):
         return "hidden folder: not scanned; move its images to a visible folder to use them"
+    if not _is_utf8(entry.name):
+        return "folder name is not valid UTF-8: not scanned; rename it"
+    if shown in RESERVED_FOLDERS:
+        return (
+            f"the output folder keeps its {shown}/ there, so images in a top-level {shown}/ folder would write over "
+            "it: not scanned; rename the folder"
+        )
     if entry.is_symlink():
         return (
             "symlinked folder: not followed, so the scan can neither loop nor leave the images folder; move or copy "
@@ -227,6 +238,20 @@ def _folder_problem(entry: os.DirEntry, shown: str) -> str | None:
     if shown.count("/") + 1 > MAX_FOLDER_DEPTH:
         return f"more than {MAX_FOLDER_DEPTH} folders deep: not scanned; move its images nearer the images folder"
     return None
+
+
+def readable(name: str) -> str:
+    """A file name as text for prompts and datasets: bytes that are not UTF-8 (the OS hands them over as
+    surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir gives undecodable bytes as surrogates
+        return False
+    return True
 
 
 def _file_problem(entry: os.DirEntry, info: os.stat_result) -> str | None:

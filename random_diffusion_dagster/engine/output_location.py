@@ -112,15 +112,21 @@ def require_separate_folders(images_dir: str | os.PathLike, output_dir: str | os
     if not is_local(output):
         return
     images, out = Path(images_dir).resolve(), Path(output).resolve()
-    if out == images:
-        relation = "is"
-    elif images in out.parents:
-        relation = "is inside"
-    elif out in images.parents:
-        relation = "holds"
-    else:
+    relation = overlap(out, images)
+    if relation is None:
         return
     raise OutputLocationError(
         f"The output folder {out} {relation} the images folder {images}: results would be written among the "
         "sources. Point RANDOM_DIFFUSION_OUTPUT_DIR (or the dataset resource's output_dir) at a folder outside it."
     )
+
+
+def overlap(folder: Path, other: Path) -> str | None:
+    """How `folder` lies against `other` ("is", "is inside", "holds"), or None when they are apart."""
+    if folder == other:
+        return "is"
+    if other in folder.parents:
+        return "is inside"
+    if folder in other.parents:
+        return "holds"
+    return None

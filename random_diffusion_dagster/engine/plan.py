@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .captions import Captions
 from .catalog import ModelSpec
-from .images import SourceFile
+from .images import SourceFile, readable
 from .prompts import PromptListError
 from .results import adopt_legacy_result, variant_path_for
 from .templates import PromptTemplates
@@ -149,7 +149,7 @@ class Planner:
             if self.templates.uses("caption"):
                 raise
             caption = None
-        return {"label": file.label, "stem": Path(file.name).stem, "caption": caption}
+        return {"label": file.label, "stem": readable(Path(file.name).stem), "caption": caption}
 
     def task(
         self,

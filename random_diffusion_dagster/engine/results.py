@@ -163,8 +163,8 @@ def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
 def variant_file_name(key: str, variant: int) -> str:
     """The name of the key's variant `variant`: variant 0 is the result (output_file_name), variant 2 of
     `cat/001.jpg` is `cat/001~v2.png` (no key holds `~`, so no other result has that name)."""
-    name = output_file_name(key)
-    return name if variant == 0 else f"{name[: -len('.png')]}~v{variant}.png"
+    name = output_file_name(key)  # ends in .png, or .PNG for a .JPG: the variant keeps that case
+    return name if variant == 0 else f"{name[:-4]}~v{variant}{name[-4:]}"
 
 
 def variant_path_for(output_dir: str | os.PathLike, key: str, variant: int) -> UPath:

@@ -148,8 +148,7 @@ def run_tasks(
             for result in _run_model(model_sources, cache, batch_size, progress, writer):
                 results[result.task.output_path] = result
     progress.close()
-    for result in results.values():
-        _record_outcome(result)
+    _record_outcomes(list(results.values()))
     return RunSummary(
         results=[results[t.output_path] for t in tasks],
         pipeline_loads=cache.loads - loads_before,
@@ -578,14 +577,22 @@ def _preview(source: Image.Image | None, result: Image.Image) -> str:
     return thumbnail_data_uri(image_strip([*([source] if source else []), result], height=PREVIEW_HEIGHT), size=512)
 
 
-def _record_outcome(result: ImageResult) -> None:
-    """Keep a failure file per failed image (read by the report); clear it once the image succeeds."""
-    output_dir = location(result.task.output_path).parent
-    if result.status == "failed":
-        failure = FailureRecord(result.task.key, result.task.model.name, result.error, result.task.source_path)
-        write_failure(output_dir, failure)
-    else:
-        clear_failure(output_dir, result.task.key)
+def _record_outcomes(results: list[ImageResult]) -> None:
+    """Keep a failure file per image with a failed result (read by the report); clear it once all of the image's
+    results (its variants) succeed."""
+    by_image: dict[tuple[str, str], list[ImageResult]] = {}
+    for result in results:
+        folder = location(result.task.output_path).parent
+        for _ in range(result.task.key.count("/")):  # a result in a subfolder: the output folder is above it
+            folder = folder.parent
+        by_image.setdefault((str(folder), result.task.key), []).append(result)
+    for (output_dir, key), image_results in by_image.items():
+        failed = [result for result in image_results if result.status == "failed"]
+        if failed:
+            task = failed[0].task
+            write_failure(output_dir, FailureRecord(key, task.model.name, failed[0].error, task.source_path))
+        else:
+            clear_failure(output_dir, key)
 
 
 def _rss_peak_mb() -> float:

@@ -128,8 +128,9 @@ class PromptTemplates:
                 raise PromptListError(f"{self._where[index]} uses {{{word}}}, but the image has none: {fixes[word]}.")
             return words[word]
 
-        text = re.sub(r"RDDIMAGEWORD(LABEL|CAPTION|STEM)", lambda match: value(match[1].lower()), text)
-        return IMAGE_WORD.sub(lambda match: value(match[1]), text)
+        if "RDDIMAGEWORD" in text:  # a drawn template: its words are markers; what fills them stays as it is
+            return re.sub(r"RDDIMAGEWORD(LABEL|CAPTION|STEM)", lambda match: value(match[1].lower()), text)
+        return IMAGE_WORD.sub(lambda match: value(match[1]), text)  # a --negative_prompt is not parsed
 
     def _generate(self, parsed, seed: int) -> str:
         """What Dynamic Prompts' RandomPromptGenerator(seed=seed).generate(text, 1) gives, from the parsed text."""

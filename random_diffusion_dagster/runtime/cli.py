@@ -105,6 +105,9 @@ def add_run_parser(commands) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.with_sources and not args.dataset:
+        print("error: --with-sources puts sources into the dataset: add --dataset.", file=sys.stderr)
+        return 2
     from ..definitions import defs
 
     if problem := _folder_problem(defs):
@@ -140,15 +143,17 @@ def run_command(args: argparse.Namespace) -> int:
             failed_runs += not result.success
             print(f"Run {result.run_id} over {_count(len(partition_range.keys), 'image')}: {_outcome(result)}")
         _materialize(defs, "diffusion_report", instance, dataset_config)
+        exported = False
         if args.dataset:
             ops = {"augmented_dataset": {"config": {"include_sources": args.with_sources}}}
-            failed_runs += not _materialize(defs, "augmented_dataset", instance, dataset_config, ops).success
+            exported = _materialize(defs, "augmented_dataset", instance, dataset_config, ops).success
+            failed_runs += not exported
     output_dir = Path(defs.resources["dataset"].output_dir)
     print(f"Outputs: {output_dir}")
     report = [path for path in ("summary.csv", "contact_sheet.png") if (output_dir / "report" / path).is_file()]
     if report:
         print(f"Report:  {' and '.join(str(output_dir / 'report' / path) for path in report)}")
-    if args.dataset:
+    if exported:
         print(f"Dataset: {defs.resources['dataset'].dataset_dir} (datasets.load_dataset('imagefolder', data_dir=...))")
     return _said_where_the_traces_are() if failed_runs else 0
 

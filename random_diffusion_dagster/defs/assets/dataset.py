@@ -41,7 +41,9 @@ def augmented_dataset(
                 results.append((record, path))
     if missing:
         context.log.warning(f"{missing} results of {len(keys)} images are not made yet; the dataset leaves them out.")
-    rows = export_image_folder(results, dataset.images_dir, dataset.dataset_dir, config.include_sources)
+    rows = export_image_folder(
+        results, dataset.images_dir, dataset.output_dir, dataset.dataset_dir, config.include_sources
+    )
     labels = sorted({row.label for row in rows if row.label})
     context.log.info(f"Wrote {len(rows)} images ({len(labels)} labels) to {dataset.dataset_dir}")
     return dg.MaterializeResult(
