@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from random_diffusion_dagster.defs.assets import augmented_dataset
 from random_diffusion_dagster.engine.images import partition_key_for, scan_images
 from random_diffusion_dagster.engine.results import output_path_for, read_record, variant_path_for
 
@@ -19,6 +20,18 @@ from helpers import make_image, write_catalog
 from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata, _resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _export(instance, project, include_sources=False, **dataset):
+    """Materialize augmented_dataset over what the instance has recorded."""
+    return dg.materialize(
+        [*ALL_ASSETS, augmented_dataset],
+        selection=["augmented_dataset"],
+        instance=instance,
+        resources=_resources(project, **dataset),
+        run_config={"ops": {"augmented_dataset": {"config": {"include_sources": include_sources}}}},
+        raise_on_error=False,
+    )
 
 
 @pytest.fixture
@@ -102,19 +115,10 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
     import datasets
     import pandas as pd
 
-    from random_diffusion_dagster.defs.assets import augmented_dataset
-
     export = tmp_path / "augmented"
     with dg.instance_for_test() as instance:
         _diffuse_all(instance, labelled, caption_fallback="a photo")
-        result = dg.materialize(
-            ALL_ASSETS + [augmented_dataset],
-            selection=["augmented_dataset"],
-            instance=instance,
-            resources=_resources(labelled, dataset_dir=str(export)),
-            run_config={"ops": {"augmented_dataset": {"config": {"include_sources": True}}}},
-        )
-        assert result.success
+        assert _export(instance, labelled, include_sources=True, dataset_dir=str(export)).success
     loaded = datasets.load_dataset("imagefolder", data_dir=str(export), split="train")
     assert loaded.num_rows == 6  # three results and their three sources
     rows = sorted(zip(loaded["kind"], loaded["source_file"], loaded["label"], loaded["caption"], strict=True))
@@ -135,19 +139,11 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
 
 
 def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):
-    from random_diffusion_dagster.defs.assets import augmented_dataset
-
     theirs = tmp_path / "mine"
     (theirs / "keep.txt").parent.mkdir()
     (theirs / "keep.txt").write_text("my notes")
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            ALL_ASSETS + [augmented_dataset],
-            selection=["augmented_dataset"],
-            instance=instance,
-            resources=_resources(labelled, dataset_dir=str(theirs)),
-            raise_on_error=False,
-        )
+        result = _export(instance, labelled, dataset_dir=str(theirs))
     assert not result.success and (theirs / "keep.txt").read_text() == "my notes"
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
     assert "mine exists and was not written by this project" in failure
@@ -201,8 +197,6 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
     image and reuses the rest; the dataset holds every variant."""
     import pandas as pd
 
-    from random_diffusion_dagster.defs.assets import augmented_dataset
-
     with dg.instance_for_test() as instance:
         keys, result = _diffuse_all(instance, project, variants=2)
         assert result.success and _run_figures_of(instance, result) == {"generated": 6, "reused": 0}
@@ -219,12 +213,7 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
         _, more = _diffuse_all(instance, project, variants=3)
         assert more.success and _run_figures_of(instance, more) == {"generated": 3, "reused": 6}
         export = tmp_path / "augmented"
-        dg.materialize(
-            ALL_ASSETS + [augmented_dataset],
-            selection=["augmented_dataset"],
-            instance=instance,
-            resources=_resources(project, dataset_dir=str(export), variants=3),
-        )
+        assert _export(instance, project, dataset_dir=str(export), variants=3).success
         manifest = pd.read_parquet(export / "manifest.parquet")
         assert sorted(manifest["variant"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and manifest["file_name"].is_unique
 
@@ -302,17 +291,9 @@ def test_captions_go_into_prompts_as_written_and_a_bad_row_fails_only_its_image(
 
 
 def test_the_dataset_folder_may_not_lie_in_the_output_or_images_folder(labelled):
-    from random_diffusion_dagster.defs.assets import augmented_dataset
-
     for inside in (Path(labelled["output_dir"]) / "augmented", Path(labelled["images_dir"]) / "ds"):
         with dg.instance_for_test() as instance:
-            result = dg.materialize(
-                ALL_ASSETS + [augmented_dataset],
-                selection=["augmented_dataset"],
-                instance=instance,
-                resources=_resources(labelled, dataset_dir=str(inside)),
-                raise_on_error=False,
-            )
+            result = _export(instance, labelled, dataset_dir=str(inside))
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
         assert "is inside the" in failure and "RANDOM_DIFFUSION_DATASET_DIR at a folder outside both" in failure
         assert not inside.exists()
