@@ -271,3 +271,27 @@ def test_ctrl_c_while_the_command_imports_ends_in_one_line_without_a_traceback()
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 130, completed.stderr[-3000:]
     assert completed.stderr.strip() == "random-diffusion: interrupted"
+
+
+def test_a_redelivered_interrupt_is_raised_in_the_run_not_inside_the_hook():
+    """Dagster's handler raises at once: a signal sent from inside the hook raised there and was swallowed a second
+    time (seen as "Exception ignored in sys.unraisablehook" and a run that went on). It must reach the code."""
+
+    def dagster_like(signo, frame):
+        raise dg.DagsterExecutionInterruptedError()
+
+    class Collected:
+        def __del__(self):
+            raise dg.DagsterExecutionInterruptedError()
+
+    previous = signal.signal(signal.SIGINT, dagster_like)
+    hook, sys.unraisablehook = sys.unraisablehook, redeliver_swallowed_interrupts
+    try:
+        with pytest.raises(dg.DagsterExecutionInterruptedError):
+            Collected()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        sys.unraisablehook = hook
+        signal.signal(signal.SIGINT, previous)

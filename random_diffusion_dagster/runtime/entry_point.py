@@ -5,7 +5,6 @@ or so in which the command's modules (Dagster among them) import, and the interp
 has finished.
 """
 
-import os
 import sys
 
 
@@ -16,18 +15,14 @@ def main() -> int:
         print("\nrandom-diffusion: interrupted", file=sys.stderr)
         return 130
     code = run_command()
-    _exit_at_once_on_ctrl_c(code)
+    _ignore_ctrl_c_from_now()
     return code
 
 
-def _exit_at_once_on_ctrl_c(code: int) -> None:
-    """The command is done: a Ctrl-C during shutdown (worker threads joining, storages closing) ends the process with
-    the command's own exit code instead of a KeyboardInterrupt from inside the interpreter's cleanup."""
+def _ignore_ctrl_c_from_now() -> None:
+    """The command is done and its exit code decided: a Ctrl-C while the interpreter shuts down (worker threads
+    joining, large libraries unloading) is ignored, so the process ends with that code and no traceback. Ignoring
+    is a setting of the process itself: Python resets its own handlers before the end of shutdown, this one not."""
     import signal
 
-    def exit_now(signum, frame):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-    signal.signal(signal.SIGINT, exit_now)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import dagster as dg
 
@@ -32,14 +33,29 @@ def redeliver_swallowed_interrupts(unraisable) -> None:
     ignored in ...", a traceback) and the run goes on as if nothing was pressed. This sends the signal again, so
     it is raised in the run's own code."""
     if isinstance(unraisable.exc_value, (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
-        os.kill(os.getpid(), signal.SIGINT)
+        # From another thread, a moment later: sent while this hook runs, the handler would raise inside it and be
+        # swallowed again.
+        timer = threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
     else:
         sys.__unraisablehook__(unraisable)
 
 
+INTERRUPTIONS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
 def is_interruption(event: dg.DagsterEvent) -> bool:
-    """A step failed because the process was interrupted (Ctrl-C): Dagster fails the step and returns."""
-    return event.is_step_failure and event.step_failure_data.error_source.name == "INTERRUPT"
+    """A step or run failed because the process was interrupted (Ctrl-C): Dagster fails it and returns. The
+    interrupt may land in the step or after it, while Dagster records the step's results."""
+    if event.is_step_failure and event.step_failure_data.error_source.name == "INTERRUPT":
+        return True
+    error = getattr(event.event_specific_data, "error", None)
+    while error is not None:
+        if error.cls_name in INTERRUPTIONS:
+            return True
+        error = error.cause
+    return False
 
 
 def error_text(error) -> str:
