@@ -200,6 +200,8 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
     with dg.instance_for_test() as instance:
         keys, result = _diffuse_all(instance, project, variants=2)
         assert result.success and _run_figures_of(instance, result) == {"generated": 6, "reused": 0}
+        tags = instance.get_run_by_id(result.run_id).tags  # an image's variants share its batch: 3 sizes, 3 calls
+        assert (tags["random_diffusion/pipeline_calls"], tags["random_diffusion/mean_batch_fill"]) == ("3", "0.5")
         outputs = project["output_dir"]
         first = {(k, v): _pixels(variant_path_for(outputs, k, v)) for k in keys for v in (0, 1)}
         for key in keys:

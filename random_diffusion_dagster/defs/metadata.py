@@ -103,6 +103,8 @@ def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]
         "pipeline_loads": summary.pipeline_loads,
         "compiled_graphs": summary.compiled_graphs,
         "batch_size": summary.batch_size,
+        "pipeline_calls": len(summary.batches),
+        "mean_batch_fill": "" if summary.mean_batch_fill is None else round(summary.mean_batch_fill, 3),
         "images_per_second": round(summary.images_per_second, 3),
         "device": summary.device,
     }

@@ -62,6 +62,12 @@ class RunSummary:
     seconds: float
     device: str
     compiled_graphs: int  # graphs torch.compile made during the run (0 when nothing new had to be compiled)
+    batches: list[int] = field(default_factory=list)  # images in each planned pipeline call (OOM fallbacks split)
+
+    @property
+    def mean_batch_fill(self) -> float | None:
+        """How full the pipeline calls were on average (1.0: every call held batch_size images)."""
+        return sum(self.batches) / len(self.batches) / self.batch_size if self.batches else None
 
     def with_status(self, status: Status) -> list[ImageResult]:
         return [r for r in self.results if r.status == status]
@@ -143,9 +149,10 @@ def run_tasks(
     finished.extend(results.values())
     progress = _Progress(len(pending), log, progress_bar)
     by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
+    batches: list[int] = []
     with _ResultWriter(finished) as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
         for model_sources in sources:
-            for result in _run_model(model_sources, cache, batch_size, progress, writer):
+            for result in _run_model(model_sources, cache, batch_size, progress, writer, batches):
                 results[result.task.output_path] = result
     progress.close()
     _record_outcomes(list(results.values()))
@@ -156,6 +163,7 @@ def run_tasks(
         seconds=time.perf_counter() - started,
         device=cache.device,
         compiled_graphs=compiled_graphs() - graphs_before,
+        batches=batches,
     )
 
 
@@ -246,6 +254,7 @@ def _run_model(
     batch_size: int,
     progress: _Progress,
     writer: _ResultWriter,
+    batches: list[int],
 ) -> Iterator[ImageResult]:
     spec = sources[0][0].model
     loaded: list[tuple[ImageTask, _Source]] = []
@@ -271,6 +280,7 @@ def _run_model(
         group = list(group)
         for start in range(0, len(group), batch_size):
             batch = _Batch(spec.name, group[start : start + batch_size])
+            batches.append(len(batch.items))
             batch_started = time.perf_counter()
             outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
             cost = _BatchCost(len(batch.items), load_seconds, time.perf_counter() - batch_started)
