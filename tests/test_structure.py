@@ -197,3 +197,14 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
     assert not broken, broken
     readme_links = link.findall((root / "README.md").read_text())
     assert any(target.startswith("docs/") for target in readme_links)  # the README points into docs/
+
+
+def test_a_dagster_yaml_naming_the_old_storage_class_path_still_loads(tmp_path):
+    """Deployments' dagster.yaml files name the instance storage by class path; the old path is an alias."""
+    import dagster as dg
+
+    storage = {"module": "random_diffusion_dagster.sqlite_storage", "class": "BatchingSqliteStorage"}
+    overrides = {"storage": {"custom": {**storage, "config": {"base_dir": str(tmp_path / "storage")}}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        assert instance.get_runs() == []
+        assert type(instance.event_log_storage).__name__ == "BatchingSqliteEventLogStorage"
