@@ -299,3 +299,14 @@ def test_the_dataset_folder_may_not_lie_in_the_output_or_images_folder(labelled)
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
         assert "is inside the" in failure and "RANDOM_DIFFUSION_DATASET_DIR at a folder outside both" in failure
         assert not inside.exists()
+
+
+def test_a_catalog_strength_list_is_drawn_per_result(project, tmp_path, models_dir):
+    """DA-Fusion draws each synthetic image's strength: `strengths` in the catalog, one drawn per variant."""
+    catalog = write_catalog(tmp_path / "strengths.yaml", models_dir, names=("tiny-sd15",), strengths=[0.3, 0.6])
+    with dg.instance_for_test() as instance:
+        keys, result = _diffuse_all(instance, project, variants=4, models_file=str(catalog))
+    assert result.success
+    outputs = project["output_dir"]
+    drawn = [read_record(variant_path_for(outputs, key, v)).strength for key in keys for v in range(4)]
+    assert set(drawn) == {0.3, 0.6}

@@ -76,8 +76,22 @@ def _prompt_text(text: str | None) -> str | None:
     return text
 
 
+def _strengths(value: Any) -> tuple[float, ...] | None:
+    """A list to draw each result's strength from, each value as `strength` takes it."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not value:  # a tuple: the defaults' own, already checked
+        raise ValueError("not a list")
+    drawn = tuple(float(_finite(strength)) for strength in value)
+    if not all(0 < strength <= 1 for strength in drawn):
+        raise ValueError("out of range")
+    return drawn
+
+
 Whole = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
+Strengths = Annotated[tuple[float, ...] | None, BeforeValidator(_strengths)]
+STRENGTHS_EXPECTATION = "a list of strengths, each above 0 and at most 1, such as [0.3, 0.5, 0.7]"
 
 
 class Settings(BaseModel):
@@ -100,6 +114,8 @@ class Settings(BaseModel):
     weight: Number = Field(1.0, gt=0, le=1_000_000)
     # A1111/compel emphasis in prompts, `(word:1.3)`, `[word]`; off: the text goes to the encoder as written.
     prompt_weighting: StrictBool = False
+    # Each result draws its strength from these (as DA-Fusion draws one per synthetic image); unset: `strength`.
+    strengths: Strengths = None
 
 
 class Entry(Settings):
@@ -120,9 +136,10 @@ class Entry(Settings):
             raise CatalogError(f"it must name exactly one of {SOURCE_KINDS}; it names {kinds or 'none'}.")
         if self.config is not None and kinds != ["single_file"]:
             raise CatalogError(f"`config` only applies to `single_file` models; {kinds[0]} models carry their own.")
-        if int(self.num_inference_steps * self.strength) < 1:  # ModelSpec.denoising_steps
+        weakest = min(self.strengths or (self.strength,))
+        if int(self.num_inference_steps * weakest) < 1:  # ModelSpec.denoising_steps
             raise CatalogError(
-                f"num_inference_steps ({self.num_inference_steps}) x strength ({self.strength}) "
+                f"num_inference_steps ({self.num_inference_steps}) x strength ({weakest}) "
                 "gives no denoising step; raise either so their product is at least 1."
             )
         if kinds == ["single_file"] and self.safety_checker:
@@ -142,6 +159,8 @@ class Setting(NamedTuple):
 
 def _setting(field: Any) -> Setting:
     kind = field.annotation
+    if kind == tuple[float, ...] | None:
+        return Setting(STRENGTHS_EXPECTATION)
     if kind is bool:
         return Setting("true or false (unquoted)")
     if get_origin(kind) is Literal:
@@ -179,13 +198,15 @@ class ModelSpec:
     config: str | None = None  # single_file only: diffusers config folder or hub id
     weight: float = 1.0
     prompt_weighting: bool = False
+    strengths: tuple[float, ...] | None = None  # each result draws its strength from these (plan.choose)
 
     def result_settings(self) -> dict[str, Any]:
         """Everything about the entry that can change a result's pixels (not its description or draw weight)."""
         settings = asdict(self)
         del settings["description"], settings["weight"]
-        if not self.prompt_weighting:
-            del settings["prompt_weighting"]  # results made before the setting existed stay current
+        for optional in ("prompt_weighting", "strengths"):  # results made before the setting existed stay current
+            if not settings[optional]:
+                del settings[optional]
         return settings
 
     @property

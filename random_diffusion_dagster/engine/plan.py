@@ -7,6 +7,7 @@ check all plan through it, so they cannot disagree about what an image should be
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,6 +100,8 @@ def choose(
     weights = [model.weight for model in models]
     # Equal weights draw exactly as before weights existed, so existing choices stay.
     model = rng.choice(models) if len(set(weights)) == 1 else rng.choices(models, weights=weights)[0]
+    if model.strengths:  # drawn here, so the task's model says the strength its result used
+        model = dataclasses.replace(model, strength=rng.choice(model.strengths), strengths=None)
     return prompt, model, rng.randrange(2**32)
 
 
