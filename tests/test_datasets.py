@@ -310,3 +310,19 @@ def test_a_catalog_strength_list_is_drawn_per_result(project, tmp_path, models_d
     outputs = project["output_dir"]
     drawn = [read_record(variant_path_for(outputs, key, v)).strength for key in keys for v in range(4)]
     assert set(drawn) == {0.3, 0.6}
+
+
+def test_one_variant_can_be_rerolled_and_the_new_draw_is_kept(project):
+    with dg.instance_for_test() as instance:
+        keys, _ = _diffuse_all(instance, project, variants=2)
+        outputs = project["output_dir"]
+        before = {(k, v): read_record(variant_path_for(outputs, k, v)) for k in keys for v in (0, 1)}
+        reroll = {"ops": {"diffused_image": {"config": {"reroll": ["red.png~v1"]}}}}
+        _, rerolled = _diffuse_all(instance, project, run_config=reroll, variants=2)
+        assert _run_figures_of(instance, rerolled) == {"generated": 1, "reused": 5}
+        new = read_record(variant_path_for(outputs, "red.png", 1))
+        assert new.roll == 1 and new.seed != before[("red.png", 1)].seed
+        assert read_record(output_path_for(outputs, "red.png")).seed == before[("red.png", 0)].seed
+        _, again = _diffuse_all(instance, project, variants=2)  # a plain run keeps the re-rolled draw
+        assert _run_figures_of(instance, again) == {"generated": 0, "reused": 6}
+        assert read_record(variant_path_for(outputs, "red.png", 1)).seed == new.seed

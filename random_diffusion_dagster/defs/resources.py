@@ -93,10 +93,18 @@ class DatasetResource(dg.ConfigurableResource):
         }
         return [by_key[k] for k in keys if k in by_key], missing
 
-    def planner(self, prompts: list[str], catalog: list[ModelSpec]) -> Planner:
+    def planner(self, prompts: list[str], catalog: list[ModelSpec], rerolls: frozenset[str] = frozenset()) -> Planner:
+        """The planner for today's inputs; `rerolls` (`key` or `key~vN`) draw those results anew."""
         require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
         return Planner(
-            prompts, catalog, self.seed, self.output_dir, self.wildcards_dir, self.caption_fallback, self.variants
+            prompts,
+            catalog,
+            self.seed,
+            self.output_dir,
+            self.wildcards_dir,
+            self.caption_fallback,
+            self.variants,
+            rerolls,
         )
 
     def check_folders(self) -> None:

@@ -29,8 +29,8 @@ def why_stale(planner: Planner, source: SourceFile) -> str | None:
     try:
         words = planner.words_for(source)
         tasks = [
-            planner.task(source.partition_key, source.path, snapshot, words, source.relative_path, variant)
-            for variant in range(planner.variants)
+            planner.task(source.partition_key, source.path, snapshot, words, source.relative_path, variant, r.roll)
+            for variant, r in enumerate(records)
         ]
     except PromptListError as exc:  # its run names the missing word for this image
         return f"cannot be planned: {exc}"

@@ -20,7 +20,7 @@ from .captions import Captions
 from .catalog import ModelSpec
 from .images import SourceFile, readable
 from .prompts import PromptListError
-from .results import adopt_legacy_result, variant_path_for
+from .results import adopt_legacy_result, read_record, variant_path_for
 from .templates import PromptTemplates
 
 ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
@@ -60,6 +60,7 @@ class ImageTask:
     prompt_template: str = ""  # the prompt list's line it came from (equal to `prompt` for plain lines)
     line_negative_prompt: str | None = None  # the line's own --negative_prompt, if it has one
     variant: int = 0  # which of the image's results (Planner.variants); 0 is the one a single-result run makes
+    roll: int = 0  # how often this variant was re-rolled; each roll draws anew
     source_file: str = ""  # its path under the images folder (`cat/001.jpg`), as its record keeps it
     label: str = ""  # its class folder ("" at the top of the images folder)
     caption: str | None = None  # engine/captions.py; part of the image's data version
@@ -82,19 +83,25 @@ class ImageTask:
             material["negative_prompt"] = self.line_negative_prompt
         if self.variant:
             material["variant"] = self.variant
+        if self.roll:
+            material["roll"] = self.roll
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
+def _draw_material(source_sha256: str, run_seed: int, variant: int, roll: int) -> str:
+    """What one result's draws are keyed by; variant 0 never re-rolled draws as a single-result run always did."""
+    return f"{source_sha256}:{run_seed}" + (f":variant{variant}" if variant else "") + (f":roll{roll}" if roll else "")
+
+
 def choose(
-    source_sha256: str, run_seed: int, prompts: list[str], models: list[ModelSpec], variant: int = 0
+    source_sha256: str, run_seed: int, prompts: list[str], models: list[ModelSpec], variant: int = 0, roll: int = 0
 ) -> tuple[str, ModelSpec, int]:
     """(prompt, model, diffusion seed) from a generator keyed by the image content, the run seed and the variant.
 
     The same image, seed and variant always give the same choice; another seed re-rolls, another variant draws
     anew. Editing the prompt list or the catalog changes the choice only through the lists themselves.
     """
-    variant_part = f":variant{variant}" if variant else ""  # variant 0 draws as a single-result run always did
-    material = hashlib.sha256(f"{source_sha256}:{run_seed}{variant_part}".encode()).digest()
+    material = hashlib.sha256(_draw_material(source_sha256, run_seed, variant, roll).encode()).digest()
     rng = random.Random(int.from_bytes(material[:8], "big"))
     prompt = rng.choice(prompts)
     weights = [model.weight for model in models]
@@ -105,10 +112,9 @@ def choose(
     return prompt, model, rng.randrange(2**32)
 
 
-def template_seed(source_sha256: str, run_seed: int, variant: int = 0) -> int:
+def template_seed(source_sha256: str, run_seed: int, variant: int = 0, roll: int = 0) -> int:
     """The seed a template is resolved with: its own stream, so templates leave the other choices alone."""
-    variant_part = f":variant{variant}" if variant else ""
-    material = f"{source_sha256}:{run_seed}{variant_part}:template"
+    material = _draw_material(source_sha256, run_seed, variant, roll) + ":template"
     return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
 
 
@@ -134,6 +140,7 @@ class Planner:
     wildcards_dir: str | None = None
     caption_fallback: str | None = None  # `{caption}` of an image without one; None: that image fails by name
     variants: int = 1  # results per image, each its own draw of prompt, model and seed
+    rerolls: frozenset[str] = frozenset()  # `key` (all its variants) or `key~vN`: draw those anew this run
 
     @cached_property
     def templates(self) -> PromptTemplates:
@@ -162,11 +169,12 @@ class Planner:
         words: dict[str, str | None] | None = None,
         relative_path: str = "",
         variant: int = 0,
+        roll: int = 0,
     ) -> ImageTask:
         """The image's task (its `variant`-th result); `words` fill the line's image words (words_for),
         PromptListError if one is missing."""
-        line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog, variant)
-        seed_of_template = template_seed(source.sha256, self.run_seed, variant)
+        line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog, variant, roll)
+        seed_of_template = template_seed(source.sha256, self.run_seed, variant, roll)
         words = words or {}
         filled = {**words, "caption": words.get("caption") or self.caption_fallback}
         resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
@@ -180,12 +188,19 @@ class Planner:
             run_seed=self.run_seed,
             output_path=str(variant_path_for(self.output_dir, key, variant)),
             variant=variant,
+            roll=roll,
             prompt_template=resolved.template,
             line_negative_prompt=resolved.negative_prompt,
             source_file=relative_path or Path(source_path).name,
             label=words.get("label") or "",
             caption=words.get("caption"),
         )
+
+    def roll_of(self, key: str, variant: int) -> int:
+        """The variant's roll: the one its result on disk records, plus one where this run re-rolls it."""
+        record = read_record(variant_path_for(self.output_dir, key, variant))
+        kept = record.roll if record is not None and (record.key, record.variant) == (key, variant) else 0
+        return kept + (key in self.rerolls or f"{key}~v{variant}" in self.rerolls)
 
     def plan(self, files: list[SourceFile]) -> tuple[list[ImageTask], dict[str, str]]:
         """(tasks, key -> why it cannot be planned) for files found in the images folder: `variants` tasks each.
@@ -200,8 +215,9 @@ class Planner:
                 snapshot = snapshot_source(file.path)
                 words = self.words_for(file)
                 tasks += [
-                    self.task(file.partition_key, file.path, snapshot, words, file.relative_path, variant)
+                    self.task(file.partition_key, file.path, snapshot, words, file.relative_path, variant, roll)
                     for variant in range(self.variants)
+                    for roll in [self.roll_of(file.partition_key, variant)]
                 ]
             except OSError as exc:
                 unplanned[file.partition_key] = f"{file.path} cannot be read: {exc.strerror or exc}"

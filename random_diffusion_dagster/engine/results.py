@@ -63,6 +63,7 @@ class ResultRecord:
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths
     variant: int = 0  # which of the image's results: 0 is the one a single-result run makes
+    roll: int = 0  # how often this variant was re-rolled (Planner.rerolls): its draw depends on it
     label: str = ""  # the source's class folder
     caption: str | None = None  # the source's caption, if it has one
     source_sha256: str = ""

@@ -509,6 +509,7 @@ def _record(
         guidance_scale=spec.guidance_scale,
         source_file=task.source_file or Path(task.source_path).name,
         variant=task.variant,
+        roll=task.roll,
         label=task.label,
         caption=task.caption,
         source_sha256=task.source.sha256,

@@ -94,6 +94,12 @@ def add_run_parser(commands) -> None:
         "existing ones",
     )
     run.add_argument(
+        "--reroll",
+        action="append",
+        metavar="KEY[~vN]",
+        help="draw this image's results anew (repeatable): a partition key, or KEY~vN for one variant; kept after",
+    )
+    run.add_argument(
         "--dataset",
         action="store_true",
         help="then write the results as a Hugging Face ImageFolder dataset (RANDOM_DIFFUSION_DATASET_DIR)",
@@ -118,7 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
     if any(value is not None for value in chosen.values()):
         resources_config["dataset"] = {"config": {k: v for k, v in chosen.items() if v is not None}}
     prompt_config = {"prompt_list": args.prompt} if args.prompt else {"use_prompts_file": args.use_prompts_file}
-    ops_config = {"prompt_list": {"config": prompt_config}}
+    ops_config = {"prompt_list": {"config": prompt_config}, "diffused_image": {"config": {"reroll": args.reroll or []}}}
     dataset_config = {k: v for k, v in resources_config.items() if k == "dataset"}
     with (
         project_instance() as instance,

@@ -1,6 +1,7 @@
 """`diffused_image`: one img2img result per source image, many partitions per run."""
 
 import dagster as dg
+from pydantic import Field
 
 from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
@@ -28,6 +29,14 @@ GPU_STEP_TAGS = {
 DIFFUSION_KINDS = {"pytorch", "diffusers"}
 
 
+class DiffusedImageConfig(dg.Config):
+    reroll: list[str] = Field(
+        default=[],
+        description="Results to draw anew (prompt, model, seed): a partition key for all its variants, or "
+        "`key~vN` for one variant. The new draw is kept: later runs reuse it.",
+    )
+
+
 @dg.asset(
     partitions_def=images_partitions,
     kinds=DIFFUSION_KINDS,
@@ -41,13 +50,18 @@ DIFFUSION_KINDS = {"pytorch", "diffusers"}
 )
 def diffused_image(
     context: dg.AssetExecutionContext,
+    config: DiffusedImageConfig,
     dataset: DatasetResource,
     engine: DiffusionEngineResource,
     prompt_list: list[str],
     model_catalog: list[ModelSpec],
 ) -> dg.MaterializeResult:
     files, missing = dataset.files_for(context.partition_keys)
-    tasks, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
+    keys = set(context.partition_keys)
+    elsewhere = [name for name in config.reroll if name.rpartition("~v")[0] not in keys and name not in keys]
+    if elsewhere:
+        context.log.warning(f"reroll names {elsewhere}, which are not among this run's images: left alone.")
+    tasks, unreadable = dataset.planner(prompt_list, model_catalog, frozenset(config.reroll)).plan(files)
     # The bytes this run read: each partition's provenance names that content.
     versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
     report_what_was_read(context, [version_event(IMAGE_FILES, v, partition=key) for key, v in versions.items()])
