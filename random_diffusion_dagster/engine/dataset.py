@@ -57,9 +57,14 @@ def export_image_folder(
     lie apart from the images and output folders: replacing it would delete results, or a scan would read it."""
     import pandas as pd
 
+    if not is_local(location(output_dir)):
+        raise DatasetExportError(
+            f"The output location {output_dir} is not a local folder: the dataset links or copies the results from "
+            "one; export on a machine that mounts them there."
+        )
     target = Path(target).resolve()
     for name, folder in (("images", images_dir), ("output", output_dir)):
-        relation = overlap(target, Path(folder).resolve()) if is_local(location(folder)) else None
+        relation = overlap(target, Path(folder).resolve())
         if relation:
             raise DatasetExportError(
                 f"The dataset folder {target} {relation} the {name} folder {Path(folder).resolve()}: point "
