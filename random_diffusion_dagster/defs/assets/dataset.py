@@ -31,10 +31,10 @@ def augmented_dataset(
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
     results, missing = [], 0
     for key in keys:
-        read_result(dataset.output_dir, key)  # adopts a result left under its legacy name
         for variant in range(dataset.variants):
             path = variant_path_for(dataset.output_dir, key, variant)
-            record = read_record(path)
+            # Variant 0 through read_result, which adopts a result left under its legacy name.
+            record = read_result(dataset.output_dir, key) if variant == 0 else read_record(path)
             if record is None:
                 missing += 1
             else:
