@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .engine.catalog import MAX_VARIANTS  # results per image: the catalog's `defaults: {variants: K}` has it too
 from .engine.local_files import kind_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -128,11 +129,10 @@ def dataset_dir() -> str:
     return env_path("RANDOM_DIFFUSION_DATASET_DIR", "data/augmented", "folder")
 
 
-MAX_VARIANTS = 64
-
-
-def variants() -> int:
-    return env_int("RANDOM_DIFFUSION_VARIANTS", 1, minimum=1, maximum=MAX_VARIANTS, why="results per image")
+def variants() -> int | None:
+    """RANDOM_DIFFUSION_VARIANTS: results per image; unset, None: the catalog's `defaults: {variants: K}`, else 1
+    (DatasetResource.result_variants)."""
+    return env_int("RANDOM_DIFFUSION_VARIANTS", None, minimum=1, maximum=MAX_VARIANTS, why="results per image")
 
 
 def run_seed() -> int:

@@ -21,6 +21,20 @@ def write_catalog(path: Path, models_dir: Path, names=("tiny-sd15", "tiny-sd2"),
     return path
 
 
+def source_paths(images_dir) -> dict[str, str]:
+    """Partition key -> the source's path under `images_dir`, which names its results."""
+    from random_diffusion_dagster.engine.images import scan_images
+
+    return {f.partition_key: f.relative_path for f in scan_images(images_dir).files}
+
+
+def result_file(images_dir, output_dir, key: str) -> Path:
+    """The result file of the partition `key`: named after its source in `images_dir` (output_file_name)."""
+    from random_diffusion_dagster.engine.results import output_file_name
+
+    return Path(output_dir) / output_file_name(source_paths(images_dir)[key])
+
+
 def make_image(path: Path, size=(80, 60), color=(200, 40, 40), mode="RGB") -> Path:
     """A small image with some structure, so different files differ in content."""
     image = Image.new("RGB", size, color)

@@ -19,9 +19,9 @@ from random_diffusion_dagster.defs.checks import results_readable_on_disk
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.engine.images import partition_key_for
-from random_diffusion_dagster.engine.results import output_file_name, read_record
+from random_diffusion_dagster.engine.results import read_record
 
-from helpers import make_image
+from helpers import make_image, result_file
 
 ALL_ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
 
@@ -113,7 +113,7 @@ def test_one_ranged_run_materializes_every_partition_with_its_own_metadata(insta
             "preview",
         ):
             assert field in metadata, (key, field)
-        assert Path(metadata["output_path"]) == Path(project["output_dir"]) / output_file_name(key)
+        assert Path(metadata["output_path"]) == result_file(project["images_dir"], project["output_dir"], key)
         assert str(read_record(metadata["output_path"]).seed) == metadata["seed"]  # a setting: text, not plotted
         assert isinstance(metadata["inference_seconds"], float)  # a measurement: plotted
         assert "vram_peak_allocated_mb" not in metadata and metadata["device"] == "cpu"  # no GPU, no VRAM figure
@@ -153,7 +153,9 @@ def test_a_run_reads_the_registered_partitions_a_fixed_number_of_times_however_m
         reads_by_run_size[len(covered)] = len(reads)
     assert reads_by_run_size[3] == reads_by_run_size[15], reads_by_run_size
     assert instance.get_materialized_partitions(dg.AssetKey("diffused_image")) == set(keys)
-    assert all(_partition_metadata(instance, key)["output_path"].endswith(output_file_name(key)) for key in keys)
+    for key in keys:
+        result = result_file(project["images_dir"], project["output_dir"], key)
+        assert _partition_metadata(instance, key)["output_path"] == str(result)
 
 
 def _counted(method, calls: list):
@@ -167,7 +169,8 @@ def _counted(method, calls: list):
 def test_same_seed_reproduces_pixels_and_a_new_seed_rerolls(instance, project):
     keys, _ = _diffuse_all(instance, project)
     first = {
-        k: (_partition_metadata(instance, k), _pixels(Path(project["output_dir"]) / output_file_name(k))) for k in keys
+        k: (_partition_metadata(instance, k), _pixels(result_file(project["images_dir"], project["output_dir"], k)))
+        for k in keys
     }
     for path in Path(project["output_dir"]).glob("*.png"):
         path.unlink()
@@ -221,8 +224,8 @@ def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance
     error = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "1 of 4 images failed" in error and "bad.png" in error
     good = [k for k in keys if k != "bad.png"]
-    assert all((Path(project["output_dir"]) / output_file_name(k)).is_file() for k in good)
-    assert not (Path(project["output_dir"]) / output_file_name("bad.png")).exists()
+    assert all(result_file(project["images_dir"], project["output_dir"], k).is_file() for k in good)
+    assert not (Path(project["output_dir"]) / "bad.png.png").exists()
 
     bad.write_bytes(original)  # the user fixes the file
     _, rerun = _diffuse_all(instance, project)
@@ -268,7 +271,7 @@ def test_partition_preview_shows_source_beside_result_and_report_tables_are_tabl
 
 def test_the_check_in_a_diffusion_run_reads_that_runs_results_and_alone_reads_them_all(instance, project):
     keys, _ = _diffuse_all(instance, project)
-    Path(project["output_dir"], output_file_name(keys[0])).unlink()  # a result lost after it was recorded
+    result_file(project["images_dir"], project["output_dir"], keys[0]).unlink()  # a result lost after it was recorded
     make_image(Path(project["images_dir"]) / "late.png", color=(90, 90, 10))
     _materialize(instance, project, ["source_images"])
     resources = _resources(project)

@@ -14,10 +14,9 @@ from random_diffusion_dagster.defs.automation.new_images_sensor import SETTLE_SE
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.images import SourceFile, partition_key_for
-from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.settings import max_partitions_per_run
 
-from helpers import make_image
+from helpers import make_image, result_file
 from local_services import apply_partition_requests
 from test_assets import _diffuse_all
 
@@ -126,7 +125,7 @@ def test_catch_up_requests_missing_and_stale_partitions_only(instance, project):
     assert result.success
     assert isinstance(_schedule_requests(instance, project), dg.SkipReason)
 
-    Path(project["output_dir"], output_file_name(keys[0])).unlink()  # a result lost on disk
+    result_file(project["images_dir"], project["output_dir"], keys[0]).unlink()  # a result lost on disk
     (requests,) = _schedule_requests(instance, project)
     assert (requests.tags[RANGE_START_TAG], requests.tags[RANGE_END_TAG]) == (keys[0], keys[0])
 

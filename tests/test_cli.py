@@ -16,7 +16,7 @@ from random_diffusion_dagster.engine.results import output_file_name, read_recor
 from random_diffusion_dagster.runtime.cli import main
 from random_diffusion_dagster.runtime.terminal_log import redeliver_swallowed_interrupts
 
-from helpers import make_image, write_catalog
+from helpers import make_image, result_file, write_catalog
 
 BIN = Path(sys.executable).parent
 
@@ -199,7 +199,7 @@ def test_ctrl_c_stops_the_run_in_one_line_and_keeps_finished_images(project, tmp
     assert 1 <= len(written) < 3
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:  # the images on disk are recorded
         recorded = instance.get_materialized_partitions(dg.AssetKey("diffused_image"))
-    assert {output_file_name(key) for key in recorded} == written
+    assert {result_file(project["images_dir"], "", key).name for key in recorded} == written
 
 
 def test_compare_on_a_file_the_scan_skipped_says_why_it_was_skipped(project, tmp_path):

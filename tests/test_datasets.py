@@ -14,9 +14,9 @@ from PIL import Image
 
 from random_diffusion_dagster.defs.assets import augmented_dataset
 from random_diffusion_dagster.engine.images import partition_key_for, scan_images
-from random_diffusion_dagster.engine.results import output_path_for, read_record, variant_path_for
+from random_diffusion_dagster.engine.results import read_record, result_path
 
-from helpers import make_image, write_catalog
+from helpers import make_image, source_paths, write_catalog
 from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata, _resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -80,9 +80,9 @@ def test_a_tree_is_scanned_with_keys_from_paths_and_top_level_keys_as_before(tmp
     assert reasons[".cache"].startswith("hidden folder") and reasons["linked"].startswith("symlinked folder")
     assert reasons["cat/loop"].startswith("symlinked folder") and "16 folders deep" in reasons["deep/" * 16 + "deep"]
     assert [s.relative_path for s in scan_images(images, recursive=False).files] == ["a b.png", "top.png"]
-    assert output_path_for(tmp_path / "out", "cat/001.jpg") == (tmp_path / "out").resolve() / "cat" / "001.png"
-    with pytest.raises(ValueError, match="would write outside"):
-        output_path_for(tmp_path / "out", "cat/../../etc")
+    assert result_path(tmp_path / "out", "cat/001.jpg") == (tmp_path / "out").resolve() / "cat" / "001.png"
+    with pytest.raises(ValueError, match="is not a path under the images folder"):
+        result_path(tmp_path / "out", "cat/../../etc")
 
 
 def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_fails_that_image_alone(labelled):
@@ -91,24 +91,26 @@ def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_
         assert not result.success  # the image without a caption failed, by name
         outputs = labelled["output_dir"]
         cat, dog = (
-            read_record(output_path_for(outputs, "cat/001.jpg")),
-            read_record(output_path_for(outputs, "dog/002.png")),
+            read_record(result_path(outputs, "cat/001.jpg")),
+            read_record(result_path(outputs, "dog/002.png")),
         )
         assert cat.prompt.endswith("of a cat, a ginger cat on a sofa") and cat.source_file == "cat/001.jpg"
         assert (
             dog.prompt.endswith("of a dog, a dog in snow")
             and cat.prompt_template == "a {photo|painting} of a {label}, {caption}"
         )
-        assert (output_path_for(outputs, "cat/001.jpg")).parent.name == "cat"
+        assert (result_path(outputs, "cat/001.jpg")).parent.name == "cat"
         puppy = f"dog/puppies/{partition_key_for('003 (copy).png')}"
-        assert puppy in keys and read_record(output_path_for(outputs, puppy)) is None
+        assert puppy in keys and read_record(result_path(outputs, "dog/puppies/003 (copy).png")) is None
         assert _partition_metadata(instance, "cat/001.jpg")["prompt"].endswith("a ginger cat on a sofa")
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
         assert "dog/puppies/003 (copy).png" in failure and "uses {caption}, but the image has none" in failure
 
         _, rerun = _diffuse_all(instance, labelled, caption_fallback="a photo")
         assert rerun.success
-        assert read_record(output_path_for(outputs, puppy)).prompt.endswith("of a dog, a photo")
+        # The result keeps its source's own name, spaces and brackets included.
+        assert (Path(outputs) / "dog" / "puppies" / "003 (copy).png.png").is_file()
+        assert read_record(result_path(outputs, "dog/puppies/003 (copy).png")).prompt.endswith("of a dog, a photo")
 
 
 def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_provenance(labelled, tmp_path):
@@ -203,10 +205,11 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
         tags = instance.get_run_by_id(result.run_id).tags  # an image's variants share its batch: 3 sizes, 3 calls
         assert (tags["random_diffusion/pipeline_calls"], tags["random_diffusion/mean_batch_fill"]) == ("3", "0.5")
         outputs = project["output_dir"]
-        first = {(k, v): _pixels(variant_path_for(outputs, k, v)) for k in keys for v in (0, 1)}
+        sources = source_paths(project["images_dir"])
+        first = {(k, v): _pixels(result_path(outputs, sources[k], v)) for k in keys for v in (0, 1)}
         for key in keys:
-            zero = read_record(output_path_for(outputs, key))
-            one = read_record(variant_path_for(outputs, key, 1))
+            zero = read_record(result_path(outputs, sources[key]))
+            one = read_record(result_path(outputs, sources[key], 1))
             assert (zero.variant, one.variant) == (0, 1) and zero.seed != one.seed
             assert first[(key, 0)].shape != first[(key, 1)].shape or (first[(key, 0)] != first[(key, 1)]).any()
         variants = _partition_metadata(instance, keys[0])["variants"]
@@ -224,7 +227,7 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
     with dg.instance_for_test() as fresh:
         _diffuse_all(fresh, project, variants=2)
     for (key, variant), pixels in first.items():  # the same draws, the same pixels (CPU, same batches)
-        again = _pixels(variant_path_for(outputs, key, variant))
+        again = _pixels(result_path(outputs, sources[key], variant))
         assert again.shape == pixels.shape and np.abs(again.astype(int) - pixels).max() <= 1, (key, variant)
 
 
@@ -252,8 +255,8 @@ def test_a_top_level_folder_named_as_the_output_folder_keeps_its_report_is_skipp
 
 
 def test_case_distinct_sources_keep_distinct_variant_files(tmp_path):
-    assert variant_path_for(tmp_path, "UP.JPG", 1).name == "UP~v1.PNG"
-    assert variant_path_for(tmp_path, "UP.jpg", 1).name == "UP~v1.png"
+    assert result_path(tmp_path, "UP.JPG", 1).name == "UP~v1.PNG"
+    assert result_path(tmp_path, "UP.jpg", 1).name == "UP~v1.png"
 
 
 def test_a_failed_variant_in_a_subfolder_is_recorded_where_the_report_reads_it(labelled):
@@ -262,14 +265,14 @@ def test_a_failed_variant_in_a_subfolder_is_recorded_where_the_report_reads_it(l
     from random_diffusion_dagster.engine.results import read_failure
 
     outputs = Path(labelled["output_dir"])
-    blocked = variant_path_for(outputs, "cat/001.jpg", 1)
+    blocked = result_path(outputs, "cat/001.jpg", 1)
     make_image(blocked, color=(1, 2, 3))
     with dg.instance_for_test() as instance:
         _, result = _diffuse_all(instance, labelled, variants=2, caption_fallback="a photo")
     assert not result.success and read_record(blocked) is None
     failure = read_failure(outputs, "cat/001.jpg")
     assert failure is not None and "a file not made by this project" in failure.error
-    assert read_record(output_path_for(outputs, "cat/001.jpg")).variant == 0
+    assert read_record(result_path(outputs, "cat/001.jpg")).variant == 0
 
 
 def test_captions_go_into_prompts_as_written_and_a_bad_row_fails_only_its_image(tmp_path, models_dir):
@@ -308,7 +311,8 @@ def test_a_catalog_strength_list_is_drawn_per_result(project, tmp_path, models_d
         keys, result = _diffuse_all(instance, project, variants=4, models_file=str(catalog))
     assert result.success
     outputs = project["output_dir"]
-    drawn = [read_record(variant_path_for(outputs, key, v)).strength for key in keys for v in range(4)]
+    sources = source_paths(project["images_dir"])
+    drawn = [read_record(result_path(outputs, sources[key], v)).strength for key in keys for v in range(4)]
     assert set(drawn) == {0.3, 0.6}
 
 
@@ -316,13 +320,14 @@ def test_one_variant_can_be_rerolled_and_the_new_draw_is_kept(project):
     with dg.instance_for_test() as instance:
         keys, _ = _diffuse_all(instance, project, variants=2)
         outputs = project["output_dir"]
-        before = {(k, v): read_record(variant_path_for(outputs, k, v)) for k in keys for v in (0, 1)}
+        sources = source_paths(project["images_dir"])
+        before = {(k, v): read_record(result_path(outputs, sources[k], v)) for k in keys for v in (0, 1)}
         reroll = {"ops": {"diffused_image": {"config": {"reroll": ["red.png~v1"]}}}}
         _, rerolled = _diffuse_all(instance, project, run_config=reroll, variants=2)
         assert _run_figures_of(instance, rerolled) == {"generated": 1, "reused": 5}
-        new = read_record(variant_path_for(outputs, "red.png", 1))
+        new = read_record(result_path(outputs, "red.png", 1))
         assert new.roll == 1 and new.seed != before[("red.png", 1)].seed
-        assert read_record(output_path_for(outputs, "red.png")).seed == before[("red.png", 0)].seed
+        assert read_record(result_path(outputs, "red.png")).seed == before[("red.png", 0)].seed
         _, again = _diffuse_all(instance, project, variants=2)  # a plain run keeps the re-rolled draw
         assert _run_figures_of(instance, again) == {"generated": 0, "reused": 6}
-        assert read_record(variant_path_for(outputs, "red.png", 1)).seed == new.seed
+        assert read_record(result_path(outputs, "red.png", 1)).seed == new.seed

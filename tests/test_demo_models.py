@@ -46,14 +46,14 @@ def test_layouts_mirror_the_real_checkpoints():
 def test_every_shipped_model_makes_an_image_through_the_catalog(tmp_path):
     catalog = load_catalog(PROJECT_ROOT / "data" / "models.yaml")
     source = next(p for p in sorted((PROJECT_ROOT / "data" / "images").iterdir()))
-    jobs = [
-        Planner(["a lighthouse"], [spec], 0, tmp_path).task(f"{spec.name}.jpg", str(source), snapshot_source(source))
-        for spec in catalog
-    ]
-    checked = dataclasses.replace(catalog[0], name="tiny-sd14-checked", safety_checker=True)
-    jobs.append(
-        Planner(["a lighthouse"], [checked], 0, tmp_path).task("checked.jpg", str(source), snapshot_source(source))
-    )
+
+    def job(spec, name: str):  # one source under a name of each model's, so each result has its own file
+        return Planner(["a lighthouse"], [spec], 0, tmp_path).task(
+            name, str(source), snapshot_source(source), relative_path=name
+        )
+
+    jobs = [job(spec, f"{spec.name}.jpg") for spec in catalog]
+    jobs.append(job(dataclasses.replace(catalog[0], name="tiny-sd14-checked", safety_checker=True), "checked.jpg"))
     summary = run_tasks(jobs, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
     assert {spec.source_kind for spec in catalog} == {"path", "single_file"}
     assert [r.status for r in summary.results] == ["generated"] * (len(catalog) + 1), [r.error for r in summary.results]

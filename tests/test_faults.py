@@ -21,7 +21,7 @@ from random_diffusion_dagster.engine.report import build_report
 from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.engine.runner import run_tasks
 
-from helpers import make_image
+from helpers import make_image, result_file
 from test_assets import _diffuse_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_a_run_with_one_failure_records_every_finished_partition(instance, proje
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("diffused_image"), asset_partitions=[key]), limit=1
         ).records[0]
         metadata = record.asset_materialization.metadata
-        assert metadata["output_path"].value == str(Path(project["output_dir"]) / output_file_name(key))
+        assert metadata["output_path"].value == str(result_file(project["images_dir"], project["output_dir"], key))
         assert "prompt" in metadata and "inference_seconds" in metadata
 
 
@@ -106,7 +106,7 @@ def test_an_interrupt_while_a_batch_is_logged_counts_its_written_images_as_finis
         )
     written = {path.name for path in outputs.glob("*.png")}
     assert written  # the first batch's; the run stopped there
-    assert {output_file_name(r.task.key) for r in finished if r.status != "failed"} == written
+    assert {output_file_name(r.task.source_file) for r in finished if r.status != "failed"} == written
 
 
 def test_an_output_location_that_is_a_file_fails_before_any_model_loads(project, tmp_path):
@@ -120,7 +120,7 @@ def test_an_output_location_that_is_a_file_fails_before_any_model_loads(project,
 
 
 def test_the_report_works_when_every_image_failed(project):
-    report = build_report(project["output_dir"], ["a.png", "b.png"], project["images_dir"])
+    report = build_report(project["output_dir"], {"a.png": "a.png", "b.png": None}, project["images_dir"])
     assert report.image_count == 0 and report.failure_count == 2 and report.contact_sheet is None
     assert list(report.summary["failures"]) == [2]
 

@@ -23,10 +23,10 @@ from random_diffusion_dagster.defs.assets import (
 from random_diffusion_dagster.defs.checks import results_readable_on_disk
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
-from random_diffusion_dagster.engine.images import load_rgb, partition_key_for
+from random_diffusion_dagster.engine.images import load_rgb
 from random_diffusion_dagster.engine.results import output_file_name
 
-from helpers import make_image, write_catalog
+from helpers import make_image, result_file, write_catalog
 
 ASSETS = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report, results_readable_on_disk]
 
@@ -128,9 +128,7 @@ def test_every_file_ends_as_a_result_an_error_or_a_skip(hostile):
         error = str(run.get_step_failure_events()[0].step_failure_data.error)
 
     outputs = {p.name for p in Path(project["output_dir"]).glob("*.png")}
-    results = {
-        name for name in expected["good"] | expected["errors"] if output_file_name(partition_key_for(name)) in outputs
-    }
+    results = {name for name in expected["good"] | expected["errors"] if output_file_name(name) in outputs}
     failed = {name for name in expected["good"] | expected["errors"] if name in error}
     skips = {name for name in expected["skipped"] if name in skipped_table}
     assert results == expected["good"]
@@ -176,7 +174,7 @@ def test_a_corrupt_model_fails_only_the_images_that_drew_it(project, models_dir,
         )
         error = str(run.get_step_failure_events()[0].step_failure_data.error)
     failed = [k for k in keys if f"- {k}:" in error]
-    written = [k for k in keys if (Path(project["output_dir"]) / output_file_name(k)).is_file()]
+    written = [k for k in keys if result_file(project["images_dir"], project["output_dir"], k).is_file()]
     assert failed and written and sorted(failed + written) == sorted(keys)
     assert "Model 'broken'" in error and "failed to load" in error
 
@@ -195,7 +193,7 @@ def test_check_and_catch_up_notice_a_lost_output(project):
         check = dg.AssetSelection.checks(results_readable_on_disk)
         passed = dg.materialize(ASSETS, selection=check, instance=instance, resources=_resources(project))
         assert passed.get_asset_check_evaluations()[0].passed
-        (Path(project["output_dir"]) / output_file_name(keys[1])).write_bytes(b"corrupted")
+        result_file(project["images_dir"], project["output_dir"], keys[1]).write_bytes(b"corrupted")
         failed = dg.materialize(ASSETS, selection=check, instance=instance, resources=_resources(project))
         evaluation = failed.get_asset_check_evaluations()[0]
         assert not evaluation.passed and keys[1] in evaluation.metadata["partitions"].value

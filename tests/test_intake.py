@@ -9,10 +9,17 @@ import unicodedata
 import pytest
 from PIL import Image
 
+from random_diffusion_dagster import settings
 from random_diffusion_dagster.engine import images
 from random_diffusion_dagster.engine.images import partition_key_for, scan_folder
 from random_diffusion_dagster.engine.output_location import write_bytes_atomic
-from random_diffusion_dagster.engine.results import FailureRecord, output_file_name, output_path_for, write_failure
+from random_diffusion_dagster.engine.results import (
+    FailureRecord,
+    output_file_name,
+    result_path,
+    variant_file_name,
+    write_failure,
+)
 
 DAGSTER_UNSAFE = re.compile(r"\.\.\.|[|,\[\]\x00-\x1f\x7f/\\]")
 FILESYSTEM_NAME_LIMIT = 255  # bytes, ext4/xfs/btrfs/APFS; eCryptfs allows 143
@@ -238,17 +245,19 @@ def test_output_and_failure_names_fit_the_filesystem(tmp_path, name):
     source_dir.mkdir()
     _touch(source_dir / name)
     (source,) = scan_folder(source_dir)
-    key, result = source.partition_key, output_file_name(source.partition_key)
-    # The names written for a result and a failure record, with the atomic writer's temporary names.
+    key, result = source.partition_key, output_file_name(source.relative_path)
+    # The names written for a result, its last variant and a failure record, with the atomic writer's temporary
+    # names.
+    last_variant = variant_file_name(result, settings.MAX_VARIANTS - 1)
     (out / ".failures").mkdir(parents=True)
-    for file_name in (f".{result}.abcdefgh.tmp", result, f".{key}..png.abcdefgh.tmp"):  # `..png`: dotless keys
+    for file_name in (f".{result}.abcdefgh.tmp", result, f".{last_variant}.abcdefgh.tmp", last_variant):
         _touch(out / file_name)
     for file_name in (f".{key}.json.abcdefgh.tmp", f"{key}.json"):
         _touch(out / ".failures" / file_name)
-    assert len(f".{key}..png.abcdefgh.tmp".encode()) <= 143  # even eCryptfs holds the longest of them
+    assert len(f".{last_variant}.abcdefgh.tmp".encode()) <= 143  # even eCryptfs holds the longest of them
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, format="PNG")
-    write_bytes_atomic(output_path_for(out, key), png.getvalue())
+    write_bytes_atomic(result_path(out, source.relative_path), png.getvalue())
     write_failure(out, FailureRecord(key, "m", "error"))
     assert (out / result).is_file() and (out / ".failures" / f"{key}.json").is_file()
     assert len(key.encode()) <= images.MAX_KEY_BYTES

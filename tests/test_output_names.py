@@ -21,26 +21,34 @@ from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.report import build_report
 from random_diffusion_dagster.engine.results import (
-    adopt_legacy_result,
-    legacy_output_path_for,
+    adopt_earlier_result,
+    keyed_result_path,
     output_file_name,
-    output_path_for,
+    path_inside,
     read_record,
+    result_path,
+    variant_file_name,
 )
 from random_diffusion_dagster.engine.runner import run_tasks
 
-from helpers import make_image, write_catalog
+from helpers import make_image, source_paths, write_catalog
 from test_assets import ALL_ASSETS, _partition_metadata
 from test_intake import _adversarial_names
 
-# Sources whose results move: `.jpg`/`.JPG` ones and a file without an extension (whose old name,
-# `coffee.png`, is the new name of `coffee.jpg`); `tea.png` keeps its name (`tea.png.png`).
-SOURCES = ("coffee.jpg", "IMG_7.JPG", "coffee", "tea.png")
-NEW_NAMES = {"coffee.jpg": "coffee.png", "IMG_7.JPG": "IMG_7.PNG", "coffee": "coffee..png", "tea.png": "tea.png.png"}
+# Sources whose results move: `.jpg`/`.JPG` ones, a file without an extension (whose oldest name, `coffee.png`,
+# is the new name of `coffee.jpg`) and a name with spaces (named by its key before); `tea.png` keeps its name.
+SOURCES = ("coffee.jpg", "IMG_7.JPG", "coffee", "tea.png", "harbour at dusk.jpg")
+NEW_NAMES = {
+    "coffee.jpg": "coffee.png",
+    "IMG_7.JPG": "IMG_7.PNG",
+    "coffee": "coffee..png",
+    "tea.png": "tea.png.png",
+    "harbour at dusk.jpg": "harbour at dusk.png",
+}
 
 
 @pytest.mark.parametrize(
-    ("file_name", "result"),
+    ("source_path", "result"),
     [
         ("coffee.jpg", "coffee.png"),
         ("IMG_0042.JPG", "IMG_0042.PNG"),
@@ -49,25 +57,36 @@ NEW_NAMES = {"coffee.jpg": "coffee.png", "IMG_7.JPG": "IMG_7.PNG", "coffee": "co
         ("coffee.jpeg", "coffee.jpeg.png"),
         ("photo.2024.jpg", "photo.2024.jpg.png"),
         ("coffee", "coffee..png"),
-        ("a b.jpg", "a_b.jpg-5e30dffb.png"),
+        ("harbour at dusk.jpg", "harbour at dusk.png"),
+        ("cat/IMG 0042 (copy).jpg", "cat/IMG 0042 (copy).png"),
+        ("Été à Paris/Ünïcödé 日本.JPG", "Été à Paris/Ünïcödé 日本.PNG"),
+        ("x~v2.jpg", f"{partition_key_for('x~v2.jpg')}~.png"),  # `~` marks variants
+        ("coffee.", f"{partition_key_for('coffee.')}~.png"),  # would meet `coffee`'s `coffee..png`
+        ("a\\b/c.jpg", partition_key_for("a\\b") + "~/c.png"),
+        ("b" * 130 + ".jpg", f"{partition_key_for('b' * 130 + '.jpg')}~.png"),  # too long with its extension
     ],
 )
-def test_a_result_is_named_from_its_file_name_alone(file_name, result):
-    assert output_file_name(partition_key_for(file_name)) == result
+def test_a_result_keeps_its_sources_name_and_folders_with_the_extension_changed(source_path, result):
+    assert output_file_name(source_path) == result
 
 
-def test_result_names_are_unique_over_adversarial_names_and_same_stems():
-    stems = ["coffee", "coffee.png", "coffee.jpg", "a.b", "IMG_1", "x-", "x_"]
-    extensions = ["", ".jpg", ".JPG", ".jpeg", ".png", ".PNG", ".webp", ".jpg.png", ".png.jpg", "."]
+def test_result_names_are_unique_over_adversarial_names_folders_and_variants():
+    stems = ["coffee", "coffee.png", "coffee.jpg", "a.b", "IMG_1", "x-", "x_", "x~v2", "x~", "harbour at dusk"]
+    extensions = ["", ".jpg", ".JPG", ".jpeg", ".png", ".PNG", ".webp", ".jpg.png", ".png.jpg", ".", "~v1.png"]
     names = list(dict.fromkeys(_adversarial_names() + [s + e for s in stems for e in extensions]))
-    keys = {partition_key_for(name) for name in names}
+    names = [name for name in names if name not in (".", "..")]  # no file has these names
+    # Names shaped like what a replaced name becomes: `x~v2.jpg` -> `<key>~.png`, and a kept name equal to that key.
+    crafted = [partition_key_for(name) for name in ("x~v2.jpg", "a\\b", "coffee.")]
+    folders = ["", "cat", "a\\b", *crafted, "Été", "x~"]
+    paths = [f"{folder}/{name}" if folder else name for folder in folders for name in names + crafted]
     results = {}
-    for key in keys:
-        result = output_file_name(key)
-        assert result not in results, f"{key!r} and {results.get(result)!r} share {result!r}"
-        assert "/" not in result and result.lower().endswith(".png")
-        results[result] = key
-    assert len(results) == len(keys) > 3000
+    for path in paths:
+        for variant in (0, 1, 2):
+            result = variant_file_name(output_file_name(path), variant)
+            assert result not in results, f"{path!r} ~v{variant} and {results.get(result)!r} share {result!r}"
+            assert result.lower().endswith(".png") and result.count("/") == path.count("/")
+            results[result] = (path, variant)
+    assert len(results) == 3 * len(paths) > 20_000
 
 
 def _planner(folder: Path, output_dir, models_dir) -> Planner:
@@ -108,14 +127,19 @@ def test_a_result_name_stays_when_other_files_come_and_go(tmp_path, models_dir):
     assert alone == crowded == coffee_output() == str(outputs.resolve() / "coffee.png")
 
 
+def _oldest_path(outputs, key: str):
+    """`<key>.png`: where the first versions wrote a result."""
+    return path_inside(outputs, f"{key}.png")
+
+
 def _old_deployment_outputs(images: Path, outputs, planner: Planner) -> dict[str, bytes]:
     """Results made by the engine under the names used before (`<key>.png`), as an older version left them."""
     tasks, _ = planner.plan(scan_folder(images))
-    legacy = [dataclasses.replace(t, output_path=str(legacy_output_path_for(outputs, t.key))) for t in tasks]
+    legacy = [dataclasses.replace(t, output_path=str(_oldest_path(outputs, t.key))) for t in tasks]
     summary = run_tasks(legacy, PipelineCache(device="cpu"), log=lambda m: None)
     assert [r.status for r in summary.results] == ["generated"] * len(tasks)
-    assert read_record(legacy_output_path_for(outputs, "coffee.jpg")).output_file == "coffee.jpg.png"
-    return {t.key: location_bytes(t.output_path) for t in legacy}
+    assert read_record(_oldest_path(outputs, "coffee.jpg")).output_file == "coffee.jpg.png"
+    return {t.source_file: location_bytes(t.output_path) for t in legacy}
 
 
 def location_bytes(path) -> bytes:
@@ -130,8 +154,8 @@ def _make_sources(images: Path) -> None:
 
 def _assert_moved_intact(outputs: Path, old: dict[str, bytes]) -> None:
     """Every old result is now under its new name, byte for byte; no old name is left but `tea.png.png`."""
-    for key, data in old.items():
-        assert (outputs / NEW_NAMES[key]).read_bytes() == data, key
+    for name, data in old.items():
+        assert (outputs / NEW_NAMES[name]).read_bytes() == data, name
     assert sorted(p.name for p in outputs.iterdir() if p.is_file()) == sorted(NEW_NAMES.values())
 
 
@@ -140,11 +164,11 @@ def test_a_run_reuses_results_left_under_old_names_and_moves_them(tmp_path, mode
     _make_sources(images)
     planner = _planner(tmp_path, outputs, models_dir)
     old = _old_deployment_outputs(images, outputs, planner)
-    assert sorted(p.name for p in outputs.glob("*.png")) == sorted(f"{key}.png" for key in SOURCES)
+    assert sorted(p.name for p in outputs.glob("*.png")) == sorted(f"{partition_key_for(name)}.png" for name in SOURCES)
 
     tasks, _ = planner.plan(scan_folder(images))
     summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
-    assert {r.task.key: r.status for r in summary.results} == dict.fromkeys(SOURCES, "reused")
+    assert {r.task.source_file: r.status for r in summary.results} == dict.fromkeys(SOURCES, "reused")
     _assert_moved_intact(outputs, old)
 
 
@@ -153,14 +177,12 @@ def test_a_jpg_result_moving_first_moves_the_extensionless_neighbours_old_result
     _make_sources(images)
     old = _old_deployment_outputs(images, outputs, _planner(tmp_path, outputs, models_dir))
     # `coffee.png` holds the old result of `coffee`; it is where `coffee.jpg`'s result goes now.
-    adopt_legacy_result(outputs, "coffee.jpg")
-    assert output_path_for(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
+    assert adopt_earlier_result(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
     assert (outputs / "coffee.png").read_bytes() == old["coffee.jpg"]
     assert (outputs / "coffee..png").read_bytes() == old["coffee"]
     assert not (outputs / "coffee.jpg.png").exists()
     # Looking `coffee` up afterwards leaves `coffee.jpg`'s result where it is.
-    adopt_legacy_result(outputs, "coffee")
-    assert output_path_for(outputs, "coffee") == outputs.resolve() / "coffee..png"
+    assert adopt_earlier_result(outputs, "coffee") == outputs.resolve() / "coffee..png"
     assert read_record(outputs / "coffee.png").key == "coffee.jpg"
 
 
@@ -174,15 +196,14 @@ def test_a_result_under_its_new_name_wins_over_a_leftover_old_one(tmp_path, mode
     Image.open(current).save(outputs / "coffee.png", pnginfo=_png_info_of(current))  # same record, other bytes
     newer = (outputs / "coffee.png").read_bytes()
     assert newer != old
-    adopt_legacy_result(outputs, "coffee.jpg")
-    assert output_path_for(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
+    assert adopt_earlier_result(outputs, "coffee.jpg") == outputs.resolve() / "coffee.png"
     assert (outputs / "coffee.png").read_bytes() == newer
     assert (outputs / "coffee.jpg.png").read_bytes() == old  # left alone, never deleted
 
 
 def _old_deployment_outputs_for(images: Path, outputs: Path, planner: Planner) -> bytes:
     tasks, _ = planner.plan(scan_folder(images))
-    (task,) = [dataclasses.replace(t, output_path=str(legacy_output_path_for(outputs, t.key))) for t in tasks]
+    (task,) = [dataclasses.replace(t, output_path=str(_oldest_path(outputs, t.key))) for t in tasks]
     run_tasks([task], PipelineCache(device="cpu"), log=lambda m: None)
     return Path(task.output_path).read_bytes()
 
@@ -243,17 +264,18 @@ def test_old_named_results_count_for_the_schedule_check_report_and_a_run(tmp_pat
         _assert_moved_intact(outputs, old)
 
         back_to_old_names()
-        report = build_report(outputs, keys, images)
+        report = build_report(outputs, source_paths(images), images)
         assert (report.image_count, report.failure_count) == (len(SOURCES), 0)
         _assert_moved_intact(outputs, old)
 
         back_to_old_names()
         run = dg.materialize(assets, selection=selection, instance=instance, resources=resources, tags=tags)
         assert run.success
+        sources = source_paths(images)
         for key in keys:
             metadata = _partition_metadata(instance, key)
             assert metadata["reused_existing"] is True, key
-            assert metadata["output_path"] == str(output_path_for(outputs, key))
+            assert metadata["output_path"] == str(result_path(outputs, sources[key]))
         _assert_moved_intact(outputs, old)
 
 
@@ -269,9 +291,55 @@ def test_old_named_results_move_on_an_fsspec_url(tmp_path, models_dir):
         tasks, _ = planner.plan(scan_folder(images))
         summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
         assert {r.status for r in summary.results} == {"reused"}
-        for key, data in old.items():
-            assert location_bytes(f"{url}/{NEW_NAMES[key]}") == data
+        for name, data in old.items():
+            assert location_bytes(f"{url}/{NEW_NAMES[name]}") == data
         names = sorted(path.rsplit("/", 1)[-1] for path in memory.find("/rdd-names/outputs"))
         assert names == sorted(NEW_NAMES.values())
     finally:
         memory.store.clear()
+
+
+def test_results_and_variants_named_by_their_key_before_move_to_their_sources_names(tmp_path, models_dir):
+    """The version before named a spaced file's results by its key (`harbour_at_dusk.jpg-f9e295aa.png`,
+    `..._f9e295aa~v1.png`); a run with both variants reuses them under the source's own name."""
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    make_image(images / "cat" / "harbour at dusk.jpg")
+    planner = dataclasses.replace(_planner(tmp_path, outputs, models_dir), variants=2)
+    tasks, _ = planner.plan(scan_folder(images))
+    key = tasks[0].key
+    earlier = [dataclasses.replace(t, output_path=str(keyed_result_path(outputs, key, t.variant))) for t in tasks]
+    run_tasks(earlier, PipelineCache(device="cpu"), log=lambda m: None)
+    assert sorted(p.name for p in (outputs / "cat").iterdir()) == [
+        "harbour_at_dusk.jpg-f9e295aa.png",
+        "harbour_at_dusk.jpg-f9e295aa~v1.png",
+    ]
+    made = [Path(t.output_path).read_bytes() for t in earlier]
+
+    tasks, _ = planner.plan(scan_folder(images))
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+    assert [r.status for r in summary.results] == ["reused", "reused"]
+    assert sorted(p.name for p in (outputs / "cat").iterdir()) == ["harbour at dusk.png", "harbour at dusk~v1.png"]
+    assert [(outputs / "cat" / name).read_bytes() for name in ("harbour at dusk.png", "harbour at dusk~v1.png")] == made
+
+
+def test_a_result_left_under_its_key_where_another_source_is_named_now_moves_to_its_own_name(tmp_path, models_dir):
+    """`harbour at dusk.jpg`'s earlier result is `harbour_at_dusk.jpg-f9e295aa.png`: the new name of a file literally
+    called `harbour_at_dusk.jpg-f9e295aa`. Planning that file moves the old result to `harbour at dusk.png` first,
+    so neither image loses its result or overwrites the other's."""
+    images, outputs = tmp_path / "images", tmp_path / "outputs"
+    make_image(images / "harbour at dusk.jpg")
+    planner = _planner(tmp_path, outputs, models_dir)
+    (task,) = planner.plan(scan_folder(images))[0]
+    old = dataclasses.replace(task, output_path=str(keyed_result_path(outputs, task.key)))
+    run_tasks([old], PipelineCache(device="cpu"), log=lambda m: None)
+    made = Path(old.output_path).read_bytes()
+    make_image(images / "harbour_at_dusk.jpg-f9e295aa", color=(5, 150, 90))
+    assert output_file_name("harbour_at_dusk.jpg-f9e295aa") == Path(old.output_path).name
+
+    tasks, _ = planner.plan([f for f in scan_folder(images) if f.name == "harbour_at_dusk.jpg-f9e295aa"])
+    assert (outputs / "harbour at dusk.png").read_bytes() == made  # moved aside before anything is written
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+    assert [r.status for r in summary.results] == ["generated"]
+    assert read_record(outputs / "harbour_at_dusk.jpg-f9e295aa.png").source_file == "harbour_at_dusk.jpg-f9e295aa"
+    tasks, _ = planner.plan(scan_folder(images))
+    assert {r.status for r in run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results} == {"reused"}

@@ -21,9 +21,9 @@ from random_diffusion_dagster.defs.assets import (
 )
 from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
-from random_diffusion_dagster.engine.results import output_file_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from helpers import result_file
 from local_services import throwaway_database  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,8 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(
         records = instance.fetch_materializations(dg.AssetKey("diffused_image"), limit=10).records
         metadata = {r.partition_key: r.asset_materialization.metadata for r in records}
         assert len(metadata) == 3 and len({m["seed"].value for m in metadata.values()}) == 3
-        assert all(m["output_path"].value.endswith(output_file_name(key)) for key, m in metadata.items())
+        for key, m in metadata.items():
+            assert m["output_path"].value == str(result_file(project["images_dir"], project["output_dir"], key))
         report = dg.materialize(assets, selection=["diffusion_report"], instance=instance, resources=resources)
         assert report.asset_materializations_for_node("diffusion_report")[0].metadata["images"].value == 3
 

@@ -9,8 +9,9 @@ import pytest
 from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
 from random_diffusion_dagster.defs.checks import results_readable_on_disk
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
-from random_diffusion_dagster.engine.results import output_file_name, read_record
+from random_diffusion_dagster.engine.results import read_record
 
+from helpers import result_file
 from test_assets import ALL_ASSETS, _diffuse_all, _partition_metadata
 
 URL = "memory://rdd-test/outputs"
@@ -30,7 +31,7 @@ def test_results_report_check_and_catch_up_work_on_an_fsspec_url(remote_project)
         keys, result = _diffuse_all(instance, remote_project)
         assert result.success
         for key in keys:
-            path = f"{URL}/{output_file_name(key)}"
+            path = f"{URL}/{result_file(remote_project['images_dir'], '', key)}"
             assert _partition_metadata(instance, key)["output_path"] == path
             assert read_record(path).fingerprint == _partition_metadata(instance, key)["fingerprint"]
         assert not [p for p in memory.find("/rdd-test") if p.endswith(".tmp")]

@@ -18,8 +18,9 @@ from random_diffusion_dagster.engine.results import (
     ResultRecord,
     a1111_parameters,
     a1111_sampler,
-    output_path_for,
+    keyed_result_path,
     read_record,
+    result_path,
     write_result_png,
 )
 from random_diffusion_dagster.engine.runner import run_tasks
@@ -36,9 +37,11 @@ def _record(**changes) -> ResultRecord:
 
 
 def test_output_paths_cannot_leave_the_output_folder(tmp_path):
-    assert str(output_path_for(tmp_path, "cat.jpg")) == str(tmp_path.resolve() / "cat.png")
+    assert str(result_path(tmp_path, "cat.jpg")) == str(tmp_path.resolve() / "cat.png")
+    with pytest.raises(ValueError, match="not a path under the images folder"):
+        result_path(tmp_path, "../escape")
     with pytest.raises(ValueError, match="outside"):
-        output_path_for(tmp_path, "../escape")
+        keyed_result_path(tmp_path, "../escape")
 
 
 def test_png_carries_a1111_parameters_and_the_record(tmp_path):

@@ -29,9 +29,9 @@ from random_diffusion_dagster.defs.prompt_sets import submission_tags
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.defs.source_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE
-from random_diffusion_dagster.engine.results import output_file_name, read_record
+from random_diffusion_dagster.engine.results import read_record
 
-from helpers import make_image
+from helpers import make_image, result_file
 
 SUBMITTED = ["cat dancing in rain"]
 ASSETS = [
@@ -114,7 +114,7 @@ def _schedule_keys(instance, project):
 
 
 def _prompts_on_disk(project, keys):
-    return {k: read_record(Path(project["output_dir"]) / output_file_name(k)).prompt for k in keys}
+    return {k: read_record(result_file(project["images_dir"], project["output_dir"], k)).prompt for k in keys}
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ from random_diffusion_dagster.defs.assets import diffused_image, model_catalog, 
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.defs.step_io_manager import SharedStepStorage
-from random_diffusion_dagster.engine.results import output_path_for, read_record
+from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.settings import SettingError, step_storage_location
+
+from helpers import result_file
 
 ASSETS = [source_images, prompt_list, model_catalog, diffused_image]
 
@@ -37,7 +39,7 @@ def test_diffused_image_reads_values_another_instance_wrote_to_step_storage(tmp_
         key = box_b.get_dynamic_partitions("images")[0]
         result = _materialize(box_b, project, storage, ["diffused_image"], tags=partition_range_tags(key, key))
     assert result.success
-    assert read_record(output_path_for(project["output_dir"], key)).prompt == "a lighthouse at dusk"
+    assert read_record(result_file(project["images_dir"], project["output_dir"], key)).prompt == "a lighthouse at dusk"
     # no half-written leftovers beside the three values
     assert sorted(os.listdir(storage)) == ["model_catalog.pickle", "prompt_list.pickle", "source_images.pickle"]
 

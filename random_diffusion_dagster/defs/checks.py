@@ -15,7 +15,8 @@ from .resources import DatasetResource
 )
 def results_readable_on_disk(context: dg.AssetCheckExecutionContext, dataset: DatasetResource) -> dg.AssetCheckResult:
     checked = _partitions_to_check(context)
-    missing = [key for key in checked if read_result(dataset.output_dir, key) is None]
+    sources = dataset.source_paths(checked)
+    missing = [key for key in checked if read_result(dataset.output_dir, key, sources[key]) is None]
     metadata = {"checked": len(checked), "missing_or_unreadable": len(missing)}
     if missing:
         metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {key}" for key in missing[:200]))

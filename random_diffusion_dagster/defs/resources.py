@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr, field_validator
 
 from .. import settings
-from ..engine.catalog import DTYPES, ModelSpec, load_catalog
+from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
 from ..engine.images import FolderScan, SourceFile, scan_images
 from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.plan import ImageTask, Planner
@@ -66,12 +66,13 @@ class DatasetResource(dg.ConfigurableResource):
         description="Scan the images folder's subfolders too; a file's first folder is its `{label}` "
         "(RANDOM_DIFFUSION_RECURSIVE, default on).",
     )
-    variants: int = Field(
+    variants: int | None = Field(
         default_factory=settings.variants,
         ge=1,
         le=settings.MAX_VARIANTS,
         description="Results per image, each its own draw of prompt, model and seed; raising it adds results and "
-        "keeps the existing ones (RANDOM_DIFFUSION_VARIANTS, default 1).",
+        "keeps the existing ones (RANDOM_DIFFUSION_VARIANTS; unset: the catalog's `defaults: {variants: K}`, "
+        "else 1).",
     )
     caption_fallback: str | None = Field(
         default=None,
@@ -93,6 +94,12 @@ class DatasetResource(dg.ConfigurableResource):
         }
         return [by_key[k] for k in keys if k in by_key], missing
 
+    def source_paths(self, keys: list[str]) -> dict[str, str | None]:
+        """Each partition's source path under the images folder, which names its results; None where the source is
+        gone (its results are then looked for under their key)."""
+        by_key = {f.partition_key: f.relative_path for f in self.source_files()}
+        return {key: by_key.get(key) for key in keys}
+
     def planner(self, prompts: list[str], catalog: list[ModelSpec], rerolls: frozenset[str] = frozenset()) -> Planner:
         """The planner for today's inputs; `rerolls` (`key` or `key~vN`) draw those results anew."""
         require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
@@ -103,9 +110,16 @@ class DatasetResource(dg.ConfigurableResource):
             self.output_dir,
             self.wildcards_dir,
             self.caption_fallback,
-            self.variants,
+            self.result_variants(),
             rerolls,
         )
+
+    def result_variants(self) -> int:
+        """Results per image: this resource's `variants` (run config, `run --variants`, RANDOM_DIFFUSION_VARIANTS),
+        else the catalog's `defaults: {variants: K}` (read from models_file), else 1."""
+        if self.variants is not None:
+            return self.variants
+        return catalog_variants(self.models_file) or 1
 
     def check_folders(self) -> None:
         """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""

@@ -2,7 +2,7 @@
 
 A catalog is a YAML file:
 
-    defaults: {resolution: 512, num_inference_steps: 50, strength: 0.75, ...}
+    defaults: {resolution: 512, num_inference_steps: 50, strength: 0.75, variants: 1, ...}
     models:
       - name: sd15
         hub_id: stable-diffusion-v1-5/stable-diffusion-v1-5
@@ -16,6 +16,10 @@ Each model names exactly one source: `path`, `hub_id` or `single_file`. A single
 checkpoint holds weights only; `config` says which diffusers layout they fill. Without it
 diffusers guesses the original repo from the weights and fetches its configs from the hub.
 
+`strengths` draws each result's strength: from a list (`[0.3, 0.5, 0.7]`) or a range (`{min: 0.3, max: 0.7}`).
+`variants` (results per image) applies to the whole catalog, so only `defaults:` may give it; a run's own count
+(`run --variants`, the dataset resource's `variants`, RANDOM_DIFFUSION_VARIANTS) comes first.
+
 Every value is checked against the Settings and Entry models (type and bounds) when the catalog is read, so a
 typo fails before any image runs rather than as a traceback or a black image halfway through.
 """
@@ -28,7 +32,8 @@ import reprlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
+from random import Random
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
@@ -43,6 +48,8 @@ SOURCE_KINDS = ("path", "hub_id", "single_file")
 TOP_LEVEL = ("defaults", "models")
 MAX_CATALOG_BYTES = 2**20  # a catalog of thousands of models is a few hundred KB
 MAX_YAML_NODES = 1_000_000  # after alias expansion; more than 1 MB holds without aliases: only bombs reach it
+MAX_VARIANTS = 64  # results per image (settings.MAX_VARIANTS): a typo of 1000 would only fill the disk
+CATALOG_WIDE = ("variants",)  # `defaults:` keys that are not a model's setting
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
@@ -76,10 +83,25 @@ def _prompt_text(text: str | None) -> str | None:
     return text
 
 
-def _strengths(value: Any) -> tuple[float, ...] | None:
-    """A list to draw each result's strength from, each value as `strength` takes it."""
-    if value is None:
-        return None
+@dataclass(frozen=True)
+class StrengthRange:
+    """`strengths: {min: 0.3, max: 0.7}`: each result draws its strength uniformly from [low, high]."""
+
+    low: float
+    high: float
+
+    def draw(self, rng: Random) -> float:
+        """A strength from the seeded generator, to 2 decimals (readable in records and A1111 parameters, and
+        equal draws compare equal), never outside the bounds that rounding could cross."""
+        return min(max(round(rng.uniform(self.low, self.high), 2), self.low), self.high)
+
+
+def _strengths(value: Any) -> tuple[float, ...] | StrengthRange | None:
+    """A list to draw each result's strength from, or a `{min, max}` range; each value as `strength` takes it."""
+    if value is None or isinstance(value, StrengthRange):  # a range: the defaults' own, already checked
+        return value
+    if isinstance(value, dict):
+        return _strength_range(value)
     if not isinstance(value, list | tuple) or not value:  # a tuple: the defaults' own, already checked
         raise ValueError("not a list")
     drawn = tuple(float(_finite(strength)) for strength in value)
@@ -88,10 +110,40 @@ def _strengths(value: Any) -> tuple[float, ...] | None:
     return drawn
 
 
+def _strength_range(value: dict) -> StrengthRange:
+    bounds = ("min", "max")
+    missing = [f"`{key}`" for key in bounds if key not in value]
+    extra = sorted((key for key in value if key not in bounds), key=str)
+    if missing or extra:
+        problem = f"{' and '.join(missing)} missing" if missing else f"unknown keys {show(extra)}"
+        raise CatalogError(
+            f"`strengths` as a range takes exactly `min` and `max`, such as {{min: 0.3, max: 0.7}}; got "
+            f"{show(value)} ({problem}). For a list of strengths to pick from, write [0.3, 0.5, 0.7]."
+        )
+    low, high = (float(_finite(value[key])) for key in bounds)
+    if not (0 < low <= 1 and 0 < high <= 1):
+        raise ValueError("out of range")
+    if low > high:
+        raise CatalogError(
+            f"`strengths` range has min {low:g} above max {high:g}: swap them, such as {{min: {high:g}, max: {low:g}}}."
+        )
+    return StrengthRange(low, high)
+
+
+def _weakest(strength: float, strengths: tuple[float, ...] | StrengthRange | None) -> float:
+    """The smallest strength a result of the entry can draw."""
+    if isinstance(strengths, StrengthRange):
+        return strengths.low
+    return min(strengths or (strength,))
+
+
 Whole = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
-Strengths = Annotated[tuple[float, ...] | None, BeforeValidator(_strengths)]
-STRENGTHS_EXPECTATION = "a list of strengths, each above 0 and at most 1, such as [0.3, 0.5, 0.7]"
+Strengths = Annotated[tuple[float, ...] | StrengthRange | None, BeforeValidator(_strengths)]
+STRENGTHS_EXPECTATION = (
+    "a list of strengths, each above 0 and at most 1, such as [0.3, 0.5, 0.7], "
+    "or a range with both bounds above 0 and at most 1, such as {min: 0.3, max: 0.7}"
+)
 
 
 class Settings(BaseModel):
@@ -114,8 +166,16 @@ class Settings(BaseModel):
     weight: Number = Field(1.0, gt=0, le=1_000_000)
     # A1111/compel emphasis in prompts, `(word:1.3)`, `[word]`; off: the text goes to the encoder as written.
     prompt_weighting: StrictBool = False
-    # Each result draws its strength from these (as DA-Fusion draws one per synthetic image); unset: `strength`.
+    # Each result draws its strength from these (as DA-Fusion draws one per synthetic image), a list or a
+    # {min, max} range (plan.choose); unset: `strength`.
     strengths: Strengths = None
+
+
+class Defaults(Settings):
+    """`defaults:`: the settings every entry starts from, and what applies to the catalog as a whole."""
+
+    # Results per image where the run does not say (run --variants, RANDOM_DIFFUSION_VARIANTS); None: 1.
+    variants: Whole | None = Field(None, ge=1, le=MAX_VARIANTS)
 
 
 class Entry(Settings):
@@ -136,7 +196,7 @@ class Entry(Settings):
             raise CatalogError(f"it must name exactly one of {SOURCE_KINDS}; it names {kinds or 'none'}.")
         if self.config is not None and kinds != ["single_file"]:
             raise CatalogError(f"`config` only applies to `single_file` models; {kinds[0]} models carry their own.")
-        weakest = min(self.strengths or (self.strength,))
+        weakest = _weakest(self.strength, self.strengths)
         if int(self.num_inference_steps * weakest) < 1:  # ModelSpec.denoising_steps
             raise CatalogError(
                 f"num_inference_steps ({self.num_inference_steps}) x strength ({weakest}) "
@@ -159,8 +219,12 @@ class Setting(NamedTuple):
 
 def _setting(field: Any) -> Setting:
     kind = field.annotation
-    if kind == tuple[float, ...] | None:
+    if kind == tuple[float, ...] | StrengthRange | None:
         return Setting(STRENGTHS_EXPECTATION)
+    if get_origin(kind) is Union and len(get_args(kind)) == 2 and type(None) in get_args(kind):
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))  # optional: as the value it takes
+    if get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
     if kind is bool:
         return Setting("true or false (unquoted)")
     if get_origin(kind) is Literal:
@@ -175,7 +239,9 @@ def _setting(field: Any) -> Setting:
 
 
 SETTINGS: dict[str, Setting] = {key: _setting(field) for key, field in Settings.model_fields.items()}
-_KEYS: dict[str, Setting] = {key: _setting(field) for key, field in Entry.model_fields.items()}
+_KEYS: dict[str, Setting] = {
+    key: _setting(field) for model in (Entry, Defaults) for key, field in model.model_fields.items()
+}
 
 
 @dataclass(frozen=True)
@@ -198,7 +264,7 @@ class ModelSpec:
     config: str | None = None  # single_file only: diffusers config folder or hub id
     weight: float = 1.0
     prompt_weighting: bool = False
-    strengths: tuple[float, ...] | None = None  # each result draws its strength from these (plan.choose)
+    strengths: tuple[float, ...] | StrengthRange | None = None  # each result draws its strength (plan.choose)
 
     def result_settings(self) -> dict[str, Any]:
         """Everything about the entry that can change a result's pixels (not its description or draw weight)."""
@@ -215,8 +281,26 @@ class ModelSpec:
         return int(self.num_inference_steps * self.strength)
 
 
+@dataclass(frozen=True)
+class Catalog:
+    """A catalog file as read: its models, and what its `defaults:` say about the catalog as a whole."""
+
+    models: list[ModelSpec]
+    variants: int | None = None  # results per image; None: the catalog does not say
+
+
 def load_catalog(path: str | Path) -> list[ModelSpec]:
     """Read and validate a catalog file; relative model paths resolve against its folder."""
+    return read_catalog(path).models
+
+
+def catalog_variants(path: str | Path) -> int | None:
+    """The catalog's `defaults: {variants: K}` (the whole catalog validated, as load_catalog does), or None."""
+    return read_catalog(path).variants
+
+
+def read_catalog(path: str | Path) -> Catalog:
+    """Read and validate a catalog file into its models and catalog-wide settings."""
     path = Path(path)
     if problem := kind_problem(path, "file"):
         raise CatalogError(
@@ -245,7 +329,7 @@ def load_catalog(path: str | Path) -> list[ModelSpec]:
     except ValueError as exc:  # a date such as 2024-02-30, or an integer of more than 4,300 digits
         reason = str(exc).split(":")[0]
         raise CatalogError(f"Model catalog {path}: YAML cannot convert a value ({reason}): fix or quote it.") from exc
-    return parse_catalog(document, base_dir=path.parent, origin=str(path))
+    return parse_catalog_document(document, base_dir=path.parent, origin=str(path))
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -299,11 +383,17 @@ def _check_expanded_size(root: yaml.Node, name: str) -> None:
 
 
 def parse_catalog(document: dict, base_dir: Path, origin: str = "catalog") -> list[ModelSpec]:
+    return parse_catalog_document(document, base_dir, origin).models
+
+
+def parse_catalog_document(document: dict, base_dir: Path, origin: str = "catalog") -> Catalog:
     if not isinstance(document, dict):
         raise CatalogError(f"{origin}: expected a mapping with a `models:` list.")
     unknown = sorted(set(document) - set(TOP_LEVEL), key=str)
     if unknown:
-        raise CatalogError(f"{origin}: unknown top-level keys {show(unknown)}; a catalog has {list(TOP_LEVEL)}.")
+        settings = [key for key in unknown if key in _KEYS]
+        hint = f" Settings such as {show(settings)} go under `defaults:`." if settings else ""
+        raise CatalogError(f"{origin}: unknown top-level keys {show(unknown)}; a catalog has {list(TOP_LEVEL)}.{hint}")
     if document.get("models") is None:
         raise CatalogError(f"{origin}: `models:` is missing or has no entries: list the models under it.")
     if not isinstance(document["models"], list):
@@ -316,14 +406,15 @@ def parse_catalog(document: dict, base_dir: Path, origin: str = "catalog") -> li
             f"{origin}: `defaults` must be a mapping of setting: value, such as `defaults: {{resolution: 512}}`; "
             f"got {show(given)}."
         )
-    defaults = _validated(Settings, given, given, f"{origin}: defaults").model_dump()
+    valid_defaults = _validated(Defaults, given, given, f"{origin}: defaults")
+    defaults = {key: getattr(valid_defaults, key) for key in SETTINGS}  # as validated: a range stays one
     specs = [_parse_entry(entry, defaults, base_dir, origin) for entry in document["models"]]
     if not specs:
         raise CatalogError(f"{origin}: the `models:` list is empty; add at least one model.")
     duplicates = sorted(n for n, count in Counter(s.name for s in specs).items() if count > 1)
     if duplicates:
         raise CatalogError(f"{origin}: model names must be unique; repeated: {show(duplicates)}.")
-    return specs
+    return Catalog(specs, valid_defaults.variants)
 
 
 def find_model(catalog: list[ModelSpec], name: str) -> ModelSpec:
@@ -340,11 +431,17 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
     if not isinstance(entry, dict) or entry.get("name") in (None, ""):
         raise CatalogError(f"{origin}: every model needs a `name`; got {show(entry)}.")
     where = f"{origin}: model {show(entry['name'])}"
+    wide = [key for key in CATALOG_WIDE if key in entry]
+    if wide:
+        raise CatalogError(
+            f"{where}: `{wide[0]}` applies to the whole catalog, not one model: move it under `defaults:`, "
+            f"such as `defaults: {{{wide[0]}: {show(entry[wide[0]])}}}`."
+        )
     valid = _validated(Entry, {**defaults, **entry}, entry, where)
     kind = next(kind for kind in SOURCE_KINDS if getattr(valid, kind))
     source = getattr(valid, kind)
     return ModelSpec(
-        **valid.model_dump(include=set(SETTINGS)) | {"negative_prompt": valid.negative_prompt or ""},
+        **{key: getattr(valid, key) for key in SETTINGS} | {"negative_prompt": valid.negative_prompt or ""},
         name=valid.name,
         source_kind=kind,
         source=source if kind == "hub_id" else str((base_dir / source).resolve()),
@@ -361,7 +458,8 @@ def _validated(model: type[Settings], values: dict, given: dict, where: str) -> 
         errors = exc.errors()
     unknown = sorted((e["loc"][0] for e in errors if e["type"] in ("extra_forbidden", "invalid_key")), key=str)
     if unknown:
-        raise CatalogError(f"{where}: unknown settings {show(unknown)}; known settings are {sorted(SETTINGS)}.")
+        known = sorted([*SETTINGS, *(key for key in CATALOG_WIDE if key in model.model_fields)])
+        raise CatalogError(f"{where}: unknown settings {show(unknown)}; known settings are {known}.")
     error = min(errors, key=lambda e: e["loc"][:1] != ("name",))  # the other messages name the model by it
     if isinstance(error.get("ctx", {}).get("error"), (CatalogError, PromptListError)):  # a rule's own message
         raise CatalogError(f"{where}: {error['ctx']['error']}")

@@ -22,7 +22,7 @@ from .catalog import SETTINGS, ModelSpec
 from .images import partition_key_for, square_tile
 from .output_location import location, write_bytes_atomic
 from .plan import ImageTask
-from .results import ResultRecord, output_path_for
+from .results import ResultRecord, path_inside
 
 if TYPE_CHECKING:  # pandas is slow to import: keep it out of definition loading
     import pandas as pd
@@ -105,8 +105,7 @@ def comparison_variants(strengths: list[float], steps: list[int]) -> list[Varian
 
 def comparison_dir(output_dir: str | os.PathLike, image_key: str) -> UPath:
     """`<output_dir>/comparisons/<image key>`: refuses keys that could leave it, as result paths do."""
-    folder = location(output_dir) / COMPARISONS_DIR
-    return output_path_for(folder, image_key).parent / image_key  # the key itself, checked as result names are
+    return path_inside(location(output_dir) / COMPARISONS_DIR, image_key)
 
 
 def cell_tasks(task: ImageTask, spec: ModelSpec, variants: list[Variant], output_dir: str) -> list[ImageTask]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .images import readable
 from .output_location import is_local, location, overlap
-from .results import ResultRecord, variant_file_name
+from .results import ResultRecord
 
 MARKER = ".random-diffusion-dataset"
 METADATA_FILE = "metadata.jsonl"
@@ -80,8 +80,9 @@ def export_image_folder(
     staging.mkdir(parents=True)
     try:
         rows = []
+        output = Path(location(output_dir)).resolve()
         for record, result in sorted(results, key=lambda pair: (pair[0].key, pair[0].variant)):
-            name = readable(f"augmented/{variant_file_name(record.key, record.variant)}")
+            name = readable(f"augmented/{Path(result).relative_to(output).as_posix()}")  # as the output folder has it
             _place(result, staging / name)
             rows.append(_row(name, "augmented", record))
             if sources:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from .images import SourceFile
 from .plan import Planner, SourceSnapshot, snapshot_source
 from .prompts import PromptListError
-from .results import read_record, read_result, variant_path_for
+from .results import read_result
 
 
 def why_stale(planner: Planner, source: SourceFile) -> str | None:
     """Why this image's results (all `planner.variants` of them) must be (re)made, or None if they are current."""
-    records = [read_result(planner.output_dir, source.partition_key)] + [
-        read_record(variant_path_for(planner.output_dir, source.partition_key, variant))
-        for variant in range(1, planner.variants)
+    records = [
+        read_result(planner.output_dir, source.partition_key, source.relative_path, variant)
+        for variant in range(planner.variants)
     ]
     if any(record is None for record in records):
         return "missing"

@@ -20,10 +20,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 from .output_location import location
 
-# Keys name results (results.output_file_name: at most `<key>..png`) and `.failures/<key>.json`; the atomic
-# writer's `.<key>..png.XXXXXXXX.tmp` and `.<key>.json.XXXXXXXX.tmp` add 19 bytes: 120 bytes keeps every one
-# under 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and keeps the keys of existing deployments' ASCII names,
-# which were bound at 120 characters.
+# Keys name failure records (`.failures/<key>.json`) and results whose source name cannot be kept
+# (results.output_file_name: `<key>~.png`, its variants `<key>~~v64.png`); the atomic writer's `.<name>.XXXXXXXX.tmp`
+# adds 14 bytes: 120 bytes keeps every one within 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and keeps the keys
+# of existing deployments' ASCII names, which were bound at 120 characters. Kept result names are bound alike.
 MAX_KEY_BYTES = 120
 HASH_DIGITS = 8
 _HASHED_KEY = re.compile(rf"-[0-9a-f]{{{HASH_DIGITS}}}\Z")
@@ -223,7 +223,7 @@ def _folder_problem(entry: os.DirEntry, shown: str) -> str | None:
     """Why a subfolder is not scanned, or None."""
     if entry.name.startswith("."):
         return "hidden folder: not scanned; move its images to a visible folder to use them"
-    if not _is_utf8(entry.name):
+    if not is_utf8(entry.name):
         return "folder name is not valid UTF-8: not scanned; rename it"
     if shown in RESERVED_FOLDERS:
         return (
@@ -246,7 +246,7 @@ def readable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _is_utf8(name: str) -> bool:
+def is_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # os.scandir gives undecodable bytes as surrogates

@@ -17,10 +17,10 @@ from functools import cached_property
 from pathlib import Path
 
 from .captions import Captions
-from .catalog import ModelSpec
+from .catalog import ModelSpec, StrengthRange
 from .images import SourceFile, readable
 from .prompts import PromptListError
-from .results import adopt_legacy_result, read_record, variant_path_for
+from .results import adopt_earlier_result, read_record, result_path
 from .templates import PromptTemplates
 
 ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
@@ -108,7 +108,9 @@ def choose(
     # Equal weights draw exactly as before weights existed, so existing choices stay.
     model = rng.choice(models) if len(set(weights)) == 1 else rng.choices(models, weights=weights)[0]
     if model.strengths:  # drawn here, so the task's model says the strength its result used
-        model = dataclasses.replace(model, strength=rng.choice(model.strengths), strengths=None)
+        ranged = isinstance(model.strengths, StrengthRange)
+        strength = model.strengths.draw(rng) if ranged else rng.choice(model.strengths)
+        model = dataclasses.replace(model, strength=strength, strengths=None)
     return prompt, model, rng.randrange(2**32)
 
 
@@ -178,6 +180,7 @@ class Planner:
         words = words or {}
         filled = {**words, "caption": words.get("caption") or self.caption_fallback}
         resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
+        source_file = relative_path or Path(source_path).name
         return ImageTask(
             key=key,
             source_path=str(source_path),
@@ -186,38 +189,38 @@ class Planner:
             model=model,
             seed=seed,
             run_seed=self.run_seed,
-            output_path=str(variant_path_for(self.output_dir, key, variant)),
+            output_path=str(result_path(self.output_dir, source_file, variant)),
             variant=variant,
             roll=roll,
             prompt_template=resolved.template,
             line_negative_prompt=resolved.negative_prompt,
-            source_file=relative_path or Path(source_path).name,
+            source_file=source_file,
             label=words.get("label") or "",
             caption=words.get("caption"),
         )
 
-    def roll_of(self, key: str, variant: int) -> int:
+    def roll_of(self, file: SourceFile, variant: int) -> int:
         """The variant's roll: the one its result on disk records, plus one where this run re-rolls it."""
-        record = read_record(variant_path_for(self.output_dir, key, variant))
+        key = file.partition_key
+        record = read_record(adopt_earlier_result(self.output_dir, file.relative_path, variant))
         kept = record.roll if record is not None and (record.key, record.variant) == (key, variant) else 0
         return kept + (key in self.rerolls or f"{key}~v{variant}" in self.rerolls)
 
     def plan(self, files: list[SourceFile]) -> tuple[list[ImageTask], dict[str, str]]:
         """(tasks, key -> why it cannot be planned) for files found in the images folder: `variants` tasks each.
 
-        A result still under its legacy name is moved to the task's output path first (adopt_legacy_result), so the
-        run reuses it instead of making it again.
+        A result still under a name an earlier version gave it is moved to the task's output path first
+        (adopt_earlier_result, through roll_of), so the run reuses it instead of making it again.
         """
         tasks, unplanned = [], {}
         for file in files:
-            adopt_legacy_result(self.output_dir, file.partition_key)
             try:
                 snapshot = snapshot_source(file.path)
                 words = self.words_for(file)
                 tasks += [
                     self.task(file.partition_key, file.path, snapshot, words, file.relative_path, variant, roll)
                     for variant in range(self.variants)
-                    for roll in [self.roll_of(file.partition_key, variant)]
+                    for roll in [self.roll_of(file, variant)]
                 ]
             except OSError as exc:
                 unplanned[file.partition_key] = f"{file.path} cannot be read: {exc.strerror or exc}"

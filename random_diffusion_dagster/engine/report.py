@@ -14,7 +14,7 @@ from upath import UPath
 
 from .images import square_tile
 from .output_location import location, write_bytes_atomic
-from .results import FailureRecord, ResultRecord, output_file_name, read_failure, read_result
+from .results import FailureRecord, ResultRecord, read_failure, read_result, result_location
 
 if TYPE_CHECKING:  # pandas is slow to import: keep it out of definition loading
     import pandas as pd
@@ -51,25 +51,29 @@ class Report:
         return len(self.failures)
 
 
-def build_report(output_dir: str | os.PathLike, keys: list[str], images_dir: str | os.PathLike) -> Report:
-    """Read every partition's result record and failure file; write summary.csv and contact_sheet.png."""
+def build_report(
+    output_dir: str | os.PathLike, sources: dict[str, str | None], images_dir: str | os.PathLike
+) -> Report:
+    """Read every partition's result record and failure file (`sources`: partition key -> its source's path under
+    the images folder, None where it is gone); write summary.csv and contact_sheet.png."""
     import pandas as pd
 
     output_dir = location(output_dir)
-    records: list[ResultRecord] = []
+    found: list[tuple[ResultRecord, UPath]] = []
     failures: list[FailureRecord] = []
-    for key in keys:
+    for key, source_path in sources.items():
         failure = read_failure(output_dir, key)
-        record = None if failure else read_result(output_dir, key)
+        record = None if failure else read_result(output_dir, key, source_path)
         if record:
-            records.append(record)
+            found.append((record, result_location(output_dir, key, source_path)))
         else:
             failures.append(failure or FailureRecord(key, None, "no result yet (missing or unreadable output file)"))
+    records = [record for record, _ in found]
     summary = summarize(records, failures)
     report_dir = output_dir / "report"
     csv_path = report_dir / "summary.csv"
     write_bytes_atomic(csv_path, summary.to_csv(index=False).encode())
-    sheet = contact_sheet(records[:MAX_SHEET_ROWS], images_dir, output_dir) if records else None
+    sheet = contact_sheet(found[:MAX_SHEET_ROWS], images_dir) if found else None
     sheet_path = report_dir / "contact_sheet.png"
     if sheet is not None:
         buffer = io.BytesIO()
@@ -103,22 +107,15 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
     return summary.rename_axis("model").reset_index()[SUMMARY_COLUMNS]
 
 
-def contact_sheet(
-    records: list[ResultRecord], images_dir: str | os.PathLike, output_dir: str | os.PathLike
-) -> Image.Image:
-    """Source beside result for each record, captioned with prompt, model and seed.
-
-    The result is found by its key (output_file_name), not the record's `output_file`: a result moved from
-    its legacy name keeps the name it was written under in its record.
-    """
+def contact_sheet(results: list[tuple[ResultRecord, UPath]], images_dir: str | os.PathLike) -> Image.Image:
+    """Source beside result for each (record, result file), captioned with prompt, model and seed."""
     font = ImageFont.load_default(size=13)
     row_height = THUMB + 8
-    sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, row_height * len(records) + 8), "white")
+    sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, row_height * len(results) + 8), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, record in enumerate(records):
+    for row, (record, result) in enumerate(results):
         top = 4 + row * row_height
-        paths = (location(images_dir) / record.source_file, location(output_dir) / output_file_name(record.key))
-        for column, path in enumerate(paths):
+        for column, path in enumerate((location(images_dir) / record.source_file, result)):
             sheet.paste(square_tile(path, THUMB), (4 + column * (THUMB + 8), top))
         caption = "\n".join(
             textwrap.wrap(record.prompt, 44)[:4]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image, PngImagePlugin
 from upath import UPath
 
+from .images import MAX_KEY_BYTES, is_utf8, partition_key_for
 from .output_location import is_local, location, rename_atomic, write_bytes_atomic
 
 PARAMETERS_CHUNK = "parameters"  # AUTOMATIC1111's key, read by most image tools
@@ -115,111 +116,166 @@ class FailureRecord:
     source_path: str = ""
 
 
-def output_file_name(key: str) -> str:
-    """The result's file name for a partition key: the one place the naming rule lives.
+def output_file_name(source_path: str) -> str:
+    """The result's path under the output folder for a source's path under the images folder: the one place the
+    naming rule lives. The source's own folders and name are kept, spaces, Unicode and case included; only the
+    extension changes.
 
-    - A key `<stem>.jpg` whose stem has no dot drops the `.jpg`: `coffee.jpg` -> `coffee.png`, and the camera
-      spelling keeps its case: `IMG_0042.JPG` -> `IMG_0042.PNG`.
-    - Any other key with a dot keeps its whole name: `coffee.png` -> `coffee.png.png`, `coffee.webp` ->
-      `coffee.webp.png`, `coffee.jpeg` -> `coffee.jpeg.png`, `photo.2024.jpg` -> `photo.2024.jpg.png`,
-      `a_b.jpg-5e30dffb` (the key of `a b.jpg`) -> `a_b.jpg-5e30dffb.png`.
-    - A key without a dot (a file with no extension) gets an empty extension: `coffee` -> `coffee..png`.
+    - A name `<stem>.jpg` whose stem has no dot drops the `.jpg`: `cat/IMG 0042 (copy).jpg` ->
+      `cat/IMG 0042 (copy).png`, and the camera spelling keeps its case: `IMG_0042.JPG` -> `IMG_0042.PNG`.
+    - Any other name with a dot keeps its whole name: `coffee.png` -> `coffee.png.png`, `coffee.jpeg` ->
+      `coffee.jpeg.png`, `photo.2024.jpg` -> `photo.2024.jpg.png`.
+    - A name without a dot gets an empty extension: `coffee` -> `coffee..png`.
+    - A folder or name no result can carry as it is (one holding `~`, which marks variants, or ending in `.`, a
+      name too long for a file name with its extension, bytes that are not UTF-8, control characters or `\\`)
+      is replaced by its partition key and a `~`: `x~v2.jpg` -> `x_v2.jpg-<8 hex>~.png`, `a\\b/c.jpg` ->
+      `a_b-<8 hex>~/c.png`.
 
-    Decided by the key alone, so a result's name never changes when other files come or go, and no two keys
-    share a name: the first group's names hold exactly one dot; the second's hold two or more and never `..`
-    (partition_key_for never makes a key with `..` or ending in `.`); only the third's hold `..`. Within each
-    group the key is read back from the name (`.JPG` and `.jpg` differ by case, as their keys do; a folder that
-    ignores case cannot hold both sources). Only `.jpg` is shortened: shortening a second extension too would
-    give `coffee.jpg` and `coffee.jpeg` one name. Keys are themselves unique per file name (partition_key_for),
-    so `coffee.jpg`, `coffee.png` and `coffee.webp` in one folder write `coffee.png`, `coffee.png.png` and
-    `coffee.webp.png`. Results of older versions are named `<key>.png` (legacy_output_path_for);
-    adopt_legacy_result moves them to these names.
+    Decided by the path alone, so a result's name never changes when other files come or go, and no two sources
+    share one, part by part: a kept part holds no `~`, a replaced one always does, and keys differ where names
+    do. Within a folder, kept names of the first kind hold one dot, the second's two or more and never end in
+    `..png` (no kept name ends in `.`), the third's exactly two ending in `..png`; each is read back from its
+    result. A variant's `~v2` (variant_file_name) never meets a kept name either. Only `.jpg` is shortened:
+    shortening a second extension too would give `coffee.jpg` and `coffee.jpeg` one name. Results of older
+    versions are named by their partition key (keyed_result_name); adopt_earlier_result moves them here.
     """
-    folders, _, key = key.rpartition("/")  # a file in a subfolder: its result in the same subfolder
-    stem, dot, extension = key.rpartition(".")
-    if dot and stem and "." not in stem and extension in _SHORT_EXTENSIONS:
-        name = stem + _SHORT_EXTENSIONS[extension]
-    else:
-        name = f"{key}.png" if dot else f"{key}..png"
-    return f"{folders}/{name}" if folders else name
+    *folders, name = parts = source_path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{source_path!r} is not a path under the images folder; refusing to name a result for it.")
+    kept = [part if _keeps(part) else partition_key_for(part) + KEY_NAMED for part in folders]
+    # Bound as keys are, so a variant's `~v64` and the atomic writer's `.<name>.XXXXXXXX.tmp` fit 143 bytes too.
+    if _keeps(name) and len(_png_name(name).encode("utf-8")) <= MAX_KEY_BYTES:
+        return "/".join([*kept, _png_name(name)])
+    return "/".join([*kept, f"{partition_key_for(name)}{KEY_NAMED}.png"])
 
 
+KEY_NAMED = "~"  # ends a folder or stem named by its key: no kept name holds it
 _SHORT_EXTENSIONS = {"jpg": ".png", "JPG": ".PNG"}
 
 
-def _checked_folder(output_dir: str | os.PathLike, key: str) -> UPath:
-    """The output folder, once the key is known not to lead out of it (a `/` only between subfolders' keys)."""
-    parts = key.split("/")
-    if any(not part or part in (".", "..") or "\\" in part or "\x00" in part for part in parts):
-        raise ValueError(f"Partition key {key!r} would write outside {output_dir}; refusing.")
-    directory = location(output_dir)
-    return directory.resolve() if is_local(directory) else directory
+def _png_name(name: str) -> str:
+    stem, dot, extension = name.rpartition(".")
+    if dot and stem and "." not in stem and extension in _SHORT_EXTENSIONS:
+        return stem + _SHORT_EXTENSIONS[extension]
+    return f"{name}.png" if dot else f"{name}..png"
 
 
-def output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
-    """`<output_dir>/<output_file_name(key)>` (a local path or a URL), refusing keys that could leave it."""
-    return _checked_folder(output_dir, key) / output_file_name(key)
+def _keeps(part: str) -> bool:
+    """Whether a result path can hold this folder or file name as it is, on any file system or object store."""
+    return (
+        KEY_NAMED not in part
+        and not part.endswith(".")
+        and "\\" not in part
+        and not any(ord(c) < 32 or ord(c) == 127 for c in part)
+        and is_utf8(part)
+    )
 
 
-def variant_file_name(key: str, variant: int) -> str:
-    """The name of the key's variant `variant`: variant 0 is the result (output_file_name), variant 2 of
-    `cat/001.jpg` is `cat/001~v2.png` (no key holds `~`, so no other result has that name)."""
-    name = output_file_name(key)  # ends in .png, or .PNG for a .JPG: the variant keeps that case
+def keyed_result_name(key: str) -> str:
+    """Where earlier versions named the key's result (`harbour_at_dusk.jpg-f9e295aa.png` for
+    `harbour at dusk.jpg`); for a key that is its file's own name, output_file_name gives the same."""
+    *folders, name = key.split("/")
+    return "/".join([*folders, _png_name(name)])
+
+
+def path_inside(folder: str | os.PathLike, relative: str) -> UPath:
+    """`<folder>/<relative>` (a local path or a URL), refusing a `relative` (a result name or a key) that could
+    lead out of it."""
+    if any(part in ("", ".", "..") or "\\" in part or "\x00" in part for part in relative.split("/")):
+        raise ValueError(f"{relative!r} would write outside {folder}; refusing.")
+    directory = location(folder)
+    return (directory.resolve() if is_local(directory) else directory) / relative
+
+
+def variant_file_name(name: str, variant: int) -> str:
+    """Variant `variant` of the result named `name`: variant 0 is the result itself, variant 2 of `cat/001.png`
+    is `cat/001~v2.png` (its case kept: `IMG_7~v2.PNG`)."""
     return name if variant == 0 else f"{name[:-4]}~v{variant}{name[-4:]}"
 
 
-def variant_path_for(output_dir: str | os.PathLike, key: str, variant: int) -> UPath:
-    """`<output_dir>/<variant_file_name>`, refusing keys that could leave it."""
-    return _checked_folder(output_dir, key) / variant_file_name(key, variant)
+def result_path(output_dir: str | os.PathLike, source_path: str, variant: int = 0) -> UPath:
+    """Where the source's `variant`-th result lives: `<output_dir>/<output_file_name(source_path)>` (a local
+    path or a URL)."""
+    return path_inside(output_dir, variant_file_name(output_file_name(source_path), variant))
 
 
-def legacy_output_path_for(output_dir: str | os.PathLike, key: str) -> UPath:
-    """`<output_dir>/<key>.png`: where results were written before output_file_name (e.g. `coffee.jpg.png`); a file
-    in a subfolder has no legacy name (its key is newer than that rule)."""
-    if "/" in key:
-        return output_path_for(output_dir, key)
-    return _checked_folder(output_dir, key) / f"{key}.png"
+def keyed_result_path(output_dir: str | os.PathLike, key: str, variant: int = 0) -> UPath:
+    """Where the key's result was written before results kept their source's name (keyed_result_name), and
+    where it is looked for when its source is gone."""
+    return path_inside(output_dir, variant_file_name(keyed_result_name(key), variant))
 
 
-def adopt_legacy_result(output_dir: str | os.PathLike, key: str) -> None:
-    """Move the key's result from its legacy name `<key>.png` to output_path_for, if one is there: the one place
-    results of older versions are renamed, so they are reused, never redone.
+def _earlier_paths(output_dir: str | os.PathLike, key: str, variant: int) -> list[UPath]:
+    """Where earlier versions wrote the key's `variant`-th result: by its key, and first of all `<key>.png`."""
+    paths = [keyed_result_path(output_dir, key, variant)]
+    if variant == 0 and "/" not in key:
+        paths.append(path_inside(output_dir, f"{key}.png"))
+    return paths
 
-    Only a file whose record names this key moves; a current-named file that already holds this key's
-    result wins, and the legacy file is left as it is. A dotless key's legacy name (`coffee.png`) is the
-    current name of `coffee.jpg`: when `coffee.jpg`'s legacy result moves in, a legacy result of `coffee`
-    found there moves to `coffee..png` first. Failure records keep their names (`.failures/<key>.json`).
+
+def adopt_earlier_result(output_dir: str | os.PathLike, source_path: str, variant: int = 0, _depth: int = 0) -> UPath:
+    """The source's result path (result_path), after moving its result there from a name an earlier version gave
+    it, if one is there: the one place results of older versions are renamed, so they are reused, never redone.
+
+    Only a file whose record names this key and variant moves; a file at the new name that already holds it
+    wins, and the earlier file is left as it is, as is a file there the project did not write. Where another
+    source's result sits at the new name under a name an earlier version gave it (`coffee.png` was the result of
+    `coffee`; it is `coffee.jpg`'s name now), it moves to its own new name first, whether or not this source has
+    an earlier result. Failure records keep their names (`.failures/<key>.json`).
     """
-    path = output_path_for(output_dir, key)
-    legacy = legacy_output_path_for(output_dir, key)
-    if legacy == path or not legacy.exists():
-        return
-    legacy_record = read_record(legacy)
-    if legacy_record is None or legacy_record.key != key:
-        return  # not this key's result (e.g. `coffee.png` holds the result of `coffee.jpg` now)
+    path = result_path(output_dir, source_path, variant)
+    folders, _, name = source_path.rpartition("/")
+    key = partition_key_for(name, folders)
     current = read_record(path)
-    if current is not None and current.key == key:
-        return
-    if current is not None and _is_legacy_name(output_dir, current.key, path):
-        adopt_legacy_result(output_dir, current.key)  # a legacy result of another key sits where this one goes
+    if current is not None and (current.key, current.variant) == (key, variant):
+        return path
+    if current is not None and not _move_aside(output_dir, current, path, _depth):
+        return path  # another image's result stays there; the run names it
+    if current is None and path.exists():
+        return path  # a file the project did not write: never replaced; the run names it
+    for earlier in _earlier_paths(output_dir, key, variant):
+        if earlier == path or not earlier.exists():
+            continue
+        record = read_record(earlier)
+        if record is not None and (record.key, record.variant) == (key, variant):
+            try:
+                rename_atomic(earlier, path)
+            except FileNotFoundError:
+                pass  # another process moved it first
+            return path
+    return path
+
+
+def _move_aside(output_dir: str | os.PathLike, record: ResultRecord, path: UPath, depth: int) -> bool:
+    """Move the result at `path` (whose record is `record`) to its own name, if an earlier version put it there;
+    whether `path` is free now."""
     try:
-        rename_atomic(legacy, path)
-    except FileNotFoundError:
-        pass  # another process moved it first
-
-
-def read_result(output_dir: str | os.PathLike, key: str) -> ResultRecord | None:
-    """The record of the key's result, or None if it has none: how the schedule, the report and the asset check see
-    what exists (a result under its legacy name is adopted first)."""
-    adopt_legacy_result(output_dir, key)
-    return read_record(output_path_for(output_dir, key))
-
-
-def _is_legacy_name(output_dir: str | os.PathLike, key: str, path: UPath) -> bool:
-    try:
-        return legacy_output_path_for(output_dir, key) == path
-    except ValueError:  # a record naming a key no result of ours could have
+        if depth >= 4 or not record.source_file or path not in _earlier_paths(output_dir, record.key, record.variant):
+            return False
+        adopt_earlier_result(output_dir, record.source_file, record.variant, depth + 1)
+    except ValueError:  # a record naming a key or file no result of ours could have
         return False
+    return not path.exists()
+
+
+def result_location(output_dir: str | os.PathLike, key: str, source_path: str | None, variant: int = 0) -> UPath:
+    """Where the key's `variant`-th result is: under its source's name (result_path), or under its key where the
+    source is gone (`source_path` None) and its name cannot be known."""
+    if source_path is None:
+        return keyed_result_path(output_dir, key, variant)
+    return result_path(output_dir, source_path, variant)
+
+
+def read_result(
+    output_dir: str | os.PathLike, key: str, source_path: str | None = None, variant: int = 0
+) -> ResultRecord | None:
+    """The record of the key's `variant`-th result (at result_location), or None if it has none: how the
+    schedule, the report, the asset check and the dataset see what exists. A result under a name an earlier
+    version gave it is adopted first."""
+    if source_path is not None:
+        adopt_earlier_result(output_dir, source_path, variant)
+    record = read_record(result_location(output_dir, key, source_path, variant))
+    return record if record is not None and (record.key, record.variant) == (key, variant) else None
 
 
 def failure_path(output_dir: str | os.PathLike, key: str) -> UPath:

@@ -90,8 +90,8 @@ def add_run_parser(commands) -> None:
     run.add_argument(
         "--variants",
         type=_variants,
-        help="results per image, each its own draw (default: RANDOM_DIFFUSION_VARIANTS or 1); raising it keeps the "
-        "existing ones",
+        help="results per image, each its own draw (default: RANDOM_DIFFUSION_VARIANTS, else the catalog's "
+        "`defaults: {variants: K}`, else 1); raising it keeps the existing ones",
     )
     run.add_argument(
         "--reroll",

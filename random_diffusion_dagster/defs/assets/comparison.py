@@ -91,7 +91,8 @@ def model_comparison(
     image_keys = list(dict.fromkeys(image for image, _ in cells.values()))
     files, missing = dataset.files_for(image_keys)
     planned, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
-    by_image = {task.key: task for task in planned}  # each image planned exactly as diffused_image plans it
+    # Each image's first result, planned exactly as diffused_image plans it (variants draw other prompts and seeds).
+    by_image = {task.key: task for task in planned if task.variant == 0}
     by_model = {spec.name: spec for spec in model_catalog}
     failures: dict[str, str] = {}
     tasks_by_cell = {}

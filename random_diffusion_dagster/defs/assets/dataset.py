@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...engine.dataset import METADATA_FILE, export_image_folder
-from ...engine.results import read_record, read_result, variant_path_for
+from ...engine.results import read_result, result_location
 from ..metadata import table
 from ..partitions import images_partitions
 from ..resources import DatasetResource
@@ -30,15 +30,14 @@ def augmented_dataset(
 ) -> dg.MaterializeResult:
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
     results, missing = [], 0
-    for key in keys:
-        for variant in range(dataset.variants):
-            path = variant_path_for(dataset.output_dir, key, variant)
-            # Variant 0 through read_result, which adopts a result left under its legacy name.
-            record = read_result(dataset.output_dir, key) if variant == 0 else read_record(path)
+    variants = dataset.result_variants()  # once: it may read the catalog
+    for key, source_path in dataset.source_paths(keys).items():
+        for variant in range(variants):
+            record = read_result(dataset.output_dir, key, source_path, variant)
             if record is None:
                 missing += 1
             else:
-                results.append((record, path))
+                results.append((record, result_location(dataset.output_dir, key, source_path, variant)))
     if missing:
         context.log.warning(f"{missing} results of {len(keys)} images are not made yet; the dataset leaves them out.")
     rows = export_image_folder(

@@ -35,7 +35,7 @@ def _measured_columns(summary) -> dict[str, str]:
 )
 def diffusion_report(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dg.MaterializeResult:
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
-    report = build_report(dataset.output_dir, keys, dataset.images_dir)
+    report = build_report(dataset.output_dir, dataset.source_paths(keys), dataset.images_dir)
     metadata = {
         "images": report.image_count,
         "failures": report.failure_count,
