@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_throughput.py --out benchmarks/results/h100.json    # full size, needs CUDA
     python benchmarks/gpu_throughput.py --tiny --only engine --out /tmp/smoke.json   # tiny shapes, CPU, seconds
+    python benchmarks/gpu_throughput.py --family sdxl --batch-size 8 --out benchmarks/results/h100-sdxl.json
 
 With --tiny the compiled groups compile on the CPU too: a smoke test of their code (minutes).
 
@@ -96,6 +97,60 @@ TINY = {
     "steps": 10,
     "strength": 0.75,
 }
+# Published SDXL-base-1.0 component shapes (UNet 2.57B parameters, CLIP ViT-L/14 123M + OpenCLIP ViT-bigG/14 695M,
+# VAE 83.7M with its fp32 upcast for decoding), at its 1024 px. The issue's workload: 30 steps, strength 0.6.
+SDXL_FULL = {
+    "unet": dict(
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    ),
+    "vae": dict(FULL["vae"], sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    "text": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+    "text_2": dict(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_attention_heads=20,
+        num_hidden_layers=32,
+        projection_dim=1280,
+        hidden_act="gelu",
+    ),
+    "resolution": 1024,
+    "steps": 30,
+    "strength": 0.6,
+}
+SDXL_TINY = {
+    "unet": dict(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=64,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,  # text_2's projection (32) + 6 time ids x 8
+        norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    ),
+    "vae": dict(TINY["vae"], scaling_factor=0.13025, force_upcast=True),
+    "text": TINY["text"],
+    "text_2": dict(TINY["text"], projection_dim=32, hidden_act="gelu"),
+    "resolution": 64,
+    "steps": 10,
+    "strength": 0.6,
+}
 # Engine speedups timed per compiled group; each batch shape compiles once, in the warm-up.
 COMPILED_GROUPS = {
     "compiled": Speedups(compile_unet=True),  # QKV projections fused, UNet compiled
@@ -139,6 +194,113 @@ def build_models(shapes: dict, root: Path, device: str, count: int = 4) -> list[
         folders.append(folder)
         del unet, pipeline
     return folders
+
+
+def build_sdxl(shapes: dict, root: Path, device: str) -> Path:
+    """Save one SDXL-shaped img2img pipeline with random weights: two text encoders (the second with its pooled
+    projection), the text-time conditioned UNet, the VAE that decodes in fp32."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    vocab = byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    ids = dict(
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    with torch.device(device):
+        torch.manual_seed(0)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**ids, **shapes["text"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**ids, **shapes["text_2"]))
+        vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, **shapes["vae"])
+        unet = diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **shapes["unet"])
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipeline = diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        requires_aesthetics_score=False,
+    )
+    folder = root / "sdxl-shaped"
+    pipeline.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    del pipeline, unet, text_encoder, text_encoder_2, vae
+    return folder
+
+
+def run_sdxl(args) -> dict:
+    """The SDXL figure: an SDXL-sized pipeline at 1024 px, batched through the engine against plain diffusers one
+    image per call, then the peak GPU memory with it and two SD-1.5-sized pipelines resident in one cache."""
+    import diffusers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes, sd15_shapes = (SDXL_TINY, TINY) if args.tiny else (SDXL_FULL, FULL)
+    root = Path(tempfile.mkdtemp(prefix="sdxl-shaped-"))
+    started = time.perf_counter()
+    folder = build_sdxl(shapes, root, device)
+    print(f"built and saved the SDXL-shaped model in {time.perf_counter() - started:.1f} s", flush=True)
+    fp16 = "float16" if device == "cuda" else "float32"
+    (spec,) = catalog([folder], shapes, fp16)
+    images = source_images(args.batch_size, shapes["resolution"])
+
+    plain = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folder, dtype=getattr(torch, fp16)).to(device)
+    plain.set_progress_bar_config(disable=True)
+    plain_result = time_variant("sdxl_plain_batch1", engine_call(plain, spec, images[:1], device), 1, 2, device)
+    del plain
+    torch.cuda.empty_cache() if device == "cuda" else None
+
+    cache = PipelineCache(device=device, max_models=3)
+    pipeline, load_seconds = cache.get(spec)
+    batched = time_variant(
+        f"sdxl_engine_batch{args.batch_size}",
+        engine_call(pipeline, spec, images, device),
+        args.batch_size,
+        args.repeats,
+        device,
+    )
+    batched["speedup_vs_plain"] = round(plain_result["seconds_per_image"] / batched["seconds_per_image"], 2)
+
+    sd15_specs = catalog(build_models(sd15_shapes, root, device, count=2), sd15_shapes, fp16)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for index, each in enumerate([spec, *sd15_specs]):
+        generate(cache.get(each)[0], each, PROMPTS[:1], source_images(1, each.resolution), [index], device)
+    resident = {
+        "resident": cache.resident,
+        "resident_weights_mb": round(cache.resident_bytes / 2**20, 1),
+        "peak_allocated_mb": peak("allocated", device),
+        "peak_reserved_mb": peak("reserved", device),
+    }
+    print(f"one SDXL and two SD-1.5-sized resident: {resident}", flush=True)
+    cache.clear()
+    return {
+        "family": "sdxl",
+        "device": device_name(device),
+        "images_per_s": batched["images_per_s"],
+        "plain_images_per_s": plain_result["images_per_s"],
+        "vram_peak_reserved_mb": resident["peak_reserved_mb"],
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "workload": {
+            "resolution": shapes["resolution"],
+            "num_inference_steps": shapes["steps"],
+            "strength": shapes["strength"],
+            "guidance_scale": 7.5,
+            "batch_size": args.batch_size,
+            "tiny_shapes": args.tiny,
+        },
+        "load_seconds": round(load_seconds, 2),
+        "variants": [plain_result, batched],
+        "sdxl_and_two_sd15_resident": resident,
+    }
 
 
 def catalog_document(folders: list[Path], shapes: dict, dtype: str) -> dict:
@@ -493,6 +655,12 @@ def end_to_end(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
+    parser.add_argument(
+        "--family",
+        choices=("sd15", "sdxl"),
+        default="sd15",
+        help="sdxl: the SDXL-sized figure alone (batched vs plain, peak memory beside two SD-1.5-sized models)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plain-repeats", type=int, default=8)
@@ -507,7 +675,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    results = run(args)
+    results = run_sdxl(args) if args.family == "sdxl" else run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

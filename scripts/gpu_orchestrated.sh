@@ -27,25 +27,8 @@ IMAGES=${IMAGES:-512}
 SHAPES=${SHAPES:-full}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$RESULTS"
-started=$(date +%s)
-# Bytecode as a pip install leaves it: the device's image sets PYTHONDONTWRITEBYTECODE=1, and without .pyc files
-# every run process there compiled dagster's sources again (its imports: 2.5-3.3 s instead of 1.8-2.1 s,
-# benchmarks/results/h100-imports-probe.txt).
-unset PYTHONDONTWRITEBYTECODE
-if [ -d .whl ]; then
-    $PYTHON -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl .whl/fallback/*.whl || exit 1
-fi
-$PYTHON -m compileall -q -j 0 random_diffusion_dagster benchmarks >/dev/null
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/rd-compile-cache}
-echo "installed in $(($(date +%s) - started)) s"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv \
-    >"$RESULTS/smi.txt" 2>&1
-$PYTHON -c "import torch, diffusers, transformers, dagster, dagster_celery, celery, sys
-print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers',
-      diffusers.__version__, 'transformers', transformers.__version__, 'dagster', dagster.__version__)" \
-    2>&1 | tee "$RESULTS/versions.txt" | tail -1
+# shellcheck source=scripts/gpu_setup.sh
+. scripts/gpu_setup.sh
 # The warm path as README "The warm path on one GPU" sets it up, with no speed flags: compilation is its default.
 timeout "${BENCH_SECONDS:-560}" $PYTHON benchmarks/orchestrated_throughput.py \
     --model-shapes "$SHAPES" --images "$IMAGES" --sensor-images "${SENSOR_IMAGES:-0}" \

@@ -77,3 +77,19 @@ def test_orchestrated_benchmark_backfills_through_the_daemon_and_reports_every_f
     assert backfill["sensor"]["images"] == 2 and sum(run["images"] for run in backfill["sensor"]["per_run"]) == 2
     assert 0 < results["mean_batch_fill"] <= 1 and results["orchestrated_images_per_s"] > 0
     assert set(backfill["split_seconds_summed_over_runs"]) >= {"model_loads", "inference", "queue_wait"}
+
+
+def test_sdxl_figure_script_runs_on_cpu_and_writes_the_issues_keys(tmp_path):
+    """scripts/gpu_sdxl.sh as a lent GPU runs it, with tiny SDXL shapes: the wheels' setup, the benchmark, the JSON."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RESULTS": str(tmp_path), "SHAPES": "tiny", "BATCH": "2"}
+    env.update(PYTHON=sys.executable, REPEATS="1")
+    completed = subprocess.run(
+        ["bash", "scripts/gpu_sdxl.sh"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0 and "benchmark exit 0" in completed.stdout, completed.stdout[-3000:]
+    results = json.loads((tmp_path / "sdxl-gpu.json").read_text())
+    assert results["family"] == "sdxl" and results["device"].startswith("cpu")
+    assert results["images_per_s"] > 0 and results["plain_images_per_s"] > 0
+    assert "vram_peak_reserved_mb" in results  # 0 on a CPU, which has no GPU memory
+    assert results["sdxl_and_two_sd15_resident"]["resident"] == ["sdxl-shaped", "sd15-shaped-0", "sd15-shaped-1"]
+    assert (tmp_path / "versions.txt").read_text().strip()
