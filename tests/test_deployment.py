@@ -384,3 +384,37 @@ def test_a_killed_cli_run_frees_the_gpu_pool_for_the_next_run(deployment):
     assert client.wait(run_id, timeout=300) == "SUCCESS"
     assert client.run_status(killed["runId"]) == "FAILURE"
     assert f"Run {killed['runId']}: its CLI process is gone" in (deployment["root"] / "daemon.log").read_text()
+
+
+STEP_FAILURES_QUERY = """
+query($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { ... on ExecutionStepFailureEvent { error { message } } } }
+  }
+}"""
+
+
+def test_a_run_whose_image_fails_is_not_retried(deployment):
+    """A truncated PNG (its header passes the sensor's probe; its pixels cannot be decoded) fails the same way every
+    time: its run fails, naming it, and run retries (which the killed run above gets) leave it alone
+    (`retry_on_asset_or_op_failure: false`)."""
+    url = deployment["url"]
+    whole = make_image(deployment["root"] / "whole.png", size=(96, 64))
+    broken = deployment["images"] / "broken.png"
+    broken.write_bytes(whole.read_bytes()[:200])
+    past = time.time() - 120
+    os.utime(broken, (past, past))
+    try:
+
+        def failed_run():
+            runs = [r for r in _runs(url) if {"key": RANGE_START_TAG, "value": "broken.png"} in r["tags"]]
+            return runs[0] if runs and runs[0]["status"] == "FAILURE" else None
+
+        run = wait_for(failed_run, 300, "the broken image's run to fail", interval=0.5)
+        time.sleep(15)  # the retry daemon starts the killed run's retry within seconds
+        retries = [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run["runId"]} in r["tags"]]
+        assert retries == []
+        events = Deployment(url).query(STEP_FAILURES_QUERY, {"runId": run["runId"]})["logsForRun"]["events"]
+        assert any("broken.png" in event["error"]["message"] for event in events if event)
+    finally:
+        broken.unlink()

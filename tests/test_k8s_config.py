@@ -199,7 +199,11 @@ def test_helm_values_render_the_instance_yaml_gpu_pool_monitoring_and_retries():
             "start_timeout_seconds": daemon["runMonitoring"]["startTimeoutSeconds"],
             "poll_interval_seconds": daemon["runMonitoring"]["pollIntervalSeconds"],
         },
-        "run_retries": {"enabled": daemon["runRetries"]["enabled"], "max_retries": daemon["runRetries"]["maxRetries"]},
+        "run_retries": {
+            "enabled": daemon["runRetries"]["enabled"],
+            "max_retries": daemon["runRetries"]["maxRetries"],
+            "retry_on_asset_or_op_failure": daemon["runRetries"]["retryOnAssetOrOpFailure"],
+        },
     }
     assert rendered == {key: instance[key] for key in rendered}
     values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
