@@ -307,6 +307,19 @@ def test_the_daemon_console_shows_the_runs_log_lines_and_not_the_routine_ones(de
     assert f"{run_id} - diffused_image - " in console and "batch of 1 at" in console  # the run's own log lines
     assert " - DEBUG - " not in console and "STEP_START" not in console and "ASSET_MATERIALIZATION" not in console
     assert "Backfill iteration summary" not in console and "Checking for new runs for sensor" not in console
+    quoted_in_issue_36 = [
+        "No relevant assets materialized since last tick",
+        "Root assets that have not yet been requested",
+        "Considering the following candidate subset",
+        "Asset partitions to request",
+        "MonitoringDaemon - INFO - Checking run",
+        "QueuedRunCoordinatorDaemon - INFO - Launched",
+        "evaluation result:",
+        "__repository__",
+        "\x1b[",  # colour codes: the console here is a file
+    ]
+    assert [line for line in quoted_in_issue_36 if line in console] == []
+    assert "new_images_sensor - 3 new, 0 replaced, 0 removed images" in console  # the sensor's own line, named
 
 
 RUN_LOGS_QUERY = """

@@ -343,25 +343,31 @@ def test_daemon_output_drops_routine_lines_and_keeps_events_and_problems():
         ("dagster.code_server", "WARNING", "No heartbeat received in 20 seconds, shutting down"),
         ("dagster", "DEBUG", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_START - Started execution"),
         ("dagster", "DEBUG", "diffuse_images - 9f1c - diffused_image - ASSET_MATERIALIZATION - Materialized value"),
+        # Each second of a backfill, each run's monitoring pass, each automation evaluation, each run launch:
+        ("dagster.daemon.BackfillDaemon", "INFO", "No relevant assets materialized since last tick."),
+        ("dagster.daemon.MonitoringDaemon", "INFO", "Checking run 82698c91-0f4f-480a-9b11-8524b47b166a"),
+        ("dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Launched 1 runs."),
+        ("dagster.daemon.AssetDaemon", "INFO", "Tick produced 1 run and 1 asset evaluation for evaluation ID 8"),
+        ("dagster.daemon.AssetDaemon", "INFO", "Submitting 1 run for evaluation 8 for report_automation_sensor"),
+        ("dagster.daemon.AssetDaemon", "INFO", "diffusion_report evaluation result: 1 requested ((no partition))"),
+        ("dagster.daemon", "ERROR", "Thread for SENSOR did not shut down gracefully."),
     ]
-    assert [fields[2] for fields in routine if output.keep(_line(*fields))] == []
+    assert [fields[2] for fields in routine if output.shown(_line(*fields))] == []
     kept = [
         ("dagster.daemon.SensorDaemon", "INFO", "Completed launch of run 1234 for new_images_sensor"),
-        ("dagster.daemon.AssetDaemon", "INFO", "Tick produced 1 run and 1 asset evaluation for evaluation ID 8"),
-        ("dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Launched 1 runs."),
         ("dagster.daemon.SensorDaemon", "ERROR", "Sensor new_images_sensor skipped: the folder is gone"),
         ("dagster.daemon.SensorDaemon", "WARNING", "Checking for new runs for sensor: took 95 seconds"),
         ("dagster.code_server", "ERROR", "Error while loading code location"),
         ("dagster", "INFO", "diffuse_images - 9f1c - 4242 - diffused_image - tiny-sd15: 4 images in 1.2 s"),
         ("dagster", "ERROR", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_FAILURE - Execution failed"),
     ]
-    assert all(output.keep(_line(*fields)) for fields in kept)
-    assert output.keep("Traceback (most recent call last):\n")
+    assert all(output.shown(_line(*fields)) == _line(*fields) for fields in kept)
+    assert output.shown("Traceback (most recent call last):\n")
     blocked = _line(
         "dagster.daemon.QueuedRunCoordinatorDaemon", "INFO", "Run abc is blocked by global concurrency limits: gpu"
     )
-    assert [output.keep(blocked) for _ in range(3)] == [True, False, False]  # once per run, not every second
-    assert output.keep(blocked.replace("Run abc", "Run def"))
+    assert [output.shown(blocked) for _ in range(3)] == [blocked, None, None]  # once per run, not every second
+    assert output.shown(blocked.replace("Run abc", "Run def"))
 
 
 def test_daemon_output_drops_the_backfill_summaries_with_their_lines_and_keeps_what_follows():
@@ -377,9 +383,53 @@ def test_daemon_output_drops_the_backfill_summaries_with_their_lines_and_keeps_w
         "- diffused_image: {coffee.jpg, astronaut.jpg}\n",
         _line("dagster.daemon.BackfillDaemon", "INFO", "Candidate subset is empty."),
     ]
-    assert [line for line in summary if output.keep(line)] == []
+    assert [line for line in summary if output.shown(line)] == []
+    subsets = [
+        _line("dagster.daemon.BackfillDaemon", "INFO", "Root assets that have not yet been requested:"),
+        "- diffused_image: {[a.png...t.png]}\n",
+        _line("dagster.daemon.BackfillDaemon", "INFO", "Considering the following candidate subset:"),
+        "- diffused_image: {[a.png...t.png]}\n",
+        "- diffusion_report\n",
+        _line("dagster.daemon.BackfillDaemon", "INFO", "Asset partitions to request:"),
+        "- diffused_image: {[a.png...t.png]}\n",
+    ]
+    assert [line for line in subsets if output.shown(line)] == []
     submitted = _line("dagster.daemon.BackfillDaemon", "INFO", "Submitted run f3a5 for assets/checks diffused_image")
     failed = _line(
         "dagster", "ERROR", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_FAILURE - Execution failed"
     )
-    assert [output.keep(line) for line in (submitted, failed, "Traceback (most recent call last):\n")] == [True] * 3
+    kept = [submitted, failed, "Traceback (most recent call last):\n"]
+    assert [output.shown(line) for line in kept] == kept
+
+
+def test_daemon_output_names_sensors_without_the_repository_and_colours_only_a_terminal():
+    output = DaemonOutput()
+    line = _line("dagster", "INFO", "__repository__ - new_images_sensor - 3 new, 0 replaced, 0 removed images")
+    assert output.shown(line) == line.replace(" - __repository__", "")
+    plain = output.shown(line, colour=False)
+    assert "\x1b" not in plain and plain.endswith(
+        "- dagster - INFO - new_images_sensor - 3 new, 0 replaced, 0 removed images\n"
+    )
+
+
+def test_daemon_output_drops_the_stack_trace_of_a_failure_raised_on_purpose_and_keeps_other_tracebacks():
+    """A step's dg.Failure names the images and why; its stack trace (some 30 lines of Dagster's frames) is dropped
+    up to the next log line. Any other error keeps its trace: it is the only clue."""
+    output = DaemonOutput()
+    failure = [
+        _line("dagster", "ERROR", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_FAILURE - Execution failed"),
+        "\n",
+        "dagster._core.definitions.events.Failure: 1 of 1 images failed; the 0 finished are saved:\n",
+        "- broken.png: /images/broken.png cannot be decoded (truncated or not an image): image file is truncated\n",
+        "\n",
+        "Stack Trace:\n",
+        '  File "/venv/dagster/_core/execution/plan/execute_plan.py", line 243, in dagster_event_sequence_for_step\n',
+        "    yield from check.generator(step_events)\n",
+        "    raise dg.Failure(\n",
+        "\n",
+    ]
+    after = _line("dagster", "ERROR", "diffuse_images - 9f1c - 4242 - RUN_FAILURE - Execution of run failed.")
+    shown = [line for line in [*failure, after] if output.shown(line)]
+    assert shown == [*failure[:5], after]
+    unexpected = ["ZeroDivisionError: division by zero\n", "\n", "Stack Trace:\n", '  File "/x.py", line 1, in f\n']
+    assert [line for line in unexpected if output.shown(line)] == unexpected

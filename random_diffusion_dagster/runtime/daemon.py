@@ -99,8 +99,9 @@ def interrupt(signum, frame):
 # workspace every 60 s by starting a new code server; the old one stops after 20 s without heartbeats), and
 # the runs' own DEBUG events, which the runs the daemon launches print to its terminal (step start, inputs,
 # outputs, a materialization per image: the UI's run page shows them).
-# `random-diffusion daemon` and `ui` drop these lines and pass everything else on: run launches, warnings, errors,
-# tracebacks, what the project's sensors and assets log.
+# `random-diffusion daemon` and `ui` drop these lines and pass everything else on: warnings, errors, tracebacks (less
+# the stack trace of a failure a step raises on purpose), what the project's sensors log, and the runs' INFO lines (a
+# model load, a line per batch).
 ROUTINE_DAEMON_LINE = re.compile(
     r" - dagster - DEBUG - "
     r"| - dagster\.code_server - WARNING - No heartbeat received in 20 seconds, shutting down"
@@ -108,22 +109,32 @@ ROUTINE_DAEMON_LINE = re.compile(
     r"SensorDaemon - INFO - (?:Checking for new runs for sensor: |Sensor \S+ skipped: |No run requests returned for )"
     r"|SchedulerDaemon - INFO - (?:Schedule \S+ skipped: |No run requests returned for )"
     r"|AssetDaemon - INFO - (?:Checking \d+ assets/checks and |Prefetching asset records |Done prefetching asset "
-    r"records|Adding \d+ asset evaluations |Tick produced 0 runs |Submitting 0 runs |Finished auto-materialization "
-    r"tick|Renaming any states corresponding to the legacy default name)"
-    r"|QueuedRunCoordinatorDaemon - INFO - Priority sorting and checking tag concurrency limits"
-    r"|MonitoringDaemon - INFO - Collected \d+ runs for monitoring"
+    r"records|Adding \d+ asset evaluations |Tick produced \d+ runs? |Submitting \d+ runs? |Finished "
+    r"auto-materialization tick|Renaming any states corresponding to the legacy default name|\S+ evaluation result: )"
+    r"|QueuedRunCoordinatorDaemon - INFO - (?:Priority sorting and checking tag concurrency limits"
+    r"|Launched \d+ runs?\.)"
+    r"|MonitoringDaemon - INFO - (?:Collected \d+ runs for monitoring|Checking run )"
     r"|BackfillDaemon - INFO - (?:Evaluating asset backfill |Assets targeted by backfill \S+ are valid|Backfill has "
     r"in progress runs|Asset backfill \S+ completed iteration with status |Candidate subset is empty|No asset "
-    r"partitions to request)"
+    r"partitions to request|No relevant assets materialized since last tick)"
     r"|EventLogConsumerDaemon - WARNING - No cursor for event type \S+, ignoring older events"
     r")"
+    # Said when the daemon stops while a thread waits on a code server that Ctrl-C stopped first: nothing is lost.
+    r"| - dagster\.daemon - ERROR - Thread for \S+ did not shut down gracefully"
 )
-# The backfill daemon's markdown summaries, a header line and the lines under it, each iteration (about 60 lines for
-# a 5-image backfill): the UI's backfill page shows the same. Dropped with the lines that follow them.
+# The backfill daemon's markdown summaries and subsets, a header line and the lines under it, each iteration (about 60
+# lines for a 5-image backfill): the UI's backfill page shows the same. Dropped with the lines that follow them.
 SUMMARY_HEADER = re.compile(
     r" - dagster\.daemon\.BackfillDaemon - INFO - "
-    r"(?:Backfill iteration summary|Overall backfill status|Assets materialized since last tick):\s*$"
+    r"(?:Backfill iteration summary|Overall backfill status|Assets materialized since last tick|Root assets that have "
+    r"not yet been requested|Considering the following candidate subset|Asset partitions to request):\s*$"
 )
+# The failure a step raises on purpose (dg.Failure) names the images and why in its message; its stack trace, which
+# Dagster prints after it, says nothing more (the UI keeps it). Other errors keep theirs.
+INTENDED_FAILURE = re.compile(r"^dagster\._core\.definitions\.events\.Failure: ")
+STACK_TRACE = re.compile(r"^Stack Trace:\s*$")
+# Sensor log lines carry the code location's internal repository name: `__repository__ - new_images_sensor - ...`.
+REPOSITORY_PREFIX = re.compile(r" - __repository__(?= - )")
 LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")
 # Repeated every second while a run waits for the `gpu` pool: shown once per run.
 BLOCKED_RUN_LINE = re.compile(
@@ -133,31 +144,46 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class DaemonOutput:
-    """Decides which of the daemon's output lines reach the terminal (see ROUTINE_DAEMON_LINE)."""
+    """Decides which of the daemon's output lines reach the terminal, and how (see ROUTINE_DAEMON_LINE)."""
 
     def __init__(self):
         self.blocked_runs: set[str] = set()
         self.in_summary = False
+        self.after_intended_failure = False
+        self.in_stack_trace = False
 
-    def keep(self, line: str) -> bool:
+    def shown(self, line: str, colour: bool = True) -> str | None:
+        """The line as the terminal shows it (its colour codes only with `colour`), or None to drop it."""
         plain = ANSI_ESCAPE.sub("", line)
-        if self.in_summary and not LOG_LINE_START.match(plain):
-            return False  # a line of a dropped summary
+        starts_entry = bool(LOG_LINE_START.match(plain))
+        if starts_entry:
+            self.after_intended_failure = self.in_stack_trace = False
+        if self.in_summary and not starts_entry:
+            return None  # a line of a dropped summary
         self.in_summary = bool(SUMMARY_HEADER.search(plain))
-        if self.in_summary or ROUTINE_DAEMON_LINE.search(plain):
-            return False
+        if self.in_summary or ROUTINE_DAEMON_LINE.search(plain) or self._in_intended_stack_trace(plain):
+            return None
         blocked = BLOCKED_RUN_LINE.search(plain)
         if blocked:
             if blocked.group(1) in self.blocked_runs:
-                return False
+                return None
             self.blocked_runs.add(blocked.group(1))
-        return True
+        return REPOSITORY_PREFIX.sub("", line if colour else plain)
+
+    def _in_intended_stack_trace(self, plain: str) -> bool:
+        if INTENDED_FAILURE.match(plain):
+            self.after_intended_failure = True
+        elif self.after_intended_failure and STACK_TRACE.match(plain):
+            self.in_stack_trace = True
+        return self.in_stack_trace
 
     def forward(self, stream, out) -> None:
-        """Copy `stream` (bytes, line by line) to `out` (text), dropping routine lines, until EOF."""
+        """Copy `stream` (bytes, line by line) to `out` (text), dropping routine lines, until EOF; colour codes only
+        where `out` is a terminal."""
+        colour = out.isatty()
         for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace")
-            if self.keep(line):
+            line = self.shown(raw.decode(errors="replace"), colour)
+            if line is not None:
                 out.write(line)
                 out.flush()
 
