@@ -232,8 +232,18 @@ def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance
     assert rerun.success
     run = _run_figures(instance, rerun)
     assert run["generated"] == "1" and run["reused"] == "3"
+    assert (run["batch_size"], run["pipeline_calls"]) == ("1", "1") and int(run["batch_size_limit"]) > 1
     assert all(_partition_metadata(instance, k)["reused_existing"] for k in good)
     assert _partition_metadata(instance, "bad.png")["reused_existing"] is False
+    # A reused result's timings are its making run's: said in words, not plotted as this run's.
+    reused = _partition_metadata(instance, good[0])
+    assert "inference_seconds" not in reused and "batch_size" not in reused
+    assert reused["when_made"].startswith("reused; made 20") and " inference " in reused["when_made"]
+    assert isinstance(_partition_metadata(instance, "bad.png")["inference_seconds"], float)
+
+    _, all_reused = _diffuse_all(instance, project)
+    figures = _run_figures(instance, all_reused)
+    assert figures["generated"] == "0" and figures["images_per_second"] == "" and figures["batch_size"] == ""
 
 
 def test_report_summarises_per_model_and_draws_a_contact_sheet(instance, project):

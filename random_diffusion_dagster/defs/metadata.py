@@ -19,14 +19,48 @@ def partition_metadata(result: ImageResult) -> dict:
     settings such as the seed or the step count are shown as text, so the Plots tab holds only measurements.
     """
     measurements = type(result.record).measurements()
+    fields = result.record.partition_metadata()
+    reused = result.status == "reused"
+    if reused:  # its timings are the making run's: said so in words, and kept off this run's plots
+        fields = {name: value for name, value in fields.items() if name not in MADE_WITH}
     metadata = {
         name: value if name in measurements or not _is_number(value) else dg.MetadataValue.text(str(value))
-        for name, value in result.record.partition_metadata().items()
+        for name, value in fields.items()
     }
-    metadata["reused_existing"] = result.status == "reused"
+    metadata["reused_existing"] = reused
+    if reused:
+        metadata["when_made"] = dg.MetadataValue.text(when_made(result.record))
     metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
     return metadata
+
+
+# What a result's record says about the run that made it: shown for a reused result as that run's, in words.
+MADE_WITH = (
+    "pipeline_load_seconds",
+    "inference_seconds",
+    "total_seconds",
+    "vram_peak_allocated_mb",
+    "vram_peak_reserved_mb",
+    "rss_peak_mb",
+    "batch_size",
+)
+
+
+def when_made(record) -> str:
+    """A reused result's making, in one line: `made 2026-12-06T12:00:00: inference 0.52 s, total 0.61 s, ...`."""
+    figures = [
+        f"{label} {value:g}{unit}"
+        for label, value, unit in (
+            ("inference", record.inference_seconds, " s"),
+            ("total", record.total_seconds, " s"),
+            ("model load share", record.pipeline_load_seconds, " s"),
+            ("peak VRAM reserved", record.vram_peak_reserved_mb, " MiB"),
+            ("batch of", record.batch_size, ""),
+        )
+        if value is not None
+    ]
+    return f"reused; made {record.created_at or 'by an earlier run'}: " + ", ".join(figures)
 
 
 def metadata_by_partition(results: list[ImageResult]) -> dict[str, dict]:
@@ -96,16 +130,18 @@ def _is_number(value) -> bool:
 
 def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]:
     """The run's totals, as run tags: shown on the run's page, not stamped on each image."""
-    figures = {
-        "generated": len(summary.with_status("generated")),
+    generated = len(summary.with_status("generated"))
+    figures = {  # rates and batch figures over the images this run made; "" where it made none
+        "generated": generated,
         "reused": len(summary.with_status("reused")),
         "failed": len(failures),
         "pipeline_loads": summary.pipeline_loads,
         "compiled_graphs": summary.compiled_graphs,
-        "batch_size": summary.batch_size,
+        "batch_size": max(summary.batches, default=""),  # the largest pipeline call made, not the limit
+        "batch_size_limit": summary.batch_size,
         "pipeline_calls": len(summary.batches),
         "mean_batch_fill": "" if summary.mean_batch_fill is None else round(summary.mean_batch_fill, 3),
-        "images_per_second": round(summary.images_per_second, 3),
+        "images_per_second": round(summary.images_per_second, 3) if generated else "",
         "device": summary.device,
     }
     return {f"{RUN_TAG_PREFIX}{name}": str(value) for name, value in figures.items()}
