@@ -258,6 +258,9 @@ def test_report_summarises_per_model_and_draws_a_contact_sheet(instance, project
     assert (summary["mean_inference_s"] > 0).all() and (
         summary["p95_inference_s"] >= summary["mean_inference_s"] - 1e-9
     ).all()
+    assert (summary["peak_rss_mb"] > 0).all()  # memory on a CPU too: the process's peak
+    shown = {column.name for column in metadata["summary"].value.schema.columns}
+    assert "peak_rss_mb" in shown and "peak_vram_reserved_mb" not in shown  # no GPU memory on a CPU: left out
     with Image.open(metadata["contact_sheet_path"].value) as sheet:
         assert sheet.height >= 128 * len(keys)
     assert metadata["contact_sheet"].value.startswith("![contact sheet](data:image/jpeg;base64,")

@@ -26,6 +26,7 @@ SUMMARY_COLUMNS = [
     "p95_inference_s",
     "peak_vram_allocated_mb",
     "peak_vram_reserved_mb",
+    "peak_rss_mb",
     "failures",
 ]
 THUMB = 128
@@ -84,10 +85,11 @@ def build_report(
 
 
 def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.DataFrame:
-    """One row per model: count, mean and p95 inference seconds, peak GPU memory, failures."""
+    """One row per model: count, mean and p95 inference seconds, peak GPU memory, peak process memory (RSS: the
+    figure a CPU run has), failures."""
     import pandas as pd
 
-    columns = ["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb"]
+    columns = ["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb", "rss_peak_mb"]
     frame = pd.DataFrame([[getattr(r, c) for c in columns] for r in records], columns=columns)
     frame[columns[1:]] = frame[columns[1:]].astype(float)  # typed even when empty, so quantiles work
     grouped = frame.groupby("model")
@@ -98,6 +100,7 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
             "p95_inference_s": grouped["inference_seconds"].quantile(0.95).round(4),
             "peak_vram_allocated_mb": grouped["vram_peak_allocated_mb"].max(),
             "peak_vram_reserved_mb": grouped["vram_peak_reserved_mb"].max(),
+            "peak_rss_mb": grouped["rss_peak_mb"].max(),
         }
     )
     failed = pd.Series([f.model or "(unknown)" for f in failures], dtype=object).value_counts()

@@ -155,13 +155,25 @@ def run_command(args: argparse.Namespace) -> int:
             exported = _materialize(defs, "augmented_dataset", instance, dataset_config, ops).success
             failed_runs += not exported
     output_dir = Path(defs.resources["dataset"].output_dir)
-    print(f"Outputs: {output_dir}")
+    example = _example_result(defs.resources["dataset"])
+    print(f"Outputs: {output_dir}" + (f" ({example})" if example else ""))
     report = [path for path in ("summary.csv", "contact_sheet.png") if (output_dir / "report" / path).is_file()]
     if report:
         print(f"Report:  {' and '.join(str(output_dir / 'report' / path) for path in report)}")
     if exported:
         print(f"Dataset: {defs.resources['dataset'].dataset_dir} (datasets.load_dataset('imagefolder', data_dir=...))")
     return _said_where_the_traces_are() if failed_runs else 0
+
+
+def _example_result(dataset) -> str | None:
+    """`data/outputs/astronaut.png for data/images/astronaut.jpg`: the first image's result, as configured."""
+    from ..engine.results import output_file_name, result_path
+
+    files = dataset.source_files()
+    if not files or not result_path(dataset.output_dir, files[0].relative_path).exists():
+        return None
+    result = f"{str(dataset.output_dir).rstrip('/')}/{output_file_name(files[0].relative_path)}"
+    return f"{result} for {Path(dataset.images_dir) / files[0].relative_path}"
 
 
 def add_compare_parser(commands) -> None:
