@@ -274,8 +274,11 @@ def test_partition_preview_shows_source_beside_result_and_report_tables_are_tabl
     keys, _ = _diffuse_all(instance, project)
     preview = _partition_metadata(instance, "red.png")["preview"]
     data = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)", preview).group(1))
-    with Image.open(io.BytesIO(data)) as strip:  # two 4:3 pictures side by side
+    with Image.open(io.BytesIO(data)) as strip:  # two 4:3 pictures side by side, "source" and "result" under them
         assert strip.width > 2.4 * strip.height
+        band = np.asarray(strip.convert("L"))[-strip.height // 12 :]  # the label band, white but for its words
+        halves = np.array_split(band, 2, axis=1)
+        assert all((half < 128).sum() > 10 for half in halves) and (band > 200).mean() > 0.8
     report = _materialize(instance, project, ["diffusion_report"]).asset_materializations_for_node("diffusion_report")
     summary = report[0].metadata["summary"].value
     assert [c.name for c in summary.schema.columns][:2] == ["model", "images"]

@@ -478,13 +478,21 @@ def square_tile(path: str | os.PathLike | None, size: int, missing: str = "missi
     return tile
 
 
-def image_strip(images: list[Image.Image], height: int = 96, gap: int = 4) -> Image.Image:
-    """Images side by side at one height: a preview strip."""
+LABEL_BAND = 18  # pixels under a labelled strip's images for their labels
+
+
+def image_strip(
+    images: list[Image.Image], height: int = 96, gap: int = 4, labels: list[str] | None = None
+) -> Image.Image:
+    """Images side by side at one height: a preview strip, each image's label (if given) under it."""
     scaled = [ImageOps.contain(im.convert("RGB"), (height * 4, height)) for im in images]
     width = sum(im.width for im in scaled) + gap * max(0, len(scaled) - 1)
-    strip = Image.new("RGB", (max(width, 1), height), "white")
+    strip = Image.new("RGB", (max(width, 1), height + (LABEL_BAND if labels else 0)), "white")
+    draw = ImageDraw.Draw(strip)
     x = 0
-    for im in scaled:
+    for index, im in enumerate(scaled):
         strip.paste(im, (x, (height - im.height) // 2))
+        if labels:
+            draw.text((x + 4, height + 3), labels[index], fill="black")
         x += im.width + gap
     return strip
