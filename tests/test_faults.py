@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
-from random_diffusion_dagster.defs.resources import DatasetResource
+from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.output_location import OutputLocationError
@@ -22,7 +22,7 @@ from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.engine.runner import run_tasks
 
 from helpers import make_image, result_file
-from test_assets import _diffuse_all
+from test_assets import ALL_ASSETS, _diffuse_all
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,3 +188,26 @@ def test_a_bad_backfill_interval_stops_the_daemon_before_it_starts_naming_the_va
         f"random-diffusion {command}: error: RANDOM_DIFFUSION_BACKFILL_INTERVAL_SECONDS=0 is below 1: "
         "set it to 1 or more, or unset it.\n"
     )
+
+
+def test_a_partition_added_by_hand_for_a_missing_file_fails_naming_it(project):
+    """The UI's "Add a partition" takes any name; a run of one that names no file fails at once, saying which and
+    why, and the other images are untouched (no retry: the instance retries only runs whose process died)."""
+    resources = {"dataset": DatasetResource(**project), "engine": DiffusionEngineResource(device="cpu")}
+    with dg.instance_for_test() as instance:
+        dg.materialize(ALL_ASSETS, selection=["source_images"], instance=instance, resources=resources)
+        instance.add_dynamic_partitions("images", ["holiday-photo.jpg"])
+        run = dg.materialize(
+            ALL_ASSETS,
+            selection=["prompt_list", "model_catalog", "diffused_image"],
+            instance=instance,
+            resources=resources,
+            partition_key="holiday-photo.jpg",
+            raise_on_error=False,
+        )
+    assert not run.success
+    (failure,) = [event.step_failure_data.error for event in run.all_events if event.is_step_failure]
+    assert failure.message.splitlines()[1] == (
+        f"- holiday-photo.jpg: partition 'holiday-photo.jpg' has no source file in {project['images_dir']} any more"
+    )
+    assert not Path(project["output_dir"]).exists() or not list(Path(project["output_dir"]).glob("*.png"))
