@@ -46,11 +46,24 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     outputs = Path(project["output_dir"])
-    assert f"Outputs: {outputs}" in completed.stdout and "over 3 images: succeeded" in completed.stdout
+    assert "over 3 images: succeeded" in completed.stdout
+    first = f"{outputs}/blue.webp.png for {Path(project['images_dir']) / 'blue.webp'}"  # the first image's result
+    assert f"Outputs: {outputs} ({first})" in completed.stdout
     assert " - dagster - " not in completed.stdout + completed.stderr  # the batch lines are in the run's log, not here
     assert len(list(outputs.glob("*.png"))) == 3
     summary = pd.read_csv(outputs / "report" / "summary.csv")
     assert summary["images"].sum() == 3 and (outputs / "report" / "contact_sheet.png").is_file()
+    assert "diffusing: 100%" in completed.stderr  # the progress bar
+
+    again = subprocess.run(
+        [str(BIN / "random-diffusion"), "run", "--seed", "3", "--prompt", "a red kite"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0 and "over 3 images: succeeded" in again.stdout, again.stderr[-3000:]
+    assert "diffusing" not in again.stderr  # every result reused: no empty progress bar
 
 
 def test_run_without_images_says_where_to_put_them(project, tmp_path):
@@ -146,7 +159,8 @@ def test_build_demo_models_prints_one_line_and_no_library_output(tmp_path):
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.splitlines() == [f"Built 5 demo models in {tmp_path / 'models'}"]
+    # The five SD ones, tiny-sdxl, tiny-sd3, tiny-flux and the single-file SDXL checkpoint.
+    assert completed.stdout.splitlines() == [f"Built 9 demo models in {tmp_path / 'models'}"]
     assert completed.stderr == ""  # no progress bars ("Writing model shards"), no torchvision or float32 notices
     assert (tmp_path / "models" / "tiny-sd15" / "model_index.json").is_file()
 

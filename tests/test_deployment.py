@@ -423,7 +423,7 @@ def test_a_run_whose_image_fails_is_not_retried(deployment):
             runs = [r for r in _runs(url) if {"key": RANGE_START_TAG, "value": "broken.png"} in r["tags"]]
             return runs[0] if runs and runs[0]["status"] == "FAILURE" else None
 
-        run = wait_for(failed_run, 300, "the broken image's run to fail", interval=0.5)
+        run = wait_for(failed_run, 480, "the broken image's run to fail", interval=0.5)
         time.sleep(15)  # the retry daemon starts the killed run's retry within seconds
         retries = [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run["runId"]} in r["tags"]]
         assert retries == []

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.quiet import quiet_libraries
+from .families import build_family_models
+from .vocabularies import byte_level_vocab
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,6 @@ TINY_MODELS = (
 SINGLE_FILE_SOURCE = "tiny-sd15"
 SINGLE_FILE_DEMO = "tiny-sd15-single-file"
 SINGLE_FILE_CHECKPOINT = "tiny-sd15.safetensors"
-
-
-def byte_level_vocab() -> dict[str, int]:
-    """A 514-token CLIP vocabulary that spells any text byte by byte, with no unknown tokens."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    symbols = list(bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
 
 
 def build_tiny_pipeline(recipe: TinyModelRecipe):
@@ -225,4 +218,7 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
         built.append(target)
     if force or not (models_dir / SINGLE_FILE_DEMO / SINGLE_FILE_CHECKPOINT).is_file():
         built.append(save_single_file_demo(models_dir))
-    return built
+    from .lora import build_tiny_loras
+
+    build_tiny_loras(models_dir, force)  # loras/tiny-lora-*.safetensors for tiny-sd15: adapters, not counted as models
+    return built + build_family_models(models_dir, force)  # SDXL, SD3.5 and Flux.1 stand-ins, after the SD ones

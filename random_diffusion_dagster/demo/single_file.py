@@ -7,6 +7,8 @@ key names of the original CompVis/Stability code (`model.diffusion_model.input_b
 This is that direction for SD 1.x-style UNets, VAEs and CLIP text encoders of any depth, so
 the project can ship a small single-file checkpoint and exercise that loading path offline.
 The inverse of diffusers' own `convert_ldm_*_checkpoint` functions; a test round-trips it.
+SDXL checkpoints (sd_xl_base_1.0.safetensors) use Stability's later names: the two text encoders under
+`conditioner.embedders.0/1`, the second in OpenCLIP's layout (`sdxl_pipeline_to_ldm_state_dict`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,25 @@ _VAE_FIXED = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "no
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
+# SDXL (Stability's generative-models layout): the size-conditioning embedding and the two text encoders.
+SDXL_TEXT_ENCODER_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+_UNET_SDXL = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+_OPEN_CLIP_FIXED = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+_OPEN_CLIP_LAYER = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+
+
 class UnsupportedLayout(ValueError):
     """The pipeline has a component this converter does not know how to name."""
 
@@ -51,15 +72,77 @@ def pipeline_to_ldm_state_dict(pipeline) -> dict:
     state = {}
     for key, tensor in pipeline.unet.state_dict().items():
         state[UNET_PREFIX + unet_key_to_ldm(key, pipeline.unet.config)] = tensor
-    up_blocks = len(pipeline.vae.config.up_block_types)
-    for key, tensor in pipeline.vae.state_dict().items():
+    state.update(_vae_state(pipeline.vae))
+    for key, tensor in pipeline.text_encoder.state_dict().items():
+        state[TEXT_ENCODER_PREFIX + key.removeprefix("text_model.")] = tensor
+    return {key: tensor.detach().contiguous() for key, tensor in state.items()}
+
+
+def sdxl_pipeline_to_ldm_state_dict(pipeline) -> dict:
+    """One flat state dict with the names of Stability's SDXL checkpoints (sd_xl_base_1.0.safetensors), from a
+    StableDiffusionXL(Img2Img)Pipeline: the UNet with its size-conditioning embedding (`label_emb`), the VAE, CLIP-L
+    under `conditioner.embedders.0` and CLIP-G in OpenCLIP's layout under `conditioner.embedders.1`."""
+    state = {}
+    for key, tensor in pipeline.unet.state_dict().items():
+        module, _, tail = key.rpartition(".")
+        if module in _UNET_SDXL:
+            state[f"{UNET_PREFIX}{_UNET_SDXL[module]}.{tail}"] = tensor
+        else:
+            state[UNET_PREFIX + unet_key_to_ldm(key, pipeline.unet.config)] = tensor
+    state.update(_vae_state(pipeline.vae))
+    for key, tensor in pipeline.text_encoder.state_dict().items():
+        state[SDXL_TEXT_ENCODER_PREFIX + key.removeprefix("text_model.")] = tensor
+    state.update(open_clip_state(pipeline.text_encoder_2, SDXL_OPEN_CLIP_PREFIX))
+    return {key: tensor.detach().contiguous() for key, tensor in state.items()}
+
+
+def _vae_state(vae) -> dict:
+    state = {}
+    up_blocks = len(vae.config.up_block_types)
+    for key, tensor in vae.state_dict().items():
         ldm_key = vae_key_to_ldm(key, up_blocks)
         if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and tensor.ndim == 2:
             tensor = tensor[:, :, None, None]  # the original VAE attention uses 1x1 convolutions
         state[VAE_PREFIX + ldm_key] = tensor
-    for key, tensor in pipeline.text_encoder.state_dict().items():
-        state[TEXT_ENCODER_PREFIX + key.removeprefix("text_model.")] = tensor
-    return {key: tensor.detach().contiguous() for key, tensor in state.items()}
+    return state
+
+
+def open_clip_state(text_encoder, prefix: str) -> dict:
+    """A CLIPTextModelWithProjection's weights in OpenCLIP's names (fused q/k/v `in_proj`, `text_projection` as
+    hidden x projection), the inverse of diffusers' `convert_open_clip_checkpoint`."""
+    import torch
+
+    weights = {key.removeprefix("text_model."): tensor for key, tensor in text_encoder.state_dict().items()}
+    state = {prefix + "text_projection": weights.pop("text_projection.weight").T}
+    for name, open_clip in _OPEN_CLIP_FIXED.items():
+        state[prefix + open_clip] = weights.pop(name)
+    fused: dict[str, dict[str, object]] = {}
+    for key, tensor in weights.items():
+        match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", key)
+        if key.endswith("position_ids"):
+            continue  # a buffer, not a weight
+        if not match:
+            raise UnsupportedLayout(f"CLIP text encoder weight {key!r} has no OpenCLIP name known to this converter.")
+        layer, rest = match.groups()
+        block = f"{prefix}transformer.resblocks.{layer}."
+        if projection := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
+            fused.setdefault(f"{block}attn.in_proj_{projection[2]}", {})[projection[1]] = tensor
+            continue
+        head, _, tail = rest.rpartition(".")
+        if head not in _OPEN_CLIP_LAYER:
+            raise UnsupportedLayout(f"CLIP text encoder weight {key!r} has no OpenCLIP name known to this converter.")
+        state[f"{block}{_OPEN_CLIP_LAYER[head]}.{tail}"] = tensor
+    for key, parts in fused.items():
+        state[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return state
+
+
+def save_sdxl_single_file_checkpoint(pipeline, checkpoint: Path, config_dir: Path) -> None:
+    """save_single_file_checkpoint for SDXL: Stability's key names, configs beside them."""
+    from safetensors.torch import save
+
+    save_configs(pipeline, config_dir)
+    write_bytes_atomic(checkpoint, save(sdxl_pipeline_to_ldm_state_dict(pipeline)))
 
 
 def save_single_file_checkpoint(pipeline, checkpoint: Path, config_dir: Path) -> None:

@@ -16,6 +16,16 @@ Each model names exactly one source: `path`, `hub_id` or `single_file`. A single
 checkpoint holds weights only; `config` says which diffusers layout they fill. Without it
 diffusers guesses the original repo from the weights and fetches its configs from the hub.
 
+An entry may add LoRA adapters to its base model, each with its weight (paths relative to the catalog, like model
+paths; `.safetensors` files):
+
+      - name: sd15-watercolor
+        path: models/sd15
+        loras: [{path: loras/watercolor.safetensors, weight: 0.8}]
+
+It is still one item of the draw, with its own name and `weight`. Entries on the same base share one loaded pipeline
+(engine/pipelines.py PipelineCache), and each batch runs with exactly its entry's adapters.
+
 `strengths` draws each result's strength: from a list (`[0.3, 0.5, 0.7]`) or a range (`{min: 0.3, max: 0.7}`).
 `variants` (results per image) applies to the whole catalog, so only `defaults:` may give it; a run's own count
 (`run --variants`, the dataset resource's `variants`, RANDOM_DIFFUSION_VARIANTS) comes first.
@@ -50,6 +60,9 @@ MAX_CATALOG_BYTES = 2**20  # a catalog of thousands of models is a few hundred K
 MAX_YAML_NODES = 1_000_000  # after alias expansion; more than 1 MB holds without aliases: only bombs reach it
 MAX_VARIANTS = 64  # results per image (settings.MAX_VARIANTS): a typo of 1000 would only fill the disk
 CATALOG_WIDE = ("variants",)  # `defaults:` keys that are not a model's setting
+LORA_KEYS = ("path", "weight")
+MAX_LORA_WEIGHT = 4.0  # |weight|: A1111 users go up to about 2, slider LoRAs a little past; 80 is a typo of 0.8
+LORA_SUFFIX = ".safetensors"  # what diffusers loads without unpickling (a .bin/.ckpt LoRA can run code)
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
@@ -130,6 +143,67 @@ def _strength_range(value: dict) -> StrengthRange:
     return StrengthRange(low, high)
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """One adapter of an entry: its file (absolute once the catalog is read) and how strongly it applies."""
+
+    path: str
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """AUTOMATIC1111's name for it (`<lora:name:weight>`, `Lora hashes`): the file name without extension."""
+        return Path(self.path).stem
+
+
+LORAS_EXPECTATION = (
+    "a list of adapters, each a mapping with `path` (a .safetensors file, relative to the catalog) and an optional "
+    f"`weight` (a number from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}, default 1), "
+    "such as [{path: loras/watercolor.safetensors, weight: 0.8}]"
+)
+
+
+def _loras(value: Any) -> tuple[LoraSpec, ...]:
+    """`loras:` as written: each item's keys and weight checked here, its file where the catalog's folder is known
+    (_lora_files)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise CatalogError(f"`loras` must be {LORAS_EXPECTATION}; got {show(value)}.")
+    loras = []
+    for index, item in enumerate(value):
+        where = f"`loras` item {index + 1}"
+        if not isinstance(item, dict):
+            raise CatalogError(
+                f"{where} must be a mapping such as {{path: loras/x.safetensors, weight: 0.8}}; got {show(item)}."
+            )
+        unknown = sorted((key for key in item if key not in LORA_KEYS), key=str)
+        if unknown:
+            raise CatalogError(f"{where}: unknown keys {show(unknown)}; an adapter has {list(LORA_KEYS)}.")
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise CatalogError(
+                f"{where} needs `path`, the adapter's .safetensors file (relative to the catalog); got {show(path)}."
+            )
+        if not path.lower().endswith(LORA_SUFFIX):
+            raise CatalogError(
+                f"{where}: {show(path)} is not a .safetensors file; only those load without running code from the "
+                "file: convert the LoRA to .safetensors, or use the .safetensors download."
+            )
+        weight = item.get("weight", 1.0)
+        try:
+            weight = float(_finite(weight))
+        except ValueError:
+            weight = math.nan
+        if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+            raise CatalogError(
+                f"{where} ({show(path)}): `weight` must be a number from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g} "
+                f"(unquoted; 0 turns it off, 1 is full strength); got {show(item.get('weight'))}."
+            )
+        loras.append(LoraSpec(path, weight))
+    return tuple(loras)
+
+
 def _weakest(strength: float, strengths: tuple[float, ...] | StrengthRange | None) -> float:
     """The smallest strength a result of the entry can draw."""
     if isinstance(strengths, StrengthRange):
@@ -140,6 +214,7 @@ def _weakest(strength: float, strengths: tuple[float, ...] | StrengthRange | Non
 Whole = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
 Strengths = Annotated[tuple[float, ...] | StrengthRange | None, BeforeValidator(_strengths)]
+Loras = Annotated[tuple[LoraSpec, ...], BeforeValidator(_loras)]
 STRENGTHS_EXPECTATION = (
     "a list of strengths, each above 0 and at most 1, such as [0.3, 0.5, 0.7], "
     "or a range with both bounds above 0 and at most 1, such as {min: 0.3, max: 0.7}"
@@ -187,6 +262,7 @@ class Entry(Settings):
     hub_id: StrictStr | None = None
     single_file: StrictStr | None = None
     config: StrictStr | None = None  # single_file only: diffusers config folder or hub id
+    loras: Loras = ()  # adapters on the base model, each with its weight (an entry's own key, not a default)
 
     @model_validator(mode="after")
     def _rules(self) -> Entry:
@@ -221,6 +297,8 @@ def _setting(field: Any) -> Setting:
     kind = field.annotation
     if kind == tuple[float, ...] | StrengthRange | None:
         return Setting(STRENGTHS_EXPECTATION)
+    if kind == tuple[LoraSpec, ...]:  # Loras, its validator held apart in field.metadata
+        return Setting(LORAS_EXPECTATION)
     if get_origin(kind) is Union and len(get_args(kind)) == 2 and type(None) in get_args(kind):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))  # optional: as the value it takes
     if get_origin(kind) is Annotated:
@@ -265,12 +343,18 @@ class ModelSpec:
     weight: float = 1.0
     prompt_weighting: bool = False
     strengths: tuple[float, ...] | StrengthRange | None = None  # each result draws its strength (plan.choose)
+    loras: tuple[LoraSpec, ...] = ()  # adapters on the base, each file (absolute) with its weight
 
     def result_settings(self) -> dict[str, Any]:
-        """Everything about the entry that can change a result's pixels (not its description or draw weight)."""
+        """Everything about the entry that can change a result's pixels (not its description or draw weight); an
+        adapter by its file's path and its weight, so editing either stales exactly this entry's results."""
         settings = asdict(self)
         del settings["description"], settings["weight"]
-        for optional in ("prompt_weighting", "strengths"):  # results made before the setting existed stay current
+        for optional in (
+            "prompt_weighting",
+            "strengths",
+            "loras",
+        ):  # results made before the setting existed stay current
             if not settings[optional]:
                 del settings[optional]
         return settings
@@ -447,6 +531,7 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
         source=source if kind == "hub_id" else str((base_dir / source).resolve()),
         description=valid.description or "",
         config=_single_file_config(valid.config, base_dir, where),
+        loras=_lora_files(valid.loras, base_dir, where),
     )
 
 
@@ -481,6 +566,24 @@ def _numeric_text(value: Any) -> bool:
         return isinstance(value, str) and math.isfinite(float(value))
     except ValueError:
         return False
+
+
+def _lora_files(loras: tuple[LoraSpec, ...], base_dir: Path, where: str) -> tuple[LoraSpec, ...]:
+    """Each adapter's file resolved against the catalog's folder; it must exist, and appear once per entry."""
+    resolved = []
+    for index, lora in enumerate(loras):
+        path = (base_dir / lora.path).resolve()
+        if problem := kind_problem(path, "file"):
+            raise CatalogError(
+                f"{where}: LoRA file {path} (`loras` item {index + 1}) {problem}: fix its `path` "
+                "(a relative path is read from the catalog's folder), or remove the item."
+            )
+        if any(str(path) == earlier.path for earlier in resolved):
+            raise CatalogError(
+                f"{where}: LoRA file {path} is listed twice; list it once with the sum of the weights you meant."
+            )
+        resolved.append(LoraSpec(str(path), lora.weight))
+    return tuple(resolved)
 
 
 def _single_file_config(config: str | None, base_dir: Path, where: str) -> str | None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,14 +16,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .catalog import ModelSpec
+from .catalog import LoraSpec, ModelSpec
+from .families import (
+    OTHER,
+    SD,
+    Family,
+    family_of_pipeline,
+    family_of_spec,
+    img2img_class_name,
+    pipeline_class_name,
+    settings_problem,
+)
 from .local_files import kind_problem
 from .quiet import quiet_libraries
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # Components that may be shared between pipelines when their weights are byte-identical
 # (SD 1.4 and 1.5 ship the same VAE and text encoder, for example).
-SHAREABLE_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "unet", "transformer")
+SHAREABLE_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
 
 
 @dataclass(frozen=True)
@@ -113,19 +124,21 @@ def load_pipeline(
     import diffusers
 
     _check_source_exists(spec)
+    _refuse_unsupported(spec, family_of_spec(spec))  # before spending a load, where model_index.json says
     dtype = pick_dtype(spec.dtype, device, dtype_override)
     skip_checker = {} if spec.safety_checker else _without_safety_checker(spec)
     try:
         if spec.source_kind == "single_file":
-            pipeline = diffusers.StableDiffusionImg2ImgPipeline.from_single_file(
-                spec.source, config=spec.config, dtype=dtype, **skip_checker
-            )
+            # The family's img2img class, from the config's model_index.json (SD 1.x/2.x when it cannot be read).
+            pipeline_class = getattr(diffusers, img2img_class_name(pipeline_class_name(spec)))
+            pipeline = pipeline_class.from_single_file(spec.source, config=spec.config, dtype=dtype, **skip_checker)
         else:
             pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(
                 spec.source, dtype=dtype, variant=spec.variant, **skip_checker, **(shared or {})
             )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
+    _refuse_unsupported(spec, family_of_pipeline(pipeline))  # what loaded decides (a hub id's index is unread)
     if spec.scheduler:
         pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
@@ -134,12 +147,21 @@ def load_pipeline(
 
 def _without_safety_checker(spec: ModelSpec) -> dict[str, Any]:
     """Loader arguments that leave the checker out; `requires_safety_checker=False` says it is on purpose
-    (the catalog decides), which spares every load diffusers' licence notice. Only SD pipelines take it."""
+    (the catalog decides), which spares every load diffusers' licence notice. Only SD pipelines take it: SDXL, SD3
+    and Flux.1 have no checker (their feature_extractor serves IP-Adapters), so they get no such arguments."""
+    if family_of_spec(spec) not in (SD, OTHER):
+        return {}
     arguments: dict[str, Any] = {"safety_checker": None, "feature_extractor": None}
     index = Path(spec.source) / "model_index.json"
     if spec.source_kind == "single_file" or (index.is_file() and '"safety_checker"' in index.read_text()):
         arguments["requires_safety_checker"] = False
     return arguments
+
+
+def _refuse_unsupported(spec: ModelSpec, family: Family) -> None:
+    """A catalog setting the model's family cannot honour fails the model's images by name (families.py)."""
+    if problem := settings_problem(spec, family):
+        raise ModelLoadError(problem)
 
 
 def apply_speedups(pipeline, device: str, speedups: Speedups):
@@ -278,7 +300,8 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
         )
     elif "AutoPipeline" in text or "can't find a pipeline" in text.lower():
         hint = (
-            "Its pipeline type has no image-to-image form: use a Stable Diffusion (1.x, 2.x, XL) or similar checkpoint."
+            "Its pipeline type has no image-to-image form: use a Stable Diffusion (1.x, 2.x, XL, 3, 3.5), Flux.1 "
+            "or similar checkpoint."
         )
     elif spec.variant and "variant" in text:
         hint = f"The files for variant {spec.variant!r} are missing: remove `variant` or add those files."
@@ -311,15 +334,44 @@ class ResidentPipeline:
     pipeline: Any
     load_seconds: float
     identities: dict[str, str]  # shareable component name -> weight identity
+    base: str = ""  # base_key(spec): the loaded base it runs on, shared by every entry with that key
+
+
+# ModelSpec fields applied per call (or per batch, as LoRA adapters are), not when the pipeline loads: entries that
+# differ only in these share one loaded base. Every other field, a new one too, tells bases apart.
+PER_CALL_SETTINGS = (
+    "name",
+    "description",
+    "weight",
+    "resolution",
+    "strength",
+    "strengths",
+    "num_inference_steps",
+    "guidance_scale",
+    "negative_prompt",
+    "prompt_weighting",
+    "loras",
+)
+
+
+def base_key(spec: ModelSpec) -> str:
+    """What identifies the base pipeline an entry runs on: its source, dtype, scheduler, variant and so on."""
+    settings = {key: value for key, value in dataclasses.asdict(spec).items() if key not in PER_CALL_SETTINGS}
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 class PipelineCache:
     """Pipelines loaded on first use and kept; the least recently used go first.
 
-    Limits: at most `max_models` resident, and (if set) their weights within
+    Limits: at most `max_models` base pipelines resident, and (if set) their weights within
     `memory_budget_mb`: preloading every catalog model would run a GPU out of memory, so
     only what the current work needs is resident. Components whose weight files
     are byte-identical across models are loaded once and shared.
+
+    Catalog entries on one base (base_key: they differ only in per-call settings and LoRA adapters) share one loaded
+    pipeline: `loads` counts base loads, each LoRA file is loaded into the base once (`adapter_loads`), and `get`
+    hands the pipeline back with exactly the entry's adapters active at its weights (none for an entry without).
+    A base is evicted with all the entries on it, so it goes only when no resident entry uses it.
     """
 
     def __init__(
@@ -339,62 +391,165 @@ class PipelineCache:
         self.max_models = max_models
         self.budget_bytes = int(memory_budget_mb * 2**20) if memory_budget_mb else None
         self.speedups = speedups
-        self.loads = 0
+        self.loads = 0  # base pipelines loaded
+        self.adapter_loads = 0  # LoRA files loaded into a resident base
         self.evictions = 0
         self.log = log  # rebound per run when a long-lived worker keeps the cache
         self._loader = loader
-        self._resident: OrderedDict[str, ResidentPipeline] = OrderedDict()
+        self._resident: OrderedDict[str, ResidentPipeline] = OrderedDict()  # entry name -> entry, LRU first
+        self._bases: OrderedDict[str, ResidentPipeline] = OrderedDict()  # base_key -> the base as loaded, LRU first
 
     @property
     def resident(self) -> list[str]:
-        """Names of resident models, least recently used first."""
+        """Names of resident models (catalog entries), least recently used first."""
         return list(self._resident)
 
     @property
     def resident_bytes(self) -> int:
-        """Weight bytes of the resident pipelines, each shared component counted once."""
-        modules = {id(m): m for r in self._resident.values() for m in _torch_modules(r.pipeline)}
+        """Weight bytes of the resident pipelines (adapters included), each shared component counted once."""
+        modules = {id(m): m for r in self._bases.values() for m in _torch_modules(r.pipeline)}
         return sum(_module_bytes(m) for m in modules.values())
 
     @property
     def shared_components(self) -> int:
         """How many component loads sharing has saved among the resident pipelines."""
-        seen = [i for r in self._resident.values() for i in r.identities.values()]
+        seen = [i for r in self._bases.values() for i in r.identities.values()]
         return len(seen) - len(set(seen))
 
     def get(self, spec: ModelSpec) -> tuple[Any, float]:
-        """(pipeline, seconds spent loading it now: 0.0 when it was already resident)."""
+        """(pipeline with the entry's adapters active, seconds spent loading now: 0.0 when nothing was loaded)."""
+        key = base_key(spec)
         entry = self._resident.get(spec.name)
-        if entry is not None and _same_pipeline(entry.spec, spec):
-            self._resident.move_to_end(spec.name)
-            return entry.pipeline, 0.0
-        if entry is not None:
-            self.evict(spec.name)  # same name, changed catalog entry
-        self._make_room(estimate_bytes(spec))
+        if entry is not None and entry.base != key:
+            self.evict(spec.name)  # same name, changed catalog entry: its old base goes unless another entry uses it
+        base = self._bases.get(key)
+        if base is not None and spec.loras and _compiled_unet(base.pipeline):
+            self.log(
+                f"Model {spec.name!r} has LoRA adapters, which its base's compiled UNet cannot switch: "
+                "loading the base again, its UNet not compiled"
+            )
+            self._evict_base(key)
+            base = None
+        seconds = 0.0
+        if base is None:
+            self._make_room(estimate_bytes(spec))
+            base = self._load_base(spec, key)
+            seconds = base.load_seconds
+        self._bases.move_to_end(key)
+        if problem := settings_problem(spec, family_of_pipeline(base.pipeline)):
+            raise ModelLoadError(problem)  # load_pipeline checks the entry that loads a base; this, each on it
+        self._resident[spec.name] = ResidentPipeline(spec, base.pipeline, base.load_seconds, base.identities, key)
+        self._resident.move_to_end(spec.name)
+        if entry is not None and entry.base == key and entry.spec.loras != spec.loras:
+            self._prune_adapters(base.pipeline)  # an adapter file the entry no longer names
+        try:
+            seconds += self._activate(spec, base.pipeline)
+        except ModelLoadError:
+            del self._resident[spec.name]  # the base stays for the other entries; the LRU evicts it if unused
+            raise
+        self._make_room(0, keep=key)
+        return base.pipeline, seconds
+
+    def _load_base(self, spec: ModelSpec, key: str) -> ResidentPipeline:
         started = time.perf_counter()
         dtype_name = str(pick_dtype(spec.dtype, self.device, self.dtype))
         identities = component_identities(spec, dtype_name)
         shared = self._shared_modules(identities)
-        pipeline = self._loader(spec, self.device, self.dtype, shared=shared, speedups=self.speedups)
+        speedups = self.speedups
+        if speedups.compile_unet:
+            # Adapters need the eager UNet (compiling fuses the attention projections they attach to), and a
+            # compiled base must not take a UNet that carries adapters: only UNets of the same kind are shared.
+            shared = {n: m for n, m in shared.items() if n != "unet" or hasattr(m, "_orig_mod") != bool(spec.loras)}
+            if spec.loras:
+                speedups = dataclasses.replace(speedups, compile_unet=False)
+                self.log(f"Not compiling the UNet of model {spec.name!r}: its LoRA adapters are switched per batch")
+        pipeline = self._loader(spec, self.device, self.dtype, shared=shared, speedups=speedups)
         seconds = time.perf_counter() - started
         self.loads += 1
-        self._resident[spec.name] = ResidentPipeline(spec, pipeline, seconds, identities)
+        base = ResidentPipeline(spec, pipeline, seconds, identities, key)
+        self._bases[key] = base
         reused = f", reusing {sorted(shared)}" if shared else ""
-        self.log(f"Loaded model {spec.name!r} on {self.device} in {seconds:.2f} s{reused} (resident: {self.resident})")
-        self._make_room(0, keep=spec.name)
-        return pipeline, seconds
+        resident = [*self.resident, spec.name]
+        self.log(f"Loaded model {spec.name!r} on {self.device} in {seconds:.2f} s{reused} (resident: {resident})")
+        return base
 
     def _shared_modules(self, identities: dict[str, str]) -> dict[str, Any]:
         shared = {}
         for name, identity in identities.items():
-            for entry in self._resident.values():
+            for entry in self._bases.values():
                 if entry.identities.get(name) == identity:
                     shared[name] = getattr(entry.pipeline, name)
                     break
         return shared
 
+    def _activate(self, spec: ModelSpec, pipeline) -> float:
+        """Make exactly the entry's adapters active at its weights (loading those the base lacks), or none for an
+        entry without; the seconds spent loading adapters. Adapters live in the UNet and text encoder modules,
+        which other bases may share, so the state is set on every call rather than remembered."""
+        present = adapter_names(pipeline)
+        if not spec.loras:
+            if present:
+                pipeline.disable_lora()  # set_adapters([]) fails in diffusers 0.42 (KeyError on the component)
+            return 0.0
+        if not hasattr(pipeline, "load_lora_weights"):
+            raise ModelLoadError(
+                f"Model {spec.name!r}: its pipeline ({type(pipeline).__name__}) takes no LoRA adapters; "
+                "remove `loras` from the entry, or use a base model whose pipeline loads them."
+            )
+        started, loaded, names = time.perf_counter(), False, []
+        for lora in spec.loras:
+            name = self._adapter_of(spec, lora)
+            if name not in present:
+                self._load_adapter(spec, pipeline, lora, name)
+                present.add(name)
+                loaded = True
+            names.append(name)
+        # disable_lora (for an entry without adapters) leaves the layers off until enable_lora turns them on again.
+        pipeline.enable_lora()
+        pipeline.set_adapters(names, adapter_weights=[lora.weight for lora in spec.loras])
+        return time.perf_counter() - started if loaded else 0.0
+
+    @staticmethod
+    def _adapter_of(spec: ModelSpec, lora: LoraSpec) -> str:
+        if problem := kind_problem(lora.path, "file"):
+            raise ModelLoadError(
+                f"Model {spec.name!r}: LoRA file {lora.path} {problem}; restore it, or fix `loras` in the catalog."
+            )
+        return adapter_name(lora.path)
+
+    def _load_adapter(self, spec: ModelSpec, pipeline, lora: LoraSpec, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # peft's notice that the UNet will hold several adapters: that is the design here.
+                warnings.filterwarnings("ignore", "Already found a `peft_config` attribute", UserWarning)
+                pipeline.load_lora_weights(lora.path, adapter_name=name)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            if name in adapter_names(pipeline):
+                pipeline.delete_adapters(name)  # half loaded: the base stays clean for the other entries
+            raise ModelLoadError(_explain_lora_failure(spec, lora, exc)) from exc
+        if name not in adapter_names(pipeline):
+            raise ModelLoadError(
+                f"Model {spec.name!r}: LoRA file {lora.path} holds no weights for this base's layers: it was made "
+                "for another kind of model (SD 1.x, SD 2.x, SDXL, ...); use a LoRA made for this base."
+            )
+        self.adapter_loads += 1
+        parts = sorted(part for part, names in pipeline.get_list_adapters().items() if name in names)
+        seconds = time.perf_counter() - started
+        self.log(f"Loaded LoRA {lora.name!r} for model {spec.name!r} into {'+'.join(parts)} in {seconds:.2f} s")
+
+    def _prune_adapters(self, pipeline) -> None:
+        """Delete the base's adapters no resident entry names any more (a LoRA removed or its file replaced)."""
+        try:
+            in_use = {adapter_name(lora.path) for entry in self._resident.values() for lora in entry.spec.loras}
+        except OSError:
+            return  # a file gone: keep everything rather than guess
+        unused = sorted(adapter_names(pipeline) - in_use)
+        if unused:
+            pipeline.delete_adapters(unused)
+
     def describe(self, name: str) -> dict[str, Any]:
-        """Scheduler, dtype, device and model hash of a resident pipeline, for result records."""
+        """Scheduler, dtype, device, model hash and LoRA adapters of a resident entry, for result records."""
         entry = self._resident[name]
         pipeline = entry.pipeline
         return {
@@ -404,41 +559,110 @@ class PipelineCache:
             "device": self.device,
             "safety_checker": "run" if getattr(pipeline, "safety_checker", None) is not None else "not run",
             "model_hash": model_hash(entry.spec),
+            "loras": [
+                {"name": lora.name, "weight": lora.weight, "hash": lora_hash(lora.path)} for lora in entry.spec.loras
+            ],
         }
 
     def evict(self, name: str) -> None:
+        """Drop a model (catalog entry); its base goes with it unless another resident entry runs on it."""
         entry = self._resident.pop(name, None)
         if entry is None:
             return
+        if any(other.base == entry.base for other in self._resident.values()):
+            self._prune_adapters(entry.pipeline)
+            return
+        self._resident[name] = entry  # evicted with its base, and logged by name
+        self._evict_base(entry.base)
+
+    def _evict_base(self, key: str) -> None:
+        """Evict a base pipeline and every entry on it."""
+        base = self._bases.pop(key, None)
+        if base is None:
+            return
+        names = [name for name, entry in self._resident.items() if entry.base == key] or [base.spec.name]
+        for name in names:
+            self._resident.pop(name, None)
         self.evictions += 1
-        del entry
+        del base
         free_memory()
-        self.log(f"Evicted model {name!r} (resident: {self.resident})")
+        self.log(f"Evicted model {', '.join(map(repr, names))} (resident: {self.resident})")
 
     def clear(self) -> None:
-        for name in list(self._resident):
-            self.evict(name)
+        for key in list(self._bases):
+            self._evict_base(key)
 
     def _make_room(self, incoming_bytes: int, keep: str | None = None) -> None:
+        """Evict least recently used bases until one more (`keep` None) or the ones resident fit the limits."""
         incoming = 0 if keep else 1
         while True:
-            candidates = [n for n in self._resident if n != keep]
+            candidates = [key for key in self._bases if key != keep]
             if not candidates:
                 return
-            over_count = len(self._resident) + incoming > self.max_models
+            over_count = len(self._bases) + incoming > self.max_models
             over_budget = self.budget_bytes is not None and self.resident_bytes + incoming_bytes > self.budget_bytes
             if not (over_count or over_budget):
                 return
-            self.evict(candidates[0])
+            self._evict_base(candidates[0])
 
 
-def _same_pipeline(resident: ModelSpec, wanted: ModelSpec) -> bool:
-    """Whether a resident pipeline serves `wanted`: strength and steps are call arguments, not part of the load,
-    so a comparison over them keeps one load per model."""
-    return (
-        dataclasses.replace(wanted, strength=resident.strength, num_inference_steps=resident.num_inference_steps)
-        == resident
-    )
+def _compiled_unet(pipeline) -> bool:
+    return hasattr(getattr(pipeline, "unet", None), "_orig_mod")
+
+
+def adapter_names(pipeline) -> set[str]:
+    """Names of the LoRA adapters loaded into the pipeline's modules (none without peft layers)."""
+    return {name for module in _torch_modules(pipeline) for name in (getattr(module, "peft_config", None) or {})}
+
+
+def adapter_name(path: str) -> str:
+    """The adapter's name inside a pipeline: from its file's content, so entries naming one file share it, and a
+    replaced file loads as a new adapter. (Long and unique: diffusers matches adapter names as substrings of
+    parameter names when it reports missing keys.)"""
+    stat = Path(path).stat()
+    return "lora_" + _file_digest(str(path), stat.st_size, stat.st_mtime_ns).hex()[:16]
+
+
+def lora_hash(path: str) -> str | None:
+    """AUTOMATIC1111's `Lora hashes` value for a LoRA file, None if it cannot be read.
+
+    As A1111 computes it (extensions-builtin/Lora/network.py, NetworkOnDisk: `shorthash = hash[0:12]`, the hash
+    being the file's `sshs_model_hash` metadata or else modules/hashes.py `sha256(..., use_addnet_hash=True)` for
+    .safetensors): the first 12 hex digits of the sha256 of the file's tensor bytes after its header (kohya-ss's
+    "addnet" hash, which editing the metadata leaves alone), not of the whole file as the model hash is."""
+    try:
+        stat = Path(path).stat()
+        return _addnet_hash(str(path), stat.st_size, stat.st_mtime_ns)[:12]
+    except (OSError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=256)
+def _addnet_hash(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as handle:
+        header = handle.read(int.from_bytes(handle.read(8), "little"))
+        try:
+            recorded = json.loads(header).get("__metadata__", {}).get("sshs_model_hash")
+        except (ValueError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str) and recorded:
+            return recorded
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _explain_lora_failure(spec: ModelSpec, lora: LoraSpec, exc: Exception) -> str:
+    text = str(exc)
+    if "PEFT backend is required" in text:
+        hint = "diffusers loads LoRAs through the peft package: install it (`pip install peft`)."
+    elif "size mismatch" in text or "Target modules" in text:
+        hint = "It was made for another kind of model (SD 1.x, SD 2.x, SDXL, ...): use a LoRA made for this base."
+    else:
+        hint = "The file is not a LoRA diffusers can read, or it is damaged: download it again."
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"Model {spec.name!r}: LoRA file {lora.path} failed to load: {first[:300]}. {hint}"
 
 
 def free_memory() -> None:

@@ -20,7 +20,24 @@ HARMLESS_NOTICES = (
         "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img",
         "The following part of your input was truncated because CLIP can only handle sequences up to",
     ),
+    # The same for SDXL's two CLIP encoders, and for SD3's and Flux.1's CLIP (which always reads the first 77
+    # tokens; T5 reads the rest) and T5 (`prompt_truncated` records when T5's budget runs out: families.py).
+    *(
+        (f"diffusers.pipelines.{module}", notice)
+        for module in (
+            "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img",
+            "stable_diffusion_3.pipeline_stable_diffusion_3_img2img",
+            "flux.pipeline_flux_img2img",
+        )
+        for notice in (
+            "The following part of your input was truncated because CLIP can only handle sequences up to",
+            "The following part of your input was truncated because `max_sequence_length` is set to",
+        )
+    ),
     ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum"),
+    # A LoRA with UNet weights only (most are) has none for the text encoder: the project's own line for each adapter
+    # load names the components it went into (PipelineCache).
+    ("diffusers.loaders.lora_base", "No LoRA keys associated to CLIPTextModel found with the prefix="),
 )
 
 

@@ -55,11 +55,17 @@ class ResultRecord:
     fallback: str = _partition()
     safety_checker: str = _partition()
     fingerprint: str = _partition()  # last of the required ones: a partition page opens on the prompt, not a hash
-    prompt_truncated: bool | None = _partition(default=None)  # absent in records written before it existed
+    # Whether the model read only the start of the prompt, per family (families.prompt_truncated): a CLIP tokenizer
+    # over 77 tokens for SD 1.x/2.x and SDXL; T5 over max_sequence_length for SD3 and Flux.1, whose CLIP reads
+    # 77 tokens by design. None in records written before it existed.
+    prompt_truncated: bool | None = _partition(default=None)
     prompt_template: str | None = _partition(default=None)  # the prompt list's line, when it was a template
     negative_prompt: str = ""
     model_source: str = ""
     model_hash: str | None = None  # AUTOMATIC1111's short hash of the weights (None for hub ids)
+    # The entry's LoRA adapters on the base, each {"name", "weight", "hash"} (A1111's `Lora hashes` value); None
+    # for an entry without adapters, and in records written before they existed.
+    loras: list[dict] | None = None
     dtype: str = ""
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths

@@ -16,6 +16,17 @@ from typing import Literal
 
 from PIL import Image
 
+from .families import (
+    SDXL,
+    UnsupportedByModel,
+    family_of_pipeline,
+    family_of_spec,
+    guidance_parameters,
+    negative_prompt_problem,
+    negative_prompt_source,
+    prompt_truncated,
+    settings_problem,
+)
 from .images import (
     ImageLoadError,
     ModelInput,
@@ -39,7 +50,7 @@ from .results import (
     write_failure,
     write_result_png,
 )
-from .weighting import plain_text, weighted_embeddings
+from .weighting import plain_text, weighted_embeddings, weighted_embeddings_sdxl
 
 Status = Literal["generated", "reused", "failed"]
 PREVIEW_HEIGHT = 192
@@ -237,7 +248,8 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.total, self.done, self.log = total, 0, log
-        self.bar = tqdm(total=total, disable=not show_bar, unit="image", desc="diffusing")
+        # No bar for a run with nothing to make (every result reused): an empty bar says nothing.
+        self.bar = tqdm(total=total, disable=not show_bar or total == 0, unit="image", desc="diffusing")
 
     def advance(self, count: int, message: str) -> None:
         self.done += count
@@ -273,6 +285,7 @@ def _run_model(
         for task, _source in loaded:
             yield ImageResult(task, "failed", error=str(exc))
         return
+    loaded = yield from _refuse_unsupported_negatives(loaded, pipeline, spec.name, progress)
     # Same-size images with the same call settings (a comparison varies strength and steps) batch together;
     # per-image generators keep batching from changing pixels.
     loaded.sort(key=_batch_key)
@@ -295,6 +308,21 @@ def _run_model(
             )
             yield from results
             load_seconds = 0.0  # charged to the first batch only
+
+
+def _refuse_unsupported_negatives(loaded: list, pipeline, model_name: str, progress: _Progress):
+    """Fail, each with the reason and the fix, the images whose negative prompt the model would ignore (Flux.1 takes
+    none); returns the others."""
+    family = family_of_pipeline(pipeline)
+    runnable = []
+    for task, source in loaded:
+        where = negative_prompt_source(task.line_negative_prompt)
+        if problem := negative_prompt_problem(model_name, family, task.negative_prompt, where):
+            progress.advance(1, f"{task.key} failed: {problem}")
+            yield ImageResult(task, "failed", error=f"{task.source_path}: {problem}")
+        else:
+            runnable.append((task, source))
+    return runnable
 
 
 def _some_keys(keys: list[str], shown: int = 3) -> str:
@@ -340,7 +368,9 @@ def _load_source(task: ImageTask) -> _Source:
     image = load_rgb(io.BytesIO(data), min_side=task.model.resolution, name=task.source_path)
     with Image.open(io.BytesIO(data)) as original:
         original_size = original.size
-    return _Source(prepare_model_input(image, task.model.resolution), original_size)
+    # Sides a multiple of what the model takes as given (16 for SD3 and Flux.1): padded here, cropped off after.
+    multiple = family_of_spec(task.model).side_multiple
+    return _Source(prepare_model_input(image, task.model.resolution, multiple), original_size)
 
 
 def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_Outcome]:
@@ -435,21 +465,33 @@ def generate(
 ):
     """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call, on CUDA).
 
-    `negatives` are per image (a prompt line may carry its own); by default the model's.
+    `negatives` are per image (a prompt line may carry its own); by default the model's. What the model's family
+    cannot honour (a negative prompt for Flux.1, emphasis for SD3 and Flux.1) raises UnsupportedByModel instead of
+    being dropped; the runner refuses such images and entries before they get here.
     """
     import torch
 
     negatives = negatives if negatives is not None else [spec.negative_prompt] * len(prompts)
+    family = family_of_pipeline(pipeline)
+    for negative in negatives:
+        if problem := negative_prompt_problem(spec.name, family, negative, "the negative prompts given"):
+            raise UnsupportedByModel(problem)
+    if problem := settings_problem(spec, family):
+        raise UnsupportedByModel(problem)
     on_cuda = device.startswith("cuda")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         if spec.prompt_weighting:
-            text = weighted_embeddings(pipeline, prompts, negatives)
-        else:  # no negatives at all: the pipeline's own empty negative, exactly as before lines could set one
+            embed = weighted_embeddings_sdxl if family is SDXL else weighted_embeddings
+            text = embed(pipeline, prompts, negatives)
+        elif family.negative_prompt:  # no negatives at all: the pipeline's own empty negative, as before lines set one
             text = {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None}
+        else:
+            text = {"prompt": prompts}
         output = pipeline(
             **text,
+            **_size_arguments(pipeline, images),
             image=images,
             strength=spec.strength,
             num_inference_steps=spec.num_inference_steps,
@@ -467,6 +509,20 @@ def generate(
     return output.images, memory
 
 
+def _size_arguments(pipeline, images: list[Image.Image]) -> dict[str, int]:
+    """height and width for pipelines that take them (SD3, Flux.1): without them they resize every image to their
+    default size (1024 px) instead of working at the image's own, as the SD and SDXL img2img pipelines do."""
+    import inspect
+
+    if "height" not in inspect.signature(pipeline.__call__).parameters:
+        return {}
+    sizes = {image.size for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f"one pipeline call takes images of one size; got {sorted(sizes)}")
+    width, height = sizes.pop()
+    return {"height": height, "width": width}
+
+
 def _finish_batch(
     batch: _Batch, outcomes: list[_Outcome], cache: PipelineCache, pipeline, cost: _BatchCost, writer: _ResultWriter
 ) -> Iterator[ImageResult]:
@@ -477,11 +533,13 @@ def _finish_batch(
             yield ImageResult(outcome.task, "failed", error=outcome.error)
             continue
         truncated = _prompt_too_long(pipeline, outcome.task.prompt, outcome.task.model.prompt_weighting)
+        guidance = guidance_parameters(pipeline, outcome.task.model.guidance_scale)
         record = _record(outcome, sources[outcome.task.output_path], pipeline_info, cost, truncated)
         result = ImageResult(outcome.task, "generated", record=record)
         model_input = sources[outcome.task.output_path].model_input
         source_view = model_input.restore(model_input.image)  # what the model saw, at the result's size
-        writer.submit(result, outcome.image, _parameters_text(outcome.task, record, pipeline_info), source_view)
+        parameters = _parameters_text(outcome.task, record, pipeline_info, guidance)
+        writer.submit(result, outcome.image, parameters, source_view)
         yield result
 
 
@@ -529,30 +587,42 @@ def _record(
         output_file=location(task.output_path).name,
         fingerprint=task.fingerprint,
         prompt_truncated=prompt_truncated,
+        loras=pipeline_info.get("loras") or None,  # absent for an entry without adapters, as in older records
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
 def _prompt_too_long(pipeline, prompt: str, weighted: bool) -> bool:
-    """Whether the text encoder sees only the start of the prompt (CLIP reads 77 tokens); emphasis marks
-    are not tokens when prompt weighting reads them."""
-    tokenizer = getattr(pipeline, "tokenizer", None)
-    text = plain_text(prompt) if weighted else prompt
-    return tokenizer is not None and len(tokenizer(text).input_ids) > tokenizer.model_max_length
+    """Whether the model reads only the start of the prompt, as its family defines it (families.prompt_truncated:
+    CLIP's 77 tokens for SD and SDXL, T5's max_sequence_length for SD3 and Flux.1); emphasis marks are not tokens
+    when prompt weighting reads them."""
+    return prompt_truncated(pipeline, plain_text(prompt) if weighted else prompt)
 
 
-def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict) -> str:
+def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict, guidance: dict) -> str:
+    """`guidance`: the `CFG scale` entry, or Flux.1's `CFG scale: 1, Distilled CFG Scale: ...` (guidance_parameters)."""
     settings = {
         "Steps": task.model.num_inference_steps,
         "Sampler": a1111_sampler(pipeline_info["scheduler"], pipeline_info["karras_sigmas"]),
-        "CFG scale": task.model.guidance_scale,
+        **guidance,
         "Seed": task.seed,
         "Size": record.output_size,
         "Model hash": pipeline_info["model_hash"],
         "Model": task.model.name,
         "Denoising strength": task.model.strength,
+        "Lora hashes": _lora_hashes(pipeline_info.get("loras") or []),
     }
-    return a1111_parameters(task.prompt, task.negative_prompt, {k: v for k, v in settings.items() if v is not None})
+    # A1111 carries a LoRA's weight only as a `<lora:name:weight>` tag in the prompt (it strips the tags before
+    # encoding), so the tags go there: pasted into A1111, the parameters apply the same adapters.
+    tags = " ".join(f"<lora:{lora['name']}:{lora['weight']:g}>" for lora in pipeline_info.get("loras") or [])
+    prompt = f"{task.prompt} {tags}" if tags else task.prompt
+    return a1111_parameters(prompt, task.negative_prompt, {k: v for k, v in settings.items() if v is not None})
+
+
+def _lora_hashes(loras: list[dict]) -> str | None:
+    """A1111's `Lora hashes` value, "name: hash, name2: hash2" (names without `:` or `,`, as A1111 writes them)."""
+    pairs = [f"{lora['name'].replace(':', '').replace(',', '')}: {lora['hash']}" for lora in loras if lora["hash"]]
+    return ", ".join(pairs) or None
 
 
 def _not_ours_to_replace(task: ImageTask, record: ResultRecord | None) -> str | None:
@@ -584,8 +654,9 @@ def _reused(task: ImageTask, record: ResultRecord) -> ImageResult:
 
 
 def _preview(source: Image.Image | None, result: Image.Image) -> str:
-    """Source beside result, small enough for Dagster's event log."""
-    return thumbnail_data_uri(image_strip([*([source] if source else []), result], height=PREVIEW_HEIGHT), size=512)
+    """Source beside result, each labelled, small enough for Dagster's event log."""
+    images, labels = ([source, result], ["source", "result"]) if source else ([result], ["result"])
+    return thumbnail_data_uri(image_strip(images, height=PREVIEW_HEIGHT, labels=labels), size=512)
 
 
 def _record_outcomes(results: list[ImageResult]) -> None:

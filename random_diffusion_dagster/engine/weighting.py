@@ -82,3 +82,51 @@ def weighted_embeddings(pipeline, prompts: list[str], negatives: list[str]) -> d
         "prompt_embeds": torch.cat(tensors[: len(prompts)]),
         "negative_prompt_embeds": torch.cat(tensors[len(prompts) :]),
     }
+
+
+def weighted_embeddings_sdxl(pipeline, prompts: list[str], negatives: list[str]) -> dict:
+    """prompt_embeds, pooled_prompt_embeds and their negatives for an SDXL batch, as the pipeline's own
+    `encode_prompt` makes them, with the emphasis applied.
+
+    Both CLIP encoders read the weighted fragments and give their penultimate hidden states, not normalised, side by
+    side along the feature axis; the pooled embedding is CLIP-G's projection of the text without its marks (pooling
+    has no per-token weights). Each encoder reads at most its 77 tokens, as in the pipeline. With no negative prompt
+    in the batch the negatives are zeros, as SDXL's `force_zeros_for_empty_prompt` makes them.
+    """
+    import torch
+    from compel import Compel, ReturnedEmbeddingsType
+    from compel.prompt_parser import FlattenedPrompt, Fragment
+
+    encoders = [(pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)]
+    compels = [
+        Compel(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            truncate_long_prompts=True,
+        )
+        for tokenizer, text_encoder in encoders
+        if text_encoder is not None  # the refiner has CLIP-G only
+    ]
+
+    def embed(text: str):
+        fragments = [Fragment(part, weight) for part, weight in parse_attention(text)] or [Fragment("", 1.0)]
+        hidden = [c.build_conditioning_tensor_for_prompt_object(FlattenedPrompt(fragments))[0][0] for c in compels]
+        pooled = compels[-1].conditioning_provider.get_pooled_embeddings([plain_text(text)])
+        return torch.cat(hidden, dim=-1), pooled
+
+    positive = [embed(text) for text in prompts]
+    prompt_embeds = torch.cat([hidden for hidden, _ in positive])
+    pooled = torch.cat([pooled for _, pooled in positive])
+    if any(negatives) or not pipeline.config.get("force_zeros_for_empty_prompt", True):
+        negative = [embed(text) for text in negatives]
+        negative_embeds = torch.cat([hidden for hidden, _ in negative])
+        negative_pooled = torch.cat([pooled for _, pooled in negative])
+    else:
+        negative_embeds, negative_pooled = torch.zeros_like(prompt_embeds), torch.zeros_like(pooled)
+    return {
+        "prompt_embeds": prompt_embeds,
+        "pooled_prompt_embeds": pooled,
+        "negative_prompt_embeds": negative_embeds,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }

@@ -161,7 +161,9 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     rows = [
         {
             "name": m.name,
-            "source": f"{m.source_kind}: {m.source}" + (f" (config: {m.config})" if m.config else ""),
+            "source": f"{m.source_kind}: {m.source}"
+            + (f" (config: {m.config})" if m.config else "")
+            + "".join(f" + LoRA {lora.name} ({lora.weight:g})" for lora in m.loras),
             "weight": m.weight,
             "resolution": m.resolution,
             "steps": m.num_inference_steps,
