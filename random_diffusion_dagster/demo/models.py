@@ -221,4 +221,7 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
     from .lora import build_tiny_loras
 
     build_tiny_loras(models_dir, force)  # loras/tiny-lora-*.safetensors for tiny-sd15: adapters, not counted as models
+    from .embeddings import build_tiny_embeddings
+
+    build_tiny_embeddings(models_dir, force)  # embeddings/tiny-style*.safetensors for tiny-sd15: not models either
     return built + build_family_models(models_dir, force)  # SDXL, SD3.5 and Flux.1 stand-ins, after the SD ones

@@ -26,6 +26,12 @@ paths; `.safetensors` files):
 It is still one item of the draw, with its own name and `weight`. Entries on the same base share one loaded pipeline
 (engine/pipelines.py PipelineCache), and each batch runs with exactly its entry's adapters.
 
+An entry may also add textual-inversion embeddings, each a file and the token that prompts write to use it:
+
+      - name: sd15-my-style
+        path: models/sd15
+        embeddings: [{path: embeddings/my-style.safetensors, token: "<my-style>"}]
+
 `strengths` draws each result's strength: from a list (`[0.3, 0.5, 0.7]`) or a range (`{min: 0.3, max: 0.7}`).
 `variants` (results per image) applies to the whole catalog, so only `defaults:` may give it; a run's own count
 (`run --variants`, the dataset resource's `variants`, RANDOM_DIFFUSION_VARIANTS) comes first.
@@ -63,6 +69,10 @@ CATALOG_WIDE = ("variants",)  # `defaults:` keys that are not a model's setting
 LORA_KEYS = ("path", "weight")
 MAX_LORA_WEIGHT = 4.0  # |weight|: A1111 users go up to about 2, slider LoRAs a little past; 80 is a typo of 0.8
 LORA_SUFFIX = ".safetensors"  # what diffusers loads without unpickling (a .bin/.ckpt LoRA can run code)
+EMBEDDING_KEYS = ("path", "token")
+# diffusers reads .safetensors, and .bin/.pt (A1111's format) with torch.load(weights_only=True), which unpickles
+# tensors and plain containers only (diffusers models/model_loading_utils.py load_state_dict): no code runs.
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
@@ -204,6 +214,76 @@ def _loras(value: Any) -> tuple[LoraSpec, ...]:
     return tuple(loras)
 
 
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """One textual-inversion embedding of an entry: its file (absolute once the catalog is read) and the token that
+    prompts write to use it."""
+
+    path: str
+    token: str
+
+    @property
+    def name(self) -> str:
+        """The file name without extension (A1111 names an embedding so, and uses that name as its token)."""
+        return Path(self.path).stem
+
+
+EMBEDDINGS_EXPECTATION = (
+    "a list of embeddings, each a mapping with `path` (a .safetensors, .pt or .bin file, relative to the catalog) and "
+    "`token` (the word prompts write to use it: lower case, no spaces), "
+    'such as [{path: embeddings/my-style.safetensors, token: "<my-style>"}]'
+)
+
+
+def _embeddings(value: Any) -> tuple[EmbeddingSpec, ...]:
+    """`embeddings:` as written: each item's keys and token checked here, its file where the catalog's folder is
+    known (_embedding_files)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise CatalogError(f"`embeddings` must be {EMBEDDINGS_EXPECTATION}; got {show(value)}.")
+    embeddings: list[EmbeddingSpec] = []
+    for index, item in enumerate(value):
+        where = f"`embeddings` item {index + 1}"
+        if not isinstance(item, dict):
+            raise CatalogError(
+                f'{where} must be a mapping such as {{path: embeddings/x.safetensors, token: "<x>"}}; got {show(item)}.'
+            )
+        unknown = sorted((key for key in item if key not in EMBEDDING_KEYS), key=str)
+        if unknown:
+            raise CatalogError(f"{where}: unknown keys {show(unknown)}; an embedding has {list(EMBEDDING_KEYS)}.")
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise CatalogError(
+                f"{where} needs `path`, the embedding's .safetensors, .pt or .bin file (relative to the catalog); "
+                f"got {show(path)}."
+            )
+        if not path.lower().endswith(EMBEDDING_SUFFIXES):
+            raise CatalogError(
+                f"{where}: {show(path)} is not a .safetensors, .pt or .bin file, the formats diffusers reads "
+                "textual-inversion embeddings from: point `path` at the embedding file itself."
+            )
+        token = item.get("token")
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise CatalogError(
+                f"{where} ({show(path)}) needs `token`, the word prompts write to use the embedding: text without "
+                f'spaces, such as "<my-style>" (quoted); got {show(token)}.'
+            )
+        if token != token.lower():
+            # CLIP tokenizers read prompts in lower case, and diffusers expands a multi-vector token only where the
+            # prompt writes it exactly as loaded: a token with capitals would be applied in part.
+            raise CatalogError(
+                f"{where} ({show(path)}): `token` {show(token)} has capitals; the text encoder reads prompts in lower "
+                f"case: write it as {show(token.lower())}, and so in the prompts."
+            )
+        if any(token == earlier.token for earlier in embeddings):
+            raise CatalogError(
+                f"{where} ({show(path)}): token {show(token)} is given twice; each embedding needs its own token."
+            )
+        embeddings.append(EmbeddingSpec(path, token))
+    return tuple(embeddings)
+
+
 def _weakest(strength: float, strengths: tuple[float, ...] | StrengthRange | None) -> float:
     """The smallest strength a result of the entry can draw."""
     if isinstance(strengths, StrengthRange):
@@ -215,6 +295,7 @@ Whole = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
 Strengths = Annotated[tuple[float, ...] | StrengthRange | None, BeforeValidator(_strengths)]
 Loras = Annotated[tuple[LoraSpec, ...], BeforeValidator(_loras)]
+Embeddings = Annotated[tuple[EmbeddingSpec, ...], BeforeValidator(_embeddings)]
 STRENGTHS_EXPECTATION = (
     "a list of strengths, each above 0 and at most 1, such as [0.3, 0.5, 0.7], "
     "or a range with both bounds above 0 and at most 1, such as {min: 0.3, max: 0.7}"
@@ -263,6 +344,7 @@ class Entry(Settings):
     single_file: StrictStr | None = None
     config: StrictStr | None = None  # single_file only: diffusers config folder or hub id
     loras: Loras = ()  # adapters on the base model, each with its weight (an entry's own key, not a default)
+    embeddings: Embeddings = ()  # textual-inversion embeddings, each with its token (an entry's own key too)
 
     @model_validator(mode="after")
     def _rules(self) -> Entry:
@@ -299,6 +381,8 @@ def _setting(field: Any) -> Setting:
         return Setting(STRENGTHS_EXPECTATION)
     if kind == tuple[LoraSpec, ...]:  # Loras, its validator held apart in field.metadata
         return Setting(LORAS_EXPECTATION)
+    if kind == tuple[EmbeddingSpec, ...]:
+        return Setting(EMBEDDINGS_EXPECTATION)
     if get_origin(kind) is Union and len(get_args(kind)) == 2 and type(None) in get_args(kind):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))  # optional: as the value it takes
     if get_origin(kind) is Annotated:
@@ -344,16 +428,19 @@ class ModelSpec:
     prompt_weighting: bool = False
     strengths: tuple[float, ...] | StrengthRange | None = None  # each result draws its strength (plan.choose)
     loras: tuple[LoraSpec, ...] = ()  # adapters on the base, each file (absolute) with its weight
+    embeddings: tuple[EmbeddingSpec, ...] = ()  # textual-inversion embeddings, each file (absolute) with its token
 
     def result_settings(self) -> dict[str, Any]:
         """Everything about the entry that can change a result's pixels (not its description or draw weight); an
-        adapter by its file's path and its weight, so editing either stales exactly this entry's results."""
+        adapter by its file's path and its weight, an embedding by its file's path and its token, so editing either
+        stales exactly this entry's results."""
         settings = asdict(self)
         del settings["description"], settings["weight"]
         for optional in (
             "prompt_weighting",
             "strengths",
             "loras",
+            "embeddings",
         ):  # results made before the setting existed stay current
             if not settings[optional]:
                 del settings[optional]
@@ -532,6 +619,7 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
         description=valid.description or "",
         config=_single_file_config(valid.config, base_dir, where),
         loras=_lora_files(valid.loras, base_dir, where),
+        embeddings=_embedding_files(valid.embeddings, base_dir, where),
     )
 
 
@@ -583,6 +671,20 @@ def _lora_files(loras: tuple[LoraSpec, ...], base_dir: Path, where: str) -> tupl
                 f"{where}: LoRA file {path} is listed twice; list it once with the sum of the weights you meant."
             )
         resolved.append(LoraSpec(str(path), lora.weight))
+    return tuple(resolved)
+
+
+def _embedding_files(embeddings: tuple[EmbeddingSpec, ...], base_dir: Path, where: str) -> tuple[EmbeddingSpec, ...]:
+    """Each embedding's file resolved against the catalog's folder; it must exist."""
+    resolved = []
+    for index, embedding in enumerate(embeddings):
+        path = (base_dir / embedding.path).resolve()
+        if problem := kind_problem(path, "file"):
+            raise CatalogError(
+                f"{where}: embedding file {path} (`embeddings` item {index + 1}) {problem}: fix its `path` "
+                "(a relative path is read from the catalog's folder), or remove the item."
+            )
+        resolved.append(EmbeddingSpec(str(path), embedding.token))
     return tuple(resolved)
 
 

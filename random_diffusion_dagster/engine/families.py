@@ -132,6 +132,12 @@ def settings_problem(spec: ModelSpec, family: Family) -> str | None:
             "reads the prompt with T5. Set `prompt_weighting: false` on this entry (the text then reaches the "
             "encoders as written), or use emphasis with SD 1.x/2.x or SDXL models."
         )
+    if spec.embeddings and family not in (SD, OTHER):
+        return (
+            f"Model {spec.name!r} ({family.label}) cannot take `embeddings`: textual-inversion embeddings load into "
+            "the one CLIP text encoder of SD 1.x/2.x models (an SDXL embedding holds vectors for two encoders, which "
+            "this project does not load). Remove `embeddings` from this entry, or give them to an SD 1.x/2.x entry."
+        )
     return None
 
 

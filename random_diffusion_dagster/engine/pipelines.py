@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import hashlib
@@ -16,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .catalog import LoraSpec, ModelSpec
+from .catalog import EmbeddingSpec, LoraSpec, ModelSpec
 from .families import (
     OTHER,
     SD,
@@ -335,6 +336,7 @@ class ResidentPipeline:
     load_seconds: float
     identities: dict[str, str]  # shareable component name -> weight identity
     base: str = ""  # base_key(spec): the loaded base it runs on, shared by every entry with that key
+    tokenizer: Any = None  # a base's own tokenizer as loaded, never changed (entries with embeddings run on copies)
 
 
 # ModelSpec fields applied per call (or per batch, as LoRA adapters are), not when the pipeline loads: entries that
@@ -351,6 +353,7 @@ PER_CALL_SETTINGS = (
     "negative_prompt",
     "prompt_weighting",
     "loras",
+    "embeddings",
 )
 
 
@@ -370,7 +373,8 @@ class PipelineCache:
 
     Catalog entries on one base (base_key: they differ only in per-call settings and LoRA adapters) share one loaded
     pipeline: `loads` counts base loads, each LoRA file is loaded into the base once (`adapter_loads`), and `get`
-    hands the pipeline back with exactly the entry's adapters active at its weights (none for an entry without).
+    hands the pipeline back with exactly the entry's adapters active at its weights (none for an entry without), and
+    with exactly the entry's textual-inversion tokens (`_activate_embeddings`; `embedding_loads` counts switches).
     A base is evicted with all the entries on it, so it goes only when no resident entry uses it.
     """
 
@@ -393,6 +397,7 @@ class PipelineCache:
         self.speedups = speedups
         self.loads = 0  # base pipelines loaded
         self.adapter_loads = 0  # LoRA files loaded into a resident base
+        self.embedding_loads = 0  # times an entry's textual-inversion tokens were loaded into its base's text encoder
         self.evictions = 0
         self.log = log  # rebound per run when a long-lived worker keeps the cache
         self._loader = loader
@@ -444,6 +449,7 @@ class PipelineCache:
             self._prune_adapters(base.pipeline)  # an adapter file the entry no longer names
         try:
             seconds += self._activate(spec, base.pipeline)
+            seconds += self._activate_embeddings(spec, base)
         except ModelLoadError:
             del self._resident[spec.name]  # the base stays for the other entries; the LRU evicts it if unused
             raise
@@ -466,7 +472,7 @@ class PipelineCache:
         pipeline = self._loader(spec, self.device, self.dtype, shared=shared, speedups=speedups)
         seconds = time.perf_counter() - started
         self.loads += 1
-        base = ResidentPipeline(spec, pipeline, seconds, identities, key)
+        base = ResidentPipeline(spec, pipeline, seconds, identities, key, getattr(pipeline, "tokenizer", None))
         self._bases[key] = base
         reused = f", reusing {sorted(shared)}" if shared else ""
         resident = [*self.resident, spec.name]
@@ -538,6 +544,67 @@ class PipelineCache:
         seconds = time.perf_counter() - started
         self.log(f"Loaded LoRA {lora.name!r} for model {spec.name!r} into {'+'.join(parts)} in {seconds:.2f} s")
 
+    def _activate_embeddings(self, spec: ModelSpec, base: ResidentPipeline) -> float:
+        """Give the base exactly the entry's textual-inversion tokens (none for an entry without); the seconds spent
+        loading them.
+
+        Switched per entry, not loaded once and kept: prompts are drawn from one list for every entry, so a prompt
+        that names a token also reaches entries without its embedding, and with the token kept in a shared base such
+        an image would depend on which entries ran before it. diffusers' load_textual_inversion adds the tokens to a
+        tokenizer and writes their vectors into text-encoder rows past that tokenizer's vocabulary (resizing the
+        embedding matrix); unload_textual_inversion renumbers what stays. Neither touches the base's own vocabulary
+        rows, so the switch is clean without unloading: an entry without embeddings runs with the base's own
+        tokenizer, unchanged since loading (it cannot reach the rows past its vocabulary); an entry with embeddings,
+        with a fresh copy of it into which its tokens are loaded. So two entries on one base may even map one token
+        to different files. A text encoder can be shared by several bases (byte-identical weights), so the rows it
+        holds past the vocabulary are marked with the tokenizer they serve, and rewritten unless the same tokens from
+        the same files were loaded last for this base (then entries with and without them alternate at no cost)."""
+        pipeline = base.pipeline
+        if not spec.embeddings:
+            if base.tokenizer is not None and pipeline.tokenizer is not base.tokenizer:
+                pipeline.tokenizer = base.tokenizer
+            return 0.0
+        encoder = getattr(pipeline, "text_encoder", None)
+        if not hasattr(pipeline, "load_textual_inversion") or base.tokenizer is None or encoder is None:
+            raise ModelLoadError(
+                f"Model {spec.name!r}: its pipeline ({type(pipeline).__name__}) takes no textual-inversion "
+                "embeddings; remove `embeddings` from the entry, or use an SD 1.x/2.x base."
+            )
+        wanted = tuple((embedding.token, self._embedding_of(spec, embedding)) for embedding in spec.embeddings)
+        source, made, loaded = getattr(encoder, EMBEDDINGS_MARK, None) or (None, None, None)
+        if source is base.tokenizer and loaded == wanted:
+            pipeline.tokenizer = made  # these tokens, loaded last into this encoder from this base's tokenizer
+            return 0.0
+        started = time.perf_counter()
+        setattr(encoder, EMBEDDINGS_MARK, None)  # rows past the vocabulary are rewritten from here on
+        tokenizer = copy.deepcopy(base.tokenizer)
+        for embedding in spec.embeddings:
+            try:
+                pipeline.load_textual_inversion(
+                    embedding.path, token=embedding.token, tokenizer=tokenizer, text_encoder=encoder
+                )
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+                pipeline.tokenizer = base.tokenizer  # the base as loaded, for the other entries
+                raise ModelLoadError(_explain_embedding_failure(spec, embedding, exc)) from exc
+        pipeline.tokenizer = tokenizer
+        setattr(encoder, EMBEDDINGS_MARK, (base.tokenizer, tokenizer, wanted))
+        self.embedding_loads += 1
+        seconds = time.perf_counter() - started
+        tokens = ", ".join(embedding.token for embedding in spec.embeddings)
+        self.log(f"Loaded embeddings {tokens} for model {spec.name!r} in {seconds:.2f} s")
+        return seconds
+
+    @staticmethod
+    def _embedding_of(spec: ModelSpec, embedding: EmbeddingSpec) -> str:
+        """The embedding file's content identity (a replaced file loads again), or a named error if it is gone."""
+        if problem := kind_problem(embedding.path, "file"):
+            raise ModelLoadError(
+                f"Model {spec.name!r}: embedding file {embedding.path} {problem}; restore it, or fix `embeddings` in "
+                "the catalog."
+            )
+        stat = Path(embedding.path).stat()
+        return _file_digest(embedding.path, stat.st_size, stat.st_mtime_ns).hex()
+
     def _prune_adapters(self, pipeline) -> None:
         """Delete the base's adapters no resident entry names any more (a LoRA removed or its file replaced)."""
         try:
@@ -549,7 +616,8 @@ class PipelineCache:
             pipeline.delete_adapters(unused)
 
     def describe(self, name: str) -> dict[str, Any]:
-        """Scheduler, dtype, device, model hash and LoRA adapters of a resident entry, for result records."""
+        """Scheduler, dtype, device, model hash, LoRA adapters and embeddings of a resident entry, for result
+        records."""
         entry = self._resident[name]
         pipeline = entry.pipeline
         return {
@@ -561,6 +629,10 @@ class PipelineCache:
             "model_hash": model_hash(entry.spec),
             "loras": [
                 {"name": lora.name, "weight": lora.weight, "hash": lora_hash(lora.path)} for lora in entry.spec.loras
+            ],
+            "embeddings": [
+                {"token": embedding.token, "name": embedding.name, "hash": embedding_hash(embedding.path)}
+                for embedding in entry.spec.embeddings
             ],
         }
 
@@ -604,6 +676,11 @@ class PipelineCache:
             if not (over_count or over_budget):
                 return
             self._evict_base(candidates[0])
+
+
+# The text encoder's mark: (the base tokenizer copied, the copy that its rows past that vocabulary serve, the tokens
+# and file identities loaded into them).
+EMBEDDINGS_MARK = "_random_diffusion_embeddings"
 
 
 def _compiled_unet(pipeline) -> bool:
@@ -651,6 +728,35 @@ def _addnet_hash(path: str, size: int, mtime_ns: int) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def embedding_hash(path: str) -> str | None:
+    """AUTOMATIC1111's `TI hashes` value for an embedding file, None if it cannot be read: the first 12 hex digits
+    of the sha256 of the whole file (A1111 modules/textual_inversion/textual_inversion.py: `embedding.set_hash(
+    hashes.sha256(path, "textual_inversion/" + name))`, and `Embedding.set_hash`: `shorthash = hash[0:12]`;
+    modules/hashes.py hashes the file's bytes, with no addnet variant for embeddings)."""
+    try:
+        stat = Path(path).stat()
+        return _file_digest(str(path), stat.st_size, stat.st_mtime_ns).hex()[:12]
+    except OSError:
+        return None
+
+
+def _explain_embedding_failure(spec: ModelSpec, embedding: EmbeddingSpec, exc: Exception) -> str:
+    text = str(exc)
+    if "already in tokenizer vocabulary" in text:
+        hint = (
+            f"The token {embedding.token!r} is already a token of this base's tokenizer: choose one that is not, "
+            'such as "<my-style>".'
+        )
+    elif "incorrect shape" in text:
+        hint = (
+            "Its vectors do not fit this base's text encoder: it was made for another kind of model (SD 1.x, SD 2.x)."
+        )
+    else:
+        hint = "The file is not an embedding diffusers can read (A1111 or diffusers format), or it is damaged."
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"Model {spec.name!r}: embedding file {embedding.path} failed to load: {first[:300]}. {hint}"
 
 
 def _explain_lora_failure(spec: ModelSpec, lora: LoraSpec, exc: Exception) -> str:

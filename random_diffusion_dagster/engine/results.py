@@ -66,6 +66,9 @@ class ResultRecord:
     # The entry's LoRA adapters on the base, each {"name", "weight", "hash"} (A1111's `Lora hashes` value); None
     # for an entry without adapters, and in records written before they existed.
     loras: list[dict] | None = None
+    # The entry's textual-inversion embeddings, each {"token", "name", "hash"} (A1111's `TI hashes` value); None for
+    # an entry without, and in records written before they existed.
+    embeddings: list[dict] | None = None
     dtype: str = ""
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths

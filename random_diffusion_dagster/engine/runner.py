@@ -588,6 +588,7 @@ def _record(
         fingerprint=task.fingerprint,
         prompt_truncated=prompt_truncated,
         loras=pipeline_info.get("loras") or None,  # absent for an entry without adapters, as in older records
+        embeddings=pipeline_info.get("embeddings") or None,  # so for an entry without embeddings
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -611,6 +612,7 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict,
         "Model": task.model.name,
         "Denoising strength": task.model.strength,
         "Lora hashes": _lora_hashes(pipeline_info.get("loras") or []),
+        "TI hashes": _ti_hashes(pipeline_info.get("embeddings") or [], task.prompt, task.negative_prompt),
     }
     # A1111 carries a LoRA's weight only as a `<lora:name:weight>` tag in the prompt (it strips the tags before
     # encoding), so the tags go there: pasted into A1111, the parameters apply the same adapters.
@@ -622,6 +624,19 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict,
 def _lora_hashes(loras: list[dict]) -> str | None:
     """A1111's `Lora hashes` value, "name: hash, name2: hash2" (names without `:` or `,`, as A1111 writes them)."""
     pairs = [f"{lora['name'].replace(':', '').replace(',', '')}: {lora['hash']}" for lora in loras if lora["hash"]]
+    return ", ".join(pairs) or None
+
+
+def _ti_hashes(embeddings: list[dict], prompt: str, negative_prompt: str) -> str | None:
+    """A1111's `TI hashes` value, "token: hash, ...", for the embeddings the prompt or negative prompt uses, as A1111
+    lists only those (modules/sd_hijack_clip.py: `used_embeddings`, names without `:` or `,`). A token is used where
+    the text holds it in any case: the CLIP tokenizer reads the text in lower case."""
+    text = f"{prompt}\n{negative_prompt}".lower()
+    pairs = [
+        f"{embedding['token'].replace(':', '').replace(',', '')}: {embedding['hash']}"
+        for embedding in embeddings
+        if embedding["hash"] and embedding["token"] in text
+    ]
     return ", ".join(pairs) or None
 
 

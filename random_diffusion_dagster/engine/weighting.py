@@ -58,6 +58,27 @@ def plain_text(prompt: str) -> str:
     return "".join(text for text, _ in parse_attention(prompt))
 
 
+class MultiVectorTokens:
+    """compel's textual-inversion manager, on token ids: after each token `<t>` of a multi-vector embedding, the ids of
+    `<t>_1`, `<t>_2`, ... that diffusers' load_textual_inversion added, as its maybe_convert_prompt does to the text
+    (compel's DiffusersTextualInversionManager decodes and re-encodes every prompt, which changes the ids of prompts
+    that name no token). Other ids pass unchanged."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def expand_textual_inversion_token_ids_if_necessary(self, token_ids: list[int]) -> list[int]:
+        added = self.tokenizer.added_tokens_encoder
+        expanded = []
+        for token_id in token_ids:
+            expanded.append(token_id)
+            token, index = self.tokenizer.convert_ids_to_tokens(token_id), 1
+            while f"{token}_{index}" in added:
+                expanded.append(added[f"{token}_{index}"])
+                index += 1
+        return expanded
+
+
 def weighted_embeddings(pipeline, prompts: list[str], negatives: list[str]) -> dict:
     """prompt_embeds / negative_prompt_embeds for a batch, padded to one length.
 
@@ -68,7 +89,15 @@ def weighted_embeddings(pipeline, prompts: list[str], negatives: list[str]) -> d
     from compel import Compel
     from compel.prompt_parser import FlattenedPrompt, Fragment
 
-    compel = Compel(tokenizer=pipeline.tokenizer, text_encoder=pipeline.text_encoder, truncate_long_prompts=True)
+    # With textual-inversion tokens loaded (the entry's embeddings), multi-vector tokens are expanded as diffusers'
+    # own encode_prompt does; without them compel runs as it always has.
+    inversions = any(not token.special for token in getattr(pipeline.tokenizer, "added_tokens_decoder", {}).values())
+    compel = Compel(
+        tokenizer=pipeline.tokenizer,
+        text_encoder=pipeline.text_encoder,
+        truncate_long_prompts=True,
+        textual_inversion_manager=MultiVectorTokens(pipeline.tokenizer) if inversions else None,
+    )
 
     def embed(text: str):
         fragments = [Fragment(part, weight) for part, weight in parse_attention(text)] or [Fragment("", 1.0)]

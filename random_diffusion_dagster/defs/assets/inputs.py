@@ -163,7 +163,8 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
             "name": m.name,
             "source": f"{m.source_kind}: {m.source}"
             + (f" (config: {m.config})" if m.config else "")
-            + "".join(f" + LoRA {lora.name} ({lora.weight:g})" for lora in m.loras),
+            + "".join(f" + LoRA {lora.name} ({lora.weight:g})" for lora in m.loras)
+            + "".join(f" + embedding {embedding.name} ({embedding.token})" for embedding in m.embeddings),
             "weight": m.weight,
             "resolution": m.resolution,
             "steps": m.num_inference_steps,
