@@ -173,28 +173,43 @@ LORAS_EXPECTATION = (
 )
 
 
+def _file_items(
+    value: Any, field: str, keys: tuple[str, ...], expectation: str, example: str, noun: str, file: str
+) -> list[tuple[str, dict, str]]:
+    """(where, item, path) for each item of a list of files such as `loras:`, once the list, each item's keys and
+    its `path` are checked; what each kind adds (a weight, a token, a suffix) is checked by its own parser."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise CatalogError(f"`{field}` must be {expectation}; got {show(value)}.")
+    items = []
+    for index, item in enumerate(value):
+        where = f"`{field}` item {index + 1}"
+        if not isinstance(item, dict):
+            raise CatalogError(f"{where} must be a mapping such as {example}; got {show(item)}.")
+        unknown = sorted((key for key in item if key not in keys), key=str)
+        if unknown:
+            raise CatalogError(f"{where}: unknown keys {show(unknown)}; {noun} has {list(keys)}.")
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise CatalogError(f"{where} needs `path`, {file} (relative to the catalog); got {show(path)}.")
+        items.append((where, item, path))
+    return items
+
+
 def _loras(value: Any) -> tuple[LoraSpec, ...]:
     """`loras:` as written: each item's keys and weight checked here, its file where the catalog's folder is known
     (_lora_files)."""
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        raise CatalogError(f"`loras` must be {LORAS_EXPECTATION}; got {show(value)}.")
     loras = []
-    for index, item in enumerate(value):
-        where = f"`loras` item {index + 1}"
-        if not isinstance(item, dict):
-            raise CatalogError(
-                f"{where} must be a mapping such as {{path: loras/x.safetensors, weight: 0.8}}; got {show(item)}."
-            )
-        unknown = sorted((key for key in item if key not in LORA_KEYS), key=str)
-        if unknown:
-            raise CatalogError(f"{where}: unknown keys {show(unknown)}; an adapter has {list(LORA_KEYS)}.")
-        path = item.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise CatalogError(
-                f"{where} needs `path`, the adapter's .safetensors file (relative to the catalog); got {show(path)}."
-            )
+    for where, item, path in _file_items(
+        value,
+        "loras",
+        LORA_KEYS,
+        LORAS_EXPECTATION,
+        "{path: loras/x.safetensors, weight: 0.8}",
+        "an adapter",
+        "the adapter's .safetensors file",
+    ):
         if not path.lower().endswith(LORA_SUFFIX):
             raise CatalogError(
                 f"{where}: {show(path)} is not a .safetensors file; only those load without running code from the "
@@ -238,26 +253,16 @@ EMBEDDINGS_EXPECTATION = (
 def _embeddings(value: Any) -> tuple[EmbeddingSpec, ...]:
     """`embeddings:` as written: each item's keys and token checked here, its file where the catalog's folder is
     known (_embedding_files)."""
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        raise CatalogError(f"`embeddings` must be {EMBEDDINGS_EXPECTATION}; got {show(value)}.")
     embeddings: list[EmbeddingSpec] = []
-    for index, item in enumerate(value):
-        where = f"`embeddings` item {index + 1}"
-        if not isinstance(item, dict):
-            raise CatalogError(
-                f'{where} must be a mapping such as {{path: embeddings/x.safetensors, token: "<x>"}}; got {show(item)}.'
-            )
-        unknown = sorted((key for key in item if key not in EMBEDDING_KEYS), key=str)
-        if unknown:
-            raise CatalogError(f"{where}: unknown keys {show(unknown)}; an embedding has {list(EMBEDDING_KEYS)}.")
-        path = item.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise CatalogError(
-                f"{where} needs `path`, the embedding's .safetensors, .pt or .bin file (relative to the catalog); "
-                f"got {show(path)}."
-            )
+    for where, item, path in _file_items(
+        value,
+        "embeddings",
+        EMBEDDING_KEYS,
+        EMBEDDINGS_EXPECTATION,
+        '{path: embeddings/x.safetensors, token: "<x>"}',
+        "an embedding",
+        "the embedding's .safetensors, .pt or .bin file",
+    ):
         if not path.lower().endswith(EMBEDDING_SUFFIXES):
             raise CatalogError(
                 f"{where}: {show(path)} is not a .safetensors, .pt or .bin file, the formats diffusers reads "
