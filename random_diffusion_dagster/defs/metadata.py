@@ -21,8 +21,8 @@ def partition_metadata(result: ImageResult) -> dict:
     measurements = type(result.record).measurements()
     fields = result.record.partition_metadata()
     reused = result.status == "reused"
-    if reused:  # its timings are the making run's: said so in words, and kept off this run's plots
-        fields = {name: value for name, value in fields.items() if name not in MADE_WITH}
+    if reused:  # its measurements and batch size are the making run's: said so in words, kept off this run's plots
+        fields = {name: value for name, value in fields.items() if name not in measurements and name != "batch_size"}
     metadata = {
         name: value if name in measurements or not _is_number(value) else dg.MetadataValue.text(str(value))
         for name, value in fields.items()
@@ -33,18 +33,6 @@ def partition_metadata(result: ImageResult) -> dict:
     metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
     return metadata
-
-
-# What a result's record says about the run that made it: shown for a reused result as that run's, in words.
-MADE_WITH = (
-    "pipeline_load_seconds",
-    "inference_seconds",
-    "total_seconds",
-    "vram_peak_allocated_mb",
-    "vram_peak_reserved_mb",
-    "rss_peak_mb",
-    "batch_size",
-)
 
 
 def when_made(record) -> str:

@@ -281,18 +281,3 @@ def save_sdxl_single_file_demo(models_dir: Path) -> Path:
     target = models_dir / SDXL_SINGLE_FILE_DEMO
     save_sdxl_single_file_checkpoint(source, target / SDXL_SINGLE_FILE_CHECKPOINT, target / "config")
     return target
-
-
-def build_family_models(models_dir: str | Path, force: bool = False) -> list[Path]:
-    """Build tiny-sdxl, tiny-sd3, tiny-flux and the single-file SDXL demo into `models_dir` unless already there."""
-    models_dir = Path(models_dir)
-    built = []
-    for recipe in FAMILY_MODELS:
-        target = models_dir / recipe.name
-        if (target / "model_index.json").is_file() and not force:
-            continue
-        save_family_model(build_family_pipeline(recipe), recipe, target)
-        built.append(target)
-    if force or not (models_dir / SDXL_SINGLE_FILE_DEMO / SDXL_SINGLE_FILE_CHECKPOINT).is_file():
-        built.append(save_sdxl_single_file_demo(models_dir))
-    return built

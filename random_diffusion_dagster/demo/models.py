@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.quiet import quiet_libraries
-from .families import build_family_models
+from .families import (
+    FAMILY_MODELS,
+    SDXL_SINGLE_FILE_CHECKPOINT,
+    SDXL_SINGLE_FILE_DEMO,
+    build_family_pipeline,
+    save_family_model,
+    save_sdxl_single_file_demo,
+)
 from .vocabularies import byte_level_vocab
 
 
@@ -209,13 +216,7 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
     """
     quiet_libraries()
     models_dir = Path(models_dir)
-    built = []
-    for recipe in TINY_MODELS:
-        target = models_dir / recipe.name
-        if (target / "model_index.json").is_file() and not force:
-            continue
-        save_demo_model(build_tiny_pipeline(recipe), recipe, target)
-        built.append(target)
+    built = _build_missing(models_dir, TINY_MODELS, build_tiny_pipeline, save_demo_model, force)
     if force or not (models_dir / SINGLE_FILE_DEMO / SINGLE_FILE_CHECKPOINT).is_file():
         built.append(save_single_file_demo(models_dir))
     from .lora import build_tiny_loras
@@ -224,4 +225,20 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
     from .embeddings import build_tiny_embeddings
 
     build_tiny_embeddings(models_dir, force)  # embeddings/tiny-style*.safetensors for tiny-sd15: not models either
-    return built + build_family_models(models_dir, force)  # SDXL, SD3.5 and Flux.1 stand-ins, after the SD ones
+    # SDXL, SD3.5 and Flux.1 stand-ins, after the SD ones.
+    built += _build_missing(models_dir, FAMILY_MODELS, build_family_pipeline, save_family_model, force)
+    if force or not (models_dir / SDXL_SINGLE_FILE_DEMO / SDXL_SINGLE_FILE_CHECKPOINT).is_file():
+        built.append(save_sdxl_single_file_demo(models_dir))
+    return built
+
+
+def _build_missing(models_dir: Path, recipes, build, save, force: bool) -> list[Path]:
+    """Build and save each recipe's pipeline into `models_dir/<name>` unless it is already there; the folders made."""
+    built = []
+    for recipe in recipes:
+        target = models_dir / recipe.name
+        if (target / "model_index.json").is_file() and not force:
+            continue
+        save(build(recipe), recipe, target)
+        built.append(target)
+    return built
