@@ -14,7 +14,10 @@ import yaml
 
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.runtime.cli import main
-from random_diffusion_dagster.runtime.terminal_log import redeliver_swallowed_interrupts
+from random_diffusion_dagster.runtime.terminal_log import (
+    quiet_interrupted_database_closes,
+    redeliver_swallowed_interrupts,
+)
 
 from helpers import make_image, result_file, write_catalog
 
@@ -252,6 +255,27 @@ def test_an_interrupt_python_swallowed_in_a_garbage_collection_callback_is_sent_
     finally:
         signal.signal(signal.SIGINT, previous)
     assert received == [signal.SIGINT]
+
+
+def test_an_interrupt_while_sqlalchemy_closes_a_connection_prints_no_traceback(monkeypatch):
+    """Seen once in CI: Ctrl-C landed in SQLAlchemy's pool while it closed a connection; the pool logged it with its
+    traceback (then raised it, and the command said it was interrupted). Its other errors still reach stderr."""
+    import io
+    import logging
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    handler = quiet_interrupted_database_closes()
+    pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    try:
+        for error in (dg.DagsterExecutionInterruptedError(), KeyboardInterrupt(), ValueError("disk full")):
+            try:
+                raise error
+            except BaseException:  # noqa: BLE001 - what the pool catches and logs
+                pool.error("Exception closing connection %r", "<connection>", exc_info=True)
+    finally:
+        logging.getLogger("sqlalchemy").removeHandler(handler)
+    assert stderr.getvalue().count("Traceback") == 1 and "ValueError: disk full" in stderr.getvalue()
 
 
 @pytest.mark.parametrize(

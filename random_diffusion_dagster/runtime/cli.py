@@ -29,7 +29,13 @@ from ..settings import (
 )
 from .cli_runs import fail_runs_whose_process_is_gone, process_tags
 from .instance import diffusing_alone, project_instance
-from .terminal_log import TERMINAL_LOGGING, is_interruption, redeliver_swallowed_interrupts, with_terminal_logger
+from .terminal_log import (
+    TERMINAL_LOGGING,
+    is_interruption,
+    quiet_interrupted_database_closes,
+    redeliver_swallowed_interrupts,
+    with_terminal_logger,
+)
 
 
 def add_build_demo_models_parser(commands) -> None:
@@ -560,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("run", "compare"):  # they execute runs in this process: Ctrl-C must stop them
         sys.unraisablehook = redeliver_swallowed_interrupts
+        quiet_interrupted_database_closes()
     try:
         return args.handler(args)
     except SettingError as error:

@@ -42,6 +42,23 @@ def redeliver_swallowed_interrupts(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+class _NotAnInterrupt(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (KeyboardInterrupt, dg.DagsterExecutionInterruptedError))
+
+
+def quiet_interrupted_database_closes() -> logging.Handler:
+    """SQLAlchemy's pool logs an interrupt that lands while it closes a connection, with its traceback, and then
+    raises it; the command then says it was interrupted, in one line. Its warnings and errors reach stderr as
+    before (through this handler instead of logging's last resort), less those interrupts. Returns the handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_NotAnInterrupt())
+    logging.getLogger("sqlalchemy").addHandler(handler)
+    return handler
+
+
 INTERRUPTIONS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
 
 
