@@ -16,9 +16,9 @@ from .defs.automation.catch_up_schedule import catch_up_schedule
 from .defs.automation.input_files_sensor import input_files_sensor
 from .defs.automation.new_images_sensor import new_images_sensor
 from .defs.automation.report_sensor import report_automation_sensor
-from .defs.checks import results_readable_on_disk
+from .defs.checks import results_readable_on_disk, results_up_to_date
 from .defs.executor import project_executor
-from .defs.jobs import compare_models_job, diffuse_images_job
+from .defs.jobs import compare_models_job, diffuse_images_job, refresh_inputs_job
 from .defs.resources import project_resources
 from .defs.source_versions import IMAGE_FILES, MODELS_FILE, PROMPTS_FILE
 
@@ -36,8 +36,8 @@ defs = dg.Definitions(
         comparison_report,
         augmented_dataset,
     ],
-    asset_checks=[results_readable_on_disk],
-    jobs=[diffuse_images_job, compare_models_job],
+    asset_checks=[results_readable_on_disk, results_up_to_date],
+    jobs=[diffuse_images_job, compare_models_job, refresh_inputs_job],
     schedules=[catch_up_schedule],
     sensors=[new_images_sensor, input_files_sensor, report_automation_sensor],
     resources=project_resources(),

@@ -188,6 +188,22 @@ def max_partitions_per_run() -> int:
     )
 
 
+CATCH_UP_CHOICES = ("nightly", "on-change", "off")
+
+
+def catch_up_setting() -> str:
+    """RANDOM_DIFFUSION_CATCH_UP: when out-of-date images are redone without anyone asking. `nightly` (the default):
+    `catch_up_schedule` at RANDOM_DIFFUSION_CATCH_UP_CRON; `on-change`: also as soon as input_files_sensor sees the
+    prompts file or the catalog change; `off`: only when someone launches it. Nightly by default because a prompts
+    edit may mean hours of GPU work: the `results_up_to_date` check shows what is out of date first."""
+    choice = os.environ.get("RANDOM_DIFFUSION_CATCH_UP", "").strip().lower() or "nightly"
+    if choice not in CATCH_UP_CHOICES:
+        raise SettingError(
+            f"RANDOM_DIFFUSION_CATCH_UP={choice!r}: set it to nightly (the default), on-change or off, or unset it."
+        )
+    return choice
+
+
 def catch_up_cron() -> str:
     """When `catch_up_schedule` runs (cron syntax, the daemon's time zone): nightly at 03:00 unless set."""
     from dagster._utils.schedules import is_valid_cron_schedule  # Dagster's own rule; no public name

@@ -6,6 +6,7 @@ Covers the sensor registering and materializing images, backfills launched as th
 apart, and a run whose process is killed mid-batch being marked failed and retried.
 """
 
+import json
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from random_diffusion_dagster.defs.run_ranges import RANGE_START_TAG
+from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.runtime.cli_runs import PROCESS_TAG
 from random_diffusion_dagster.runtime.remote import Deployment
@@ -205,6 +206,49 @@ def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment
 
     # input_files_sensor sees the edit and refreshes prompt_list (FRESH again): images from the old list are STALE.
     assert wait_for(lambda: _latest_list_is_from_file(url) and refreshed_and_stale(), 240, "the edit to show")
+
+    # The asset-level signal, as the asset's overview and the graph show it: the check counts them and says why.
+    def counted():
+        execution = _up_to_date_check(url)
+        return execution if execution and execution["status"] == "FAILED" else None
+
+    execution = wait_for(counted, 120, "results_up_to_date to count the stale images")
+    assert execution["evaluation"]["severity"] == "WARN"
+    entries = {e["label"]: e.get("intValue", e.get("jsonString")) for e in execution["evaluation"]["metadataEntries"]}
+    assert entries["out_of_date"] == 3 and json.loads(entries["out_of_date_keys"]) == sorted(keys)
+
+    # The one redo action (catch_up_schedule > Preview tick result > Launch all) asks for exactly those.
+    dry_run = Deployment(url).query(SCHEDULE_DRY_RUN, {"selector": CATCH_UP_SELECTOR, "timestamp": time.time()})
+    requests = dry_run["scheduleDryRun"]["evaluationResult"]["runRequests"]
+    spans = [{t["key"]: t["value"] for t in r["tags"]} for r in requests]
+    assert [(s[RANGE_START_TAG], s[RANGE_END_TAG]) for s in spans] == [(keys[0], keys[-1])]
+
+
+CHECK_QUERY = """
+query {
+  assetNodeOrError(assetKey: {path: ["diffused_image"]}) { ... on AssetNode { assetChecksOrError { ... on AssetChecks {
+    checks { name executionForLatestMaterialization { status evaluation { severity metadataEntries {
+      label ... on IntMetadataEntry { intValue } ... on JsonMetadataEntry { jsonString } } } } }
+  } } } }
+}"""
+CATCH_UP_SELECTOR = {
+    "repositoryLocationName": "random_diffusion_dagster",
+    "repositoryName": "__repository__",
+    "scheduleName": "catch_up_schedule",
+}
+SCHEDULE_DRY_RUN = """
+mutation($selector: ScheduleSelector!, $timestamp: Float) {
+  scheduleDryRun(selectorData: $selector, timestamp: $timestamp) {
+    ... on DryRunInstigationTick { evaluationResult { runRequests { tags { key value } } skipReason } }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def _up_to_date_check(url):
+    node = Deployment(url).query(CHECK_QUERY, {})["assetNodeOrError"]
+    (check,) = [c for c in node["assetChecksOrError"]["checks"] if c["name"] == "results_up_to_date"]
+    return check["executionForLatestMaterialization"]
 
 
 def _latest_list_is_from_file(url):

@@ -1,9 +1,14 @@
-"""Asset checks: what Dagster believes is done really is on disk."""
+"""Asset checks: what Dagster believes is done really is on disk, and made from today's inputs."""
+
+from collections import Counter
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..engine.results import read_result
-from .assets import diffused_image
+from ..settings import catch_up_setting
+from .assets import diffused_image, model_catalog, prompt_list
+from .out_of_date import current_planner, out_of_date, summary
 from .partitions import images_partitions
 from .resources import DatasetResource
 
@@ -31,6 +36,79 @@ def _partitions_to_check(context: dg.AssetCheckExecutionContext) -> list[str]:
     """
     instance = context.instance
     current = set(instance.get_dynamic_partitions(images_partitions.name))
-    records = instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    recorded = {r.dagster_event.partition for r in records if r.dagster_event.asset_key == diffused_image.key}
+    recorded = _recorded_in_this_run(context)
     return sorted((recorded or instance.get_materialized_partitions(diffused_image.key)) & current)
+
+
+def _recorded_in_this_run(context: dg.AssetCheckExecutionContext) -> set[str]:
+    records = context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return {r.dagster_event.partition for r in records if r.dagster_event.asset_key == diffused_image.key}
+
+
+LISTED_KEYS = 2_000  # out-of-date keys an evaluation keeps whole, so the next run's evaluation re-reads only those
+SHOWN_KEYS = 200
+REDO = (
+    "Redo exactly these: Automation > `catch_up_schedule` > Preview tick result > Launch all. "
+    "RANDOM_DIFFUSION_CATCH_UP sets when that happens by itself: `on-change` (as soon as the prompts file or "
+    "catalog changes), `nightly` (RANDOM_DIFFUSION_CATCH_UP_CRON, 03:00 by default) or `off`."
+)
+
+# Evaluated again whenever diffused_image, prompt_list or model_catalog is updated by a run that did not carry it
+# (report_automation_sensor), so the count follows a prompts edit and a catch-up without anyone asking.
+UP_TO_DATE_AUTOMATION = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled() & ~dg.AutomationCondition.any_deps_in_progress()
+).with_label("after diffused images or their inputs update")
+
+
+@dg.asset_check(
+    asset=diffused_image,
+    additional_deps=[prompt_list, model_catalog],
+    automation_condition=UP_TO_DATE_AUTOMATION,
+    description="How many made images are out of date (Dagster shows their partitions as Unsynced) and why: prompt "
+    "changed, model catalog changed, source image changed, run seed changed, or the result is gone. " + REDO,
+)
+def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetResource) -> dg.AssetCheckResult:
+    try:
+        planner = current_planner(context.instance, dataset)
+        made_here = _recorded_in_this_run(context)
+        listed = _last_listing(context, planner.inputs_version) if made_here else None
+        # After a run that made images, only the images it made and those listed last time can have changed state.
+        only = None if listed is None else listed | made_here
+        found = out_of_date(context.instance, dataset, planner, only=only, log=context.log)
+    except (ValueError, OSError) as exc:  # the prompts file, catalog or folders as they are now: their runs say more
+        context.log.warning(f"Cannot tell which images are out of date: {exc}")
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})
+    stale = found.made_before()
+    metadata = {"out_of_date": len(stale), "images": len(found.keys), "inputs": planner.inputs_version}
+    if stale:
+        metadata["why"] = dg.MetadataValue.md(
+            "| why | images |\n|---|---|\n"
+            + "".join(f"| {why} | {count} |\n" for why, count in Counter(stale.values()).most_common())
+        )
+        shown = list(stale.items())[:SHOWN_KEYS]
+        more = f"\n\n...and {len(stale) - len(shown)} more" if len(stale) > len(shown) else ""
+        metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {k}: {why}" for k, why in shown) + more)
+        metadata["redo"] = dg.MetadataValue.md(REDO + f" Now: `{catch_up_setting()}`.")
+        if len(stale) <= LISTED_KEYS:
+            metadata["out_of_date_keys"] = dg.MetadataValue.json(sorted(stale))
+        context.log.warning(f"{summary(stale, len(found.keys))}; {REDO}")
+    return dg.AssetCheckResult(passed=not stale, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+
+
+def _last_listing(context: dg.AssetCheckExecutionContext, inputs: str) -> set[str] | None:
+    """The out-of-date keys the last finished evaluation listed whole, if it judged against the same `inputs`; None
+    when there is none, it judged other inputs, or it had too many to list."""
+    finished = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        results_up_to_date.check_key, 1, status=finished
+    )
+    if not history or history[0].event is None:
+        return None
+    evaluation = history[0].event.dagster_event.asset_check_evaluation_data
+    judged_against = evaluation.metadata.get("inputs")
+    if judged_against is None or judged_against.value != inputs:
+        return None  # the prompts, catalog or seed changed since: every image may have
+    listed = evaluation.metadata.get("out_of_date_keys")
+    if evaluation.passed:
+        return set()
+    return set(listed.value) if listed is not None else None

@@ -7,9 +7,16 @@ with no image decoding; only sources whose size or mtime moved are hashed.
 from __future__ import annotations
 
 from .images import SourceFile
-from .plan import Planner, SourceSnapshot, snapshot_source
+from .plan import ImageTask, Planner, SourceSnapshot, snapshot_source
 from .prompts import PromptListError
-from .results import read_result
+from .results import ResultRecord, read_result
+
+# Why a result must be made again, as the asset check and the catch-up log count them.
+NO_RESULT = "no result on disk"
+SOURCE_CHANGED = "source image changed"
+PROMPT_CHANGED = "prompt changed"
+CATALOG_CHANGED = "model catalog changed"
+SEED_CHANGED = "run seed changed"
 
 
 def why_stale(planner: Planner, source: SourceFile) -> str | None:
@@ -19,13 +26,13 @@ def why_stale(planner: Planner, source: SourceFile) -> str | None:
         for variant in range(planner.variants)
     ]
     if any(record is None for record in records):
-        return "missing"
+        return NO_RESULT
     first = records[0]
     snapshot = SourceSnapshot(first.source_sha256, source.size, source.mtime_ns)
     if (first.source_bytes, first.source_mtime_ns) != (source.size, source.mtime_ns):
         snapshot = snapshot_source(source.path)  # touched or replaced: only the content can tell
         if snapshot.sha256 != first.source_sha256:
-            return "source image changed"
+            return SOURCE_CHANGED
     try:
         words = planner.words_for(source)
         tasks = [
@@ -34,6 +41,17 @@ def why_stale(planner: Planner, source: SourceFile) -> str | None:
         ]
     except PromptListError as exc:  # its run names the missing word for this image
         return f"cannot be planned: {exc}"
-    if any(task.fingerprint != record.fingerprint for task, record in zip(tasks, records, strict=True)):
-        return "prompts, catalog, seed or caption changed"
+    for task, record in zip(tasks, records, strict=True):
+        if task.fingerprint != record.fingerprint:
+            return _what_changed(task, record)
     return None
+
+
+def _what_changed(task: ImageTask, record: ResultRecord) -> str:
+    """The first input that differs, in the order the draw uses them: a prompts edit redraws the prompt, a catalog
+    edit the model or its settings, a new run seed everything."""
+    if task.run_seed != record.run_seed:
+        return SEED_CHANGED
+    if task.prompt != record.prompt or task.negative_prompt != record.negative_prompt:
+        return PROMPT_CHANGED
+    return CATALOG_CHANGED  # same prompt: the model drawn, or its settings (steps, strength, adapters...)

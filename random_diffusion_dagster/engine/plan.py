@@ -145,6 +145,13 @@ class Planner:
     rerolls: frozenset[str] = frozenset()  # `key` (all its variants) or `key~vN`: draw those anew this run
 
     @cached_property
+    def inputs_version(self) -> str:
+        """Identifies what every image is judged against (prompt list, catalog, run seed, variants): while it is
+        the same, an image's state changes only when its own source or result does."""
+        material = [prompts_version(self.prompts), catalog_version(self.catalog), self.run_seed, self.variants]
+        return hashlib.sha256(json.dumps(material + [self.caption_fallback]).encode()).hexdigest()[:16]
+
+    @cached_property
     def templates(self) -> PromptTemplates:
         return PromptTemplates(self.prompts, self.wildcards_dir)
 

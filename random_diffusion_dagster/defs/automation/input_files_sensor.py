@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ...settings import catch_up_setting
+from ..checks import results_up_to_date
+from ..jobs import diffuse_images_job, refresh_inputs_job
+from ..out_of_date import current_planner, out_of_date, summary
 from ..resources import DatasetResource
 from ..source_versions import MODELS_FILE, PROMPTS_FILE, file_version, version_event
 
@@ -12,9 +16,11 @@ from ..source_versions import MODELS_FILE, PROMPTS_FILE, file_version, version_e
     name="input_files_sensor",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    asset_selection=dg.AssetSelection.assets("prompt_list", "model_catalog"),
+    jobs=[refresh_inputs_job, diffuse_images_job],
     description="Versions the prompts file and the model catalog file by content hash, and when one changes "
-    "refreshes prompt_list / model_catalog: the images made from the old contents then show as stale.",
+    "refreshes prompt_list / model_catalog and counts the images made from the old contents (check "
+    "results_up_to_date; their partitions show as Unsynced). With RANDOM_DIFFUSION_CATCH_UP=on-change it also "
+    "requests the runs that redo them.",
 )
 def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
     seen = dict(pair.split("=", 1) for pair in (context.cursor or "").split(",") if "=" in pair)
@@ -31,9 +37,23 @@ def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetReso
             if previous is not None:
                 context.log.info(f"{path} changed: refreshing {reader}")
                 refresh.append(dg.AssetKey(reader))
-    requests = [dg.RunRequest(run_key=f"refresh:{','.join(sorted(versions.values()))}", asset_selection=refresh)]
-    return dg.SensorResult(
-        run_requests=requests if refresh else [],
-        asset_events=events,
-        cursor=",".join(f"{key}={version}" for key, version in sorted(versions.items())),
-    )
+    cursor = ",".join(f"{key}={version}" for key, version in sorted(versions.items()))
+    if not refresh:
+        return dg.SensorResult(asset_events=events, cursor=cursor)
+    run_key = f"refresh:{','.join(sorted(versions.values()))}"
+    requests = [
+        dg.RunRequest(
+            run_key=run_key,
+            job_name=refresh_inputs_job.name,
+            asset_selection=refresh,
+            asset_check_keys=[results_up_to_date.check_key],
+        )
+    ]
+    if catch_up_setting() == "on-change":
+        found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
+        if found.reasons:
+            context.log.info(
+                f"{summary(found.reasons, len(found.keys))}: redoing them (RANDOM_DIFFUSION_CATCH_UP=on-change)"
+            )
+            requests += found.run_requests(lambda first: f"{run_key}:catch-up:{first}", diffuse_images_job.name)
+    return dg.SensorResult(run_requests=requests, asset_events=events, cursor=cursor)

@@ -1,0 +1,115 @@
+"""Which images are out of date, and the runs that redo them: one rule for the `results_up_to_date` check, the
+catch-up schedule and the catch-up on change (RANDOM_DIFFUSION_CATCH_UP)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import dagster as dg
+
+from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, why_stale
+from ..engine.plan import Planner, catalog_version, prompts_version
+from .partitions import images_partitions
+from .prompt_sets import current_prompt_set
+from .resources import DatasetResource
+from .run_ranges import partition_ranges, ranged_run_requests
+
+DIFFUSED_IMAGE_KEY = dg.AssetKey("diffused_image")
+NOT_RECORDED = "on disk but not recorded in Dagster"  # a run reuses the file and records it
+INPUT_DATA_VERSION_TAG_PREFIX = "dagster/input_data_version"  # dagster._core.definitions.data_version
+
+
+@dataclass(frozen=True)
+class OutOfDate:
+    """Today's partitions, and why each one that needs work needs it (engine.freshness's reasons)."""
+
+    keys: list[str]  # every current partition, in insertion order
+    reasons: dict[str, str]  # key -> why, for each partition that needs a run
+    recorded: frozenset[str]  # the partitions Dagster has recorded as materialized
+
+    def made_before(self) -> dict[str, str]:
+        """The recorded partitions among them: results Dagster shows as made that are stale or gone (never-made
+        ones are Dagster's own "missing")."""
+        return {key: why for key, why in self.reasons.items() if key in self.recorded}
+
+    def run_requests(self, run_key: Callable[[str], str], job_name: str | None = None) -> list[dg.RunRequest]:
+        """Ranged `diffuse_images` runs covering the partitions that need work (`run_key` of each range's first
+        key); a current one inside a range is reused, not remade (bridging it makes fewer runs)."""
+        ranges = partition_ranges(self.keys, self.reasons, bridge_gaps=True)
+        return ranged_run_requests(ranges, lambda r: run_key(r.first), job_name)
+
+
+def summary(reasons: dict[str, str], total: int) -> str:
+    """`3 of 5 images are out of date (prompt changed: 2, model catalog changed: 1)`."""
+    why = ", ".join(f"{reason}: {count}" for reason, count in Counter(reasons.values()).most_common())
+    return f"{len(reasons)} of {total} images are out of date" + (f" ({why})" if why else "")
+
+
+def current_planner(instance: dg.DagsterInstance, dataset: DatasetResource) -> Planner:
+    """The planner a run would use now: the current prompt list (a submitted one stays current) and catalog."""
+    return dataset.planner(current_prompt_set(instance, dataset).prompts, dataset.catalog())
+
+
+def out_of_date(
+    instance: dg.DagsterInstance,
+    dataset: DatasetResource,
+    planner: Planner,
+    only: Iterable[str] | None = None,
+    log=None,
+) -> OutOfDate:
+    """Why each partition (of `only`, else all) must be made again against today's prompts, catalog, seed and
+    sources: a stat per source, a PNG header read per result. A source that vanished since the scan is skipped with a
+    warning on `log`: the sensor removes its partition."""
+    keys = instance.get_dynamic_partitions(images_partitions.name)
+    if only is not None:
+        only = set(only)
+    wanted = keys if only is None else [key for key in keys if key in only]
+    files, _gone = dataset.files_for(wanted)
+    recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
+    reasons = {}
+    for source in files:
+        try:
+            reason = why_stale(planner, source)
+        except OSError as exc:
+            if log is not None:
+                log.warning(f"Skipping {source.name}: {exc}")
+            continue
+        if reason is None and source.partition_key not in recorded:
+            reason = NOT_RECORDED
+        if reason:
+            reasons[source.partition_key] = reason
+    redrawn = [key for key, why in reasons.items() if why in REDRAWN and key in recorded]
+    for key, why in _which_input_changed(instance, planner, redrawn).items():
+        reasons[key] = why
+    return OutOfDate(keys, reasons, frozenset(recorded))
+
+
+# engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.
+REDRAWN = {PROMPT_CHANGED, CATALOG_CHANGED}
+INPUT_VERSIONS = {PROMPT_CHANGED: "prompt_list", CATALOG_CHANGED: "model_catalog"}
+MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
+
+
+def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: list[str]) -> dict[str, str]:
+    """For results redrawn since they were made: whether the prompt list or the catalog changed, read from the
+    data versions their latest materializations were made from (Dagster's provenance tags), two queries in all."""
+    if not keys:
+        return {}
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        DIFFUSED_IMAGE_KEY, MATERIALIZATION, partitions=set(keys)
+    )
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(DIFFUSED_IMAGE_KEY, storage_ids=list(latest.values())), limit=len(latest)
+    ).records
+    now = {PROMPT_CHANGED: prompts_version(planner.prompts), CATALOG_CHANGED: catalog_version(planner.catalog)}
+    found = {}
+    for record in records:
+        tags = record.asset_materialization.tags or {}
+        for why, asset in INPUT_VERSIONS.items():
+            made_from = tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{asset}")
+            if made_from is not None and made_from != now[why]:
+                found[record.partition_key] = why
+                break
+    return found
