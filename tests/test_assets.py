@@ -260,10 +260,13 @@ def test_report_summarises_per_model_and_draws_a_contact_sheet(instance, project
     ).all()
     assert (summary["peak_rss_mb"] > 0).all()  # memory on a CPU too: the process's peak
     shown = {column.name for column in metadata["summary"].value.schema.columns}
-    assert "peak_rss_mb" in shown and "peak_vram_reserved_mb" not in shown  # no GPU memory on a CPU: left out
+    assert "rss_mb" in shown and "vram_reserved_mb" not in shown  # no GPU memory on a CPU: left out
     with Image.open(metadata["contact_sheet_path"].value) as sheet:
         assert sheet.height >= 128 * len(keys)
-    assert metadata["contact_sheet"].value.startswith("![contact sheet](data:image/jpeg;base64,")
+    inline = metadata["contact_sheet"].value  # every pair fits inline; tests/test_report.py has one that does not
+    assert inline.startswith("![contact sheet](data:image/jpeg;base64,")
+    note = f"Each source beside its result; contact_sheet_path (`{sheet.filename}`) captions them with prompt, model"
+    assert inline.endswith(f")\n\n{note} and seed.")
 
 
 def test_partition_preview_shows_source_beside_result_and_report_tables_are_tables(instance, project):

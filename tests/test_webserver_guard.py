@@ -3,11 +3,14 @@
 One real `random-diffusion ui` (guarded dagster-webserver + `dagster-daemon run`) on loopback serves most tests
 here, and one bound to 0.0.0.0 and reached at this machine's LAN address the rest: the guard holds whatever the
 bind. The mutation is a real `addDynamicPartition`, and whether it took effect is read from the instance itself.
-Its terminal shows where the UI and the history are, and not a line per sensor tick.
+The guard also answers the UI's own "Add a partition" mutation, for a key that names no image, with the one line the
+dialog shows. Its terminal shows where the UI and the history are, and not a line per sensor tick.
 """
 
 import base64
+import functools
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -15,16 +18,21 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import dagster_webserver
 import pytest
 import requests
 from dagster._core.instance.ref import InstanceRef
+from PIL import Image
 
+from random_diffusion_dagster.engine.images import partition_key_for
 from random_diffusion_dagster.runtime.daemon import DaemonOutput
 from random_diffusion_dagster.runtime.remote import Deployment
+from random_diffusion_dagster.settings import sensor_interval_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from test_deployment import _free_port, _reachable  # noqa: E402
 
+from helpers import descendants  # noqa: E402
 from local_services import (  # noqa: E402
     project_env,
     stop_process_groups,
@@ -78,6 +86,7 @@ def _serve_ui(root: Path, bind: str, address: str, extra_env: dict[str, str] | N
             "repo": {"repositoryName": repo["name"], "repositoryLocationName": repo["location"]["name"]},
             "log": root / "ui.log",
             "home": home,
+            "images": root / "images",
             "pid": process.pid,
         }
         instance.dispose()
@@ -137,6 +146,14 @@ def _post_add(ui, key, **headers):
     return requests.post(f"{ui['url']}/graphql", json=body, headers=headers, timeout=60)
 
 
+def _put_image(ui, name: str) -> None:
+    """An image in the UI's images folder, so a partition may be added for it. Added right after, it is never the
+    sensor's to register: a new file waits a tick to settle, and by then its partition was added by someone else."""
+    path = ui["images"] / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 12), (30, 90, 160)).save(path)
+
+
 def test_mutation_sent_as_get_is_refused_and_changes_nothing(any_ui):
     # What `<img src="http://127.0.0.1:3000/graphql?query=mutation{...}">` on any web page sends.
     ui = any_ui
@@ -180,6 +197,8 @@ def test_mutation_posted_from_a_foreign_origin_is_refused_and_changes_nothing(an
 
 
 def test_same_origin_and_originless_posts_change_state(ui):
+    _put_image(ui, "same-origin.png")
+    _put_image(ui, "no-origin.png")
     same_origin = _post_add(ui, "same-origin.png", Origin=ui["url"])
     assert same_origin.status_code == 200, same_origin.text
     assert same_origin.json()["data"]["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
@@ -226,6 +245,8 @@ def test_rebinding_to_the_lan_address_is_refused_and_changes_nothing(lan_ui):
 
 def test_the_lan_address_as_host_is_allowed_with_or_without_its_origin(lan_ui):
     assert lan_ui["address"] != "127.0.0.1"
+    _put_image(lan_ui, "lan-no-origin.png")
+    _put_image(lan_ui, "lan-same-origin.png")
     no_origin = _post_add(lan_ui, "lan-no-origin.png")  # Host is the address:port the URL names
     assert no_origin.status_code == 200 and "errors" not in no_origin.json(), no_origin.text
     same_origin = _post_add(lan_ui, "lan-same-origin.png", Origin=lan_ui["url"])
@@ -238,6 +259,7 @@ def test_listed_host_names_and_the_machines_own_name_are_allowed_on_every_connec
     for address in (lan_ui["address"], "127.0.0.1"):
         url = f"http://{address}:{lan_ui['port']}"
         key = f"listed-{address}.png"
+        _put_image(lan_ui, key)
         body = {"query": ADD_PARTITION, "variables": {"key": key, "repo": lan_ui["repo"]}}
         response = requests.post(
             f"{url}/graphql", json=body, headers={"Host": listed, "Origin": f"http://{listed}"}, timeout=60
@@ -245,9 +267,69 @@ def test_listed_host_names_and_the_machines_own_name_are_allowed_on_every_connec
         assert response.status_code == 200 and "errors" not in response.json(), (address, response.text)
         assert key in _images(lan_ui)
     own = f"{socket.gethostname()}:{lan_ui['port']}"
+    _put_image(lan_ui, "own-name.png")
     response = _post_add(lan_ui, "own-name.png", Host=own, Origin=f"http://{own}")
     assert response.status_code == 200 and "errors" not in response.json(), response.text
     assert "own-name.png" in _images(lan_ui)
+
+
+@functools.cache
+def _ui_add_partition_mutation() -> str:
+    """The mutation the UI's "Add a partition" dialog sends, as this dagster-webserver's bundle holds it."""
+    start = "mutation AddDynamicPartitionMutation("
+    chunks = Path(dagster_webserver.__file__).parent / "webapp" / "build" / "_next" / "static" / "chunks"
+    for chunk in sorted(chunks.glob("*.js")):
+        text = chunk.read_text(errors="replace")
+        at = text.find(start)
+        if at >= 0:  # a JS string literal in a template call: (0,r._)(["\n  mutation AddDynamicPartitionMutation(...
+            return json.loads('"' + text[text.rfind('["', 0, at) + 2 : text.find('"]', at)] + '"')
+    pytest.fail(f"no chunk under {chunks} holds the UI's {start}...: has the webserver's UI changed?")
+
+
+def _ui_add(ui, key: str) -> dict:
+    """What the UI's dialog gets back for adding `key` to `images`: its answer's addDynamicPartition."""
+    # Apollo asks for the __typename the dialog switches on: it adds the field to each selection set it sends.
+    field = "      ... on AddDynamicPartitionSuccess {"
+    query = _ui_add_partition_mutation().replace(field, "      __typename\n" + field, 1)
+    assert "__typename" in query
+    variables = {"partitionsDefName": "images", "partitionKey": key, "repositorySelector": ui["repo"]}
+    body = {"operationName": "AddDynamicPartitionMutation", "query": query, "variables": variables}
+    response = requests.post(f"{ui['url']}/graphql", json=body, headers={"Origin": ui["url"]}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["addDynamicPartition"]
+
+
+def test_adding_a_partition_that_names_no_image_is_refused_in_one_line_the_dialog_shows(ui):
+    # The dialog shows an UnauthorizedError's message as it is (a PythonError comes with its stack trace).
+    assert "... on UnauthorizedError {\n        message\n      }" in _ui_add_partition_mutation()
+    keys = ["holiday-photo.jpg", "holiday photo.jpg", "trips/holiday-photo.jpg"]  # one stat; a scan; in a folder
+    for key in keys:
+        answer = _ui_add(ui, key)
+        assert answer["__typename"] == "UnauthorizedError", answer
+        message = answer["message"]
+        assert "\n" not in message and f"partition {key!r} names no image" in message, message
+        assert f"Put the image file in {ui['images']}:" in message, message
+        assert f"within about {2 * sensor_interval_seconds()} s." in message, message  # two ticks: found, settled
+    # A file's name is not its key where the name is not a safe key: the answer names the key to use.
+    _put_image(ui, "harbour at dusk.png")
+    message = _ui_add(ui, "harbour at dusk.png")["message"]
+    assert f"its partition is {partition_key_for('harbour at dusk.png')!r}" in message, message
+    assert not set(keys + ["harbour at dusk.png"]) & set(_images(ui))
+
+
+def test_adding_a_partition_for_an_image_in_the_folder_adds_it(ui):
+    names = ["beach.png", "pets/kitten.png", "boat at dawn.png"]
+    for name in names:
+        _put_image(ui, name)
+    keys = ["beach.png", "pets/kitten.png", partition_key_for("boat at dawn.png")]
+    for key in keys:
+        answer = _ui_add(ui, key)
+        assert answer == {
+            "__typename": "AddDynamicPartitionSuccess",
+            "partitionsDefName": "images",
+            "partitionKey": key,
+        }
+    assert set(keys) <= set(_images(ui))
 
 
 def _websocket_handshake_status(ui, origin: str) -> int:
@@ -276,6 +358,7 @@ def test_ui_command_also_runs_the_daemon(ui):
 
 
 def test_submit_launches_a_run_through_the_guard(ui):
+    _put_image(ui, "submitted.png")
     assert _post_add(ui, "submitted.png").status_code == 200
     deployment = Deployment(ui["url"])
     (run_id,) = deployment.submit(["a lighthouse"], 3, ["submitted.png"])
@@ -290,14 +373,14 @@ query($selector: SensorSelector!) {
 }"""
 
 
-def _process_group_commands(pgid: int) -> list[str]:
+def _descendant_commands(pid: int) -> list[str]:
+    """The command lines of the processes `pid` started, and theirs (each child of `random-diffusion ui` leads a
+    session of its own)."""
     commands = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in descendants(pid):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, IndexError, ValueError):
+            commands.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
             continue  # the process ended while we looked
     return commands
 
@@ -316,7 +399,7 @@ def test_ui_terminal_says_where_ui_and_history_are_and_not_each_tick(ui):
     assert "Checking for new runs for sensor" not in output and "skipped: Sensor function returned" not in output
     assert "auto-materialization tick" not in output
     # The daemon is Dagster's daemon command with the shorter backfill loop, on the instance DAGSTER_HOME names.
-    commands = _process_group_commands(ui["pid"])
+    commands = _descendant_commands(ui["pid"])
     assert any("-m random_diffusion_dagster.runtime.daemon -w workspace.yaml" in command for command in commands), (
         commands
     )

@@ -32,6 +32,11 @@ SUMMARY_COLUMNS = [
 THUMB = 128
 CAPTION_WIDTH = 360
 MAX_SHEET_ROWS = 48
+# The inline sheet's bound: Dagster's "Show Markdown" dialog adds ~150 px of its own and does not scroll, so this fits a
+# laptop's browser window (and the dialog's 80% of its width).
+INLINE_SHEET_BOX = (880, 440)
+MIN_INLINE_TILE = 80  # smaller pictures are no preview: fewer pairs are shown instead
+INLINE_MARGIN, INLINE_PAIR_GAP, INLINE_ROW_GAP = 4, 12, 6  # and 2 px between a source and its result
 
 
 @dataclass
@@ -42,6 +47,13 @@ class Report:
     contact_sheet: Image.Image | None
     contact_sheet_path: UPath
     summary_csv_path: UPath
+    inline_sheet: Image.Image | None  # the contact sheet's first pairs within INLINE_SHEET_BOX, for the UI
+    inline_count: int  # how many pairs inline_sheet shows
+
+    @property
+    def contact_sheet_count(self) -> int:
+        """How many results the contact sheet file shows (the first MAX_SHEET_ROWS)."""
+        return min(self.image_count, MAX_SHEET_ROWS)
 
     @property
     def image_count(self) -> int:
@@ -76,12 +88,14 @@ def build_report(
     write_bytes_atomic(csv_path, summary.to_csv(index=False).encode())
     sheet = contact_sheet(found[:MAX_SHEET_ROWS], images_dir) if found else None
     sheet_path = report_dir / "contact_sheet.png"
+    inline, inline_count = None, 0
     if sheet is not None:
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
         write_bytes_atomic(sheet_path, buffer.getvalue())
+        inline, inline_count = inline_sheet(sheet, min(len(found), MAX_SHEET_ROWS))
     failures_frame = pd.DataFrame([dataclasses.asdict(f) for f in failures], columns=["key", "model", "error"])
-    return Report(summary, failures_frame, records, sheet, sheet_path, csv_path)
+    return Report(summary, failures_frame, records, sheet, sheet_path, csv_path, inline, inline_count)
 
 
 def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.DataFrame:
@@ -110,19 +124,57 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
     return summary.rename_axis("model").reset_index()[SUMMARY_COLUMNS]
 
 
+def _tile_box(row: int, column: int) -> tuple[int, int, int, int]:
+    """Where the contact sheet has the picture of `row` (column 0: the source, 1: the result)."""
+    left, top = 4 + column * (THUMB + 8), 4 + row * (THUMB + 8)
+    return left, top, left + THUMB, top + THUMB
+
+
 def contact_sheet(results: list[tuple[ResultRecord, UPath]], images_dir: str | os.PathLike) -> Image.Image:
     """Source beside result for each (record, result file), captioned with prompt, model and seed."""
     font = ImageFont.load_default(size=13)
-    row_height = THUMB + 8
-    sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, row_height * len(results) + 8), "white")
+    sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, (THUMB + 8) * len(results) + 8), "white")
     draw = ImageDraw.Draw(sheet)
     for row, (record, result) in enumerate(results):
-        top = 4 + row * row_height
+        top = _tile_box(row, 0)[1]
         for column, path in enumerate((location(images_dir) / record.source_file, result)):
-            sheet.paste(square_tile(path, THUMB), (4 + column * (THUMB + 8), top))
+            sheet.paste(square_tile(path, THUMB), _tile_box(row, column)[:2])
         caption = "\n".join(
             textwrap.wrap(record.prompt, 44)[:4]
             + [f"model: {record.model}", f"seed: {record.seed}  {record.inference_seconds:.2f} s"]
         )
         draw.multiline_text((2 * THUMB + 20, top + 4), caption, fill="black", font=font, spacing=3)
     return sheet
+
+
+def inline_sheet(sheet: Image.Image, rows: int, box: tuple[int, int] = INLINE_SHEET_BOX) -> tuple[Image.Image, int]:
+    """The contact sheet's first `rows` pairs of pictures, source beside result, laid out as a grid within `box`
+    (width, height), without captions: the pictures as large as lets every pair fit (at most THUMB), else as many
+    pairs as fit at MIN_INLINE_TILE. Returns the grid and how many pairs it shows.
+
+    A tall strip does not do: shrunk to fit a window it is a sliver, unshrunk it is taller than the window.
+    """
+    width, height = box
+    for tile in range(THUMB, MIN_INLINE_TILE - 1, -8):
+        columns = (width - 2 * INLINE_MARGIN + INLINE_PAIR_GAP) // (2 * tile + 2 + INLINE_PAIR_GAP)
+        lines = (height - 2 * INLINE_MARGIN + INLINE_ROW_GAP) // (tile + INLINE_ROW_GAP)
+        if columns * lines >= rows:
+            break
+    shown = min(rows, columns * lines)
+    columns = min(columns, shown)
+    lines = -(-shown // columns)
+    grid = Image.new(
+        "RGB",
+        (
+            2 * INLINE_MARGIN + columns * (2 * tile + 2) + (columns - 1) * INLINE_PAIR_GAP,
+            2 * INLINE_MARGIN + lines * tile + (lines - 1) * INLINE_ROW_GAP,
+        ),
+        "white",
+    )
+    for index in range(shown):
+        left = INLINE_MARGIN + (index % columns) * (2 * tile + 2 + INLINE_PAIR_GAP)
+        top = INLINE_MARGIN + (index // columns) * (tile + INLINE_ROW_GAP)
+        for column in (0, 1):
+            picture = sheet.crop(_tile_box(index, column))
+            grid.paste(picture.resize((tile, tile), Image.Resampling.LANCZOS), (left + column * (tile + 2), top))
+    return grid, shown

@@ -6,16 +6,22 @@ open in the user's browser could launch runs or add partitions on 127.0.0.1:3000
 this machine (DNS rebinding) looks same-origin to it. `WebserverGuard` refuses those requests before Dagster sees
 them, whatever address the server is bound to; `random-diffusion-webserver` (webserver.py) and `random-diffusion ui`
 (ui.py) serve the UI through it.
+
+It also answers the UI's "Add a partition" itself when the key names no image in the images folder: such a partition
+would be deleted by new_images_sensor at its next tick, and a backfill launched on it afterwards fails inside Dagster's
+daemon with a stack trace no project code can catch.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from ..settings import ALLOWED_HOSTS_VARIABLE, ALLOWED_ORIGINS_VARIABLE, SettingError
+from ..settings import ALLOWED_HOSTS_VARIABLE, ALLOWED_ORIGINS_VARIABLE, SettingError, sensor_interval_seconds
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -37,6 +43,8 @@ class WebserverGuard:
     - requests to /graphql (HTTP and websocket) and state-changing requests anywhere whose Origin header
       is not the server's own origin or one listed in RANDOM_DIFFUSION_ALLOWED_ORIGINS; requests
       without Origin (curl, Python clients, `random-diffusion submit`) pass.
+
+    And answers, as GraphQL, a mutation adding an `images` partition whose key names no image (missing_image).
     """
 
     def __init__(
@@ -61,16 +69,21 @@ class WebserverGuard:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
                     return
-                body = message.encode()
-                headers = [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
-                if status == 405:
-                    headers.append((b"allow", b"POST"))
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                extra = [(b"allow", b"POST")] if status == 405 else []
+                await _respond(send, status, b"text/plain; charset=utf-8", message.encode(), extra)
                 return
+        # GraphQL over GET may only read (above), and a websocket runs subscriptions only: a POST is the one way to
+        # add a partition.
+        if scope["type"] == "http" and scope.get("method") == "POST" and _is_graphql(scope):
+            request, receive = await _graphql_request(scope, receive)
+            query = request.get("query")
+            if isinstance(query, str) and ADD_PARTITION_FIELD in query:  # a field name has no escapes: cheap test
+                from starlette.concurrency import run_in_threadpool
+
+                answer = await run_in_threadpool(partition_answer, query, request)  # it may scan the folder
+                if answer is not None:
+                    await _respond(send, 200, b"application/json", json.dumps(answer).encode())
+                    return
         await self.app(scope, receive, send)
 
     def refusal(self, scope) -> tuple[int, str] | None:
@@ -87,7 +100,7 @@ class WebserverGuard:
                 "(comma-separated).\n"
             )
         method = scope.get("method", "GET")  # websocket scopes have none: the handshake is a GET
-        graphql = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1].lower() == "graphql"
+        graphql = _is_graphql(scope)
         if (graphql or method not in SAFE_METHODS) and origins:
             foreign = [origin for origin in origins if not self._same_origin(origin, host)]
             if foreign:
@@ -133,6 +146,164 @@ class WebserverGuard:
             server = scope.get("server")
             return not (server and _is_loopback_ip(server[0]))
         return name not in self.allowed_hosts
+
+
+async def _respond(send, status: int, content_type: bytes, body: bytes, extra_headers=()) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_graphql(scope) -> bool:
+    return scope.get("path", "").rstrip("/").rsplit("/", 1)[-1].lower() == "graphql"
+
+
+async def _graphql_request(scope, receive):
+    """(the GraphQL request of a POST as Dagster's webserver reads it: a JSON body, an application/graphql body,
+    else the URL's parameters; a `receive` that hands the app the body again)."""
+    types = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"content-type"]
+    content_type = types[0] if types else ""  # the first, as Starlette's request.headers gives it
+    if "application/json" not in content_type and "application/graphql" not in content_type:
+        return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)), receive
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away: nothing to answer
+            return {}, _replaying(message, receive)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    replay = _replaying({"type": "http.request", "body": body, "more_body": False}, receive)
+    if "application/json" not in content_type:
+        return {"query": body.decode("utf-8", "replace")}, replay
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return {}, replay  # Dagster answers that itself
+    return (request if isinstance(request, dict) else {}), replay
+
+
+def _replaying(first: dict, receive):
+    """A `receive` that gives `first`, then what `receive` gives."""
+    pending = [first]
+
+    async def replayed():
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+ADD_PARTITION_FIELD = "addDynamicPartition"
+
+
+def partition_answer(query: str, request: dict) -> dict | None:
+    """The GraphQL answer to a mutation that would add an `images` partition naming no image, or None to let Dagster
+    run the request.
+
+    Each refused addDynamicPartition field answers UnauthorizedError with missing_image's reason: the one member of
+    its result's union whose message the UI's "Add a partition" dialog shows as it is (PythonError comes with a
+    stack trace and a title about environment variables). Nothing in such a request runs: any other field of it is
+    null, with an error saying why.
+    """
+    from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse, value_from_ast_untyped
+
+    variables, operation_name = request.get("variables"), request.get("operationName")
+    try:
+        document = parse(query)
+        if isinstance(variables, str):
+            variables = json.loads(variables)
+    except (GraphQLError, ValueError):
+        return None  # Dagster answers a broken request itself
+    operations = [
+        definition
+        for definition in document.definitions
+        if isinstance(definition, OperationDefinitionNode)
+        and (operation_name is None or (definition.name and definition.name.value == operation_name))
+    ]
+    if len(operations) != 1 or operations[0].operation != OperationType.MUTATION:
+        return None  # not a mutation, or one Dagster will refuse to pick
+    (operation,) = operations
+    values = {
+        definition.variable.name.value: value_from_ast_untyped(definition.default_value)
+        for definition in operation.variable_definitions
+        if definition.default_value is not None
+    } | (variables if isinstance(variables, dict) else {})
+    reasons = {}
+    for field in _root_fields(operation.selection_set, document):
+        reason = None
+        if field.name.value == ADD_PARTITION_FIELD:
+            arguments = {arg.name.value: value_from_ast_untyped(arg.value, values) for arg in field.arguments}
+            reason = missing_image(arguments.get("partitionsDefName"), arguments.get("partitionKey"))
+        reasons[(field.alias or field.name).value] = reason
+    refused = [reason for reason in reasons.values() if reason]
+    if not refused:
+        return None
+    answer: dict = {
+        "data": {
+            name: {"__typename": "UnauthorizedError", "message": reason} if reason else None
+            for name, reason in reasons.items()
+        }
+    }
+    if len(refused) < len(reasons):
+        answer["errors"] = [{"message": f"Nothing in this request was run: {refused[0]}"}]
+    return answer
+
+
+def _root_fields(selection_set, document, seen: frozenset[str] = frozenset()):
+    """The fields an operation runs at its root, its fragments' included (a cycle, which Dagster refuses, ends)."""
+    from graphql import FieldNode, FragmentDefinitionNode, FragmentSpreadNode, InlineFragmentNode
+
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            yield selection
+        elif isinstance(selection, InlineFragmentNode):
+            yield from _root_fields(selection.selection_set, document, seen)
+        elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in seen:
+            for definition in document.definitions:
+                if isinstance(definition, FragmentDefinitionNode) and definition.name.value == selection.name.value:
+                    yield from _root_fields(definition.selection_set, document, seen | {selection.name.value})
+
+
+def missing_image(partitions_def_name, key) -> str | None:
+    """Why `key` must not become an `images` partition (one line naming it, the images folder and the fix), or None.
+
+    A key whose parts are each their own key (partition_key_for: plain names are, hashed ones are not) can only be
+    the key of the file of that path, so one stat refuses it; anything else is looked up with the partitions' own
+    mapping (DatasetResource.files_for), which scans the folder, and so does a key the stat finds, since only the
+    scan knows which files are images (not captions, not in a skipped folder).
+    """
+    from ..defs.partitions import images_partitions
+    from ..defs.resources import DatasetResource
+    from ..engine.images import partition_key_for
+
+    if partitions_def_name != images_partitions.name or not isinstance(key, str):
+        return None
+    try:
+        dataset = DatasetResource()  # the folder and scan settings the code location's resource has
+        wait = 2 * sensor_interval_seconds()  # a new file is registered once it has kept its size for a tick
+    except ValueError:
+        return None  # a broken setting: the code location names it, and fails the mutation itself
+    folder, _, name = key.rpartition("/")
+    own_key = partition_key_for(name, folder)  # the key of the file at that path, if there is one
+    path = Path(dataset.images_dir, key)
+    if own_key != key or path.is_file():
+        try:
+            found, _ = dataset.files_for([key])
+        except OSError as error:  # the folder is missing or cannot be listed: its message says what to do
+            return f"Not added: partition {key!r} names no image, because {error}"
+        if found:
+            return None
+        if own_key != key and not key.startswith("/") and ".." not in key.split("/") and path.is_file():
+            return (
+                f"Not added: {key!r} is the name of a file in the images folder {dataset.images_dir}, not a "
+                f"partition key: its partition is {own_key!r}."
+            )
+    return (
+        f"Not added: partition {key!r} names no image in the images folder {dataset.images_dir}. Put the image file "
+        f"in {dataset.images_dir}: new_images_sensor gives each image there a partition, named after its file, "
+        f"within about {wait} s."
+    )
 
 
 def _not_read_only(query: str) -> str | None:
