@@ -14,12 +14,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from test_automation import _schedule_requests
 from test_staleness import ASSETS, _resources, _schedule_keys, _tick_input_files
 
 from random_diffusion_dagster.defs.automation.input_files_sensor import input_files_sensor
 from random_diffusion_dagster.defs.checks import results_readable_on_disk, results_up_to_date
+from random_diffusion_dagster.defs.out_of_date import ESTIMATE_TAG
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG, partition_range_tags
+from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.settings import SettingError, catch_up_setting
 
 from helpers import make_image, result_file
@@ -187,3 +190,28 @@ def test_an_unusable_prompts_file_makes_the_check_warn_by_name_and_fails_no_run(
     evaluation = _latest(instance)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert project["prompts_file"] in evaluation.metadata["error"].value
+
+
+def test_an_edit_shows_its_cost_before_anything_runs_and_the_catch_up_matches_it(instance, project, made):
+    """The figure on the edited file's observation: the count the catch-up then redoes, and a GPU (here CPU) time
+    within a factor of three of the inference time the catch-up then records (tiny models on a shared CPU)."""
+    keys, cursor = made
+    catalog = yaml.safe_load(open(project["models_file"]))
+    catalog["defaults"]["strength"] = 0.6
+    with open(project["models_file"], "w") as handle:
+        yaml.safe_dump(catalog, handle)
+    result = _sensor_tick(instance, project, cursor)
+    (observation,) = [e for e in result.asset_events if e.asset_key == dg.AssetKey("models_file")]
+    cost = {label: value.value for label, value in observation.metadata.items()}
+    assert cost["out_of_date_images"] == 3 and cost["results_to_make"] == 3
+    assert cost["estimated_gpu_time"].startswith("about ") and cost["estimated_gpu_seconds"] > 0
+
+    requests = _schedule_requests(instance, project)
+    assert _requested_keys(instance, requests) == set(keys)  # the count the schedule then requests
+    assert sum(float(r.tags[ESTIMATE_TAG]) for r in requests) == pytest.approx(cost["estimated_gpu_seconds"], abs=1)
+    for request in requests:
+        _materialize(instance, project, IMAGES_RUN, [request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]])
+    measured = sum(
+        read_record(result_file(project["images_dir"], project["output_dir"], k)).inference_seconds for k in keys
+    )
+    assert measured / 3 <= cost["estimated_gpu_seconds"] <= 3 * measured, (cost["estimated_gpu_seconds"], measured)

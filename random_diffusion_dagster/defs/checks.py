@@ -88,10 +88,14 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         shown = list(stale.items())[:SHOWN_KEYS]
         more = f"\n\n...and {len(stale) - len(shown)} more" if len(stale) > len(shown) else ""
         metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {k}: {why}" for k, why in shown) + more)
+        estimate = found.estimate(stale)
+        metadata["estimated_gpu_time"] = estimate.words()
+        if estimate.seconds is not None:
+            metadata["estimated_gpu_seconds"] = estimate.seconds
         metadata["redo"] = dg.MetadataValue.md(REDO + f" Now: `{catch_up_setting()}`.")
         if len(stale) <= LISTED_KEYS:
             metadata["out_of_date_keys"] = dg.MetadataValue.json(sorted(stale))
-        context.log.warning(f"{summary(stale, len(found.keys))}; {REDO}")
+        context.log.warning(f"{summary(stale, len(found.keys))}, {estimate.words()}. {REDO}")
     return dg.AssetCheckResult(passed=not stale, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
 
 

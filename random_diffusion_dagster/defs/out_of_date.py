@@ -9,15 +9,16 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, why_stale
+from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, MeasuredRates, judge
 from ..engine.plan import Planner, catalog_version, prompts_version
 from .partitions import images_partitions
 from .prompt_sets import current_prompt_set
 from .resources import DatasetResource
-from .run_ranges import partition_ranges, ranged_run_requests
+from .run_ranges import partition_ranges
 
 DIFFUSED_IMAGE_KEY = dg.AssetKey("diffused_image")
 NOT_RECORDED = "on disk but not recorded in Dagster"  # a run reuses the file and records it
+ESTIMATE_TAG = "random_diffusion/estimated_gpu_seconds"  # on catch-up runs: what the edit said it would cost
 INPUT_DATA_VERSION_TAG_PREFIX = "dagster/input_data_version"  # dagster._core.definitions.data_version
 
 
@@ -28,6 +29,13 @@ class OutOfDate:
     keys: list[str]  # every current partition, in insertion order
     reasons: dict[str, str]  # key -> why, for each partition that needs a run
     recorded: frozenset[str]  # the partitions Dagster has recorded as materialized
+    to_make: dict[str, list[str | None]]  # key -> the model of each result its run would make
+    rates: MeasuredRates  # measured on the results read
+
+    def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
+        """What redoing these partitions (default: all that need work) will take, at the measured rates."""
+        chosen = self.reasons if keys is None else keys
+        return self.rates.estimate([model for key in chosen for model in self.to_make.get(key, [])])
 
     def made_before(self) -> dict[str, str]:
         """The recorded partitions among them: results Dagster shows as made that are stale or gone (never-made
@@ -36,9 +44,14 @@ class OutOfDate:
 
     def run_requests(self, run_key: Callable[[str], str], job_name: str | None = None) -> list[dg.RunRequest]:
         """Ranged `diffuse_images` runs covering the partitions that need work (`run_key` of each range's first
-        key); a current one inside a range is reused, not remade (bridging it makes fewer runs)."""
-        ranges = partition_ranges(self.keys, self.reasons, bridge_gaps=True)
-        return ranged_run_requests(ranges, lambda r: run_key(r.first), job_name)
+        key), each tagged with its estimated GPU time; a current one inside a range is reused, not remade (bridging
+        it makes fewer runs)."""
+        requests = []
+        for span in partition_ranges(self.keys, self.reasons, bridge_gaps=True):
+            seconds = self.estimate(key for key in span.keys if key in self.reasons).seconds
+            tags = span.tags | ({ESTIMATE_TAG: f"{seconds:.0f}"} if seconds is not None else {})
+            requests.append(dg.RunRequest(run_key=run_key(span.first), job_name=job_name, tags=tags))
+        return requests
 
 
 def summary(reasons: dict[str, str], total: int) -> str:
@@ -68,22 +81,25 @@ def out_of_date(
     wanted = keys if only is None else [key for key in keys if key in only]
     files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
-    reasons = {}
+    reasons, to_make, rates = {}, {}, MeasuredRates()
     for source in files:
         try:
-            reason = why_stale(planner, source)
+            judged = judge(planner, source)
         except OSError as exc:
             if log is not None:
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
+        rates.add(judged.made)
+        reason = judged.reason
         if reason is None and source.partition_key not in recorded:
             reason = NOT_RECORDED
         if reason:
             reasons[source.partition_key] = reason
+            to_make[source.partition_key] = judged.to_make
     redrawn = [key for key, why in reasons.items() if why in REDRAWN and key in recorded]
     for key, why in _which_input_changed(instance, planner, redrawn).items():
         reasons[key] = why
-    return OutOfDate(keys, reasons, frozenset(recorded))
+    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates)
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.

@@ -80,8 +80,5 @@ def partition_ranges(
     return ranges
 
 
-def ranged_run_requests(
-    ranges: list[PartitionRange], run_key: Callable[[PartitionRange], str], job_name: str | None = None
-) -> list[dg.RunRequest]:
-    """One run per range; `job_name` where the sensor targets several jobs."""
-    return [dg.RunRequest(run_key=run_key(r), tags=r.tags, job_name=job_name) for r in ranges]
+def ranged_run_requests(ranges: list[PartitionRange], run_key: Callable[[PartitionRange], str]) -> list[dg.RunRequest]:
+    return [dg.RunRequest(run_key=run_key(r), tags=r.tags) for r in ranges]

@@ -6,6 +6,8 @@ with no image decoding; only sources whose size or mtime moved are hashed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .images import SourceFile
 from .plan import ImageTask, Planner, SourceSnapshot, snapshot_source
 from .prompts import PromptListError
@@ -19,32 +21,99 @@ CATALOG_CHANGED = "model catalog changed"
 SEED_CHANGED = "run seed changed"
 
 
-def why_stale(planner: Planner, source: SourceFile) -> str | None:
-    """Why this image's results (all `planner.variants` of them) must be (re)made, or None if they are current."""
-    records = [
+@dataclass(frozen=True)
+class Planned:
+    """A result to make: its model and denoising steps, or None for each where they are known only when it runs
+    (no result to redraw from, or a replaced source)."""
+
+    model: str | None = None
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One image judged against today's inputs."""
+
+    reason: str | None  # why its results must be (re)made; None: current
+    to_make: list[Planned]  # each result a run would make now
+    made: list[ResultRecord]  # its results on disk: their measured timings give the rates of estimate_seconds
+
+
+def judge(planner: Planner, source: SourceFile) -> Judgement:
+    """Whether this image's results (all `planner.variants` of them) must be (re)made, why, and with which models."""
+    found = [
         read_result(planner.output_dir, source.partition_key, source.relative_path, variant)
         for variant in range(planner.variants)
     ]
-    if any(record is None for record in records):
-        return NO_RESULT
-    first = records[0]
+    made = [record for record in found if record is not None]
+    if len(made) < len(found):
+        return Judgement(NO_RESULT, [Planned()] * (len(found) - len(made)), made)
+    first = made[0]
     snapshot = SourceSnapshot(first.source_sha256, source.size, source.mtime_ns)
     if (first.source_bytes, first.source_mtime_ns) != (source.size, source.mtime_ns):
         snapshot = snapshot_source(source.path)  # touched or replaced: only the content can tell
         if snapshot.sha256 != first.source_sha256:
-            return SOURCE_CHANGED
+            return Judgement(SOURCE_CHANGED, [Planned()] * len(made), made)
     try:
         words = planner.words_for(source)
         tasks = [
             planner.task(source.partition_key, source.path, snapshot, words, source.relative_path, variant, r.roll)
-            for variant, r in enumerate(records)
+            for variant, r in enumerate(made)
         ]
     except PromptListError as exc:  # its run names the missing word for this image
-        return f"cannot be planned: {exc}"
-    for task, record in zip(tasks, records, strict=True):
-        if task.fingerprint != record.fingerprint:
-            return _what_changed(task, record)
-    return None
+        return Judgement(f"cannot be planned: {exc}", [], made)
+    changed = [
+        (task, record) for task, record in zip(tasks, made, strict=True) if task.fingerprint != record.fingerprint
+    ]
+    if not changed:
+        return Judgement(None, [], made)
+    to_make = [Planned(task.model.name, task.model.denoising_steps) for task, _ in changed]
+    return Judgement(_what_changed(*changed[0]), to_make, made)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What making some results will take, at the rates measured on the results already made."""
+
+    results: int
+    seconds: float | None  # None: nothing made yet, so nothing measured
+    unmeasured: list[str]  # models to use that made nothing yet: counted at the mean of all
+
+    def words(self) -> str:
+        """`about 12 min of GPU time for 40 results` (or why there is no figure)."""
+        if self.seconds is None:
+            return f"{self.results} results; no figure yet: no result has been made to measure"
+        minutes = self.seconds / 60
+        figure = f"{self.seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
+        guessed = f" ({', '.join(self.unmeasured)} not measured yet: counted at the mean)" if self.unmeasured else ""
+        return f"about {figure} of GPU time for {self.results} results{guessed}"
+
+
+class MeasuredRates:
+    """Inference seconds per denoising step by model, from the results' records: img2img time grows with
+    int(steps x strength), so an edit of either is priced right. Model loads are left out: a big run shares them
+    among its images (and the first run's were colder)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[float]] = {}  # model -> [inference seconds, denoising steps, results]
+
+    def add(self, records: list[ResultRecord]) -> None:
+        for record in records:
+            total = self.totals.setdefault(record.model, [0.0, 0, 0])
+            total[0] += record.inference_seconds
+            total[1] += max(1, int(record.num_inference_steps * record.strength))
+            total[2] += 1
+
+    def estimate(self, to_make: list[Planned]) -> Estimate:
+        """The time to make these results; a model not measured yet counts at the mean of all."""
+        if not self.totals:
+            return Estimate(len(to_make), None, [])
+        per_step = {model: seconds / steps for model, (seconds, steps, _) in self.totals.items()}
+        seconds_all, steps_all, results_all = (sum(column) for column in zip(*self.totals.values(), strict=True))
+        mean_step, mean_steps = seconds_all / steps_all, steps_all / results_all
+        unmeasured = sorted({p.model for p in to_make if p.model is not None and p.model not in per_step})
+        seconds = sum(per_step.get(p.model, mean_step) * (p.steps or mean_steps) for p in to_make)
+        return Estimate(len(to_make), round(seconds, 1), unmeasured)
 
 
 def _what_changed(task: ImageTask, record: ResultRecord) -> str:

@@ -7,7 +7,7 @@ import dagster as dg
 from ...settings import catch_up_setting
 from ..checks import results_up_to_date
 from ..jobs import diffuse_images_job, refresh_inputs_job
-from ..out_of_date import current_planner, out_of_date, summary
+from ..out_of_date import OutOfDate, current_planner, out_of_date, summary
 from ..resources import DatasetResource
 from ..source_versions import MODELS_FILE, PROMPTS_FILE, file_version, version_event
 
@@ -25,7 +25,7 @@ from ..source_versions import MODELS_FILE, PROMPTS_FILE, file_version, version_e
 def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> dg.SensorResult:
     seen = dict(pair.split("=", 1) for pair in (context.cursor or "").split(",") if "=" in pair)
     files = [(PROMPTS_FILE, dataset.prompts_file, "prompt_list"), (MODELS_FILE, dataset.models_file, "model_catalog")]
-    events, refresh, versions = [], [], {}
+    changed, refresh, versions = [], [], {}
     for source, path, reader in files:
         version = file_version(path)
         if version is None:
@@ -33,11 +33,15 @@ def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetReso
         versions[source.key.to_user_string()] = version
         previous = seen.get(source.key.to_user_string())
         if previous != version:
-            events.append(version_event(source, version, path=dg.MetadataValue.path(str(path))))
+            changed.append((source, version, path, previous is not None))
             if previous is not None:
-                context.log.info(f"{path} changed: refreshing {reader}")
                 refresh.append(dg.AssetKey(reader))
     cursor = ",".join(f"{key}={version}" for key, version in sorted(versions.items()))
+    found = _out_of_date(context, dataset) if refresh else None
+    events = [
+        version_event(source, version, path=dg.MetadataValue.path(str(path)), **(_cost(found) if edited else {}))
+        for source, version, path, edited in changed
+    ]
     if not refresh:
         return dg.SensorResult(asset_events=events, cursor=cursor)
     run_key = f"refresh:{','.join(sorted(versions.values()))}"
@@ -49,11 +53,34 @@ def input_files_sensor(context: dg.SensorEvaluationContext, dataset: DatasetReso
             asset_check_keys=[results_up_to_date.check_key],
         )
     ]
-    if catch_up_setting() == "on-change":
-        found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
-        if found.reasons:
-            context.log.info(
-                f"{summary(found.reasons, len(found.keys))}: redoing them (RANDOM_DIFFUSION_CATCH_UP=on-change)"
-            )
-            requests += found.run_requests(lambda first: f"{run_key}:catch-up:{first}", diffuse_images_job.name)
+    if found is not None and found.reasons and catch_up_setting() == "on-change":
+        context.log.info("Redoing them now (RANDOM_DIFFUSION_CATCH_UP=on-change)")
+        requests += found.run_requests(lambda first: f"{run_key}:catch-up:{first}", diffuse_images_job.name)
     return dg.SensorResult(run_requests=requests, asset_events=events, cursor=cursor)
+
+
+def _out_of_date(context: dg.SensorEvaluationContext, dataset: DatasetResource) -> OutOfDate | None:
+    """What the edit makes out of date, judged against the files as they are now; None when they are unusable (the
+    refresh run names the problem)."""
+    try:
+        found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
+    except (ValueError, OSError) as exc:
+        context.log.warning(f"Cannot tell what the edit makes out of date: {exc}")
+        return None
+    context.log.info(f"{summary(found.reasons, len(found.keys))}; redoing them takes {found.estimate().words()}")
+    return found
+
+
+def _cost(found: OutOfDate | None) -> dict:
+    """What the edit costs, shown on the changed file's observation before anything is redone."""
+    if found is None:
+        return {}
+    estimate = found.estimate()
+    cost = {
+        "out_of_date_images": len(found.reasons),
+        "results_to_make": estimate.results,
+        "estimated_gpu_time": estimate.words(),
+    }
+    if estimate.seconds is not None:
+        cost["estimated_gpu_seconds"] = estimate.seconds
+    return cost
