@@ -14,6 +14,7 @@ from random_diffusion_dagster.runtime.instance_storage.event_writes import BATCH
 from random_diffusion_dagster.runtime.instance_storage.postgres import BatchingPostgresEventLogStorage
 from random_diffusion_dagster.runtime.instance_storage.sqlite import BatchingSqliteEventLogStorage
 
+from helpers import make_image, write_catalog
 from local_services import shipped_instance_config, throwaway_database
 from test_assets import _diffuse_all
 
@@ -71,9 +72,13 @@ STORAGES = {
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_a_run_records_its_planned_materializations_source_versions_and_results_in_batches_as_one_by_one_writes_do(
-    storage, project, tmp_path, monkeypatch, environ
+    storage, project, models_dir, tmp_path, monkeypatch, environ
 ):
     open_instance, event_log = STORAGES[storage]
+    # One model and one size: the images are made in one batch, whose results are recorded together as it finishes.
+    write_catalog(Path(project["models_file"]), models_dir, names=("tiny-sd15",))
+    for shade, image in enumerate(sorted(Path(project["images_dir"]).iterdir())):
+        make_image(image, color=(60 * shade, 90, 160))
     written_alone = []
     store_event = event_log.store_event
 

@@ -102,7 +102,7 @@ def test_an_interrupt_while_a_batch_is_logged_counts_its_written_images_as_finis
             _tasks(project),
             PipelineCache(device="cpu"),
             log=interrupt_once_an_image_is_on_disk,
-            finished=finished,
+            finished=finished.extend,
         )
     written = {path.name for path in outputs.glob("*.png")}
     assert written  # the first batch's; the run stopped there

@@ -1,14 +1,18 @@
-"""How results appear in Dagster: per-partition metadata from result records, run-level figures."""
+"""How results appear in Dagster: each partition recorded as its images are written, with metadata from its result
+records; run-level figures."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import dagster as dg
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
 if TYPE_CHECKING:
+    from ..engine.plan import ImageTask
     from ..engine.runner import ImageResult, RunSummary
 
 
@@ -107,6 +111,81 @@ def record_partition_metadata(context: dg.AssetExecutionContext, metadata_by_par
             context.add_asset_metadata(metadata, partition_key=partition_key)
     finally:
         del instance.get_dynamic_partitions, instance.has_dynamic_partition
+
+
+class PartitionRecorder:
+    """Records each partition of a step's range as soon as all its results are on disk, while the run goes on.
+
+    Called with the results the engine hands over batch by batch (run_tasks' `finished`, on the engine's hand-over
+    thread), it writes one materialization per partition whose variants are all in, with its metadata and the
+    provenance Dagster would write at the step's end, each batch's as one batch of events (one storage write, as
+    Dagster writes a step's output). The partition turns green and a backfill's progress moves at once; the step's
+    output (`recorded_already`) adds no second materialization. `finish` records the partitions left with
+    only some results (a variant failed, or the run was stopped part way): what is on disk, as the record says.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, tasks: list[ImageTask]):
+        self._context = context
+        self._step = context.get_step_execution_context()
+        self._tags = provenance_tags(context)
+        self._expected = Counter(task.key for task in tasks)
+        self._waiting: dict[str, list[ImageResult]] = {}
+
+    def __call__(self, results: list[ImageResult]) -> None:
+        for result in results:
+            self._waiting.setdefault(result.task.key, []).append(result)
+        complete = [key for key, done in self._waiting.items() if len(done) == self._expected[key]]
+        self._record([result for key in complete for result in self._waiting.pop(key)])
+
+    def finish(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        self._record([result for results in waiting.values() for result in results])
+
+    def _record(self, results: list[ImageResult]) -> None:
+        by_partition = metadata_by_partition(results)
+        batch = generate_event_batch_id()
+        for i, (key, metadata) in enumerate(by_partition.items()):
+            materialization = dg.AssetMaterialization(
+                self._context.asset_key, partition=key, metadata=metadata, tags=self._tags
+            )
+            DagsterEvent.asset_materialization(
+                self._step, materialization, DagsterEventBatchMetadata(batch, is_end=i == len(by_partition) - 1)
+            )
+
+
+def recorded_already() -> dg.MaterializeResult:
+    """The output of a step whose partitions a PartitionRecorder has recorded: the asset's checks and the steps after
+    it in the run go ahead, and the step's end writes no second materialization of every partition.
+
+    No public API says "the body recorded the materializations". Dagster's own observable source assets, which log
+    their events in the body too, say it with this metadata key, and the step's end then writes no asset events for
+    the output (`_log_materialization_or_observation_events_for_asset` in dagster/_core/execution/plan/
+    execute_step.py); tests/test_progress.py fails if a Dagster upgrade writes them again. Leaving the output out
+    (`output_required=False`) writes none either, but makes Dagster skip the checks that run with the asset.
+    """
+    from dagster._core.definitions.source_asset import SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION
+
+    return dg.MaterializeResult(metadata={SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION: True})
+
+
+def provenance_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The data-version tags Dagster puts on a step's output materializations: the code version, each input's data
+    version and event pointer, and the data version derived from them (how Dagster tells stale from up to date).
+
+    They come from the function that builds Dagster's own step-end events (`_get_output_asset_events` in
+    dagster/_core/execution/plan/execute_step.py), asked once for an unpartitioned event: Dagster gives every
+    partition of a step the same tags. Asked after the step has reported the versions of the files it read
+    (`report_what_was_read`), as Dagster would read them at the step's end.
+    """
+    from dagster._core.definitions.assets.definition.asset_spec import AssetExecutionType
+    from dagster._core.execution.plan.execute_step import _get_output_asset_events
+
+    step = context.get_step_execution_context()
+    output_def = step.op_def.output_def_named(context.assets_def.get_output_name_for_asset_key(context.asset_key))
+    (event,) = _get_output_asset_events(
+        context.asset_key, [], dg.Output(None), output_def, {}, step, AssetExecutionType.MATERIALIZATION
+    )
+    return dict(event.tags)
 
 
 RUN_TAG_PREFIX = "random_diffusion/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -20,7 +21,7 @@ from .step_io_manager import SharedStepStorage
 
 if TYPE_CHECKING:  # the runner imports torch-adjacent code; keep it out of definition loading
     from ..engine.pipelines import PipelineCache, Speedups
-    from ..engine.runner import RunSummary
+    from ..engine.runner import ImageResult, RunSummary
 
 
 class DatasetResource(dg.ConfigurableResource):
@@ -278,9 +279,14 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     def batch_size_on(self, device: str) -> int:
         return self.batch_size or (16 if device.startswith("cuda") else 4)
 
-    def run(self, tasks: list[ImageTask], log=lambda message: None, finished: list | None = None) -> RunSummary:
+    def run(
+        self,
+        tasks: list[ImageTask],
+        log=lambda message: None,
+        finished: Callable[[list[ImageResult]], None] | None = None,
+    ) -> RunSummary:
         """Make the tasks' images with this run's pipelines: reused, generated or failed, one result each
-        (`finished`: each result whose image is written or being written, see run_tasks)."""
+        (`finished`: called with results as their images are written, see run_tasks)."""
         from ..engine.runner import run_tasks
 
         pipelines = self.pipelines(log)

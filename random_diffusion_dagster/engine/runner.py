@@ -9,6 +9,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -130,13 +131,15 @@ def run_tasks(
     batch_size: int = 4,
     log: Callable[[str], None] = print,
     progress_bar: bool = False,
-    finished: list[ImageResult] | None = None,
+    finished: Callable[[list[ImageResult]], None] | None = None,
 ) -> RunSummary:
     """Make every task's image, at most one load per model, carrying on past failures.
 
-    `finished`, if given, gets each result whose image is on disk or being written, from the moment its write
-    starts (returning or raising waits for the writes; a failed write marks its result failed): what a caller
-    records when the run is interrupted part way, even between a write and the batch's log line."""
+    `finished`, if given, is called with the results whose images are on disk as they get there, so a caller can
+    record them while the run goes on: first the identical results already on disk, then each batch's once its
+    files are written (a failed write marks its result failed and leaves it out). It is called on a thread of its
+    own, one call at a time, in order; returning or raising (Ctrl-C too) waits for every call, and an error the
+    calls raised is raised here."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
@@ -156,12 +159,13 @@ def run_tasks(
             pending.append(task)
     if results:
         log(f"Reusing {len(results)} identical results already on disk; {len(pending)} to generate.")
-    finished = [] if finished is None else finished
-    finished.extend(results.values())
     progress = _Progress(len(pending), log, progress_bar)
     by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
     batches: list[int] = []
+    finished = (lambda results: None) if finished is None else finished
     with _ResultWriter(finished) as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
+        writer.add_written([result for result in results.values() if result.status == "reused"])
+        writer.hand_over()
         for model_sources in sources:
             for result in _run_model(model_sources, cache, batch_size, progress, writer, batches):
                 results[result.task.output_path] = result
@@ -179,40 +183,66 @@ def run_tasks(
 
 
 class _ResultWriter:
-    """Encodes and writes result PNGs on background threads while the GPU works on the next batch.
+    """Encodes and writes result PNGs on background threads while the GPU works on the next batch, and hands each
+    batch's results to `finished` once their files are written.
 
-    Pillow releases the GIL while compressing, so writing overlaps inference. A result goes into
-    `finished` as its write starts, not after its batch is logged (Ctrl-C can land in between);
-    leaving the `with` block, also on Ctrl-C, waits for every write, and a failed write turns
-    its result into a failure.
+    Pillow releases the GIL while compressing, so writing overlaps inference. A hand-over waits for its results'
+    writes on one more thread, so the GPU never waits for the caller's recording either; hand-overs run one at a
+    time, in order. A failed write turns its result into a failure, which is not handed over. Leaving the `with`
+    block, also on Ctrl-C, hands over what was written since the last hand-over (Ctrl-C can land between a batch's
+    writes and its hand-over) and waits for every write and hand-over.
     """
 
-    def __init__(self, finished: list[ImageResult], threads: int = 2):
+    def __init__(self, finished: Callable[[list[ImageResult]], None], threads: int = 2):
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png-writer")
-        self._pending = []
+        self._handovers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-handover")
         self._finished = finished
+        self._group: list[tuple[ImageResult, Future | None]] = []  # since the last hand-over
+        self._handed: list[Future] = []
 
     def submit(self, result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
-        self._pending.append((result, self._pool.submit(self._write, result, image, parameters, source)))
-        self._finished.append(result)
+        self._group.append((result, self._pool.submit(self._write, result, image, parameters, source)))
+
+    def add_written(self, results: list[ImageResult]) -> None:
+        """Results whose files are already on disk (reused), for the next hand-over."""
+        self._group.extend((result, None) for result in results)
+
+    def hand_over(self) -> None:
+        """The results submitted since the last hand-over go to `finished` as soon as their writes end."""
+        if self._group:
+            group, self._group = self._group, []
+            self._handed.append(self._handovers.submit(self._settle, group))
 
     @staticmethod
     def _write(result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
         write_result_png(image, result.task.output_path, parameters, result.record)
         result.preview = _preview(source, image)
 
+    def _settle(self, group: list[tuple[ImageResult, Future | None]]) -> None:
+        for result, write in group:
+            try:
+                if write is not None:
+                    write.result()
+            except OSError as exc:
+                result.status, result.error = "failed", f"writing {result.task.output_path} failed: {exc}"
+        if written := [result for result, _write in group if result.status != "failed"]:
+            self._finished(written)
+
     def __enter__(self) -> _ResultWriter:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        for result, future in self._pending:
-            try:
-                future.result()
-            except OSError as exc:
-                result.status, result.error = "failed", f"writing {result.task.output_path} failed: {exc}"
-        self._pool.shutdown()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.hand_over()
+        try:
+            errors = [handed.exception() for handed in self._handed]
+        finally:
+            self._handovers.shutdown()
+            self._pool.shutdown()
+        first_error = next((error for error in errors if error is not None), None)
+        if first_error is not None and exc is None:  # an exception already leaving the block goes on as it is
+            raise first_error
 
 
 class _SourceReader:
@@ -298,6 +328,7 @@ def _run_model(
             outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
             cost = _BatchCost(len(batch.items), load_seconds, time.perf_counter() - batch_started)
             results = list(_finish_batch(batch, outcomes, cache, pipeline, cost, writer))
+            writer.hand_over()
             failed = sum(r.status == "failed" for r in results)
             progress.advance(
                 len(results),

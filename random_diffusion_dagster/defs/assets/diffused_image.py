@@ -6,7 +6,7 @@ from pydantic import Field
 from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
 from ...settings import max_partitions_per_run
-from ..metadata import metadata_by_partition, record_partition_metadata, run_figures
+from ..metadata import PartitionRecorder, recorded_already, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -65,12 +65,11 @@ def diffused_image(
     # The bytes this run read: each partition's provenance names that content.
     versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
     report_what_was_read(context, [version_event(IMAGE_FILES, v, partition=key) for key, v in versions.items()])
-    done: list = []
+    recorder = PartitionRecorder(context, tasks)
     try:
-        summary = engine.run(tasks, context.log.info, finished=done)
-    except BaseException:  # stopped part way (Ctrl-C, a terminated run): the images already on disk are recorded
-        _record_one_by_one(context, [result for result in done if result.status != "failed"])
-        raise
+        summary = engine.run(tasks, context.log.info, finished=recorder)
+    finally:  # also when stopped part way (Ctrl-C, a terminated run): every image on disk is recorded
+        recorder.finish()
 
     finished = [r for r in summary.results if r.status != "failed"]
     for result in finished:
@@ -80,18 +79,10 @@ def diffused_image(
             )
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
-    if not failures:
-        record_partition_metadata(context, metadata_by_partition(finished))
-        return dg.MaterializeResult()
-    _record_one_by_one(context, finished)
-    raise dg.Failure(
-        description=f"{len(failures)} of {len(context.partition_keys)} images failed; the {len(finished)} finished "
-        "are saved and recorded, and a rerun reuses them:\n" + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
-    )
-
-
-def _record_one_by_one(context: dg.AssetExecutionContext, finished: list) -> None:
-    """A failing step records none of its partitions, so the finished ones are reported one by one before it
-    fails: Dagster's record then agrees with the disk."""
-    for key, metadata in metadata_by_partition(finished).items():
-        context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata))
+    if failures:
+        raise dg.Failure(
+            description=f"{len(failures)} of {len(context.partition_keys)} images failed; the {len(finished)} "
+            "finished are saved and recorded, and a rerun reuses them:\n"
+            + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
+        )
+    return recorded_already()
