@@ -11,9 +11,13 @@ import dagster as dg
 import pandas as pd
 import pytest
 import yaml
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.test_utils import create_run_for_test
 
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.runtime.cli import main
+from random_diffusion_dagster.runtime.cli_runs import PROCESS_TAG, fail_runs_whose_process_is_gone
 from random_diffusion_dagster.runtime.terminal_log import (
     quiet_interrupted_database_closes,
     redeliver_swallowed_interrupts,
@@ -57,6 +61,7 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     summary = pd.read_csv(outputs / "report" / "summary.csv")
     assert summary["images"].sum() == 3 and (outputs / "report" / "contact_sheet.png").is_file()
     assert "diffusing: 100%" in completed.stderr  # the progress bar
+    _assert_each_run_shows_its_target(tmp_path / "home")
 
     again = subprocess.run(
         [str(BIN / "random-diffusion"), "run", "--seed", "3", "--prompt", "a red kite"],
@@ -67,6 +72,21 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     )
     assert again.returncode == 0 and "over 3 images: succeeded" in again.stdout, again.stderr[-3000:]
     assert "diffusing" not in again.stderr  # every result reused: no empty progress bar
+
+
+def _assert_each_run_shows_its_target(home: Path) -> None:
+    """The UI's run list shows a run's job as its target, or for a run of Dagster's implicit asset job ("Jobless asset
+    materializations") the assets it recorded: the diffusion runs are `diffuse_images` runs, as the sensor's are,
+    and the scan and the report name their asset, as the UI's own Materialize runs do."""
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        runs = [record.dagster_run for record in instance.get_run_records(ascending=True)]
+    targets = [(run.job_name, sorted(key.to_user_string() for key in run.asset_selection or ())) for run in runs]
+    assert targets == [
+        ("__ASSET_JOB", ["source_images"]),
+        ("diffuse_images", []),
+        ("__ASSET_JOB", ["diffusion_report"]),
+    ], targets
+    assert all(run.tags.get(PROCESS_TAG) for run in runs)
 
 
 def test_run_without_images_says_where_to_put_them(project, tmp_path):
@@ -217,6 +237,27 @@ def test_ctrl_c_stops_the_run_in_one_line_and_keeps_finished_images(project, tmp
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:  # the images on disk are recorded
         recorded = instance.get_materialized_partitions(dg.AssetKey("diffused_image"))
     assert {result_file(project["images_dir"], "", key).name for key in recorded} == written
+
+
+def test_only_a_cli_processs_own_runs_are_failed_once_it_is_gone(instance):
+    """The UI's Re-execute copies the parent run's tags: re-executing a CLI run gives a run the daemon launches from
+    the code location, carrying the CLI process's tag. Once that process is gone only the run it executed (which has
+    no code location) is failed; the launched one is Dagster's run monitoring's to watch."""
+    script = "from random_diffusion_dagster.runtime.cli_runs import process_tags; print(*process_tags().values())"
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    gone_process = {PROCESS_TAG: ended.stdout.strip()}
+    cli_run = create_run_for_test(instance, "diffuse_images", status=dg.DagsterRunStatus.STARTED, tags=gone_process)
+    location = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("random_diffusion_dagster"), "__repository__")
+    relaunched = create_run_for_test(
+        instance,
+        "diffuse_images",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={**gone_process, "dagster/parent_run_id": cli_run.run_id},
+        remote_job_origin=RemoteJobOrigin(location, "diffuse_images"),
+    )
+    assert fail_runs_whose_process_is_gone(instance) == [cli_run.run_id]
+    assert instance.get_run_by_id(cli_run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(relaunched.run_id).status == dg.DagsterRunStatus.STARTED
 
 
 def test_compare_on_a_file_the_scan_skipped_says_why_it_was_skipped(project, tmp_path):

@@ -3,6 +3,7 @@ with nothing left running: a port out of range or in use, a bad RANDOM_DIFFUSION
 dagster.yaml that is not YAML, an instance database another process keeps locked. Real processes throughout.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -46,22 +47,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _group_processes(pgid: int) -> list[str]:
-    """Command lines of the live (not zombie) processes in a process group."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def _started_for(home: Path) -> dict[int, str]:
+    """The live (not zombie) processes whose environment names this DAGSTER_HOME: the command under test and all it
+    started, whatever their process group (`ui` starts its children in sessions of their own). pid -> command line."""
+    markers = {f"\0DAGSTER_HOME={path}\0".encode() for path in (home, home.resolve())}
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = b"\0" + (proc / "environ").read_bytes()
+            if state != "Z" and any(marker in environ for marker in markers):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked, or is another user's
     return found
 
 
-def _run(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, int]:
-    """Run a command in its own process group; (exit status, stderr, group id). Fails the test, after stopping the
-    group, if it has not ended within `timeout` seconds."""
+def _kill_all(home: Path) -> None:
+    for pid in _started_for(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _run(command: list[str], home: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a command on the instance at `home` in its own process group; (exit status, stderr). Fails the test, after
+    stopping all it started, if it has not ended within `timeout` seconds."""
     process = subprocess.Popen(
         command,
         cwd=PROJECT_ROOT,
@@ -74,10 +84,10 @@ def _run(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, 
     try:
         _, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        _kill_all(home)
         _, stderr = process.communicate()
         pytest.fail(f"{' '.join(command[2:])} still running after {timeout:.0f} s; its stderr:\n{stderr[-3000:]}")
-    return process.returncode, stderr, process.pid
+    return process.returncode, stderr
 
 
 def _assert_one_line_error(stderr: str, prefix: str, *fragments: str) -> str:
@@ -90,13 +100,13 @@ def _assert_one_line_error(stderr: str, prefix: str, *fragments: str) -> str:
     return errors[0]
 
 
-def _nothing_left(pgid: int) -> None:
+def _nothing_left(home: Path) -> None:
     try:
-        wait_for(lambda: not _group_processes(pgid), 60, "the processes the command started to end", interval=0.5)
+        wait_for(lambda: not _started_for(home), 60, "the processes the command started to end", interval=0.5)
     except TimeoutError:
-        left = _group_processes(pgid)
-        os.killpg(pgid, signal.SIGKILL)
-        pytest.fail(f"left running: {left}")
+        left = _started_for(home)
+        _kill_all(home)
+        pytest.fail(f"left running: {list(left.values())}")
 
 
 def test_ui_on_a_port_in_use_says_so_in_one_line_and_starts_nothing(home):
@@ -105,22 +115,22 @@ def test_ui_on_a_port_in_use_says_so_in_one_line_and_starts_nothing(home):
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
-        code, stderr, pgid = _run([*CLI, "ui", "-h", "127.0.0.1", "-p", str(port)], _env(home), timeout=90)
+        code, stderr = _run([*CLI, "ui", "-h", "127.0.0.1", "-p", str(port)], home, _env(home), timeout=90)
     assert code == 2, stderr
     assert time.monotonic() - started < 60
     _assert_one_line_error(stderr, "random-diffusion ui: error: ", f"port {port}", "in use")
     assert len(stderr.strip().splitlines()) == 1, stderr
-    _nothing_left(pgid)
+    _nothing_left(home)
     assert not (home / ".dagster").exists()  # nothing started: not even the instance was opened
 
 
 @pytest.mark.parametrize("port", [99999, 0, -1])
 def test_ui_on_a_port_out_of_range_says_so_in_one_line(home, port):
-    code, stderr, pgid = _run([*CLI, "ui", "-p", str(port)], _env(home), timeout=90)
+    code, stderr = _run([*CLI, "ui", "-p", str(port)], home, _env(home), timeout=90)
     assert code == 2, stderr
     _assert_one_line_error(stderr, "random-diffusion ui: error: ", f"port {port}", "1 to 65535")
     assert len(stderr.strip().splitlines()) == 1, stderr
-    _nothing_left(pgid)
+    _nothing_left(home)
 
 
 def test_ui_stops_the_daemon_when_the_webserver_cannot_start(home):
@@ -141,7 +151,7 @@ def test_ui_stops_the_daemon_when_the_webserver_cannot_start(home):
         try:
             # The webserver child exists: the check is done, and importing Dagster takes it seconds to bind.
             wait_for(
-                lambda: any("runtime.webserver" in command for command in _group_processes(process.pid)),
+                lambda: any("runtime.webserver" in command for command in _started_for(home).values()),
                 120,
                 "the webserver child to start",
                 interval=0.05,
@@ -153,22 +163,22 @@ def test_ui_stops_the_daemon_when_the_webserver_cannot_start(home):
             pytest.fail(f"`ui` still running 120 s after its webserver could not bind; its output:\n{log.read_text()}")
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                _kill_all(home)
                 process.wait()
     output = log.read_text()
     assert process.returncode == 1, output
     assert "address already in use" in output and "the webserver stopped" in output, output
-    _nothing_left(process.pid)
+    _nothing_left(home)
 
 
 def test_a_bad_allowed_hosts_setting_stops_ui_before_anything_starts(home):
     env = _env(home, RANDOM_DIFFUSION_ALLOWED_HOSTS="dagster.lan,http://box.example:3000")
-    code, stderr, pgid = _run([*CLI, "ui", "-p", str(_free_port())], env, timeout=90)
+    code, stderr = _run([*CLI, "ui", "-p", str(_free_port())], home, env, timeout=90)
     assert code == 2, stderr
     _assert_one_line_error(
         stderr, "random-diffusion ui: error: ", "RANDOM_DIFFUSION_ALLOWED_HOSTS", "http://box.example:3000"
     )
-    _nothing_left(pgid)
+    _nothing_left(home)
 
 
 COMMANDS = {  # each command that opens the instance, as a user starts it; PORT stands for a free port
@@ -186,11 +196,11 @@ def test_a_dagster_yaml_that_is_not_yaml_is_one_line_naming_file_and_line(home, 
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nstorage: [unclosed\n")
     argv, prefix = COMMANDS[command]
     port = str(_free_port())
-    code, stderr, pgid = _run([port if arg == "PORT" else arg for arg in argv], _env(home), timeout=120)
+    code, stderr = _run([port if arg == "PORT" else arg for arg in argv], home, _env(home), timeout=120)
     assert code == 2, stderr
     line = _assert_one_line_error(stderr, prefix, "not valid YAML", "started on line 3")
     assert line.startswith(f"{prefix}{home / 'dagster.yaml'}, line 4: "), line  # where yaml noticed; 3 opened it
-    _nothing_left(pgid)
+    _nothing_left(home)
 
 
 def test_a_database_another_process_keeps_locked_is_one_line_after_a_bounded_wait(home):
@@ -214,7 +224,7 @@ def test_a_database_another_process_keeps_locked_is_one_line_after_a_bounded_wai
     try:
         assert holder.stdout.readline() == "held\n"
         started = time.monotonic()
-        code, stderr, pgid = _run([*CLI, "run"], _env(home), timeout=150)
+        code, stderr = _run([*CLI, "run"], home, _env(home), timeout=150)
         waited = time.monotonic() - started
     finally:
         holder.kill()
@@ -231,4 +241,4 @@ def test_a_database_another_process_keeps_locked_is_one_line_after_a_bounded_wai
     with sqlite3.connect(database, timeout=1) as connection:
         connection.execute("BEGIN IMMEDIATE")
         connection.execute("ROLLBACK")
-    _nothing_left(pgid)
+    _nothing_left(home)

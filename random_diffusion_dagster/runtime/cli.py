@@ -482,19 +482,30 @@ def worker_command(args: argparse.Namespace) -> int:
 def _materialize(
     defs: dg.Definitions, asset: str, instance: dg.DagsterInstance, resources_config: dict, ops: dict | None = None
 ) -> dg.ExecuteInProcessResult:
-    """One asset, in this process; a failure is shown as the terminal logger's one line (see the result's success)."""
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(asset)})
+    """One asset, in this process; a failure is shown as the terminal logger's one line (see the result's success).
+
+    The run records the asset it materializes, as a run of the UI's Materialize button does: the UI's run list shows
+    it as the run's target (a subset job made beforehand would record none, and the list would show no target)."""
+    job = with_terminal_logger(defs.resolve_implicit_global_asset_job_def())
     run_config = {"resources": resources_config, **({"ops": ops} if ops else {}), **TERMINAL_LOGGING}
-    return _execute(with_terminal_logger(job), instance, run_config)
+    return _execute(job, instance, run_config, asset_selection=[dg.AssetKey(asset)])
 
 
 def _execute(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, run_config: dict, tags: dict[str, str] | None = None
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    run_config: dict,
+    tags: dict[str, str] | None = None,
+    asset_selection: list[dg.AssetKey] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """A run in this process, tagged with it so it is failed if the process dies (cli_runs); Ctrl-C stops the
     command."""
     result = job.execute_in_process(
-        instance=instance, run_config=run_config, tags={**(tags or {}), **process_tags()}, raise_on_error=False
+        instance=instance,
+        run_config=run_config,
+        tags={**(tags or {}), **process_tags()},
+        raise_on_error=False,
+        asset_selection=asset_selection,
     )
     _stop_if_interrupted(result)
     return result

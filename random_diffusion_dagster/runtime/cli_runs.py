@@ -46,7 +46,12 @@ def _gone(owner: str) -> bool:
 
 
 def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed each in-progress CLI run of this machine whose process has ended; their run ids."""
+    """Mark failed each in-progress CLI run of this machine whose process has ended; their run ids.
+
+    A CLI run is one its process executed itself, so it has no code location. A run the UI re-executes carries its
+    parent's tags, a CLI run's PROCESS_TAG among them, but a run launcher executes it (it has the code location it
+    was launched from): Dagster's run monitoring watches that one, and failing it here would mark a running run
+    failed (and, before it starts, give it an end before its start)."""
     records = instance.get_run_records(
         filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
     )
@@ -54,7 +59,7 @@ def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance) -> list[str]:
     for record in records:
         run = record.dagster_run
         owner = run.tags.get(PROCESS_TAG)
-        if owner and _gone(owner):
+        if owner and run.remote_job_origin is None and _gone(owner):
             instance.report_run_failed(
                 run,
                 f"The process that executed this run ({owner}) is gone: marked failed so the run no longer holds "

@@ -78,13 +78,15 @@ def run_with_quiet_console(workspace: str) -> int:
         return child.wait()
 
 
-def start_child(workspace: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Dagster's daemon (`main`) in a child process, its output on one pipe for DaemonOutput."""
+def start_child(workspace: str, env: dict[str, str] | None = None, own_session: bool = False) -> subprocess.Popen:
+    """Dagster's daemon (`main`) in a child process, its output on one pipe for DaemonOutput; with `own_session`, in a
+    session and process group of its own (with its code servers and runs), which a terminal's Ctrl-C does not reach."""
     return subprocess.Popen(
         [sys.executable, "-m", "random_diffusion_dagster.runtime.daemon", "-w", workspace],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        start_new_session=own_session,
     )
 
 
@@ -133,6 +135,11 @@ SUMMARY_HEADER = re.compile(
 # Dagster prints after it, says nothing more (the UI keeps it). Other errors keep theirs.
 INTENDED_FAILURE = re.compile(r"^dagster\._core\.definitions\.events\.Failure: ")
 STACK_TRACE = re.compile(r"^Stack Trace:\s*$")
+# A run canceled on request (the UI's Terminate button, `ui` stopping): Dagster logs it as an ERROR with the stack trace
+# of the interrupt that stopped it, shown as its one line, at INFO. The step it interrupted fails the same way: where
+# the canceling process says so (DaemonOutput.canceled_runs), that failure is dropped, as the run's line says it all.
+CANCELED_RUN_ERROR = re.compile(r" - dagster - ERROR - .* - RUN_CANCELED - ")
+STEP_FAILURE_ERROR = re.compile(r" - dagster - ERROR - \S+ - (\S+) - .* - STEP_FAILURE - ")
 # Sensor log lines carry the code location's internal repository name: `__repository__ - new_images_sensor - ...`.
 REPOSITORY_PREFIX = re.compile(r" - __repository__(?= - )")
 LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - ")
@@ -148,9 +155,11 @@ class DaemonOutput:
 
     def __init__(self):
         self.blocked_runs: set[str] = set()
+        self.canceled_runs: set[str] = set()  # ids of runs this process canceled: their interrupted steps go unshown
         self.in_summary = False
         self.after_intended_failure = False
         self.in_stack_trace = False
+        self.rest_of_entry_dropped = False
 
     def shown(self, line: str, colour: bool = True) -> str | None:
         """The line as the terminal shows it (its colour codes only with `colour`), or None to drop it."""
@@ -158,8 +167,15 @@ class DaemonOutput:
         starts_entry = bool(LOG_LINE_START.match(plain))
         if starts_entry:
             self.after_intended_failure = self.in_stack_trace = False
-        if self.in_summary and not starts_entry:
-            return None  # a line of a dropped summary
+            self.rest_of_entry_dropped = bool(CANCELED_RUN_ERROR.search(plain))
+            if self.rest_of_entry_dropped:
+                line = plain = plain.replace(" - ERROR - ", " - INFO - ", 1)
+            step_failure = STEP_FAILURE_ERROR.search(plain)
+            if step_failure and step_failure.group(1) in self.canceled_runs:
+                self.rest_of_entry_dropped = True
+                return None
+        elif self.rest_of_entry_dropped or self.in_summary:
+            return None  # a line of an entry shown as its first line, or of a dropped summary
         self.in_summary = bool(SUMMARY_HEADER.search(plain))
         if self.in_summary or ROUTINE_DAEMON_LINE.search(plain) or self._in_intended_stack_trace(plain):
             return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import signal
 import socket
@@ -10,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import dagster as dg
 
 from ..settings import allowed_hosts, allowed_origins, backfill_interval_seconds
 from .daemon import DaemonOutput, interrupt, start_child
@@ -88,7 +92,7 @@ def port_problem(host: str, port: int) -> str | None:
 def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     """Guarded webserver plus Dagster's daemon (`random-diffusion daemon`) on one instance, like `dagster dev`.
 
-    Ctrl-C or SIGTERM stops both.
+    Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops both, and the runs in flight, within STOP_SECONDS (stop).
 
     Both children get DAGSTER_HOME: the user's, else the project folder, whose dagster.yaml keeps history
     in ./.dagster. The daemon's routine per-tick lines are dropped (DaemonOutput); once the UI answers, one
@@ -113,31 +117,37 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     home = instance_home().resolve()
     instance = project_instance()  # creates storage once, before two children race to; chdirs to the project
     history = history_location(instance, home)
-    instance.dispose()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     shown_url, local_url = _ui_url(host, port)
 
     # Stopped with SIGINT, not `dagster dev`'s shutdown pipe: a webserver given that pipe waits on it before it
     # exits, so one that fails to start (its port taken after the check above) would never end, nor would this.
-    webserver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "random_diffusion_dagster.runtime.webserver",
-            *(["-h", host] if host else []),
-            *(["-p", str(port)] if port else []),
-            "-w",
-            workspace,
-        ],
-        env=env,
-    )
-    daemon = start_child(workspace, env)
-    threading.Thread(target=DaemonOutput().forward, args=(daemon.stdout, sys.stderr), daemon=True).start()
-    children = {"webserver": webserver, "daemon": daemon}
-    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the children too, like Ctrl-C
+    # Each child leads a session of its own, which its code servers and their runs join: a terminal's Ctrl-C reaches
+    # only this process, which stops them in order (stop), and each group can be killed whole.
+    children: dict[str, subprocess.Popen] = {}
+    output = DaemonOutput()
+    forwarding = threading.Thread(target=lambda: output.forward(children["daemon"].stdout, sys.stderr), daemon=True)
+    for signum in STOP_SIGNALS[1:]:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # under nohup, SIGHUP stays ignored
+            signal.signal(signum, interrupt)  # `kill`, or the terminal closing, stops it like Ctrl-C
     exit_code = 0
     announced = False
     try:
+        children["webserver"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "random_diffusion_dagster.runtime.webserver",
+                *(["-h", host] if host else []),
+                *(["-p", str(port)] if port else []),
+                "-w",
+                workspace,
+            ],
+            env=env,
+            start_new_session=True,
+        )
+        children["daemon"] = start_child(workspace, env, own_session=True)
+        forwarding.start()
         while True:
             stopped = [name for name, process in children.items() if process.poll() is not None]
             if stopped:
@@ -155,12 +165,89 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for process in children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)  # both stop cleanly on Ctrl-C: uvicorn and Dagster's daemons
-        for process in children.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(instance, list(children.values()), output)
+        if forwarding.is_alive():
+            forwarding.join(timeout=2)  # the daemon's last lines, its runs' cancellations among them
+        instance.dispose()
     return exit_code
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How long the runs in flight get to record their cancellation, and the webserver and daemon to stop, before what is
+# left of them is killed: stopping `ui` takes at most this, plus a moment.
+STOP_SECONDS = 5
+
+
+def stop(instance: dg.DagsterInstance, children: list[subprocess.Popen], output: DaemonOutput) -> None:
+    """Stop `ui`'s children (each leads its own process group) and the runs their code servers execute, within
+    STOP_SECONDS, leaving no process of theirs behind.
+
+    The daemon and webserver are asked to stop first (Ctrl-C), so no new run starts; at once the runs in flight are
+    canceled as the UI's Terminate button does, through the code server executing each (it lives until its runs
+    end): Dagster records them CANCELED and they stop mid-batch; their finished images are kept.
+    Whatever is still running at the deadline (a run busy in one long batch, a code server) is killed, and a run
+    killed so is recorded CANCELED here. Ctrl-C and SIGTERM are ignored meanwhile, so nothing is left half-stopped.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    groups = [process.pid for process in children]
+    addresses = _code_server_addresses(groups)
+    for process in children:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # both stop cleanly on Ctrl-C: uvicorn and Dagster's daemons
+    runs = _runs_in_code_servers(instance, addresses)
+    for run in runs:
+        print(f"random-diffusion ui: canceling run {run.run_id} (its finished images are kept)", flush=True)
+        output.canceled_runs.add(run.run_id)
+        try:
+            instance.run_launcher.terminate(run.run_id)
+        except dg.DagsterError:
+            pass  # its code server no longer answers: the run's process is killed with it below
+    deadline = time.monotonic() + STOP_SECONDS
+    while time.monotonic() < deadline and not (
+        all(process.poll() is not None for process in children) and _finished(instance, runs)
+    ):
+        time.sleep(0.2)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)  # a code server or run process still running: it is not waited for
+    for process in children:
+        process.wait()
+    for run in _runs_in_code_servers(instance, addresses):  # those killed, and any launched as the daemon stopped
+        instance.report_run_canceled(
+            run, f"Stopped with `random-diffusion ui`: still running {STOP_SECONDS} s later, its process was killed."
+        )
+
+
+def _finished(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> bool:
+    return all(instance.get_run_by_id(run.run_id).is_finished for run in runs)
+
+
+def _code_server_addresses(groups: list[int]) -> set[str]:
+    """The sockets (or ports) Dagster's code servers in these process groups serve on, from their command lines
+    (`dagster api grpc --socket PATH`); empty where /proc does not show processes (not Linux)."""
+    addresses = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) not in groups:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        if "grpc" in argv:
+            pairs = zip(argv, argv[1:], strict=False)
+            addresses.update(value for flag, value in pairs if flag in ("--socket", "--port"))
+    return addresses
+
+
+def _runs_in_code_servers(instance: dg.DagsterInstance, addresses: set[str]) -> list[dg.DagsterRun]:
+    """The runs in progress that one of these code servers executes (where their run launcher tagged them)."""
+    from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+
+    runs = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES)):
+        server = json.loads(record.dagster_run.tags.get(GRPC_INFO_TAG, "{}"))
+        if str(server.get("socket") or server.get("port")) in addresses:
+            runs.append(record.dagster_run)
+    return runs
