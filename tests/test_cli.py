@@ -1,6 +1,7 @@
 """`random-diffusion run`, the command behind `make run`, end to end in a subprocess."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     assert summary["images"].sum() == 3 and (outputs / "report" / "contact_sheet.png").is_file()
     assert "diffusing: 100%" in completed.stderr  # the progress bar
     _assert_each_run_shows_its_target(tmp_path / "home")
+    _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env)
 
     again = subprocess.run(
         [str(BIN / "random-diffusion"), "run", "--seed", "3", "--prompt", "a red kite"],
@@ -72,6 +74,22 @@ def test_run_diffuses_every_image_and_writes_the_report(project, tmp_path):
     )
     assert again.returncode == 0 and "over 3 images: succeeded" in again.stdout, again.stderr[-3000:]
     assert "diffusing" not in again.stderr  # every result reused: no empty progress bar
+
+
+def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) -> None:
+    """`plan` reads the instance and the results and runs nothing: the seed of the last run redoes nothing, another
+    redoes all three, priced at the inference time the records measured."""
+    plan = [str(BIN / "random-diffusion"), "plan"]
+    current = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
+    assert current.returncode == 0 and "All 3 images are up to date" in current.stdout, current.stderr[-2000:]
+    other = subprocess.run([*plan, "--seed", "4"], env=env, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stderr[-2000:]
+    lines = other.stdout.splitlines()
+    assert lines[0] == "3 of 3 images are out of date (run seed changed: 3)."
+    assert re.fullmatch(
+        r"Redoing them: about \d+\.\d s of GPU time for 3 results( \(.* not measured yet.*\))?\.", lines[1]
+    )
+    assert "  red.png: run seed changed" in lines
 
 
 def _assert_each_run_shows_its_target(home: Path) -> None:

@@ -84,7 +84,13 @@ class Estimate:
         if self.seconds is None:
             return f"{self.results} results; no figure yet: no result has been made to measure"
         minutes = self.seconds / 60
-        figure = f"{self.seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
+        figure = (
+            f"{minutes:.0f} min"
+            if minutes >= 2
+            else f"{self.seconds:.0f} s"
+            if self.seconds >= 10
+            else f"{self.seconds:.1f} s"
+        )
         guessed = f" ({', '.join(self.unmeasured)} not measured yet: counted at the mean)" if self.unmeasured else ""
         return f"about {figure} of GPU time for {self.results} results{guessed}"
 

@@ -1,8 +1,9 @@
 """`random-diffusion`: diffuse a folder of images with prompts and models drawn at random, from a terminal.
 
-`run` does the whole job on this machine; `compare` shows what every catalog model makes of chosen
-images; `submit` sends it to a running deployment; `ui` starts the Dagster UI with its daemon, `daemon`
-the daemon alone, `worker` a Celery GPU worker; `build-demo-models` writes the tiny offline models the tests use.
+`run` does the whole job on this machine; `plan` says what a run would redo now and what it costs; `compare`
+shows what every catalog model makes of chosen images; `submit` sends it to a running deployment; `ui` starts
+the Dagster UI with its daemon, `daemon` the daemon alone, `worker` a Celery GPU worker; `build-demo-models`
+writes the tiny offline models the tests use.
 """
 
 from __future__ import annotations
@@ -169,6 +170,51 @@ def run_command(args: argparse.Namespace) -> int:
     if exported:
         print(f"Dataset: {defs.resources['dataset'].dataset_dir} (datasets.load_dataset('imagefolder', data_dir=...))")
     return _said_where_the_traces_are() if failed_runs else 0
+
+
+def add_plan_parser(commands) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="say which images a run would redo now and why, and the GPU time that takes; runs nothing",
+        description="What the prompts file, the catalog and the seed as they are now put out of date: the count, "
+        "why, and the GPU time redoing them takes at the rates measured on the results made so far (what "
+        "`results_up_to_date` and the edited file show in the UI).",
+    )
+    plan.add_argument("--seed", type=int, help="price this run seed instead (default: RANDOM_DIFFUSION_SEED or 0)")
+    plan.add_argument("--variants", type=_variants, help="price this many results per image instead")
+    plan.add_argument("--shown", type=int, default=20, metavar="N", help="list the first N images (default 20)")
+    plan.set_defaults(handler=plan_command)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from ..defs.out_of_date import current_planner, out_of_date, summary
+    from ..defs.resources import DatasetResource
+
+    chosen = {"seed": args.seed, "variants": args.variants}
+    dataset = DatasetResource(**{key: value for key, value in chosen.items() if value is not None})
+    with project_instance() as instance:
+        if not instance.get_dynamic_partitions("images"):
+            print("No images registered yet: `random-diffusion run` (or the UI's sensor) registers the folder's.")
+            return 0
+        try:
+            found = out_of_date(instance, dataset, current_planner(instance, dataset))
+        except (ValueError, OSError) as error:  # the prompts file, catalog or folders: each message names the fix
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    if not found.reasons:
+        print(f"All {_count(len(found.keys), 'image')} are up to date: a run would make nothing.")
+        return 0
+    print(f"{summary(found.reasons, len(found.keys))}.")
+    print(f"Redoing them: {found.estimate().words()}.")
+    for key, why in list(found.reasons.items())[: max(args.shown, 0)]:
+        print(f"  {key}: {why}")
+    if len(found.reasons) > args.shown > 0:
+        print(f"  ...and {len(found.reasons) - args.shown} more")
+    print(
+        "`random-diffusion run` redoes exactly these (current results are reused); in the UI: Automation > "
+        "catch_up_schedule > Preview tick result > Launch all."
+    )
+    return 0
 
 
 def _example_result(dataset) -> str | None:
@@ -567,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     for add_parser in (
         add_build_demo_models_parser,
         add_run_parser,
+        add_plan_parser,
         add_compare_parser,
         add_submit_parser,
         add_ui_parser,
