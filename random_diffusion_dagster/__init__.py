@@ -8,5 +8,7 @@ warnings.filterwarnings(
     "ignore", message=r"Parameter `(backfill_policy|data_version)` of (function `asset`|initializer `Output)"
 )
 warnings.filterwarnings("ignore", message=r"Function `observable_source_asset` is currently in beta")
+# Per-partition asset checks (diffused_image's quality_gates): a preview feature in 1.13.
+warnings.filterwarnings("ignore", message=r"Specifying a partitions_def on an AssetCheckSpec is currently in preview")
 # dagster-celery registers its task once per import path, and Celery warns about it in every run and worker: harmless.
 warnings.filterwarnings("ignore", message=r"Task name 'execute_plan' is already registered")

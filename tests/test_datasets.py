@@ -131,6 +131,7 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
     ]
     augmented = [row for row in loaded if row["kind"] == "augmented"]
     assert all(row["image"].mode == "RGB" and row["model"] == "tiny-sd15" for row in augmented)
+    assert all(row["quality_passed"] for row in augmented)  # each result passed the default quality gates
     assert {row["prompt"].split(", ")[-1] for row in augmented} == {
         "a ginger cat on a sofa",
         "a dog in snow",
@@ -138,6 +139,7 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
     }
     manifest = pd.read_parquet(export / "manifest.parquet")
     assert len(manifest) == 6 and set(manifest["label"]) == {"cat", "dog"}
+    assert manifest.loc[manifest["kind"] == "source", "quality_passed"].isna().all()  # sources are not judged
 
 
 def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
 if TYPE_CHECKING:
@@ -31,12 +32,84 @@ def partition_metadata(result: ImageResult) -> dict:
         name: value if name in measurements or not _is_number(value) else dg.MetadataValue.text(str(value))
         for name, value in fields.items()
     }
+    if result.record.quality is not None:
+        metadata["quality_gates"] = dg.MetadataValue.text(quality_summary(result.record))
     metadata["reused_existing"] = reused
     if reused:
         metadata["when_made"] = dg.MetadataValue.text(when_made(result.record))
     metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
     return metadata
+
+
+QUALITY_CHECK = "quality_gates"
+
+
+def quality_summary(record) -> str:
+    """A record's gates in one line: `passed on attempt 2 of 3 (seed 1236)` or why the kept result fails them."""
+    if record.quality_failure:
+        return f"failed, kept attempt {record.attempt + 1}: {record.quality_failure}"
+    tries = record.quality["gates"]["tries"]
+    return f"passed on attempt {record.attempt + 1} of {tries} (seed {record.seed})"
+
+
+def quality_evaluation(
+    asset_key: dg.AssetKey, key: str, results: list[ImageResult], target: dg.EventLogRecord | None
+) -> dg.AssetCheckEvaluation:
+    """The partition's `quality_gates` result: passed when each of its results passed its model's gates (or was
+    made before gates existed), with every attempt of every result as a table; `target` is the partition's
+    materialization it judges, so Dagster shows the check as that materialization's."""
+    judged = _judged(results)
+    failing = [r for r in judged if r.record.quality_failure]
+    metadata = {
+        "attempts": max((len(r.record.quality["attempts"]) for r in judged), default=0),
+        "attempt_table": attempt_table(judged),
+    }
+    if judged:
+        metadata["gates"] = dg.MetadataValue.json(judged[0].record.quality["gates"])
+    if failing:
+        description = "; ".join(f"variant {r.task.variant}: {r.record.quality_failure}" for r in failing)
+    elif judged:
+        description = "; ".join(quality_summary(r.record) for r in judged)
+    else:
+        description = "made before quality gates existed: not judged"
+    return dg.AssetCheckEvaluation(
+        asset_key=asset_key,
+        check_name=QUALITY_CHECK,
+        passed=not failing,
+        metadata=metadata,
+        description=description,
+        partition=key,
+        target_materialization_data=None
+        if target is None
+        else AssetCheckEvaluationTargetMaterializationData(
+            storage_id=target.storage_id, run_id=target.run_id, timestamp=target.timestamp
+        ),
+    )
+
+
+def _judged(results: list[ImageResult]) -> list[ImageResult]:
+    """The results whose records carry gate results (not those made before gates existed), by variant."""
+    return sorted((r for r in results if r.record.quality is not None), key=lambda r: r.task.variant)
+
+
+def attempt_table(judged: list[ImageResult]) -> dg.TableMetadataValue:
+    """Every attempt of each result: its seed, measures, failed gates, and which one was kept."""
+    rows = [
+        {
+            "variant": r.task.variant,
+            "attempt": attempt["attempt"],
+            "seed": str(attempt["seed"]),
+            "contrast": attempt["contrast"],
+            "change": attempt["change"],
+            "failed_gates": ", ".join(attempt["failed"]) or "none",
+            "kept": attempt["attempt"] == r.record.attempt,
+        }
+        for r in judged
+        for attempt in r.record.quality["attempts"]
+    ]
+    columns = {"variant": "int", "attempt": "int", "seed": "string", "contrast": "float", "change": "float"}
+    return table(rows, columns | {"failed_gates": "string", "kept": "bool"})
 
 
 def when_made(record) -> str:
@@ -78,6 +151,8 @@ def metadata_by_partition(results: list[ImageResult]) -> dict[str, dict]:
             ]
             columns = {"variant": "int", "prompt": "string", "model": "string", "seed": "string", "file": "path"}
             metadata[key]["variants"] = table(rows, columns | {"reused": "bool"})
+        if judged := _judged(variants):
+            metadata[key]["quality_attempts"] = attempt_table(judged)
     return metadata
 
 
@@ -126,6 +201,7 @@ class PartitionRecorder:
 
     def __init__(self, context: dg.AssetExecutionContext, tasks: list[ImageTask]):
         self._context = context
+        self._check = dg.AssetCheckKey(context.asset_key, QUALITY_CHECK) in context.selected_asset_check_keys
         self._step = context.get_step_execution_context()
         self._tags = provenance_tags(context)
         self._expected = Counter(task.key for task in tasks)
@@ -151,11 +227,39 @@ class PartitionRecorder:
             DagsterEvent.asset_materialization(
                 self._step, materialization, DagsterEventBatchMetadata(batch, is_end=i == len(by_partition) - 1)
             )
+        if self._check and by_partition:
+            self._judge(results)
+
+    def _judge(self, results: list[ImageResult]) -> None:
+        """Each just-recorded partition's `quality_gates` evaluation, aimed at that materialization.
+
+        A step's own AssetCheckResult names at most the step's one partition key (`to_asset_check_evaluation` in
+        dagster/_core/definitions/asset_checks/asset_check_result.py); an AssetCheckEvaluation carries any
+        partition, and Dagster shows a partition's result only while it targets the partition's latest
+        materialization (`is_current` in dagster/_core/storage/asset_check_execution_record.py).
+        """
+        by_key: dict[str, list[ImageResult]] = {}
+        for result in results:
+            by_key.setdefault(result.task.key, []).append(result)
+        recorded = self._context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=self._context.asset_key, asset_partitions=list(by_key)),
+            limit=len(by_key),
+        ).records  # newest first: the ones just written
+        targets: dict[str, dg.EventLogRecord] = {}
+        for record in recorded:
+            targets.setdefault(record.partition_key, record)
+        for key, partition_results in by_key.items():
+            evaluation = quality_evaluation(self._context.asset_key, key, partition_results, targets.get(key))
+            DagsterEvent.asset_check_evaluation(self._step, evaluation)
 
 
-def recorded_already() -> dg.MaterializeResult:
-    """The output of a step whose partitions a PartitionRecorder has recorded: the asset's checks and the steps after
+def recorded_already(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult | dg.Output]:
+    """The outputs of a step whose partitions a PartitionRecorder has recorded: the asset's checks and the steps after
     it in the run go ahead, and the step's end writes no second materialization of every partition.
+
+    The `quality_gates` check, when the run selected it, gets its output as an AssetCheckResult's would
+    (`_process_user_event` in dagster/_core/execution/plan/execute_step.py): its per-partition results are recorded
+    already, and a step that leaves a selected check's output out fails.
 
     No public API says "the body recorded the materializations". Dagster's own observable source assets, which log
     their events in the body too, say it with this metadata key, and the step's end then writes no asset events for
@@ -165,7 +269,10 @@ def recorded_already() -> dg.MaterializeResult:
     """
     from dagster._core.definitions.source_asset import SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION
 
-    return dg.MaterializeResult(metadata={SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION: True})
+    yield dg.MaterializeResult(metadata={SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION: True})
+    check = dg.AssetCheckKey(context.asset_key, QUALITY_CHECK)
+    if check in context.selected_asset_check_keys:
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check))
 
 
 def provenance_tags(context: dg.AssetExecutionContext) -> dict[str, str]:

@@ -33,6 +33,8 @@ An entry may also add textual-inversion embeddings, each a file and the token th
         embeddings: [{path: embeddings/my-style.safetensors, token: "<my-style>"}]
 
 `strengths` draws each result's strength: from a list (`[0.3, 0.5, 0.7]`) or a range (`{min: 0.3, max: 0.7}`).
+`quality` sets the gates each result must pass, or is re-rolled with the next seed (engine/quality.py); an entry's
+`quality:` keys go over those of `defaults:` one by one.
 `variants` (results per image) applies to the whole catalog, so only `defaults:` may give it; a run's own count
 (`run --variants`, the dataset resource's `variants`, RANDOM_DIFFUSION_VARIANTS) comes first.
 
@@ -57,6 +59,7 @@ from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from .local_files import kind_problem
 from .prompts import PromptListError, check_text
+from .quality import QualityError, QualityGates
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 DTYPES = get_args(Dtype)
@@ -296,11 +299,24 @@ def _weakest(strength: float, strengths: tuple[float, ...] | StrengthRange | Non
     return min(strengths or (strength,))
 
 
+def _quality(value: Any) -> QualityGates:
+    """`quality:` as written (an entry's already merged over the defaults' by _parse_entry)."""
+    try:
+        return QualityGates.parse(value)
+    except QualityError as exc:
+        raise CatalogError(str(exc)) from None
+
+
 Whole = Annotated[int, BeforeValidator(_whole)]
 Number = Annotated[float, BeforeValidator(_finite)]
 Strengths = Annotated[tuple[float, ...] | StrengthRange | None, BeforeValidator(_strengths)]
 Loras = Annotated[tuple[LoraSpec, ...], BeforeValidator(_loras)]
 Embeddings = Annotated[tuple[EmbeddingSpec, ...], BeforeValidator(_embeddings)]
+Quality = Annotated[QualityGates, BeforeValidator(_quality)]
+QUALITY_EXPECTATION = (
+    "a mapping of gates, such as {not_blank: true, min_change: 0.02, max_change: 0.8, prompt_not_truncated: false, "
+    "tries: 3}"
+)
 STRENGTHS_EXPECTATION = (
     "a list of strengths, each above 0 and at most 1, such as [0.3, 0.5, 0.7], "
     "or a range with both bounds above 0 and at most 1, such as {min: 0.3, max: 0.7}"
@@ -330,6 +346,8 @@ class Settings(BaseModel):
     # Each result draws its strength from these (as DA-Fusion draws one per synthetic image), a list or a
     # {min, max} range (plan.choose); unset: `strength`.
     strengths: Strengths = None
+    # The gates each result passes or is re-rolled with the next seed, up to `tries` (engine/quality.py).
+    quality: Quality = QualityGates()
 
 
 class Defaults(Settings):
@@ -388,6 +406,8 @@ def _setting(field: Any) -> Setting:
         return Setting(LORAS_EXPECTATION)
     if kind == tuple[EmbeddingSpec, ...]:
         return Setting(EMBEDDINGS_EXPECTATION)
+    if kind is QualityGates:
+        return Setting(QUALITY_EXPECTATION)
     if get_origin(kind) is Union and len(get_args(kind)) == 2 and type(None) in get_args(kind):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))  # optional: as the value it takes
     if get_origin(kind) is Annotated:
@@ -434,13 +454,17 @@ class ModelSpec:
     strengths: tuple[float, ...] | StrengthRange | None = None  # each result draws its strength (plan.choose)
     loras: tuple[LoraSpec, ...] = ()  # adapters on the base, each file (absolute) with its weight
     embeddings: tuple[EmbeddingSpec, ...] = ()  # textual-inversion embeddings, each file (absolute) with its token
+    quality: QualityGates = QualityGates()  # the gates its results pass, or are re-rolled
 
     def result_settings(self) -> dict[str, Any]:
         """Everything about the entry that can change a result's pixels (not its description or draw weight); an
         adapter by its file's path and its weight, an embedding by its file's path and its token, so editing either
-        stales exactly this entry's results."""
+        stales exactly this entry's results. Quality gates choose which attempt is kept, so they count too, but
+        only where they differ from the built-in ones: results made before gates existed stay current."""
         settings = asdict(self)
         del settings["description"], settings["weight"]
+        if self.quality == QualityGates():
+            del settings["quality"]
         for optional in (
             "prompt_weighting",
             "strengths",
@@ -613,6 +637,8 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
             f"{where}: `{wide[0]}` applies to the whole catalog, not one model: move it under `defaults:`, "
             f"such as `defaults: {{{wide[0]}: {show(entry[wide[0]])}}}`."
         )
+    if isinstance(entry.get("quality"), dict):  # gates go over the defaults' gates one by one, not as a whole
+        entry = {**entry, "quality": {**asdict(defaults["quality"]), **entry["quality"]}}
     valid = _validated(Entry, {**defaults, **entry}, entry, where)
     kind = next(kind for kind in SOURCE_KINDS if getattr(valid, kind))
     source = getattr(valid, kind)

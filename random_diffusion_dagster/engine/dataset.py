@@ -39,6 +39,9 @@ class DatasetRow:
     seed: int | None
     strength: float | None
     variant: int | None
+    # Whether the result passed its model's quality gates (engine/quality.py): filter on it to train only on results
+    # that kept the subject; None for sources and results made before gates existed.
+    quality_passed: bool | None
 
 
 class DatasetExportError(OSError):
@@ -91,7 +94,7 @@ def export_image_folder(
                 if source.is_file() and not (staging / name).exists():
                     _place(source, staging / name)
                     own = (readable(record.source_file), record.label, record.caption)
-                    rows.append(DatasetRow(name, "source", *own, *[None] * 7))
+                    rows.append(DatasetRow(name, "source", *own, *[None] * 8))
         lines = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in rows)
         (staging / METADATA_FILE).write_text(lines, encoding="utf-8")
         pd.DataFrame([asdict(row) for row in rows], columns=list(DatasetRow.__dataclass_fields__)).to_parquet(
@@ -119,6 +122,7 @@ def _row(name: str, kind: str, record: ResultRecord) -> DatasetRow:
         seed=record.seed,
         strength=record.strength,
         variant=record.variant,
+        quality_passed=None if record.quality is None else record.quality["passed"],
     )
 
 

@@ -20,6 +20,7 @@ from .captions import Captions
 from .catalog import ModelSpec, StrengthRange
 from .images import SourceFile, readable
 from .prompts import PromptListError
+from .quality import attempt_seed
 from .results import adopt_earlier_result, read_record, result_path
 from .templates import PromptTemplates
 
@@ -64,6 +65,16 @@ class ImageTask:
     source_file: str = ""  # its path under the images folder (`cat/001.jpg`), as its record keeps it
     label: str = ""  # its class folder ("" at the top of the images folder)
     caption: str | None = None  # engine/captions.py; part of the image's data version
+    attempt: int = 0  # which try at passing the model's quality gates; each runs with the next seed (generation_seed)
+
+    @property
+    def generation_seed(self) -> int:
+        """The seed this attempt runs with: the draw's own `seed` first, then the next seeds of its sequence."""
+        return attempt_seed(self.seed, self.attempt)
+
+    def next_attempt(self) -> ImageTask:
+        """The same draw (prompt, model, output), tried again with the next seed."""
+        return dataclasses.replace(self, attempt=self.attempt + 1)
 
     @property
     def negative_prompt(self) -> str:
@@ -71,7 +82,11 @@ class ImageTask:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the result: same fingerprint, same pixels, so an existing file can be reused."""
+        """Identifies the result: same fingerprint, same pixels, so an existing file can be reused.
+
+        The same for every attempt: which attempt is kept follows from these inputs (the gates are among the model's
+        settings, the attempts' seeds from `seed`), so a result kept at its third attempt is reused, not redone; its
+        record says which attempt it is."""
         material = {
             "engine": ENGINE_VERSION,
             "source": self.source.sha256,

@@ -1,4 +1,5 @@
-"""The report over all results: a per-model table, the failures, and a contact sheet."""
+"""The report over all results: a per-model table, the failures, the results kept failing their quality gates, and
+a contact sheet."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ SUMMARY_COLUMNS = [
     "peak_vram_reserved_mb",
     "peak_rss_mb",
     "failures",
+    "gate_failures",
 ]
+QUALITY_FAILURE_COLUMNS = ["key", "model", "file", "attempts", "reason"]
 THUMB = 128
 CAPTION_WIDTH = 360
 MAX_SHEET_ROWS = 48
@@ -43,6 +46,7 @@ INLINE_MARGIN, INLINE_PAIR_GAP, INLINE_ROW_GAP = 4, 12, 6  # and 2 px between a 
 class Report:
     summary: pd.DataFrame
     failures: pd.DataFrame
+    quality_failures: pd.DataFrame  # results kept after failing their gates on every attempt (QUALITY_FAILURE_COLUMNS)
     records: list[ResultRecord]
     contact_sheet: Image.Image | None
     contact_sheet_path: UPath
@@ -95,17 +99,32 @@ def build_report(
         write_bytes_atomic(sheet_path, buffer.getvalue())
         inline, inline_count = inline_sheet(sheet, min(len(found), MAX_SHEET_ROWS))
     failures_frame = pd.DataFrame([dataclasses.asdict(f) for f in failures], columns=["key", "model", "error"])
-    return Report(summary, failures_frame, records, sheet, sheet_path, csv_path, inline, inline_count)
+    return Report(
+        summary, failures_frame, quality_failures(records), records, sheet, sheet_path, csv_path, inline, inline_count
+    )
+
+
+def quality_failures(records: list[ResultRecord]) -> pd.DataFrame:
+    """The results kept although their last attempt failed a quality gate: which, after how many attempts, and why."""
+    import pandas as pd
+
+    rows = [
+        [r.key, r.model, r.output_file, len(r.quality["attempts"]), r.quality_failure]
+        for r in records
+        if r.quality_failure
+    ]
+    return pd.DataFrame(rows, columns=QUALITY_FAILURE_COLUMNS)
 
 
 def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.DataFrame:
     """One row per model: count, mean and p95 inference seconds, peak GPU memory, peak process memory (RSS: the
-    figure a CPU run has), failures."""
+    figure a CPU run has), failures, and results kept failing their quality gates."""
     import pandas as pd
 
     columns = ["model", "inference_seconds", "vram_peak_allocated_mb", "vram_peak_reserved_mb", "rss_peak_mb"]
     frame = pd.DataFrame([[getattr(r, c) for c in columns] for r in records], columns=columns)
     frame[columns[1:]] = frame[columns[1:]].astype(float)  # typed even when empty, so quantiles work
+    frame["gate_failed"] = [bool(r.quality_failure) for r in records]
     grouped = frame.groupby("model")
     summary = pd.DataFrame(
         {
@@ -115,12 +134,14 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
             "peak_vram_allocated_mb": grouped["vram_peak_allocated_mb"].max(),
             "peak_vram_reserved_mb": grouped["vram_peak_reserved_mb"].max(),
             "peak_rss_mb": grouped["rss_peak_mb"].max(),
+            "gate_failures": grouped["gate_failed"].sum(),
         }
     )
     failed = pd.Series([f.model or "(unknown)" for f in failures], dtype=object).value_counts()
     summary = summary.reindex(summary.index.union(failed.index))
     summary["failures"] = failed.reindex(summary.index).fillna(0).astype(int)
     summary["images"] = summary["images"].fillna(0).astype(int)
+    summary["gate_failures"] = summary["gate_failures"].fillna(0).astype(int)
     return summary.rename_axis("model").reset_index()[SUMMARY_COLUMNS]
 
 
@@ -131,7 +152,8 @@ def _tile_box(row: int, column: int) -> tuple[int, int, int, int]:
 
 
 def contact_sheet(results: list[tuple[ResultRecord, UPath]], images_dir: str | os.PathLike) -> Image.Image:
-    """Source beside result for each (record, result file), captioned with prompt, model and seed."""
+    """Source beside result for each (record, result file), captioned with prompt, model and seed, and the gates a
+    result kept failing."""
     font = ImageFont.load_default(size=13)
     sheet = Image.new("RGB", (2 * THUMB + CAPTION_WIDTH + 24, (THUMB + 8) * len(results) + 8), "white")
     draw = ImageDraw.Draw(sheet)
@@ -139,9 +161,11 @@ def contact_sheet(results: list[tuple[ResultRecord, UPath]], images_dir: str | o
         top = _tile_box(row, 0)[1]
         for column, path in enumerate((location(images_dir) / record.source_file, result)):
             sheet.paste(square_tile(path, THUMB), _tile_box(row, column)[:2])
+        failed = list(record.quality["attempts"][-1]["failed"]) if record.quality_failure else []
         caption = "\n".join(
             textwrap.wrap(record.prompt, 44)[:4]
             + [f"model: {record.model}", f"seed: {record.seed}  {record.inference_seconds:.2f} s"]
+            + ([f"FAILED quality gates: {', '.join(failed)}"] if failed else [])
         )
         draw.multiline_text((2 * THUMB + 20, top + 4), caption, fill="black", font=font, spacing=3)
     return sheet

@@ -60,6 +60,12 @@ class ResultRecord:
     # 77 tokens by design. None in records written before it existed.
     prompt_truncated: bool | None = _partition(default=None)
     prompt_template: str | None = _partition(default=None)  # the prompt list's line, when it was a template
+    # Which try at the model's quality gates was kept (0: the draw's own seed; `seed` is the kept attempt's). None in
+    # records written before gates existed.
+    attempt: int | None = _partition(default=None)
+    # The gates and every attempt's measures and failed gates (quality.verdict): {"passed", "reason", "gates",
+    # "attempts": [{"attempt", "seed", "contrast", "change", "prompt_truncated", "failed": {gate: reason}}]}.
+    quality: dict | None = None
     negative_prompt: str = ""
     model_source: str = ""
     model_hash: str | None = None  # AUTOMATIC1111's short hash of the weights (None for hub ids)
@@ -91,6 +97,11 @@ class ResultRecord:
             for f in dataclasses.fields(self)
             if f.metadata.get("partition_metadata") and getattr(self, f.name) is not None
         }
+
+    @property
+    def quality_failure(self) -> str | None:
+        """Why the kept result fails its quality gates after every attempt, or None (passed, or made before gates)."""
+        return None if self.quality is None or self.quality["passed"] else self.quality["reason"]
 
     @classmethod
     def measurements(cls) -> set[str]:

@@ -1,4 +1,5 @@
-"""Running planned tasks: reuse finished results, group by model, batch, fall back on OOM, write atomically."""
+"""Running planned tasks: reuse finished results, group by model, batch, fall back on OOM, judge each result by its
+model's quality gates and re-roll the failures with their next seeds, write atomically."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from .images import (
 from .output_location import location, require_writable_folder
 from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory
 from .plan import ImageTask
+from .quality import verdict
 from .results import (
     FAILURES_DIR,
     FailureRecord,
@@ -317,28 +319,47 @@ def _run_model(
         return
     loaded = yield from _refuse_unsupported_negatives(loaded, pipeline, spec.name, progress)
     # Same-size images with the same call settings (a comparison varies strength and steps) batch together;
-    # per-image generators keep batching from changing pixels.
+    # per-image generators keep batching from changing pixels. Those failing a quality gate come round again with
+    # their next seed, batched together, until they pass or run out of tries.
     loaded.sort(key=_batch_key)
     for (size, *_settings), group in groupby(loaded, key=_batch_key):
-        group = list(group)
-        for start in range(0, len(group), batch_size):
-            batch = _Batch(spec.name, group[start : start + batch_size])
-            batches.append(len(batch.items))
-            batch_started = time.perf_counter()
-            outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
-            cost = _BatchCost(len(batch.items), load_seconds, time.perf_counter() - batch_started)
-            results = list(_finish_batch(batch, outcomes, cache, pipeline, cost, writer))
-            writer.hand_over()
-            failed = sum(r.status == "failed" for r in results)
-            progress.advance(
-                len(results),
-                f"model {spec.name!r}: batch of {len(results)} at {size[0]}x{size[1]} in "
-                f"{time.perf_counter() - batch_started:.2f} s"
-                + (f", {failed} failed" if failed else "")
-                + f" ({_some_keys([r.task.key for r in results])})",
-            )
-            yield from results
-            load_seconds = 0.0  # charged to the first batch only
+        todo, attempts = list(group), _Attempts()
+        while todo:
+            for start in range(0, len(todo), batch_size):
+                batch = _Batch(spec.name, todo[start : start + batch_size])
+                batches.append(len(batch.items))
+                batch_started = time.perf_counter()
+                outcomes = list(_generate_with_fallback(pipeline, batch, cache.device))
+                cost = _BatchCost(len(batch.items), load_seconds, time.perf_counter() - batch_started)
+                results = list(_finish_batch(batch, outcomes, cache, pipeline, cost, writer, attempts))
+                writer.hand_over()
+                failed = sum(r.status == "failed" for r in results)
+                kept_failing = sum(bool(r.record and r.record.quality_failure) for r in results)
+                again = len(batch.items) - len(results)
+                progress.advance(
+                    len(results),
+                    f"model {spec.name!r}: batch of {len(batch.items)} at {size[0]}x{size[1]} in "
+                    f"{time.perf_counter() - batch_started:.2f} s"
+                    + (f", {failed} failed" if failed else "")
+                    + (f", {again} to re-roll (quality gates)" if again else "")
+                    + (f", {kept_failing} kept failing quality gates" if kept_failing else "")
+                    + f" ({_some_keys([task.key for task, _source in batch.items])})",
+                )
+                yield from results
+                load_seconds = 0.0  # charged to the first batch only
+            todo = attempts.take_rerolls()
+
+
+@dataclass
+class _Attempts:
+    """The quality-gate attempts of a batch group's results so far, and the re-rolls still to make."""
+
+    by_output: dict[str, list[dict]] = field(default_factory=dict)  # output path -> each attempt's gate results
+    rerolls: list[tuple[ImageTask, _Source]] = field(default_factory=list)
+
+    def take_rerolls(self) -> list[tuple[ImageTask, _Source]]:
+        rerolls, self.rerolls = self.rerolls, []
+        return rerolls
 
 
 def _refuse_unsupported_negatives(loaded: list, pipeline, model_name: str, progress: _Progress):
@@ -482,7 +503,7 @@ def _infer(pipeline, batch: _Batch, device: str):
     tasks = [task for task, _ in batch.items]
     images = [source.model_input.image for _, source in batch.items]
     prompts, negatives = [t.prompt for t in tasks], [t.negative_prompt for t in tasks]
-    return generate(pipeline, tasks[0].model, prompts, images, [t.seed for t in tasks], device, negatives)
+    return generate(pipeline, tasks[0].model, prompts, images, [t.generation_seed for t in tasks], device, negatives)
 
 
 def generate(
@@ -555,27 +576,43 @@ def _size_arguments(pipeline, images: list[Image.Image]) -> dict[str, int]:
 
 
 def _finish_batch(
-    batch: _Batch, outcomes: list[_Outcome], cache: PipelineCache, pipeline, cost: _BatchCost, writer: _ResultWriter
+    batch: _Batch,
+    outcomes: list[_Outcome],
+    cache: PipelineCache,
+    pipeline,
+    cost: _BatchCost,
+    writer: _ResultWriter,
+    attempts: _Attempts,
 ) -> Iterator[ImageResult]:
+    """The batch's results, each judged by its model's quality gates: one that fails them with tries left goes to
+    `attempts.rerolls` with its next seed instead; the others are written with every attempt in their record."""
     sources = {task.output_path: source for task, source in batch.items}
     pipeline_info = cache.describe(batch.model_name)
     for outcome in outcomes:
         if outcome.image is None:
             yield ImageResult(outcome.task, "failed", error=outcome.error)
             continue
-        truncated = _prompt_too_long(pipeline, outcome.task.prompt, outcome.task.model.prompt_weighting)
-        guidance = guidance_parameters(pipeline, outcome.task.model.guidance_scale)
-        record = _record(outcome, sources[outcome.task.output_path], pipeline_info, cost, truncated)
-        result = ImageResult(outcome.task, "generated", record=record)
-        model_input = sources[outcome.task.output_path].model_input
+        task, gates = outcome.task, outcome.task.model.quality
+        truncated = _prompt_too_long(pipeline, task.prompt, task.model.prompt_weighting)
+        model_input = sources[task.output_path].model_input
         source_view = model_input.restore(model_input.image)  # what the model saw, at the result's size
-        parameters = _parameters_text(outcome.task, record, pipeline_info, guidance)
+        judged = gates.judge(outcome.image, source_view, truncated)
+        history = attempts.by_output.setdefault(task.output_path, [])
+        history.append({"attempt": task.attempt, "seed": task.generation_seed, **judged})
+        if judged["failed"] and gates.reroll_may_help(judged, task.attempt):
+            attempts.rerolls.append((task.next_attempt(), sources[task.output_path]))
+            continue
+        quality = verdict(gates, attempts.by_output.pop(task.output_path))
+        guidance = guidance_parameters(pipeline, task.model.guidance_scale)
+        record = _record(outcome, sources[task.output_path], pipeline_info, cost, truncated, quality)
+        result = ImageResult(task, "generated", record=record)
+        parameters = _parameters_text(task, record, pipeline_info, guidance)
         writer.submit(result, outcome.image, parameters, source_view)
         yield result
 
 
 def _record(
-    outcome: _Outcome, source: _Source, pipeline_info: dict, cost: _BatchCost, prompt_truncated: bool
+    outcome: _Outcome, source: _Source, pipeline_info: dict, cost: _BatchCost, prompt_truncated: bool, quality: dict
 ) -> ResultRecord:
     task, image, spec = outcome.task, outcome.image, outcome.task.model
     return ResultRecord(
@@ -591,7 +628,9 @@ def _record(
         dtype=pipeline_info["dtype"],
         safety_checker=pipeline_info["safety_checker"],
         device=pipeline_info["device"],
-        seed=task.seed,
+        seed=task.generation_seed,
+        attempt=task.attempt,
+        quality=quality,
         run_seed=task.run_seed,
         strength=spec.strength,
         num_inference_steps=spec.num_inference_steps,
@@ -637,7 +676,7 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict,
         "Steps": task.model.num_inference_steps,
         "Sampler": a1111_sampler(pipeline_info["scheduler"], pipeline_info["karras_sigmas"]),
         **guidance,
-        "Seed": task.seed,
+        "Seed": task.generation_seed,
         "Size": record.output_size,
         "Model hash": pipeline_info["model_hash"],
         "Model": task.model.name,

@@ -1,12 +1,14 @@
 """`diffused_image`: one img2img result per source image, many partitions per run."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 from pydantic import Field
 
 from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
 from ...settings import max_partitions_per_run
-from ..metadata import PartitionRecorder, recorded_already, run_figures
+from ..metadata import QUALITY_CHECK, PartitionRecorder, recorded_already, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -47,6 +49,16 @@ class DiffusedImageConfig(dg.Config):
     group_name="diffusion",
     description="One img2img result per source image in the output folder: `coffee.jpg` -> `coffee.png`, "
     "other names keep their extension (`coffee.webp` -> `coffee.webp.png`).",
+    check_specs=[
+        dg.AssetCheckSpec(
+            QUALITY_CHECK,
+            asset="diffused_image",
+            partitions_def=images_partitions,
+            description="Per partition: each result passed its model's quality gates (not blank, changed from its "
+            "source, not too far from it, prompt not truncated; the catalog's `quality:`), re-rolled with the next "
+            "seed up to `tries` times; a failed one is kept with the reason and every attempt.",
+        )
+    ],
 )
 def diffused_image(
     context: dg.AssetExecutionContext,
@@ -55,7 +67,7 @@ def diffused_image(
     engine: DiffusionEngineResource,
     prompt_list: list[str],
     model_catalog: list[ModelSpec],
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     files, missing = dataset.files_for(context.partition_keys)
     keys = set(context.partition_keys)
     elsewhere = [name for name in config.reroll if name.rpartition("~v")[0] not in keys and name not in keys]
@@ -85,4 +97,4 @@ def diffused_image(
             "finished are saved and recorded, and a rerun reuses them:\n"
             + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
         )
-    return recorded_already()
+    yield from recorded_already(context)

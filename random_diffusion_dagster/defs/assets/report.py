@@ -28,6 +28,11 @@ SUMMARY_TABLE = {
     ),
     "peak_rss_mb": ("rss_mb", "float", "Peak memory of the process, MiB (summary.csv: peak_rss_mb)."),
     "failures": ("failures", "int", "Its images without a current result."),
+    "gate_failures": (
+        "gate_failures",
+        "int",
+        "Its results kept although every attempt failed a quality gate (summary.csv: gate_failures).",
+    ),
 }
 
 # Refresh after diffused images change, but (unlike `eager()`) do not wait for every
@@ -85,4 +90,8 @@ def diffusion_report(context: dg.AssetExecutionContext, dataset: DatasetResource
     if report.failure_count:
         failed = report.failures.to_dict("records")
         metadata["failed_images"] = table(failed, {"key": "string", "model": "string", "error": "string"})
+    metadata["gate_failures"] = len(report.quality_failures)
+    if len(report.quality_failures):
+        columns = {"key": "string", "model": "string", "file": "string", "attempts": "int", "reason": "string"}
+        metadata["failed_quality_gates"] = table(report.quality_failures.to_dict("records"), columns)
     return dg.MaterializeResult(metadata=metadata)
