@@ -12,7 +12,7 @@ $(BIN)/random-diffusion: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)" 2>&1 | grep -v '^WARNING: Location' || true
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install -q -e '.[test,celery,k8s]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres, dagster_celery, dagster_k8s, dagster_dg_cli, xdist"
+	$(BIN)/python -c "import random_diffusion_dagster, torch, diffusers, dagster_postgres, dagster_celery, dagster_k8s, dagster_dg_cli, xdist, playwright"
 	touch $@
 
 setup: $(BIN)/random-diffusion

@@ -8,7 +8,7 @@
     .venv/bin/python scripts/ui_screenshots.py                       # writes docs/screenshots/*.png
     /tmp/shots/bin/python scripts/ui_screenshots.py --python .venv/bin/python --out /tmp/shots-out
 
-What it does, in about two minutes on a 2-core CPU:
+What it does, in about two and a half minutes on a 2-core CPU:
 1. makes a throwaway project folder: copies of data/images, data/prompts.txt and the demo catalog
    data/models.yaml (its `models` folder linked, not copied), and a DAGSTER_HOME whose dagster.yaml is
    the project's with storage left at the defaults (under that home);
@@ -19,7 +19,14 @@ What it does, in about two minutes on a 2-core CPU:
 4. saves PNGs (1400 px wide, each kept under 300 KB) of: the asset graph, one `diffused_image`
    partition's metadata and its preview (source beside result), the run's tags, the `diffusion_report`
    summary table and contact sheet, and `prompt_list`;
-5. stops the UI and deletes the folder (`--keep` keeps it, with the UI's log).
+5. edits the prompts file as a user would and, once the daemon's input_files_sensor has refreshed `prompt_list`
+   (within a minute), saves `diffused_image`'s overview warning about the failed check `results_up_to_date`,
+   the check's page (how many images are out of date) and its table of why;
+6. raises the catalog's steps (so that a run lasts long enough to be caught part way), then saves
+   `catch_up_schedule`'s Preview tick result, launches it as a user would (Launch all) and saves the
+   Partitions tab while that run goes on: some images already materialized, the rest materializing;
+7. saves the refusal of "Add a partition" for `holiday-photo.jpg`, a name that is no image in the folder;
+8. stops the UI and deletes the folder (`--keep` keeps it, with the UI's log).
 
 `--python` is the interpreter that has the project installed (default: this one if it can import
 random_diffusion_dagster, else .venv/bin/python); the script itself only needs playwright. It exits
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,7 +59,7 @@ VIEWPORT = {"width": 1400, "height": 900}
 MAX_BYTES = 300_000
 PARTITION = "coffee.jpg"
 GRAPH_ZOOM_STEPS = 2
-GRAPH_HEIGHT = 1100  # the zoomed-in graph, all three groups, is about 900 px tall
+GRAPH_HEIGHT = 1200  # the zoomed-in graph, all three groups, is about 1,000 px tall
 GRAPH_ASSETS = (
     "prompts_file",
     "models_file",
@@ -61,11 +69,17 @@ GRAPH_ASSETS = (
     "source_images",
     "diffused_image",
     "diffusion_report",
+    "augmented_dataset",
     "model_comparison",
     "comparison_report",
 )
 SUBMITTED_PROMPTS = ["a watercolor of a quiet harbour at dawn", "a linocut print, bold black lines"]
+EDITED_PROMPT = "a paper cut-out diorama of a harbour town"  # the line the prompts edit adds
+SLOW_STEPS = 200  # the catalog's default steps raised from 10: a run over the sample images lasts ~20 s, not ~5
+BOGUS_PARTITION = "holiday-photo.jpg"
+WAIT_SECONDS = 240  # input_files_sensor looks every 30 s, then its run starts a process
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 class Missing(Exception):
@@ -186,6 +200,59 @@ def latest_run_id(url: str) -> str:
     return next(run["runId"] for run in runs["runsOrError"]["results"] if run["jobName"] == "diffuse_images")
 
 
+def wait_until(predicate, what: str, timeout: float = WAIT_SECONDS):
+    """Poll until `predicate()` is truthy and return its value; exit naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    raise SystemExit(f"error: timed out after {timeout:.0f} s waiting for {what}")
+
+
+UP_TO_DATE_QUERY = """
+{ assetNodeOrError(assetKey: {path: ["diffused_image"]}) { ... on AssetNode { assetChecksOrError {
+  ... on AssetChecks { checks { name executionForLatestMaterialization { status } } } } } } }"""
+
+
+def up_to_date_failed(url: str) -> bool:
+    checks = graphql(url, UP_TO_DATE_QUERY)["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    (execution,) = [c["executionForLatestMaterialization"] for c in checks if c["name"] == "results_up_to_date"]
+    return bool(execution) and execution["status"] == "FAILED"
+
+
+def runs_settled(url: str) -> bool:
+    runs = graphql(url, "{ runsOrError(limit: 50) { ... on Runs { results { status } } } }")
+    return all(run["status"] in ("SUCCESS", "FAILURE", "CANCELED") for run in runs["runsOrError"]["results"])
+
+
+def last_materialized(url: str, asset: str) -> float:
+    """When `asset` was last materialized (ms since the epoch), 0 if never."""
+    query = (
+        '{ assetNodeOrError(assetKey: {path: ["%s"]}) '
+        "{ ... on AssetNode { assetMaterializations(limit: 1) { timestamp } } } }"
+    )
+    events = graphql(url, query % asset)["assetNodeOrError"]["assetMaterializations"]
+    return float(events[0]["timestamp"]) if events else 0.0
+
+
+def edit_prompts(root: Path) -> None:
+    """What a user does: add a line to the prompts file. Every image's prompt is drawn again."""
+    path = root / "prompts.txt"
+    path.write_text(path.read_text().rstrip("\n") + f"\n{EDITED_PROMPT}\n")
+
+
+def slow_catalog(root: Path) -> None:
+    """Raise the catalog's default steps, so that a run lasts long enough to be seen part way."""
+    path = root / "models.yaml"
+    text = path.read_text()
+    slow = re.sub(r"(?m)^(  num_inference_steps: )\d+$", rf"\g<1>{SLOW_STEPS}", text, count=1)
+    if slow == text:
+        raise SystemExit(f"error: {path} has no `  num_inference_steps:` in its defaults to raise")
+    path.write_text(slow)
+
+
 def start_ui(python: str, env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
     return subprocess.Popen(
@@ -218,6 +285,7 @@ class Shooter:
     def __init__(self, page, base_url: str, out: Path):
         self.page, self.base_url, self.out = page, base_url, out
         self.saved: list[Path] = []
+        self.missed: list[str] = []  # shots the UI could not be caught in the state they show
 
     def open(self, path: str, height: int = VIEWPORT["height"]) -> None:
         self.page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
@@ -251,9 +319,9 @@ class Shooter:
         self.page.wait_for_timeout(300)
 
 
-def take_screenshots(sync_playwright, chromium: str, base_url: str, run_id: str, out: Path) -> list[Path]:
+def take_screenshots(sync_playwright, chromium: str, base_url: str, run_id: str, out: Path, root: Path) -> Shooter:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport=VIEWPORT, timezone_id="UTC", locale="en-US")
             shooter = Shooter(context.new_page(), base_url, out)
@@ -329,9 +397,96 @@ def take_screenshots(sync_playwright, chromium: str, base_url: str, run_id: str,
             shooter.open("/assets/prompt_list?view=events", height=1200)
             page.get_by_text("submitted_by", exact=True).first.wait_for()
             shooter.shot("07_prompt_list")
-            return shooter.saved
+
+            shoot_out_of_date(shooter, root)
+            shoot_progress(shooter, root)
+            shoot_refused_partition(shooter)
+            return shooter
         finally:
             browser.close()
+
+
+def shoot_out_of_date(shooter: Shooter, root: Path) -> None:
+    """After a prompts edit: the overview's warning (its popover names the check), the check's page, its why."""
+    page = shooter.page
+    edit_prompts(root)
+    print("edited prompts.txt; waiting for the daemon to refresh prompt_list and run results_up_to_date", flush=True)
+    wait_until(lambda: up_to_date_failed(shooter.base_url), "results_up_to_date to fail after the prompts edit")
+    shooter.open("/assets/diffused_image")
+    badges = page.get_by_text("Latest check results", exact=True).locator("xpath=..")
+    badges.get_by_role("img", name="warning_outline").first.hover()
+    popover = page.locator(".bp5-popover-content").filter(has_text="Failed checks")
+    popover.get_by_text("results_up_to_date").wait_for()
+    page.wait_for_timeout(300)
+    shooter.shot("08_out_of_date_overview")
+
+    shooter.open("/assets/diffused_image?view=checks&checkDetail=results_up_to_date")
+    page.get_by_text("out_of_date", exact=True).first.wait_for()
+    shooter.shot("09_out_of_date_check")
+    page.locator("tr", has=page.get_by_text("why", exact=True)).get_by_text("[Show Markdown]").click()
+    page.get_by_role("dialog").locator("table").wait_for()
+    page.wait_for_timeout(300)
+    shooter.shot("10_out_of_date_why")
+    shooter.close_dialog()
+
+
+def shoot_progress(shooter: Shooter, root: Path) -> None:
+    """The redo, launched as the check says (catch_up_schedule > Preview tick result > Launch all), on a slower
+    catalog; then the Partitions tab while its run goes on, one of its finished images opened."""
+    page, url = shooter.page, shooter.base_url
+    before = last_materialized(url, "model_catalog")
+    slow_catalog(root)
+    print(f"raised the catalog's steps to {SLOW_STEPS}; waiting for the daemon to refresh model_catalog", flush=True)
+    wait_until(
+        lambda: last_materialized(url, "model_catalog") > before and runs_settled(url),
+        "model_catalog to be refreshed after the catalog edit",
+    )
+    shooter.open("/locations/random_diffusion_dagster/schedules/catch_up_schedule")
+    page.get_by_role("button", name="Preview tick result").click()
+    page.get_by_role("button", name="Continue").click()
+    launch = page.get_by_role("button").filter(has_text="Launch all")
+    launch.wait_for()
+    page.get_by_text("Requested runs", exact=False).wait_for()
+    page.wait_for_timeout(300)
+    shooter.shot("11_catch_up_preview")
+    launch.click()
+    page.wait_for_url(lambda address: "/runs" in address)
+
+    shooter.open("/assets/diffused_image?view=partitions")
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        page.get_by_text(re.compile(r"^Materialized \(\d+\)$")).wait_for()
+        counts = dict(re.findall(r"(Materialized|Materializing) \((\d+)\)", page.inner_text("body")))
+        if int(counts.get("Materialized", 0)) and int(counts.get("Materializing", 0)):
+            done = page.locator("div[style*='border-radius: 100%'][style*='accent-green']").first.locator("xpath=..")
+            done.click()  # one finished image: its new materialization, while the run goes on
+            page.get_by_text("Latest materialization", exact=True).first.wait_for()
+            page.get_by_text("num_inference_steps", exact=True).first.wait_for()
+            page.wait_for_timeout(500)
+            shooter.shot("12_progress_mid_run")
+            break
+        if runs_settled(url) and not int(counts.get("Materializing", 0)):
+            shooter.missed.append("12_progress_mid_run: the run ended before a page showed it part way")
+            break
+        page.wait_for_timeout(500)
+        page.reload(wait_until="networkidle")
+    else:
+        shooter.missed.append("12_progress_mid_run: no run went on within the wait")
+    wait_until(lambda: runs_settled(url), "the catch-up run to end")
+
+
+def shoot_refused_partition(shooter: Shooter) -> None:
+    """Materialize... > Add a partition > a name that is no image > Save: the guard's refusal, as the UI shows it."""
+    page = shooter.page
+    shooter.open("/assets/diffused_image?view=partitions")
+    page.get_by_role("button", name="Materialize…").first.click()
+    page.get_by_text("Add a partition", exact=True).click()
+    adding = page.get_by_role("dialog").filter(has_text="Add a partition for images")
+    adding.locator("input").fill(BOGUS_PARTITION)
+    adding.get_by_role("button", name="Save", exact=True).click()
+    page.get_by_role("dialog").filter(has_text="Could not add partition").wait_for()
+    page.wait_for_timeout(300)
+    shooter.shot("13_add_partition_refused")
 
 
 SHRINK = r"""
@@ -402,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
     )
     process = None
+    missed: list[str] = []
     try:
         run_cli(python, env, "run")
         run_cli(python, env, "run", *(arg for prompt in SUBMITTED_PROMPTS for arg in ("--prompt", prompt)))
@@ -415,8 +571,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("error: the UI did not come up (its log is above)")
             time.sleep(1)
         print(f"UI up at {base_url}", flush=True)
-        saved = take_screenshots(sync_playwright, chromium, base_url, latest_run_id(base_url), args.out)
-        shrink(python, saved)
+        graphql(base_url, "mutation { setNuxSeen }")  # no first-visit "Join the Dagster community" dialog
+        shooter = take_screenshots(sync_playwright, chromium, base_url, latest_run_id(base_url), args.out, root)
+        shrink(python, shooter.saved)
+        missed = shooter.missed
+        for shot in missed:
+            print(f"warning: not retaken: {shot}", file=sys.stderr)
     finally:
         if process is not None:
             stop_ui(process)
@@ -424,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -77,3 +77,18 @@ def descendants(pid: int) -> list[int]:
             if ppid == pid:
                 children.append(int(proc.name))
     return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+# What Dagster's daemon prints that issue 36 quoted from the `random-diffusion ui` terminal: none may reach it.
+ROUTINE_DAEMON_LINES = [
+    "No relevant assets materialized since last tick",
+    "Root assets that have not yet been requested",
+    "Considering the following candidate subset",
+    "Asset partitions to request",
+    "MonitoringDaemon - INFO - Checking run",
+    "QueuedRunCoordinatorDaemon - INFO - Launched",
+    "evaluation result:",
+    "did not shut down gracefully",
+    "__repository__",
+    "\x1b[",  # colour codes: the console in these tests is a file
+]

@@ -25,7 +25,7 @@ from random_diffusion_dagster.engine.results import output_file_name, read_recor
 from random_diffusion_dagster.runtime.cli_runs import PROCESS_TAG
 from random_diffusion_dagster.runtime.remote import Deployment
 
-from helpers import descendants, make_image, write_catalog
+from helpers import ROUTINE_DAEMON_LINES, descendants, make_image, write_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from local_services import project_env, shipped_instance_config, stop_process_groups, wait_for  # noqa: E402
@@ -217,7 +217,8 @@ def test_editing_the_prompts_file_shows_results_as_stale_over_graphql(deployment
     entries = {e["label"]: e.get("intValue", e.get("jsonString")) for e in execution["evaluation"]["metadataEntries"]}
     assert entries["out_of_date"] == 3 and json.loads(entries["out_of_date_keys"]) == sorted(keys)
 
-    # The one redo action (catch_up_schedule > Preview tick result > Launch all) asks for exactly those.
+    # The one redo action (catch_up_schedule > Preview tick result > Launch all & commit tick result) asks for
+    # exactly those.
     dry_run = Deployment(url).query(SCHEDULE_DRY_RUN, {"selector": CATCH_UP_SELECTOR, "timestamp": time.time()})
     requests = dry_run["scheduleDryRun"]["evaluationResult"]["runRequests"]
     spans = [{t["key"]: t["value"] for t in r["tags"]} for r in requests]
@@ -351,18 +352,7 @@ def test_the_daemon_console_shows_the_runs_log_lines_and_not_the_routine_ones(de
     assert f"{run_id} - diffused_image - " in console and "batch of 1 at" in console  # the run's own log lines
     assert " - DEBUG - " not in console and "STEP_START" not in console and "ASSET_MATERIALIZATION" not in console
     assert "Backfill iteration summary" not in console and "Checking for new runs for sensor" not in console
-    quoted_in_issue_36 = [
-        "No relevant assets materialized since last tick",
-        "Root assets that have not yet been requested",
-        "Considering the following candidate subset",
-        "Asset partitions to request",
-        "MonitoringDaemon - INFO - Checking run",
-        "QueuedRunCoordinatorDaemon - INFO - Launched",
-        "evaluation result:",
-        "__repository__",
-        "\x1b[",  # colour codes: the console here is a file
-    ]
-    assert [line for line in quoted_in_issue_36 if line in console] == []
+    assert [line for line in ROUTINE_DAEMON_LINES if line in console] == []
     assert "new_images_sensor - 3 new, 0 replaced, 0 removed images" in console  # the sensor's own line, named
 
 

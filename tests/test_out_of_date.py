@@ -95,6 +95,9 @@ def test_a_prompts_edit_is_counted_by_the_check_and_the_catch_up_asks_for_exactl
     assert f"| prompt changed | {len(stale)} |" in evaluation.metadata["why"].value
     assert all(f"- {key}: prompt changed" in evaluation.metadata["partitions"].value for key in stale)
     assert "Preview tick result" in evaluation.metadata["redo"].value
+    assert evaluation.description.startswith(
+        f"{len(stale)} of 3 images are out of date (prompt changed: {len(stale)}),"
+    )
 
     # One of them redone: the run's check says so at once, re-reading only what it listed and what the run made.
     first, *rest = [k for k in keys if k in stale]

@@ -48,7 +48,7 @@ def _recorded_in_this_run(context: dg.AssetCheckExecutionContext) -> set[str]:
 LISTED_KEYS = 2_000  # out-of-date keys an evaluation keeps whole, so the next run's evaluation re-reads only those
 SHOWN_KEYS = 200
 REDO = (
-    "Redo exactly these: Automation > `catch_up_schedule` > Preview tick result > Launch all. "
+    "Redo exactly these: Automation > `catch_up_schedule` > Preview tick result > Launch all & commit tick result. "
     "RANDOM_DIFFUSION_CATCH_UP sets when that happens by itself: `on-change` (as soon as the prompts file or "
     "catalog changes), `nightly` (RANDOM_DIFFUSION_CATCH_UP_CRON, 03:00 by default) or `off`."
 )
@@ -80,6 +80,7 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})
     stale = found.made_before()
     metadata = {"out_of_date": len(stale), "images": len(found.keys), "inputs": planner.inputs_version}
+    said = "Every made image is up to date."
     if stale:
         metadata["why"] = dg.MetadataValue.md(
             "| why | images |\n|---|---|\n"
@@ -95,8 +96,11 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         metadata["redo"] = dg.MetadataValue.md(REDO + f" Now: `{catch_up_setting()}`.")
         if len(stale) <= LISTED_KEYS:
             metadata["out_of_date_keys"] = dg.MetadataValue.json(sorted(stale))
-        context.log.warning(f"{summary(stale, len(found.keys))}, {estimate.words()}. {REDO}")
-    return dg.AssetCheckResult(passed=not stale, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+        said = f"{summary(stale, len(found.keys))}, {estimate.words()}."
+        context.log.warning(f"{said} {REDO}")
+    return dg.AssetCheckResult(
+        passed=not stale, severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description=said
+    )
 
 
 def _last_listing(context: dg.AssetCheckExecutionContext, inputs: str) -> set[str] | None:

@@ -212,7 +212,7 @@ def plan_command(args: argparse.Namespace) -> int:
         print(f"  ...and {len(found.reasons) - args.shown} more")
     print(
         "`random-diffusion run` redoes exactly these (current results are reused); in the UI: Automation > "
-        "catch_up_schedule > Preview tick result > Launch all."
+        "catch_up_schedule > Preview tick result > Launch all & commit tick result."
     )
     return 0
 

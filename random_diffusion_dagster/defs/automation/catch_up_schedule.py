@@ -17,7 +17,8 @@ from ..resources import DatasetResource
     else dg.DefaultScheduleStatus.RUNNING,
     description="Nightly (RANDOM_DIFFUSION_CATCH_UP_CRON; stopped when RANDOM_DIFFUSION_CATCH_UP=off): runs every "
     "partition whose result is missing, unreadable, made from other prompts, catalog, seed or source, or not "
-    "recorded as materialized; requests nothing when all is current. To redo now: Preview tick result > Launch all.",
+    "recorded as materialized; requests nothing when all is current. To redo now: Preview tick result > Launch "
+    "all & commit tick result.",
 )
 def catch_up_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetResource):
     found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
