@@ -126,7 +126,15 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     # only this process, which stops them in order (stop), and each group can be killed whole.
     children: dict[str, subprocess.Popen] = {}
     output = DaemonOutput()
-    forwarding = threading.Thread(target=lambda: output.forward(children["daemon"].stdout, sys.stderr), daemon=True)
+    # Each child prints through a filter of its own (it keeps state line to line): colour codes only on a terminal,
+    # routine lines dropped.
+    outputs = {"webserver": DaemonOutput(), "daemon": output}
+    forwarding = {
+        name: threading.Thread(
+            target=lambda name=name: outputs[name].forward(children[name].stdout, sys.stderr), daemon=True
+        )
+        for name in outputs
+    }
     for signum in STOP_SIGNALS[1:]:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # under nohup, SIGHUP stays ignored
             signal.signal(signum, interrupt)  # `kill`, or the terminal closing, stops it like Ctrl-C
@@ -144,10 +152,13 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
                 workspace,
             ],
             env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        forwarding["webserver"].start()
         children["daemon"] = start_child(workspace, env, own_session=True)
-        forwarding.start()
+        forwarding["daemon"].start()
         while True:
             stopped = [name for name, process in children.items() if process.poll() is not None]
             if stopped:
@@ -166,8 +177,9 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
         pass
     finally:
         stop(instance, list(children.values()), output)
-        if forwarding.is_alive():
-            forwarding.join(timeout=2)  # the daemon's last lines, its runs' cancellations among them
+        for thread in forwarding.values():
+            if thread.is_alive():
+                thread.join(timeout=2)  # the children's last lines, the runs' cancellations among them
         instance.dispose()
     return exit_code
 
