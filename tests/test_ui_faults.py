@@ -171,13 +171,17 @@ def test_ui_stops_the_daemon_when_the_webserver_cannot_start(home):
     _nothing_left(home)
 
 
-def test_a_bad_allowed_hosts_setting_stops_ui_before_anything_starts(home):
-    env = _env(home, RANDOM_DIFFUSION_ALLOWED_HOSTS="dagster.lan,http://box.example:3000")
+@pytest.mark.parametrize(
+    "variable, value",
+    [("RANDOM_DIFFUSION_ALLOWED_HOSTS", "dagster.lan,http://box.example:3000"), ("RANDOM_DIFFUSION_CATCH_UP", "yes")],
+)
+def test_a_bad_setting_stops_ui_before_anything_starts(home, variable, value):
+    """A setting the UI's guard reads, or one the definitions read as they load (which would otherwise break the
+    code location in the children, in screens of tracebacks)."""
+    env = _env(home, **{variable: value})
     code, stderr = _run([*CLI, "ui", "-p", str(_free_port())], home, env, timeout=90)
     assert code == 2, stderr
-    _assert_one_line_error(
-        stderr, "random-diffusion ui: error: ", "RANDOM_DIFFUSION_ALLOWED_HOSTS", "http://box.example:3000"
-    )
+    _assert_one_line_error(stderr, "random-diffusion ui: error: ", variable, value.split(",")[-1])
     _nothing_left(home)
 
 

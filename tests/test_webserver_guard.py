@@ -315,6 +315,10 @@ def test_adding_a_partition_that_names_no_image_is_refused_in_one_line_the_dialo
     message = _ui_add(ui, "harbour at dusk.png")["message"]
     assert f"its partition is {partition_key_for('harbour at dusk.png')!r}" in message, message
     assert not set(keys + ["harbour at dusk.png"]) & set(_images(ui))
+    # A name no file system takes (a part over 255 bytes) is refused the same way, quoting only its start.
+    answer = _ui_add(ui, "x" * 5000 + ".jpg")
+    assert answer["__typename"] == "UnauthorizedError" and "... (5004 characters)" in answer["message"], answer
+    assert len(answer["message"]) < 600
 
 
 def test_adding_a_partition_for_an_image_in_the_folder_adds_it(ui):

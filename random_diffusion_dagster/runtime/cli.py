@@ -438,6 +438,8 @@ def add_daemon_parser(commands) -> None:
 
 
 def daemon_command(args: argparse.Namespace) -> int:
+    import random_diffusion_dagster.definitions  # noqa: F401  (every setting read as definitions load, checked here)
+
     from .daemon import run_with_quiet_console
 
     return run_with_quiet_console(args.workspace)

@@ -110,6 +110,8 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     checked_origins(allowed_origins())  # fail here, not in a child
     allowed_hosts()
     backfill_interval_seconds()
+    import random_diffusion_dagster.definitions  # noqa: F401  (every setting read as definitions load, checked here)
+
     problem = port_problem(host or "127.0.0.1", 3000 if port is None else port)
     if problem:
         print(f"random-diffusion ui: error: {problem}", file=sys.stderr)

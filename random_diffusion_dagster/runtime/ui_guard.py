@@ -287,23 +287,35 @@ def missing_image(partitions_def_name, key) -> str | None:
     folder, _, name = key.rpartition("/")
     own_key = partition_key_for(name, folder)  # the key of the file at that path, if there is one
     path = Path(dataset.images_dir, key)
-    if own_key != key or path.is_file():
+    shown = key if len(key) <= MAX_SHOWN_KEY else f"{key[:MAX_SHOWN_KEY]}... ({len(key)} characters)"
+    if own_key != key or _is_file(path):
         try:
             found, _ = dataset.files_for([key])
         except OSError as error:  # the folder is missing or cannot be listed: its message says what to do
-            return f"Not added: partition {key!r} names no image, because {error}"
+            return f"Not added: partition {shown!r} names no image, because {error}"
         if found:
             return None
-        if own_key != key and not key.startswith("/") and ".." not in key.split("/") and path.is_file():
+        if own_key != key and not key.startswith("/") and ".." not in key.split("/") and _is_file(path):
             return (
-                f"Not added: {key!r} is the name of a file in the images folder {dataset.images_dir}, not a "
+                f"Not added: {shown!r} is the name of a file in the images folder {dataset.images_dir}, not a "
                 f"partition key: its partition is {own_key!r}."
             )
     return (
-        f"Not added: partition {key!r} names no image in the images folder {dataset.images_dir}. Put the image file "
+        f"Not added: partition {shown!r} names no image in the images folder {dataset.images_dir}. Put the image file "
         f"in {dataset.images_dir}: new_images_sensor gives each image there a partition, named after its file, "
         f"within about {wait} s."
     )
+
+
+MAX_SHOWN_KEY = 200  # a refusal quotes at most this much of the key it refuses
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a file is there; a name no file system takes (too long, a NUL byte) names none."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _not_read_only(query: str) -> str | None:
