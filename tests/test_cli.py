@@ -90,6 +90,23 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
         r"Redoing them: about \d+\.\d s of GPU time for 3 results( \(.* not measured yet.*\))?\.", lines[1]
     )
     assert "  red.png: run seed changed" in lines
+    # Another seed and a second variant: the stale first results and the missing second ones, six in all.
+    both = subprocess.run([*plan, "--seed", "4", "--variants", "2"], env=env, capture_output=True, text=True)
+    assert re.search(r"GPU time for 6 results", both.stdout), both.stdout
+    assert both.stdout.rstrip().endswith(
+        "`random-diffusion run --seed 4 --variants 2` makes these (current results are reused)."
+    )
+    # A prompts file no run could use is one line naming its line, not a reason given for every image.
+    prompts = Path(env["RANDOM_DIFFUSION_PROMPTS_FILE"])
+    kept = prompts.read_text()
+    prompts.write_text(kept + "a {red\n")
+    try:
+        broken = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        prompts.write_text(kept)
+    assert broken.returncode == 2 and broken.stdout == "", broken.stdout
+    (message,) = [line for line in broken.stderr.splitlines() if line.startswith("error: ")]
+    assert f"{prompts}, line " in message and "a {red" in message, broken.stderr
 
 
 def _assert_each_run_shows_its_target(home: Path) -> None:

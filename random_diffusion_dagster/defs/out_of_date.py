@@ -12,7 +12,7 @@ import dagster as dg
 from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, MeasuredRates, judge
 from ..engine.plan import Planner, catalog_version, prompts_version
 from .partitions import images_partitions
-from .prompt_sets import current_prompt_set
+from .prompt_sets import check_templates, current_prompt_set
 from .resources import DatasetResource
 from .run_ranges import partition_ranges
 
@@ -31,11 +31,13 @@ class OutOfDate:
     recorded: frozenset[str]  # the partitions Dagster has recorded as materialized
     to_make: dict[str, list[str | None]]  # key -> the model of each result its run would make
     rates: MeasuredRates  # measured on the results read
+    expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
         chosen = self.reasons if keys is None else keys
-        return self.rates.estimate([model for key in chosen for model in self.to_make.get(key, [])])
+        to_make = [planned for key in chosen for planned in self.to_make.get(key, [])]
+        return self.rates.estimate(to_make, self.expected_steps)
 
     def made_before(self) -> dict[str, str]:
         """The recorded partitions among them: results Dagster shows as made that are stale or gone (never-made
@@ -61,8 +63,11 @@ def summary(reasons: dict[str, str], total: int) -> str:
 
 
 def current_planner(instance: dg.DagsterInstance, dataset: DatasetResource) -> Planner:
-    """The planner a run would use now: the current prompt list (a submitted one stays current) and catalog."""
-    return dataset.planner(current_prompt_set(instance, dataset).prompts, dataset.catalog())
+    """The planner a run would use now: the current prompt list (a submitted one stays current) and catalog. A
+    prompt list or catalog a run would refuse raises its one-line error (a ValueError) here, for the whole lot."""
+    prompt_set = current_prompt_set(instance, dataset)
+    check_templates(prompt_set, dataset)
+    return dataset.planner(prompt_set.prompts, dataset.catalog())
 
 
 def out_of_date(
@@ -99,7 +104,9 @@ def out_of_date(
     redrawn = [key for key, why in reasons.items() if why in REDRAWN and key in recorded]
     for key, why in _which_input_changed(instance, planner, redrawn).items():
         reasons[key] = why
-    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates)
+    catalog = planner.catalog
+    expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
+    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected)
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ..engine.plan import prompts_version
-from ..engine.prompts import PromptListError, require_prompts
+from ..engine.prompts import PromptListError, load_numbered_prompts, require_prompts
+from ..engine.templates import PromptTemplates
 from .resources import DatasetResource
 
 SUBMITTED_BY_TAG = "random_diffusion/submitted_by"
@@ -69,6 +70,18 @@ def current_prompt_set(
     if latest is not None and latest.source == "submitted" and latest.file_prompts_version == file_prompts_version:
         return latest
     return PromptSet(file_prompts, "file", file_prompts_version)
+
+
+def check_templates(prompt_set: PromptSet, dataset: DatasetResource) -> None:
+    """Every line parsed and every wildcard found, so a broken template fails in one message naming the file's line
+    (or the submitted prompt), before any image is planned."""
+    if prompt_set.source == "file":
+        numbered = load_numbered_prompts(dataset.prompts_file)
+        same = [prompt for _number, prompt in numbered] == prompt_set.prompts  # unless edited since it was read
+        line_numbers = [number for number, _prompt in numbered] if same else None
+        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, line_numbers)
+    else:
+        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source="run config `prompt_list`")
 
 
 def latest_prompt_set(instance: dg.DagsterInstance) -> PromptSet | None:

@@ -46,29 +46,32 @@ def judge(planner: Planner, source: SourceFile) -> Judgement:
         for variant in range(planner.variants)
     ]
     made = [record for record in found if record is not None]
-    if len(made) < len(found):
-        return Judgement(NO_RESULT, [Planned()] * (len(found) - len(made)), made)
+    if not made:
+        return Judgement(NO_RESULT, [Planned()] * len(found), made)
     first = made[0]
     snapshot = SourceSnapshot(first.source_sha256, source.size, source.mtime_ns)
     if (first.source_bytes, first.source_mtime_ns) != (source.size, source.mtime_ns):
         snapshot = snapshot_source(source.path)  # touched or replaced: only the content can tell
         if snapshot.sha256 != first.source_sha256:
-            return Judgement(SOURCE_CHANGED, [Planned()] * len(made), made)
+            return Judgement(SOURCE_CHANGED, [Planned()] * len(found), made)
     try:
         words = planner.words_for(source)
         tasks = [
-            planner.task(source.partition_key, source.path, snapshot, words, source.relative_path, variant, r.roll)
-            for variant, r in enumerate(made)
+            planner.task(
+                source.partition_key, source.path, snapshot, words, source.relative_path, variant, r.roll if r else 0
+            )
+            for variant, r in enumerate(found)
         ]
     except PromptListError as exc:  # its run names the missing word for this image
         return Judgement(f"cannot be planned: {exc}", [], made)
     changed = [
-        (task, record) for task, record in zip(tasks, made, strict=True) if task.fingerprint != record.fingerprint
+        (task, r) for task, r in zip(tasks, found, strict=True) if r is None or task.fingerprint != r.fingerprint
     ]
     if not changed:
         return Judgement(None, [], made)
+    stale = [(task, record) for task, record in changed if record is not None]
     to_make = [Planned(task.model.name, task.model.denoising_steps) for task, _ in changed]
-    return Judgement(_what_changed(*changed[0]), to_make, made)
+    return Judgement(_what_changed(*stale[0]) if stale else NO_RESULT, to_make, made)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Estimate:
     def words(self) -> str:
         """`about 12 min of GPU time for 40 results` (or why there is no figure)."""
         if self.seconds is None:
-            return f"{self.results} results; no figure yet: no result has been made to measure"
+            return f"{_results(self.results)}; no figure yet: no result has been made to measure"
         minutes = self.seconds / 60
         figure = (
             f"{minutes:.0f} min"
@@ -92,7 +95,11 @@ class Estimate:
             else f"{self.seconds:.1f} s"
         )
         guessed = f" ({', '.join(self.unmeasured)} not measured yet: counted at the mean)" if self.unmeasured else ""
-        return f"about {figure} of GPU time for {self.results} results{guessed}"
+        return f"about {figure} of GPU time for {_results(self.results)}{guessed}"
+
+
+def _results(count: int) -> str:
+    return f"{count} result{'' if count == 1 else 's'}"
 
 
 class MeasuredRates:
@@ -110,15 +117,16 @@ class MeasuredRates:
             total[1] += max(1, int(record.num_inference_steps * record.strength))
             total[2] += 1
 
-    def estimate(self, to_make: list[Planned]) -> Estimate:
-        """The time to make these results; a model not measured yet counts at the mean of all."""
+    def estimate(self, to_make: list[Planned], expected_steps: float) -> Estimate:
+        """The time to make these results; a model not measured yet counts at the mean rate of all, a result whose
+        model is known only when it runs at `expected_steps` (the catalog's mean)."""
         if not self.totals:
             return Estimate(len(to_make), None, [])
         per_step = {model: seconds / steps for model, (seconds, steps, _) in self.totals.items()}
-        seconds_all, steps_all, results_all = (sum(column) for column in zip(*self.totals.values(), strict=True))
-        mean_step, mean_steps = seconds_all / steps_all, steps_all / results_all
+        seconds_all, steps_all, _results = (sum(column) for column in zip(*self.totals.values(), strict=True))
+        mean_step = seconds_all / steps_all
         unmeasured = sorted({p.model for p in to_make if p.model is not None and p.model not in per_step})
-        seconds = sum(per_step.get(p.model, mean_step) * (p.steps or mean_steps) for p in to_make)
+        seconds = sum(per_step.get(p.model, mean_step) * (p.steps or expected_steps) for p in to_make)
         return Estimate(len(to_make), round(seconds, 1), unmeasured)
 
 

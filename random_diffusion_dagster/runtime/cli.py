@@ -182,7 +182,7 @@ def add_plan_parser(commands) -> None:
     )
     plan.add_argument("--seed", type=int, help="price this run seed instead (default: RANDOM_DIFFUSION_SEED or 0)")
     plan.add_argument("--variants", type=_variants, help="price this many results per image instead")
-    plan.add_argument("--shown", type=int, default=20, metavar="N", help="list the first N images (default 20)")
+    plan.add_argument("--shown", type=_shown, default=20, metavar="N", help="list the first N images (default 20)")
     plan.set_defaults(handler=plan_command)
 
 
@@ -210,11 +210,23 @@ def plan_command(args: argparse.Namespace) -> int:
         print(f"  {key}: {why}")
     if len(found.reasons) > args.shown > 0:
         print(f"  ...and {len(found.reasons) - args.shown} more")
-    print(
-        "`random-diffusion run` redoes exactly these (current results are reused); in the UI: Automation > "
-        "catch_up_schedule > Preview tick result > Launch all & commit tick result."
-    )
+    options = "".join(f" --{name} {value}" for name, value in chosen.items() if value is not None)
+    if options:
+        print(f"`random-diffusion run{options}` makes these (current results are reused).")
+    else:
+        print(
+            "`random-diffusion run` redoes exactly these (current results are reused); in the UI: Automation > "
+            "catch_up_schedule > Preview tick result > Launch all & commit tick result."
+        )
     return 0
+
+
+def _shown(text: str) -> int:
+    """--shown: 0 or more."""
+    number = int(text) if text.strip().lstrip("-").isdigit() else -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 or a whole number above it")
+    return number
 
 
 def _example_result(dataset) -> str | None:

@@ -7,8 +7,6 @@ from pydantic import Field, model_validator
 from ...engine.catalog import ModelSpec
 from ...engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
 from ...engine.plan import catalog_version
-from ...engine.prompts import load_numbered_prompts
-from ...engine.templates import PromptTemplates
 from ..metadata import table
 from ..partitions import (
     images_partitions,
@@ -18,7 +16,7 @@ from ..partitions import (
     sync_dynamic_partitions,
 )
 from ..pools import ensure_gpu_pool_limit
-from ..prompt_sets import SUBMITTED_BY_TAG, current_prompt_set, prompt_set_metadata
+from ..prompt_sets import SUBMITTED_BY_TAG, check_templates, current_prompt_set, prompt_set_metadata
 from ..resources import DatasetResource
 from ..source_versions import MODELS_FILE, PROMPTS_FILE, file_version, report_what_was_read, version_event
 
@@ -132,14 +130,7 @@ def prompt_list(
         context.run.run_id,
         use_prompts_file=config.use_prompts_file,
     )
-    # Every line parsed and every wildcard found now, so a broken template fails here, before any image.
-    if prompt_set.source == "file":
-        numbered = load_numbered_prompts(dataset.prompts_file)
-        same = [prompt for _number, prompt in numbered] == prompt_set.prompts  # unless edited since it was read
-        line_numbers = [number for number, _prompt in numbered] if same else None
-        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, line_numbers)
-    else:
-        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source="run config `prompt_list`")
+    check_templates(prompt_set, dataset)  # a broken template fails here, before any image
     version = file_version(dataset.prompts_file)
     if version:  # what this run read, so the stored list's provenance names that file content
         report_what_was_read(context, [version_event(PROMPTS_FILE, version)])

@@ -21,7 +21,10 @@ from ..resources import DatasetResource
     "all & commit tick result.",
 )
 def catch_up_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetResource):
-    found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
+    try:
+        found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
+    except (ValueError, OSError) as exc:  # a prompt list, catalog or folder no run could use: its message says why
+        return dg.SkipReason(f"Nothing requested: {exc}")
     if not found.reasons:
         return dg.SkipReason(f"All {len(found.keys)} results are current.")
     context.log.info(summary(found.reasons, len(found.keys)) + ": " + ", ".join(list(found.reasons)[:20]))
