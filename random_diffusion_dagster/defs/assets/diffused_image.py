@@ -89,6 +89,8 @@ def diffused_image(
             context.log.warning(
                 f"{result.task.key}: prompt longer than the text encoder reads; only its start was used"
             )
+        if result.record.quality_failure and result.status != "reused":
+            context.log.warning(f"{result.task.key}: kept although it {result.record.quality_failure}")
     failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if failures:
