@@ -315,6 +315,10 @@ def test_adding_a_partition_that_names_no_image_is_refused_in_one_line_the_dialo
     message = _ui_add(ui, "harbour at dusk.png")["message"]
     assert f"its partition is {partition_key_for('harbour at dusk.png')!r}" in message, message
     assert not set(keys + ["harbour at dusk.png"]) & set(_images(ui))
+    # A file that is there but no image (garbage named .jpg) is refused as the sensor would skip it.
+    (Path(ui["images"]) / "fake.jpg").write_bytes(b"garbage")
+    message = _ui_add(ui, "fake.jpg")["message"]
+    assert message.startswith("Not added: partition 'fake.jpg': ") and "not an image Pillow can read" in message
     # A name no file system takes (a part over 255 bytes) is refused the same way, quoting only its start.
     answer = _ui_add(ui, "x" * 5000 + ".jpg")
     assert answer["__typename"] == "UnauthorizedError" and "... (5004 characters)" in answer["message"], answer

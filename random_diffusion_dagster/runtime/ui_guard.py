@@ -275,7 +275,7 @@ def missing_image(partitions_def_name, key) -> str | None:
     """
     from ..defs.partitions import images_partitions
     from ..defs.resources import DatasetResource
-    from ..engine.images import partition_key_for
+    from ..engine.images import ImageLoadError, partition_key_for, probe_image
 
     if partitions_def_name != images_partitions.name or not isinstance(key, str):
         return None
@@ -294,6 +294,10 @@ def missing_image(partitions_def_name, key) -> str | None:
         except OSError as error:  # the folder is missing or cannot be listed: its message says what to do
             return f"Not added: partition {shown!r} names no image, because {error}"
         if found:
+            try:
+                probe_image(found[0].path)  # the header only: what new_images_sensor checks before it adds one
+            except (ImageLoadError, OSError) as error:
+                return f"Not added: partition {shown!r}: {error}"
             return None
         if own_key != key and not key.startswith("/") and ".." not in key.split("/") and _is_file(path):
             return (
