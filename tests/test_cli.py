@@ -81,7 +81,9 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
     redoes all three, priced at the inference time the records measured."""
     plan = [str(BIN / "random-diffusion"), "plan"]
     current = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
-    assert current.returncode == 0 and "All 3 images are up to date" in current.stdout, current.stderr[-2000:]
+    assert current.returncode == 0 and "All 3 registered images are up to date" in current.stdout, current.stderr[
+        -2000:
+    ]
     other = subprocess.run([*plan, "--seed", "4"], env=env, capture_output=True, text=True, timeout=120)
     assert other.returncode == 0, other.stderr[-2000:]
     lines = other.stdout.splitlines()
@@ -96,6 +98,13 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
     assert both.stdout.rstrip().endswith(
         "`random-diffusion run --seed 4 --variants 2` makes these (current results are reused)."
     )
+    # An image the folder has and the instance does not yet: said, since a run makes it too.
+    late = make_image(Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]) / "late.png", color=(9, 9, 9))
+    try:
+        seen = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        late.unlink()
+    assert seen.stdout.startswith("Not registered yet: 1 image in the folder; a run makes them too"), seen.stdout
     # A prompts file no run could use is one line naming its line, not a reason given for every image.
     prompts = Path(env["RANDOM_DIFFUSION_PROMPTS_FILE"])
     kept = prompts.read_text()

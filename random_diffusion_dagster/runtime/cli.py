@@ -193,16 +193,19 @@ def plan_command(args: argparse.Namespace) -> int:
     chosen = {"seed": args.seed, "variants": args.variants}
     dataset = DatasetResource(**{key: value for key, value in chosen.items() if value is not None})
     with project_instance() as instance:
-        if not instance.get_dynamic_partitions("images"):
-            print("No images registered yet: `random-diffusion run` (or the UI's sensor) registers the folder's.")
-            return 0
         try:
+            unregistered = len(
+                {f.partition_key for f in dataset.source_files()} - set(instance.get_dynamic_partitions("images"))
+            )
             found = out_of_date(instance, dataset, current_planner(instance, dataset))
         except (ValueError, OSError) as error:  # the prompts file, catalog or folders: each message names the fix
             print(f"error: {error}", file=sys.stderr)
             return 2
+    if unregistered:  # a run registers them first (the UI's sensor too): their results are all still to make
+        print(f"Not registered yet: {_count(unregistered, 'image')} in the folder; a run makes them too (not priced).")
     if not found.reasons:
-        print(f"All {_count(len(found.keys), 'image')} are up to date: a run would make nothing.")
+        if found.keys:
+            print(f"All {_count(len(found.keys), 'registered image')} are up to date: a run would remake none.")
         return 0
     print(f"{summary(found.reasons, len(found.keys))}.")
     print(f"Redoing them: {found.estimate().words()}.")
