@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, MeasuredRates, judge
+from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, MeasuredRates, Planned, judge
 from ..engine.plan import Planner, catalog_version, prompts_version
 from .partitions import images_partitions
 from .prompt_sets import check_templates, current_prompt_set
@@ -29,7 +29,7 @@ class OutOfDate:
     keys: list[str]  # every current partition, in insertion order
     reasons: dict[str, str]  # key -> why, for each partition that needs a run
     recorded: frozenset[str]  # the partitions Dagster has recorded as materialized
-    to_make: dict[str, list[str | None]]  # key -> the model of each result its run would make
+    to_make: dict[str, list[Planned]]  # key -> each result its run would make (model and steps, where known)
     rates: MeasuredRates  # measured on the results read
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
 
