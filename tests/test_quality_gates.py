@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from random_diffusion_dagster.defs.metadata import QUALITY_CHECK
 from random_diffusion_dagster.defs.partitions import images_partitions
 from random_diffusion_dagster.engine.catalog import CatalogError, load_catalog, parse_catalog
+from random_diffusion_dagster.engine.freshness import MeasuredRates, Planned
 from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
@@ -181,6 +182,14 @@ def test_a_gate_that_never_passes_stops_after_its_tries_keeps_the_last_and_the_r
     assert set(report.quality_failures["attempts"]) == {2}
     assert report.summary.set_index("model").loc["tiny-sd15", "gate_failures"] == 5
     assert report.failure_count == 0  # a result exists for every image: a gate failure is not a missing result
+    # What redoing them will cost counts their two attempts each (plan, the check and the edited file's figure).
+    records = [read_record(result.task.output_path) for result in summary.results]
+    with_tries, kept_only = MeasuredRates(), MeasuredRates()
+    with_tries.add(records)
+    kept_only.add([dataclasses.replace(r, quality=None) for r in records])
+    planned = [Planned(r.model, 1000 * int(r.num_inference_steps * r.strength)) for r in records]  # seconds, not tenths
+    doubled, single = with_tries.estimate(planned, 1).seconds, kept_only.estimate(planned, 1).seconds
+    assert single > 10 and doubled == pytest.approx(2 * single, rel=0.01)
     record, path = report.records[0], result_file(project["images_dir"], project["output_dir"], report.records[0].key)
     marked = np.asarray(contact_sheet([(record, path)], project["images_dir"]))
     unmarked = np.asarray(contact_sheet([(dataclasses.replace(record, quality=None), path)], project["images_dir"]))

@@ -108,23 +108,26 @@ class MeasuredRates:
     among its images (and the first run's were colder)."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, list[float]] = {}  # model -> [inference seconds, denoising steps, results]
+        self.totals: dict[str, list[float]] = {}  # model -> [inference seconds, denoising steps, results, attempts]
 
     def add(self, records: list[ResultRecord]) -> None:
         for record in records:
-            total = self.totals.setdefault(record.model, [0.0, 0, 0])
-            total[0] += record.inference_seconds
+            total = self.totals.setdefault(record.model, [0.0, 0, 0, 0])
+            total[0] += record.inference_seconds  # the kept attempt's
             total[1] += max(1, int(record.num_inference_steps * record.strength))
             total[2] += 1
+            total[3] += len(record.quality["attempts"]) if record.quality else 1  # quality gates' re-rolls
 
     def estimate(self, to_make: list[Planned], expected_steps: float) -> Estimate:
         """The time to make these results; a model not measured yet counts at the mean rate of all, a result whose
         model is known only when it runs at `expected_steps` (the catalog's mean)."""
         if not self.totals:
             return Estimate(len(to_make), None, [])
-        per_step = {model: seconds / steps for model, (seconds, steps, _) in self.totals.items()}
-        seconds_all, steps_all, _results = (sum(column) for column in zip(*self.totals.values(), strict=True))
-        mean_step = seconds_all / steps_all
+        # Seconds per denoising step of a result, its re-rolls included: a model whose results needed two attempts
+        # on average costs twice its step time.
+        per_step = {model: seconds / steps * tries / n for model, (seconds, steps, n, tries) in self.totals.items()}
+        seconds_all, steps_all, n_all, tries_all = (sum(column) for column in zip(*self.totals.values(), strict=True))
+        mean_step = seconds_all / steps_all * tries_all / n_all
         unmeasured = sorted({p.model for p in to_make if p.model is not None and p.model not in per_step})
         seconds = sum(per_step.get(p.model, mean_step) * (p.steps or expected_steps) for p in to_make)
         return Estimate(len(to_make), round(seconds, 1), unmeasured)
