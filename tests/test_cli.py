@@ -98,6 +98,10 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
     assert both.stdout.rstrip().endswith(
         "`random-diffusion run --seed 4 --variants 2` makes these (current results are reused)."
     )
+    # Read by a pipe that closes early (`plan | head -1`): no traceback.
+    piped = subprocess.Popen([*plan, "--seed", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    piped.stdout.close()
+    assert piped.wait(timeout=120) == 0 and b"Traceback" not in piped.stderr.read()
     # An image the folder has and the instance does not yet: said, since a run makes it too.
     late = make_image(Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]) / "late.png", color=(9, 9, 9))
     try:

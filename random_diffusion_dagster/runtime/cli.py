@@ -646,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except SettingError as error:
         parser.exit(2, f"random-diffusion {args.command}: error: {error}\n")
+    except BrokenPipeError:  # the reader went away (`random-diffusion plan | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 0
     except KeyboardInterrupt:
         finished = " (finished images are saved; running it again reuses them)" if args.command == "run" else ""
         print(f"\nrandom-diffusion {args.command}: interrupted{finished}", file=sys.stderr)
