@@ -687,36 +687,36 @@ def _numeric_text(value: Any) -> bool:
         return False
 
 
+def _listed_file(base_dir: Path, path: str, what: str, key: str, index: int, where: str) -> str:
+    """An adapter's or embedding's file resolved against the catalog's folder; it must exist."""
+    resolved = (base_dir / path).resolve()
+    if problem := kind_problem(resolved, "file"):
+        raise CatalogError(
+            f"{where}: {what} file {resolved} (`{key}` item {index + 1}) {problem}: fix its `path` "
+            "(a relative path is read from the catalog's folder), or remove the item."
+        )
+    return str(resolved)
+
+
 def _lora_files(loras: tuple[LoraSpec, ...], base_dir: Path, where: str) -> tuple[LoraSpec, ...]:
     """Each adapter's file resolved against the catalog's folder; it must exist, and appear once per entry."""
     resolved = []
     for index, lora in enumerate(loras):
-        path = (base_dir / lora.path).resolve()
-        if problem := kind_problem(path, "file"):
-            raise CatalogError(
-                f"{where}: LoRA file {path} (`loras` item {index + 1}) {problem}: fix its `path` "
-                "(a relative path is read from the catalog's folder), or remove the item."
-            )
-        if any(str(path) == earlier.path for earlier in resolved):
+        path = _listed_file(base_dir, lora.path, "LoRA", "loras", index, where)
+        if any(path == earlier.path for earlier in resolved):
             raise CatalogError(
                 f"{where}: LoRA file {path} is listed twice; list it once with the sum of the weights you meant."
             )
-        resolved.append(LoraSpec(str(path), lora.weight))
+        resolved.append(LoraSpec(path, lora.weight))
     return tuple(resolved)
 
 
 def _embedding_files(embeddings: tuple[EmbeddingSpec, ...], base_dir: Path, where: str) -> tuple[EmbeddingSpec, ...]:
     """Each embedding's file resolved against the catalog's folder; it must exist."""
-    resolved = []
-    for index, embedding in enumerate(embeddings):
-        path = (base_dir / embedding.path).resolve()
-        if problem := kind_problem(path, "file"):
-            raise CatalogError(
-                f"{where}: embedding file {path} (`embeddings` item {index + 1}) {problem}: fix its `path` "
-                "(a relative path is read from the catalog's folder), or remove the item."
-            )
-        resolved.append(EmbeddingSpec(str(path), embedding.token))
-    return tuple(resolved)
+    return tuple(
+        EmbeddingSpec(_listed_file(base_dir, embedding.path, "embedding", "embeddings", index, where), embedding.token)
+        for index, embedding in enumerate(embeddings)
+    )
 
 
 def _single_file_config(config: str | None, base_dir: Path, where: str) -> str | None:
