@@ -59,7 +59,7 @@ def main() -> int:
             keys = sorted(p.name for p in (PROJECT_ROOT / "data" / "images").iterdir())
             if mode == "one_run_per_image":
                 seconds = sum(
-                    dagster(["asset", "materialize", "--select", "diffused_image", "--partition", key], env)
+                    dagster(["asset", "materialize", "--select", "image_draw,diffused_image", "--partition", key], env)
                     for key in keys
                 )
             else:

@@ -227,6 +227,8 @@ with dg.DagsterInstance.get() as instance:
                 end = e.timestamp
             elif e.dagster_event.event_type == T.ASSET_MATERIALIZATION:
                 m = e.dagster_event.step_materialization_data.materialization
+                if m.asset_key.path != ["diffused_image"]:  # the step records each image's draw (image_draw) too
+                    continue
                 out["materializations"][m.partition] = out["materializations"].get(m.partition, 0) + 1
         loads = record.dagster_run.tags.get("random_diffusion/pipeline_loads")  # the run's figures are its tags
         loads = int(loads) if loads is not None else None

@@ -234,7 +234,7 @@ def launch_backfill(instance, keys: list[str]) -> tuple[str, float]:
         backfill_id=make_new_backfill_id(),
         asset_graph=defs.resolve_asset_graph(),
         partition_names=keys,
-        asset_selection=[dg.AssetKey(ASSET)],
+        asset_selection=[dg.AssetKey("image_draw"), dg.AssetKey(ASSET)],  # made in one step: selected together
         backfill_timestamp=requested,
         tags={},
         dynamic_partitions_store=instance,

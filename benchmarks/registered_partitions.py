@@ -72,7 +72,9 @@ def measure(registered: int, root: Path, postgres_url: str | None) -> dict:
         assert len(keys) == IMAGES, len(keys)
         # Registered after the run's images (source_images would drop partitions whose file is missing).
         instance.add_dynamic_partitions("images", [f"elsewhere-{i:06d}.png" for i in range(registered)])
-        diffuse = job.get_subset(asset_selection={dg.AssetKey("diffused_image")}, asset_check_selection=set())
+        diffuse = job.get_subset(
+            asset_selection={dg.AssetKey("image_draw"), dg.AssetKey("diffused_image")}, asset_check_selection=set()
+        )
         first = run_split(instance, diffuse, keys)
         reroll = run_split(instance, diffuse, keys, {"resources": {"dataset": {"config": {"seed": 1}}}})
     return {

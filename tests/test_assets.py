@@ -52,7 +52,7 @@ def _diffuse_all(instance, project, run_config=None, engine=None, **dataset):
     result = _materialize(
         instance,
         project,
-        ["prompt_list", "model_catalog", "diffused_image"],
+        ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
         tags=partition_range_tags(keys[0], keys[-1]),
         run_config=run_config,
         engine=engine,
@@ -146,7 +146,7 @@ def test_a_run_reads_the_registered_partitions_a_fixed_number_of_times_however_m
             result = _materialize(
                 instance,
                 project,
-                ["prompt_list", "model_catalog", "diffused_image"],
+                ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
                 tags=partition_range_tags(covered[0], covered[-1]),
             )
         assert result.success
@@ -296,7 +296,7 @@ def test_the_check_in_a_diffusion_run_reads_that_runs_results_and_alone_reads_th
     resources = _resources(project)
     in_run = dg.materialize(
         ALL_ASSETS + [results_readable_on_disk],
-        selection=dg.AssetSelection.assets("prompt_list", "model_catalog", "diffused_image")
+        selection=dg.AssetSelection.assets("prompt_list", "model_catalog", "image_draw", "diffused_image")
         | dg.AssetSelection.checks(results_readable_on_disk),
         instance=instance,
         resources=resources,
@@ -330,7 +330,7 @@ def test_an_unusable_engine_setting_fails_the_run_naming_it_before_any_image(ins
     keys = instance.get_dynamic_partitions("images")
     result = dg.materialize(
         ALL_ASSETS,
-        selection=["prompt_list", "model_catalog", "diffused_image"],
+        selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
         instance=instance,
         resources={"dataset": DatasetResource(**project), "engine": DiffusionEngineResource.configure_at_launch()},
         run_config={"resources": {"engine": {"config": setting}}},

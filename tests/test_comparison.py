@@ -87,7 +87,7 @@ def compared(tmp_path_factory, models_dir):
         diffused = _materialize(
             instance,
             project,
-            ["prompt_list", "model_catalog", "diffused_image"],
+            ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
             partition_range_tags(keys[0], keys[-1]),
         )
         chosen = keys[:2]

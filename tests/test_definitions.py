@@ -21,6 +21,7 @@ def test_definitions_validate_and_expose_the_public_asset_keys():
         "source_images",
         "prompt_list",
         "model_catalog",
+        "image_draw",  # each image's draw from those two, versioned per image
         "diffused_image",
         "diffusion_report",
         "model_comparison",

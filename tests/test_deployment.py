@@ -308,7 +308,10 @@ def test_a_backfill_from_the_ui_gets_its_run_within_seconds(deployment):
     client = Deployment(url)
 
     def launch() -> str:
-        params = {"partitionNames": ["start0.png"], "assetSelection": [{"path": ["diffused_image"]}]}
+        params = {
+            "partitionNames": ["start0.png"],
+            "assetSelection": [{"path": ["image_draw"]}, {"path": ["diffused_image"]}],
+        }
         result = client.query(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
         assert result["__typename"] == "LaunchBackfillSuccess", result
         return result["backfillId"]
@@ -344,7 +347,10 @@ def test_the_daemon_console_shows_the_runs_log_lines_and_not_the_routine_ones(de
     client = Deployment(url)
     (run_id,) = client.submit(["a foggy pier"], 12, ["start0.png"])
     assert client.wait(run_id, timeout=600) == "SUCCESS"
-    params = {"partitionNames": ["start0.png"], "assetSelection": [{"path": ["diffused_image"]}]}
+    params = {
+        "partitionNames": ["start0.png"],
+        "assetSelection": [{"path": ["image_draw"]}, {"path": ["diffused_image"]}],
+    }
     backfill = client.query(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]["backfillId"]
     tag = {"key": "dagster/backfill", "value": backfill}
     wait_for(lambda: any(tag in run["tags"] for run in _runs(url)) and _all_finished(url), 300, "the backfill's run")

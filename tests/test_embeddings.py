@@ -24,7 +24,7 @@ from random_diffusion_dagster.engine.results import PARAMETERS_CHUNK, read_recor
 from random_diffusion_dagster.engine.runner import run_tasks
 from random_diffusion_dagster.engine.weighting import MultiVectorTokens
 
-from helpers import FAST_DEFAULTS, make_image
+from helpers import FAST_DEFAULTS, assert_same_pixels, make_image
 
 TOKEN = "<tiny-style>"
 NAMED, UNNAMED = f"a {TOKEN} lighthouse", "a lighthouse"
@@ -137,7 +137,7 @@ def test_entries_with_other_or_no_embeddings_share_one_base_and_each_image_equal
     assert cache.loads == 2 and cache.embedding_loads == 3  # one base for the first three entries, one for the last
     assert cache.shared_components >= 1  # the second base took the first one's text encoder (and VAE, UNet)
     for task in tasks:
-        assert np.array_equal(_alone(task, tmp_path / "alone"), _pixels(task.output_path)), task.model.name
+        assert_same_pixels(_alone(task, tmp_path / "alone"), _pixels(task.output_path), task.model.name)
 
 
 def test_alternating_entries_on_one_base_reload_nothing_and_leave_the_base_tokenizer_alone(tmp_path, models_dir):

@@ -106,7 +106,14 @@ def test_a_run_records_its_planned_materializations_source_versions_and_results_
     with open_instance(tmp_path / "one-by-one") as one_by_one:
         _diffuse_all(one_by_one, {**project, "output_dir": str(tmp_path / "one-by-one-outputs")})
         one_by_one_writes = [(kind.value, partition) for kind, partition in written_alone if partition]
-        assert sorted(one_by_one_writes) == sorted((kind.value, key) for kind in BATCHED for key in keys)
+        # Per image: both assets' planned materializations and materializations (its draw, its result), and the
+        # source version the step read.
+        per_image = [
+            *BATCHED,
+            dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+            dg.DagsterEventType.ASSET_MATERIALIZATION,
+        ]
+        assert sorted(one_by_one_writes) == sorted((kind.value, key) for kind in per_image for key in keys)
         expected, expected_read = _recorded(one_by_one, keys)
     assert read == expected_read and len(set(read.values())) == len(keys)  # each image's own content hash
     inputs = "dagster/input_data_version/"  # the versions each result was made from (its own depend on the run)

@@ -199,7 +199,7 @@ def test_a_partition_added_by_hand_for_a_missing_file_fails_naming_it(project):
         instance.add_dynamic_partitions("images", ["holiday-photo.jpg"])
         run = dg.materialize(
             ALL_ASSETS,
-            selection=["prompt_list", "model_catalog", "diffused_image"],
+            selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
             instance=instance,
             resources=resources,
             partition_key="holiday-photo.jpg",

@@ -118,7 +118,7 @@ def test_every_file_ends_as_a_result_an_error_or_a_skip(hostile):
         assert len(keys) == len(set(keys)) == len(expected["good"]) + len(expected["errors"])
         run = dg.materialize(
             ASSETS,
-            selection=["prompt_list", "model_catalog", "diffused_image"],
+            selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
             instance=instance,
             resources=_resources(project),
             tags=partition_range_tags(keys[0], keys[-1]),
@@ -166,7 +166,7 @@ def test_a_corrupt_model_fails_only_the_images_that_drew_it(project, models_dir,
         keys = instance.get_dynamic_partitions("images")
         run = dg.materialize(
             ASSETS,
-            selection=["prompt_list", "model_catalog", "diffused_image"],
+            selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
             instance=instance,
             resources=_resources(project),
             tags=partition_range_tags(keys[0], keys[-1]),
@@ -185,7 +185,7 @@ def test_check_and_catch_up_notice_a_lost_output(project):
         keys = instance.get_dynamic_partitions("images")
         dg.materialize(
             ASSETS,
-            selection=["prompt_list", "model_catalog", "diffused_image"],
+            selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
             instance=instance,
             resources=_resources(project),
             tags=partition_range_tags(keys[0], keys[-1]),

@@ -21,7 +21,7 @@ from random_diffusion_dagster.engine.prompts import load_prompts
 from random_diffusion_dagster.engine.results import PARAMETERS_CHUNK, read_record
 from random_diffusion_dagster.engine.runner import run_tasks
 
-from helpers import FAST_DEFAULTS, make_image
+from helpers import FAST_DEFAULTS, assert_same_pixels, make_image
 from test_assets import _diffuse_all, _partition_metadata, _run_figures
 
 PROMPTS = ["a lighthouse", "a red fox", "an ice castle"]
@@ -143,7 +143,7 @@ def test_entries_on_one_base_load_it_once_and_switching_adapters_leaves_no_resid
     for task in tasks:  # each alone, with a fresh cache: the base with only this entry's adapters ever loaded
         alone = dataclasses.replace(task, output_path=str(tmp_path / "alone" / Path(task.output_path).name))
         assert run_tasks([alone], PipelineCache(device="cpu"), log=lambda m: None).results[0].status == "generated"
-        assert np.array_equal(_pixels(alone.output_path), _pixels(task.output_path)), task.model.name
+        assert_same_pixels(_pixels(alone.output_path), _pixels(task.output_path), task.model.name)
 
 
 def test_editing_a_lora_weight_stales_exactly_the_images_drawn_with_that_entry(tmp_path, models_dir):

@@ -28,7 +28,7 @@ from random_diffusion_dagster.settings import SettingError, catch_up_setting
 from helpers import make_image, result_file
 
 DEFINITIONS = [*ASSETS, results_readable_on_disk, results_up_to_date]
-IMAGES_RUN = dg.AssetSelection.assets("prompt_list", "model_catalog", "diffused_image")
+IMAGES_RUN = dg.AssetSelection.assets("prompt_list", "model_catalog", "image_draw", "diffused_image")
 
 
 def _materialize(instance, project, selection, keys=None):

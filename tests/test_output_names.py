@@ -236,7 +236,7 @@ def test_old_named_results_count_for_the_schedule_check_report_and_a_run(tmp_pat
         dg.materialize(assets, selection=["source_images"], instance=instance, resources=resources)
         keys = instance.get_dynamic_partitions("images")
         tags = partition_range_tags(keys[0], keys[-1])
-        selection = ["prompt_list", "model_catalog", "diffused_image"]
+        selection = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
         assert dg.materialize(assets, selection=selection, instance=instance, resources=resources, tags=tags).success
         for path in [p for p in outputs.iterdir() if p.is_file()]:
             path.unlink()

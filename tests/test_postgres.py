@@ -68,7 +68,7 @@ def test_shipped_config_stores_the_whole_flow_in_postgres(
         assets = [source_images, prompt_list, model_catalog, diffused_image, diffusion_report]
         run = dg.materialize(
             assets,
-            selection=["prompt_list", "model_catalog", "diffused_image"],
+            selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
             instance=instance,
             resources=resources,
             tags=request.tags,

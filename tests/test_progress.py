@@ -16,7 +16,7 @@ from test_assets import _diffuse_all
 
 DIFFUSED = dg.AssetKey("diffused_image")
 BATCH_LINE = re.compile(r"^\[(\d+)/(\d+)\] model ")
-INPUTS = ("prompt_list", "model_catalog", "image_file")
+INPUTS = ("image_draw", "image_file")  # the prompt list and catalog reach a result through its draw
 
 
 def _step_log(instance, run_id):
@@ -32,7 +32,9 @@ def _materializations(entries):
     return [
         e
         for e in entries
-        if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        if e.dagster_event
+        and e.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+        and e.dagster_event.asset_key == DIFFUSED
     ]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
@@ -25,6 +26,7 @@ from random_diffusion_dagster.defs.assets import (
 from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
 from random_diffusion_dagster.defs.automation.input_files_sensor import input_files_sensor
 from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
+from random_diffusion_dagster.defs.checks import results_up_to_date
 from random_diffusion_dagster.defs.prompt_sets import submission_tags
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
@@ -34,6 +36,7 @@ from random_diffusion_dagster.engine.results import read_record
 from helpers import make_image, result_file
 
 SUBMITTED = ["cat dancing in rain"]
+IMAGE_DRAW = dg.AssetKey("image_draw")
 ASSETS = [
     PROMPTS_FILE,
     MODELS_FILE,
@@ -60,6 +63,17 @@ def _run(instance, project, selection, keys=None, prompts=None, tags=None):
         resources=_resources(project),
         run_config=run_config,
         tags=range_tags | (tags or {}),
+    )
+    assert result.success
+    return result
+
+
+def _refresh(instance, project, assets):
+    """The refresh_inputs run input_files_sensor asks for after an edit: the input assets, then the check that
+    records the new draws (job refresh_inputs)."""
+    selection = dg.AssetSelection.assets(*assets) | dg.AssetSelection.checks(results_up_to_date)
+    result = dg.materialize(
+        [*ASSETS, results_up_to_date], selection=selection, instance=instance, resources=_resources(project)
     )
     assert result.success
     return result
@@ -123,7 +137,14 @@ def submitted(instance, project):
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
     cursor = _tick_input_files(instance, project)
-    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, SUBMITTED, submission_tags())
+    _run(
+        instance,
+        project,
+        ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
+        keys,
+        SUBMITTED,
+        submission_tags(),
+    )
     assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
     return keys, cursor
 
@@ -131,7 +152,9 @@ def submitted(instance, project):
 def test_submitted_prompts_stay_through_the_schedule_and_a_plain_run(instance, project, submitted):
     keys, _ = submitted
     assert _schedule_keys(instance, project) == set() and _stale(instance, keys) == set()
-    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys)  # `random-diffusion run`
+    _run(
+        instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys
+    )  # `random-diffusion run`
     assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
     latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
     assert latest["source"].value == "submitted" and "@" in latest["submitted_by"].value
@@ -142,7 +165,14 @@ def test_a_list_submitted_without_a_prompts_file_stays_while_there_is_none(insta
     Path(project["prompts_file"]).unlink()
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, SUBMITTED, submission_tags())
+    _run(
+        instance,
+        project,
+        ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
+        keys,
+        SUBMITTED,
+        submission_tags(),
+    )
     _run(instance, project, ["prompt_list"])  # the plain run's prompt_list (`random-diffusion run`, the schedule)
     latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
     assert latest["source"].value == "submitted"
@@ -159,21 +189,23 @@ def test_editing_the_prompts_file_makes_results_stale_and_the_ui_path_uses_the_n
     Path(project["prompts_file"]).write_text("a lighthouse at dusk\n")
     _tick_input_files(instance, project, cursor, refreshes=["prompt_list"])
     assert _resolver(instance).get_status(dg.AssetKey("prompt_list")) == StaleStatus.STALE  # the UI says so
-    _run(instance, project, ["prompt_list"])  # the refresh run the sensor asked for
+    _refresh(instance, project, ["prompt_list"])  # the refresh run the sensor asked for
     assert _stale(instance, keys) == set(keys)
     assert _schedule_keys(instance, project) == set(keys)
-    _run(instance, project, ["diffused_image"], keys)  # Materialize in the UI: loads the stored prompt_list
+    _run(
+        instance, project, ["image_draw", "diffused_image"], keys
+    )  # Materialize in the UI: loads the stored prompt_list
     assert set(_prompts_on_disk(project, keys).values()) == {"a lighthouse at dusk"}
     assert _stale(instance, keys) == set() and _schedule_keys(instance, project) == set()
 
 
 def test_a_comment_edit_in_the_prompts_file_makes_nothing_stale(instance, project, submitted):
     keys, cursor = submitted
-    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys, tags={})
+    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys, tags={})
     prompts = Path(project["prompts_file"])
     prompts.write_text(prompts.read_text() + "# a note\n")
     _tick_input_files(instance, project, cursor, refreshes=["prompt_list"])
-    _run(instance, project, ["prompt_list"])
+    _refresh(instance, project, ["prompt_list"])
     assert _stale(instance, keys) == set()
 
 
@@ -201,7 +233,7 @@ def test_asking_for_the_prompts_file_ends_a_submitted_list(instance, project, su
     run_config = {"ops": {"prompt_list": {"config": {"use_prompts_file": True}}}}
     dg.materialize(
         ASSETS,
-        selection=["prompt_list", "model_catalog", "diffused_image"],
+        selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
         instance=instance,
         resources=_resources(project),
         run_config=run_config,
@@ -215,7 +247,7 @@ def test_results_of_a_first_run_are_in_sync_with_the_files_the_sensor_then_repor
     """A run records the versions it read, so the sensor's first report of the same files makes nothing stale."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys)
+    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
     _tick_input_files(instance, project)
     resolver = _resolver(instance)
     assert resolver.get_status(dg.AssetKey("prompt_list")) == StaleStatus.FRESH
@@ -231,12 +263,12 @@ def test_a_rerun_records_only_the_image_versions_that_changed_and_stays_in_sync(
     """Each run reports the versions it read; one already on record is not written again (a write each)."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, ["prompt_list", "model_catalog", "diffused_image"], keys)
+    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
     assert _image_versions_on_record(instance) == len(keys)
-    _run(instance, project, ["diffused_image"], keys)  # the same images again: every version is on record
+    _run(instance, project, ["image_draw", "diffused_image"], keys)  # the same images again: every version is on record
     assert _image_versions_on_record(instance) == len(keys)
     make_image(Path(project["images_dir"]) / "red.png", color=(10, 10, 10))  # replaced; no sensor tick
-    _run(instance, project, ["diffused_image"], keys)
+    _run(instance, project, ["image_draw", "diffused_image"], keys)
     assert _image_versions_on_record(instance) == len(keys) + 1
     assert _stale(instance, keys) == set()
 
@@ -249,9 +281,66 @@ def test_editing_one_caption_makes_only_that_image_stale(instance, project, subm
     for image in [path for path in images.iterdir() if path.suffix != ".txt"]:
         image.with_suffix(".txt").write_text(f"a caption of {image.name}\n")
     _run(instance, project, ["image_file"])
-    selection = ["prompt_list", "model_catalog", "diffused_image"]
+    selection = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
     _run(instance, project, selection, keys, ["a study of {caption}"], submission_tags())
     assert _stale(instance, keys) == set()
     (images / "red.txt").write_text("a new caption\n")
     _run(instance, project, ["image_file"])
     assert _stale(instance, keys) == {"red.png"}
+
+
+def test_editing_one_catalog_entry_stales_exactly_the_images_drawn_with_it(instance, project):
+    """Issue 38: one entry's settings edited; Dagster (the UI's resolver) shows as stale exactly the partitions whose
+    draw named it, the edit's cost counts them, and the catch-up remakes exactly those."""
+    images = Path(project["images_dir"])
+    for i in range(5):
+        make_image(images / f"more{i}.png", color=(40 * i, 120, 60))
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
+    cursor = _tick_input_files(instance, project)
+    drawn = {k: read_record(result_file(project["images_dir"], project["output_dir"], k)).model for k in keys}
+    with_sd2 = {k for k, model in drawn.items() if model == "tiny-sd2"}
+    assert with_sd2 and with_sd2 != set(keys)  # both models drawn: the edit must tell them apart
+    before = {k: result_file(project["images_dir"], project["output_dir"], k).read_bytes() for k in keys}
+
+    catalog = yaml.safe_load(Path(project["models_file"]).read_text())
+    next(m for m in catalog["models"] if m["name"] == "tiny-sd2")["num_inference_steps"] = 3
+    Path(project["models_file"]).write_text(yaml.safe_dump(catalog))
+    resources = {"dataset": DatasetResource(**project)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        tick = input_files_sensor(context)
+    (observation,) = tick.asset_events
+    assert observation.metadata["out_of_date_images"].value == len(with_sd2)  # the cost, before anything runs
+    _refresh(instance, project, ["model_catalog"])
+
+    assert _stale(instance, keys) == with_sd2
+    resolver = _resolver(instance)
+    assert all(resolver.get_status(IMAGE_DRAW, k) == StaleStatus.FRESH for k in keys)  # the draws are current
+    latest = instance.get_latest_asset_check_evaluation_record(results_up_to_date.check_key)
+    assert latest.event.dagster_event.asset_check_evaluation_data.metadata["out_of_date"].value == len(with_sd2)
+    assert with_sd2 <= _schedule_keys(instance, project)
+
+    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)  # the catch-up
+    after = {k: result_file(project["images_dir"], project["output_dir"], k).read_bytes() for k in keys}
+    assert {k for k in keys if after[k] != before[k]} == with_sd2  # remade exactly those; the rest reused
+    assert _stale(instance, keys) == set() and _schedule_keys(instance, project) == set()
+
+
+def test_a_draw_is_recorded_once_per_change_with_what_it_drew(instance, project):
+    """image_draw gets a record when an image's draw is new or changed, not on every run; it shows the choice."""
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    selection = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
+    _run(instance, project, selection, keys)
+    _run(instance, project, selection, keys)  # nothing changed: no new draw records
+    records = instance.fetch_materializations(IMAGE_DRAW, limit=100).records
+    assert sorted(r.partition_key for r in records) == sorted(keys)
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        made = read_record(result_file(project["images_dir"], project["output_dir"], record.partition_key))
+        assert (metadata["prompt"].value, metadata["model"].value, metadata["seed"].value) == (
+            made.prompt,
+            made.model,
+            str(made.seed),
+        )

@@ -37,7 +37,9 @@ def test_diffused_image_reads_values_another_instance_wrote_to_step_storage(tmp_
         assert _materialize(box_a, project, storage, ["prompt_list", "model_catalog"], run_config=override).success
         _materialize(box_b, project, storage, ["source_images"])
         key = box_b.get_dynamic_partitions("images")[0]
-        result = _materialize(box_b, project, storage, ["diffused_image"], tags=partition_range_tags(key, key))
+        result = _materialize(
+            box_b, project, storage, ["image_draw", "diffused_image"], tags=partition_range_tags(key, key)
+        )
     assert result.success
     assert read_record(result_file(project["images_dir"], project["output_dir"], key)).prompt == "a lighthouse at dusk"
     # no half-written leftovers beside the three values
@@ -49,7 +51,7 @@ def test_diffused_image_without_its_inputs_in_step_storage_says_to_materialize_t
         _materialize(instance, project, tmp_path / "empty", ["source_images"])
         key = instance.get_dynamic_partitions("images")[0]
         tags = partition_range_tags(key, key)
-        result = _materialize(instance, project, tmp_path / "empty", ["diffused_image"], tags=tags)
+        result = _materialize(instance, project, tmp_path / "empty", ["image_draw", "diffused_image"], tags=tags)
     assert not result.success
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     message = failure.step_failure_data.error.to_string()

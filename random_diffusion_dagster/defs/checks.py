@@ -7,14 +7,16 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from ..engine.results import read_result
 from ..settings import catch_up_setting
-from .assets import diffused_image, model_catalog, prompt_list
+from .asset_keys import DIFFUSED_IMAGE_KEY
+from .assets import model_catalog, prompt_list
+from .draws import record_draws
 from .out_of_date import current_planner, out_of_date, summary
 from .partitions import images_partitions
 from .resources import DatasetResource
 
 
 @dg.asset_check(
-    asset=diffused_image,
+    asset=DIFFUSED_IMAGE_KEY,
     description="Every result Dagster has recorded is a readable PNG: in a run that made images, those this run "
     "recorded; run on its own, every current partition. A missing or unreadable one is redone by catch_up_schedule.",
 )
@@ -37,12 +39,12 @@ def _partitions_to_check(context: dg.AssetCheckExecutionContext) -> list[str]:
     instance = context.instance
     current = set(instance.get_dynamic_partitions(images_partitions.name))
     recorded = _recorded_in_this_run(context)
-    return sorted((recorded or instance.get_materialized_partitions(diffused_image.key)) & current)
+    return sorted((recorded or instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)) & current)
 
 
 def _recorded_in_this_run(context: dg.AssetCheckExecutionContext) -> set[str]:
     records = context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return {r.dagster_event.partition for r in records if r.dagster_event.asset_key == diffused_image.key}
+    return {r.dagster_event.partition for r in records if r.dagster_event.asset_key == DIFFUSED_IMAGE_KEY}
 
 
 LISTED_KEYS = 2_000  # out-of-date keys an evaluation keeps whole, so the next run's evaluation re-reads only those
@@ -61,7 +63,7 @@ UP_TO_DATE_AUTOMATION = (
 
 
 @dg.asset_check(
-    asset=diffused_image,
+    asset=DIFFUSED_IMAGE_KEY,
     additional_deps=[prompt_list, model_catalog],
     automation_condition=UP_TO_DATE_AUTOMATION,
     description="How many made images are out of date (Dagster shows their partitions as Unsynced) and why: prompt "
@@ -75,6 +77,8 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         # After a run that made images, only the images it made and those listed last time can have changed state.
         only = None if listed is None else listed | made_here
         found = out_of_date(context.instance, dataset, planner, only=only, log=context.log)
+        # An edit's new draws, recorded: Dagster then shows exactly the results they change as Unsynced.
+        record_draws(context.op_execution_context.get_step_execution_context(), found.draws)
     except (ValueError, OSError) as exc:  # the prompts file, catalog or folders as they are now: their runs say more
         context.log.warning(f"Cannot tell which images are out of date: {exc}")
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})

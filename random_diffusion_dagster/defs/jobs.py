@@ -7,7 +7,7 @@ from .checks import results_up_to_date
 
 diffuse_images_job = dg.define_asset_job(
     name="diffuse_images",
-    selection=["prompt_list", "model_catalog", "diffused_image"],
+    selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
     description="Diffuse the selected `images` partitions with the current prompts and catalog.",
 )
 

@@ -12,6 +12,8 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
+from .asset_keys import DIFFUSED_IMAGE_KEY, IMAGE_DRAW_KEY
+
 if TYPE_CHECKING:
     from ..engine.plan import ImageTask
     from ..engine.runner import ImageResult, RunSummary
@@ -199,11 +201,11 @@ class PartitionRecorder:
     only some results (a variant failed, or the run was stopped part way): what is on disk, as the record says.
     """
 
-    def __init__(self, context: dg.AssetExecutionContext, tasks: list[ImageTask]):
+    def __init__(self, context: dg.AssetExecutionContext, tasks: list[ImageTask], tags: Mapping[str, str]):
         self._context = context
-        self._check = dg.AssetCheckKey(context.asset_key, QUALITY_CHECK) in context.selected_asset_check_keys
+        self._check = dg.AssetCheckKey(DIFFUSED_IMAGE_KEY, QUALITY_CHECK) in context.selected_asset_check_keys
         self._step = context.get_step_execution_context()
-        self._tags = provenance_tags(context)
+        self._tags = provenance_tags(context, DIFFUSED_IMAGE_KEY) | dict(tags)
         self._expected = Counter(task.key for task in tasks)
         self._waiting: dict[str, list[ImageResult]] = {}
 
@@ -222,7 +224,7 @@ class PartitionRecorder:
         batch = generate_event_batch_id()
         for i, (key, metadata) in enumerate(by_partition.items()):
             materialization = dg.AssetMaterialization(
-                self._context.asset_key, partition=key, metadata=metadata, tags=self._tags
+                DIFFUSED_IMAGE_KEY, partition=key, metadata=metadata, tags=self._tags
             )
             DagsterEvent.asset_materialization(
                 self._step, materialization, DagsterEventBatchMetadata(batch, is_end=i == len(by_partition) - 1)
@@ -242,14 +244,14 @@ class PartitionRecorder:
         for result in results:
             by_key.setdefault(result.task.key, []).append(result)
         recorded = self._context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=self._context.asset_key, asset_partitions=list(by_key)),
+            dg.AssetRecordsFilter(asset_key=DIFFUSED_IMAGE_KEY, asset_partitions=list(by_key)),
             limit=len(by_key),
         ).records  # newest first: the ones just written
         targets: dict[str, dg.EventLogRecord] = {}
         for record in recorded:
             targets.setdefault(record.partition_key, record)
         for key, partition_results in by_key.items():
-            evaluation = quality_evaluation(self._context.asset_key, key, partition_results, targets.get(key))
+            evaluation = quality_evaluation(DIFFUSED_IMAGE_KEY, key, partition_results, targets.get(key))
             DagsterEvent.asset_check_evaluation(self._step, evaluation)
 
 
@@ -269,13 +271,14 @@ def recorded_already(context: dg.AssetExecutionContext) -> Iterator[dg.Materiali
     """
     from dagster._core.definitions.source_asset import SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION
 
-    yield dg.MaterializeResult(metadata={SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION: True})
-    check = dg.AssetCheckKey(context.asset_key, QUALITY_CHECK)
+    for key in (IMAGE_DRAW_KEY, DIFFUSED_IMAGE_KEY):  # in the order Dagster wants a multi-asset's outputs
+        yield dg.MaterializeResult(asset_key=key, metadata={SYSTEM_METADATA_KEY_SOURCE_ASSET_OBSERVATION: True})
+    check = dg.AssetCheckKey(DIFFUSED_IMAGE_KEY, QUALITY_CHECK)
     if check in context.selected_asset_check_keys:
         yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check))
 
 
-def provenance_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+def provenance_tags(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> dict[str, str]:
     """The data-version tags Dagster puts on a step's output materializations: the code version, each input's data
     version and event pointer, and the data version derived from them (how Dagster tells stale from up to date).
 
@@ -288,9 +291,9 @@ def provenance_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     from dagster._core.execution.plan.execute_step import _get_output_asset_events
 
     step = context.get_step_execution_context()
-    output_def = step.op_def.output_def_named(context.assets_def.get_output_name_for_asset_key(context.asset_key))
+    output_def = step.op_def.output_def_named(context.assets_def.get_output_name_for_asset_key(asset_key))
     (event,) = _get_output_asset_events(
-        context.asset_key, [], dg.Output(None), output_def, {}, step, AssetExecutionType.MATERIALIZATION
+        asset_key, [], dg.Output(None), output_def, {}, step, AssetExecutionType.MATERIALIZATION
     )
     return dict(event.tags)
 

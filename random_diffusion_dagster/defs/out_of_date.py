@@ -10,13 +10,14 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, MeasuredRates, Planned, judge
-from ..engine.plan import Planner, catalog_version, prompts_version
+from ..engine.plan import ImageTask, Planner, catalog_version, prompts_version
+from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
+from .draws import DRAWN_FROM_TAGS
 from .partitions import images_partitions
 from .prompt_sets import check_templates, current_prompt_set
 from .resources import DatasetResource
 from .run_ranges import partition_ranges
 
-DIFFUSED_IMAGE_KEY = dg.AssetKey("diffused_image")
 NOT_RECORDED = "on disk but not recorded in Dagster"  # a run reuses the file and records it
 ESTIMATE_TAG = "random_diffusion/estimated_gpu_seconds"  # on catch-up runs: what the edit said it would cost
 INPUT_DATA_VERSION_TAG_PREFIX = "dagster/input_data_version"  # dagster._core.definitions.data_version
@@ -32,6 +33,7 @@ class OutOfDate:
     to_make: dict[str, list[Planned]]  # key -> each result its run would make (model and steps, where known)
     rates: MeasuredRates  # measured on the results read
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
+    draws: dict[str, list[ImageTask]]  # key -> today's draw of each of its results, for the made images judged
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
@@ -86,7 +88,7 @@ def out_of_date(
     wanted = keys if only is None else [key for key in keys if key in only]
     files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
-    reasons, to_make, rates = {}, {}, MeasuredRates()
+    reasons, to_make, draws, rates = {}, {}, {}, MeasuredRates()
     for source in files:
         try:
             judged = judge(planner, source)
@@ -95,6 +97,8 @@ def out_of_date(
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
         rates.add(judged.made)
+        if judged.planned:
+            draws[source.partition_key] = judged.planned
         reason = judged.reason
         if reason is None and source.partition_key not in recorded:
             reason = NOT_RECORDED
@@ -106,18 +110,19 @@ def out_of_date(
         reasons[key] = why
     catalog = planner.catalog
     expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
-    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected)
+    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected, draws)
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.
 REDRAWN = {PROMPT_CHANGED, CATALOG_CHANGED}
-INPUT_VERSIONS = {PROMPT_CHANGED: "prompt_list", CATALOG_CHANGED: "model_catalog"}
+INPUT_VERSIONS = {PROMPT_CHANGED: PROMPT_LIST_KEY, CATALOG_CHANGED: MODEL_CATALOG_KEY}
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 
 
 def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: list[str]) -> dict[str, str]:
     """For results redrawn since they were made: whether the prompt list or the catalog changed, read from the
-    data versions their latest materializations were made from (Dagster's provenance tags), two queries in all."""
+    versions their latest materializations were drawn from (draws.DRAWN_FROM_TAGS; Dagster's provenance tags on results
+    made before image_draw existed), two queries in all."""
     if not keys:
         return {}
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(
@@ -131,7 +136,7 @@ def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: l
     for record in records:
         tags = record.asset_materialization.tags or {}
         for why, asset in INPUT_VERSIONS.items():
-            made_from = tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{asset}")
+            made_from = tags.get(DRAWN_FROM_TAGS[asset], tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{asset.path[-1]}"))
             if made_from is not None and made_from != now[why]:
                 found[record.partition_key] = why
                 break

@@ -6,7 +6,7 @@ with no image decoding; only sources whose size or mtime moved are hashed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .images import SourceFile
 from .plan import ImageTask, Planner, SourceSnapshot, snapshot_source
@@ -37,6 +37,7 @@ class Judgement:
     reason: str | None  # why its results must be (re)made; None: current
     to_make: list[Planned]  # each result a run would make now
     made: list[ResultRecord]  # its results on disk: their measured timings give the rates of estimate_seconds
+    planned: list[ImageTask] = field(default_factory=list)  # today's draw of each result, where it was planned
 
 
 def judge(planner: Planner, source: SourceFile) -> Judgement:
@@ -68,10 +69,10 @@ def judge(planner: Planner, source: SourceFile) -> Judgement:
         (task, r) for task, r in zip(tasks, found, strict=True) if r is None or task.fingerprint != r.fingerprint
     ]
     if not changed:
-        return Judgement(None, [], made)
+        return Judgement(None, [], made, tasks)
     stale = [(task, record) for task, record in changed if record is not None]
     to_make = [Planned(task.model.name, task.model.denoising_steps) for task, _ in changed]
-    return Judgement(_what_changed(*stale[0]) if stale else NO_RESULT, to_make, made)
+    return Judgement(_what_changed(*stale[0]) if stale else NO_RESULT, to_make, made, tasks)
 
 
 @dataclass(frozen=True)

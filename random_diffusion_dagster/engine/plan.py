@@ -87,6 +87,17 @@ class ImageTask:
         The same for every attempt: which attempt is kept follows from these inputs (the gates are among the model's
         settings, the attempts' seeds from `seed`), so a result kept at its third attempt is reused, not redone; its
         record says which attempt it is."""
+        return _digest(self._material())
+
+    @property
+    def draw_fingerprint(self) -> str:
+        """The fingerprint without the source's bytes: what the draw decided (prompt, model and its settings, seed).
+        An image's `image_draw` data version is made of these; the source has its own (`image_file`)."""
+        material = self._material()
+        del material["source"]
+        return _digest(material)
+
+    def _material(self) -> dict:
         material = {
             "engine": ENGINE_VERSION,
             "source": self.source.sha256,
@@ -100,7 +111,18 @@ class ImageTask:
             material["variant"] = self.variant
         if self.roll:
             material["roll"] = self.roll
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        return material
+
+
+def _digest(material: dict) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def draw_version(tasks: list[ImageTask]) -> str:
+    """Identifies one image's draws (all its variants): editing a catalog entry or a prompt line changes it only for
+    the images that drew that entry or line, so Dagster shows exactly their results as stale."""
+    ordered = sorted(tasks, key=lambda task: task.variant)
+    return _digest({"draws": [task.draw_fingerprint for task in ordered]})[:16]
 
 
 def _draw_material(source_sha256: str, run_seed: int, variant: int, roll: int) -> str:

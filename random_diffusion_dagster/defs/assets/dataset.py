@@ -5,10 +5,10 @@ from pydantic import Field
 
 from ...engine.dataset import METADATA_FILE, export_image_folder
 from ...engine.results import read_result, result_location
+from ..asset_keys import DIFFUSED_IMAGE_KEY
 from ..metadata import table
 from ..partitions import images_partitions
 from ..resources import DatasetResource
-from .diffused_image import diffused_image
 
 
 class AugmentedDatasetConfig(dg.Config):
@@ -18,7 +18,7 @@ class AugmentedDatasetConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[diffused_image],
+    deps=[DIFFUSED_IMAGE_KEY],
     group_name="diffusion",
     kinds={"parquet"},
     description="The results as a dataset: Hugging Face's ImageFolder layout with a metadata.jsonl (label, caption, "

@@ -1,4 +1,5 @@
-"""`diffused_image`: one img2img result per source image, many partitions per run."""
+"""`diffused_image`: one img2img result per source image, many partitions per run, and `image_draw`, the draw it
+was made from."""
 
 from collections.abc import Iterator
 
@@ -7,7 +8,10 @@ from pydantic import Field
 
 from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
+from ...engine.plan import ImageTask
 from ...settings import max_partitions_per_run
+from ..asset_keys import DIFFUSED_IMAGE_KEY, IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
+from ..draws import by_image, drawn_from_tags, record_draws
 from ..metadata import QUALITY_CHECK, PartitionRecorder, recorded_already, run_figures
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
@@ -39,20 +43,41 @@ class DiffusedImageConfig(dg.Config):
     )
 
 
-@dg.asset(
+IMAGE_DRAW = dg.AssetSpec(
+    IMAGE_DRAW_KEY,
+    deps=[PROMPT_LIST_KEY, MODEL_CATALOG_KEY],
     partitions_def=images_partitions,
-    kinds=DIFFUSION_KINDS,
-    deps=[IMAGE_FILES],
+    group_name="diffusion",
+    description="Each image's draw from the prompt list and the catalog: prompt, model (with its settings) and seed "
+    "of each result, versioned so that editing one prompt line or catalog entry changes only the images that drew "
+    "it. Recorded by the diffusion step, and by results_up_to_date after an edit.",
+)
+
+
+@dg.multi_asset(
+    name="diffused_image",
+    specs=[
+        IMAGE_DRAW,
+        dg.AssetSpec(
+            DIFFUSED_IMAGE_KEY,
+            deps=[IMAGE_DRAW_KEY, IMAGE_FILES.key],
+            partitions_def=images_partitions,
+            kinds=DIFFUSION_KINDS,
+            group_name="diffusion",
+            description="One img2img result per source image in the output folder: `coffee.jpg` -> `coffee.png`, "
+            "other names keep their extension (`coffee.webp` -> `coffee.webp.png`).",
+        ),
+    ],
+    ins={"prompt_list": dg.AssetIn(PROMPT_LIST_KEY), "model_catalog": dg.AssetIn(MODEL_CATALOG_KEY)},
+    # Not subsettable: a result's provenance names its draw's record, and the draw needs this run's prompt_list.
+    can_subset=False,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run()),
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
-    group_name="diffusion",
-    description="One img2img result per source image in the output folder: `coffee.jpg` -> `coffee.png`, "
-    "other names keep their extension (`coffee.webp` -> `coffee.webp.png`).",
     check_specs=[
         dg.AssetCheckSpec(
             QUALITY_CHECK,
-            asset="diffused_image",
+            asset=DIFFUSED_IMAGE_KEY,
             partitions_def=images_partitions,
             description="Per partition: each result passed its model's quality gates (not blank, changed from its "
             "source, not too far from it, prompt not truncated; the catalog's `quality:`), re-rolled with the next "
@@ -73,11 +98,26 @@ def diffused_image(
     elsewhere = [name for name in config.reroll if name.rpartition("~v")[0] not in keys and name not in keys]
     if elsewhere:
         context.log.warning(f"reroll names {elsewhere}, which are not among this run's images: left alone.")
-    tasks, unreadable = dataset.planner(prompt_list, model_catalog, frozenset(config.reroll)).plan(files)
+    planner = dataset.planner(prompt_list, model_catalog, frozenset(config.reroll))
+    tasks, unreadable = planner.plan(files)
     # The bytes this run read: each partition's provenance names that content.
     versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
     report_what_was_read(context, [version_event(IMAGE_FILES, v, partition=key) for key, v in versions.items()])
-    recorder = PartitionRecorder(context, tasks)
+    record_draws(context.get_step_execution_context(), by_image(tasks))  # first: each result's provenance names it
+    _diffuse(context, engine, tasks, drawn_from_tags(planner), missing | unreadable)
+    yield from recorded_already(context)
+
+
+def _diffuse(
+    context: dg.AssetExecutionContext,
+    engine: DiffusionEngineResource,
+    tasks: list[ImageTask],
+    tags: dict[str, str],
+    unplanned: dict[str, str],
+) -> None:
+    """Make the results, recording each partition as its images are written; fails naming every image that failed
+    (or could not be planned) once the rest are saved."""
+    recorder = PartitionRecorder(context, tasks, tags)
     try:
         summary = engine.run(tasks, context.log.info, finished=recorder)
     finally:  # also when stopped part way (Ctrl-C, a terminated run): every image on disk is recorded
@@ -91,7 +131,7 @@ def diffused_image(
             )
         if result.record.quality_failure and result.status != "reused":
             context.log.warning(f"{result.task.key}: kept although it {result.record.quality_failure}")
-    failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unreadable
+    failures = {r.task.key: r.error for r in summary.with_status("failed")} | unplanned
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if failures:
         raise dg.Failure(
@@ -99,4 +139,3 @@ def diffused_image(
             "finished are saved and recorded, and a rerun reuses them:\n"
             + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
         )
-    yield from recorded_already(context)

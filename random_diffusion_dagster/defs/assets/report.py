@@ -4,10 +4,10 @@ import dagster as dg
 
 from ...engine.images import thumbnail_data_uri
 from ...engine.report import INLINE_SHEET_BOX, SUMMARY_COLUMNS, Report, build_report
+from ..asset_keys import DIFFUSED_IMAGE_KEY
 from ..metadata import table
 from ..partitions import images_partitions
 from ..resources import DatasetResource
-from .diffused_image import diffused_image
 
 # summary.csv's columns as the UI's table names them: (name, type, meaning). Shorter than the file's, because
 # Dagster's table neither scrolls nor keeps a cell on one line: wide headers squeeze model names into wrapping.
@@ -70,7 +70,7 @@ def _contact_sheet_markdown(report: Report) -> str:
 
 
 @dg.asset(
-    deps=[diffused_image],
+    deps=[DIFFUSED_IMAGE_KEY],
     automation_condition=REPORT_AUTOMATION,
     group_name="diffusion",
     description="Per-model summary of every diffused image and a contact sheet of sources beside results.",

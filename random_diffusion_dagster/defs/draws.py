@@ -1,0 +1,132 @@
+"""`image_draw`'s records: each image's draw (prompt, model with its settings, seed of each result) as its own data
+version, so Dagster shows as stale exactly the results whose draw an edit changed.
+
+`prompt_list` and `model_catalog` have one data version each: were `diffused_image` made from them directly, editing
+one catalog entry would make every partition stale. It is made from `image_draw` instead, whose partitions change
+version only where the draw changed; the diffusion step records the draws it makes, and `results_up_to_date` records
+those an edit changes (the refresh run after an edit holds no GPU, so it cannot run the diffusion step).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+    extract_data_version_from_entry,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
+)
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+from dagster._core.execution.context.system import StepExecutionContext
+
+from ..engine.plan import ImageTask, Planner, catalog_version, draw_version, prompts_version
+from .asset_keys import IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
+from .metadata import table
+
+DRAWN_FROM = (PROMPT_LIST_KEY, MODEL_CATALOG_KEY)
+MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
+
+# On each diffused_image materialization: the prompt list and catalog its draw came from (prompt changed or catalog
+# changed, as results_up_to_date tells them apart). Dagster's own input tags now name image_draw, not these two.
+DRAWN_FROM_TAGS = {
+    PROMPT_LIST_KEY: "random_diffusion/drawn_from_prompt_list",
+    MODEL_CATALOG_KEY: "random_diffusion/drawn_from_model_catalog",
+}
+
+
+def drawn_from_tags(planner: Planner) -> dict[str, str]:
+    """The DRAWN_FROM_TAGS of results drawn by `planner`."""
+    return {
+        DRAWN_FROM_TAGS[PROMPT_LIST_KEY]: prompts_version(planner.prompts),
+        DRAWN_FROM_TAGS[MODEL_CATALOG_KEY]: catalog_version(planner.catalog),
+    }
+
+
+def record_draws(step: StepExecutionContext, draws: dict[str, list[ImageTask]]) -> int:
+    """Record each image's draw (key -> its tasks, all variants) where Dagster's latest record of it is missing, holds
+    another draw, or was drawn from another prompt list or catalog version (so an unchanged draw is not shown as
+    Unsynced either); one batch of events, one storage write. Returns how many were recorded."""
+    versions = {key: draw_version(tasks) for key, tasks in draws.items() if tasks}
+    if not versions:
+        return 0
+    drawn_from, pointers = _drawn_from(step.instance)
+    latest = _latest_tags(step.instance, list(versions))
+    to_record = [
+        key
+        for key, version in versions.items()
+        if {name: latest.get(key, {}).get(name) for name in [DATA_VERSION_TAG, *drawn_from]}
+        != drawn_from | {DATA_VERSION_TAG: version}
+    ]
+    tags = drawn_from | pointers | {CODE_VERSION_TAG: step.run_id, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
+    batch = generate_event_batch_id()
+    for i, key in enumerate(to_record):
+        materialization = dg.AssetMaterialization(
+            IMAGE_DRAW_KEY,
+            partition=key,
+            metadata=draw_metadata(draws[key]),
+            tags=tags | {DATA_VERSION_TAG: versions[key]},
+        )
+        DagsterEvent.asset_materialization(
+            step, materialization, DagsterEventBatchMetadata(batch, is_end=i == len(to_record) - 1)
+        )
+    # What this step reads of image_draw for the provenance of what it records next (diffused_image) is now newer.
+    step.wipe_input_asset_version_info(IMAGE_DRAW_KEY)
+    return len(to_record)
+
+
+def _latest_tags(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict[str, str]]:
+    """The tags of each partition's latest draw record, two queries in all."""
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        IMAGE_DRAW_KEY, MATERIALIZATION, partitions=set(keys)
+    )
+    if not latest:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(IMAGE_DRAW_KEY, storage_ids=list(latest.values())), limit=len(latest)
+    ).records
+    return {record.partition_key: record.asset_materialization.tags or {} for record in records}
+
+
+def _drawn_from(instance: dg.DagsterInstance) -> tuple[dict[str, str], dict[str, str]]:
+    """The provenance tags of a draw made now, as Dagster writes them on a step's output: the data versions of the
+    current prompt list and catalog, and their events (apart: a run that reads an unchanged list records it again,
+    which is no new draw)."""
+    versions, pointers = {}, {}
+    for record in instance.get_asset_records(list(DRAWN_FROM)):
+        event = record.asset_entry.last_materialization_record
+        version = extract_data_version_from_entry(event.event_log_entry) if event else None
+        if version is not None:
+            versions[get_input_data_version_tag(record.asset_entry.asset_key)] = version.value
+            pointers[get_input_event_pointer_tag(record.asset_entry.asset_key)] = str(event.storage_id)
+    return versions, pointers
+
+
+def draw_metadata(tasks: list[ImageTask]) -> dict:
+    """What a partition of `image_draw` shows: the first result's prompt, model and seed; every variant's as a table
+    when it has several."""
+    first = min(tasks, key=lambda task: task.variant)
+    metadata = {
+        "prompt": dg.MetadataValue.text(first.prompt),
+        "model": dg.MetadataValue.text(first.model.name),
+        "seed": dg.MetadataValue.text(str(first.seed)),
+        "strength": dg.MetadataValue.text(f"{first.model.strength:g}"),
+    }
+    if first.prompt_template != first.prompt:
+        metadata["prompt_template"] = dg.MetadataValue.text(first.prompt_template)
+    if len(tasks) > 1:
+        rows = [
+            {"variant": t.variant, "prompt": t.prompt, "model": t.model.name, "seed": str(t.seed)}
+            for t in sorted(tasks, key=lambda task: task.variant)
+        ]
+        metadata["variants"] = table(rows, {"variant": "int", "prompt": "string", "model": "string", "seed": "string"})
+    return metadata
+
+
+def by_image(tasks: list[ImageTask]) -> dict[str, list[ImageTask]]:
+    """Tasks grouped by partition key (an image's variants together)."""
+    grouped: dict[str, list[ImageTask]] = {}
+    for task in tasks:
+        grouped.setdefault(task.key, []).append(task)
+    return grouped
