@@ -289,9 +289,28 @@ def test_editing_one_caption_makes_only_that_image_stale(instance, project, subm
     assert _stale(instance, keys) == {"red.png"}
 
 
-def test_editing_one_catalog_entry_stales_exactly_the_images_drawn_with_it(instance, project):
-    """Issue 38: one entry's settings edited; Dagster (the UI's resolver) shows as stale exactly the partitions whose
-    draw named it, the edit's cost counts them, and the catch-up remakes exactly those."""
+def _edit_one_catalog_entry(project):
+    catalog = yaml.safe_load(Path(project["models_file"]).read_text())
+    next(m for m in catalog["models"] if m["name"] == "tiny-sd2")["num_inference_steps"] = 3
+    Path(project["models_file"]).write_text(yaml.safe_dump(catalog))
+
+
+def _edit_one_prompt_line(project):
+    prompts = Path(project["prompts_file"])
+    prompts.write_text(prompts.read_text().replace("an ice castle", "an ice palace"))
+
+
+EDITS = {  # what is edited -> (the edit, what a result drawn with the edited line or entry records, what refreshes)
+    "catalog entry": (_edit_one_catalog_entry, lambda record: record.model == "tiny-sd2", "model_catalog"),
+    "prompt line": (_edit_one_prompt_line, lambda record: record.prompt == "an ice castle", "prompt_list"),
+}
+
+
+@pytest.mark.parametrize("edited", EDITS)
+def test_editing_one_entry_or_line_stales_exactly_the_images_drawn_with_it(instance, project, edited):
+    """Issue 38: one catalog entry's settings or one prompt line edited; Dagster (the UI's resolver) shows as stale
+    exactly the partitions whose draw named it, the edit's cost counts them, and the catch-up remakes exactly those."""
+    edit, drew_it, refreshed = EDITS[edited]
     images = Path(project["images_dir"])
     for i in range(5):
         make_image(images / f"more{i}.png", color=(40 * i, 120, 60))
@@ -299,31 +318,29 @@ def test_editing_one_catalog_entry_stales_exactly_the_images_drawn_with_it(insta
     keys = instance.get_dynamic_partitions("images")
     _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
     cursor = _tick_input_files(instance, project)
-    drawn = {k: read_record(result_file(project["images_dir"], project["output_dir"], k)).model for k in keys}
-    with_sd2 = {k for k, model in drawn.items() if model == "tiny-sd2"}
-    assert with_sd2 and with_sd2 != set(keys)  # both models drawn: the edit must tell them apart
+    drawn = {k: read_record(result_file(project["images_dir"], project["output_dir"], k)) for k in keys}
+    affected = {k for k, record in drawn.items() if drew_it(record)}
+    assert affected and affected != set(keys)  # the draw must tell the images apart
     before = {k: result_file(project["images_dir"], project["output_dir"], k).read_bytes() for k in keys}
 
-    catalog = yaml.safe_load(Path(project["models_file"]).read_text())
-    next(m for m in catalog["models"] if m["name"] == "tiny-sd2")["num_inference_steps"] = 3
-    Path(project["models_file"]).write_text(yaml.safe_dump(catalog))
+    edit(project)
     resources = {"dataset": DatasetResource(**project)}
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         tick = input_files_sensor(context)
     (observation,) = tick.asset_events
-    assert observation.metadata["out_of_date_images"].value == len(with_sd2)  # the cost, before anything runs
-    _refresh(instance, project, ["model_catalog"])
+    assert observation.metadata["out_of_date_images"].value == len(affected)  # the cost, before anything runs
+    _refresh(instance, project, [refreshed])
 
-    assert _stale(instance, keys) == with_sd2
+    assert _stale(instance, keys) == affected
     resolver = _resolver(instance)
     assert all(resolver.get_status(IMAGE_DRAW, k) == StaleStatus.FRESH for k in keys)  # the draws are current
     latest = instance.get_latest_asset_check_evaluation_record(results_up_to_date.check_key)
-    assert latest.event.dagster_event.asset_check_evaluation_data.metadata["out_of_date"].value == len(with_sd2)
-    assert with_sd2 <= _schedule_keys(instance, project)
+    assert latest.event.dagster_event.asset_check_evaluation_data.metadata["out_of_date"].value == len(affected)
+    assert affected <= _schedule_keys(instance, project)
 
     _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)  # the catch-up
     after = {k: result_file(project["images_dir"], project["output_dir"], k).read_bytes() for k in keys}
-    assert {k for k in keys if after[k] != before[k]} == with_sd2  # remade exactly those; the rest reused
+    assert {k for k in keys if after[k] != before[k]} == affected  # remade exactly those; the rest reused
     assert _stale(instance, keys) == set() and _schedule_keys(instance, project) == set()
 
 
