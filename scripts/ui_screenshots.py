@@ -67,6 +67,7 @@ GRAPH_ASSETS = (
     "prompt_list",
     "model_catalog",
     "source_images",
+    "image_draw",
     "diffused_image",
     "diffusion_report",
     "augmented_dataset",
@@ -480,6 +481,10 @@ def shoot_refused_partition(shooter: Shooter) -> None:
     page = shooter.page
     shooter.open("/assets/diffused_image?view=partitions")
     page.get_by_role("button", name="Materialize…").first.click()
+    # Its draw is made in the same step: Dagster's own dialog says image_draw comes along.
+    page.get_by_role("dialog").filter(has_text="Additional assets will be materialized").get_by_role(
+        "button", name="Confirm"
+    ).click()
     page.get_by_text("Add a partition", exact=True).click()
     adding = page.get_by_role("dialog").filter(has_text="Add a partition for images")
     adding.locator("input").fill(BOGUS_PARTITION)
