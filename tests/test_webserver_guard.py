@@ -314,7 +314,9 @@ def test_adding_a_partition_that_names_no_image_is_refused_in_one_line_the_dialo
     _put_image(ui, "harbour at dusk.png")
     message = _ui_add(ui, "harbour at dusk.png")["message"]
     assert f"its partition is {partition_key_for('harbour at dusk.png')!r}" in message, message
-    assert not set(keys + ["harbour at dusk.png"]) & set(_images(ui))
+    _put_image(ui, "dock.png")  # a path to a file, not its key: the answer names the key
+    assert "its partition is 'dock.png'" in _ui_add(ui, "./dock.png")["message"]
+    assert not set(keys + ["harbour at dusk.png", "./dock.png"]) & set(_images(ui))
     # A file that is there but no image (garbage named .jpg) is refused as the sensor would skip it.
     (Path(ui["images"]) / "fake.jpg").write_bytes(b"garbage")
     message = _ui_add(ui, "fake.jpg")["message"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -284,7 +285,7 @@ def missing_image(partitions_def_name, key) -> str | None:
         wait = 2 * sensor_interval_seconds()  # a new file is registered once it has kept its size for a tick
     except ValueError:
         return None  # a broken setting: the code location names it, and fails the mutation itself
-    folder, _, name = key.rpartition("/")
+    folder, _, name = posixpath.normpath(key).rpartition("/")  # `./a.jpg` and `cats//a.jpg` are a.jpg, cats/a.jpg
     own_key = partition_key_for(name, folder)  # the key of the file at that path, if there is one
     path = Path(dataset.images_dir, key)
     shown = key if len(key) <= MAX_SHOWN_KEY else f"{key[:MAX_SHOWN_KEY]}... ({len(key)} characters)"
