@@ -78,7 +78,8 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         only = None if listed is None else listed | made_here
         found = out_of_date(context.instance, dataset, planner, only=only, log=context.log)
         # An edit's new draws, recorded: Dagster then shows exactly the results they change as Unsynced.
-        record_draws(context.op_execution_context.get_step_execution_context(), found.draws)
+        step = context.op_execution_context.get_step_execution_context()
+        record_draws(step, found.draws, current=found.current, undrawable=found.undrawable)
     except (ValueError, OSError) as exc:  # the prompts file, catalog or folders as they are now: their runs say more
         context.log.warning(f"Cannot tell which images are out of date: {exc}")
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})

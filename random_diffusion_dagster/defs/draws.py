@@ -9,6 +9,8 @@ those an edit changes (the refresh run after an edit holds no GPU, so it cannot 
 
 from __future__ import annotations
 
+import hashlib
+
 import dagster as dg
 from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
@@ -44,28 +46,44 @@ def drawn_from_tags(planner: Planner) -> dict[str, str]:
     }
 
 
-def record_draws(step: StepExecutionContext, draws: dict[str, list[ImageTask]]) -> int:
+def record_draws(
+    step: StepExecutionContext,
+    draws: dict[str, list[ImageTask]],
+    current: frozenset[str] = frozenset(),
+    undrawable: dict[str, str] | None = None,
+) -> int:
     """Record each image's draw (key -> its tasks, all variants) where Dagster's latest record of it is missing, holds
     another draw, or was drawn from another prompt list or catalog version (so an unchanged draw is not shown as
-    Unsynced either); one batch of events, one storage write. Returns how many were recorded."""
+    Unsynced either); one batch of events, one storage write. Returns how many were recorded.
+
+    Images in `current` have current results (the caller judged them): their record is only renewed, never changed,
+    as a run with other settings (more variants) may have drawn them. `undrawable` (key -> why) records that today's
+    inputs draw nothing for an image (a template word it lacks): its result is stale, and its run says why.
+    """
+    undrawable = undrawable or {}
     versions = {key: draw_version(tasks) for key, tasks in draws.items() if tasks}
+    versions |= {key: _digest_of_why(why) for key, why in undrawable.items()}
     if not versions:
         return 0
     drawn_from, pointers = _drawn_from(step.instance)
     latest = _latest_tags(step.instance, list(versions))
-    to_record = [
-        key
-        for key, version in versions.items()
-        if {name: latest.get(key, {}).get(name) for name in [DATA_VERSION_TAG, *drawn_from]}
-        != drawn_from | {DATA_VERSION_TAG: version}
-    ]
+
+    def wanted(key: str) -> bool:
+        recorded = latest.get(key, {})
+        same_draw = recorded.get(DATA_VERSION_TAG) == versions[key]
+        same_inputs = all(recorded.get(name) == value for name, value in drawn_from.items())
+        return not same_inputs and same_draw if key in current else not (same_draw and same_inputs)
+
+    to_record = [key for key in versions if wanted(key)]
     tags = drawn_from | pointers | {CODE_VERSION_TAG: step.run_id, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
     batch = generate_event_batch_id()
     for i, key in enumerate(to_record):
         materialization = dg.AssetMaterialization(
             IMAGE_DRAW_KEY,
             partition=key,
-            metadata=draw_metadata(draws[key]),
+            metadata=draw_metadata(draws[key])
+            if key in draws
+            else {"cannot_draw": dg.MetadataValue.text(undrawable[key])},
             tags=tags | {DATA_VERSION_TAG: versions[key]},
         )
         DagsterEvent.asset_materialization(
@@ -74,6 +92,10 @@ def record_draws(step: StepExecutionContext, draws: dict[str, list[ImageTask]]) 
     # What this step reads of image_draw for the provenance of what it records next (diffused_image) is now newer.
     step.wipe_input_asset_version_info(IMAGE_DRAW_KEY)
     return len(to_record)
+
+
+def _digest_of_why(why: str) -> str:
+    return hashlib.sha256(f"cannot draw: {why}".encode()).hexdigest()[:16]
 
 
 def _latest_tags(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict[str, str]]:

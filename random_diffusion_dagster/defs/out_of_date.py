@@ -9,7 +9,15 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, MeasuredRates, Planned, judge
+from ..engine.freshness import (
+    CATALOG_CHANGED,
+    PROMPT_CHANGED,
+    UNPLANNABLE,
+    Estimate,
+    MeasuredRates,
+    Planned,
+    judge,
+)
 from ..engine.plan import ImageTask, Planner, catalog_version, prompts_version
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from .draws import DRAWN_FROM_TAGS
@@ -34,6 +42,8 @@ class OutOfDate:
     rates: MeasuredRates  # measured on the results read
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
     draws: dict[str, list[ImageTask]]  # key -> today's draw of each of its results, for the made images judged
+    current: frozenset[str]  # the judged images whose results are current (their draws may cover fewer variants)
+    undrawable: dict[str, str]  # key -> why today's inputs draw nothing for this made image
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
@@ -88,7 +98,7 @@ def out_of_date(
     wanted = keys if only is None else [key for key in keys if key in only]
     files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
-    reasons, to_make, draws, rates = {}, {}, {}, MeasuredRates()
+    reasons, to_make, draws, current, undrawable, rates = {}, {}, {}, set(), {}, MeasuredRates()
     for source in files:
         try:
             judged = judge(planner, source)
@@ -99,6 +109,10 @@ def out_of_date(
         rates.add(judged.made)
         if judged.planned:
             draws[source.partition_key] = judged.planned
+        if judged.reason is None:
+            current.add(source.partition_key)
+        elif judged.reason.startswith(UNPLANNABLE):
+            undrawable[source.partition_key] = judged.reason
         reason = judged.reason
         if reason is None and source.partition_key not in recorded:
             reason = NOT_RECORDED
@@ -110,7 +124,9 @@ def out_of_date(
         reasons[key] = why
     catalog = planner.catalog
     expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
-    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected, draws)
+    return OutOfDate(
+        keys, reasons, frozenset(recorded), to_make, rates, expected, draws, frozenset(current), undrawable
+    )
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.

@@ -19,6 +19,7 @@ SOURCE_CHANGED = "source image changed"
 PROMPT_CHANGED = "prompt changed"
 CATALOG_CHANGED = "model catalog changed"
 SEED_CHANGED = "run seed changed"
+UNPLANNABLE = "cannot be planned"  # followed by why (a word a template needs and the image lacks)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def judge(planner: Planner, source: SourceFile) -> Judgement:
             for variant, r in enumerate(found)
         ]
     except PromptListError as exc:  # its run names the missing word for this image
-        return Judgement(f"cannot be planned: {exc}", [], made)
+        return Judgement(f"{UNPLANNABLE}: {exc}", [], made)
     changed = [
         (task, r) for task, r in zip(tasks, found, strict=True) if r is None or task.fingerprint != r.fingerprint
     ]
