@@ -8,6 +8,7 @@ import dagster as dg
 import yaml
 from test_staleness import ASSETS, _refresh, _resources, _run, _schedule_keys, _stale, _tick_input_files
 
+from random_diffusion_dagster.defs import draws
 from random_diffusion_dagster.defs.checks import results_up_to_date
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
@@ -90,3 +91,20 @@ def test_a_prompt_edit_that_leaves_its_images_unplannable_shows_them_stale(insta
     _refresh(instance, project, ["prompt_list"])
     assert _out_of_date_keys(instance) == affected and affected <= _schedule_keys(instance, project)
     assert _stale(instance, keys) == affected
+
+
+def test_latest_records_are_read_in_chunks_each_partitions_newest(instance, monkeypatch):
+    """A full scan reads every image's latest record; SQLite binds at most 32,766 values per query, so they are
+    fetched in chunks (here of 2), each partition's newest one."""
+    key = dg.AssetKey("image_draw")
+    partitions = [f"img{i}.png" for i in range(5)]
+    instance.add_dynamic_partitions("images", partitions)
+    for round_ in range(2):
+        for partition in partitions:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(key, partition=partition, metadata={"round": round_})
+            )
+    monkeypatch.setattr(draws, "STORAGE_IDS_PER_QUERY", 2)
+    latest = draws.latest_materializations(instance, key, partitions[:4])
+    assert sorted(latest) == partitions[:4]
+    assert {record.asset_materialization.metadata["round"].value for record in latest.values()} == {1}

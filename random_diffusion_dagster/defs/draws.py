@@ -99,16 +99,33 @@ def _digest_of_why(why: str) -> str:
 
 
 def _latest_tags(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict[str, str]]:
-    """The tags of each partition's latest draw record, two queries in all."""
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        IMAGE_DRAW_KEY, MATERIALIZATION, partitions=set(keys)
-    )
-    if not latest:
+    """The tags of each partition's latest draw record."""
+    latest = latest_materializations(instance, IMAGE_DRAW_KEY, keys)
+    return {key: record.asset_materialization.tags or {} for key, record in latest.items()}
+
+
+STORAGE_IDS_PER_QUERY = 10_000  # SQLite binds at most 32,766 values in one statement
+
+
+def latest_materializations(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: list[str]
+) -> dict[str, dg.EventLogRecord]:
+    """Each partition's latest materialization record: one query for their storage ids, then the records in chunks
+    (a folder of 100,000 images is more values than SQLite binds in one query)."""
+    if not partitions:
         return {}
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(IMAGE_DRAW_KEY, storage_ids=list(latest.values())), limit=len(latest)
-    ).records
-    return {record.partition_key: record.asset_materialization.tags or {} for record in records}
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        asset_key, MATERIALIZATION, partitions=set(partitions)
+    )
+    storage_ids = sorted(latest.values())
+    records = {}
+    for start in range(0, len(storage_ids), STORAGE_IDS_PER_QUERY):
+        chunk = storage_ids[start : start + STORAGE_IDS_PER_QUERY]
+        fetched = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key, storage_ids=chunk), limit=len(chunk)
+        ).records
+        records |= {record.partition_key: record for record in fetched}
+    return records
 
 
 def _drawn_from(instance: dg.DagsterInstance) -> tuple[dict[str, str], dict[str, str]]:
