@@ -6,17 +6,22 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
-from test_staleness import ASSETS, _refresh, _resources, _run, _schedule_keys, _stale, _tick_input_files
+from test_staleness import (
+    ASSETS,
+    IMAGES_RUN,
+    _refresh,
+    _resources,
+    _run,
+    _schedule_keys,
+    _stale,
+    _tick_input_files,
+    made_with_more_images,
+)
 
 from random_diffusion_dagster.defs import draws
 from random_diffusion_dagster.defs.checks import results_up_to_date
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import partition_range_tags
-from random_diffusion_dagster.engine.results import read_record
-
-from helpers import make_image, result_file
-
-SELECTION = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
 
 
 def _check_alone(instance, project):
@@ -42,7 +47,7 @@ def test_results_made_with_more_variants_stay_in_sync_when_the_check_plans_fewer
     keys = instance.get_dynamic_partitions("images")
     result = dg.materialize(
         ASSETS,
-        selection=SELECTION,
+        selection=IMAGES_RUN,
         instance=instance,
         resources={**_resources(project), "dataset": DatasetResource(**project, variants=2)},
         tags=partition_range_tags(keys[0], keys[-1]),
@@ -62,7 +67,7 @@ def test_lowering_the_catalogs_variants_stales_nothing_the_check_calls_current(i
     models.write_text(yaml.safe_dump(catalog))
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, SELECTION, keys)
+    _run(instance, project, IMAGES_RUN, keys)
     cursor = _tick_input_files(instance, project)
     catalog["defaults"]["variants"] = 1
     models.write_text(yaml.safe_dump(catalog))
@@ -75,14 +80,7 @@ def test_lowering_the_catalogs_variants_stales_nothing_the_check_calls_current(i
 def test_a_prompt_edit_that_leaves_its_images_unplannable_shows_them_stale(instance, project):
     """One prompt line becomes a `{caption}` template and no image has a caption: the images that drew it cannot be
     planned now; the check counts them and the schedule asks for them, so Dagster shows them Unsynced too."""
-    images = Path(project["images_dir"])
-    for i in range(6):
-        make_image(images / f"more{i}.png", color=(40 * i, 120, 60))
-    _run(instance, project, ["source_images"])
-    keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, SELECTION, keys)
-    cursor = _tick_input_files(instance, project)
-    drawn = {k: read_record(result_file(project["images_dir"], project["output_dir"], k)) for k in keys}
+    keys, cursor, drawn = made_with_more_images(instance, project, 6)
     affected = {k for k, record in drawn.items() if record.prompt == "an ice castle"}
     assert affected and affected != set(keys)
     prompts = Path(project["prompts_file"])

@@ -37,6 +37,7 @@ from helpers import make_image, result_file
 
 SUBMITTED = ["cat dancing in rain"]
 IMAGE_DRAW = dg.AssetKey("image_draw")
+IMAGES_RUN = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]  # what job diffuse_images selects
 ASSETS = [
     PROMPTS_FILE,
     MODELS_FILE,
@@ -137,14 +138,7 @@ def submitted(instance, project):
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
     cursor = _tick_input_files(instance, project)
-    _run(
-        instance,
-        project,
-        ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
-        keys,
-        SUBMITTED,
-        submission_tags(),
-    )
+    _run(instance, project, IMAGES_RUN, keys, SUBMITTED, submission_tags())
     assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
     return keys, cursor
 
@@ -152,9 +146,7 @@ def submitted(instance, project):
 def test_submitted_prompts_stay_through_the_schedule_and_a_plain_run(instance, project, submitted):
     keys, _ = submitted
     assert _schedule_keys(instance, project) == set() and _stale(instance, keys) == set()
-    _run(
-        instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys
-    )  # `random-diffusion run`
+    _run(instance, project, IMAGES_RUN, keys)  # `random-diffusion run`
     assert set(_prompts_on_disk(project, keys).values()) == set(SUBMITTED)
     latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
     assert latest["source"].value == "submitted" and "@" in latest["submitted_by"].value
@@ -165,14 +157,7 @@ def test_a_list_submitted_without_a_prompts_file_stays_while_there_is_none(insta
     Path(project["prompts_file"]).unlink()
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(
-        instance,
-        project,
-        ["prompt_list", "model_catalog", "image_draw", "diffused_image"],
-        keys,
-        SUBMITTED,
-        submission_tags(),
-    )
+    _run(instance, project, IMAGES_RUN, keys, SUBMITTED, submission_tags())
     _run(instance, project, ["prompt_list"])  # the plain run's prompt_list (`random-diffusion run`, the schedule)
     latest = instance.get_latest_materialization_event(dg.AssetKey("prompt_list")).asset_materialization.metadata
     assert latest["source"].value == "submitted"
@@ -201,7 +186,7 @@ def test_editing_the_prompts_file_makes_results_stale_and_the_ui_path_uses_the_n
 
 def test_a_comment_edit_in_the_prompts_file_makes_nothing_stale(instance, project, submitted):
     keys, cursor = submitted
-    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys, tags={})
+    _run(instance, project, IMAGES_RUN, keys, tags={})
     prompts = Path(project["prompts_file"])
     prompts.write_text(prompts.read_text() + "# a note\n")
     _tick_input_files(instance, project, cursor, refreshes=["prompt_list"])
@@ -233,7 +218,7 @@ def test_asking_for_the_prompts_file_ends_a_submitted_list(instance, project, su
     run_config = {"ops": {"prompt_list": {"config": {"use_prompts_file": True}}}}
     dg.materialize(
         ASSETS,
-        selection=["prompt_list", "model_catalog", "image_draw", "diffused_image"],
+        selection=IMAGES_RUN,
         instance=instance,
         resources=_resources(project),
         run_config=run_config,
@@ -247,7 +232,7 @@ def test_results_of_a_first_run_are_in_sync_with_the_files_the_sensor_then_repor
     """A run records the versions it read, so the sensor's first report of the same files makes nothing stale."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
+    _run(instance, project, IMAGES_RUN, keys)
     _tick_input_files(instance, project)
     resolver = _resolver(instance)
     assert resolver.get_status(dg.AssetKey("prompt_list")) == StaleStatus.FRESH
@@ -263,7 +248,7 @@ def test_a_rerun_records_only_the_image_versions_that_changed_and_stays_in_sync(
     """Each run reports the versions it read; one already on record is not written again (a write each)."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
+    _run(instance, project, IMAGES_RUN, keys)
     assert _image_versions_on_record(instance) == len(keys)
     _run(instance, project, ["image_draw", "diffused_image"], keys)  # the same images again: every version is on record
     assert _image_versions_on_record(instance) == len(keys)
@@ -281,12 +266,26 @@ def test_editing_one_caption_makes_only_that_image_stale(instance, project, subm
     for image in [path for path in images.iterdir() if path.suffix != ".txt"]:
         image.with_suffix(".txt").write_text(f"a caption of {image.name}\n")
     _run(instance, project, ["image_file"])
-    selection = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
+    selection = IMAGES_RUN
     _run(instance, project, selection, keys, ["a study of {caption}"], submission_tags())
     assert _stale(instance, keys) == set()
     (images / "red.txt").write_text("a new caption\n")
     _run(instance, project, ["image_file"])
     assert _stale(instance, keys) == {"red.png"}
+
+
+def made_with_more_images(instance, project, more: int):
+    """`more` images beside the fixture's three, all made and the input files seen by the sensor: (keys, the
+    sensor's cursor, each image's result record)."""
+    images = Path(project["images_dir"])
+    for i in range(more):
+        make_image(images / f"more{i}.png", color=(40 * i, 120, 60))
+    _run(instance, project, ["source_images"])
+    keys = instance.get_dynamic_partitions("images")
+    _run(instance, project, IMAGES_RUN, keys)
+    cursor = _tick_input_files(instance, project)
+    drawn = {k: read_record(result_file(project["images_dir"], project["output_dir"], k)) for k in keys}
+    return keys, cursor, drawn
 
 
 def _edit_one_catalog_entry(project):
@@ -311,14 +310,7 @@ def test_editing_one_entry_or_line_stales_exactly_the_images_drawn_with_it(insta
     """Issue 38: one catalog entry's settings or one prompt line edited; Dagster (the UI's resolver) shows as stale
     exactly the partitions whose draw named it, the edit's cost counts them, and the catch-up remakes exactly those."""
     edit, drew_it, refreshed = EDITS[edited]
-    images = Path(project["images_dir"])
-    for i in range(5):
-        make_image(images / f"more{i}.png", color=(40 * i, 120, 60))
-    _run(instance, project, ["source_images"])
-    keys = instance.get_dynamic_partitions("images")
-    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)
-    cursor = _tick_input_files(instance, project)
-    drawn = {k: read_record(result_file(project["images_dir"], project["output_dir"], k)) for k in keys}
+    keys, cursor, drawn = made_with_more_images(instance, project, 5)
     affected = {k for k, record in drawn.items() if drew_it(record)}
     assert affected and affected != set(keys)  # the draw must tell the images apart
     before = {k: result_file(project["images_dir"], project["output_dir"], k).read_bytes() for k in keys}
@@ -338,7 +330,7 @@ def test_editing_one_entry_or_line_stales_exactly_the_images_drawn_with_it(insta
     assert latest.event.dagster_event.asset_check_evaluation_data.metadata["out_of_date"].value == len(affected)
     assert affected <= _schedule_keys(instance, project)
 
-    _run(instance, project, ["prompt_list", "model_catalog", "image_draw", "diffused_image"], keys)  # the catch-up
+    _run(instance, project, IMAGES_RUN, keys)  # the catch-up
     after = {k: result_file(project["images_dir"], project["output_dir"], k).read_bytes() for k in keys}
     assert {k for k in keys if after[k] != before[k]} == affected  # remade exactly those; the rest reused
     assert _stale(instance, keys) == set() and _schedule_keys(instance, project) == set()
@@ -348,7 +340,7 @@ def test_a_draw_is_recorded_once_per_change_with_what_it_drew(instance, project)
     """image_draw gets a record when an image's draw is new or changed, not on every run; it shows the choice."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    selection = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
+    selection = IMAGES_RUN
     _run(instance, project, selection, keys)
     _run(instance, project, selection, keys)  # nothing changed: no new draw records
     records = instance.fetch_materializations(IMAGE_DRAW, limit=100).records
