@@ -18,7 +18,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from random_diffusion_dagster.engine.results import output_file_name, read_record
 from random_diffusion_dagster.runtime.cli import main
-from random_diffusion_dagster.runtime.cli_runs import PROCESS_TAG, fail_runs_whose_process_is_gone
+from random_diffusion_dagster.runtime.dead_runs import PROCESS_TAG, fail_runs_whose_process_is_gone
 from random_diffusion_dagster.runtime.terminal_log import (
     quiet_interrupted_database_closes,
     redeliver_swallowed_interrupts,
@@ -291,7 +291,7 @@ def test_only_a_cli_processs_own_runs_are_failed_once_it_is_gone(instance):
     """The UI's Re-execute copies the parent run's tags: re-executing a CLI run gives a run the daemon launches from
     the code location, carrying the CLI process's tag. Once that process is gone only the run it executed (which has
     no code location) is failed; the launched one is Dagster's run monitoring's to watch."""
-    script = "from random_diffusion_dagster.runtime.cli_runs import process_tags; print(*process_tags().values())"
+    script = "from random_diffusion_dagster.runtime.dead_runs import process_tags; print(*process_tags().values())"
     ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     gone_process = {PROCESS_TAG: ended.stdout.strip()}
     cli_run = create_run_for_test(instance, "diffuse_images", status=dg.DagsterRunStatus.STARTED, tags=gone_process)

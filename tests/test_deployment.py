@@ -436,7 +436,7 @@ def test_a_killed_cli_run_frees_the_gpu_pool_for_the_next_run(deployment):
     (run_id,) = client.submit(["a harbour at noon"], 32, ["start1.png"])
     assert client.wait(run_id, timeout=300) == "SUCCESS"
     assert client.run_status(killed["runId"]) == "FAILURE"
-    assert f"Run {killed['runId']}: its CLI process is gone" in (deployment["root"] / "daemon.log").read_text()
+    assert f"Run {killed['runId']}: its process is gone" in (deployment["root"] / "daemon.log").read_text()
 
 
 STEP_FAILURES_QUERY = """

@@ -28,7 +28,7 @@ from ..settings import (
     SettingError,
     webserver_url,
 )
-from .cli_runs import fail_runs_whose_process_is_gone, process_tags
+from .dead_runs import fail_runs_whose_process_is_gone, process_tags
 from .instance import diffusing_alone, project_instance
 from .terminal_log import (
     TERMINAL_LOGGING,
@@ -561,7 +561,7 @@ def _execute(
     tags: dict[str, str] | None = None,
     asset_selection: list[dg.AssetKey] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """A run in this process, tagged with it so it is failed if the process dies (cli_runs); Ctrl-C stops the
+    """A run in this process, tagged with it so it is failed if the process dies (dead_runs); Ctrl-C stops the
     command."""
     result = job.execute_in_process(
         instance=instance,

@@ -22,7 +22,7 @@ import threading
 import time
 
 from ..settings import backfill_interval_seconds
-from .cli_runs import fail_runs_whose_process_is_gone
+from .dead_runs import fail_runs_whose_process_is_gone
 from .instance import check_instance_yaml, instance_home, project_instance
 
 
@@ -37,22 +37,23 @@ def main(argv: list[str] | None = None) -> None:
     # may be making them now, and the daemon's code server opening them halfway fails to load for good
     # ("alembic_version has more than one head").
     instance = project_instance()
-    threading.Thread(target=_fail_dead_cli_runs, args=(instance,), daemon=True, name="cli-runs").start()
+    threading.Thread(target=_fail_dead_runs, args=(instance,), daemon=True, name="dead-runs").start()
 
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds  # read by the backfill loop when its thread starts
     cli(["run", *(sys.argv[1:] if argv is None else argv)], prog_name="random-diffusion daemon", obj={})
 
 
-def _fail_dead_cli_runs(instance) -> None:
-    """Beside Dagster's run monitoring, as often: fail CLI runs whose process is gone, so they free the gpu pool."""
+def _fail_dead_runs(instance) -> None:
+    """Beside Dagster's run monitoring, as often: fail runs whose process is gone (dead_runs), so they free the gpu
+    pool."""
     import sqlalchemy.exc
 
     while True:
         try:
             for run_id in fail_runs_whose_process_is_gone(instance):
-                print(f"Run {run_id}: its CLI process is gone; marked failed, the gpu pool is free.", flush=True)
+                print(f"Run {run_id}: its process is gone; marked failed, the gpu pool is free.", flush=True)
         except sqlalchemy.exc.OperationalError as error:  # a busy database: the next pass tries again
-            print(f"Looking for runs of ended CLI processes failed ({error.orig}); trying again.", flush=True)
+            print(f"Looking for runs of ended processes failed ({error.orig}); trying again.", flush=True)
         time.sleep(instance.run_monitoring_poll_interval_seconds)
 
 
