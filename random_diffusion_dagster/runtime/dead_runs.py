@@ -15,6 +15,7 @@ import socket
 
 import dagster as dg
 
+IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
 PROCESS_TAG = "random_diffusion/process"  # "<host>:<pid>:<start time>" of the process executing the run
 
 
@@ -53,9 +54,7 @@ def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance) -> list[str]:
     A CLI run is one its process executed itself, so it has no code location. A run the UI re-executes carries its
     parent's tags, a CLI run's PROCESS_TAG among them, but a run launcher executes it (it has the code location it
     was launched from): that one is judged by its own worker process, and only once it has started one."""
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
-    )
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=list(IN_PROGRESS)))
     failed = []
     for record in records:
         run = record.dagster_run
@@ -64,7 +63,7 @@ def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance) -> list[str]:
             gone = bool(owner) and _gone(owner)
         else:
             owner, gone = _run_worker_gone(instance, run)
-        if gone:
+        if gone and instance.get_run_by_id(run.run_id).status in IN_PROGRESS:  # not ended as its process did
             instance.report_run_failed(
                 run,
                 f"The process that executed this run ({owner}) is gone: marked failed so the run no longer holds "
