@@ -22,7 +22,7 @@ import yaml
 
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.results import output_file_name, read_record
-from random_diffusion_dagster.runtime.cli_runs import PROCESS_TAG
+from random_diffusion_dagster.runtime.dead_runs import PROCESS_TAG
 from random_diffusion_dagster.runtime.remote import Deployment
 
 from helpers import ROUTINE_DAEMON_LINES, descendants, make_image, write_catalog
@@ -354,12 +354,23 @@ def test_the_daemon_console_shows_the_runs_log_lines_and_not_the_routine_ones(de
     backfill = client.query(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]["backfillId"]
     tag = {"key": "dagster/backfill", "value": backfill}
     wait_for(lambda: any(tag in run["tags"] for run in _runs(url)) and _all_finished(url), 300, "the backfill's run")
+    # Its partition done for both assets (the run records the image's draw even where it did not change).
+    wait_for(lambda: _backfill_status(url, backfill).startswith("COMPLETED"), 120, "the backfill to end")
+    assert _backfill_status(url, backfill) == "COMPLETED_SUCCESS"
     console = (deployment["root"] / "daemon.log").read_text()
     assert f"{run_id} - diffused_image - " in console and "batch of 1 at" in console  # the run's own log lines
     assert " - DEBUG - " not in console and "STEP_START" not in console and "ASSET_MATERIALIZATION" not in console
     assert "Backfill iteration summary" not in console and "Checking for new runs for sensor" not in console
     assert [line for line in ROUTINE_DAEMON_LINES if line in console] == []
     assert "new_images_sensor - 3 new, 0 replaced, 0 removed images" in console  # the sensor's own line, named
+
+
+BACKFILL_STATUS_QUERY = """
+query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }"""
+
+
+def _backfill_status(url: str, backfill_id: str) -> str:
+    return Deployment(url).query(BACKFILL_STATUS_QUERY, {"id": backfill_id})["partitionBackfillOrError"]["status"]
 
 
 RUN_LOGS_QUERY = """

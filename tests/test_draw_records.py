@@ -90,6 +90,28 @@ def test_a_prompt_edit_that_leaves_its_images_unplannable_shows_them_stale(insta
     assert _out_of_date_keys(instance) == affected and affected <= _schedule_keys(instance, project)
     assert _stale(instance, keys) == affected
 
+    # The line back as it was: the results are current again, and so is what Dagster shows.
+    prompts.write_text(prompts.read_text().replace("{caption} in ice", "an ice castle"))
+    _refresh(instance, project, ["prompt_list"])
+    assert _out_of_date_keys(instance) == set() and _stale(instance, keys) == set()
+
+
+def test_an_edit_taken_back_leaves_nothing_stale(instance, project):
+    """A catalog entry edited, refreshed (its images Unsynced), then edited back: the results on disk are current
+    again, and Dagster shows them so, as the check and the schedule say."""
+    keys, cursor, drawn = made_with_more_images(instance, project, 5)
+    models = Path(project["models_file"])
+    before = models.read_text()
+    catalog = yaml.safe_load(before)
+    next(m for m in catalog["models"] if m["name"] == "tiny-sd2")["num_inference_steps"] = 3
+    models.write_text(yaml.safe_dump(catalog))
+    _refresh(instance, project, ["model_catalog"])
+    assert _stale(instance, keys) == {k for k, record in drawn.items() if record.model == "tiny-sd2"} != set()
+    models.write_text(before)
+    _refresh(instance, project, ["model_catalog"])
+    assert _out_of_date_keys(instance) == set() and _schedule_keys(instance, project) == set()
+    assert _stale(instance, keys) == set()
+
 
 def test_latest_records_are_read_in_chunks_each_partitions_newest(instance, monkeypatch):
     """A full scan reads every image's latest record; SQLite binds at most 32,766 values per query, so they are
@@ -102,7 +124,7 @@ def test_latest_records_are_read_in_chunks_each_partitions_newest(instance, monk
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(key, partition=partition, metadata={"round": round_})
             )
-    monkeypatch.setattr(draws, "STORAGE_IDS_PER_QUERY", 2)
+    monkeypatch.setattr(draws, "PARTITIONS_PER_QUERY", 2)
     latest = draws.latest_materializations(instance, key, partitions[:4])
     assert sorted(latest) == partitions[:4]
     assert {record.asset_materialization.metadata["round"].value for record in latest.values()} == {1}

@@ -336,20 +336,25 @@ def test_editing_one_entry_or_line_stales_exactly_the_images_drawn_with_it(insta
     assert _stale(instance, keys) == set() and _schedule_keys(instance, project) == set()
 
 
-def test_a_draw_is_recorded_once_per_change_with_what_it_drew(instance, project):
-    """image_draw gets a record when an image's draw is new or changed, not on every run; it shows the choice."""
+def test_each_run_records_its_images_draws_and_an_unchanged_draw_stales_nothing(instance, project):
+    """Each run materializes image_draw for its images (a backfill counts a partition done only then), with what each
+    drew; drawn again unchanged, the version is the same and no result turns Unsynced."""
     _run(instance, project, ["source_images"])
     keys = instance.get_dynamic_partitions("images")
-    selection = IMAGES_RUN
-    _run(instance, project, selection, keys)
-    _run(instance, project, selection, keys)  # nothing changed: no new draw records
+    _run(instance, project, IMAGES_RUN, keys)
+    first = {r.partition_key: r for r in instance.fetch_materializations(IMAGE_DRAW, limit=100).records}
+    _run(instance, project, IMAGES_RUN, keys)
     records = instance.fetch_materializations(IMAGE_DRAW, limit=100).records
-    assert sorted(r.partition_key for r in records) == sorted(keys)
-    for record in records:
+    assert sorted(r.partition_key for r in records) == sorted(keys * 2)
+    latest = {r.partition_key: r for r in reversed(records)}  # newest last wins
+    for key, record in latest.items():
+        tags = record.asset_materialization.tags
+        assert tags["dagster/data_version"] == first[key].asset_materialization.tags["dagster/data_version"]
         metadata = record.asset_materialization.metadata
-        made = read_record(result_file(project["images_dir"], project["output_dir"], record.partition_key))
+        made = read_record(result_file(project["images_dir"], project["output_dir"], key))
         assert (metadata["prompt"].value, metadata["model"].value, metadata["seed"].value) == (
             made.prompt,
             made.model,
             str(made.seed),
         )
+    assert _stale(instance, keys) == set()

@@ -3,8 +3,10 @@ version, so Dagster shows as stale exactly the results whose draw an edit change
 
 `prompt_list` and `model_catalog` have one data version each: were `diffused_image` made from them directly, editing
 one catalog entry would make every partition stale. It is made from `image_draw` instead, whose partitions change
-version only where the draw changed; the diffusion step records the draws it makes, and `results_up_to_date` records
-those an edit changes (the refresh run after an edit holds no GPU, so it cannot run the diffusion step).
+version only where the draw changed. The diffusion step records the draw of every image it makes (a backfill counts a
+partition done only when its run materialized it; the same version again stales nothing); after an edit,
+`results_up_to_date` records the draws that differ from Dagster's record (the refresh run holds no GPU, so it cannot
+run the diffusion step).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
     DATA_VERSION_IS_USER_PROVIDED_TAG,
     DATA_VERSION_TAG,
-    extract_data_version_from_entry,
     get_input_data_version_tag,
     get_input_event_pointer_tag,
 )
@@ -27,8 +28,8 @@ from ..engine.plan import ImageTask, Planner, catalog_version, draw_version, pro
 from .asset_keys import IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from .metadata import table
 
-DRAWN_FROM = (PROMPT_LIST_KEY, MODEL_CATALOG_KEY)
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
+VARIANTS_TAG = "random_diffusion/variants"  # on a draw record: how many results it covers (0: it names why none)
 
 # On each diffused_image materialization: the prompt list and catalog its draw came from (prompt changed or catalog
 # changed, as results_up_to_date tells them apart). Dagster's own input tags now name image_draw, not these two.
@@ -38,54 +39,53 @@ DRAWN_FROM_TAGS = {
 }
 
 
+def drawn_from(planner: Planner) -> dict[dg.AssetKey, str]:
+    """The prompt list and catalog a planner draws from, as the data versions `prompt_list` and `model_catalog` give
+    them."""
+    return {PROMPT_LIST_KEY: prompts_version(planner.prompts), MODEL_CATALOG_KEY: catalog_version(planner.catalog)}
+
+
 def drawn_from_tags(planner: Planner) -> dict[str, str]:
     """The DRAWN_FROM_TAGS of results drawn by `planner`."""
-    return {
-        DRAWN_FROM_TAGS[PROMPT_LIST_KEY]: prompts_version(planner.prompts),
-        DRAWN_FROM_TAGS[MODEL_CATALOG_KEY]: catalog_version(planner.catalog),
-    }
+    return {DRAWN_FROM_TAGS[key]: version for key, version in drawn_from(planner).items()}
 
 
 def record_draws(
     step: StepExecutionContext,
+    planner: Planner,
     draws: dict[str, list[ImageTask]],
+    *,
+    every: bool = False,
     current: frozenset[str] = frozenset(),
     undrawable: dict[str, str] | None = None,
 ) -> int:
-    """Record each image's draw (key -> its tasks, all variants) where Dagster's latest record of it is missing, holds
-    another draw, or was drawn from another prompt list or catalog version (so an unchanged draw is not shown as
-    Unsynced either); one batch of events, one storage write. Returns how many were recorded.
+    """Record each image's draw (key -> its tasks, all variants) by `planner`, as one batch of events (one storage
+    write); returns how many were recorded.
 
-    Images in `current` have current results (the caller judged them): their record is only renewed, never changed,
-    as a run with other settings (more variants) may have drawn them. `undrawable` (key -> why) records that today's
-    inputs draw nothing for an image (a template word it lacks): its result is stale, and its run says why.
+    `every`: the diffusion step's draws, each recorded. Otherwise (an evaluation of the results) only where Dagster's
+    latest record is missing, holds another draw, or names another prompt list or catalog version (so an unchanged
+    draw is not shown as Unsynced either). Images in `current` have current results: a record of more variants than
+    drawn here is left alone (a `--variants 2` run made them). `undrawable` (key -> why): today's inputs draw nothing
+    for the image (a template word it lacks): its result is stale, and its run says why.
     """
     undrawable = undrawable or {}
     versions = {key: draw_version(tasks) for key, tasks in draws.items() if tasks}
     versions |= {key: _digest_of_why(why) for key, why in undrawable.items()}
     if not versions:
         return 0
-    drawn_from, pointers = _drawn_from(step.instance)
-    latest = _latest_tags(step.instance, list(versions))
-
-    def wanted(key: str) -> bool:
-        recorded = latest.get(key, {})
-        same_draw = recorded.get(DATA_VERSION_TAG) == versions[key]
-        same_inputs = all(recorded.get(name) == value for name, value in drawn_from.items())
-        return not same_inputs and same_draw if key in current else not (same_draw and same_inputs)
-
-    to_record = [key for key in versions if wanted(key)]
-    tags = drawn_from | pointers | {CODE_VERSION_TAG: step.run_id, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
+    inputs = {get_input_data_version_tag(key): version for key, version in drawn_from(planner).items()}
+    to_record = list(versions) if every else _differing(step.instance, versions, draws, inputs, current)
+    tags = inputs | _event_pointers(step.instance) | {CODE_VERSION_TAG: step.run_id}
     batch = generate_event_batch_id()
     for i, key in enumerate(to_record):
-        materialization = dg.AssetMaterialization(
-            IMAGE_DRAW_KEY,
-            partition=key,
-            metadata=draw_metadata(draws[key])
-            if key in draws
-            else {"cannot_draw": dg.MetadataValue.text(undrawable[key])},
-            tags=tags | {DATA_VERSION_TAG: versions[key]},
-        )
+        tasks = draws.get(key, [])
+        metadata = draw_metadata(tasks) if tasks else {"cannot_draw": dg.MetadataValue.text(undrawable[key])}
+        own = {
+            DATA_VERSION_TAG: versions[key],
+            DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+            VARIANTS_TAG: str(len(tasks)),
+        }
+        materialization = dg.AssetMaterialization(IMAGE_DRAW_KEY, partition=key, metadata=metadata, tags=tags | own)
         DagsterEvent.asset_materialization(
             step, materialization, DagsterEventBatchMetadata(batch, is_end=i == len(to_record) - 1)
         )
@@ -94,52 +94,64 @@ def record_draws(
     return len(to_record)
 
 
+def _differing(
+    instance: dg.DagsterInstance,
+    versions: dict[str, str],
+    draws: dict[str, list[ImageTask]],
+    inputs: dict[str, str],
+    current: frozenset[str],
+) -> list[str]:
+    """The keys whose draw Dagster's latest record does not hold as `versions` and `inputs` say."""
+    latest = {
+        key: record.asset_materialization.tags or {}
+        for key, record in latest_materializations(instance, IMAGE_DRAW_KEY, list(versions)).items()
+    }
+
+    def differs(key: str) -> bool:
+        recorded = latest.get(key, {})
+        if recorded.get(DATA_VERSION_TAG) == versions[key]:
+            return any(recorded.get(name) != version for name, version in inputs.items())
+        more_variants = int(recorded.get(VARIANTS_TAG) or 0) > len(draws.get(key, []))
+        return not (key in current and draws.get(key) and more_variants)
+
+    return [key for key in versions if differs(key)]
+
+
 def _digest_of_why(why: str) -> str:
     return hashlib.sha256(f"cannot draw: {why}".encode()).hexdigest()[:16]
 
 
-def _latest_tags(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict[str, str]]:
-    """The tags of each partition's latest draw record."""
-    latest = latest_materializations(instance, IMAGE_DRAW_KEY, keys)
-    return {key: record.asset_materialization.tags or {} for key, record in latest.items()}
+def _event_pointers(instance: dg.DagsterInstance) -> dict[str, str]:
+    """The latest `prompt_list` and `model_catalog` events, as the input event tags Dagster writes on a step's
+    output (its staleness reads an input's version only with its event)."""
+    pointers = {}
+    for record in instance.get_asset_records([PROMPT_LIST_KEY, MODEL_CATALOG_KEY]):
+        event = record.asset_entry.last_materialization_record
+        if event is not None:
+            pointers[get_input_event_pointer_tag(record.asset_entry.asset_key)] = str(event.storage_id)
+    return pointers
 
 
-STORAGE_IDS_PER_QUERY = 10_000  # SQLite binds at most 32,766 values in one statement
+PARTITIONS_PER_QUERY = 10_000  # SQLite binds at most 32,766 values in one statement (some builds)
 
 
 def latest_materializations(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: list[str]
 ) -> dict[str, dg.EventLogRecord]:
-    """Each partition's latest materialization record: one query for their storage ids, then the records in chunks
-    (a folder of 100,000 images is more values than SQLite binds in one query)."""
-    if not partitions:
-        return {}
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        asset_key, MATERIALIZATION, partitions=set(partitions)
-    )
-    storage_ids = sorted(latest.values())
+    """Each partition's latest materialization record, read in chunks: a folder of 100,000 images is more values than
+    SQLite binds in one query."""
     records = {}
-    for start in range(0, len(storage_ids), STORAGE_IDS_PER_QUERY):
-        chunk = storage_ids[start : start + STORAGE_IDS_PER_QUERY]
-        fetched = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key, storage_ids=chunk), limit=len(chunk)
-        ).records
-        records |= {record.partition_key: record for record in fetched}
+    for start in range(0, len(partitions), PARTITIONS_PER_QUERY):
+        chunk = partitions[start : start + PARTITIONS_PER_QUERY]
+        latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+            asset_key, MATERIALIZATION, partitions=set(chunk)
+        )
+        if latest:
+            fetched = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key, storage_ids=list(latest.values())), limit=len(latest)
+            ).records
+            records |= {record.partition_key: record for record in fetched}
     return records
-
-
-def _drawn_from(instance: dg.DagsterInstance) -> tuple[dict[str, str], dict[str, str]]:
-    """The provenance tags of a draw made now, as Dagster writes them on a step's output: the data versions of the
-    current prompt list and catalog, and their events (apart: a run that reads an unchanged list records it again,
-    which is no new draw)."""
-    versions, pointers = {}, {}
-    for record in instance.get_asset_records(list(DRAWN_FROM)):
-        event = record.asset_entry.last_materialization_record
-        version = extract_data_version_from_entry(event.event_log_entry) if event else None
-        if version is not None:
-            versions[get_input_data_version_tag(record.asset_entry.asset_key)] = version.value
-            pointers[get_input_event_pointer_tag(record.asset_entry.asset_key)] = str(event.storage_id)
-    return versions, pointers
 
 
 def draw_metadata(tasks: list[ImageTask]) -> dict:

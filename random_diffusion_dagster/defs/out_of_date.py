@@ -41,9 +41,9 @@ class OutOfDate:
     to_make: dict[str, list[Planned]]  # key -> each result its run would make (model and steps, where known)
     rates: MeasuredRates  # measured on the results read
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
-    draws: dict[str, list[ImageTask]]  # key -> today's draw of each of its results, for the made images judged
+    draws: dict[str, list[ImageTask]]  # key -> today's draw of each of its results, for the images with a result
     current: frozenset[str]  # the judged images whose results are current (their draws may cover fewer variants)
-    undrawable: dict[str, str]  # key -> why today's inputs draw nothing for this made image
+    undrawable: dict[str, str]  # key -> why today's inputs draw nothing for this image with a result
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
@@ -132,7 +132,6 @@ def out_of_date(
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.
 REDRAWN = {PROMPT_CHANGED, CATALOG_CHANGED}
 INPUT_VERSIONS = {PROMPT_CHANGED: PROMPT_LIST_KEY, CATALOG_CHANGED: MODEL_CATALOG_KEY}
-MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 
 
 def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: list[str]) -> dict[str, str]:

@@ -19,14 +19,31 @@ IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
 PROCESS_TAG = "random_diffusion/process"  # "<host>:<pid>:<start time>" of the process executing the run
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first); empty where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the same process;
     empty where /proc has none."""
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process holds the pid (another user's counts)."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def process_tags() -> dict[str, str]:
@@ -39,12 +56,8 @@ def _gone(owner: str) -> bool:
     host, pid, started = owner.rsplit(":", 2) if owner.count(":") >= 2 else ("", "", "")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if not _alive(int(pid)):
         return True
-    except PermissionError:
-        pass  # another user's process
     return bool(started) and _start_time(int(pid)) not in ("", started)
 
 
@@ -94,21 +107,18 @@ def _run_worker_gone(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[
     entry = started[-1]
     pid = int(entry.dagster_event.engine_event_data.metadata["pid"].value)
     worker = f"run worker, pid {pid}"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    fields = _stat(pid)
+    if not _alive(pid) or fields[:1] == ["Z"]:  # ended (a zombie has too)
         return worker, True
-    except PermissionError:
-        pass  # another user's process holds the pid now
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return worker, False  # no /proc to tell by
-    state, ticks = fields[0], int(fields[19])
-    # A zombie has ended; a process started after the worker said it started holds a reused pid.
-    reused = _boot_time() + ticks / os.sysconf("SC_CLK_TCK") > entry.timestamp + 2
-    return worker, state == "Z" or reused
+    if len(fields) <= 19:
+        return worker, False  # no /proc to tell a reused pid by
+    # A process that started well after the worker said it started holds a reused pid (pids wrap after millions of
+    # processes; the margin covers a clock stepped since boot, which moves /proc's start times against the event's).
+    started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return worker, started > entry.timestamp + REUSED_PID_MARGIN_SECONDS
+
+
+REUSED_PID_MARGIN_SECONDS = 600
 
 
 def _boot_time() -> float:

@@ -103,7 +103,8 @@ def diffused_image(
     # The bytes this run read: each partition's provenance names that content.
     versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
     report_what_was_read(context, [version_event(IMAGE_FILES, v, partition=key) for key, v in versions.items()])
-    record_draws(context.get_step_execution_context(), by_image(tasks))  # first: each result's provenance names it
+    # First: each result's provenance names its draw's record.
+    record_draws(context.get_step_execution_context(), planner, by_image(tasks), every=True)
     _diffuse(context, engine, tasks, drawn_from_tags(planner), missing | unreadable)
     yield from recorded_already(context)
 
