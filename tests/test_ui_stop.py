@@ -122,11 +122,6 @@ def _assert_stopped_cleanly(seconds: float, log: Path, home: Path, process: subp
     assert _running_with_home(home) == []
 
 
-def _run_status(home: Path, run_id: str) -> dg.DagsterRunStatus:
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        return instance.get_run_by_id(run_id).status
-
-
 def _sensor_run(home: Path, names: list[str]) -> dg.DagsterRun:
     """The new_images_sensor's run over `names`."""
     sensor_runs = dg.RunsFilter(tags={"dagster/sensor_name": "new_images_sensor"})
@@ -204,40 +199,3 @@ def test_a_canceled_run_reads_as_one_info_line_and_other_failures_keep_theirs():
         '  File "/project/engine/runner.py", line 492, in generate\n',
     ]
     assert [output.shown(line) for line in other] == other
-
-
-def test_a_run_whose_processes_were_killed_is_failed_at_the_next_start_and_frees_the_gpu_pool(tmp_path, models_dir):
-    """`kill -9` of everything `ui` started (as when the machine goes down) mid-run leaves its run STARTED, holding the
-    `gpu` pool; the next `ui` start fails it (its run worker's pid is gone), so the runs after it are not held."""
-    root, home = tmp_path, (tmp_path / "home").resolve()
-    (root / "prompts.txt").write_text("a lighthouse\n")
-    write_catalog(root / "models.yaml", models_dir, names=("tiny-sd15",), **SLOW_DEFAULTS)
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(shipped_instance_config(PROJECT_ROOT, home)))
-    outputs = root / "outputs"
-
-    first = _add_images(root / "images", "a")
-    process, _ = _start_ui(root, home, root / "ui-1.log")
-
-    def kill_everything() -> None:
-        for pid in _pids_with_home(home):
-            os.kill(pid, signal.SIGKILL)
-
-    _stop_mid_run(process, outputs, first, kill_everything)
-    killed = _sensor_run(home, first)
-    assert killed.status == dg.DagsterRunStatus.STARTED and _running_with_home(home) == []
-
-    second = _add_images(root / "images", "b")
-    process, _ = _start_ui(root, home, root / "ui-2.log")
-    try:
-        wait_for(lambda: _run_status(home, killed.run_id) == dg.DagsterRunStatus.FAILURE, 60, "the killed run to fail")
-        results = [outputs / output_file_name(name) for name in second]
-        wait_for(lambda: any(path.is_file() for path in results), 240, "a run after it to make an image")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        finally:
-            stop_process_groups([process])
-    console = (root / "ui-2.log").read_text()
-    assert f"Run {killed.run_id}: its process is gone; marked failed, the gpu pool is free." in console, console
