@@ -15,7 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from random_diffusion_dagster.defs.metadata import QUALITY_CHECK
+from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
 from random_diffusion_dagster.defs.partitions import images_partitions
+from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.engine.catalog import CatalogError, load_catalog, parse_catalog
 from random_diffusion_dagster.engine.freshness import MeasuredRates, Planned
 from random_diffusion_dagster.engine.images import scan_folder
@@ -25,6 +27,7 @@ from random_diffusion_dagster.engine.quality import QualityGates, attempt_seed
 from random_diffusion_dagster.engine.report import build_report, contact_sheet
 from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.engine.runner import run_tasks
+from random_diffusion_dagster.runtime.cli import _print_gate_failures
 
 from helpers import FAST_DEFAULTS, make_image, result_file, source_paths, write_catalog
 from test_assets import _diffuse_all, _materialize, _partition_metadata
@@ -162,7 +165,9 @@ def test_black_images_from_the_safety_checker_are_rerolled_with_the_next_seed_un
     assert {key: result.record.attempt for key, result in again.items()} == {k: r.attempt for k, r in records.items()}
 
 
-def test_a_gate_that_never_passes_stops_after_its_tries_keeps_the_last_and_the_report_lists_it(project, models_dir):
+def test_a_gate_that_never_passes_stops_after_its_tries_keeps_the_last_and_the_report_lists_it(
+    project, models_dir, capsys
+):
     """min_change 0.99: the random-weight model's results (change ~0.9) are all "too close to the source"."""
     write_catalog(
         Path(project["models_file"]), models_dir, names=("tiny-sd15",), quality={"min_change": 0.99, "tries": 2}
@@ -182,6 +187,18 @@ def test_a_gate_that_never_passes_stops_after_its_tries_keeps_the_last_and_the_r
     assert set(report.quality_failures["attempts"]) == {2}
     assert report.summary.set_index("model").loc["tiny-sd15", "gate_failures"] == 5
     assert report.failure_count == 0  # a result exists for every image: a gate failure is not a missing result
+    # `random-diffusion plan` lists them, with how to draw one anew (a plain run keeps them: they are current).
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("images", sorted({task.key for task in tasks}))
+        dataset = DatasetResource(**project)
+        found = out_of_date(instance, dataset, current_planner(instance, dataset))
+    assert sorted(found.gate_failures) == sorted(task.key for task in tasks)
+    assert all(why.startswith("failed min_change on all 2 attempt(s)") for why in found.gate_failures.values())
+    _print_gate_failures(found.gate_failures, shown=1)
+    printed = capsys.readouterr().out.splitlines()
+    shown = "Kept although they fail their quality gates: 5 images (`random-diffusion run --reroll KEY` draws one anew"
+    assert printed[0].startswith(shown)
+    assert printed[1].startswith("  ") and printed[2] == "  ...and 4 more"
     # What redoing them will cost counts their two attempts each (plan, the check and the edited file's figure).
     records = [read_record(result.task.output_path) for result in summary.results]
     with_tries, kept_only = MeasuredRates(), MeasuredRates()

@@ -44,6 +44,7 @@ class OutOfDate:
     draws: dict[str, list[ImageTask]]  # key -> today's draw of each of its results, for the images with a result
     current: frozenset[str]  # the judged images whose results are current (their draws may cover fewer variants)
     undrawable: dict[str, str]  # key -> why today's inputs draw nothing for this image with a result
+    gate_failures: dict[str, str]  # key -> why a result of it was kept although it fails its model's quality gates
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
@@ -98,7 +99,7 @@ def out_of_date(
     wanted = keys if only is None else [key for key in keys if key in only]
     files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
-    reasons, to_make, draws, current, undrawable, rates = {}, {}, {}, set(), {}, MeasuredRates()
+    reasons, to_make, draws, current, undrawable, gate_failures, rates = {}, {}, {}, set(), {}, {}, MeasuredRates()
     for source in files:
         try:
             judged = judge(planner, source)
@@ -107,6 +108,9 @@ def out_of_date(
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
         rates.add(judged.made)
+        failing = [record.quality_failure for record in judged.made if record.quality_failure]
+        if failing:
+            gate_failures[source.partition_key] = failing[0]
         if judged.planned:
             draws[source.partition_key] = judged.planned
         if judged.reason is None:
@@ -125,7 +129,16 @@ def out_of_date(
     catalog = planner.catalog
     expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
     return OutOfDate(
-        keys, reasons, frozenset(recorded), to_make, rates, expected, draws, frozenset(current), undrawable
+        keys,
+        reasons,
+        frozenset(recorded),
+        to_make,
+        rates,
+        expected,
+        draws,
+        frozenset(current),
+        undrawable,
+        gate_failures,
     )
 
 

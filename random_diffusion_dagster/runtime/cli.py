@@ -203,16 +203,14 @@ def plan_command(args: argparse.Namespace) -> int:
             return 2
     if unregistered:  # a run registers them first (the UI's sensor too): their results are all still to make
         print(f"Not registered yet: {_count(unregistered, 'image')} in the folder; a run makes them too (not priced).")
+    _print_gate_failures(found.gate_failures, args.shown)
     if not found.reasons:
         if found.keys:
             print(f"All {_count(len(found.keys), 'registered image')} are up to date: a run would remake none.")
         return 0
     print(f"{summary(found.reasons, len(found.keys))}.")
     print(f"Redoing them: {found.estimate().words()}.")
-    for key, why in list(found.reasons.items())[: max(args.shown, 0)]:
-        print(f"  {key}: {why}")
-    if len(found.reasons) > args.shown > 0:
-        print(f"  ...and {len(found.reasons) - args.shown} more")
+    _print_keys(found.reasons, args.shown)
     options = "".join(f" --{name} {value}" for name, value in chosen.items() if value is not None)
     if options:
         print(f"`random-diffusion run{options}` makes these (current results are reused).")
@@ -222,6 +220,25 @@ def plan_command(args: argparse.Namespace) -> int:
             "catch_up_schedule > Preview tick result > Launch all & commit tick result."
         )
     return 0
+
+
+def _print_gate_failures(failures: dict[str, str], shown: int) -> None:
+    """The images whose results were kept although they fail their quality gates: a plain run keeps them."""
+    if not failures:
+        return
+    print(
+        f"Kept although they fail their quality gates: {_count(len(failures), 'image')} "
+        "(`random-diffusion run --reroll KEY` draws one anew; a plain run keeps them)."
+    )
+    _print_keys(failures, shown)
+
+
+def _print_keys(reasons: dict[str, str], shown: int) -> None:
+    """The first `shown` images (--shown) with their reason, and how many more."""
+    for key, why in list(reasons.items())[: max(shown, 0)]:
+        print(f"  {key}: {why}")
+    if len(reasons) > shown > 0:
+        print(f"  ...and {len(reasons) - shown} more")
 
 
 def _shown(text: str) -> int:
