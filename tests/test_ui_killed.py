@@ -10,23 +10,20 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 from dagster._core.instance.ref import InstanceRef
 from test_ui_stop import (
-    PROJECT_ROOT,
-    SLOW_DEFAULTS,
     _add_images,
     _pids_with_home,
     _running_with_home,
     _sensor_run,
+    _slow_project,
     _start_ui,
     _stop_mid_run,
 )
 
 from random_diffusion_dagster.engine.results import output_file_name
 
-from helpers import write_catalog
-from local_services import shipped_instance_config, stop_process_groups, wait_for
+from local_services import stop_process_groups, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,12 +36,7 @@ def _run_status(home: Path, run_id: str) -> dg.DagsterRunStatus:
 def test_a_run_whose_processes_were_killed_is_failed_at_the_next_start_and_frees_the_gpu_pool(tmp_path, models_dir):
     """`kill -9` of everything `ui` started (as when the machine goes down) mid-run leaves its run STARTED, holding the
     `gpu` pool; the next `ui` start fails it (its run worker's pid is gone), so the runs after it are not held."""
-    root, home = tmp_path, (tmp_path / "home").resolve()
-    (root / "prompts.txt").write_text("a lighthouse\n")
-    write_catalog(root / "models.yaml", models_dir, names=("tiny-sd15",), **SLOW_DEFAULTS)
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(shipped_instance_config(PROJECT_ROOT, home)))
-    outputs = root / "outputs"
+    root, home, outputs = _slow_project(tmp_path, models_dir)
 
     first = _add_images(root / "images", "a")
     process, _ = _start_ui(root, home, root / "ui-1.log")

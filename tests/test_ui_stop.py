@@ -79,6 +79,16 @@ def _running_with_home(home: Path) -> list[str]:
     return [_command_line(pid) for pid in _pids_with_home(home)]
 
 
+def _slow_project(root: Path, models_dir: Path) -> tuple[Path, Path, Path]:
+    """A project in `root` whose runs are slow enough to be caught part way: (root, its DAGSTER_HOME, outputs)."""
+    home = (root / "home").resolve()
+    (root / "prompts.txt").write_text("a lighthouse\n")
+    write_catalog(root / "models.yaml", models_dir, names=("tiny-sd15",), **SLOW_DEFAULTS)
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(shipped_instance_config(PROJECT_ROOT, home)))
+    return root, home, root / "outputs"
+
+
 def _start_ui(root: Path, home: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     with open(log, "w") as output:
@@ -135,12 +145,7 @@ def _sensor_run(home: Path, names: list[str]) -> dg.DagsterRun:
 
 
 def test_ui_stops_within_seconds_on_ctrl_c_and_sigterm_with_a_run_in_flight(tmp_path, models_dir):
-    root, home = tmp_path, (tmp_path / "home").resolve()
-    (root / "prompts.txt").write_text("a lighthouse\n")
-    write_catalog(root / "models.yaml", models_dir, names=("tiny-sd15",), **SLOW_DEFAULTS)
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump(shipped_instance_config(PROJECT_ROOT, home)))
-    outputs = root / "outputs"
+    root, home, outputs = _slow_project(tmp_path, models_dir)
 
     first = _add_images(root / "images", "a")
     process, _ = _start_ui(root, home, root / "ui-1.log")
