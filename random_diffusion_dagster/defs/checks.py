@@ -9,7 +9,7 @@ from ..engine.results import read_result
 from ..settings import catch_up_setting
 from .asset_keys import DIFFUSED_IMAGE_KEY
 from .assets import model_catalog, prompt_list
-from .draws import record_draws
+from .draws import record_judged_draws
 from .out_of_date import current_planner, out_of_date, summary
 from .partitions import images_partitions
 from .resources import DatasetResource
@@ -79,7 +79,7 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         found = out_of_date(context.instance, dataset, planner, only=only, log=context.log)
         # An edit's new draws, recorded: Dagster then shows exactly the results they change as Unsynced.
         step = context.op_execution_context.get_step_execution_context()
-        record_draws(step, planner, found.draws, current=found.current, undrawable=found.undrawable)
+        record_judged_draws(step, planner, found.judged)
     except (ValueError, OSError) as exc:  # the prompts file, catalog or folders as they are now: their runs say more
         context.log.warning(f"Cannot tell which images are out of date: {exc}")
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})

@@ -12,6 +12,7 @@ run the diffusion step).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import dagster as dg
 from dagster._core.definitions.data_version import (
@@ -24,6 +25,7 @@ from dagster._core.definitions.data_version import (
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from dagster._core.execution.context.system import StepExecutionContext
 
+from ..engine.freshness import UNPLANNABLE, Judgement
 from ..engine.plan import ImageTask, Planner, catalog_version, draw_version, prompts_version
 from .asset_keys import IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from .metadata import table
@@ -48,6 +50,23 @@ def drawn_from(planner: Planner) -> dict[dg.AssetKey, str]:
 def drawn_from_tags(planner: Planner) -> dict[str, str]:
     """The DRAWN_FROM_TAGS of results drawn by `planner`."""
     return {DRAWN_FROM_TAGS[key]: version for key, version in drawn_from(planner).items()}
+
+
+def record_judged_draws(step: StepExecutionContext, planner: Planner, judged: Mapping[str, Judgement]) -> int:
+    """Record the draws an evaluation of the results judged (engine.freshness), where they differ from Dagster's
+    record: today's draw of each image with a result, whether its results are current, or why nothing can be drawn
+    for it."""
+    return record_draws(
+        step,
+        planner,
+        {key: judgement.planned for key, judgement in judged.items() if judgement.planned},
+        current=frozenset(key for key, judgement in judged.items() if judgement.reason is None),
+        undrawable={
+            key: judgement.reason
+            for key, judgement in judged.items()
+            if judgement.reason and judgement.reason.startswith(UNPLANNABLE)
+        },
+    )
 
 
 def record_draws(

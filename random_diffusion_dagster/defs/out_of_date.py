@@ -9,18 +9,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ..engine.freshness import (
-    CATALOG_CHANGED,
-    PROMPT_CHANGED,
-    UNPLANNABLE,
-    Estimate,
-    MeasuredRates,
-    Planned,
-    judge,
-)
-from ..engine.plan import ImageTask, Planner, catalog_version, prompts_version
+from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, Judgement, MeasuredRates, Planned, judge
+from ..engine.plan import Planner
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
-from .draws import DRAWN_FROM_TAGS, latest_materializations
+from .draws import DRAWN_FROM_TAGS, drawn_from, latest_materializations
 from .partitions import images_partitions
 from .prompt_sets import check_templates, current_prompt_set
 from .resources import DatasetResource
@@ -41,16 +33,19 @@ class OutOfDate:
     to_make: dict[str, list[Planned]]  # key -> each result its run would make (model and steps, where known)
     rates: MeasuredRates  # measured on the results read
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
-    draws: dict[str, list[ImageTask]]  # key -> today's draw of each of its results, for the images with a result
-    current: frozenset[str]  # the judged images whose results are current (their draws may cover fewer variants)
-    undrawable: dict[str, str]  # key -> why today's inputs draw nothing for this image with a result
-    gate_failures: dict[str, str]  # key -> why a result of it was kept although it fails its model's quality gates
+    judged: dict[str, Judgement]  # key -> its judgement, for each image read (draws.record_judged_draws uses them)
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
         chosen = self.reasons if keys is None else keys
         to_make = [planned for key in chosen for planned in self.to_make.get(key, [])]
         return self.rates.estimate(to_make, self.expected_steps)
+
+    @property
+    def gate_failures(self) -> dict[str, str]:
+        """key -> why a result of it was kept although it fails its model's quality gates."""
+        failing = {key: [r.quality_failure for r in j.made if r.quality_failure] for key, j in self.judged.items()}
+        return {key: reasons[0] for key, reasons in failing.items() if reasons}
 
     def made_before(self) -> dict[str, str]:
         """The recorded partitions among them: results Dagster shows as made that are stale or gone (never-made
@@ -99,7 +94,7 @@ def out_of_date(
     wanted = keys if only is None else [key for key in keys if key in only]
     files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
-    reasons, to_make, draws, current, undrawable, gate_failures, rates = {}, {}, {}, set(), {}, {}, MeasuredRates()
+    reasons, to_make, judgements, rates = {}, {}, {}, MeasuredRates()
     for source in files:
         try:
             judged = judge(planner, source)
@@ -108,15 +103,7 @@ def out_of_date(
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
         rates.add(judged.made)
-        failing = [record.quality_failure for record in judged.made if record.quality_failure]
-        if failing:
-            gate_failures[source.partition_key] = failing[0]
-        if judged.planned:
-            draws[source.partition_key] = judged.planned
-        if judged.reason is None:
-            current.add(source.partition_key)
-        elif judged.reason.startswith(UNPLANNABLE):
-            undrawable[source.partition_key] = judged.reason
+        judgements[source.partition_key] = judged
         reason = judged.reason
         if reason is None and source.partition_key not in recorded:
             reason = NOT_RECORDED
@@ -128,23 +115,12 @@ def out_of_date(
         reasons[key] = why
     catalog = planner.catalog
     expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
-    return OutOfDate(
-        keys,
-        reasons,
-        frozenset(recorded),
-        to_make,
-        rates,
-        expected,
-        draws,
-        frozenset(current),
-        undrawable,
-        gate_failures,
-    )
+    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected, judgements)
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.
 REDRAWN = {PROMPT_CHANGED, CATALOG_CHANGED}
-INPUT_VERSIONS = {PROMPT_CHANGED: PROMPT_LIST_KEY, CATALOG_CHANGED: MODEL_CATALOG_KEY}
+INPUT_VERSIONS = {PROMPT_CHANGED: PROMPT_LIST_KEY, CATALOG_CHANGED: MODEL_CATALOG_KEY}  # why -> what changed
 
 
 def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: list[str]) -> dict[str, str]:
@@ -154,13 +130,13 @@ def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: l
     if not keys:
         return {}
     records = latest_materializations(instance, DIFFUSED_IMAGE_KEY, keys).values()
-    now = {PROMPT_CHANGED: prompts_version(planner.prompts), CATALOG_CHANGED: catalog_version(planner.catalog)}
+    now = drawn_from(planner)
     found = {}
     for record in records:
         tags = record.asset_materialization.tags or {}
         for why, asset in INPUT_VERSIONS.items():
             made_from = tags.get(DRAWN_FROM_TAGS[asset], tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{asset.path[-1]}"))
-            if made_from is not None and made_from != now[why]:
+            if made_from is not None and made_from != now[asset]:
                 found[record.partition_key] = why
                 break
     return found
