@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from .engine.catalog import MAX_VARIANTS  # results per image: the catalog's `defaults: {variants: K}` has it too
+from .engine.granularity import Granularity
 from .engine.local_files import kind_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -170,18 +171,31 @@ def compile_part(part: str) -> bool | None:
 
 
 DEFAULT_MAX_PARTITIONS_PER_RUN = 512
+PARTITIONS_VARIABLE = "RANDOM_DIFFUSION_PARTITIONS"
+
+
+def partition_granularity() -> str:
+    """RANDOM_DIFFUSION_PARTITIONS: what one partition of `diffused_image` holds: `image` (the default), `folder` (a
+    folder of the tree) or `shard:N` (N stable hash shards). Past Dagster's advice of 100,000 partitions per asset,
+    a folder or shard partition keeps the partition count low (docs/million-images.md)."""
+    raw = os.environ.get(PARTITIONS_VARIABLE, "").strip() or "image"
+    try:
+        return str(Granularity.parse(raw))
+    except ValueError as exc:
+        raise SettingError(f"{PARTITIONS_VARIABLE}={raw!r}: {exc} Or unset it.") from None
 
 
 def max_partitions_per_run() -> int:
-    """Images per run in backfills, sensor, schedule, CLI and `submit` runs.
+    """Partitions per run in backfills, sensor, schedule, CLI and `submit` runs.
 
-    512: every run pays its process start, definitions and Dagster's bookkeeping (without a warm worker also
+    512 images: every run pays its process start, definitions and Dagster's bookkeeping (without a warm worker also
     imports and a load per model drawn) while the GPU waits, and splits its images across models; fewer, bigger
-    runs keep the GPU busy (docs/speed.md). Lower it with several GPUs, so a backfill spreads over them.
+    runs keep the GPU busy (docs/speed.md). Lower it with several GPUs, so a backfill spreads over them. A folder or
+    shard partition holds many images already: one run each.
     """
     return env_int(
         "RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN",
-        DEFAULT_MAX_PARTITIONS_PER_RUN,
+        DEFAULT_MAX_PARTITIONS_PER_RUN if Granularity.parse(partition_granularity()).per_image else 1,
         minimum=1,
         maximum=MAX_PARTITIONS_PER_RUN,
         why="one run records each of its images in Dagster at its end",

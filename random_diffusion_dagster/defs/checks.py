@@ -23,8 +23,8 @@ from .resources import DatasetResource
 def results_readable_on_disk(context: dg.AssetCheckExecutionContext, dataset: DatasetResource) -> dg.AssetCheckResult:
     checked = _partitions_to_check(context)
     sources = dataset.source_paths(checked)
-    missing = [key for key in checked if read_result(dataset.output_dir, key, sources[key]) is None]
-    metadata = {"checked": len(checked), "missing_or_unreadable": len(missing)}
+    missing = [key for key, source in sources.items() if read_result(dataset.output_dir, key, source) is None]
+    metadata = {"checked": len(sources), "missing_or_unreadable": len(missing)}
     if missing:
         metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {key}" for key in missing[:200]))
     return dg.AssetCheckResult(passed=not missing, metadata=metadata)
@@ -74,17 +74,18 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         planner = current_planner(context.instance, dataset)
         made_here = _recorded_in_this_run(context)
         listed = _last_listing(context, planner.inputs_version) if made_here else None
-        # After a run that made images, only the images it made and those listed last time can have changed state.
-        only = None if listed is None else listed | made_here
+        # After a run that made images, only the partitions it made and those listed last time can have changed state.
+        partition_of = dataset.granularity.partition_of
+        only = None if listed is None else {partition_of(key) for key in listed} | made_here
         found = out_of_date(context.instance, dataset, planner, only=only, log=context.log)
         # An edit's new draws, recorded: Dagster then shows exactly the results they change as Unsynced.
         step = context.op_execution_context.get_step_execution_context()
-        record_judged_draws(step, planner, found.judged)
+        record_judged_draws(step, planner, found.judged, dataset.granularity)
     except (ValueError, OSError) as exc:  # the prompts file, catalog or folders as they are now: their runs say more
         context.log.warning(f"Cannot tell which images are out of date: {exc}")
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})
     stale = found.made_before()
-    metadata = {"out_of_date": len(stale), "images": len(found.keys), "inputs": planner.inputs_version}
+    metadata = {"out_of_date": len(stale), "images": found.images, "inputs": planner.inputs_version}
     said = "Every made image is up to date."
     if stale:
         metadata["why"] = dg.MetadataValue.md(
@@ -101,7 +102,7 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         metadata["redo"] = dg.MetadataValue.md(REDO + f" Now: `{catch_up_setting()}`.")
         if len(stale) <= LISTED_KEYS:
             metadata["out_of_date_keys"] = dg.MetadataValue.json(sorted(stale))
-        said = f"{summary(stale, len(found.keys))}, {estimate.words()}."
+        said = f"{summary(stale, found.images)}, {estimate.words()}."
         context.log.warning(f"{said} {REDO}")
     return dg.AssetCheckResult(
         passed=not stale, severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description=said

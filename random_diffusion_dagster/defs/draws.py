@@ -12,6 +12,7 @@ run the diffusion step).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
 
 import dagster as dg
@@ -26,9 +27,10 @@ from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, genera
 from dagster._core.execution.context.system import StepExecutionContext
 
 from ..engine.freshness import UNPLANNABLE, Judgement
+from ..engine.granularity import Granularity
 from ..engine.plan import ImageTask, Planner, catalog_version, draw_version, prompts_version
 from .asset_keys import IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
-from .metadata import table
+from .metadata import TABLE_ROWS, table
 
 MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 VARIANTS_TAG = "random_diffusion/variants"  # on a draw record: how many results it covers (0: it names why none)
@@ -52,13 +54,16 @@ def drawn_from_tags(planner: Planner) -> dict[str, str]:
     return {DRAWN_FROM_TAGS[key]: version for key, version in drawn_from(planner).items()}
 
 
-def record_judged_draws(step: StepExecutionContext, planner: Planner, judged: Mapping[str, Judgement]) -> int:
+def record_judged_draws(
+    step: StepExecutionContext, planner: Planner, judged: Mapping[str, Judgement], granularity: Granularity
+) -> int:
     """Record the draws an evaluation of the results judged (engine.freshness), where they differ from Dagster's
     record: today's draw of each image with a result, whether its results are current, or why nothing can be drawn
     for it."""
     return record_draws(
         step,
         planner,
+        granularity,
         {key: judgement.planned for key, judgement in judged.items() if judgement.planned},
         current=frozenset(key for key, judgement in judged.items() if judgement.reason is None),
         undrawable={
@@ -72,14 +77,15 @@ def record_judged_draws(step: StepExecutionContext, planner: Planner, judged: Ma
 def record_draws(
     step: StepExecutionContext,
     planner: Planner,
+    granularity: Granularity,
     draws: dict[str, list[ImageTask]],
     *,
     every: bool = False,
     current: frozenset[str] = frozenset(),
     undrawable: dict[str, str] | None = None,
 ) -> int:
-    """Record each image's draw (key -> its tasks, all variants) by `planner`, as one batch of events (one storage
-    write); returns how many were recorded.
+    """Record each partition's draw (image key -> its tasks, all variants; a folder or shard partition's draw is its
+    images') by `planner`, as one batch of events (one storage write); returns how many were recorded.
 
     `every`: the diffusion step's draws, each recorded. Otherwise (an evaluation of the results) only where Dagster's
     latest record is missing, holds another draw, or names another prompt list or catalog version (so an unchanged
@@ -92,13 +98,17 @@ def record_draws(
     versions |= {key: _digest_of_why(why) for key, why in undrawable.items()}
     if not versions:
         return 0
+    if not granularity.per_image:
+        versions, draws, current, undrawable = _by_partition(granularity, versions, draws, current, undrawable)
     inputs = {get_input_data_version_tag(key): version for key, version in drawn_from(planner).items()}
     to_record = list(versions) if every else _differing(step.instance, versions, draws, inputs, current)
     tags = inputs | _event_pointers(step.instance) | {CODE_VERSION_TAG: step.run_id}
     batch = generate_event_batch_id()
     for i, key in enumerate(to_record):
         tasks = draws.get(key, [])
-        metadata = draw_metadata(tasks) if tasks else {"cannot_draw": dg.MetadataValue.text(undrawable[key])}
+        metadata = draw_metadata(tasks) if tasks else {}
+        if key in undrawable:
+            metadata["cannot_draw"] = dg.MetadataValue.text(undrawable[key])
         own = {
             DATA_VERSION_TAG: versions[key],
             DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
@@ -111,6 +121,30 @@ def record_draws(
     # What this step reads of image_draw for the provenance of what it records next (diffused_image) is now newer.
     step.wipe_input_asset_version_info(IMAGE_DRAW_KEY)
     return len(to_record)
+
+
+def _by_partition(
+    granularity: Granularity,
+    versions: dict[str, str],
+    draws: dict[str, list[ImageTask]],
+    current: frozenset[str],
+    undrawable: dict[str, str],
+) -> tuple[dict[str, str], dict[str, list[ImageTask]], frozenset[str], dict[str, str]]:
+    """The images' draws as their folder or shard partitions': a digest of the images' versions, all their tasks,
+    current where every image is, and the images that cannot be drawn, named."""
+    groups = granularity.group(versions)
+    digest = {
+        partition: hashlib.sha256("\n".join(f"{key}:{versions[key]}" for key in sorted(keys)).encode()).hexdigest()[:16]
+        for partition, keys in groups.items()
+    }
+    tasks = {partition: [task for key in keys for task in draws.get(key, [])] for partition, keys in groups.items()}
+    whole = frozenset(partition for partition, keys in groups.items() if all(key in current for key in keys))
+    why = {
+        partition: "; ".join(f"{key}: {undrawable[key]}" for key in keys if key in undrawable)
+        for partition, keys in groups.items()
+        if any(key in undrawable for key in keys)
+    }
+    return digest, tasks, whole, why
 
 
 def _differing(
@@ -175,7 +209,9 @@ def latest_materializations(
 
 def draw_metadata(tasks: list[ImageTask]) -> dict:
     """What a partition of `image_draw` shows: the first result's prompt, model and seed; every variant's as a table
-    when it has several."""
+    when it has several; a folder or shard partition's first TABLE_ROWS results as a table."""
+    if len({task.key for task in tasks}) > 1:
+        return _group_draw_metadata(tasks)
     first = min(tasks, key=lambda task: task.variant)
     metadata = {
         "prompt": dg.MetadataValue.text(first.prompt),
@@ -200,3 +236,20 @@ def by_image(tasks: list[ImageTask]) -> dict[str, list[ImageTask]]:
     for task in tasks:
         grouped.setdefault(task.key, []).append(task)
     return grouped
+
+
+def _group_draw_metadata(tasks: list[ImageTask]) -> dict:
+    ordered = sorted(tasks, key=lambda task: (task.source_file, task.variant))
+    rows = [
+        {"image": t.source_file, "variant": t.variant, "prompt": t.prompt, "model": t.model.name, "seed": str(t.seed)}
+        for t in ordered[:TABLE_ROWS]
+    ]
+    models = Counter(task.model.name for task in tasks)
+    shown = f"draws (first {TABLE_ROWS} of {len(tasks)})" if len(tasks) > TABLE_ROWS else "draws"
+    columns = {"image": "string", "variant": "int", "prompt": "string", "model": "string", "seed": "string"}
+    return {
+        "images": len({task.key for task in tasks}),
+        "results": len(tasks),
+        "models": dg.MetadataValue.text(", ".join(f"{name}: {count}" for name, count in models.most_common())),
+        shown: table(rows, columns),
+    }

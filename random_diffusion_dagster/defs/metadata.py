@@ -12,6 +12,8 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
+from ..engine.granularity import Granularity
+from ..engine.manifest import ManifestRow, relative_file, write_manifest
 from .asset_keys import DIFFUSED_IMAGE_KEY, IMAGE_DRAW_KEY
 
 if TYPE_CHECKING:
@@ -63,14 +65,23 @@ def quality_evaluation(
     materialization it judges, so Dagster shows the check as that materialization's."""
     judged = _judged(results)
     failing = [r for r in judged if r.record.quality_failure]
+    several = len({r.task.key for r in results}) > 1  # a folder or shard partition: its results are named by file
     metadata = {
         "attempts": max((len(r.record.quality["attempts"]) for r in judged), default=0),
-        "attempt_table": attempt_table(judged),
+        # A folder's failing results first, within the table's rows.
+        "attempt_table": attempt_table(
+            sorted(judged, key=lambda r: not r.record.quality_failure)[:TABLE_ROWS] if several else judged
+        ),
     }
     if judged:
         metadata["gates"] = dg.MetadataValue.json(judged[0].record.quality["gates"])
     if failing:
-        description = "; ".join(f"variant {r.task.variant}: {r.record.quality_failure}" for r in failing)
+        description = "; ".join(
+            f"{r.task.source_file + ' ' if several else ''}variant {r.task.variant}: {r.record.quality_failure}"
+            for r in failing
+        )
+    elif judged and several:
+        description = f"all {len(judged)} results passed their gates"
     elif judged:
         description = "; ".join(quality_summary(r.record) for r in judged)
     else:
@@ -158,6 +169,51 @@ def metadata_by_partition(results: list[ImageResult]) -> dict[str, dict]:
     return metadata
 
 
+TABLE_ROWS = 100  # rows of a folder or shard partition's table in the UI; its manifest on disk holds every one
+
+
+def group_metadata(results: list[ImageResult], expected: int, manifest: str) -> dict:
+    """What a folder or shard partition's materialization shows: its totals, the first TABLE_ROWS results as a
+    table, the path of its manifest (every result's record) and the first result's preview."""
+    results = sorted(results, key=lambda r: (r.task.source_file, r.task.variant))
+    made = [r for r in results if r.status != "reused"]
+    metadata = {
+        "images": len({r.task.key for r in results}),
+        "results": len(results),
+        "generated": len(made),
+        "reused": len(results) - len(made),
+        "not_made": expected - len(results),
+        "manifest": dg.MetadataValue.path(manifest),
+    }
+    if made:  # measurements of this run's own images only, as an image partition's
+        metadata["inference_seconds"] = round(sum(r.record.inference_seconds for r in made), 3)
+        metadata["seconds_per_image"] = round(sum(r.record.total_seconds for r in made) / len(made), 3)
+        vram = [r.record.vram_peak_reserved_mb for r in made if r.record.vram_peak_reserved_mb is not None]
+        if vram:
+            metadata["vram_peak_reserved_mb"] = max(vram)
+    if failing := sum(1 for r in results if r.record.quality_failure):
+        metadata["quality_gate_failures"] = failing
+    rows = [
+        {
+            "image": r.task.source_file,
+            "variant": r.task.variant,
+            "prompt": r.record.prompt,
+            "model": r.record.model,
+            "seed": str(r.record.seed),
+            "seconds": r.record.total_seconds,
+            "reused": r.status == "reused",
+            "file": r.task.output_path,
+        }
+        for r in results[:TABLE_ROWS]
+    ]
+    columns = {"image": "string", "variant": "int", "prompt": "string", "model": "string", "seed": "string"}
+    shown = f"results (first {TABLE_ROWS} of {len(results)})" if len(results) > TABLE_ROWS else "results"
+    metadata[shown] = table(rows, columns | {"seconds": "float", "reused": "bool", "file": "path"})
+    if results and results[0].preview:
+        metadata["preview"] = dg.MetadataValue.md(f"![result]({results[0].preview})")
+    return metadata
+
+
 def record_partition_metadata(context: dg.AssetExecutionContext, metadata_by_partition: Mapping[str, dict]) -> None:
     """Give each partition of the run's range its own materialization metadata, reading the partition list once.
 
@@ -201,26 +257,50 @@ class PartitionRecorder:
     only some results (a variant failed, or the run was stopped part way): what is on disk, as the record says.
     """
 
-    def __init__(self, context: dg.AssetExecutionContext, tasks: list[ImageTask], tags: Mapping[str, str]):
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        tasks: list[ImageTask],
+        tags: Mapping[str, str],
+        granularity: Granularity,
+        output_dir: str,
+    ):
         self._context = context
         self._check = dg.AssetCheckKey(DIFFUSED_IMAGE_KEY, QUALITY_CHECK) in context.selected_asset_check_keys
         self._step = context.get_step_execution_context()
         self._tags = provenance_tags(context, DIFFUSED_IMAGE_KEY) | dict(tags)
-        self._expected = Counter(task.key for task in tasks)
+        self._partition_of = granularity.partition_of
+        self._per_image = granularity.per_image
+        self._output_dir = output_dir
+        self._expected = Counter(self._partition_of(task.key) for task in tasks)
         self._waiting: dict[str, list[ImageResult]] = {}
 
     def __call__(self, results: list[ImageResult]) -> None:
         for result in results:
-            self._waiting.setdefault(result.task.key, []).append(result)
+            self._waiting.setdefault(self._partition_of(result.task.key), []).append(result)
         complete = [key for key, done in self._waiting.items() if len(done) == self._expected[key]]
-        self._record([result for key in complete for result in self._waiting.pop(key)])
+        self._record({key: self._waiting.pop(key) for key in complete})
 
     def finish(self) -> None:
         waiting, self._waiting = self._waiting, {}
-        self._record([result for results in waiting.values() for result in results])
+        self._record(waiting)
 
-    def _record(self, results: list[ImageResult]) -> None:
-        by_partition = metadata_by_partition(results)
+    def _metadata(self, by_key: dict[str, list[ImageResult]]) -> dict[str, dict]:
+        """Each partition's metadata; a folder or shard partition's manifest is written first."""
+        if self._per_image:
+            return metadata_by_partition([result for results in by_key.values() for result in results])
+        metadata = {}
+        for key, results in by_key.items():
+            rows = [
+                ManifestRow(relative_file(self._output_dir, result.task.output_path), result.status, result.record)
+                for result in results
+            ]
+            manifest = write_manifest(self._output_dir, key, rows)
+            metadata[key] = group_metadata(results, self._expected[key], str(manifest))
+        return metadata
+
+    def _record(self, by_key: dict[str, list[ImageResult]]) -> None:
+        by_partition = self._metadata(by_key)
         batch = generate_event_batch_id()
         for i, (key, metadata) in enumerate(by_partition.items()):
             materialization = dg.AssetMaterialization(
@@ -230,9 +310,9 @@ class PartitionRecorder:
                 self._step, materialization, DagsterEventBatchMetadata(batch, is_end=i == len(by_partition) - 1)
             )
         if self._check and by_partition:
-            self._judge(results)
+            self._judge(by_key)
 
-    def _judge(self, results: list[ImageResult]) -> None:
+    def _judge(self, by_key: dict[str, list[ImageResult]]) -> None:
         """Each just-recorded partition's `quality_gates` evaluation, aimed at that materialization.
 
         A step's own AssetCheckResult names at most the step's one partition key (`to_asset_check_evaluation` in
@@ -240,9 +320,6 @@ class PartitionRecorder:
         partition, and Dagster shows a partition's result only while it targets the partition's latest
         materialization (`is_current` in dagster/_core/storage/asset_check_execution_record.py).
         """
-        by_key: dict[str, list[ImageResult]] = {}
-        for result in results:
-            by_key.setdefault(result.task.key, []).append(result)
         recorded = self._context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=DIFFUSED_IMAGE_KEY, asset_partitions=list(by_key)),
             limit=len(by_key),

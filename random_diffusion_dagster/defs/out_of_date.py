@@ -9,7 +9,18 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from ..engine.freshness import CATALOG_CHANGED, PROMPT_CHANGED, Estimate, Judgement, MeasuredRates, Planned, judge
+from ..engine.freshness import (
+    CATALOG_CHANGED,
+    NO_RESULT,
+    PROMPT_CHANGED,
+    Estimate,
+    Judgement,
+    MeasuredRates,
+    Planned,
+    judge,
+)
+from ..engine.granularity import Granularity
+from ..engine.images import image_problem
 from ..engine.plan import Planner
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from .draws import DRAWN_FROM_TAGS, drawn_from, latest_materializations
@@ -25,15 +36,22 @@ INPUT_DATA_VERSION_TAG_PREFIX = "dagster/input_data_version"  # dagster._core.de
 
 @dataclass(frozen=True)
 class OutOfDate:
-    """Today's partitions, and why each one that needs work needs it (engine.freshness's reasons)."""
+    """Today's partitions, and why each image that needs work needs it (engine.freshness's reasons). With image
+    partitions an image's key is its partition's; a folder or shard partition runs when one of its images needs to."""
 
     keys: list[str]  # every current partition, in insertion order
-    reasons: dict[str, str]  # key -> why, for each partition that needs a run
+    reasons: dict[str, str]  # image key -> why, for each image that needs a run
     recorded: frozenset[str]  # the partitions Dagster has recorded as materialized
-    to_make: dict[str, list[Planned]]  # key -> each result its run would make (model and steps, where known)
+    to_make: dict[str, list[Planned]]  # image key -> each result its run would make (model and steps, where known)
     rates: MeasuredRates  # measured on the results read
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
-    judged: dict[str, Judgement]  # key -> its judgement, for each image read (draws.record_judged_draws uses them)
+    judged: dict[str, Judgement]  # image key -> its judgement, for each image read (draws.record_judged_draws)
+    granularity: Granularity
+
+    @property
+    def images(self) -> int:
+        """How many images the partitions hold (those read, for folder or shard partitions)."""
+        return len(self.keys) if self.granularity.per_image else len(self.judged)
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these partitions (default: all that need work) will take, at the measured rates."""
@@ -48,17 +66,21 @@ class OutOfDate:
         return {key: reasons[0] for key, reasons in failing.items() if reasons}
 
     def made_before(self) -> dict[str, str]:
-        """The recorded partitions among them: results Dagster shows as made that are stale or gone (never-made
-        ones are Dagster's own "missing")."""
-        return {key: why for key, why in self.reasons.items() if key in self.recorded}
+        """The images of recorded partitions among them: results Dagster shows as made that are stale or gone
+        (never-made ones are Dagster's own "missing")."""
+        partition_of = self.granularity.partition_of
+        return {key: why for key, why in self.reasons.items() if partition_of(key) in self.recorded}
 
     def run_requests(self, run_key: Callable[[str], str], job_name: str | None = None) -> list[dg.RunRequest]:
         """Ranged `diffuse_images` runs covering the partitions that need work (`run_key` of each range's first
         key), each tagged with its estimated GPU time; a current one inside a range is reused, not remade (bridging
         it makes fewer runs)."""
         requests = []
-        for span in partition_ranges(self.keys, self.reasons, bridge_gaps=True):
-            seconds = self.estimate(key for key in span.keys if key in self.reasons).seconds
+        partition_of = self.granularity.partition_of
+        wanted = {partition_of(key) for key in self.reasons}
+        for span in partition_ranges(self.keys, wanted, bridge_gaps=True):
+            inside = set(span.keys)
+            seconds = self.estimate(key for key in self.reasons if partition_of(key) in inside).seconds
             tags = span.tags | ({ESTIMATE_TAG: f"{seconds:.0f}"} if seconds is not None else {})
             requests.append(dg.RunRequest(run_key=run_key(span.first), job_name=job_name, tags=tags))
         return requests
@@ -85,9 +107,10 @@ def out_of_date(
     only: Iterable[str] | None = None,
     log=None,
 ) -> OutOfDate:
-    """Why each partition (of `only`, else all) must be made again against today's prompts, catalog, seed and
-    sources: a stat per source, a PNG header read per result. A source that vanished since the scan is skipped with a
-    warning on `log`: the sensor removes its partition."""
+    """Why each image of the partitions (of `only`, else all) must be made again against today's prompts, catalog,
+    seed and sources: a stat per source, a PNG header read per result. A source that vanished since the scan is
+    skipped with a warning on `log`: the sensor removes its partition."""
+    partition_of, per_image = dataset.granularity.partition_of, dataset.granularity.per_image
     keys = instance.get_dynamic_partitions(images_partitions.name)
     if only is not None:
         only = set(only)
@@ -102,20 +125,22 @@ def out_of_date(
             if log is not None:
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
+        if judged.reason == NO_RESULT and not per_image and image_problem(source.path):
+            continue  # not an image: its folder's or shard's run leaves it out too
         rates.add(judged.made)
         judgements[source.partition_key] = judged
         reason = judged.reason
-        if reason is None and source.partition_key not in recorded:
+        if reason is None and partition_of(source.partition_key) not in recorded:
             reason = NOT_RECORDED
         if reason:
             reasons[source.partition_key] = reason
             to_make[source.partition_key] = judged.to_make
-    redrawn = [key for key, why in reasons.items() if why in REDRAWN and key in recorded]
-    for key, why in _which_input_changed(instance, planner, redrawn).items():
+    redrawn = [key for key, why in reasons.items() if why in REDRAWN and partition_of(key) in recorded]
+    for key, why in _which_input_changed(instance, planner, redrawn, partition_of).items():
         reasons[key] = why
     catalog = planner.catalog
     expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
-    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected, judgements)
+    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected, judgements, dataset.granularity)
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.
@@ -123,20 +148,23 @@ REDRAWN = {PROMPT_CHANGED, CATALOG_CHANGED}
 INPUT_VERSIONS = {PROMPT_CHANGED: PROMPT_LIST_KEY, CATALOG_CHANGED: MODEL_CATALOG_KEY}  # why -> what changed
 
 
-def _which_input_changed(instance: dg.DagsterInstance, planner: Planner, keys: list[str]) -> dict[str, str]:
-    """For results redrawn since they were made: whether the prompt list or the catalog changed, read from the
-    versions their latest materializations were drawn from (draws.DRAWN_FROM_TAGS; Dagster's provenance tags on results
-    made before image_draw existed); a query for their events, one per 10,000 records."""
+def _which_input_changed(
+    instance: dg.DagsterInstance, planner: Planner, keys: list[str], partition_of: Callable[[str], str]
+) -> dict[str, str]:
+    """For results redrawn since they were made (image keys): whether the prompt list or the catalog changed, read
+    from the versions their partitions' latest materializations were drawn from (draws.DRAWN_FROM_TAGS; Dagster's
+    provenance tags on results made before image_draw existed); a query for their events, one per 10,000 records."""
     if not keys:
         return {}
-    records = latest_materializations(instance, DIFFUSED_IMAGE_KEY, keys).values()
+    partitions = sorted({partition_of(key) for key in keys})
+    records = latest_materializations(instance, DIFFUSED_IMAGE_KEY, partitions)
     now = drawn_from(planner)
-    found = {}
-    for record in records:
+    changed = {}
+    for partition, record in records.items():
         tags = record.asset_materialization.tags or {}
         for why, asset in INPUT_VERSIONS.items():
             made_from = tags.get(DRAWN_FROM_TAGS[asset], tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{asset.path[-1]}"))
             if made_from is not None and made_from != now[asset]:
-                found[record.partition_key] = why
+                changed[partition] = why
                 break
-    return found
+    return {key: changed[partition_of(key)] for key in keys if partition_of(key) in changed}

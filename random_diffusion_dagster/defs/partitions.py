@@ -1,4 +1,5 @@
-"""The `images` dynamic partitions (one per source image, keyed by its sanitised file name), the `models`
+"""The `images` dynamic partitions (one per source image, keyed by its sanitised file name, or one per folder or
+shard: RANDOM_DIFFUSION_PARTITIONS), the `models`
 partitions (one per catalog model) and the image x model grid of comparisons."""
 
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ def partition_ceiling_warning(count: int) -> str | None:
     return (
         f"{count:,} images partitions: Dagster recommends at most {MAX_RECOMMENDED_PARTITIONS:,} partitions per "
         "asset (it enforces no limit, but partition views, status queries and backfills slow down past it). "
-        "All images are still registered. To stay within it, split the images into folders of at most "
-        f"{MAX_RECOMMENDED_PARTITIONS:,} and serve each from its own Dagster deployment (its own DAGSTER_HOME "
-        "and RANDOM_DIFFUSION_IMAGES_DIR); going past it is at your own risk."
+        "All images are still registered. To stay within it, set RANDOM_DIFFUSION_PARTITIONS=folder (a partition per "
+        "folder of the tree) or shard:N (N stable shards of a flat folder, e.g. shard:1000); every finished result "
+        "is reused (docs/million-images.md)."
     )
 
 

@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from .. import settings
 from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
+from ..engine.granularity import Granularity
 from ..engine.images import FolderScan, SourceFile, scan_images
 from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.plan import ImageTask, Planner
@@ -79,6 +80,23 @@ class DatasetResource(dg.ConfigurableResource):
         default=None,
         description="What `{caption}` becomes for an image without a caption; unset, such an image fails by name.",
     )
+    partitions: str = Field(
+        default_factory=settings.partition_granularity,
+        description="What one partition of diffused_image holds: `image` (one image), `folder` (a folder of the tree) "
+        "or `shard:N` (N stable hash shards of the images) (RANDOM_DIFFUSION_PARTITIONS, default image).",
+    )
+
+    @field_validator("partitions")
+    @classmethod
+    def _known_granularity(cls, value: str) -> str:
+        try:
+            return str(Granularity.parse(value))
+        except ValueError as exc:
+            raise ValueError(f"dataset.partitions: {exc}") from None
+
+    @property
+    def granularity(self) -> Granularity:
+        return Granularity.parse(self.partitions)
 
     def scan(self) -> FolderScan:
         """The image files, and the entries skipped with their reasons (loops, unreadable, ...)."""
@@ -88,18 +106,21 @@ class DatasetResource(dg.ConfigurableResource):
         return self.scan().files
 
     def files_for(self, keys: list[str]) -> tuple[list[SourceFile], dict[str, str]]:
-        """(the files behind these partitions, key -> why it has none)."""
-        by_key = {f.partition_key: f for f in self.source_files()}
-        missing = {
-            k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys if k not in by_key
-        }
-        return [by_key[k] for k in keys if k in by_key], missing
+        """(the files behind these partitions, in partition order, then folder order; key -> why it has none)."""
+        by_partition: dict[str, list[SourceFile]] = {}
+        partition_of = self.granularity.partition_of
+        for file in self.source_files():
+            by_partition.setdefault(partition_of(file.partition_key), []).append(file)
+        missing = {k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys}
+        missing = {k: why for k, why in missing.items() if k not in by_partition}
+        return [file for k in keys for file in by_partition.get(k, [])], missing
 
     def source_paths(self, keys: list[str]) -> dict[str, str | None]:
-        """Each partition's source path under the images folder, which names its results; None where the source is
-        gone (its results are then looked for under their key)."""
-        by_key = {f.partition_key: f.relative_path for f in self.source_files()}
-        return {key: by_key.get(key) for key in keys}
+        """The images of these partitions: image key -> its path under the images folder, which names its results.
+        An image partition whose source is gone maps to None (its results are then looked for under their key)."""
+        files, _missing = self.files_for(keys)
+        paths = {file.partition_key: file.relative_path for file in files}
+        return {key: paths.get(key) for key in keys} if self.granularity.per_image else paths
 
     def planner(self, prompts: list[str], catalog: list[ModelSpec], rerolls: frozenset[str] = frozenset()) -> Planner:
         """The planner for today's inputs; `rerolls` (`key` or `key~vN`) draw those results anew."""

@@ -315,6 +315,15 @@ def probe_image(path: str | Path) -> tuple[str, tuple[int, int]]:
         raise ImageLoadError(f"{path} is not an image Pillow can read: {exc}") from exc
 
 
+def image_problem(path: str | Path) -> str | None:
+    """Why the file is not an image Pillow can read, or None: what keeps a file out of the images partitions."""
+    try:
+        probe_image(path)
+    except ImageLoadError as exc:
+        return str(exc)
+    return None
+
+
 def load_rgb(
     path: str | Path | BinaryIO, max_pixels: int = MAX_SOURCE_PIXELS, min_side: int | None = None, name: str = ""
 ) -> Image.Image:

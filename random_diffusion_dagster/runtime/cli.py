@@ -145,7 +145,7 @@ def run_command(args: argparse.Namespace) -> int:
             print("No images found: put some in the images folder (RANDOM_DIFFUSION_IMAGES_DIR).", file=sys.stderr)
             return 1
         job = with_terminal_logger(defs.resolve_job_def("diffuse_images"))
-        failed_runs = 0
+        failed_runs, unit = 0, defs.resources["dataset"].granularity.unit
         for partition_range in partition_ranges(keys, keys, args.max_partitions_per_run):
             result = _execute(
                 job,
@@ -154,7 +154,7 @@ def run_command(args: argparse.Namespace) -> int:
                 partition_range.tags | (submission_tags() if args.prompt else {}),
             )
             failed_runs += not result.success
-            print(f"Run {result.run_id} over {_count(len(partition_range.keys), 'image')}: {_outcome(result)}")
+            print(f"Run {result.run_id} over {_count(len(partition_range.keys), unit)}: {_outcome(result)}")
         _materialize(defs, "diffusion_report", instance, dataset_config)
         exported = False
         if args.dataset:
@@ -206,9 +206,9 @@ def plan_command(args: argparse.Namespace) -> int:
     _print_gate_failures(found.gate_failures, args.shown)
     if not found.reasons:
         if found.keys:
-            print(f"All {_count(len(found.keys), 'registered image')} are up to date: a run would remake none.")
+            print(f"All {_count(found.images, 'registered image')} are up to date: a run would remake none.")
         return 0
-    print(f"{summary(found.reasons, len(found.keys))}.")
+    print(f"{summary(found.reasons, found.images)}.")
     print(f"Redoing them: {found.estimate().words()}.")
     _print_keys(found.reasons, args.shown)
     options = "".join(f" --{name} {value}" for name, value in chosen.items() if value is not None)

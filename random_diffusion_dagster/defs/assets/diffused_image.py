@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ...engine.captions import image_version
 from ...engine.catalog import ModelSpec
+from ...engine.images import SourceFile, image_problem
 from ...engine.plan import ImageTask
 from ...settings import max_partitions_per_run
 from ..asset_keys import DIFFUSED_IMAGE_KEY, IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
@@ -16,7 +17,7 @@ from ..metadata import QUALITY_CHECK, PartitionRecorder, recorded_already, run_f
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
-from ..source_versions import IMAGE_FILES, report_what_was_read, version_event
+from ..source_versions import IMAGE_FILES, partition_versions, report_what_was_read, version_event
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
 GPU_STEP_TAGS = {
@@ -93,8 +94,11 @@ def diffused_image(
     prompt_list: list[str],
     model_catalog: list[ModelSpec],
 ) -> Iterator[dg.MaterializeResult]:
+    granularity = dataset.granularity
     files, missing = dataset.files_for(context.partition_keys)
-    keys = set(context.partition_keys)
+    if not granularity.per_image:
+        files = _images_only(context, files)
+    keys = {file.partition_key for file in files}
     elsewhere = [name for name in config.reroll if name.rpartition("~v")[0] not in keys and name not in keys]
     if elsewhere:
         context.log.warning(f"reroll names {elsewhere}, which are not among this run's images: left alone.")
@@ -102,11 +106,24 @@ def diffused_image(
     tasks, unreadable = planner.plan(files)
     # The bytes this run read: each partition's provenance names that content.
     versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
-    report_what_was_read(context, [version_event(IMAGE_FILES, v, partition=key) for key, v in versions.items()])
+    events = [version_event(IMAGE_FILES, v, partition=p) for p, v in partition_versions(granularity, versions).items()]
+    report_what_was_read(context, events)
     # First: each result's provenance names its draw's record.
-    record_draws(context.get_step_execution_context(), planner, by_image(tasks), every=True)
-    _diffuse(context, engine, tasks, drawn_from_tags(planner), missing | unreadable)
+    record_draws(context.get_step_execution_context(), planner, granularity, by_image(tasks), every=True)
+    _diffuse(context, engine, tasks, drawn_from_tags(planner), missing | unreadable, dataset)
     yield from recorded_already(context)
+
+
+def _images_only(context: dg.AssetExecutionContext, files: list[SourceFile]) -> list[SourceFile]:
+    """A folder or shard partition's files that are images; the others are named in the log and left out, as the
+    sensor leaves them out of image partitions."""
+    images = []
+    for file in files:
+        if problem := image_problem(file.path):
+            context.log.warning(f"Skipping {file.relative_path}: {problem}")
+        else:
+            images.append(file)
+    return images
 
 
 def _diffuse(
@@ -115,10 +132,11 @@ def _diffuse(
     tasks: list[ImageTask],
     tags: dict[str, str],
     unplanned: dict[str, str],
+    dataset: DatasetResource,
 ) -> None:
     """Make the results, recording each partition as its images are written; fails naming every image that failed
     (or could not be planned) once the rest are saved."""
-    recorder = PartitionRecorder(context, tasks, tags)
+    recorder = PartitionRecorder(context, tasks, tags, dataset.granularity, dataset.output_dir)
     try:
         summary = engine.run(tasks, context.log.info, finished=recorder)
     finally:  # also when stopped part way (Ctrl-C, a terminated run): every image on disk is recorded
@@ -136,7 +154,8 @@ def _diffuse(
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if failures:
         raise dg.Failure(
-            description=f"{len(failures)} of {len(context.partition_keys)} images failed; the {len(finished)} "
+            description=f"{len(failures)} of {len({t.key for t in tasks} | set(unplanned))} images failed; the "
+            f"{len(finished)} "
             "finished are saved and recorded, and a rerun reuses them:\n"
             + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
         )

@@ -54,7 +54,9 @@ class PromptListConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="inputs", description="The images found in the images folder; registers one `images` partition each."
+    group_name="inputs",
+    description="The images found in the images folder; registers their `images` partitions (one per image, "
+    "folder or shard: RANDOM_DIFFUSION_PARTITIONS).",
 )
 def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -> list[dict]:
     scan = dataset.scan()
@@ -77,9 +79,11 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
             }
         )
     ensure_gpu_pool_limit(context.instance)  # before any run over these partitions can be queued
-    sync_dynamic_partitions(context.instance, images_partitions, [row["key"] for row in found])
+    partitions = list(dataset.granularity.group(row["key"] for row in found))
+    sync_dynamic_partitions(context.instance, images_partitions, partitions)
     metadata = {
         "count": len(found),
+        "partitions": len(partitions),
         "total_bytes": sum(row["bytes"] for row in found),
         "images": table(found, IMAGE_COLUMNS),
         "skipped": len(skipped),
@@ -87,7 +91,7 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     }
     for entry in skipped:
         context.log.warning(f"Skipped {entry['name']}: {entry['reason']}")
-    warning = partition_ceiling_warning(len(found))
+    warning = partition_ceiling_warning(len(partitions))
     if warning:
         context.log.warning(warning)
         metadata["warning"] = dg.MetadataValue.text(warning)

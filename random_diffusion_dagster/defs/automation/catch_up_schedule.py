@@ -26,6 +26,6 @@ def catch_up_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetRes
     except (ValueError, OSError) as exc:  # a prompt list, catalog or folder no run could use: its message says why
         return dg.SkipReason(f"Nothing requested: {exc}")
     if not found.reasons:
-        return dg.SkipReason(f"All {len(found.keys)} results are current.")
-    context.log.info(summary(found.reasons, len(found.keys)) + ": " + ", ".join(list(found.reasons)[:20]))
+        return dg.SkipReason(f"All {found.images} results are current.")
+    context.log.info(summary(found.reasons, found.images) + ": " + ", ".join(list(found.reasons)[:20]))
     return found.run_requests(lambda first: f"catch-up:{context.scheduled_execution_time.isoformat()}:{first}")

@@ -67,7 +67,7 @@ def _out_of_date(context: dg.SensorEvaluationContext, dataset: DatasetResource) 
     except (ValueError, OSError) as exc:
         context.log.warning(f"Cannot tell what the edit makes out of date: {exc}")
         return None
-    context.log.info(f"{summary(found.reasons, len(found.keys))}; redoing them takes {found.estimate().words()}")
+    context.log.info(f"{summary(found.reasons, found.images)}; redoing them takes {found.estimate().words()}")
     return found
 
 

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ...engine.captions import Captions
-from ...engine.images import ImageLoadError, SourceFile, probe_image
+from ...engine.granularity import Granularity
+from ...engine.images import SourceFile, image_problem
 from ...settings import sensor_interval_seconds
 from ..jobs import diffuse_images_job
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
 from ..pools import ensure_gpu_pool_limit
 from ..resources import DatasetResource
 from ..run_ranges import partition_ranges, ranged_run_requests
-from ..source_versions import IMAGE_FILES, image_file_version, version_event
+from ..source_versions import IMAGE_FILES, image_file_version, partition_versions, version_event
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
 SETTLE_SECONDS = 60
@@ -72,9 +73,14 @@ def decide(
     files: list[SourceFile],
     scan_ns: int,
     unreadable: Callable[[SourceFile], str | None],
+    granularity: Granularity = Granularity(),
 ) -> NewImagesDecision:
     """The sensor's decision from its cursor (`state`), the registered partitions in order, the files the scan found
-    at `scan_ns`, and `unreadable` (why a new file is not an image, or None).
+    at `scan_ns`, `unreadable` (why a new file is not an image, or None) and the partition `granularity`.
+
+    Files are followed one by one (the cursor's entries are image keys); partitions are what is added, deleted and
+    run. A folder or shard partition with a new or replaced file runs again (reusing its other images), and its files
+    are not probed here: its run skips a file that is not an image, naming it.
 
     Looks only at files whose inode changed since the last tick, so the cursor does not grow with the folder.
     The cursor holds a mark (a time just before the last scan), the last partition key it knew, the files
@@ -103,33 +109,36 @@ def decide(
 
     new_keys, next_waiting = [], {}
     replaced: dict[str, str] = {}
-    signatures: dict[str, str] = {}
+    changes: dict[str, dict[str, str]] = {}  # partition -> image key -> signature, of its new or replaced files
     skipped: dict[str, str] = {}
-    handled: dict[str, int] = {}  # key -> ctime of every file settled and dealt with in this tick
+    handled: dict[str, int] = {}  # image key -> ctime of every file settled and dealt with in this tick
     for source in files:
-        key, signature = source.partition_key, _signature(source)
+        image, signature = source.partition_key, _signature(source)
+        key = granularity.partition_of(image)
         ctime = source.ctime_ns  # from the scan's own stat: one stat per file per tick
-        if ctime < mark and key not in waiting:
+        if ctime < mark and image not in waiting:
             continue  # nothing about this file changed since the last tick looked
-        if recent.get(key) == ctime or legacy_seen.get(key) == signature or key in theirs:
-            handled[key] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run
+        if recent.get(image) == ctime or legacy_seen.get(image) == signature or key in theirs:
+            handled[image] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run
             continue
-        settled = waiting.get(key) == signature or scan_ns - source.mtime_ns > SETTLE_SECONDS * 1e9
+        settled = waiting.get(image) == signature or scan_ns - source.mtime_ns > SETTLE_SECONDS * 1e9
         if not settled:
-            next_waiting[key] = signature
+            next_waiting[image] = signature
             continue
-        handled[key] = ctime
-        signatures[key] = signature
+        handled[image] = ctime
+        changes.setdefault(key, {})[image] = signature
         if key in partitions:
-            replaced[key] = source.path
+            replaced.setdefault(key, source.path)
             continue
-        reason = unreadable(source)
+        reason = unreadable(source) if granularity.per_image else None
         if reason is not None:
             skipped[source.name] = reason
             continue
-        new_keys.append(key)
+        if len(changes[key]) == 1:  # the partition's first new file
+            new_keys.append(key)
+    signatures = {key: _partition_signature(changed, granularity) for key, changed in changes.items()}
 
-    gone = partition_changes(ordered, [source.partition_key for source in files]).gone
+    gone = partition_changes(ordered, [granularity.partition_of(source.partition_key) for source in files]).gone
     gone_set = set(gone)
     kept = [key for key in ordered if key not in gone_set] + new_keys
     next_mark = _next_mark(mark, scan_ns, list(handled.values()))
@@ -143,12 +152,12 @@ def decide(
     return NewImagesDecision(new_keys, replaced, gone, kept, signatures, skipped, cursor)
 
 
-def _unreadable(source: SourceFile) -> str | None:
-    try:
-        probe_image(source.path)
-    except ImageLoadError as exc:
-        return str(exc)
-    return None
+def _partition_signature(changed: dict[str, str], granularity: Granularity) -> str:
+    """What names a partition's change in run keys: its file's `size:mtime`, or a digest of its changed files'."""
+    if granularity.per_image:
+        (signature,) = changed.values()
+        return signature
+    return hashlib.sha1("\n".join(f"{k}:{v}" for k, v in sorted(changed.items())).encode()).hexdigest()[:16]
 
 
 @dg.sensor(
@@ -165,12 +174,14 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     ordered = context.instance.get_dynamic_partitions(images_partitions.name)
     scan_ns = time.time_ns()
     files = dataset.source_files()
-    decision = decide(state, ordered, files, scan_ns, _unreadable)
+    granularity = dataset.granularity
+    decision = decide(state, ordered, files, scan_ns, lambda source: image_problem(source.path), granularity)
     for name, reason in decision.skipped.items():
         context.log.info(f"Skipping {name}: {reason}")
     new_keys, replaced_keys, gone = decision.new_keys, list(decision.replaced), decision.gone
     if new_keys or replaced_keys or gone:
-        context.log.info(f"{len(new_keys)} new, {len(replaced_keys)} replaced, {len(gone)} removed images")
+        what = "images" if granularity.per_image else f"partitions ({granularity})"
+        context.log.info(f"{len(new_keys)} new, {len(replaced_keys)} replaced, {len(gone)} removed {what}")
     warning = partition_ceiling_warning(len(decision.kept))
     if warning and (new_keys or "mark" not in state):
         context.log.warning(warning)
@@ -189,11 +200,11 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     if gone:
         partition_requests.append(images_partitions.build_delete_request(gone))
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
-    sources, captions = {source.partition_key: source for source in files}, Captions()
-    versions = {key: image_file_version(sources[key], captions) for key in decision.replaced}
-    replaced_versions = [
-        version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items() if version
-    ]
+    replaced = set(decision.replaced)
+    changed = [source for source in files if granularity.partition_of(source.partition_key) in replaced]
+    captions = Captions()
+    versions = partition_versions(granularity, {s.partition_key: image_file_version(s, captions) for s in changed})
+    replaced_versions = [version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items()]
     return dg.SensorResult(
         run_requests=requests,
         asset_events=replaced_versions,

@@ -1,0 +1,192 @@
+"""Partitions of a folder or a shard (RANDOM_DIFFUSION_PARTITIONS): stable keys, real runs over folder partitions that
+reuse every unchanged image, manifests that match the PNGs, and switching granularity without redoing anything."""
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
+from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
+from random_diffusion_dagster.defs.resources import DatasetResource
+from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
+from random_diffusion_dagster.engine.granularity import Granularity
+from random_diffusion_dagster.engine.manifest import manifest_path, read_manifest
+from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.settings import SettingError, max_partitions_per_run, partition_granularity
+
+from helpers import make_image, write_catalog
+from local_services import apply_partition_requests
+from test_assets import _materialize, _partition_metadata
+
+SETTLED = time.time() - 3600  # files older than the sensor's settle time
+DIFFUSION = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
+
+
+def _image(path: Path, color) -> Path:
+    make_image(path, size=(48, 40), color=color)
+    os.utime(path, (SETTLED, SETTLED))
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path, models_dir):
+    """Two class folders (3 and 2 images), a file in cat/ that is not an image, one image at the top."""
+    images = tmp_path / "images"
+    for index in range(3):
+        _image(images / "cat" / f"c{index}.jpg", (200, 40 * index, 40))
+    for index in range(2):
+        _image(images / "dog" / f"d{index}.jpg", (40, 200, 60 * index))
+    _image(images / "top.jpg", (90, 90, 200))
+    (images / "cat" / "notes.md").write_text("not an image")
+    os.utime(images / "cat" / "notes.md", (SETTLED, SETTLED))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a {label} in the snow\nan ice castle\n")
+    return {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(prompts),
+        "models_file": str(write_catalog(tmp_path / "models.yaml", models_dir)),
+        "seed": 0,
+    }
+
+
+def _tick(instance, project, cursor=None, **dataset):
+    resources = {"dataset": DatasetResource(**project, **dataset)}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = new_images_sensor(context)
+    apply_partition_requests(instance, result)
+    return result
+
+
+def _run(instance, project, request, **dataset):
+    """One run as the daemon would launch the sensor's request (its range tags, or its one partition)."""
+    first = request.tags.get(RANGE_START_TAG, request.partition_key)
+    last = request.tags.get(RANGE_END_TAG, request.partition_key)
+    tags = {RANGE_START_TAG: first, RANGE_END_TAG: last}
+    return _materialize(instance, project, DIFFUSION, tags, **dataset)
+
+
+def test_granularity_is_a_setting_with_a_named_error_for_bad_values(environ, tree):
+    assert [str(Granularity.parse(text)) for text in ("image", " Folder ", "shard:16")] == [
+        "image",
+        "folder",
+        "shard:16",
+    ]
+    for bad in ("folders", "shard", "shard:0", "shard:x", "image:2"):
+        with pytest.raises(ValueError, match="write image .*folder .*shard:N"):
+            Granularity.parse(bad)
+    environ["RANDOM_DIFFUSION_PARTITIONS"] = "shards:8"
+    with pytest.raises(SettingError, match="RANDOM_DIFFUSION_PARTITIONS='shards:8'.*shard:N"):
+        partition_granularity()
+    with pytest.raises(ValueError, match="dataset.partitions: 'perfolder' is not a partition granularity"):
+        DatasetResource(**tree, partitions="perfolder")
+    environ["RANDOM_DIFFUSION_PARTITIONS"] = "folder"
+    assert DatasetResource(**tree).granularity == Granularity("folder")
+    assert max_partitions_per_run() == 1  # a folder is one run; images are 512 to a run
+    del environ["RANDOM_DIFFUSION_PARTITIONS"]
+    assert max_partitions_per_run() == 512 and DatasetResource(**tree).partitions == "image"
+
+
+def test_folder_and_shard_keys_stay_put_as_files_come_and_go():
+    keys = [f"img{index:05d}.png" for index in range(2000)] + ["cat/001.jpg", "cat/kitten/x.png"]
+    folder, shards = Granularity("folder"), Granularity("shard", 16)
+    assert [folder.partition_of(key) for key in keys[-3:]] == [".", "cat", "cat/kitten"]
+    before = {key: shards.partition_of(key) for key in keys}
+    after = {key: shards.partition_of(key) for key in [*keys[::2], "new.png"]}  # half gone, one new
+    assert all(after[key] == before[key] for key in keys[::2])
+    counts = shards.group(keys)
+    assert sorted(counts) == [f"shard-{index:02d}-of-16" for index in range(16)]
+    assert max(len(group) for group in counts.values()) < 2 * len(keys) / 16  # spread, not piled up
+
+
+def test_folder_partitions_run_whole_folders_and_a_new_image_costs_one_image(instance, tree):
+    folder = {"partitions": "folder"}
+    first = _tick(instance, tree, **folder)
+    assert instance.get_dynamic_partitions("images") == [".", "cat", "dog"]
+    assert len(first.run_requests) == 1  # one ranged run over the new partitions
+    result = _run(instance, tree, first.run_requests[0], **folder)
+    assert result.success  # notes.md is named in the log and left out, as the sensor leaves it out of image partitions
+    logged = [e.message for e in instance.all_logs(result.run_id) if e.level >= 30]
+    assert any(m.startswith("Skipping cat/notes.md:") for m in logged)
+    outputs = Path(tree["output_dir"])
+    made = sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*.png"))
+    assert made == ["cat/c0.png", "cat/c1.png", "cat/c2.png", "dog/d0.png", "dog/d1.png", "top.png"]
+
+    cat = _partition_metadata(instance, "cat")
+    assert (cat["images"], cat["generated"], cat["reused"], cat["not_made"]) == (3, 3, 0, 0)
+    assert [row.data["image"] for row in cat["results"].records] == ["cat/c0.jpg", "cat/c1.jpg", "cat/c2.jpg"]
+    rows = read_manifest(manifest_path(tree["output_dir"], "cat"))
+    assert cat["manifest"] == str(manifest_path(tree["output_dir"], "cat"))
+    for row in rows:  # the manifest holds each PNG's own record
+        record = read_record(outputs / row["file"])
+        assert (row["prompt"], row["model"], row["seed"], row["fingerprint"]) == (
+            record.prompt,
+            record.model,
+            record.seed,
+            record.fingerprint,
+        )
+        assert row["prompt"] in ("a cat in the snow", "an ice castle")
+    assert {row["source_file"] for row in rows} == {"cat/c0.jpg", "cat/c1.jpg", "cat/c2.jpg"}
+    draw = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("image_draw"), asset_partitions=["dog"]), limit=1
+    ).records[0]
+    assert draw.asset_materialization.metadata["images"].value == 2
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("diffused_image"), "quality_gates")]
+    )
+    assert check  # judged per partition
+
+    # One new image in cat: the sensor asks for cat alone; its run makes one image and reuses two.
+    pngs = {p: p.stat().st_mtime_ns for p in outputs.rglob("*.png")}
+    _image(Path(tree["images_dir"]) / "cat" / "c3.jpg", (10, 10, 10))
+    second = _tick(instance, tree, first.cursor, **folder)
+    assert [r.partition_key for r in second.run_requests] == ["cat"]
+    assert [e.partition for e in second.asset_events] == ["cat"]  # its new version: cat's result is stale
+    _run(instance, tree, second.run_requests[0], **folder)
+    cat = _partition_metadata(instance, "cat")
+    assert (cat["images"], cat["generated"], cat["reused"]) == (4, 1, 3)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in pngs.items())  # nothing rewritten
+    assert len(read_manifest(manifest_path(tree["output_dir"], "cat"))) == 4
+
+    # A prompts edit: the catch-up asks for the folders, each image judged on its own.
+    dataset = DatasetResource(**tree, **folder)
+    assert not out_of_date(instance, dataset, current_planner(instance, dataset)).reasons
+    Path(tree["prompts_file"]).write_text("a {label} at night\nan ice castle\n")
+    found = out_of_date(instance, dataset, current_planner(instance, dataset))
+    assert found.images == 7 and set(found.reasons.values()) == {"prompt changed"}
+    drew_label = {key for key, judged in found.judged.items() if judged.made[0].prompt.endswith("snow")}
+    assert set(found.reasons) == drew_label  # only the images whose line changed, by image key
+    stale_folders = {key.rpartition("/")[0] or "." for key in found.reasons}
+    (request,) = found.run_requests(lambda first: f"catch-up:{first}")
+    keys = instance.get_dynamic_partitions("images")
+    covered = keys[keys.index(request.tags[RANGE_START_TAG]) : keys.index(request.tags[RANGE_END_TAG]) + 1]
+    assert stale_folders <= set(covered)
+
+
+def test_switching_granularity_reuses_every_result(instance, tree):
+    (Path(tree["images_dir"]) / "cat" / "notes.md").unlink()
+    first = _tick(instance, tree)
+    assert len(instance.get_dynamic_partitions("images")) == 6
+    assert _run(instance, tree, first.run_requests[0]).success
+    outputs = Path(tree["output_dir"])
+    pngs = {p: p.stat().st_mtime_ns for p in outputs.rglob("*.png")}
+    assert len(pngs) == 6
+    for granularity, partitions in (("folder", 3), ("shard:2", 2)):
+        _materialize(instance, tree, ["source_images"], partitions=granularity)  # registers the new partitions
+        keys = instance.get_dynamic_partitions("images")
+        assert len(keys) == partitions
+        tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+        result = _materialize(
+            instance,
+            tree,
+            DIFFUSION,
+            tags,
+            partitions=granularity,
+        )
+        assert result.success
+        reused = [_partition_metadata(instance, key)["reused"] for key in keys]
+        assert sum(reused) == 6 and all(_partition_metadata(instance, key)["generated"] == 0 for key in keys)
+        assert all(p.stat().st_mtime_ns == mtime for p, mtime in pngs.items())
