@@ -93,3 +93,46 @@ def test_sdxl_figure_script_runs_on_cpu_and_writes_the_issues_keys(tmp_path):
     assert "vram_peak_reserved_mb" in results  # 0 on a CPU, which has no GPU memory
     assert results["sdxl_and_two_sd15_resident"]["resident"] == ["sdxl-shaped", "sd15-shaped-0", "sd15-shaped-1"]
     assert (tmp_path / "versions.txt").read_text().strip()
+
+
+def test_control_plane_benchmark_reports_every_key(tmp_path):
+    """benchmarks/control_plane.py (300 files): every figure, from the sensor's ticks to a real webserver and daemon"""
+    out = tmp_path / "control-plane.json"
+    command = [sys.executable, "benchmarks/control_plane.py", "--files", "300", "--granularity", "image"]
+    completed = subprocess.run(
+        [*command, "--storage", "sqlite", "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout == ""  # progress goes to stderr, the figures to --out
+    results = json.loads(out.read_text())
+    timings = (
+        "first_tick_s",
+        "register_s",
+        "quiet_tick_s",
+        "new_files_tick_s",
+        "plan_one_partition_s",
+        "staleness_pass_s",
+        "backfill_launch_s",
+        "ui_partition_status_s",
+    )
+    assert set(results) == {
+        "files",
+        "partitions",
+        "granularity",
+        "storage",
+        "peak_rss_mb",
+        "machine",
+        "notes",
+        *timings,
+    }
+    assert (results["files"], results["granularity"], results["storage"]) == (300, "image", "sqlite")
+    assert results["partitions"] == results["files"]  # a partition per image
+    for key in timings:
+        assert isinstance(results[key], (int, float)) and results[key] > 0, (key, results[key])
+    for process in ("benchmark", "webserver", "daemon"):
+        assert results["peak_rss_mb"][process] > 0, process
+    assert {"cpu_count", "python", "dagster", "storage"} <= set(results["machine"])

@@ -90,7 +90,7 @@ def test_past_the_partition_ceiling_sensor_and_source_images_warn_and_still_regi
 
     run = dg.materialize([source_images], instance=instance, resources={"dataset": DatasetResource(**folder)})
     metadata = run.asset_materializations_for_node("source_images")[0].metadata
-    assert "split the images into folders" in metadata["warning"].value
+    assert "set RANDOM_DIFFUSION_PARTITIONS=folder" in metadata["warning"].value
     assert metadata["count"].value == 3
 
 

@@ -20,7 +20,7 @@ from ..engine.freshness import (
     judge,
 )
 from ..engine.granularity import Granularity
-from ..engine.images import image_problem
+from ..engine.images import is_image_file
 from ..engine.plan import Planner
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from .draws import DRAWN_FROM_TAGS, drawn_from, latest_materializations
@@ -125,7 +125,7 @@ def out_of_date(
             if log is not None:
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
-        if judged.reason == NO_RESULT and not per_image and image_problem(source.path):
+        if judged.reason == NO_RESULT and not per_image and not is_image_file(source.path):
             continue  # not an image: its folder's or shard's run leaves it out too
         rates.add(judged.made)
         judgements[source.partition_key] = judged

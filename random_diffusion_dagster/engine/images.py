@@ -324,6 +324,18 @@ def image_problem(path: str | Path) -> str | None:
     return None
 
 
+def is_image_file(path: str | Path) -> bool:
+    """A quick yes for a name with an image suffix Pillow knows (`.jpg`, `.png`, ...); otherwise the header decides.
+    For passes over every file of a huge folder: a file whose suffix lies is found out by the run that reads it."""
+    suffix = os.path.splitext(path)[1].lower()
+    return suffix in _image_suffixes() or image_problem(path) is None
+
+
+@functools.cache
+def _image_suffixes() -> frozenset[str]:
+    return frozenset(Image.registered_extensions())
+
+
 def load_rgb(
     path: str | Path | BinaryIO, max_pixels: int = MAX_SOURCE_PIXELS, min_side: int | None = None, name: str = ""
 ) -> Image.Image:

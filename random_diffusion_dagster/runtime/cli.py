@@ -194,9 +194,8 @@ def plan_command(args: argparse.Namespace) -> int:
     dataset = DatasetResource(**{key: value for key, value in chosen.items() if value is not None})
     with project_instance() as instance:
         try:
-            unregistered = len(
-                {f.partition_key for f in dataset.source_files()} - set(instance.get_dynamic_partitions("images"))
-            )
+            registered, partition_of = set(instance.get_dynamic_partitions("images")), dataset.granularity.partition_of
+            unregistered = sum(partition_of(f.partition_key) not in registered for f in dataset.source_files())
             found = out_of_date(instance, dataset, current_planner(instance, dataset))
         except (ValueError, OSError) as error:  # the prompts file, catalog or folders: each message names the fix
             print(f"error: {error}", file=sys.stderr)
@@ -301,6 +300,7 @@ def add_compare_parser(commands) -> None:
 def compare_command(args: argparse.Namespace) -> int:
     """Every catalog model on the chosen images (their own prompts and seeds), then their grids."""
     from ..definitions import defs
+    from ..defs.assets.comparison import PER_IMAGE_ONLY
     from ..engine.catalog import CatalogError
     from ..engine.comparison import ComparisonError, comparison_variants, grid_path
     from ..engine.images import partition_key_for
@@ -315,6 +315,9 @@ def compare_command(args: argparse.Namespace) -> int:
         return 2
     if problem := _folder_problem(defs):
         print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if not (granularity := defs.resources["dataset"].granularity).per_image:
+        print(f"error: {PER_IMAGE_ONLY.format(granularity=granularity)}", file=sys.stderr)
         return 2
     dataset_config = {"dataset": {"config": {"seed": args.seed}}} if args.seed is not None else {}
     resources_config = {"engine": {"config": _engine_config(args)}, **dataset_config}

@@ -279,11 +279,12 @@ class Deployment:
         raise SubmitError(f"Run {run_id} did not finish within {timeout:.0f} s.")
 
     def outputs(self, run_id: str) -> dict[str, str]:
-        """partition key -> output path, from the run's per-partition materializations."""
+        """partition key -> output path (a folder or shard partition's: its manifest), from the run's per-partition
+        materializations."""
         run = self._root(RUN_OUTPUTS_QUERY, {"runId": run_id}, "runOrError")
         paths = {}
         for event in run.get("assetMaterializations", []):
             for entry in event["metadataEntries"]:
-                if entry["label"] == "output_path" and event["partition"]:
+                if entry["label"] in ("output_path", "manifest") and event["partition"]:
                     paths[event["partition"]] = entry["path"]
         return paths

@@ -276,7 +276,7 @@ def missing_image(partitions_def_name, key) -> str | None:
     """
     from ..defs.partitions import images_partitions
     from ..defs.resources import DatasetResource
-    from ..engine.images import ImageLoadError, partition_key_for, probe_image
+    from ..engine.images import image_problem, partition_key_for
 
     if partitions_def_name != images_partitions.name or not isinstance(key, str):
         return None
@@ -285,21 +285,31 @@ def missing_image(partitions_def_name, key) -> str | None:
         wait = 2 * sensor_interval_seconds()  # a new file is registered once it has kept its size for a tick
     except ValueError:
         return None  # a broken setting: the code location names it, and fails the mutation itself
+    shown = key if len(key) <= MAX_SHOWN_KEY else f"{key[:MAX_SHOWN_KEY]}... ({len(key)} characters)"
+    granularity = dataset.granularity
+    if not granularity.per_image:  # a folder's or shard's key: it must hold an image
+        try:
+            found, _ = dataset.files_for([key])
+        except OSError as error:
+            return f"Not added: partition {shown!r} names no {granularity.unit} of images, because {error}"
+        if any(image_problem(file.path) is None for file in found):
+            return None
+        return (
+            f"Not added: partition {shown!r} is no {granularity.unit} of images in {dataset.images_dir} "
+            f"(RANDOM_DIFFUSION_PARTITIONS={granularity}): new_images_sensor gives each {granularity.unit} with "
+            f"images its partition within about {wait} s."
+        )
     folder, _, name = posixpath.normpath(key).rpartition("/")  # `./a.jpg` and `cats//a.jpg` are a.jpg, cats/a.jpg
     own_key = partition_key_for(name, folder)  # the key of the file at that path, if there is one
     path = Path(dataset.images_dir, key)
-    shown = key if len(key) <= MAX_SHOWN_KEY else f"{key[:MAX_SHOWN_KEY]}... ({len(key)} characters)"
     if own_key != key or _is_file(path):
         try:
             found, _ = dataset.files_for([key])
         except OSError as error:  # the folder is missing or cannot be listed: its message says what to do
             return f"Not added: partition {shown!r} names no image, because {error}"
         if found:
-            try:
-                probe_image(found[0].path)  # the header only: what new_images_sensor checks before it adds one
-            except (ImageLoadError, OSError) as error:
-                return f"Not added: partition {shown!r}: {error}"
-            return None
+            problem = image_problem(found[0].path)  # the header only: what new_images_sensor checks before it adds one
+            return None if problem is None else f"Not added: partition {shown!r}: {problem}"
         if own_key != key and not key.startswith("/") and ".." not in key.split("/") and _is_file(path):
             return (
                 f"Not added: {shown!r} is the name of a file in the images folder {dataset.images_dir}, not a "

@@ -55,6 +55,13 @@ class ComparisonConfig(dg.Config):
     )
 
 
+# A comparison cell is one image x one model; its `image` dimension holds the `images` partitions.
+PER_IMAGE_ONLY = (
+    "Model comparisons need one partition per image, and RANDOM_DIFFUSION_PARTITIONS={granularity}: compare with "
+    "RANDOM_DIFFUSION_PARTITIONS=image and its own DAGSTER_HOME (results are shared through the output folder)."
+)
+
+
 def cell_image_and_model(key: str) -> tuple[str, str]:
     """(image key, model name) of a `model_comparison` partition key, given as a MultiPartitionKey or `image|model`."""
     multi = key if isinstance(key, dg.MultiPartitionKey) else comparison_partitions.get_partition_key_from_str(key)
@@ -83,6 +90,8 @@ def model_comparison(
     prompt_list: list[str],
     model_catalog: list[ModelSpec],
 ) -> dg.MaterializeResult:
+    if not dataset.granularity.per_image:
+        raise dg.Failure(description=PER_IMAGE_ONLY.format(granularity=dataset.granularity))
     try:
         variants = comparison_variants(config.strengths, config.steps)
     except ComparisonError as exc:
