@@ -12,8 +12,8 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from .. import settings
 from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
-from ..engine.granularity import Granularity
-from ..engine.images import FolderScan, SourceFile, scan_images
+from ..engine.granularity import TOP_FOLDER, Granularity
+from ..engine.images import FolderScan, SourceFile, scan_images, scan_one_folder
 from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.plan import ImageTask, Planner
 from ..engine.prompts import load_prompts
@@ -107,13 +107,30 @@ class DatasetResource(dg.ConfigurableResource):
 
     def files_for(self, keys: list[str]) -> tuple[list[SourceFile], dict[str, str]]:
         """(the files behind these partitions, in partition order, then folder order; key -> why it has none)."""
-        by_partition: dict[str, list[SourceFile]] = {}
-        partition_of = self.granularity.partition_of
-        for file in self.source_files():
-            by_partition.setdefault(partition_of(file.partition_key), []).append(file)
+        by_partition = self._folders_alone(keys)
+        if by_partition is None:
+            by_partition = {}
+            partition_of = self.granularity.partition_of
+            for file in self.source_files():
+                by_partition.setdefault(partition_of(file.partition_key), []).append(file)
         missing = {k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys}
         missing = {k: why for k, why in missing.items() if k not in by_partition}
         return [file for k in keys for file in by_partition.get(k, [])], missing
+
+    def _folders_alone(self, keys: list[str]) -> dict[str, list[SourceFile]] | None:
+        """Folder partitions' files, each listed from its own folder (a run over one folder of a million-image tree
+        does not scan the tree); None for other granularities, or where a key names a folder only the whole scan
+        finds."""
+        if self.granularity.kind != "folder":
+            return None
+        found = {}
+        for key in keys:
+            relative = "" if key == TOP_FOLDER else key
+            files = scan_one_folder(self.images_dir, relative) if self.recursive or not relative else []
+            if files is None:
+                return None
+            found[key] = files
+        return {key: files for key, files in found.items() if files}
 
     def source_paths(self, keys: list[str]) -> dict[str, str | None]:
         """The images of these partitions: image key -> its path under the images folder, which names its results.

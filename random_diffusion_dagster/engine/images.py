@@ -27,6 +27,7 @@ from .output_location import location
 MAX_KEY_BYTES = 120
 HASH_DIGITS = 8
 _HASHED_KEY = re.compile(rf"-[0-9a-f]{{{HASH_DIGITS}}}\Z")
+_PLAIN_CHARACTERS = re.compile(r"[A-Za-z0-9_.\-]+")  # with _is_plain: names partition_key_for keeps as they are
 # Pillow's decompression-bomb threshold (89.5 Mpx): Pillow only warns above it; we refuse.
 MAX_SOURCE_PIXELS = Image.MAX_IMAGE_PIXELS
 TOO_LARGE = "too large"  # probe_image's format for files Pillow refuses to even open as bombs
@@ -80,6 +81,8 @@ def partition_key_for(file_name: str, folder: str = "") -> str:
     """
     if folder:
         return "/".join(partition_key_for(part) for part in [*folder.split("/"), file_name])
+    if _is_plain(file_name):
+        return file_name  # what the rules below keep, found without them: a scan asks for a million keys
     normalized = unicodedata.normalize("NFC", file_name)
     safe = re.sub(r"[^\w.\-]", "_", normalized, flags=re.UNICODE)
     safe = re.sub(r"\.{2,}", ".", safe).strip("._") or "image"
@@ -87,6 +90,19 @@ def partition_key_for(file_name: str, folder: str = "") -> str:
         return safe
     digest = hashlib.sha1(file_name.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_DIGITS]
     return f"{_cut_utf8(safe, MAX_KEY_BYTES - HASH_DIGITS - 1)}-{digest}"
+
+
+def _is_plain(name: str) -> bool:
+    """ASCII letters, digits, `-`, `_` and single inner dots, neither starting nor ending with `.` or `_`, short
+    enough and not shaped like a hashed key."""
+    return (
+        len(name) <= MAX_KEY_BYTES
+        and _PLAIN_CHARACTERS.fullmatch(name) is not None
+        and name[0] not in "._"
+        and name[-1] not in "._"
+        and ".." not in name
+        and not _HASHED_KEY.search(name)
+    )
 
 
 def _cut_utf8(text: str, max_bytes: int) -> str:
@@ -147,6 +163,27 @@ def scan_images(folder: str | Path, recursive: bool = True) -> FolderScan:
     return scan
 
 
+def scan_one_folder(folder: str | Path, relative: str) -> list[SourceFile] | None:
+    """The usable files directly in one folder of the tree (`relative`, `/`-separated; "" for the top), as
+    scan_images finds them there, without scanning the rest; None when scan_images would not reach it by that path
+    (a name a partition key changes, a hidden, reserved or symlinked folder, too deep), so the caller scans it all."""
+    parts = relative.split("/") if relative else []
+    if len(parts) > MAX_FOLDER_DEPTH or not all(map(_is_plain, parts)) or (parts and parts[0] in RESERVED_FOLDERS):
+        return None
+    path = Path(folder)
+    for part in parts:
+        path = path / part
+        if path.is_symlink() or not path.is_dir():
+            return None
+    try:
+        entries = _listing(path)
+    except OSError:
+        return None
+    scan = FolderScan([], [])
+    _scan_entries(entries, relative, False, scan, owners={})
+    return scan.files
+
+
 MAX_FOLDER_DEPTH = 16  # deeper trees are a mistake (a copy inside itself), not a dataset
 CAPTION_FILES = ("metadata.jsonl", "metadata.csv")  # Hugging Face ImageFolder's captions; `<stem>.txt` beside each
 
@@ -161,7 +198,9 @@ def _scan_entries(
 ) -> None:
     """Add the usable files among one folder's entries to `scan` (its subfolders' after its own, in name order)."""
     subfolders = []
-    stems = {Path(entry.name).stem for entry in entries if not _is_sidecar_name(entry.name)}
+    folder_key = "/".join(partition_key_for(part) for part in relative.split("/")) if relative else ""  # once
+    sidecars = any(_is_sidecar_name(entry.name) for entry in entries)
+    stems = {_stem(entry.name) for entry in entries if not _is_sidecar_name(entry.name)} if sidecars else set()
     for entry in entries:
         shown = f"{relative}/{entry.name}" if relative else entry.name
         try:
@@ -177,14 +216,15 @@ def _scan_entries(
             continue
         if entry.name.startswith(".") or entry.name in CAPTION_FILES:
             continue
-        if _is_sidecar_name(entry.name) and Path(entry.name).stem in stems:
+        if _is_sidecar_name(entry.name) and _stem(entry.name) in stems:
             continue  # `<stem>.txt` beside an image: its caption
         problem = _file_problem(entry, info)
         if problem:
             scan.skipped.append(SkippedEntry(shown, problem))
             continue
         source = SourceFile(entry.name, entry.path, info.st_size, info.st_mtime_ns, info.st_ctime_ns, relative)
-        key = source.partition_key
+        key = f"{folder_key}/{partition_key_for(entry.name)}" if folder_key else partition_key_for(entry.name)
+        source.__dict__["partition_key"] = key  # the cached property's value, as partition_key_for(name, folder) is
         if key in owners:
             scan.skipped.append(
                 SkippedEntry(
@@ -209,6 +249,12 @@ def _scan_entries(
             )
             continue
         _scan_entries(listing, shown, recursive, scan, owners)
+
+
+def _stem(name: str) -> str:
+    """`Path(name).stem`, without building a Path: a scan asks for one per file."""
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def _is_sidecar_name(name: str) -> bool:
@@ -261,7 +307,7 @@ def _file_problem(entry: os.DirEntry, info: os.stat_result) -> str | None:
             f"not a regular file ({_file_kind(info.st_mode)}): only regular files can be images; move it out of the "
             "images folder"
         )
-    if not os.access(entry.path, os.R_OK):
+    if not info.st_mode & stat.S_IROTH and not os.access(entry.path, os.R_OK):  # world-readable: no second call
         return "no permission to read it: give the user running Dagster read permission on it (chmod a+r)"
     return None
 

@@ -8,6 +8,7 @@ Dagster layer, the report and the freshness check read it back from there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -203,8 +204,15 @@ def path_inside(folder: str | os.PathLike, relative: str) -> UPath:
     lead out of it."""
     if any(part in ("", ".", "..") or "\\" in part or "\x00" in part for part in relative.split("/")):
         raise ValueError(f"{relative!r} would write outside {folder}; refusing.")
+    return _folder_location(folder if isinstance(folder, str) else os.fspath(folder)) / relative
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_location(folder: str) -> UPath:
+    """The output folder as results are placed in it, resolved once: a pass over a million images asks for it for
+    each."""
     directory = location(folder)
-    return (directory.resolve() if is_local(directory) else directory) / relative
+    return directory.resolve() if is_local(directory) else directory
 
 
 def variant_file_name(name: str, variant: int) -> str:

@@ -113,11 +113,10 @@ def decide(
     skipped: dict[str, str] = {}
     handled: dict[str, int] = {}  # image key -> ctime of every file settled and dealt with in this tick
     for source in files:
-        image, signature = source.partition_key, _signature(source)
-        key = granularity.partition_of(image)
-        ctime = source.ctime_ns  # from the scan's own stat: one stat per file per tick
+        image, ctime = source.partition_key, source.ctime_ns  # ctime: from the scan's own stat
         if ctime < mark and image not in waiting:
             continue  # nothing about this file changed since the last tick looked
+        key, signature = granularity.partition_of(image), _signature(source)
         if recent.get(image) == ctime or legacy_seen.get(image) == signature or key in theirs:
             handled[image] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run
             continue
@@ -201,7 +200,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
         partition_requests.append(images_partitions.build_delete_request(gone))
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
     replaced = set(decision.replaced)
-    changed = [source for source in files if granularity.partition_of(source.partition_key) in replaced]
+    changed = [source for source in files if replaced and granularity.partition_of(source.partition_key) in replaced]
     captions = Captions()
     versions = partition_versions(granularity, {s.partition_key: image_file_version(s, captions) for s in changed})
     replaced_versions = [version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items()]
