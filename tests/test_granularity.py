@@ -2,6 +2,7 @@
 reuse every unchanged image, manifests that match the PNGs, and switching granularity without redoing anything."""
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from random_diffusion_dagster.settings import SettingError, max_partitions_per_r
 from helpers import make_image, write_catalog
 from local_services import apply_partition_requests
 from test_assets import _materialize, _partition_metadata
+from test_cli import BIN, _env
 
 SETTLED = time.time() - 3600  # files older than the sensor's settle time
 DIFFUSION = ["prompt_list", "model_catalog", "image_draw", "diffused_image"]
@@ -190,3 +192,51 @@ def test_switching_granularity_reuses_every_result(instance, tree):
         reused = [_partition_metadata(instance, key)["reused"] for key in keys]
         assert sum(reused) == 6 and all(_partition_metadata(instance, key)["generated"] == 0 for key in keys)
         assert all(p.stat().st_mtime_ns == mtime for p, mtime in pngs.items())
+
+
+def test_a_folder_partition_lists_its_own_folder_as_the_whole_scan_finds_it(tmp_path):
+    images = tmp_path / "images"
+    for name in ("top.png", "cat/001.jpg", "cat/kitten/x y.png", "a b/002.png", "report/r.png", ".hidden/h.png"):
+        make_image(images / name)
+    (images / "cat" / "001.txt").write_text("a caption, not an image")
+    os.symlink(images / "cat", images / "linked")
+    dataset = DatasetResource(images_dir=str(images), output_dir=str(tmp_path / "outputs"), partitions="folder")
+    whole = Granularity("folder").group(file.partition_key for file in dataset.source_files())
+    assert sorted(whole) == [".", "a_b-7dbde935", "cat", "cat/kitten"]
+    for key, image_keys in whole.items():
+        files, missing = dataset.files_for([key])
+        assert [file.partition_key for file in files] == image_keys and not missing
+    for skipped in ("linked", "report", "nowhere"):  # folders the whole scan leaves out name no files
+        files, missing = dataset.files_for([skipped])
+        assert not files and skipped in missing
+    flat = DatasetResource(**{**dataset.model_dump(), "recursive": False})
+    assert [file.partition_key for file in flat.files_for([".", "cat"])[0]] == ["top.png"]
+
+
+def test_run_makes_two_folders_of_fifty_images_as_one_run_each_and_a_rerun_reuses_them(tmp_path, models_dir):
+    """The generation check of the million-images benchmark, small: `random-diffusion run` with folder partitions."""
+    images = tmp_path / "images"
+    for index in range(100):
+        make_image(images / f"class{index % 2}" / f"{index:03d}.jpg", size=(32, 32), color=(index * 2, 90, 200 - index))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a {label} in watercolor\na {label} at night\n")
+    project = {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(prompts),
+        "models_file": str(write_catalog(tmp_path / "models.yaml", models_dir)),
+    }
+    env = _env(project, tmp_path / "home") | {"RANDOM_DIFFUSION_PARTITIONS": "folder"}
+    command = [str(BIN / "random-diffusion"), "run"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert first.stdout.count("over 1 folder: succeeded") == 2  # one run per folder
+    for folder in ("class0", "class1"):
+        rows = read_manifest(manifest_path(project["output_dir"], folder))
+        assert len(rows) == 50 and {row["status"] for row in rows} == {"generated"}
+        assert {row["prompt"] for row in rows} <= {f"a {folder} in watercolor", f"a {folder} at night"}
+        assert all((Path(project["output_dir"]) / row["file"]).is_file() for row in rows)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("over 1 folder: succeeded") == 2, again.stderr[-3000:]
+    rows = read_manifest(manifest_path(project["output_dir"], "class0"))
+    assert {row["status"] for row in rows} == {"reused"}

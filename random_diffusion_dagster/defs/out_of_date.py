@@ -22,6 +22,7 @@ from ..engine.freshness import (
 from ..engine.granularity import Granularity
 from ..engine.images import is_image_file
 from ..engine.plan import Planner
+from ..engine.results import ResultListing
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from .draws import DRAWN_FROM_TAGS, drawn_from, latest_materializations
 from .partitions import images_partitions
@@ -118,9 +119,10 @@ def out_of_date(
     files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
     reasons, to_make, judgements, rates = {}, {}, {}, MeasuredRates()
+    listing = ResultListing.of(planner.output_dir)
     for source in files:
         try:
-            judged = judge(planner, source)
+            judged = judge(planner, source, listing)
         except OSError as exc:
             if log is not None:
                 log.warning(f"Skipping {source.name}: {exc}")

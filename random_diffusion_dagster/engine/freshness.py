@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .images import SourceFile
 from .plan import ImageTask, Planner, SourceSnapshot, snapshot_source
 from .prompts import PromptListError
-from .results import ResultRecord, read_result
+from .results import ResultListing, ResultRecord, read_result
 
 # Why a result must be made again, as the asset check and the catch-up log count them.
 NO_RESULT = "no result on disk"
@@ -41,8 +41,11 @@ class Judgement:
     planned: list[ImageTask] = field(default_factory=list)  # today's draw of each result, where it was planned
 
 
-def judge(planner: Planner, source: SourceFile) -> Judgement:
-    """Whether this image's results (all `planner.variants` of them) must be (re)made, why, and with which models."""
+def judge(planner: Planner, source: SourceFile, listing: ResultListing | None = None) -> Judgement:
+    """Whether this image's results (all `planner.variants` of them) must be (re)made, why, and with which models.
+    `listing`, for passes over many images, answers "no result" from a listing of the output folder."""
+    if listing and not listing.may_have_result(source.partition_key, source.relative_path, planner.variants):
+        return Judgement(NO_RESULT, [Planned()] * planner.variants, [])
     found = [
         read_result(planner.output_dir, source.partition_key, source.relative_path, variant)
         for variant in range(planner.variants)

@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from PIL import Image, PngImagePlugin
@@ -183,13 +184,10 @@ def _png_name(name: str) -> str:
 
 def _keeps(part: str) -> bool:
     """Whether a result path can hold this folder or file name as it is, on any file system or object store."""
-    return (
-        KEY_NAMED not in part
-        and not part.endswith(".")
-        and "\\" not in part
-        and not any(ord(c) < 32 or ord(c) == 127 for c in part)
-        and is_utf8(part)
-    )
+    return not part.endswith(".") and not _NEVER_KEPT.search(part) and is_utf8(part)
+
+
+_NEVER_KEPT = re.compile(r"[\x00-\x1f\x7f\\~]")  # control characters, `\`, and KEY_NAMED (`~`)
 
 
 def keyed_result_name(key: str) -> str:
@@ -286,6 +284,46 @@ def _move_aside(output_dir: str | os.PathLike, record: ResultRecord, path: UPath
     return not path.exists()
 
 
+class ResultListing:
+    """The names the local output folder holds, each folder listed once when first asked: a pass over a million
+    images tells those with no result from a listing per folder instead of several lookups per image. A snapshot:
+    a result written after its folder was listed reads as missing (its run then reuses it)."""
+
+    KEPT_FOLDERS = 8  # passes go folder by folder: only the last few listings are kept
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self._root = os.fspath(_folder_location(os.fspath(output_dir)))
+        self._folders: dict[str, frozenset[str] | None] = {}
+
+    def may_hold(self, relative: str) -> bool:
+        """False only when `relative`'s folder was listed (or is missing) without that name."""
+        folder, _, name = relative.rpartition("/")
+        if folder not in self._folders:
+            if len(self._folders) >= self.KEPT_FOLDERS:
+                del self._folders[next(iter(self._folders))]
+            try:
+                self._folders[folder] = frozenset(os.listdir(os.path.join(self._root, folder)))
+            except FileNotFoundError:
+                self._folders[folder] = frozenset()
+            except OSError:
+                self._folders[folder] = None  # cannot tell: look the file up as usual
+        names = self._folders[folder]
+        return names is None or name in names
+
+    def may_have_result(self, key: str, source_path: str, variants: int) -> bool:
+        """Whether any of the source's results may be in the folder, under its name or one an earlier version gave."""
+        names = [output_file_name(source_path), keyed_result_name(key)]
+        candidates = [variant_file_name(name, variant) for name in names for variant in range(variants)]
+        if "/" not in key:
+            candidates.append(f"{key}.png")
+        return any(self.may_hold(name) for name in candidates)
+
+    @staticmethod
+    def of(output_dir: str | os.PathLike) -> ResultListing | None:
+        """A listing of a local output folder; None for object stores (each result is looked up there)."""
+        return ResultListing(output_dir) if is_local(location(output_dir)) else None
+
+
 def result_location(output_dir: str | os.PathLike, key: str, source_path: str | None, variant: int = 0) -> UPath:
     """Where the key's `variant`-th result is: under its source's name (result_path), or under its key where the
     source is gone (`source_path` None) and its name cannot be known."""
@@ -300,9 +338,11 @@ def read_result(
     """The record of the key's `variant`-th result (at result_location), or None if it has none: how the
     schedule, the report, the asset check and the dataset see what exists. A result under a name an earlier
     version gave it is adopted first."""
-    if source_path is not None:
-        adopt_earlier_result(output_dir, source_path, variant)
-    record = read_record(result_location(output_dir, key, source_path, variant))
+    if source_path is None:
+        path = keyed_result_path(output_dir, key, variant)  # as result_location has it
+    else:
+        path = adopt_earlier_result(output_dir, source_path, variant)  # result_location's, once adopted there
+    record = read_record(path)
     return record if record is not None and (record.key, record.variant) == (key, variant) else None
 
 
