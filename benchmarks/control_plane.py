@@ -573,6 +573,7 @@ def report(args, figures: dict, storage: str, wall: float) -> dict:
     rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     result = {key: rounded[key] for key in REPORTED_KEYS}
     backfill = facts["backfill"]
+    result["partitions_per_run"] = backfill["per_run"]  # RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN as the daemon read it
     result["machine"] = {
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
@@ -586,7 +587,7 @@ def report(args, figures: dict, storage: str, wall: float) -> dict:
         f"Files: {layout}, hard links to 8x8 PNG seeds, settled. new_files_tick_s: {NEW_FILES} new files; its "
         f"partition requests were applied, so the later steps cover {facts['partitions_later']:,} partitions. "
         f"Ticks asked for {facts['first_tick_run_requests']} runs (first) and {facts['new_files_tick_run_requests']} "
-        f"(new files). Staleness pass: {facts['staleness_out_of_date']:,} partitions out of date, "
+        f"(new files). Staleness pass: {facts['staleness_out_of_date']:,} images out of date, "
         f"{facts['staleness_run_requests']} run requests. Backfill: GraphQL launchPartitionBackfill to "
         "random-diffusion-webserver (dagster-webserver behind the project's guard) with assetSelection "
         "[image_draw, diffused_image] and every partition name, as the asset page's launch dialog sends it "

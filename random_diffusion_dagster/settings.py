@@ -171,6 +171,9 @@ def compile_part(part: str) -> bool | None:
 
 
 DEFAULT_MAX_PARTITIONS_PER_RUN = 512
+# Folders or shards per run: Dagster takes about 0.25 s to create a run (benchmarks/control_plane.py), so a backfill of
+# 1,000 folders queues its 200 runs in about a minute; 5 ImageNet classes are ~6,500 images, 20 minutes on an H200.
+DEFAULT_MAX_GROUPS_PER_RUN = 5
 PARTITIONS_VARIABLE = "RANDOM_DIFFUSION_PARTITIONS"
 
 
@@ -191,11 +194,13 @@ def max_partitions_per_run() -> int:
     512 images: every run pays its process start, definitions and Dagster's bookkeeping (without a warm worker also
     imports and a load per model drawn) while the GPU waits, and splits its images across models; fewer, bigger
     runs keep the GPU busy (docs/speed.md). Lower it with several GPUs, so a backfill spreads over them. A folder or
-    shard partition holds many images already: one run each.
+    shard partition holds many images already: 5 to a run (DEFAULT_MAX_GROUPS_PER_RUN), never split across runs.
     """
     return env_int(
         "RANDOM_DIFFUSION_MAX_PARTITIONS_PER_RUN",
-        DEFAULT_MAX_PARTITIONS_PER_RUN if Granularity.parse(partition_granularity()).per_image else 1,
+        DEFAULT_MAX_PARTITIONS_PER_RUN
+        if Granularity.parse(partition_granularity()).per_image
+        else DEFAULT_MAX_GROUPS_PER_RUN,
         minimum=1,
         maximum=MAX_PARTITIONS_PER_RUN,
         why="one run records each of its images in Dagster at its end",
