@@ -9,11 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from random_diffusion_dagster.defs.automation.new_images_sensor import new_images_sensor
+from random_diffusion_dagster.defs.automation.new_images_sensor import decide, new_images_sensor
 from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.granularity import Granularity
+from random_diffusion_dagster.engine.images import SourceFile
 from random_diffusion_dagster.engine.manifest import manifest_path, read_manifest
 from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.settings import SettingError, max_partitions_per_run, partition_granularity
@@ -110,12 +111,12 @@ def test_folder_partitions_run_whole_folders_and_a_new_image_costs_one_image(ins
     assert instance.get_dynamic_partitions("images") == [".", "cat", "dog"]
     assert len(first.run_requests) == 1  # one ranged run over the new partitions
     result = _run(instance, tree, first.run_requests[0], **folder)
-    assert result.success  # notes.md is named in the log and left out, as the sensor leaves it out of image partitions
-    logged = [e.message for e in instance.all_logs(result.run_id) if e.level >= 30]
-    assert any(m.startswith("Skipping cat/notes.md:") for m in logged)
+    assert result.success  # notes.md is left out, as the sensor leaves it out of image partitions
     outputs = Path(tree["output_dir"])
     made = sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*.png"))
     assert made == ["cat/c0.png", "cat/c1.png", "cat/c2.png", "dog/d0.png", "dog/d1.png", "top.png"]
+    # What the check, report and dataset read of a folder: its images, not notes.md.
+    assert list(DatasetResource(**tree, **folder).source_paths(["cat"])) == ["cat/c0.jpg", "cat/c1.jpg", "cat/c2.jpg"]
 
     cat = _partition_metadata(instance, "cat")
     assert (cat["images"], cat["generated"], cat["reused"], cat["not_made"]) == (3, 3, 0, 0)
@@ -240,3 +241,25 @@ def test_run_makes_two_folders_of_fifty_images_and_a_rerun_reuses_them(tmp_path,
     assert again.returncode == 0 and "over 2 folders: succeeded" in again.stdout, again.stderr[-3000:]
     rows = read_manifest(manifest_path(project["output_dir"], "class0"))
     assert {row["status"] for row in rows} == {"reused"}
+
+
+def _file(relative: str, size: int, mtime_s: int, ctime_s: int) -> SourceFile:
+    folder, _, name = relative.rpartition("/")
+    return SourceFile(name, f"/images/{relative}", size, mtime_s * 10**9, ctime_s * 10**9, folder)
+
+
+def test_a_folder_runs_once_all_its_files_settled_and_switching_granularity_starts_afresh():
+    now, folder = 10_000 * 10**9, Granularity("folder")
+    settled, settling = _file("cat/a.png", 10, 1_000, 1_000), _file("cat/b.png", 10, 9_990, 9_990)
+    dog, notes = _file("dog/c.png", 10, 1_000, 1_000), _file("bird/notes.md", 10, 1_000, 1_000)
+    not_images = {"notes.md": "not an image"}.get
+    first = decide({}, [], [settled, settling, dog, notes], now, lambda f: not_images(f.name), folder)
+    assert first.new_keys == ["dog"] and first.cursor["waiting"] == {"cat/b.png": "10:9990000000000"}
+    assert first.skipped == {"notes.md": "not an image"}  # logged; a folder of no images gets no partition
+    second = decide(first.cursor, ["dog"], [settled, settling, dog], now + 30 * 10**9, lambda f: None, folder)
+    assert second.new_keys == ["cat"] and second.cursor["granularity"] == "folder"
+    # The same unchanged files under image partitions: every file is looked at again, folders give way to images.
+    images = decide(second.cursor, ["dog", "cat"], [settled, settling, dog], now + 60 * 10**9, lambda f: None)
+    assert images.new_keys == ["cat/a.png", "cat/b.png", "dog/c.png"] and images.gone == ["cat", "dog"]
+    again = decide(images.cursor, images.kept, [settled, settling, dog], now + 90 * 10**9, lambda f: None, folder)
+    assert again.new_keys == ["cat", "dog"] and sorted(again.gone) == ["cat/a.png", "cat/b.png", "dog/c.png"]

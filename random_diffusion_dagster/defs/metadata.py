@@ -13,7 +13,8 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetC
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
 from ..engine.granularity import Granularity
-from ..engine.manifest import ManifestRow, relative_file, write_manifest
+from ..engine.manifest import ManifestRow, write_manifest
+from ..engine.results import relative_result_path
 from .asset_keys import DIFFUSED_IMAGE_KEY, IMAGE_DRAW_KEY
 
 if TYPE_CHECKING:
@@ -292,7 +293,9 @@ class PartitionRecorder:
         metadata = {}
         for key, results in by_key.items():
             rows = [
-                ManifestRow(relative_file(self._output_dir, result.task.output_path), result.status, result.record)
+                ManifestRow(
+                    relative_result_path(self._output_dir, result.task.output_path), result.status, result.record
+                )
                 for result in results
             ]
             manifest = write_manifest(self._output_dir, key, rows)

@@ -11,7 +11,6 @@ import dagster as dg
 
 from ..engine.freshness import (
     CATALOG_CHANGED,
-    NO_RESULT,
     PROMPT_CHANGED,
     Estimate,
     Judgement,
@@ -20,7 +19,6 @@ from ..engine.freshness import (
     judge,
 )
 from ..engine.granularity import Granularity
-from ..engine.images import is_image_file
 from ..engine.plan import Planner
 from ..engine.results import ResultListing
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
@@ -55,7 +53,7 @@ class OutOfDate:
         return len(self.keys) if self.granularity.per_image else len(self.judged)
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
-        """What redoing these partitions (default: all that need work) will take, at the measured rates."""
+        """What redoing these images (default: all that need work) will take, at the measured rates."""
         chosen = self.reasons if keys is None else keys
         to_make = [planned for key in chosen for planned in self.to_make.get(key, [])]
         return self.rates.estimate(to_make, self.expected_steps)
@@ -77,11 +75,9 @@ class OutOfDate:
         key), each tagged with its estimated GPU time; a current one inside a range is reused, not remade (bridging
         it makes fewer runs)."""
         requests = []
-        partition_of = self.granularity.partition_of
-        wanted = {partition_of(key) for key in self.reasons}
-        for span in partition_ranges(self.keys, wanted, bridge_gaps=True):
-            inside = set(span.keys)
-            seconds = self.estimate(key for key in self.reasons if partition_of(key) in inside).seconds
+        images = self.granularity.group(self.reasons)  # partition -> its images that need work
+        for span in partition_ranges(self.keys, images, bridge_gaps=True):
+            seconds = self.estimate(key for partition in span.keys for key in images.get(partition, [])).seconds
             tags = span.tags | ({ESTIMATE_TAG: f"{seconds:.0f}"} if seconds is not None else {})
             requests.append(dg.RunRequest(run_key=run_key(span.first), job_name=job_name, tags=tags))
         return requests
@@ -111,7 +107,7 @@ def out_of_date(
     """Why each image of the partitions (of `only`, else all) must be made again against today's prompts, catalog,
     seed and sources: a stat per source, a PNG header read per result. A source that vanished since the scan is
     skipped with a warning on `log`: the sensor removes its partition."""
-    partition_of, per_image = dataset.granularity.partition_of, dataset.granularity.per_image
+    partition_of = dataset.granularity.partition_of
     keys = instance.get_dynamic_partitions(images_partitions.name)
     if only is not None:
         only = set(only)
@@ -127,8 +123,6 @@ def out_of_date(
             if log is not None:
                 log.warning(f"Skipping {source.name}: {exc}")
             continue
-        if judged.reason == NO_RESULT and not per_image and not is_image_file(source.path):
-            continue  # not an image: its folder's or shard's run leaves it out too
         rates.add(judged.made)
         judgements[source.partition_key] = judged
         reason = judged.reason

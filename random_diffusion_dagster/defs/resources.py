@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from .. import settings
 from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
 from ..engine.granularity import TOP_FOLDER, Granularity
-from ..engine.images import FolderScan, SourceFile, scan_images, scan_one_folder
+from ..engine.images import FolderScan, SourceFile, is_image_file, scan_images, scan_one_folder
 from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.plan import ImageTask, Planner
 from ..engine.prompts import load_prompts
@@ -109,13 +109,21 @@ class DatasetResource(dg.ConfigurableResource):
         """(the files behind these partitions, in partition order, then folder order; key -> why it has none)."""
         by_partition = self._folders_alone(keys)
         if by_partition is None:
-            by_partition = {}
-            partition_of = self.granularity.partition_of
-            for file in self.source_files():
-                by_partition.setdefault(partition_of(file.partition_key), []).append(file)
+            by_partition = self.by_partition(self.source_files(), set(keys))
         missing = {k: f"partition {k!r} has no source file in {self.images_dir} any more" for k in keys}
         missing = {k: why for k, why in missing.items() if k not in by_partition}
         return [file for k in keys for file in by_partition.get(k, [])], missing
+
+    def by_partition(self, files: list[SourceFile], keys: set[str]) -> dict[str, list[SourceFile]]:
+        """The scanned `files` of these partitions, by partition. A folder or shard partition holds the files that look
+        like images (is_image_file: by suffix, else by header), as image partitions are given only to images."""
+        partition_of, grouped = self.granularity.partition_of, not self.granularity.per_image
+        by_partition: dict[str, list[SourceFile]] = {}
+        for file in files:
+            key = partition_of(file.partition_key)
+            if key in keys and not (grouped and not is_image_file(file.path)):
+                by_partition.setdefault(key, []).append(file)
+        return by_partition
 
     def _folders_alone(self, keys: list[str]) -> dict[str, list[SourceFile]] | None:
         """Folder partitions' files, each listed from its own folder (a run over one folder of a million-image tree
@@ -129,7 +137,7 @@ class DatasetResource(dg.ConfigurableResource):
             files = scan_one_folder(self.images_dir, relative) if self.recursive or not relative else []
             if files is None:
                 return None
-            found[key] = files
+            found[key] = [file for file in files if is_image_file(file.path)]
         return {key: files for key, files in found.items() if files}
 
     def source_paths(self, keys: list[str]) -> dict[str, str | None]:

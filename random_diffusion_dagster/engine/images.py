@@ -307,7 +307,7 @@ def _file_problem(entry: os.DirEntry, info: os.stat_result) -> str | None:
             f"not a regular file ({_file_kind(info.st_mode)}): only regular files can be images; move it out of the "
             "images folder"
         )
-    if not info.st_mode & stat.S_IROTH and not os.access(entry.path, os.R_OK):  # world-readable: no second call
+    if info.st_mode & 0o444 != 0o444 and not os.access(entry.path, os.R_OK):  # readable by all: no second call
         return "no permission to read it: give the user running Dagster read permission on it (chmod a+r)"
     return None
 
@@ -370,11 +370,14 @@ def image_problem(path: str | Path) -> str | None:
     return None
 
 
+def quick_image_problem(path: str | Path) -> str | None:
+    """image_problem, trusting a suffix Pillow knows (`.jpg`, `.png`, ...) without reading the file: for passes over
+    every file of a huge folder. A file whose suffix lies is found out by the run that reads it."""
+    return None if os.path.splitext(path)[1].lower() in _image_suffixes() else image_problem(path)
+
+
 def is_image_file(path: str | Path) -> bool:
-    """A quick yes for a name with an image suffix Pillow knows (`.jpg`, `.png`, ...); otherwise the header decides.
-    For passes over every file of a huge folder: a file whose suffix lies is found out by the run that reads it."""
-    suffix = os.path.splitext(path)[1].lower()
-    return suffix in _image_suffixes() or image_problem(path) is None
+    return quick_image_problem(path) is None
 
 
 @functools.cache

@@ -29,11 +29,6 @@ class ManifestRow:
     record: ResultRecord
 
 
-def relative_file(output_dir: str | os.PathLike, output_path: str) -> str:
-    """A result's path relative to the output folder, `/`-separated."""
-    return str(output_path).removeprefix(str(location(output_dir))).lstrip("/")
-
-
 def manifest_path(output_dir: str | os.PathLike, partition_key: str) -> UPath:
     """`.manifests/<partition>.parquet` in the output folder (`.manifests/cat/kitten.parquet` for a nested folder)."""
     name = TOP_MANIFEST if partition_key == TOP_FOLDER else partition_key

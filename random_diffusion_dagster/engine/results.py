@@ -205,6 +205,11 @@ def path_inside(folder: str | os.PathLike, relative: str) -> UPath:
     return _folder_location(folder if isinstance(folder, str) else os.fspath(folder)) / relative
 
 
+def relative_result_path(output_dir: str | os.PathLike, output_path: str | os.PathLike) -> str:
+    """A result's path under the output folder (`cat/001.png`), from the path path_inside gave it."""
+    return os.fspath(output_path).removeprefix(os.fspath(_folder_location(os.fspath(output_dir)))).lstrip("/")
+
+
 @functools.lru_cache(maxsize=64)
 def _folder_location(folder: str) -> UPath:
     """The output folder as results are placed in it, resolved once: a pass over a million images asks for it for

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from ...engine.captions import image_version
+from ...engine.captions import Captions, image_version
 from ...engine.catalog import ModelSpec
 from ...engine.images import SourceFile, image_problem
 from ...engine.plan import ImageTask
@@ -17,7 +17,7 @@ from ..metadata import QUALITY_CHECK, PartitionRecorder, recorded_already, run_f
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
-from ..source_versions import IMAGE_FILES, partition_versions, report_what_was_read, version_event
+from ..source_versions import IMAGE_FILES, image_file_version, partition_versions, report_what_was_read, version_event
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
 GPU_STEP_TAGS = {
@@ -95,9 +95,8 @@ def diffused_image(
     model_catalog: list[ModelSpec],
 ) -> Iterator[dg.MaterializeResult]:
     granularity = dataset.granularity
-    files, missing = dataset.files_for(context.partition_keys)
-    if not granularity.per_image:
-        files = _images_only(context, files)
+    read, missing = dataset.files_for(context.partition_keys)
+    files = read if granularity.per_image else _images_only(context, read)
     keys = {file.partition_key for file in files}
     elsewhere = [name for name in config.reroll if name.rpartition("~v")[0] not in keys and name not in keys]
     if elsewhere:
@@ -106,6 +105,9 @@ def diffused_image(
     tasks, unreadable = planner.plan(files)
     # The bytes this run read: each partition's provenance names that content.
     versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
+    if not granularity.per_image:  # a folder is versioned by every file it holds, as image_file and the sensor do
+        captions = Captions()
+        versions |= {f.partition_key: image_file_version(f, captions) for f in read if f.partition_key not in versions}
     events = [version_event(IMAGE_FILES, v, partition=p) for p, v in partition_versions(granularity, versions).items()]
     report_what_was_read(context, events)
     # First: each result's provenance names its draw's record.

@@ -10,7 +10,7 @@ import dagster as dg
 
 from ...engine.captions import Captions
 from ...engine.granularity import Granularity
-from ...engine.images import SourceFile, image_problem
+from ...engine.images import SourceFile, image_problem, quick_image_problem
 from ...settings import sensor_interval_seconds
 from ..jobs import diffuse_images_job
 from ..partitions import images_partitions, partition_ceiling_warning, partition_changes
@@ -79,8 +79,8 @@ def decide(
     at `scan_ns`, `unreadable` (why a new file is not an image, or None) and the partition `granularity`.
 
     Files are followed one by one (the cursor's entries are image keys); partitions are what is added, deleted and
-    run. A folder or shard partition with a new or replaced file runs again (reusing its other images), and its files
-    are not probed here: its run skips a file that is not an image, naming it.
+    run. A folder or shard partition with a new or replaced file runs again (reusing its other images) once all its
+    files have settled.
 
     Looks only at files whose inode changed since the last tick, so the cursor does not grow with the folder.
     The cursor holds a mark (a time just before the last scan), the last partition key it knew, the files
@@ -96,6 +96,8 @@ def decide(
     A filesystem whose clock runs more than CHANGE_MARGIN_NS behind this machine's can hide a change from the
     sensor; the nightly catch-up schedule compares contents.
     """
+    if state.get("granularity", "image") != str(granularity):
+        state = {}  # partitions of another granularity: every file is looked at again, as on a first tick
     has_cursor = "mark" in state
     mark: int = state.get("mark", 0)
     waiting: dict[str, str] = state.get("waiting", {})  # key -> signature seen last tick, not yet settled
@@ -129,12 +131,16 @@ def decide(
         if key in partitions:
             replaced.setdefault(key, source.path)
             continue
-        reason = unreadable(source) if granularity.per_image else None
+        reason = unreadable(source)
         if reason is not None:
             skipped[source.name] = reason
             continue
         if len(changes[key]) == 1:  # the partition's first new file
             new_keys.append(key)
+    if not granularity.per_image:  # a folder or shard runs once every file in it has settled
+        busy = {granularity.partition_of(image) for image in next_waiting}
+        new_keys = [key for key in new_keys if key not in busy]
+        replaced = {key: path for key, path in replaced.items() if key not in busy}
     signatures = {key: _partition_signature(changed, granularity) for key, changed in changes.items()}
 
     gone = partition_changes(ordered, [granularity.partition_of(source.partition_key) for source in files]).gone
@@ -148,7 +154,20 @@ def decide(
         "waiting": next_waiting,
         "recent": {key: ctime for key, ctime in handled.items() if ctime >= next_mark},
     }
+    if not granularity.per_image:
+        cursor["granularity"] = str(granularity)
     return NewImagesDecision(new_keys, replaced, gone, kept, signatures, skipped, cursor)
+
+
+def _image_versions(dataset: DatasetResource, files: list[SourceFile], partitions: list[str]) -> dict[str, str | None]:
+    """The versions of the images of these partitions, from this tick's scan."""
+    if not partitions:
+        return {}
+    captions = Captions()
+    grouped = dataset.by_partition(files, set(partitions))
+    return {
+        source.partition_key: image_file_version(source, captions) for group in grouped.values() for source in group
+    }
 
 
 def _partition_signature(changed: dict[str, str], granularity: Granularity) -> str:
@@ -174,7 +193,9 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     scan_ns = time.time_ns()
     files = dataset.source_files()
     granularity = dataset.granularity
-    decision = decide(state, ordered, files, scan_ns, lambda source: image_problem(source.path), granularity)
+    # A new image partition's file is probed; a folder's or shard's files by suffix first (a million files a tick).
+    probe = image_problem if granularity.per_image else quick_image_problem
+    decision = decide(state, ordered, files, scan_ns, lambda source: probe(source.path), granularity)
     for name, reason in decision.skipped.items():
         context.log.info(f"Skipping {name}: {reason}")
     new_keys, replaced_keys, gone = decision.new_keys, list(decision.replaced), decision.gone
@@ -199,10 +220,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     if gone:
         partition_requests.append(images_partitions.build_delete_request(gone))
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
-    replaced = set(decision.replaced)
-    changed = [source for source in files if replaced and granularity.partition_of(source.partition_key) in replaced]
-    captions = Captions()
-    versions = partition_versions(granularity, {s.partition_key: image_file_version(s, captions) for s in changed})
+    versions = partition_versions(granularity, _image_versions(dataset, files, list(decision.replaced)))
     replaced_versions = [version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items()]
     return dg.SensorResult(
         run_requests=requests,
