@@ -7,6 +7,7 @@ import errno
 import functools
 import hashlib
 import io
+import operator
 import os
 import re
 import stat
@@ -190,7 +191,7 @@ CAPTION_FILES = ("metadata.jsonl", "metadata.csv")  # Hugging Face ImageFolder's
 
 def _listing(folder: str | Path) -> list[os.DirEntry]:
     with os.scandir(folder) as listing:
-        return sorted(listing, key=lambda e: e.name)
+        return sorted(listing, key=operator.attrgetter("name"))
 
 
 def _scan_entries(
@@ -373,7 +374,8 @@ def image_problem(path: str | Path) -> str | None:
 def quick_image_problem(path: str | Path) -> str | None:
     """image_problem, trusting a suffix Pillow knows (`.jpg`, `.png`, ...) without reading the file: for passes over
     every file of a huge folder. A file whose suffix lies is found out by the run that reads it."""
-    return None if os.path.splitext(path)[1].lower() in _image_suffixes() else image_problem(path)
+    suffix = str(path).rpartition(".")[2]
+    return None if "/" not in suffix and f".{suffix.lower()}" in _image_suffixes() else image_problem(path)
 
 
 def is_image_file(path: str | Path) -> bool:

@@ -113,20 +113,25 @@ def decide(
     replaced: dict[str, str] = {}
     changes: dict[str, dict[str, str]] = {}  # partition -> image key -> signature, of its new or replaced files
     skipped: dict[str, str] = {}
-    handled: dict[str, int] = {}  # image key -> ctime of every file settled and dealt with in this tick
+    # Image key -> ctime of each file settled and dealt with in this tick that changed inside the margin before the
+    # scan: only those can be remembered (_next_mark never goes earlier than `near_scan`).
+    handled: dict[str, int] = {}
+    near_scan = scan_ns - CHANGE_MARGIN_NS
     for source in files:
         image, ctime = source.partition_key, source.ctime_ns  # ctime: from the scan's own stat
         if ctime < mark and image not in waiting:
             continue  # nothing about this file changed since the last tick looked
         key, signature = granularity.partition_of(image), _signature(source)
         if recent.get(image) == ctime or legacy_seen.get(image) == signature or key in theirs:
-            handled[image] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run
+            if ctime >= near_scan:
+                handled[image] = ctime  # unchanged, or registered by the CLI or `source_images`: theirs to run
             continue
         settled = waiting.get(image) == signature or scan_ns - source.mtime_ns > SETTLE_SECONDS * 1e9
         if not settled:
             next_waiting[image] = signature
             continue
-        handled[image] = ctime
+        if ctime >= near_scan:
+            handled[image] = ctime
         changes.setdefault(key, {})[image] = signature
         if key in partitions:
             replaced.setdefault(key, source.path)
