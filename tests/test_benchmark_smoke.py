@@ -98,7 +98,16 @@ def test_sdxl_figure_script_runs_on_cpu_and_writes_the_issues_keys(tmp_path):
 def test_control_plane_benchmark_reports_every_key(tmp_path):
     """benchmarks/control_plane.py (300 files): every figure, from the sensor's ticks to a real webserver and daemon"""
     out = tmp_path / "control-plane.json"
-    command = [sys.executable, "benchmarks/control_plane.py", "--files", "300", "--granularity", "image"]
+    command = [
+        sys.executable,
+        "benchmarks/control_plane.py",
+        "--files",
+        "300",
+        "--granularity",
+        "folder",
+        "--folders",
+        "3",
+    ]
     completed = subprocess.run(
         [*command, "--storage", "sqlite", "--out", str(out)],
         cwd=PROJECT_ROOT,
@@ -127,10 +136,11 @@ def test_control_plane_benchmark_reports_every_key(tmp_path):
         "peak_rss_mb",
         "machine",
         "notes",
+        "partitions_per_run",
         *timings,
     }
-    assert (results["files"], results["granularity"], results["storage"]) == (300, "image", "sqlite")
-    assert results["partitions"] == results["files"]  # a partition per image
+    assert (results["files"], results["granularity"], results["storage"]) == (300, "folder", "sqlite")
+    assert (results["partitions"], results["partitions_per_run"]) == (3, 5)  # a partition per folder, 5 to a run
     for key in timings:
         assert isinstance(results[key], (int, float)) and results[key] > 0, (key, results[key])
     for process in ("benchmark", "webserver", "daemon"):

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 from upath import UPath
@@ -202,19 +203,26 @@ def path_inside(folder: str | os.PathLike, relative: str) -> UPath:
     lead out of it."""
     if any(part in ("", ".", "..") or "\\" in part or "\x00" in part for part in relative.split("/")):
         raise ValueError(f"{relative!r} would write outside {folder}; refusing.")
-    return _folder_location(folder if isinstance(folder, str) else os.fspath(folder)) / relative
+    return _folder_location(folder) / relative
 
 
 def relative_result_path(output_dir: str | os.PathLike, output_path: str | os.PathLike) -> str:
     """A result's path under the output folder (`cat/001.png`), from the path path_inside gave it."""
-    return os.fspath(output_path).removeprefix(os.fspath(_folder_location(os.fspath(output_dir)))).lstrip("/")
+    return str(output_path).removeprefix(str(_folder_location(output_dir))).lstrip("/")
+
+
+def _folder_location(folder: str | os.PathLike) -> UPath:
+    """The output folder as results are placed in it; a local one resolved once per process (a pass over a million
+    images asks for it for each)."""
+    return _resolved(os.fspath(folder)) if isinstance(folder, (str, Path)) else _placed(location(folder))
 
 
 @functools.lru_cache(maxsize=64)
-def _folder_location(folder: str) -> UPath:
-    """The output folder as results are placed in it, resolved once: a pass over a million images asks for it for
-    each."""
-    directory = location(folder)
+def _resolved(folder: str) -> UPath:
+    return _placed(location(folder))
+
+
+def _placed(directory: UPath) -> UPath:
     return directory.resolve() if is_local(directory) else directory
 
 
@@ -297,7 +305,7 @@ class ResultListing:
     KEPT_FOLDERS = 8  # passes go folder by folder: only the last few listings are kept
 
     def __init__(self, output_dir: str | os.PathLike):
-        self._root = os.fspath(_folder_location(os.fspath(output_dir)))
+        self._root = os.fspath(_folder_location(output_dir))
         self._folders: dict[str, frozenset[str] | None] = {}
 
     def may_hold(self, relative: str) -> bool:
