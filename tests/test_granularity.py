@@ -252,11 +252,12 @@ def test_a_folder_runs_once_all_its_files_settled_and_switching_granularity_star
     now, folder = 10_000 * 10**9, Granularity("folder")
     settled, settling = _file("cat/a.png", 10, 1_000, 1_000), _file("cat/b.png", 10, 9_990, 9_990)
     dog, notes = _file("dog/c.png", 10, 1_000, 1_000), _file("bird/notes.md", 10, 1_000, 1_000)
-    not_images = {"notes.md": "not an image"}.get
-    first = decide({}, [], [settled, settling, dog, notes], now, lambda f: not_images(f.name), folder)
-    assert first.new_keys == ["dog"] and first.cursor["waiting"] == {"cat/b.png": "10:9990000000000"}
-    assert first.skipped == {"notes.md": "not an image"}  # logged; a folder of no images gets no partition
-    second = decide(first.cursor, ["dog"], [settled, settling, dog], now + 30 * 10**9, lambda f: None, folder)
+    fish = [_file("fish/a.md", 10, 1_000, 1_000), _file("fish/b.png", 10, 1_000, 1_000)]
+    not_images = {"notes.md": "not an image", "a.md": "not an image"}.get
+    first = decide({}, [], [settled, settling, dog, notes, *fish], now, lambda f: not_images(f.name), folder)
+    assert first.new_keys == ["dog", "fish"] and first.cursor["waiting"] == {"cat/b.png": "10:9990000000000"}
+    assert first.skipped == {"notes.md": "not an image", "a.md": "not an image"}  # a folder of no images: none
+    second = decide(first.cursor, ["dog", "fish"], [settled, settling, dog], now + 30 * 10**9, lambda f: None, folder)
     assert second.new_keys == ["cat"] and second.cursor["granularity"] == "folder"
     # The same unchanged files under image partitions: every file is looked at again, folders give way to images.
     images = decide(second.cursor, ["dog", "cat"], [settled, settling, dog], now + 60 * 10**9, lambda f: None)

@@ -109,7 +109,7 @@ def decide(
     else:
         theirs = _registered_by_others(ordered, state.get("last"), has_cursor)
 
-    new_keys, next_waiting = [], {}
+    new_keys, next_waiting, accepted = [], {}, set()
     replaced: dict[str, str] = {}
     changes: dict[str, dict[str, str]] = {}  # partition -> image key -> signature, of its new or replaced files
     skipped: dict[str, str] = {}
@@ -136,12 +136,14 @@ def decide(
         if key in partitions:
             replaced.setdefault(key, source.path)
             continue
+        if key in accepted:
+            continue  # a folder or shard with an image already: its run leaves its other non-images out
         reason = unreadable(source)
         if reason is not None:
             skipped[source.name] = reason
             continue
-        if len(changes[key]) == 1:  # the partition's first new file
-            new_keys.append(key)
+        accepted.add(key)
+        new_keys.append(key)
     if not granularity.per_image:  # a folder or shard runs once every file in it has settled
         busy = {granularity.partition_of(image) for image in next_waiting}
         new_keys = [key for key in new_keys if key not in busy]
