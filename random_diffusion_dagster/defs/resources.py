@@ -117,13 +117,16 @@ class DatasetResource(dg.ConfigurableResource):
     def by_partition(self, files: list[SourceFile], keys: set[str]) -> dict[str, list[SourceFile]]:
         """The scanned `files` of these partitions, by partition. A folder or shard partition holds the files that look
         like images (is_image_file: by suffix, else by header), as image partitions are given only to images."""
-        partition_of, grouped = self.granularity.partition_of, not self.granularity.per_image
+        partition_of = self.granularity.partition_of
         by_partition: dict[str, list[SourceFile]] = {}
         for file in files:
             key = partition_of(file.partition_key)
-            if key in keys and not (grouped and not is_image_file(file.path)):
+            if key in keys and self._holds(file):
                 by_partition.setdefault(key, []).append(file)
         return by_partition
+
+    def _holds(self, file: SourceFile) -> bool:
+        return self.granularity.per_image or is_image_file(file.path)
 
     def _folders_alone(self, keys: list[str]) -> dict[str, list[SourceFile]] | None:
         """Folder partitions' files, each listed from its own folder (a run over one folder of a million-image tree
@@ -137,7 +140,7 @@ class DatasetResource(dg.ConfigurableResource):
             files = scan_one_folder(self.images_dir, relative) if self.recursive or not relative else []
             if files is None:
                 return None
-            found[key] = [file for file in files if is_image_file(file.path)]
+            found[key] = [file for file in files if self._holds(file)]
         return {key: files for key, files in found.items() if files}
 
     def source_paths(self, keys: list[str]) -> dict[str, str | None]:
