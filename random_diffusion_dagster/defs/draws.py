@@ -133,10 +133,7 @@ def _by_partition(
     """The images' draws as their folder or shard partitions': a digest of the images' versions, all their tasks,
     current where every image is, and the images that cannot be drawn, named."""
     groups = granularity.group(versions)
-    digest = {
-        partition: hashlib.sha256("\n".join(f"{key}:{versions[key]}" for key in sorted(keys)).encode()).hexdigest()[:16]
-        for partition, keys in groups.items()
-    }
+    digest = granularity.partition_versions(versions)
     tasks = {partition: [task for key in keys for task in draws.get(key, [])] for partition, keys in groups.items()}
     whole = frozenset(partition for partition, keys in groups.items() if all(key in current for key in keys))
     why = {

@@ -16,7 +16,6 @@ import dagster as dg
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 
 from ..engine.captions import Captions, image_version
-from ..engine.granularity import Granularity
 from ..engine.images import SourceFile
 from ..engine.prompts import PromptListError
 from .partitions import images_partitions
@@ -56,20 +55,7 @@ def image_files(context) -> dg.DataVersionsByPartition:
     files, _gone = dataset.files_for(context.instance.get_dynamic_partitions(images_partitions.name))
     captions = Captions()
     versions = {file.partition_key: image_file_version(file, captions) for file in files}
-    return dg.DataVersionsByPartition(partition_versions(dataset.granularity, versions))
-
-
-def partition_versions(granularity: Granularity, versions: dict[str, str | None]) -> dict[str, str]:
-    """Each partition's data version from its images' (image key -> version, None where unreadable): an image's own,
-    or for a folder or shard partition a digest of its images' keys and versions, so that adding, replacing or
-    re-captioning one image changes its partition's version and no other's."""
-    grouped = granularity.group(key for key, version in versions.items() if version)
-    if granularity.per_image:
-        return {key: versions[key] for key in grouped}
-    return {
-        partition: hashlib.sha256("\n".join(f"{key}:{versions[key]}" for key in sorted(keys)).encode()).hexdigest()[:16]
-        for partition, keys in grouped.items()
-    }
+    return dg.DataVersionsByPartition(dataset.granularity.partition_versions(versions))
 
 
 def image_file_version(source: SourceFile, captions: Captions) -> str | None:

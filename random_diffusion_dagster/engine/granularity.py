@@ -9,7 +9,7 @@ Keys depend only on the image's own key, so a new file never moves another image
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 KINDS = ("image", "folder", "shard")
@@ -64,3 +64,18 @@ class Granularity:
         for key in image_keys:
             groups.setdefault(self.partition_of(key), []).append(key)
         return groups
+
+    def partition_versions(self, versions: Mapping[str, str | None]) -> dict[str, str]:
+        """Each partition's version from its images' (image key -> version, None where unreadable): an image's own,
+        or for a folder or shard a digest of its images' keys and versions, so that a change to one image changes its
+        partition's version and no other's."""
+        grouped = self.group(key for key, version in versions.items() if version)
+        if self.per_image:
+            return {key: versions[key] for key in grouped}
+        return {
+            partition: _digest(f"{key}:{versions[key]}" for key in sorted(keys)) for partition, keys in grouped.items()
+        }
+
+
+def _digest(lines: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ from ..metadata import QUALITY_CHECK, PartitionRecorder, recorded_already, run_f
 from ..partitions import images_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
-from ..source_versions import IMAGE_FILES, image_file_version, partition_versions, report_what_was_read, version_event
+from ..source_versions import IMAGE_FILES, image_file_version, report_what_was_read, version_event
 
 # Celery routes this step to GPU workers; Kubernetes gives its pod one GPU on a GPU node.
 GPU_STEP_TAGS = {
@@ -108,7 +108,7 @@ def diffused_image(
     if not granularity.per_image:  # a folder is versioned by every file it holds, as image_file and the sensor do
         captions = Captions()
         versions |= {f.partition_key: image_file_version(f, captions) for f in read if f.partition_key not in versions}
-    events = [version_event(IMAGE_FILES, v, partition=p) for p, v in partition_versions(granularity, versions).items()]
+    events = [version_event(IMAGE_FILES, v, partition=p) for p, v in granularity.partition_versions(versions).items()]
     report_what_was_read(context, events)
     # First: each result's provenance names its draw's record.
     record_draws(context.get_step_execution_context(), planner, granularity, by_image(tasks), every=True)
@@ -157,7 +157,6 @@ def _diffuse(
     if failures:
         raise dg.Failure(
             description=f"{len(failures)} of {len({t.key for t in tasks} | set(unplanned))} images failed; the "
-            f"{len(finished)} "
-            "finished are saved and recorded, and a rerun reuses them:\n"
+            f"{len(finished)} finished are saved and recorded, and a rerun reuses them:\n"
             + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
         )

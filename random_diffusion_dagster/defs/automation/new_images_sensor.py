@@ -17,7 +17,7 @@ from ..partitions import images_partitions, partition_ceiling_warning, partition
 from ..pools import ensure_gpu_pool_limit
 from ..resources import DatasetResource
 from ..run_ranges import partition_ranges, ranged_run_requests
-from ..source_versions import IMAGE_FILES, image_file_version, partition_versions, version_event
+from ..source_versions import IMAGE_FILES, image_file_version, version_event
 
 # A file whose size and mtime have not moved for this long, or since the last tick, is complete.
 SETTLE_SECONDS = 60
@@ -227,7 +227,7 @@ def new_images_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResou
     if gone:
         partition_requests.append(images_partitions.build_delete_request(gone))
     # A replaced image's new content, as Dagster's data version: its result shows as stale until redone.
-    versions = partition_versions(granularity, _image_versions(dataset, files, list(decision.replaced)))
+    versions = granularity.partition_versions(_image_versions(dataset, files, list(decision.replaced)))
     replaced_versions = [version_event(IMAGE_FILES, version, partition=key) for key, version in versions.items()]
     return dg.SensorResult(
         run_requests=requests,
