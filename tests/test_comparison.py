@@ -214,3 +214,56 @@ def test_compare_command_documents_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("IMAGE", "--strength", "--steps", "--seed", "--batch-size", "--max-partitions-per-run"):
         assert option in text
+
+
+def test_folder_cells_compare_the_named_images_each_with_its_own_draw_and_grid(tmp_path, models_dir):
+    """RANDOM_DIFFUSION_PARTITIONS=folder: a cell is a folder x a model; run config `images` picks images in it, and
+    the report merges a cell's comparisons, so two runs over one folder give each image its grid."""
+    images = tmp_path / "images"
+    for index, color in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        make_image(images / "cat" / f"c{index}.png", color=color)
+    make_image(images / "dog" / "d0.png", color=(120, 120, 40))
+    (images / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "prompts.txt").write_text("a {label} in the snow\nan ice castle\n")
+    project = {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(tmp_path / "prompts.txt"),
+        "models_file": str(write_catalog(tmp_path / "models.yaml", models_dir, names=MODELS[:2])),
+        "seed": 0,
+        "partitions": "folder",
+    }
+    with dg.instance_for_test() as instance:
+        assert _materialize(instance, project, ["source_images", "model_catalog"]).success
+        assert instance.get_dynamic_partitions("images") == ["cat", "dog"]
+        first = _compare(instance, project, "cat", "cat", {"images": ["cat/c0.png", "cat/c2.png"]})
+        assert first.success and _loads_logged(instance, first.run_id) == 2
+        cell = _cell(instance, "cat", MODELS[1])
+        assert (cell["images"], cell["generated"], cell["not_made"]) == (2, 2, 0)
+        assert set(cell["compared_files"]) == {"cat/c0.png", "cat/c2.png"}
+        dataset = DatasetResource(**project)
+        planner = dataset.planner(dataset.prompts(), dataset.catalog())
+        for image, files in cell["compared_files"].items():
+            path = f"{project['images_dir']}/{image}"
+            drawn = planner.task(image, path, snapshot_source(path))
+            record = read_record(files["catalog settings"])
+            assert (record.prompt, record.seed, record.model) == (drawn.prompt, drawn.seed, MODELS[1])
+            assert files["catalog settings"].endswith(f"/comparisons/{image}/{MODELS[1]}.png")
+
+        whole = _compare(instance, project, "cat", "dog")  # as a UI backfill launches it: every image of each folder
+        assert whole.success
+        assert _cell(instance, "dog", MODELS[0])["images"] == 1
+        cat = _cell(instance, "cat", MODELS[0])
+        assert (cat["images"], cat["generated"], cat["reused"]) == (3, 1, 2)  # c0 and c2 were compared already
+        report = _materialize(instance, project, ["comparison_report"])
+        metadata = report.asset_materializations_for_node("comparison_report")[0].metadata
+        assert set(metadata["labels"].value) == {"cat/c0.png", "cat/c1.png", "cat/c2.png", "dog/d0.png"}
+        for image in metadata["labels"].value:
+            with Image.open(tmp_path / "outputs" / "comparisons" / image / "grid.png") as grid:
+                assert grid.size == grid_size(1 + 2, 1)
+        cells = {record.data["model"]: record.data["cells"] for record in metadata["summary"].value.records}
+        assert cells == {MODELS[0]: 2, MODELS[1]: 2}
+
+        absent = _compare(instance, project, "dog", "dog", {"images": ["cat/c1.png"]})
+        error = str(absent.get_step_failure_events()[0].step_failure_data.error)
+        assert not absent.success and "none of the images run config `images` names is in folder 'dog'" in error

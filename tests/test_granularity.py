@@ -242,6 +242,14 @@ def test_run_makes_two_folders_of_fifty_images_and_a_rerun_reuses_them(tmp_path,
     rows = read_manifest(manifest_path(project["output_dir"], "class0"))
     assert {row["status"] for row in rows} == {"reused"}
 
+    named = ["class0/000.jpg", str(images / "class1" / "001.jpg")]  # by key, and by path
+    compared = subprocess.run([*command[:1], "compare", *named], env=env, capture_output=True, text=True, timeout=600)
+    assert compared.returncode == 0, compared.stdout[-2000:] + compared.stderr[-3000:]
+    assert "over 2 images in 2 folders x 2 models: succeeded" in compared.stdout
+    for key in ("class0/000.jpg", "class1/001.jpg"):
+        assert f"Grid: {project['output_dir']}/comparisons/{key}/grid.png" in compared.stdout
+    assert len(list(Path(project["output_dir"], "comparisons").rglob("*.png"))) == 6  # 2 images x 2 models, 2 grids
+
 
 def _file(relative: str, size: int, mtime_s: int, ctime_s: int) -> SourceFile:
     folder, _, name = relative.rpartition("/")

@@ -14,8 +14,8 @@ diffuse_images_job = dg.define_asset_job(
 compare_models_job = dg.define_asset_job(
     name="compare_models",
     selection=["prompt_list", "model_catalog", "model_comparison"],
-    description="Every catalog model on the selected `model_comparison` cells (image x model), with each image's "
-    "own prompt and seed; launch it over a range of images x all models, then materialize comparison_report.",
+    description="Every catalog model on the selected `model_comparison` cells (`images` partition x model), with each "
+    "image's own prompt and seed; launch it over a range of images x all models, then materialize comparison_report.",
 )
 
 refresh_inputs_job = dg.define_asset_job(

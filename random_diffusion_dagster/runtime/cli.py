@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -264,7 +265,10 @@ def add_compare_parser(commands) -> None:
         "compare", help="run every catalog model on chosen images with their own prompts and seeds; draw grids"
     )
     compare.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="file names in the images folder, or their partition keys"
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="images by key (cat/001.jpg) or path under the images folder; with image partitions also by file name",
     )
     compare.add_argument(
         "--strength",
@@ -300,10 +304,8 @@ def add_compare_parser(commands) -> None:
 def compare_command(args: argparse.Namespace) -> int:
     """Every catalog model on the chosen images (their own prompts and seeds), then their grids."""
     from ..definitions import defs
-    from ..defs.assets.comparison import PER_IMAGE_ONLY
     from ..engine.catalog import CatalogError
     from ..engine.comparison import ComparisonError, comparison_variants, grid_path
-    from ..engine.images import partition_key_for
 
     try:  # a bad value, or one no catalog model can denoise with, fails here, before any run starts or model loads
         variants = comparison_variants(args.strength or [], args.steps or [])
@@ -316,11 +318,9 @@ def compare_command(args: argparse.Namespace) -> int:
     if problem := _folder_problem(defs):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if not (granularity := defs.resources["dataset"].granularity).per_image:
-        print(f"error: {PER_IMAGE_ONLY.format(granularity=granularity)}", file=sys.stderr)
-        return 2
     dataset_config = {"dataset": {"config": {"seed": args.seed}}} if args.seed is not None else {}
     resources_config = {"engine": {"config": _engine_config(args)}, **dataset_config}
+    dataset = defs.resources["dataset"]
     comparison_config = {"strengths": args.strength or [], "steps": args.steps or []}
     waiting = "Another `random-diffusion` run is diffusing; waiting for it..."
     with project_instance() as instance, diffusing_alone(waiting):
@@ -329,16 +329,19 @@ def compare_command(args: argparse.Namespace) -> int:
         if not (scan.success and _materialize(defs, "model_catalog", instance, dataset_config).success):
             return 1
         keys, models = instance.get_dynamic_partitions("images"), instance.get_dynamic_partitions("models")
-        wanted = [image if image in keys else partition_key_for(Path(image).name) for image in args.images]
-        unknown = [image for image, key in zip(args.images, wanted, strict=True) if key not in keys]
+        wanted, unknown = _compared_images(dataset, keys, args.images)
         if unknown or not models:
             problem = _not_comparable(scan, unknown) if unknown else "the model catalog has no usable model."
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        granularity = dataset.granularity
+        if not granularity.per_image:  # cells are folders or shards x models: compare only the chosen images there
+            comparison_config["images"] = wanted
         job = with_terminal_logger(defs.resolve_job_def("compare_models"))
         failed_runs = 0
-        # One run per contiguous range of the chosen images, over all models: each model loads once per run.
-        for image_range in partition_ranges(keys, wanted, args.max_partitions_per_run):
+        # One run per contiguous range of the chosen partitions, over all models: each model loads once per run.
+        chosen = granularity.group(wanted)
+        for image_range in partition_ranges(keys, chosen, args.max_partitions_per_run):
             result = _execute(
                 job,
                 instance,
@@ -350,14 +353,41 @@ def compare_command(args: argparse.Namespace) -> int:
                 partition_range_tags(_cell_key(image_range.first, models[0]), _cell_key(image_range.last, models[-1])),
             )
             failed_runs += not result.success
-            cells = f"{_count(len(image_range.keys), 'image')} x {_count(len(models), 'model')}"
+            images = sum(len(chosen.get(key, [])) for key in image_range.keys)
+            within = "" if granularity.per_image else f" in {_count(len(image_range.keys), granularity.unit)}"
+            cells = f"{_count(images, 'image')}{within} x {_count(len(models), 'model')}"
             print(f"Run {result.run_id} over {cells}: {_outcome(result)}")
         _materialize(defs, "comparison_report", instance, dataset_config)
-    output_dir = defs.resources["dataset"].output_dir
     for key in dict.fromkeys(wanted):
-        if grid_path(output_dir, key).is_file():
-            print(f"Grid: {grid_path(output_dir, key)}")
+        if grid_path(dataset.output_dir, key).is_file():
+            print(f"Grid: {grid_path(dataset.output_dir, key)}")
     return _said_where_the_traces_are() if failed_runs else 0
+
+
+def _compared_images(dataset, partitions: list[str], names: list[str]) -> tuple[list[str], list[str]]:
+    """(the image keys of the named images, the names that are no image's): a name is an image's key or its path
+    under the images folder; with image partitions also a bare file name at the top."""
+    from ..engine.images import partition_key_for
+
+    if dataset.granularity.per_image:
+        registered = set(partitions)
+        wanted = [name if name in registered else partition_key_for(Path(name).name) for name in names]
+        return wanted, [name for name, key in zip(names, wanted, strict=True) if key not in registered]
+    candidates = {name: [name, partition_key_for(*_folder_and_name(dataset.images_dir, name))] for name in names}
+    partition_of = dataset.granularity.partition_of
+    wanted_partitions = {partition_of(key) for keys in candidates.values() for key in keys} & set(partitions)
+    known = {file.partition_key for file in dataset.files_for(sorted(wanted_partitions))[0]}
+    wanted = [next((key for key in keys if key in known), None) for keys in candidates.values()]
+    return [key for key in wanted if key], [name for name, key in zip(names, wanted, strict=True) if key is None]
+
+
+def _folder_and_name(images_dir: str, name: str) -> tuple[str, str]:
+    """(`file name`, `folder`) of an image named by its path under the images folder, or by a path to it."""
+    path = Path(name)
+    if path.is_file() and path.resolve().is_relative_to(Path(images_dir).resolve()):
+        name = path.resolve().relative_to(Path(images_dir).resolve()).as_posix()
+    folder, _, file_name = posixpath.normpath(name).rpartition("/")
+    return file_name, folder
 
 
 def _not_comparable(scan: dg.ExecuteInProcessResult, names: list[str]) -> str:

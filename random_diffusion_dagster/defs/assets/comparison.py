@@ -1,8 +1,10 @@
 """`model_comparison` and `comparison_report`: what every catalog model makes of chosen images (an X/Y plot).
 
-Pick images by launching `model_comparison` partitions: image keys x models, from the UI (a backfill)
-or `random-diffusion compare IMAGE ...`. A cell is one image with one model, made from the image's own
-drawn prompt and seed, so the cell of the image's drawn model equals its `diffused_image` result.
+Pick images by launching `model_comparison` partitions: `images` partitions x models, from the UI (a backfill)
+or `random-diffusion compare IMAGE ...`. A cell is one partition's images with one model, each made from the
+image's own drawn prompt and seed, so the cell of an image's drawn model equals its `diffused_image` result. With
+image partitions a cell is one image; with folder or shard partitions (RANDOM_DIFFUSION_PARTITIONS) it is the images
+of that folder or shard that run config `images` names, or all of them.
 Strength and steps values in run config are extra grid axes mapped inside a cell (Dagster's
 multi-partitions have two dimensions): a cell makes one image per (strength, steps) combination.
 """
@@ -22,9 +24,11 @@ from ...engine.comparison import (
     model_summary,
     write_grid,
 )
+from ...engine.granularity import Granularity
 from ...engine.images import thumbnail_data_uri
+from ...engine.plan import ImageTask
 from ...engine.results import read_record
-from ..metadata import partition_metadata, record_partition_metadata, run_figures, table
+from ..metadata import TABLE_ROWS, partition_metadata, record_partition_metadata, run_figures, table
 from ..partitions import comparison_partitions, images_partitions, models_partitions
 from ..pools import GPU_POOL
 from ..resources import DatasetResource, DiffusionEngineResource
@@ -42,6 +46,7 @@ VARIANT_COLUMNS = {
     "output_path": "string",
 }
 MAX_PREVIEW_GRIDS = 4
+CELL_HISTORY = 50  # a folder or shard cell's latest materializations the report merges (each names its images)
 
 
 class ComparisonConfig(dg.Config):
@@ -53,17 +58,16 @@ class ComparisonConfig(dg.Config):
     steps: list[int] = Field(
         default=[], description="Inference step counts to compare, each at least 1; empty: each model's own."
     )
-
-
-# A comparison cell is one image x one model; its `image` dimension holds the `images` partitions.
-PER_IMAGE_ONLY = (
-    "Model comparisons need one partition per image, and RANDOM_DIFFUSION_PARTITIONS={granularity}: compare with "
-    "RANDOM_DIFFUSION_PARTITIONS=image and its own DAGSTER_HOME (results are shared through the output folder)."
-)
+    images: list[str] = Field(
+        default=[],
+        description="With folder or shard partitions: the image keys (`cat/001`) to compare in each cell's folder or "
+        "shard; empty: all of its images. `random-diffusion compare` sets it. Unused with image partitions.",
+    )
 
 
 def cell_image_and_model(key: str) -> tuple[str, str]:
-    """(image key, model name) of a `model_comparison` partition key, given as a MultiPartitionKey or `image|model`."""
+    """(`images` partition key, model name) of a `model_comparison` partition key, given as a MultiPartitionKey or
+    `image|model`; the first is an image's key, or a folder's or shard's."""
     multi = key if isinstance(key, dg.MultiPartitionKey) else comparison_partitions.get_partition_key_from_str(key)
     return multi.keys_by_dimension["image"], multi.keys_by_dimension["model"]
 
@@ -90,44 +94,58 @@ def model_comparison(
     prompt_list: list[str],
     model_catalog: list[ModelSpec],
 ) -> dg.MaterializeResult:
-    if not dataset.granularity.per_image:
-        raise dg.Failure(description=PER_IMAGE_ONLY.format(granularity=dataset.granularity))
     try:
         variants = comparison_variants(config.strengths, config.steps)
     except ComparisonError as exc:
         raise dg.Failure(description=f"model_comparison run config: {exc}") from None
+    granularity = dataset.granularity
     cells = {key: cell_image_and_model(key) for key in context.partition_keys}
-    image_keys = list(dict.fromkeys(image for image, _ in cells.values()))
-    files, missing = dataset.files_for(image_keys)
+    partitions = list(dict.fromkeys(partition for partition, _ in cells.values()))
+    files, missing = dataset.files_for(partitions)
+    if config.images and not granularity.per_image:
+        files = [file for file in files if file.partition_key in set(config.images)]
     planned, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
     # Each image's first result, planned exactly as diffused_image plans it (variants draw other prompts and seeds).
     by_image = {task.key: task for task in planned if task.variant == 0}
+    images_of = granularity.group(file.partition_key for file in files)
     by_model = {spec.name: spec for spec in model_catalog}
     failures: dict[str, str] = {}
-    tasks_by_cell = {}
-    for key, (image, model) in cells.items():
-        if image not in by_image:
-            failures[key] = (missing | unreadable)[image]
+    tasks_by_cell: dict[str, dict[str, list[ImageTask]]] = {}  # cell -> image -> its tasks, one per variant
+    for key, (partition, model) in cells.items():
+        if partition not in images_of:
+            failures[key] = missing.get(partition) or (
+                f"none of the images run config `images` names is in {granularity.unit} {partition!r}"
+            )
         elif model not in by_model:
             failures[key] = (
                 f"model {model!r} is no longer in the catalog; rematerialize model_catalog to drop its column"
             )
         else:
             try:  # every combination checked before any model loads
-                tasks_by_cell[key] = cell_tasks(by_image[image], by_model[model], variants, dataset.output_dir)
+                tasks_by_cell[key] = {
+                    image: cell_tasks(by_image[image], by_model[model], variants, dataset.output_dir)
+                    for image in images_of[partition]
+                    if image in by_image
+                }
             except ComparisonError as exc:
                 raise dg.Failure(description=f"model_comparison run config: {exc}") from None
-    summary = engine.run([t for tasks in tasks_by_cell.values() for t in tasks], context.log.info)
+            if unread := [image for image in images_of[partition] if image not in by_image]:
+                failures[key] = "; ".join(f"{image}: {unreadable[image]}" for image in unread)
+    tasks = [task for by_cell in tasks_by_cell.values() for image_tasks in by_cell.values() for task in image_tasks]
+    summary = engine.run(tasks, context.log.info)
 
     results = {r.task.output_path: r for r in summary.results}
     finished = {}
-    for key, tasks in tasks_by_cell.items():
-        cell_results = [results[t.output_path] for t in tasks]
-        errors = [r.error for r in cell_results if r.status == "failed"]
+    for key, by_cell in tasks_by_cell.items():
+        cell_results = {image: [results[t.output_path] for t in image_tasks] for image, image_tasks in by_cell.items()}
+        errors = [f"{image}: {r.error}" for image, rs in cell_results.items() for r in rs if r.status == "failed"]
         if errors:
-            failures[key] = "; ".join(errors)
-        else:
-            finished[key] = _cell_metadata(cell_results, variants)
+            failures[key] = "; ".join(([failures[key]] if key in failures else []) + errors)
+        done = {image: rs for image, rs in cell_results.items() if all(r.status != "failed" for r in rs)}
+        if granularity.per_image and done and key not in failures:
+            finished[key] = _cell_metadata(next(iter(done.values())), variants)
+        elif not granularity.per_image and done:  # a folder's cell keeps what finished, as its results do
+            finished[key] = _group_cell_metadata(done, variants, not_made=len(images_of[cells[key][0]]) - len(done))
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if not failures:
         record_partition_metadata(context, finished)
@@ -143,16 +161,7 @@ def model_comparison(
 def _cell_metadata(results: list, variants: list[Variant]) -> dict:
     """The first variant's partition metadata (as diffused_image shows it), with figures over all variants."""
     metadata = partition_metadata(results[0])
-    rows = [
-        {
-            "label": v.label,
-            "strength": r.record.strength,
-            "steps": r.record.num_inference_steps,
-            "inference_seconds": r.record.inference_seconds,
-            "output_path": r.task.output_path,
-        }
-        for v, r in zip(variants, results, strict=True)
-    ]
+    rows = [_variant_row(v, r) for v, r in zip(variants, results, strict=True)]
     metadata["variants"] = table(rows, VARIANT_COLUMNS)
     # Read by comparison_report: row label -> file, the settings this cell was last compared with.
     metadata["variant_files"] = dg.MetadataValue.json({row["label"]: row["output_path"] for row in rows})
@@ -168,6 +177,40 @@ def _cell_metadata(results: list, variants: list[Variant]) -> dict:
     return metadata
 
 
+def _group_cell_metadata(done: dict[str, list], variants: list[Variant], not_made: int) -> dict:
+    """A folder's or shard's cell: totals over its compared images, the first TABLE_ROWS results as a table, and
+    `compared_files` (image -> row label -> file) for comparison_report."""
+    results = [r for rs in done.values() for r in rs]
+    made = [r for r in results if r.status != "reused"]
+    metadata = {"images": len(done), "generated": len(made), "reused": len(results) - len(made), "not_made": not_made}
+    for name in SUMMED_FIGURES:
+        metadata[name] = round(sum(getattr(r.record, name) for r in made), 4)
+    for name in PEAK_FIGURES:
+        if values := [getattr(r.record, name) for r in made if getattr(r.record, name) is not None]:
+            metadata[name] = max(values)
+    rows = [
+        {"image": image, **_variant_row(v, r)} for image, rs in done.items() for v, r in zip(variants, rs, strict=True)
+    ]
+    shown = f"variants (first {TABLE_ROWS} of {len(rows)})" if len(rows) > TABLE_ROWS else "variants"
+    metadata[shown] = table(rows[:TABLE_ROWS], {"image": "string"} | VARIANT_COLUMNS)
+    metadata["compared_files"] = dg.MetadataValue.json(
+        {image: {v.label: r.task.output_path for v, r in zip(variants, rs, strict=True)} for image, rs in done.items()}
+    )
+    if results[0].preview:
+        metadata["preview"] = dg.MetadataValue.md(f"![result]({results[0].preview})")
+    return metadata
+
+
+def _variant_row(variant: Variant, result) -> dict:
+    return {
+        "label": variant.label,
+        "strength": result.record.strength,
+        "steps": result.record.num_inference_steps,
+        "inference_seconds": result.record.inference_seconds,
+        "output_path": result.task.output_path,
+    }
+
+
 @dg.asset(
     deps=[model_comparison],
     group_name="comparison",
@@ -178,21 +221,23 @@ def comparison_report(context: dg.AssetExecutionContext, dataset: DatasetResourc
     instance = context.instance
     models = instance.get_dynamic_partitions(models_partitions.name)
     done = {cell_image_and_model(k) for k in instance.get_materialized_partitions(model_comparison.key)}
-    images = [
+    partitions = [
         key
         for key in instance.get_dynamic_partitions(images_partitions.name)
         if any((key, model) in done for model in models)
     ]
-    sources = {file.partition_key: file.path for file in dataset.files_for(images)[0]}
-    grids, records, cells_per_model, previews = [], [], {}, []
-    for image in images:
-        variant_files = {}
+    sources = {file.partition_key: file.path for file in dataset.files_for(partitions)[0]}
+    compared: dict[str, dict[str, dict[str, str]]] = {}  # image -> model -> row label -> file
+    cells_per_model: dict[str, int] = {}
+    for partition in partitions:
         for model in models:
-            if (image, model) in done:
-                files = _latest_variant_files(instance, image, model)
-                variant_files[model] = files
+            if (partition, model) in done:
                 cells_per_model[model] = cells_per_model.get(model, 0) + 1
-                records += [r for r in map(read_record, files.values()) if r is not None]
+                for image, files in _compared_files(instance, partition, model, dataset.granularity).items():
+                    compared.setdefault(image, {})[model] = files
+    grids, records, previews = [], [], []
+    for image, variant_files in compared.items():
+        records += [r for files in variant_files.values() for r in map(read_record, files.values()) if r is not None]
         rows = list(dict.fromkeys(label for files in variant_files.values() for label in files))
         cells = {(model, label): path for model, files in variant_files.items() for label, path in files.items()}
         grid = draw_grid(sources.get(image), models, rows, cells)
@@ -220,13 +265,21 @@ def comparison_report(context: dg.AssetExecutionContext, dataset: DatasetResourc
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _latest_variant_files(instance: dg.DagsterInstance, image: str, model: str) -> dict[str, str]:
-    """Row label -> image file of a cell's latest materialization (the settings it was last compared with)."""
-    key = dg.MultiPartitionKey({"image": image, "model": model})
+def _compared_files(
+    instance: dg.DagsterInstance, partition: str, model: str, granularity: Granularity
+) -> dict[str, dict[str, str]]:
+    """Image -> row label -> file of a cell's latest materialization (the settings it was last compared with); a
+    folder's or shard's cell merges its last CELL_HISTORY, as each names only the images its run compared."""
+    key = dg.MultiPartitionKey({"image": partition, "model": model})
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=model_comparison.key, asset_partitions=[key]), limit=1
-    ).records
-    if not records:
-        return {}
-    value = records[0].asset_materialization.metadata.get("variant_files")
-    return dict(value.value) if value is not None else {}
+        dg.AssetRecordsFilter(asset_key=model_comparison.key, asset_partitions=[key]),
+        limit=1 if granularity.per_image else CELL_HISTORY,
+    ).records  # newest first
+    merged: dict[str, dict[str, str]] = {}
+    for record in reversed(records):
+        metadata = record.asset_materialization.metadata
+        if granularity.per_image and "variant_files" in metadata:
+            merged[partition] = dict(metadata["variant_files"].value)
+        elif not granularity.per_image and "compared_files" in metadata:
+            merged |= {image: dict(files) for image, files in metadata["compared_files"].value.items()}
+    return merged
