@@ -121,6 +121,16 @@ def wildcards_dir() -> str:
     return env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards", "folder")
 
 
+def masks_dir() -> str:
+    """RANDOM_DIFFUSION_MASKS_DIR: inpainting masks, at the sources' paths under it (engine/pairs.py)."""
+    return env_path("RANDOM_DIFFUSION_MASKS_DIR", "data/masks", "folder")
+
+
+def controls_dir() -> str:
+    """RANDOM_DIFFUSION_CONTROLS_DIR: ControlNet control images, a folder per control type (engine/pairs.py)."""
+    return env_path("RANDOM_DIFFUSION_CONTROLS_DIR", "data/controls", "folder")
+
+
 def recursive_scan() -> bool:
     """RANDOM_DIFFUSION_RECURSIVE (1/0): whether subfolders of the images folder are scanned too (default 1)."""
     return env_flag("RANDOM_DIFFUSION_RECURSIVE", True)

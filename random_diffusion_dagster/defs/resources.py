@@ -15,6 +15,7 @@ from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
 from ..engine.granularity import TOP_FOLDER, Granularity
 from ..engine.images import FolderScan, SourceFile, is_image_file, scan_images, scan_one_folder
 from ..engine.output_location import require_separate_folders, require_writable_folder
+from ..engine.pairs import PairFolders
 from ..engine.plan import ImageTask, Planner
 from ..engine.prompts import load_prompts
 from ..engine.results import FAILURES_DIR
@@ -49,6 +50,16 @@ class DatasetResource(dg.ConfigurableResource):
         default_factory=settings.wildcards_dir,
         description="Wildcard files for `__name__` in prompt templates, one value per line "
         "(RANDOM_DIFFUSION_WILDCARDS_DIR).",
+    )
+    masks_dir: str = Field(
+        default_factory=settings.masks_dir,
+        description="Inpainting masks, each at its source's path (`cat/001.png` for `cat/001.jpg`); a "
+        "`<stem>.mask.png` beside the source also counts (RANDOM_DIFFUSION_MASKS_DIR).",
+    )
+    controls_dir: str = Field(
+        default_factory=settings.controls_dir,
+        description="ControlNet control images: a folder per control type, each image at its source's path "
+        "(`depth/cat/001.png`) (RANDOM_DIFFUSION_CONTROLS_DIR).",
     )
     seed: int = Field(
         default_factory=settings.run_seed,
@@ -162,7 +173,11 @@ class DatasetResource(dg.ConfigurableResource):
             self.caption_fallback,
             self.result_variants(),
             rerolls,
+            self.pair_folders(),
         )
+
+    def pair_folders(self) -> PairFolders:
+        return PairFolders(self.masks_dir, self.controls_dir)
 
     def result_variants(self) -> int:
         """Results per image: this resource's `variants` (run config, `run --variants`, RANDOM_DIFFUSION_VARIANTS),

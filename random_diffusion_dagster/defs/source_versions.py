@@ -17,6 +17,7 @@ from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, genera
 
 from ..engine.captions import Captions, image_version
 from ..engine.images import SourceFile
+from ..engine.pairs import PairFolders
 from ..engine.prompts import PromptListError
 from .partitions import images_partitions
 
@@ -53,14 +54,15 @@ def image_files(context) -> dg.DataVersionsByPartition:
     """All registered images at once (the UI's "Observe sources"): reads every file and its caption."""
     dataset = context.resources.dataset
     files, _gone = dataset.files_for(context.instance.get_dynamic_partitions(images_partitions.name))
-    captions = Captions()
-    versions = {file.partition_key: image_file_version(file, captions) for file in files}
+    captions, pairs = Captions(), dataset.pair_folders()
+    versions = {file.partition_key: image_file_version(file, captions, pairs) for file in files}
     return dg.DataVersionsByPartition(dataset.granularity.partition_versions(versions))
 
 
-def image_file_version(source: SourceFile, captions: Captions) -> str | None:
-    """An image's data version: its content and its caption (engine/captions.py), or None if it cannot be read.
-    A caption file that cannot be read counts as none here; the run that reads it names the problem."""
+def image_file_version(source: SourceFile, captions: Captions, pairs: PairFolders) -> str | None:
+    """An image's data version: its content, its caption (engine/captions.py) and its pairs (engine/pairs.py), or
+    None if it cannot be read. A caption file that cannot be read counts as none here; the run that reads it names
+    the problem."""
     content = file_version(source.path)
     if content is None:
         return None
@@ -68,7 +70,11 @@ def image_file_version(source: SourceFile, captions: Captions) -> str | None:
         caption = captions.caption_for(source)
     except (PromptListError, OSError):
         caption = None
-    return image_version(content, caption)
+    try:
+        paired = pairs.versions(source.path, source.relative_path)
+    except OSError:
+        paired = {}
+    return image_version(content, caption, paired)
 
 
 def _observe_file(path: str) -> dg.ObserveResult:

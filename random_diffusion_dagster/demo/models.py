@@ -225,6 +225,11 @@ def build_demo_models(models_dir: str | Path, force: bool = False) -> list[Path]
     from .embeddings import build_tiny_embeddings
 
     build_tiny_embeddings(models_dir, force)  # embeddings/tiny-style*.safetensors for tiny-sd15: not models either
+    from .paired import build_paired_models
+
+    # tiny-sd15-inpaint and controlnets/tiny-controlnet-*, made from tiny-sd15: the paired-input stand-ins, not
+    # counted either (the count is the image-to-image models').
+    build_paired_models(models_dir, force)
     # SDXL, SD3.5 and Flux.1 stand-ins, after the SD ones.
     built += _build_missing(models_dir, FAMILY_MODELS, build_family_pipeline, save_family_model, force)
     if force or not (models_dir / SDXL_SINGLE_FILE_DEMO / SDXL_SINGLE_FILE_CHECKPOINT).is_file():

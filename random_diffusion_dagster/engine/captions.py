@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from .images import CAPTION_FILES, SourceFile
@@ -84,9 +85,12 @@ def _checked(caption: str, where: str) -> str:
     return caption
 
 
-def image_version(content_version: str, caption: str | None) -> str:
-    """The data version of an image with its caption: its content hash (16 hex, file_version) alone when it has
-    none, as before captions counted, else a hash of both, so editing a caption makes that image's result stale."""
-    if caption is None:
+def image_version(content_version: str, caption: str | None, pairs: Mapping[str, str] | None = None) -> str:
+    """The data version of an image with its caption and its pairs (role -> content hash: its mask, control
+    images; engine/pairs.py): its content hash (16 hex, file_version) alone when it has neither, as before captions
+    counted, else a hash of them all, so editing a caption or a mask makes that image's result stale."""
+    if caption is None and not pairs:
         return content_version
-    return hashlib.sha256(f"{content_version}\n{caption}".encode()).hexdigest()[:16]
+    text = f"{content_version}\n{caption}" if caption is not None else content_version
+    text += "".join(f"\n{role}:{digest}" for role, digest in sorted((pairs or {}).items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -32,6 +32,17 @@ An entry may also add textual-inversion embeddings, each a file and the token th
         path: models/sd15
         embeddings: [{path: embeddings/my-style.safetensors, token: "<my-style>"}]
 
+An entry may inpaint (each image with its mask: engine/pairs.py) or run ControlNets, each with the control image type
+it reads (a folder of control images, or `canny` edges computed from the source) and its conditioning scale:
+
+      - name: sd15-inpaint
+        path: models/sd15-inpainting
+        inpaint: {mask_blur: 4}
+      - name: sd15-canny
+        path: models/sd15
+        controlnets: [{path: controlnets/sd15-canny, control: canny, scale: 1.0}]
+        if_unpaired: run_without           # an image without its pair runs as plain img2img instead of failing
+
 `strengths` draws each result's strength: from a list (`[0.3, 0.5, 0.7]`) or a range (`{min: 0.3, max: 0.7}`).
 `quality` sets the gates each result must pass, or is re-rolled with the next seed (engine/quality.py); an entry's
 `quality:` keys go over those of `defaults:` one by one.
@@ -292,6 +303,90 @@ def _embeddings(value: Any) -> tuple[EmbeddingSpec, ...]:
     return tuple(embeddings)
 
 
+MAX_MASK_BLUR = 64  # pixels; A1111's slider stops there
+INPAINT_KEYS = ("mask_blur",)
+INPAINT_EXPECTATION = "true, or a mapping such as {mask_blur: 4} (pixels of blur on the mask's edge, 0 to 64)"
+
+
+@dataclass(frozen=True)
+class InpaintSpec:
+    """An inpainting entry's settings: each image is repainted inside its mask (engine/pairs.py) and kept outside."""
+
+    mask_blur: int = 4  # pixels of Gaussian blur on the mask's edge, so the repainted part blends in (A1111's default)
+
+
+def _inpaint(value: Any) -> InpaintSpec | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return InpaintSpec()
+    if not isinstance(value, dict) or any(key not in INPAINT_KEYS for key in value):
+        raise CatalogError(f"`inpaint` must be {INPAINT_EXPECTATION}; got {show(value)}.")
+    blur = value.get("mask_blur", InpaintSpec.mask_blur)
+    if isinstance(blur, bool) or not isinstance(blur, int) or not 0 <= blur <= MAX_MASK_BLUR:
+        raise CatalogError(
+            f"`inpaint: {{mask_blur}}` must be a whole number of pixels from 0 to {MAX_MASK_BLUR}; got {show(blur)}."
+        )
+    return InpaintSpec(blur)
+
+
+CONTROLNET_KEYS = ("path", "control", "scale")
+MAX_CONTROL_SCALE = 2.0  # diffusers' conditioning scale; A1111's slider stops at 2
+CONTROLNETS_EXPECTATION = (
+    "a list of ControlNets, each a mapping with `path` (a diffusers ControlNet folder, relative to the catalog), "
+    "`control` (the type of control image it reads: the name of its folder of control images, or canny, computed "
+    f"from the source) and an optional `scale` (0 to {MAX_CONTROL_SCALE:g}, default 1), such as "
+    "[{path: controlnets/sd15-canny, control: canny, scale: 0.8}]"
+)
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """One ControlNet of an entry: its folder (absolute once the catalog is read), the control image type it reads
+    and its conditioning scale."""
+
+    path: str
+    control: str
+    scale: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def _controlnets(value: Any) -> tuple[ControlNetSpec, ...]:
+    """`controlnets:` as written: keys, control type and scale checked here, the folder where the catalog's folder is
+    known (_controlnet_folders)."""
+    controlnets = []
+    for where, item, path in _file_items(
+        value,
+        "controlnets",
+        CONTROLNET_KEYS,
+        CONTROLNETS_EXPECTATION,
+        "{path: controlnets/sd15-canny, control: canny}",
+        "a ControlNet",
+        "the ControlNet's diffusers folder",
+    ):
+        control = item.get("control")
+        if not isinstance(control, str) or not control.strip() or "/" in control or control.startswith("."):
+            raise CatalogError(
+                f"{where} ({show(path)}) needs `control`, the type of control image it reads: the name of a folder "
+                f"in the controls folder (such as depth), or canny (computed from the source); got {show(control)}."
+            )
+        scale = item.get("scale", 1.0)
+        try:
+            scale = float(_finite(scale))
+        except ValueError:
+            scale = math.nan
+        if not 0 <= scale <= MAX_CONTROL_SCALE:
+            raise CatalogError(
+                f"{where} ({show(path)}): `scale` must be a number from 0 to {MAX_CONTROL_SCALE:g} (unquoted; 1 is "
+                f"full strength); got {show(item.get('scale'))}."
+            )
+        controlnets.append(ControlNetSpec(path, control.strip(), scale))
+    return tuple(controlnets)
+
+
 def _weakest(strength: float, strengths: tuple[float, ...] | StrengthRange | None) -> float:
     """The smallest strength a result of the entry can draw."""
     if isinstance(strengths, StrengthRange):
@@ -313,6 +408,9 @@ Strengths = Annotated[tuple[float, ...] | StrengthRange | None, BeforeValidator(
 Loras = Annotated[tuple[LoraSpec, ...], BeforeValidator(_loras)]
 Embeddings = Annotated[tuple[EmbeddingSpec, ...], BeforeValidator(_embeddings)]
 Quality = Annotated[QualityGates, BeforeValidator(_quality)]
+Inpaint = Annotated[InpaintSpec | None, BeforeValidator(_inpaint)]
+ControlNets = Annotated[tuple[ControlNetSpec, ...], BeforeValidator(_controlnets)]
+Unpaired = Literal["fail", "run_without"]
 QUALITY_EXPECTATION = (
     "a mapping of gates, such as {not_blank: true, min_change: 0.02, max_change: 0.8, prompt_not_truncated: false, "
     "tries: 3}"
@@ -348,6 +446,8 @@ class Settings(BaseModel):
     strengths: Strengths = None
     # The gates each result passes or is re-rolled with the next seed, up to `tries` (engine/quality.py).
     quality: Quality = QualityGates()
+    # What an image without the pair its entry needs (mask, control image) gets: a named error, or a run without it.
+    if_unpaired: Unpaired = "fail"
 
 
 class Defaults(Settings):
@@ -368,6 +468,8 @@ class Entry(Settings):
     config: StrictStr | None = None  # single_file only: diffusers config folder or hub id
     loras: Loras = ()  # adapters on the base model, each with its weight (an entry's own key, not a default)
     embeddings: Embeddings = ()  # textual-inversion embeddings, each with its token (an entry's own key too)
+    inpaint: Inpaint = None  # repaint each image inside its mask (an entry's own key)
+    controlnets: ControlNets = ()  # ControlNets on the base, each with its control type and scale (an entry's own key)
 
     @model_validator(mode="after")
     def _rules(self) -> Entry:
@@ -408,6 +510,10 @@ def _setting(field: Any) -> Setting:
         return Setting(EMBEDDINGS_EXPECTATION)
     if kind is QualityGates:
         return Setting(QUALITY_EXPECTATION)
+    if kind == InpaintSpec | None:
+        return Setting(INPAINT_EXPECTATION)
+    if kind == tuple[ControlNetSpec, ...]:
+        return Setting(CONTROLNETS_EXPECTATION)
     if get_origin(kind) is Union and len(get_args(kind)) == 2 and type(None) in get_args(kind):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))  # optional: as the value it takes
     if get_origin(kind) is Annotated:
@@ -455,6 +561,9 @@ class ModelSpec:
     loras: tuple[LoraSpec, ...] = ()  # adapters on the base, each file (absolute) with its weight
     embeddings: tuple[EmbeddingSpec, ...] = ()  # textual-inversion embeddings, each file (absolute) with its token
     quality: QualityGates = QualityGates()  # the gates its results pass, or are re-rolled
+    inpaint: InpaintSpec | None = None  # repaints each image inside its mask
+    controlnets: tuple[ControlNetSpec, ...] = ()  # each folder (absolute) with its control type and scale
+    if_unpaired: str = "fail"  # an image without its pair: "fail" names it, "run_without" runs plain img2img
 
     def result_settings(self) -> dict[str, Any]:
         """Everything about the entry that can change a result's pixels (not its description or draw weight); an
@@ -470,9 +579,13 @@ class ModelSpec:
             "strengths",
             "loras",
             "embeddings",
+            "inpaint",
+            "controlnets",
         ):  # results made before the setting existed stay current
             if not settings[optional]:
                 del settings[optional]
+        if self.if_unpaired == "fail":
+            del settings["if_unpaired"]
         return settings
 
     @property
@@ -651,6 +764,8 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
         config=_single_file_config(valid.config, base_dir, where),
         loras=_lora_files(valid.loras, base_dir, where),
         embeddings=_embedding_files(valid.embeddings, base_dir, where),
+        inpaint=valid.inpaint,
+        controlnets=_controlnet_folders(valid.controlnets, base_dir, where),
     )
 
 
@@ -717,6 +832,22 @@ def _embedding_files(embeddings: tuple[EmbeddingSpec, ...], base_dir: Path, wher
         EmbeddingSpec(_listed_file(base_dir, embedding.path, "embedding", "embeddings", index, where), embedding.token)
         for index, embedding in enumerate(embeddings)
     )
+
+
+def _controlnet_folders(
+    controlnets: tuple[ControlNetSpec, ...], base_dir: Path, where: str
+) -> tuple[ControlNetSpec, ...]:
+    """Each ControlNet's folder resolved against the catalog's folder; it must hold a diffusers config."""
+    resolved = []
+    for index, controlnet in enumerate(controlnets):
+        folder = (base_dir / controlnet.path).resolve()
+        if not (folder / "config.json").is_file():
+            raise CatalogError(
+                f"{where}: ControlNet folder {folder} (`controlnets` item {index + 1}) holds no config.json: point "
+                "`path` at a diffusers ControlNet folder (a relative path is read from the catalog's folder)."
+            )
+        resolved.append(ControlNetSpec(str(folder), controlnet.control, controlnet.scale))
+    return tuple(resolved)
 
 
 def _single_file_config(config: str | None, base_dir: Path, where: str) -> str | None:

@@ -141,6 +141,19 @@ def settings_problem(spec: ModelSpec, family: Family) -> str | None:
     return None
 
 
+def inpainting_problem(spec: ModelSpec, pipeline) -> str | None:
+    """Why the entry cannot run on the loaded model: an inpainting model (its UNet reads the mask too: 9 input
+    channels) repaints masked images only."""
+    unet = getattr(pipeline, "unet", None)
+    channels = getattr(getattr(unet, "config", None), "in_channels", 4)
+    if channels == 9 and not spec.inpaint:
+        return (
+            f"model {spec.name!r} is an inpainting model (its UNet reads a mask): add `inpaint: true` to its entry "
+            "and give each image a mask (RANDOM_DIFFUSION_MASKS_DIR, or <stem>.mask.png beside it)."
+        )
+    return None
+
+
 def negative_prompt_problem(model_name: str, family: Family, negative_prompt: str, where: str) -> str | None:
     """Why an image cannot run with `negative_prompt` on a model of `family` (None if it can): Flux.1 would drop
     it. `where` says where the text came from, for the message."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .images import SourceFile
+from .pairs import PairError
 from .plan import ImageTask, Planner, SourceSnapshot, snapshot_source
 from .prompts import PromptListError
 from .results import ResultListing, ResultRecord, read_result
@@ -67,7 +68,7 @@ def judge(planner: Planner, source: SourceFile, listing: ResultListing | None = 
             )
             for variant, r in enumerate(found)
         ]
-    except PromptListError as exc:  # its run names the missing word for this image
+    except (PromptListError, PairError) as exc:  # its run names the missing word or pair for this image
         return Judgement(f"{UNPLANNABLE}: {exc}", [], made)
     changed = [
         (task, r) for task, r in zip(tasks, found, strict=True) if r is None or task.fingerprint != r.fingerprint

@@ -200,8 +200,8 @@ def _scan_entries(
     """Add the usable files among one folder's entries to `scan` (its subfolders' after its own, in name order)."""
     subfolders = []
     folder_key = "/".join(partition_key_for(part) for part in relative.split("/")) if relative else ""  # once
-    sidecars = any(_is_sidecar_name(entry.name) for entry in entries)
-    stems = {_stem(entry.name) for entry in entries if not _is_sidecar_name(entry.name)} if sidecars else set()
+    sidecars = any(_sidecar_of(entry.name) for entry in entries)
+    stems = {_stem(entry.name) for entry in entries if not _sidecar_of(entry.name)} if sidecars else set()
     for entry in entries:
         shown = f"{relative}/{entry.name}" if relative else entry.name
         try:
@@ -217,8 +217,8 @@ def _scan_entries(
             continue
         if entry.name.startswith(".") or entry.name in CAPTION_FILES:
             continue
-        if _is_sidecar_name(entry.name) and _stem(entry.name) in stems:
-            continue  # `<stem>.txt` beside an image: its caption
+        if sidecars and _sidecar_of(entry.name) in stems:
+            continue  # `<stem>.txt` or `<stem>.mask.png` beside an image: its caption or its mask
         problem = _file_problem(entry, info)
         if problem:
             scan.skipped.append(SkippedEntry(shown, problem))
@@ -258,8 +258,16 @@ def _stem(name: str) -> str:
     return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
-def _is_sidecar_name(name: str) -> bool:
-    return name.endswith(".txt")  # as engine/captions.py reads them: `<stem>.txt`
+MASK_MARK = ".mask"  # `<stem>.mask.png` beside an image is its inpainting mask (engine/pairs.py)
+
+
+def _sidecar_of(name: str) -> str | None:
+    """The stem of the image a file beside it belongs to: `a.txt` (its caption, as engine/captions.py reads them)
+    and `a.mask.png` (its mask) belong to `a.<ext>`; None for other names."""
+    if name.endswith(".txt"):
+        return _stem(name)
+    stem = _stem(name)
+    return stem[: -len(MASK_MARK)] if stem.endswith(MASK_MARK) and len(stem) > len(MASK_MARK) else None
 
 
 # Folders the output folder keeps for itself: a top-level images folder of that name would mirror into them.
@@ -479,6 +487,12 @@ class ModelInput:
         """The size restore() returns: the source's aspect ratio at the model's resolution."""
         left, top, right, bottom = self.content_box
         return right - left, bottom - top
+
+    def fit(self, image: Image.Image) -> Image.Image:
+        """Another image of the source's size (its mask, a control image) placed as the source is in `image`."""
+        left, top, right, bottom = self.content_box
+        content = image.resize((right - left, bottom - top), Image.Resampling.LANCZOS)
+        return _pad_with_edges(content, *self.image.size)
 
     def restore(self, result: Image.Image) -> Image.Image:
         """The result without the padding, at `size`; a result at another scale is first resized to `image`."""

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .catalog import EmbeddingSpec, LoraSpec, ModelSpec
+from .catalog import ControlNetSpec, EmbeddingSpec, LoraSpec, ModelSpec
 from .families import (
     OTHER,
     SD,
@@ -354,6 +354,9 @@ PER_CALL_SETTINGS = (
     "prompt_weighting",
     "loras",
     "embeddings",
+    "inpaint",  # the base runs as diffusers' inpaint or ControlNet pipeline per batch (PipelineCache.with_pairs)
+    "controlnets",
+    "if_unpaired",
 )
 
 
@@ -399,6 +402,8 @@ class PipelineCache:
         self.adapter_loads = 0  # LoRA files loaded into a resident base
         self.embedding_loads = 0  # times an entry's textual-inversion tokens were loaded into its base's text encoder
         self.evictions = 0
+        self.controlnet_loads = 0  # ControlNet folders loaded: once each, shared by every entry that names it
+        self._controlnets: dict[str, Any] = {}  # folder -> its loaded ControlNetModel
         self.log = log  # rebound per run when a long-lived worker keeps the cache
         self._loader = loader
         self._resident: OrderedDict[str, ResidentPipeline] = OrderedDict()  # entry name -> entry, LRU first
@@ -413,6 +418,7 @@ class PipelineCache:
     def resident_bytes(self) -> int:
         """Weight bytes of the resident pipelines (adapters included), each shared component counted once."""
         modules = {id(m): m for r in self._bases.values() for m in _torch_modules(r.pipeline)}
+        modules |= {id(m): m for m in self._controlnets.values()}
         return sum(_module_bytes(m) for m in modules.values())
 
     @property
@@ -615,6 +621,47 @@ class PipelineCache:
         if unused:
             pipeline.delete_adapters(unused)
 
+    def with_pairs(self, spec: ModelSpec, pipeline, inpaint: bool, controlnets: tuple[ControlNetSpec, ...]):
+        """The entry's pipeline for images with a mask and/or control images: diffusers' own inpaint or ControlNet
+        pipeline (AutoPipelineFor*.from_pipe) over the loaded base's modules, so nothing is loaded twice and its
+        adapters apply; each ControlNet folder is loaded once and shared by every entry naming it."""
+        if not inpaint and not controlnets:
+            return pipeline
+        import diffusers
+
+        models = [self._controlnet(spec, controlnet, pipeline.dtype) for controlnet in controlnets]
+        extra = (
+            {"controlnet": models[0] if len(models) == 1 else diffusers.MultiControlNetModel(models)} if models else {}
+        )
+        auto = diffusers.AutoPipelineForInpainting if inpaint else diffusers.AutoPipelineForImage2Image
+        try:
+            paired = auto.from_pipe(pipeline, **extra)
+        except (ValueError, KeyError) as exc:
+            kind = "inpainting" + (" with ControlNets" if models else "") if inpaint else "ControlNet img2img"
+            raise ModelLoadError(
+                f"Model {spec.name!r} ({type(pipeline).__name__}): diffusers has no {kind} pipeline for it ({exc}); "
+                "remove `inpaint`/`controlnets` from the entry, or use a Stable Diffusion 1.x/2.x or SDXL model."
+            ) from exc
+        paired.set_progress_bar_config(disable=True)
+        return paired
+
+    def _controlnet(self, spec: ModelSpec, controlnet: ControlNetSpec, dtype):
+        if controlnet.path not in self._controlnets:
+            import diffusers
+
+            started = time.perf_counter()
+            try:
+                model = diffusers.ControlNetModel.from_pretrained(controlnet.path, torch_dtype=dtype)
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise ModelLoadError(
+                    f"Model {spec.name!r}: ControlNet {controlnet.path} could not be loaded ({exc}); point its `path` "
+                    "at a diffusers ControlNet folder (config.json and diffusion_pytorch_model.safetensors)."
+                ) from exc
+            self._controlnets[controlnet.path] = model.to(self.device)
+            self.controlnet_loads += 1
+            self.log(f"Loaded ControlNet {controlnet.name!r} in {time.perf_counter() - started:.2f} s")
+        return self._controlnets[controlnet.path]
+
     def describe(self, name: str) -> dict[str, Any]:
         """Scheduler, dtype, device, model hash, LoRA adapters and embeddings of a resident entry, for result
         records."""
@@ -663,6 +710,7 @@ class PipelineCache:
     def clear(self) -> None:
         for key in list(self._bases):
             self._evict_base(key)
+        self._controlnets.clear()
 
     def _make_room(self, incoming_bytes: int, keep: str | None = None) -> None:
         """Evict least recently used bases until one more (`keep` None) or the ones resident fit the limits."""

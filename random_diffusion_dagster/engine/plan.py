@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from .captions import Captions
-from .catalog import ModelSpec, StrengthRange
+from .catalog import ControlNetSpec, ModelSpec, StrengthRange
 from .images import SourceFile, readable
+from .pairs import COMPUTED_CONTROLS, MASK, PairError, PairFile, PairFolders, file_sha256, missing_pair_message
 from .prompts import PromptListError
 from .quality import attempt_seed
 from .results import adopt_earlier_result, read_record, result_path
@@ -66,6 +67,8 @@ class ImageTask:
     label: str = ""  # its class folder ("" at the top of the images folder)
     caption: str | None = None  # engine/captions.py; part of the image's data version
     attempt: int = 0  # which try at passing the model's quality gates; each runs with the next seed (generation_seed)
+    pairs: tuple[PairFile, ...] = ()  # what its model reads beside the source: its mask, its control images in order
+    unpaired: tuple[str, ...] = ()  # roles its model wanted but the image lacks, run without (`if_unpaired`)
 
     @property
     def generation_seed(self) -> int:
@@ -111,7 +114,20 @@ class ImageTask:
             material["variant"] = self.variant
         if self.roll:
             material["roll"] = self.roll
+        if files := {pair.role: pair.sha256 for pair in self.pairs if not pair.computed}:
+            material["pairs"] = files  # absent without pairs: results made before pairs existed stay current
+        if self.unpaired:
+            material["unpaired"] = list(self.unpaired)
         return material
+
+    @property
+    def mask(self) -> PairFile | None:
+        return next((pair for pair in self.pairs if pair.role == MASK), None)
+
+
+def active_controlnets(task: ImageTask) -> tuple[ControlNetSpec, ...]:
+    """The ControlNets the task runs with: its entry's, less those whose control image it runs without."""
+    return tuple(c for c in task.model.controlnets if c.control not in task.unpaired)
 
 
 def _digest(material: dict) -> str:
@@ -180,6 +196,7 @@ class Planner:
     caption_fallback: str | None = None  # `{caption}` of an image without one; None: that image fails by name
     variants: int = 1  # results per image, each its own draw of prompt, model and seed
     rerolls: frozenset[str] = frozenset()  # `key` (all its variants) or `key~vN`: draw those anew this run
+    pair_folders: PairFolders = field(default_factory=PairFolders)  # where masks and control images are found
 
     @cached_property
     def inputs_version(self) -> str:
@@ -225,6 +242,7 @@ class Planner:
         filled = {**words, "caption": words.get("caption") or self.caption_fallback}
         resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
         source_file = relative_path or Path(source_path).name
+        pairs, unpaired = self._pairs(model, source_path, source_file)
         return ImageTask(
             key=key,
             source_path=str(source_path),
@@ -241,7 +259,29 @@ class Planner:
             source_file=source_file,
             label=words.get("label") or "",
             caption=words.get("caption"),
+            pairs=pairs,
+            unpaired=unpaired,
         )
+
+    def _pairs(self, model: ModelSpec, source_path: str, relative_path: str) -> tuple[tuple[PairFile, ...], tuple]:
+        """(the pairs the drawn model reads, hashed; the roles it runs without); PairError if one is missing and the
+        entry says `if_unpaired: fail`."""
+        roles = ([MASK] if model.inpaint else []) + [controlnet.control for controlnet in model.controlnets]
+        if not roles:
+            return (), ()
+        folders = self.pair_folders
+        pairs, unpaired = [], []
+        for role in dict.fromkeys(roles):
+            path = folders.find(source_path, relative_path, role)
+            if path is not None:
+                pairs.append(PairFile(role, str(path), file_sha256(path)))
+            elif role in COMPUTED_CONTROLS:
+                pairs.append(PairFile(role))
+            elif model.if_unpaired == "run_without":
+                unpaired.append(role)
+            else:
+                raise PairError(missing_pair_message(model.name, role, relative_path, folders))
+        return tuple(pairs), tuple(unpaired)
 
     def roll_of(self, file: SourceFile, variant: int) -> int:
         """The variant's roll: the one its result on disk records, plus one where this run re-rolls it."""
@@ -270,4 +310,6 @@ class Planner:
                 unplanned[file.partition_key] = f"{file.path} cannot be read: {exc.strerror or exc}"
             except PromptListError as exc:  # an image word it lacks, or an unreadable caption: this image only
                 unplanned[file.partition_key] = f"{file.relative_path}: {exc}"
+            except PairError as exc:  # its model needs a mask or control image it lacks: this image only
+                unplanned[file.partition_key] = str(exc)
         return tasks, unplanned

@@ -78,6 +78,10 @@ class ResultRecord:
     # The entry's textual-inversion embeddings, each {"token", "name", "hash"} (A1111's `TI hashes` value); None for
     # an entry without, and in records written before they existed.
     embeddings: list[dict] | None = None
+    # What ran beside the source (engine/pairs.py): each {"role": "mask" or a control type, "file" (its name; a computed
+    # control's path relative to the result's folder), "sha256"} with a ControlNet's {"controlnet", "scale"}, and
+    # {"role", "run_without": true} for a pair the image lacked; None without pairs.
+    pairs: list[dict] | None = None
     dtype: str = ""
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths

@@ -16,7 +16,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from .families import (
     SDXL,
@@ -24,6 +24,7 @@ from .families import (
     family_of_pipeline,
     family_of_spec,
     guidance_parameters,
+    inpainting_problem,
     negative_prompt_problem,
     negative_prompt_source,
     prompt_truncated,
@@ -38,9 +39,10 @@ from .images import (
     prepare_model_input,
     thumbnail_data_uri,
 )
-from .output_location import location, require_writable_folder
+from .output_location import location, require_writable_folder, write_bytes_atomic
+from .pairs import MASK, PairError, canny_edges, read_control, read_mask
 from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory
-from .plan import ImageTask
+from .plan import ImageTask, active_controlnets
 from .quality import verdict
 from .results import (
     FAILURES_DIR,
@@ -98,6 +100,8 @@ class _Source:
 
     model_input: ModelInput  # resized and padded to the VAE's multiple; `restore` undoes the padding
     original_size: tuple[int, int]
+    mask: Image.Image | None = None  # its mask ("L", blurred), fitted as model_input.image is
+    controls: dict[str, Image.Image] = field(default_factory=dict)  # control type -> its image, fitted likewise
 
 
 @dataclass
@@ -318,12 +322,24 @@ def _run_model(
             yield ImageResult(task, "failed", error=str(exc))
         return
     loaded = yield from _refuse_unsupported_negatives(loaded, pipeline, spec.name, progress)
+    if problem := inpainting_problem(spec, pipeline):
+        progress.advance(len(loaded), f"{len(loaded)} images failed: {problem}")
+        for task, _source in loaded:
+            yield ImageResult(task, "failed", error=problem)
+        return
     # Same-size images with the same call settings (a comparison varies strength and steps) batch together;
     # per-image generators keep batching from changing pixels. Those failing a quality gate come round again with
     # their next seed, batched together, until they pass or run out of tries.
     loaded.sort(key=_batch_key)
+    base = pipeline
     for (size, *_settings), group in groupby(loaded, key=_batch_key):
         todo, attempts = list(group), _Attempts()
+        try:  # diffusers' inpaint or ControlNet pipeline on the base's components, for images with those pairs
+            pipeline = cache.with_pairs(spec, base, todo[0][0].mask is not None, active_controlnets(todo[0][0]))
+        except ModelLoadError as exc:
+            progress.advance(len(todo), f"{len(todo)} images failed: {exc}")
+            yield from (ImageResult(task, "failed", error=str(exc)) for task, _source in todo)
+            continue
         while todo:
             for start in range(0, len(todo), batch_size):
                 batch = _Batch(spec.name, todo[start : start + batch_size])
@@ -384,8 +400,10 @@ def _some_keys(keys: list[str], shown: int = 3) -> str:
 
 
 def _batch_key(item: tuple[ImageTask, _Source]) -> tuple:
+    """Images that run in one pipeline call: same size, settings and pairs (a mask, the same control types)."""
     task, source = item
-    return source.model_input.image.size, task.model.strength, task.model.num_inference_steps
+    pairs = tuple(pair.role for pair in task.pairs)
+    return source.model_input.image.size, task.model.strength, task.model.num_inference_steps, pairs
 
 
 def _load_sources(tasks: list[ImageTask]) -> list[tuple[ImageTask, _Source | ImageLoadError]]:
@@ -422,7 +440,39 @@ def _load_source(task: ImageTask) -> _Source:
         original_size = original.size
     # Sides a multiple of what the model takes as given (16 for SD3 and Flux.1): padded here, cropped off after.
     multiple = family_of_spec(task.model).side_multiple
-    return _Source(prepare_model_input(image, task.model.resolution, multiple), original_size)
+    model_input = prepare_model_input(image, task.model.resolution, multiple)
+    if not task.pairs:
+        return _Source(model_input, original_size)
+    try:
+        mask, controls = _load_pairs(task, original_size, model_input)
+    except PairError as exc:
+        raise ImageLoadError(str(exc)) from None
+    return _Source(model_input, original_size, mask, controls)
+
+
+def _load_pairs(
+    task: ImageTask, original_size: tuple[int, int], model_input: ModelInput
+) -> tuple[Image.Image | None, dict[str, Image.Image]]:
+    """The task's mask (blurred by its entry's `mask_blur`) and control images, each read from the bytes planned and
+    fitted to the model input as the source is; a computed control (canny) made from the model input."""
+    mask, controls = None, {}
+    for pair in task.pairs:
+        if pair.computed:
+            controls[pair.role] = canny_edges(model_input.image)
+            continue
+        try:
+            data = Path(pair.path).read_bytes()
+        except OSError as exc:
+            raise PairError(f"{pair.path} could not be read during the run ({exc.strerror or exc})") from None
+        if hashlib.sha256(data).hexdigest() != pair.sha256:
+            raise PairError(f"{pair.path} changed after this run planned it; the next run uses what is there now.")
+        if pair.role == MASK:
+            blur = task.model.inpaint.mask_blur if task.model.inpaint else 0
+            mask = model_input.fit(read_mask(pair.path, data, original_size))
+            mask = mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
+        else:
+            controls[pair.role] = model_input.fit(read_control(pair.path, data, original_size))
+    return mask, controls
 
 
 def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_Outcome]:
@@ -435,7 +485,7 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_O
     try:
         images, memory = _infer(pipeline, batch, device)
         for (task, source), image in zip(batch.items, images, strict=True):
-            yield _Outcome(task, source.model_input.restore(image), None, batch.fallbacks, memory)
+            yield _Outcome(task, _kept_outside_mask(source, image), None, batch.fallbacks, memory)
         return
     except Exception as exc:  # noqa: BLE001 - every failure is attributed and recorded below
         error = exc
@@ -468,6 +518,17 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_O
     yield _Outcome(
         task, None, f"{task.source_path}: {reason} with model {task.model.name!r}: {error}", batch.fallbacks, None
     )
+
+
+def _kept_outside_mask(source: _Source, image: Image.Image) -> Image.Image:
+    """The result without padding; with a mask, the model's pixels inside it and the source's outside it (blended
+    along the blurred edge), as AUTOMATIC1111 pastes an inpainted image back: the VAE changes every pixel it
+    encodes, and a mask means "only here"."""
+    restored = source.model_input.restore(image)
+    if source.mask is None:
+        return restored
+    model_input = source.model_input
+    return Image.composite(restored, model_input.restore(model_input.image), model_input.restore(source.mask))
 
 
 def _with_cpu_offload(pipeline, batch: _Batch, device: str, error: BaseException) -> Iterator[_Outcome]:
@@ -503,7 +564,17 @@ def _infer(pipeline, batch: _Batch, device: str):
     tasks = [task for task, _ in batch.items]
     images = [source.model_input.image for _, source in batch.items]
     prompts, negatives = [t.prompt for t in tasks], [t.negative_prompt for t in tasks]
-    return generate(pipeline, tasks[0].model, prompts, images, [t.generation_seed for t in tasks], device, negatives)
+    paired = {}
+    if tasks[0].mask is not None:
+        paired["mask_image"] = [source.mask for _, source in batch.items]
+    if controlnets := active_controlnets(tasks[0]):
+        # One image list per ControlNet (each image's own control), or the list itself for a single ControlNet.
+        per_controlnet = [[source.controls[c.control] for _, source in batch.items] for c in controlnets]
+        paired["control_image"] = per_controlnet[0] if len(controlnets) == 1 else per_controlnet
+        scales = [c.scale for c in controlnets]
+        paired["controlnet_conditioning_scale"] = scales[0] if len(controlnets) == 1 else scales
+    seeds = [t.generation_seed for t in tasks]
+    return generate(pipeline, tasks[0].model, prompts, images, seeds, device, negatives, paired)
 
 
 def generate(
@@ -514,8 +585,11 @@ def generate(
     seeds: list[int],
     device: str,
     negatives: list[str] | None = None,
+    paired: dict | None = None,
 ):
     """One pipeline call for a batch: (result images, peak CUDA memory in MiB during the call, on CUDA).
+
+    `paired`: the inpaint or ControlNet pipeline's own arguments (mask_image, control_image and its scales).
 
     `negatives` are per image (a prompt line may carry its own); by default the model's. What the model's family
     cannot honour (a negative prompt for Flux.1, emphasis for SD3 and Flux.1) raises UnsupportedByModel instead of
@@ -551,6 +625,7 @@ def generate(
             # CPU generators, one per image: seeds are portable and batch-independent.
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             output_type="pil",
+            **(paired or {}),
         )
     memory = {}  # no GPU figures on a device that has no GPU memory
     if on_cuda:
@@ -607,6 +682,7 @@ def _finish_batch(
         record = _record(outcome, sources[task.output_path], pipeline_info, cost, truncated, quality)
         result = ImageResult(task, "generated", record=record)
         parameters = _parameters_text(task, record, pipeline_info, guidance)
+        _keep_computed_controls(task, sources[task.output_path])
         writer.submit(result, outcome.image, parameters, source_view)
         yield result
 
@@ -659,8 +735,42 @@ def _record(
         prompt_truncated=prompt_truncated,
         loras=pipeline_info.get("loras") or None,  # absent for an entry without adapters, as in older records
         embeddings=pipeline_info.get("embeddings") or None,  # so for an entry without embeddings
+        pairs=_pairs_record(task) or None,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+CONTROLS_DIR = ".controls"  # computed control images, beside the results they made
+
+
+def computed_control_path(task: ImageTask, role: str):
+    """Where a computed control image (canny) is kept: `.controls/<result stem>.<type>.png` beside the result."""
+    result = location(task.output_path)
+    return result.parent / CONTROLS_DIR / f"{result.stem}.{role}.png"
+
+
+def _pairs_record(task: ImageTask) -> list[dict]:
+    controlnets = {c.control: c for c in active_controlnets(task)}
+    rows = []
+    for pair in task.pairs:
+        row = {"role": pair.role}
+        if pair.computed:
+            row["file"] = f"{CONTROLS_DIR}/{computed_control_path(task, pair.role).name}"
+        else:
+            row |= {"file": Path(pair.path).name, "sha256": pair.sha256}
+        if pair.role in controlnets:
+            row |= {"controlnet": controlnets[pair.role].name, "scale": controlnets[pair.role].scale}
+        rows.append(row)
+    return rows + [{"role": role, "run_without": True} for role in task.unpaired]
+
+
+def _keep_computed_controls(task: ImageTask, source: _Source) -> None:
+    """Write the control images computed for the task (canny) beside its result, at the result's size."""
+    for pair in task.pairs:
+        if pair.computed:
+            buffer = io.BytesIO()
+            source.model_input.restore(source.controls[pair.role]).save(buffer, format="PNG")
+            write_bytes_atomic(computed_control_path(task, pair.role), buffer.getvalue())
 
 
 def _prompt_too_long(pipeline, prompt: str, weighted: bool) -> bool:
@@ -683,7 +793,12 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict,
         "Denoising strength": task.model.strength,
         "Lora hashes": _lora_hashes(pipeline_info.get("loras") or []),
         "TI hashes": _ti_hashes(pipeline_info.get("embeddings") or [], task.prompt, task.negative_prompt),
+        "Mask blur": task.model.inpaint.mask_blur if task.model.inpaint and task.mask else None,
     }
+    # sd-webui-controlnet's way: one `ControlNet N` entry per unit, its module (control type), model and weight.
+    for index, controlnet in enumerate(active_controlnets(task)):
+        unit = f"Module: {controlnet.control}, Model: {controlnet.name}, Weight: {controlnet.scale:g}"
+        settings[f"ControlNet {index}"] = unit  # a1111_parameters quotes it, as it holds commas
     # A1111 carries a LoRA's weight only as a `<lora:name:weight>` tag in the prompt (it strips the tags before
     # encoding), so the tags go there: pasted into A1111, the parameters apply the same adapters.
     tags = " ".join(f"<lora:{lora['name']}:{lora['weight']:g}>" for lora in pipeline_info.get("loras") or [])

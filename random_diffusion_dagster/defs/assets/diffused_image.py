@@ -104,10 +104,16 @@ def diffused_image(
     planner = dataset.planner(prompt_list, model_catalog, frozenset(config.reroll))
     tasks, unreadable = planner.plan(files)
     # The bytes this run read: each partition's provenance names that content.
-    versions = {t.key: image_version(t.source.sha256[:16], t.caption) for t in tasks}  # one per image, not variant
+    pairs = planner.pair_folders
+    versions = {  # one per image, not variant
+        t.key: image_version(t.source.sha256[:16], t.caption, pairs.versions(t.source_path, t.source_file))
+        for t in tasks
+    }
     if not granularity.per_image:  # a folder is versioned by every file it holds, as image_file and the sensor do
         captions = Captions()
-        versions |= {f.partition_key: image_file_version(f, captions) for f in read if f.partition_key not in versions}
+        versions |= {
+            f.partition_key: image_file_version(f, captions, pairs) for f in read if f.partition_key not in versions
+        }
     events = [version_event(IMAGE_FILES, v, partition=p) for p, v in granularity.partition_versions(versions).items()]
     report_what_was_read(context, events)
     # First: each result's provenance names its draw's record.

@@ -170,10 +170,12 @@ def _image_versions(dataset: DatasetResource, files: list[SourceFile], partition
     """The versions of the images of these partitions, from this tick's scan."""
     if not partitions:
         return {}
-    captions = Captions()
+    captions, pairs = Captions(), dataset.pair_folders()
     grouped = dataset.by_partition(files, set(partitions))
     return {
-        source.partition_key: image_file_version(source, captions) for group in grouped.values() for source in group
+        source.partition_key: image_file_version(source, captions, pairs)
+        for group in grouped.values()
+        for source in group
     }
 
 

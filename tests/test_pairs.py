@@ -1,0 +1,185 @@
+"""Inputs that come in pairs: a mask or control images per source, matched by path, through real materializations
+of tiny inpainting and ControlNet models."""
+
+import dagster as dg
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
+from random_diffusion_dagster.defs.resources import DatasetResource
+from random_diffusion_dagster.demo.paired import TINY_INPAINT, controlnet_dir
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.images import scan_images
+from random_diffusion_dagster.engine.pairs import MASK, PairFolders, canny_edges
+from random_diffusion_dagster.engine.pipelines import PipelineCache
+from random_diffusion_dagster.engine.plan import snapshot_source
+from random_diffusion_dagster.engine.results import read_record, result_path
+from random_diffusion_dagster.engine.runner import run_tasks
+
+from helpers import FAST_DEFAULTS, make_image
+from test_assets import _diffuse_all, _partition_metadata
+
+SIZE = (64, 64)
+
+
+def _mask(path, size=SIZE):
+    """White (repaint) on the right half, black (keep) on the left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (size[0] // 2, 0, size[0], size[1]))
+    mask.save(path)
+    return path
+
+
+def _pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def _catalog(target, models_dir, **entry):
+    """One entry on tiny-sd15 (or the model `entry` names) with `entry`'s keys, at 64 px and 4 steps, strength 1."""
+    entry = {"name": "paired", "path": str(models_dir / "tiny-sd15"), **entry}
+    defaults = {**FAST_DEFAULTS, "resolution": 64, "strength": 1.0, "quality": {"min_change": 0}}
+    target.write_text(yaml.safe_dump({"defaults": defaults, "models": [entry]}))
+    return target
+
+
+@pytest.fixture
+def paired(tmp_path):
+    """cat/a.png and cat/b.png, dog/c.png; masks in a masks folder, one beside its source; a depth control folder."""
+    images = tmp_path / "images"
+    for name, color in (("cat/a.png", (200, 60, 40)), ("cat/b.png", (40, 160, 200)), ("dog/c.png", (90, 200, 90))):
+        make_image(images / name, size=SIZE, color=color)
+    masks = tmp_path / "masks"
+    _mask(masks / "cat" / "a.png")
+    _mask(images / "dog" / "c.mask.png")  # beside its source
+    controls = tmp_path / "controls"
+    for name in ("cat/a.png", "cat/b.png", "dog/c.png"):
+        make_image(controls / "depth" / name, size=SIZE, color=(120, 120, 120))
+    (tmp_path / "prompts.txt").write_text("a {label} in the snow\n")
+    return {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(tmp_path / "prompts.txt"),
+        "masks_dir": str(masks),
+        "controls_dir": str(controls),
+        "seed": 0,
+    }
+
+
+def test_masks_and_controls_are_matched_by_stem_across_nested_folders(paired):
+    images = paired["images_dir"]
+    scan = scan_images(images, recursive=True)
+    assert [file.partition_key for file in scan.files] == ["cat/a.png", "cat/b.png", "dog/c.png"]  # no c.mask.png
+    folders = PairFolders(paired["masks_dir"], paired["controls_dir"])
+    found = {file.relative_path: folders.find(file.path, file.relative_path, MASK) for file in scan.files}
+    assert found["cat/b.png"] is None
+    assert str(found["cat/a.png"]).endswith("masks/cat/a.png")
+    assert str(found["dog/c.png"]).endswith("images/dog/c.mask.png")
+    assert str(folders.find(f"{images}/cat/b.png", "cat/b.png", "depth")).endswith("controls/depth/cat/b.png")
+    assert folders.find(f"{images}/cat/b.png", "cat/b.png", "normal") is None
+    assert set(folders.versions(f"{images}/cat/a.png", "cat/a.png")) == {MASK, "depth"}
+
+
+def test_an_inpainting_entry_repaints_inside_the_mask_only_and_a_bad_pair_fails_that_image_alone(
+    paired, tmp_path, models_dir
+):
+    """cat/a has a mask in the masks folder, dog/c one beside it, cat/b none; a wrong-size mask fails by name."""
+    _mask(tmp_path / "masks" / "cat" / "b.png", size=(32, 32))
+    catalog = _catalog(
+        tmp_path / "models.yaml", models_dir, path=str(models_dir / TINY_INPAINT), inpaint={"mask_blur": 0}
+    )
+    project = {**paired, "models_file": str(catalog)}
+    with dg.instance_for_test() as instance:
+        _keys, result = _diffuse_all(instance, project)
+        assert not result.success
+        error = str(result.get_step_failure_events()[0].step_failure_data.error)
+        assert "b.png is 32x32 but its source is 64x64" in error and "resize it to match" in error
+        for key in ("cat/a.png", "dog/c.png"):
+            source = _pixels(f"{paired['images_dir']}/{key}")
+            output = str(result_path(paired["output_dir"], key))
+            made = _pixels(output)
+            assert (made[:, :32] == source[:, :32]).all()  # kept outside the mask, exactly
+            assert np.abs(made[:, 32:] - source[:, 32:]).mean() > 5  # repainted inside it
+            record = read_record(output)
+            assert record.pairs[0]["role"] == MASK and len(record.pairs[0]["sha256"]) == 64
+            assert _partition_metadata(instance, key)["model"] == "paired"
+        assert read_record(result_path(paired["output_dir"], "dog/c.png")).pairs[0]["file"] == "c.mask.png"
+
+        # The missing mask: a named error, or (the entry's choice) a plain img2img run.
+        (tmp_path / "masks" / "cat" / "b.png").unlink()
+        planner = DatasetResource(**project).planner(["a cat"], load_catalog(catalog))
+        _tasks, unplanned = planner.plan(scan_images(paired["images_dir"], True).files)
+        assert "model 'paired' needs a mask and there is none" in unplanned["cat/b.png"]
+        assert "if_unpaired: run_without" in unplanned["cat/b.png"]
+        _catalog(catalog, models_dir, inpaint=True, if_unpaired="run_without")  # tiny-sd15: a 4-channel UNet
+        _keys, rerun = _diffuse_all(instance, project)
+        assert rerun.success
+        record = read_record(result_path(paired["output_dir"], "cat/b.png"))
+        assert record.pairs == [{"role": MASK, "run_without": True}]
+
+
+def test_a_mask_edit_stales_only_its_image(paired, tmp_path, models_dir):
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, inpaint=True, if_unpaired="run_without")
+    project = {**paired, "models_file": str(catalog)}
+    with dg.instance_for_test() as instance:
+        assert _diffuse_all(instance, project)[1].success
+        dataset = DatasetResource(**project)
+        assert not out_of_date(instance, dataset, current_planner(instance, dataset)).reasons
+        mask = _mask(tmp_path / "masks" / "cat" / "a.png")
+        Image.open(mask).rotate(90).save(mask)
+        found = out_of_date(instance, dataset, current_planner(instance, dataset))
+        assert list(found.reasons) == ["cat/a.png"]
+
+
+def test_a_canny_controlnet_changes_the_output_and_its_control_image_is_kept(paired, tmp_path, models_dir):
+    canny = {"path": str(controlnet_dir(models_dir, "tiny-controlnet-canny")), "control": "canny", "scale": 1.0}
+    plain = _catalog(tmp_path / "plain.yaml", models_dir)
+    controlled = _catalog(tmp_path / "models.yaml", models_dir, controlnets=[canny])
+    outputs = {}
+    for name, catalog in (("plain", plain), ("controlled", controlled)):
+        project = {**paired, "models_file": str(catalog), "output_dir": str(tmp_path / name)}
+        with dg.instance_for_test() as instance:
+            assert _diffuse_all(instance, project)[1].success
+        outputs[name] = result_path(project["output_dir"], "cat/a.png")
+    assert np.abs(_pixels(outputs["plain"]) - _pixels(outputs["controlled"])).mean() > 1
+    record = read_record(outputs["controlled"])
+    assert record.pairs == [
+        {"role": "canny", "file": ".controls/a.png.canny.png", "controlnet": "tiny-controlnet-canny", "scale": 1.0}
+    ]
+    kept = tmp_path / "controlled" / "cat" / ".controls" / "a.png.canny.png"
+    source = Image.open(f"{paired['images_dir']}/cat/a.png").convert("RGB")
+    assert (_pixels(kept) == np.asarray(canny_edges(source), dtype=np.int16)).all()
+    with Image.open(outputs["controlled"]) as image:
+        assert 'ControlNet 0: "Module: canny, Model: tiny-controlnet-canny, Weight: 1"' in image.text["parameters"]
+
+
+def test_two_entries_on_one_controlnet_load_it_once_and_each_reads_its_own_control_folder(paired, tmp_path, models_dir):
+    folder = str(controlnet_dir(models_dir, "tiny-controlnet-depth"))
+    document = {
+        "defaults": {**FAST_DEFAULTS, "resolution": 64, "strength": 1.0},
+        "models": [
+            {
+                "name": f"depth-{scale}",
+                "path": str(models_dir / "tiny-sd15"),
+                "controlnets": [{"path": folder, "control": "depth", "scale": scale}],
+            }
+            for scale in (0.5, 1.0)
+        ],
+    }
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(document))
+    dataset = DatasetResource(**paired, models_file=str(tmp_path / "models.yaml"))
+    catalog = dataset.catalog()
+    files = dataset.source_files()
+    tasks = [
+        dataset.planner(["a cat"], [spec]).task(f.partition_key, f.path, snapshot_source(f.path), None, f.relative_path)
+        for spec in catalog
+        for f in files
+    ]
+    assert all(task.pairs[0].path.endswith(f"controls/depth/{task.source_file}") for task in tasks)
+    cache = PipelineCache(device="cpu")
+    summary = run_tasks(tasks, cache, log=lambda message: None)
+    assert [r.status for r in summary.results] == ["generated"] * 6
+    assert (cache.loads, cache.controlnet_loads) == (1, 1)
