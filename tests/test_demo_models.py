@@ -1,4 +1,5 @@
-"""The shipped demo models: intact, loadable through every layout path, reproducible by the training script."""
+"""The shipped demo models: intact, loadable through every layout path, reproducible by the training script. And the
+random paired-input stand-ins (demo/paired.py): an inpainting model and ControlNets, each reading its second input."""
 
 import dataclasses
 import hashlib
@@ -9,7 +10,12 @@ import sys
 from pathlib import Path
 
 import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
+from random_diffusion_dagster.demo.paired import TINY_CONTROLNETS, TINY_INPAINT, controlnet_dir
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner, snapshot_source
@@ -18,6 +24,7 @@ from random_diffusion_dagster.engine.runner import run_tasks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS = PROJECT_ROOT / "data" / "models"
+NO_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}  # as the engine
 
 
 def test_shipped_weights_match_the_recorded_checksums():
@@ -88,3 +95,66 @@ def test_training_script_runs_and_writes_loadable_models(tmp_path):
     pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(tmp_path / "tiny-sd21")
     assert json.loads((tmp_path / "tiny-sd21" / "recipe.json").read_text())["trained"] is True
     assert pipeline.vae.config.scaling_factor != 0.18215  # measured on the trained VAE's latents
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def _white_square(mode: str) -> Image.Image:
+    """64x64 black with a white 32x32 square in the middle: a mask ("L") or a control image ("RGB")."""
+    image = Image.new(mode, (64, 64))
+    image.paste(Image.new(mode, (32, 32), "white"), (16, 16))
+    return image
+
+
+def test_the_inpainting_stand_in_loads_as_sd_inpainting_with_nine_unet_channels_and_reads_its_mask(models_dir):
+    pipeline = diffusers.AutoPipelineForInpainting.from_pretrained(models_dir / TINY_INPAINT, **NO_CHECKER)
+    assert type(pipeline) is diffusers.StableDiffusionInpaintPipeline
+    assert pipeline.unet.config.in_channels == 9  # latents 4 + mask 1 + masked-image latents 4
+    pipeline.set_progress_bar_config(disable=True)
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+
+    def inpaint(mask):  # without height and width the pipeline draws at the UNet's default size, not the source's
+        return pipeline(
+            "a red fox",
+            image=source,
+            mask_image=mask,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            strength=1.0,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+
+    square, whole = inpaint(_white_square("L")), inpaint(Image.new("L", (64, 64), "white"))
+    assert square.size == whole.size == (64, 64)
+    assert np.abs(_pixels(square) - _pixels(whole)).mean() > 1.0  # the UNet reads the mask
+
+
+def _controlled(pipeline, source: Image.Image, control: Image.Image) -> np.ndarray:
+    """One picture of `source` under `control`: the same prompt, seed and settings every time."""
+    generator = torch.Generator().manual_seed(0)
+    return _pixels(
+        pipeline(
+            "a red fox", image=source, control_image=control, num_inference_steps=4, strength=0.5, generator=generator
+        ).images[0]
+    )
+
+
+@pytest.mark.parametrize("name", TINY_CONTROLNETS)
+def test_a_tiny_controlnet_fits_the_sd1_stand_ins_and_its_control_image_moves_their_pixels(models_dir, name):
+    controlnet = diffusers.ControlNetModel.from_pretrained(controlnet_dir(models_dir, name))
+    assert controlnet.config.conditioning_channels == 3  # RGB control images
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+    black = Image.new("RGB", (64, 64))
+    # tiny-sd14 has other weights but tiny-sd15's UNet shapes; tiny-sd2/21 read wider text (48) and do not fit.
+    for base, threshold in (("tiny-sd15", 1.0), ("tiny-sd14", 0.5)):
+        img2img = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(models_dir / base, **NO_CHECKER)
+        pipeline = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pipe(img2img, controlnet=controlnet)
+        pipeline.set_progress_bar_config(disable=True)
+        # The control image's embedding is added to the latents' first features: it must halve the size as often.
+        assert 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1) == pipeline.vae_scale_factor
+        dark, square, dark_again = (_controlled(pipeline, source, c) for c in (black, _white_square("RGB"), black))
+        assert dark.shape == (64, 64, 3) and np.array_equal(dark, dark_again), base
+        assert np.abs(dark - square).mean() > threshold, base

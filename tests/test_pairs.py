@@ -183,3 +183,62 @@ def test_two_entries_on_one_controlnet_load_it_once_and_each_reads_its_own_contr
     summary = run_tasks(tasks, cache, log=lambda message: None)
     assert [r.status for r in summary.results] == ["generated"] * 6
     assert (cache.loads, cache.controlnet_loads) == (1, 1)
+
+
+def _plan(dataset, spec, prompts=("a cat",)):
+    planner = dataset.planner(list(prompts), [spec])
+    files = dataset.source_files()
+    return [planner.task(f.partition_key, f.path, snapshot_source(f.path), None, f.relative_path) for f in files]
+
+
+def test_a_batch_of_masked_images_with_two_controlnets_gives_each_image_its_pixels_alone(paired, tmp_path, models_dir):
+    """One entry inpainting with a computed canny and a depth folder ControlNet: diffusers' ControlNet inpaint
+    pipeline on tiny-sd15's modules, each image with its own mask and controls, batched as alone."""
+    _mask(tmp_path / "masks" / "cat" / "b.png")
+    for index, name in enumerate(("cat/a.png", "cat/b.png", "dog/c.png")):  # a control image of its own each
+        make_image(tmp_path / "controls" / "depth" / name, size=SIZE, color=(60 * index, 200 - 60 * index, 90))
+    controlnets = [
+        {"path": str(controlnet_dir(models_dir, "tiny-controlnet-canny")), "control": "canny", "scale": 0.8},
+        {"path": str(controlnet_dir(models_dir, "tiny-controlnet-depth")), "control": "depth", "scale": 1.0},
+    ]
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, inpaint=True, controlnets=controlnets)
+    spec = load_catalog(catalog)[0]
+    results = {}
+    for batch_size in (3, 1):
+        project = {**paired, "models_file": str(catalog), "output_dir": str(tmp_path / f"out{batch_size}")}
+        dataset = DatasetResource(**project)
+        cache = PipelineCache(device="cpu")
+        summary = run_tasks(_plan(dataset, spec), cache, batch_size=batch_size, log=lambda message: None)
+        assert [r.status for r in summary.results] == ["generated"] * 3, [r.error for r in summary.results]
+        assert (cache.loads, cache.controlnet_loads) == (1, 2)
+        results[batch_size] = summary.results
+    assert [r.record.batch_size for r in results[3]] == [3, 3, 3]
+    for together, alone in zip(results[3], results[1], strict=True):
+        difference = np.abs(_pixels(together.task.output_path) - _pixels(alone.task.output_path))
+        assert difference.max() <= 1
+        source = _pixels(together.task.source_path)
+        assert (_pixels(together.task.output_path)[:, :18] == source[:, :18]).all()  # past the blur (3 x 4 px)
+        assert [pair["role"] for pair in together.record.pairs] == [MASK, "canny", "depth"]
+    with Image.open(results[3][0].task.output_path) as image:
+        parameters = image.text["parameters"]
+    assert "Mask blur: 4" in parameters and 'ControlNet 1: "Module: depth, Model: tiny-controlnet-depth' in parameters
+
+
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_every_family_inpaints_inside_the_mask_and_keeps_the_rest(paired, tmp_path, models_dir, name):
+    catalog = _catalog(
+        tmp_path / "models.yaml",
+        models_dir,
+        path=str(models_dir / name),
+        inpaint={"mask_blur": 0},
+        guidance_scale=1.0,
+        if_unpaired="run_without",
+    )
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    tasks = [task for task in _plan(dataset, load_catalog(catalog)[0]) if task.mask is not None]
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda message: None)
+    assert [r.status for r in summary.results] == ["generated"] * 2, [r.error for r in summary.results]
+    for result in summary.results:
+        made, source = _pixels(result.task.output_path), _pixels(result.task.source_path)
+        assert (made[:, :32] == source[:, :32]).all()
+        assert np.abs(made[:, 32:] - source[:, 32:]).mean() > 2

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 import logging
 
+# The inpaint and ControlNet pipelines that paired inputs run through (PipelineCache.with_pairs).
+PAIRED_PIPELINES = (
+    "stable_diffusion.pipeline_stable_diffusion_inpaint",
+    "stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint",
+    "stable_diffusion_3.pipeline_stable_diffusion_3_inpaint",
+    "flux.pipeline_flux_inpaint",
+    "controlnet.pipeline_controlnet_img2img",
+    "controlnet.pipeline_controlnet_inpaint",
+    "controlnet.pipeline_controlnet_sd_xl_img2img",
+    "controlnet.pipeline_controlnet_inpaint_sd_xl",
+)
+
 # (logger, text that identifies the notice, why it is harmless here)
 HARMLESS_NOTICES = (
     # Image processors fall back to their PIL versions without torchvision; diffusion uses none of them.
@@ -28,11 +40,19 @@ HARMLESS_NOTICES = (
             "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img",
             "stable_diffusion_3.pipeline_stable_diffusion_3_img2img",
             "flux.pipeline_flux_img2img",
+            *PAIRED_PIPELINES,
         )
         for notice in (
             "The following part of your input was truncated because CLIP can only handle sequences up to",
             "The following part of your input was truncated because `max_sequence_length` is set to",
         )
+    ),
+    # Said by the ControlNet pipelines at every call with several ControlNets and several prompts, although each image
+    # gets its own control images (runner._infer passes one batch of images per ControlNet).
+    *(
+        (f"diffusers.pipelines.{module}", "ControlNets and you have passed")
+        for module in PAIRED_PIPELINES
+        if module.startswith("controlnet.")
     ),
     ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum"),
     # A LoRA with UNet weights only (most are) has none for the text encoder: the project's own line for each adapter

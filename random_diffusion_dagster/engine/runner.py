@@ -520,6 +520,12 @@ def _generate_with_fallback(pipeline, batch: _Batch, device: str) -> Iterator[_O
     )
 
 
+def _batch_array(images: list[Image.Image]):
+    import numpy as np
+
+    return np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images])
+
+
 def _kept_outside_mask(source: _Source, image: Image.Image) -> Image.Image:
     """The result without padding; with a mask, the model's pixels inside it and the source's outside it (blended
     along the blurred edge), as AUTOMATIC1111 pastes an inpainted image back: the VAE changes every pixel it
@@ -568,9 +574,12 @@ def _infer(pipeline, batch: _Batch, device: str):
     if tasks[0].mask is not None:
         paired["mask_image"] = [source.mask for _, source in batch.items]
     if controlnets := active_controlnets(tasks[0]):
-        # One image list per ControlNet (each image's own control), or the list itself for a single ControlNet.
         per_controlnet = [[source.controls[c.control] for _, source in batch.items] for c in controlnets]
-        paired["control_image"] = per_controlnet[0] if len(controlnets) == 1 else per_controlnet
+        # One ControlNet: each image's control image. Several: one batch array per ControlNet (N x H x W x 3 in
+        # [0, 1]); their img2img and inpaint pipelines refuse a list of image lists for a batch of several.
+        paired["control_image"] = (
+            per_controlnet[0] if len(controlnets) == 1 else list(map(_batch_array, per_controlnet))
+        )
         scales = [c.scale for c in controlnets]
         paired["controlnet_conditioning_scale"] = scales[0] if len(controlnets) == 1 else scales
     seeds = [t.generation_seed for t in tasks]
