@@ -121,14 +121,18 @@ def wildcards_dir() -> str:
     return env_path("RANDOM_DIFFUSION_WILDCARDS_DIR", "data/wildcards", "folder")
 
 
+MASKS_DIR_VARIABLE = "RANDOM_DIFFUSION_MASKS_DIR"
+CONTROLS_DIR_VARIABLE = "RANDOM_DIFFUSION_CONTROLS_DIR"
+
+
 def masks_dir() -> str:
     """RANDOM_DIFFUSION_MASKS_DIR: inpainting masks, at the sources' paths under it (engine/pairs.py)."""
-    return env_path("RANDOM_DIFFUSION_MASKS_DIR", "data/masks", "folder")
+    return env_path(MASKS_DIR_VARIABLE, "data/masks", "folder")
 
 
 def controls_dir() -> str:
     """RANDOM_DIFFUSION_CONTROLS_DIR: ControlNet control images, a folder per control type (engine/pairs.py)."""
-    return env_path("RANDOM_DIFFUSION_CONTROLS_DIR", "data/controls", "folder")
+    return env_path(CONTROLS_DIR_VARIABLE, "data/controls", "folder")
 
 
 def recursive_scan() -> bool:

@@ -242,3 +242,35 @@ def test_every_family_inpaints_inside_the_mask_and_keeps_the_rest(paired, tmp_pa
         made, source = _pixels(result.task.output_path), _pixels(result.task.source_path)
         assert (made[:, :32] == source[:, :32]).all()
         assert np.abs(made[:, 32:] - source[:, 32:]).mean() > 2
+
+
+def test_a_comparison_cell_reads_the_pairs_of_its_own_model(paired, tmp_path, models_dir):
+    """Cells of a plain and an inpainting entry: the inpainting cell runs with the image's mask, and an image without
+    one fails that cell alone by name."""
+    from test_comparison import _cell, _compare
+    from test_comparison import _materialize as _materialize_comparison
+
+    document = {
+        "defaults": {**FAST_DEFAULTS, "resolution": 64, "strength": 1.0, "quality": {"min_change": 0}},
+        "models": [
+            {"name": "plain", "path": str(models_dir / "tiny-sd15")},
+            {"name": "inpaint", "path": str(models_dir / "tiny-sd15"), "inpaint": True},
+        ],
+    }
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(document))
+    project = {**paired, "models_file": str(tmp_path / "models.yaml")}
+    with dg.instance_for_test() as instance:
+        _materialize_comparison(instance, project, ["source_images", "model_catalog"])
+        result = _compare(instance, project, "cat/a.png", "cat/b.png")
+        assert not result.success
+        error = str(result.get_step_failure_events()[0].step_failure_data.error)
+        assert "1 of 4 comparison cells failed" in error and "cat/b.png: model 'inpaint' needs a mask" in error
+        inpainted = read_record(_cell(instance, "cat/a.png", "inpaint")["output_path"])
+        assert [pair["role"] for pair in inpainted.pairs] == [MASK]
+        assert read_record(_cell(instance, "cat/b.png", "plain")["output_path"]).pairs is None
+
+
+def test_a_masks_folder_inside_the_images_folder_is_refused_before_any_work(paired):
+    inside = {**paired, "masks_dir": f"{paired['images_dir']}/masks"}
+    with pytest.raises(OSError, match="its images would be diffused as sources. Point RANDOM_DIFFUSION_MASKS_DIR"):
+        DatasetResource(**inside, models_file="unused.yaml").check_folders()

@@ -15,7 +15,7 @@ from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
 from ..engine.granularity import TOP_FOLDER, Granularity
 from ..engine.images import FolderScan, SourceFile, is_image_file, scan_images, scan_one_folder
 from ..engine.output_location import require_separate_folders, require_writable_folder
-from ..engine.pairs import PairFolders
+from ..engine.pairs import PairFolders, require_pairs_apart
 from ..engine.plan import ImageTask, Planner
 from ..engine.prompts import load_prompts
 from ..engine.results import FAILURES_DIR
@@ -164,6 +164,7 @@ class DatasetResource(dg.ConfigurableResource):
     def planner(self, prompts: list[str], catalog: list[ModelSpec], rerolls: frozenset[str] = frozenset()) -> Planner:
         """The planner for today's inputs; `rerolls` (`key` or `key~vN`) draw those results anew."""
         require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
+        self._require_pairs_apart()
         return Planner(
             prompts,
             catalog,
@@ -179,6 +180,13 @@ class DatasetResource(dg.ConfigurableResource):
     def pair_folders(self) -> PairFolders:
         return PairFolders(self.masks_dir, self.controls_dir)
 
+    def _require_pairs_apart(self) -> None:
+        named = {
+            f"{settings.MASKS_DIR_VARIABLE} (or the dataset resource's masks_dir)": self.masks_dir,
+            f"{settings.CONTROLS_DIR_VARIABLE} (or the dataset resource's controls_dir)": self.controls_dir,
+        }
+        require_pairs_apart(self.images_dir, named)
+
     def result_variants(self) -> int:
         """Results per image: this resource's `variants` (run config, `run --variants`, RANDOM_DIFFUSION_VARIANTS),
         else the catalog's `defaults: {variants: K}` (read from models_file), else 1."""
@@ -190,6 +198,7 @@ class DatasetResource(dg.ConfigurableResource):
         """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""
         self.scan()
         require_separate_folders(self.images_dir, self.output_dir)
+        self._require_pairs_apart()
         require_writable_folder(self.output_dir, subfolders=(FAILURES_DIR,))
 
     def prompts(self) -> list[str]:

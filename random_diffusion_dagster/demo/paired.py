@@ -5,7 +5,7 @@ An inpainting checkpoint (runwayml/stable-diffusion-inpainting and its kind) is 
 (lllyasviel/control_v11p_sd15_canny, ..._depth) is a copy of the UNet's encoder half that reads a control image and
 adds its features to the UNet's skip connections; it fits every base whose UNet has its block layout and text width.
 
-Both are built here from the tiny SD 1.5-style model's recipe (demo/models.py), seeded, and saved with
+Both are built here from the tiny SD 1.5-style model as saved (demo/models.py builds it first), seeded, and saved with
 `save_pretrained` in the real repositories' layouts. A ControlNet's output convolutions start at zero (its training
 starts from "no effect"), so an untrained one would change nothing; these get small seeded random weights instead, as
 the tiny LoRAs do (demo/lora.py), so that another control image visibly changes the picture.
@@ -13,12 +13,11 @@ the tiny LoRAs do (demo/lora.py), so that another control image visibly changes 
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.quiet import quiet_libraries
-from .models import TINY_MODELS, build_tiny_pipeline, save_demo_model
 
 PAIRED_BASE = "tiny-sd15"  # the demo model both are made from; the ControlNets also fit tiny-sd14 (same UNet shapes)
 TINY_INPAINT = "tiny-sd15-inpaint"
@@ -51,29 +50,27 @@ def controlnet_dir(models_dir: str | Path, name: str) -> Path:
     return Path(models_dir) / CONTROLNETS_DIR / name
 
 
-def _base_recipe():
-    return next(recipe for recipe in TINY_MODELS if recipe.name == PAIRED_BASE)
-
-
-def build_inpaint_pipeline():
-    """tiny-sd15's pipeline (same tokenizer, text encoder, VAE, scheduler) as a StableDiffusionInpaintPipeline with
-    a seeded 9-channel UNet of tiny-sd15's UNet config."""
+def build_inpaint_pipeline(models_dir: Path):
+    """tiny-sd15 as saved (tokenizer, text encoder, VAE, scheduler, safety checker) as a StableDiffusionInpaintPipeline
+    with a seeded 9-channel UNet of tiny-sd15's UNet config."""
     import diffusers
     import torch
 
-    base = build_tiny_pipeline(_base_recipe())
+    base = diffusers.StableDiffusionInpaintPipeline.from_pretrained(models_dir / PAIRED_BASE)
     torch.manual_seed(INPAINT_UNET_SEED)
-    unet = diffusers.UNet2DConditionModel.from_config({**base.unet.config, "in_channels": INPAINT_IN_CHANNELS})
-    components = {**base.components, "unet": unet}
-    return diffusers.StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
+    base.unet = diffusers.UNet2DConditionModel.from_config({**base.unet.config, "in_channels": INPAINT_IN_CHANNELS})
+    base.register_modules(unet=base.unet)
+    return base
 
 
 def save_inpaint_model(models_dir: Path) -> Path:
     """Saved as tiny-sd15 is (safety checker included, as in the SD 1.x inpainting repository) under its own name."""
     target = models_dir / TINY_INPAINT
-    recipe = dataclasses.replace(_base_recipe(), name=TINY_INPAINT)
-    extra = {"base": PAIRED_BASE, "unet_seed": INPAINT_UNET_SEED, "unet_in_channels": INPAINT_IN_CHANNELS}
-    save_demo_model(build_inpaint_pipeline(), recipe, target, extra)
+    build_inpaint_pipeline(models_dir).save_pretrained(target, safe_serialization=True)
+    recipe = {"name": TINY_INPAINT, "base": PAIRED_BASE, "unet_seed": INPAINT_UNET_SEED}
+    (target / "recipe.json").write_text(
+        json.dumps({**recipe, "unet_in_channels": INPAINT_IN_CHANNELS}, indent=2) + "\n"
+    )
     return target
 
 

@@ -109,7 +109,8 @@ def comparison_dir(output_dir: str | os.PathLike, image_key: str) -> UPath:
 
 
 def cell_tasks(task: ImageTask, spec: ModelSpec, variants: list[Variant], output_dir: str) -> list[ImageTask]:
-    """The image's own planned task (its prompt, seed and source) with only the model and settings replaced.
+    """The image's own planned task for `spec` (its prompt, seed and source, and the pairs `spec` reads:
+    Planner.with_model) with the settings of each variant.
 
     The key is the cell's file stem: unique in the image's folder, so a failed variant keeps its own failure file.
     """

@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from .images import MASK_MARK, quick_image_problem
+from .output_location import overlap
 
 MASK = "mask"
 COMPUTED_CONTROLS = ("canny",)  # control types computed from the source where no file is given
@@ -30,6 +31,10 @@ CANNY_THRESHOLDS = (100, 200)  # low, high: AUTOMATIC1111's ControlNet defaults
 
 class PairError(ValueError):
     """An image's pair is missing or does not fit it; the message names the files and the fix."""
+
+
+class PairFolderError(OSError):
+    """A masks or controls folder that cannot be used as set; raised before any work, naming the fix."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,19 @@ class PairFolders:
         return folder / name if name else None
 
 
+def require_pairs_apart(images_dir: str, folders: dict[str, str | None]) -> None:
+    """Refuse a masks or controls folder (`folders`: the setting that names it -> the folder) that is, holds or lies in
+    the images folder: the scan would take its files for sources (a mask beside its source is `<stem>.mask.png`)."""
+    images = Path(images_dir).resolve()
+    for setting, folder in folders.items():
+        if folder and (relation := overlap(Path(folder).resolve(), images)):
+            raise PairFolderError(
+                f"The folder {Path(folder).resolve()} {relation} the images folder {images}: its images would be "
+                f"diffused as sources. Point {setting} at a folder outside it, or keep each mask beside its source as "
+                "<stem>.mask.png."
+            )
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -116,7 +134,7 @@ def missing_pair_message(model_name: str, role: str, relative_path: str, folders
         where = (
             f"{Path(folders.controls_dir, role, stem)}.png"
             if folders.controls_dir
-            else f"{role}/{stem}.png in a controls folder (none is set: RANDOM_DIFFUSION_CONTROLS_DIR)"
+            else f"{role}/{stem}.png in a controls folder, and none is set"
         )
         what = f"a {role!r} control image"
     return (

@@ -263,6 +263,12 @@ class Planner:
             unpaired=unpaired,
         )
 
+    def with_model(self, task: ImageTask, model: ModelSpec) -> ImageTask:
+        """The task with another model (a comparison cell), with the pairs that model reads; PairError if the image
+        lacks one it needs."""
+        pairs, unpaired = self._pairs(model, task.source_path, task.source_file)
+        return dataclasses.replace(task, model=model, pairs=pairs, unpaired=unpaired)
+
     def _pairs(self, model: ModelSpec, source_path: str, relative_path: str) -> tuple[tuple[PairFile, ...], tuple]:
         """(the pairs the drawn model reads, hashed; the roles it runs without); PairError if one is missing and the
         entry says `if_unpaired: fail`."""

@@ -208,8 +208,9 @@ class _ResultWriter:
         self._group: list[tuple[ImageResult, Future | None]] = []  # since the last hand-over
         self._handed: list[Future] = []
 
-    def submit(self, result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
-        self._group.append((result, self._pool.submit(self._write, result, image, parameters, source)))
+    def submit(self, result: ImageResult, image: Image.Image, parameters: str, beside: list[tuple]) -> None:
+        """`beside`: (label, picture) shown left of the result in its preview: the source, its mask, controls."""
+        self._group.append((result, self._pool.submit(self._write, result, image, parameters, beside)))
 
     def add_written(self, results: list[ImageResult]) -> None:
         """Results whose files are already on disk (reused), for the next hand-over."""
@@ -222,9 +223,9 @@ class _ResultWriter:
             self._handed.append(self._handovers.submit(self._settle, group))
 
     @staticmethod
-    def _write(result: ImageResult, image: Image.Image, parameters: str, source: Image.Image) -> None:
+    def _write(result: ImageResult, image: Image.Image, parameters: str, beside: list[tuple]) -> None:
         write_result_png(image, result.task.output_path, parameters, result.record)
-        result.preview = _preview(source, image)
+        result.preview = _preview(beside, image)
 
     def _settle(self, group: list[tuple[ImageResult, Future | None]]) -> None:
         for result, write in group:
@@ -692,7 +693,7 @@ def _finish_batch(
         result = ImageResult(task, "generated", record=record)
         parameters = _parameters_text(task, record, pipeline_info, guidance)
         _keep_computed_controls(task, sources[task.output_path])
-        writer.submit(result, outcome.image, parameters, source_view)
+        writer.submit(result, outcome.image, parameters, _beside(source_view, sources[task.output_path]))
         yield result
 
 
@@ -859,13 +860,21 @@ def _reused(task: ImageTask, record: ResultRecord) -> ImageResult:
         source = load_rgb(task.source_path, min_side=PREVIEW_HEIGHT)
     except ImageLoadError:
         source = None  # the result is still current; only its preview lacks the source
-    return ImageResult(task, "reused", record=record, preview=_preview(source, result))
+    return ImageResult(task, "reused", record=record, preview=_preview([("source", source)] if source else [], result))
 
 
-def _preview(source: Image.Image | None, result: Image.Image) -> str:
-    """Source beside result, each labelled, small enough for Dagster's event log."""
-    images, labels = ([source, result], ["source", "result"]) if source else ([result], ["result"])
-    return thumbnail_data_uri(image_strip(images, height=PREVIEW_HEIGHT, labels=labels), size=512)
+def _beside(source_view: Image.Image, source: _Source) -> list[tuple[str, Image.Image]]:
+    """What a preview shows before the result: the source as the model saw it, then its mask and control images."""
+    restore = source.model_input.restore
+    shown = [("source", source_view)] + ([("mask", restore(source.mask))] if source.mask is not None else [])
+    return shown + [(role, restore(control)) for role, control in source.controls.items()]
+
+
+def _preview(beside: list[tuple[str, Image.Image]], result: Image.Image) -> str:
+    """The source (with its mask and controls) beside the result, each labelled, small enough for Dagster's event
+    log."""
+    labels, images = zip(*[*beside, ("result", result)], strict=True)
+    return thumbnail_data_uri(image_strip(list(images), height=PREVIEW_HEIGHT, labels=list(labels)), size=512)
 
 
 def _record_outcomes(results: list[ImageResult]) -> None:

@@ -26,6 +26,7 @@ from ...engine.comparison import (
 )
 from ...engine.granularity import Granularity
 from ...engine.images import thumbnail_data_uri
+from ...engine.pairs import PairError
 from ...engine.plan import ImageTask
 from ...engine.results import read_record
 from ..metadata import TABLE_ROWS, partition_metadata, record_partition_metadata, run_figures, table
@@ -104,7 +105,8 @@ def model_comparison(
     files, missing = dataset.files_for(partitions)
     if config.images and not granularity.per_image:
         files = [file for file in files if file.partition_key in set(config.images)]
-    planned, unreadable = dataset.planner(prompt_list, model_catalog).plan(files)
+    planner = dataset.planner(prompt_list, model_catalog)
+    planned, unreadable = planner.plan(files)
     # Each image's first result, planned exactly as diffused_image plans it (variants draw other prompts and seeds).
     by_image = {task.key: task for task in planned if task.variant == 0}
     images_of = granularity.group(file.partition_key for file in files)
@@ -121,16 +123,19 @@ def model_comparison(
                 f"model {model!r} is no longer in the catalog; rematerialize model_catalog to drop its column"
             )
         else:
-            try:  # every combination checked before any model loads
-                tasks_by_cell[key] = {
-                    image: cell_tasks(by_image[image], by_model[model], variants, dataset.output_dir)
-                    for image in images_of[partition]
-                    if image in by_image
-                }
-            except ComparisonError as exc:
-                raise dg.Failure(description=f"model_comparison run config: {exc}") from None
-            if unread := [image for image in images_of[partition] if image not in by_image]:
-                failures[key] = "; ".join(f"{image}: {unreadable[image]}" for image in unread)
+            problems = {image: unreadable[image] for image in images_of[partition] if image not in by_image}
+            tasks_by_cell[key] = {}
+            for image in images_of[partition]:
+                if image in by_image:
+                    try:  # every combination checked before any model loads
+                        task = planner.with_model(by_image[image], by_model[model])  # the pairs this model reads
+                        tasks_by_cell[key][image] = cell_tasks(task, by_model[model], variants, dataset.output_dir)
+                    except ComparisonError as exc:
+                        raise dg.Failure(description=f"model_comparison run config: {exc}") from None
+                    except PairError as exc:
+                        problems[image] = str(exc)
+            if problems:
+                failures[key] = "; ".join(f"{image}: {problem}" for image, problem in problems.items())
     tasks = [task for by_cell in tasks_by_cell.values() for image_tasks in by_cell.values() for task in image_tasks]
     summary = engine.run(tasks, context.log.info)
 
