@@ -274,3 +274,38 @@ def test_a_masks_folder_inside_the_images_folder_is_refused_before_any_work(pair
     inside = {**paired, "masks_dir": f"{paired['images_dir']}/masks"}
     with pytest.raises(OSError, match="its images would be diffused as sources. Point RANDOM_DIFFUSION_MASKS_DIR"):
         DatasetResource(**inside, models_file="unused.yaml").check_folders()
+
+
+def test_only_masked_padding_inpaints_each_image_alone_and_an_inpainting_model_refuses_an_image_without_mask(
+    paired, tmp_path, models_dir
+):
+    catalog = _catalog(
+        tmp_path / "models.yaml",
+        models_dir,
+        path=str(models_dir / TINY_INPAINT),
+        inpaint={"mask_blur": 0, "padding": 8},
+        if_unpaired="run_without",
+    )
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    summary = run_tasks(_plan(dataset, load_catalog(catalog)[0]), PipelineCache(device="cpu"), log=lambda m: None)
+    by_key = {result.task.key: result for result in summary.results}
+    for key in ("cat/a.png", "dog/c.png"):  # masked: cut out around the mask, inpainted, pasted back
+        result = by_key[key]
+        assert result.status == "generated" and result.record.batch_size == 1
+        made, source = _pixels(result.task.output_path), _pixels(result.task.source_path)
+        assert (made[:, :32] == source[:, :32]).all() and np.abs(made[:, 32:] - source[:, 32:]).mean() > 2
+    assert by_key["cat/b.png"].status == "failed"  # no mask, and this model reads one
+    assert "is an inpainting model (its UNet reads a mask), so `if_unpaired: run_without`" in by_key["cat/b.png"].error
+
+
+def test_a_sixteen_bit_mask_and_a_bad_inpaint_setting_are_refused_by_name(paired, tmp_path, models_dir):
+    mask = tmp_path / "masks" / "cat" / "a.png"
+    Image.new("I;16", SIZE, 40000).save(mask)
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, inpaint=True, if_unpaired="run_without")
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    tasks = [task for task in _plan(dataset, load_catalog(catalog)[0]) if task.key == "cat/a.png"]
+    (result,) = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results
+    assert result.status == "failed" and "has pixel mode I;16" in result.error and "8-bit grayscale" in result.error
+    _catalog(catalog, models_dir, inpaint={"mask_blur": 4, "padding": -8})
+    with pytest.raises(ValueError, match=r"`inpaint: \{padding\}` must be a whole number of pixels from 0 to 4096"):
+        load_catalog(catalog)

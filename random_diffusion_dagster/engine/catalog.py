@@ -304,8 +304,13 @@ def _embeddings(value: Any) -> tuple[EmbeddingSpec, ...]:
 
 
 MAX_MASK_BLUR = 64  # pixels; A1111's slider stops there
-INPAINT_KEYS = ("mask_blur",)
-INPAINT_EXPECTATION = "true, or a mapping such as {mask_blur: 4} (pixels of blur on the mask's edge, 0 to 64)"
+MAX_MASK_PADDING = 4096  # pixels around the mask; past the largest image side it is the whole image
+INPAINT_KEYS = ("mask_blur", "padding")
+INPAINT_EXPECTATION = (
+    "true, or a mapping such as {mask_blur: 4, padding: 32} (mask_blur: pixels of blur on the mask's edge, 0 to 64; "
+    "padding: inpaint only the masked area and this many pixels around it, at full resolution, "
+    f"0 to {MAX_MASK_PADDING})"
+)
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,9 @@ class InpaintSpec:
     """An inpainting entry's settings: each image is repainted inside its mask (engine/pairs.py) and kept outside."""
 
     mask_blur: int = 4  # pixels of Gaussian blur on the mask's edge, so the repainted part blends in (A1111's default)
+    # A1111's "only masked" mode: the masked area and this many pixels around it are cut out, inpainted at the model's
+    # resolution and pasted back (diffusers' padding_mask_crop; one image per pipeline call). None: the whole image.
+    padding: int | None = None
 
 
 def _inpaint(value: Any) -> InpaintSpec | None:
@@ -322,12 +330,15 @@ def _inpaint(value: Any) -> InpaintSpec | None:
         return InpaintSpec()
     if not isinstance(value, dict) or any(key not in INPAINT_KEYS for key in value):
         raise CatalogError(f"`inpaint` must be {INPAINT_EXPECTATION}; got {show(value)}.")
-    blur = value.get("mask_blur", InpaintSpec.mask_blur)
-    if isinstance(blur, bool) or not isinstance(blur, int) or not 0 <= blur <= MAX_MASK_BLUR:
-        raise CatalogError(
-            f"`inpaint: {{mask_blur}}` must be a whole number of pixels from 0 to {MAX_MASK_BLUR}; got {show(blur)}."
-        )
-    return InpaintSpec(blur)
+    spec = InpaintSpec(value.get("mask_blur", InpaintSpec.mask_blur), value.get("padding"))
+    bounds = (("mask_blur", spec.mask_blur, MAX_MASK_BLUR), ("padding", spec.padding, MAX_MASK_PADDING))
+    for key, number, most in bounds:
+        if number is not None or key == "mask_blur":  # padding may be null: the whole image
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= most:
+                raise CatalogError(
+                    f"`inpaint: {{{key}}}` must be a whole number of pixels from 0 to {most}; got {show(number)}."
+                )
+    return spec
 
 
 CONTROLNET_KEYS = ("path", "control", "scale")

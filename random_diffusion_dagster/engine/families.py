@@ -141,17 +141,22 @@ def settings_problem(spec: ModelSpec, family: Family) -> str | None:
     return None
 
 
-def inpainting_problem(spec: ModelSpec, pipeline) -> str | None:
-    """Why the entry cannot run on the loaded model: an inpainting model (its UNet reads the mask too: 9 input
-    channels) repaints masked images only."""
+def inpainting_problem(spec: ModelSpec, pipeline, masked: bool) -> str | None:
+    """Why images with (`masked`) or without a mask cannot run on the loaded model: an inpainting model (its UNet
+    reads the mask too: 9 input channels) repaints masked images only."""
     unet = getattr(pipeline, "unet", None)
     channels = getattr(getattr(unet, "config", None), "in_channels", 4)
-    if channels == 9 and not spec.inpaint:
+    if channels != 9 or masked:
+        return None
+    if not spec.inpaint:
         return (
             f"model {spec.name!r} is an inpainting model (its UNet reads a mask): add `inpaint: true` to its entry "
-            "and give each image a mask (RANDOM_DIFFUSION_MASKS_DIR, or <stem>.mask.png beside it)."
+            "and give each image a mask (the masks folder, or <stem>.mask.png beside it)."
         )
-    return None
+    return (
+        f"model {spec.name!r} is an inpainting model (its UNet reads a mask), so `if_unpaired: run_without` cannot "
+        "run an image without its mask: give the image a mask, or set `if_unpaired: fail`."
+    )
 
 
 def negative_prompt_problem(model_name: str, family: Family, negative_prompt: str, where: str) -> str | None:

@@ -27,6 +27,7 @@ from .output_location import overlap
 MASK = "mask"
 COMPUTED_CONTROLS = ("canny",)  # control types computed from the source where no file is given
 CANNY_THRESHOLDS = (100, 200)  # low, high: AUTOMATIC1111's ControlNet defaults
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # a 16-bit or float mask would be clipped, not read
 
 
 class PairError(ValueError):
@@ -159,6 +160,11 @@ def _read_pair(path: str, data: bytes, source_size: tuple[int, int], mode: str) 
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
+            if image.mode not in EIGHT_BIT_MODES:
+                raise PairError(
+                    f"{path} has pixel mode {image.mode} ({EIGHT_BIT_MODES} are read): save it as an 8-bit grayscale "
+                    "or RGB PNG."
+                )
             if image.size != source_size:
                 raise PairError(
                     f"{path} is {image.size[0]}x{image.size[1]} but its source is {source_size[0]}x{source_size[1]}: "

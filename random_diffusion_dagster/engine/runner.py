@@ -323,11 +323,6 @@ def _run_model(
             yield ImageResult(task, "failed", error=str(exc))
         return
     loaded = yield from _refuse_unsupported_negatives(loaded, pipeline, spec.name, progress)
-    if problem := inpainting_problem(spec, pipeline):
-        progress.advance(len(loaded), f"{len(loaded)} images failed: {problem}")
-        for task, _source in loaded:
-            yield ImageResult(task, "failed", error=problem)
-        return
     # Same-size images with the same call settings (a comparison varies strength and steps) batch together;
     # per-image generators keep batching from changing pixels. Those failing a quality gate come round again with
     # their next seed, batched together, until they pass or run out of tries.
@@ -335,8 +330,11 @@ def _run_model(
     base = pipeline
     for (size, *_settings), group in groupby(loaded, key=_batch_key):
         todo, attempts = list(group), _Attempts()
+        masked = todo[0][0].mask is not None
         try:  # diffusers' inpaint or ControlNet pipeline on the base's components, for images with those pairs
-            pipeline = cache.with_pairs(spec, base, todo[0][0].mask is not None, active_controlnets(todo[0][0]))
+            if problem := inpainting_problem(spec, base, masked):
+                raise ModelLoadError(problem)
+            pipeline = cache.with_pairs(spec, base, masked, active_controlnets(todo[0][0]))
         except ModelLoadError as exc:
             progress.advance(len(todo), f"{len(todo)} images failed: {exc}")
             yield from (ImageResult(task, "failed", error=str(exc)) for task, _source in todo)
@@ -404,7 +402,13 @@ def _batch_key(item: tuple[ImageTask, _Source]) -> tuple:
     """Images that run in one pipeline call: same size, settings and pairs (a mask, the same control types)."""
     task, source = item
     pairs = tuple(pair.role for pair in task.pairs)
-    return source.model_input.image.size, task.model.strength, task.model.num_inference_steps, pairs
+    alone = task.output_path if _mask_padding(task) is not None else ""  # diffusers crops one image per call
+    return source.model_input.image.size, task.model.strength, task.model.num_inference_steps, pairs, alone
+
+
+def _mask_padding(task: ImageTask) -> int | None:
+    """The entry's "only masked" padding, for an image that runs with its mask."""
+    return task.model.inpaint.padding if task.model.inpaint and task.mask else None
 
 
 def _load_sources(tasks: list[ImageTask]) -> list[tuple[ImageTask, _Source | ImageLoadError]]:
@@ -527,6 +531,14 @@ def _batch_array(images: list[Image.Image]):
     return np.stack([np.asarray(image, dtype=np.float32) / 255 for image in images])
 
 
+def _judged_box(source: _Source) -> tuple[int, int, int, int]:
+    """The part of the result its quality gates measure: the mask's bounding box, or all of it."""
+    whole = (0, 0, *source.model_input.size)
+    if source.mask is None:
+        return whole
+    return source.model_input.restore(source.mask).getbbox() or whole
+
+
 def _kept_outside_mask(source: _Source, image: Image.Image) -> Image.Image:
     """The result without padding; with a mask, the model's pixels inside it and the source's outside it (blended
     along the blurred edge), as AUTOMATIC1111 pastes an inpainted image back: the VAE changes every pixel it
@@ -572,7 +584,9 @@ def _infer(pipeline, batch: _Batch, device: str):
     images = [source.model_input.image for _, source in batch.items]
     prompts, negatives = [t.prompt for t in tasks], [t.negative_prompt for t in tasks]
     paired = {}
-    if tasks[0].mask is not None:
+    if (padding := _mask_padding(tasks[0])) is not None:  # one image: diffusers' crop takes a picture, not a list
+        paired |= {"image": images[0], "mask_image": batch.items[0][1].mask, "padding_mask_crop": padding}
+    elif tasks[0].mask is not None:
         paired["mask_image"] = [source.mask for _, source in batch.items]
     if controlnets := active_controlnets(tasks[0]):
         per_controlnet = [[source.controls[c.control] for _, source in batch.items] for c in controlnets]
@@ -628,14 +642,13 @@ def generate(
         output = pipeline(
             **text,
             **_size_arguments(pipeline, images),
-            image=images,
             strength=spec.strength,
             num_inference_steps=spec.num_inference_steps,
             guidance_scale=spec.guidance_scale,
             # CPU generators, one per image: seeds are portable and batch-independent.
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             output_type="pil",
-            **(paired or {}),
+            **({"image": images} | (paired or {})),
         )
     memory = {}  # no GPU figures on a device that has no GPU memory
     if on_cuda:
@@ -681,7 +694,8 @@ def _finish_batch(
         truncated = _prompt_too_long(pipeline, task.prompt, task.model.prompt_weighting)
         model_input = sources[task.output_path].model_input
         source_view = model_input.restore(model_input.image)  # what the model saw, at the result's size
-        judged = gates.judge(outcome.image, source_view, truncated)
+        box = _judged_box(sources[task.output_path])  # an inpainted image is judged where it could change
+        judged = gates.judge(outcome.image.crop(box), source_view.crop(box), truncated)
         history = attempts.by_output.setdefault(task.output_path, [])
         history.append({"attempt": task.attempt, "seed": task.generation_seed, **judged})
         if judged["failed"] and gates.reroll_may_help(judged, task.attempt):
