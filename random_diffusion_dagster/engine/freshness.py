@@ -20,6 +20,7 @@ SOURCE_CHANGED = "source image changed"
 PROMPT_CHANGED = "prompt changed"
 CATALOG_CHANGED = "model catalog changed"
 SEED_CHANGED = "run seed changed"
+PAIR_CHANGED = "mask or control image changed"  # engine/pairs.py: a pair's bytes, its model and prompt the same
 UNPLANNABLE = "cannot be planned"  # followed by why (a word a template needs and the image lacks)
 
 
@@ -146,4 +147,8 @@ def _what_changed(task: ImageTask, record: ResultRecord) -> str:
         return SEED_CHANGED
     if task.prompt != record.prompt or task.negative_prompt != record.negative_prompt:
         return PROMPT_CHANGED
+    read = {pair.role: pair.sha256 for pair in task.pairs if not pair.computed}
+    recorded = {row["role"]: row["sha256"] for row in record.pairs or [] if "sha256" in row}
+    if task.model.name == record.model and read.keys() == recorded.keys() and read != recorded:
+        return PAIR_CHANGED
     return CATALOG_CHANGED  # same prompt: the model drawn, or its settings (steps, strength, adapters...)
