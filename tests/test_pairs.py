@@ -105,7 +105,8 @@ def test_an_inpainting_entry_repaints_inside_the_mask_only_and_a_bad_pair_fails_
             assert np.abs(made[:, 32:] - source[:, 32:]).mean() > 5  # repainted inside it
             record = read_record(output)
             assert record.pairs[0]["role"] == MASK and len(record.pairs[0]["sha256"]) == 64
-            assert _partition_metadata(instance, key)["model"] == "paired"
+            metadata = _partition_metadata(instance, key)
+            assert metadata["model"] == "paired" and metadata["pairs"] == f"mask: {record.pairs[0]['file']}"
         assert read_record(result_path(paired["output_dir"], "dog/c.png")).pairs[0]["file"] == "c.mask.png"
 
         # The missing mask: a named error, or (the entry's choice) a plain img2img run.

@@ -39,12 +39,23 @@ def partition_metadata(result: ImageResult) -> dict:
     }
     if result.record.quality is not None:
         metadata["quality_gates"] = dg.MetadataValue.text(quality_summary(result.record))
+    if result.record.pairs:
+        metadata["pairs"] = dg.MetadataValue.text(pairs_summary(result.record.pairs))
     metadata["reused_existing"] = reused
     if reused:
         metadata["when_made"] = dg.MetadataValue.text(when_made(result.record))
     metadata["output_path"] = dg.MetadataValue.path(result.task.output_path)
     metadata["preview"] = dg.MetadataValue.md(f"![result]({result.preview})")
     return metadata
+
+
+def pairs_summary(pairs: list[dict]) -> str:
+    """A record's mask and control images in one line: `mask: 001.png; canny (scale 0.8): .controls/001.canny.png`."""
+    parts = []
+    for pair in pairs:
+        scale = f" (scale {pair['scale']:g})" if "scale" in pair else ""
+        parts.append(f"{pair['role']}{scale}: " + ("none, run without" if pair.get("run_without") else pair["file"]))
+    return "; ".join(parts)
 
 
 QUALITY_CHECK = "quality_gates"
