@@ -310,3 +310,19 @@ def test_a_sixteen_bit_mask_and_a_bad_inpaint_setting_are_refused_by_name(paired
     _catalog(catalog, models_dir, inpaint={"mask_blur": 4, "padding": -8})
     with pytest.raises(ValueError, match=r"`inpaint: \{padding\}` must be a whole number of pixels from 0 to 4096"):
         load_catalog(catalog)
+
+
+def test_a_pair_matches_its_source_as_shown_upright(paired, tmp_path, models_dir):
+    """A phone photo stored 64x48 with EXIF orientation 6 is shown (and diffused) 48x64: so must its mask be."""
+    photo = make_image(tmp_path / "photo.png", size=(64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(photo).save(f"{paired['images_dir']}/cat/phone.jpg", exif=exif, quality=95)
+    _mask(tmp_path / "masks" / "cat" / "phone.png", size=(48, 64))
+    _mask(tmp_path / "masks" / "cat" / "b.png", size=(64, 48))  # b is stored and shown 64x64: refused
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, inpaint={"mask_blur": 0}, if_unpaired="run_without")
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    tasks = [task for task in _plan(dataset, load_catalog(catalog)[0]) if task.key in ("cat/phone.jpg", "cat/b.png")]
+    results = {r.task.key: r for r in run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results}
+    assert results["cat/phone.jpg"].status == "generated" and results["cat/phone.jpg"].record.output_size == "48x64"
+    assert "b.png is 64x48 but its source is 64x64" in results["cat/b.png"].error

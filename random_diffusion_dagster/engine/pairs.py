@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .images import MASK_MARK, quick_image_problem
 from .output_location import overlap
@@ -158,8 +158,8 @@ def _read_pair(path: str, data: bytes, source_size: tuple[int, int], mode: str) 
     import io
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        with Image.open(io.BytesIO(data)) as opened:
+            image = ImageOps.exif_transpose(opened)  # upright, as its source is read (images.load_rgb)
             if image.mode not in EIGHT_BIT_MODES:
                 raise PairError(
                     f"{path} has pixel mode {image.mode} ({EIGHT_BIT_MODES} are read): save it as an 8-bit grayscale "

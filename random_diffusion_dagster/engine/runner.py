@@ -443,20 +443,26 @@ def _load_source(task: ImageTask) -> _Source:
     image = load_rgb(io.BytesIO(data), min_side=task.model.resolution, name=task.source_path)
     with Image.open(io.BytesIO(data)) as original:
         original_size = original.size
+        sideways = bool(task.pairs) and original.getexif().get(EXIF_ORIENTATION) in SIDEWAYS
     # Sides a multiple of what the model takes as given (16 for SD3 and Flux.1): padded here, cropped off after.
     multiple = family_of_spec(task.model).side_multiple
     model_input = prepare_model_input(image, task.model.resolution, multiple)
     if not task.pairs:
         return _Source(model_input, original_size)
     try:
-        mask, controls = _load_pairs(task, original_size, model_input)
+        # A pair matches the source as it is shown (load_rgb turns it upright), not as its pixels are stored.
+        mask, controls = _load_pairs(task, original_size[::-1] if sideways else original_size, model_input)
     except PairError as exc:
         raise ImageLoadError(str(exc)) from None
     return _Source(model_input, original_size, mask, controls)
 
 
+EXIF_ORIENTATION = 0x0112
+SIDEWAYS = (5, 6, 7, 8)  # orientations that turn the picture a quarter: its width and height swap when shown
+
+
 def _load_pairs(
-    task: ImageTask, original_size: tuple[int, int], model_input: ModelInput
+    task: ImageTask, source_size: tuple[int, int], model_input: ModelInput
 ) -> tuple[Image.Image | None, dict[str, Image.Image]]:
     """The task's mask (blurred by its entry's `mask_blur`) and control images, each read from the bytes planned and
     fitted to the model input as the source is; a computed control (canny) made from the model input."""
@@ -473,10 +479,10 @@ def _load_pairs(
             raise PairError(f"{pair.path} changed after this run planned it; the next run uses what is there now.")
         if pair.role == MASK:
             blur = task.model.inpaint.mask_blur if task.model.inpaint else 0
-            mask = model_input.fit(read_mask(pair.path, data, original_size))
+            mask = model_input.fit(read_mask(pair.path, data, source_size))
             mask = mask.filter(ImageFilter.GaussianBlur(blur)) if blur else mask
         else:
-            controls[pair.role] = model_input.fit(read_control(pair.path, data, original_size))
+            controls[pair.role] = model_input.fit(read_control(pair.path, data, source_size))
     return mask, controls
 
 
