@@ -1,6 +1,9 @@
 """Inputs that come in pairs: a mask or control images per source, matched by path, through real materializations
 of tiny inpainting and ControlNet models."""
 
+import re
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -326,3 +329,71 @@ def test_a_pair_matches_its_source_as_shown_upright(paired, tmp_path, models_dir
     results = {r.task.key: r for r in run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results}
     assert results["cat/phone.jpg"].status == "generated" and results["cat/phone.jpg"].record.output_size == "48x64"
     assert "b.png is 64x48 but its source is 64x64" in results["cat/b.png"].error
+
+
+def test_odd_files_where_a_mask_would_be_are_passed_over_or_refused_by_name(paired, tmp_path, models_dir):
+    """A device, a FIFO or a folder named like a mask is no mask (reading one would hang or fail the run); two masks
+    for one image, a transparent-layer mask and a mask with nothing to repaint are told apart."""
+    import os
+
+    masks = tmp_path / "masks"
+    (masks / "cat" / "a.png").unlink()
+    (masks / "cat" / "a.png").symlink_to("/dev/zero")
+    os.mkfifo(masks / "cat" / "b.png")
+    (masks / "dog").mkdir()
+    (masks / "dog" / "c.png").mkdir()  # and c's mask beside it, images/dog/c.mask.png, stays the one
+    folders = DatasetResource(**paired, models_file="unused.yaml").pair_folders()
+    images = paired["images_dir"]
+    assert folders.find(f"{images}/cat/a.png", "cat/a.png", MASK) is None
+    assert folders.find(f"{images}/cat/b.png", "cat/b.png", MASK) is None
+    assert str(folders.find(f"{images}/dog/c.png", "dog/c.png", MASK)).endswith("dog/c.mask.png")
+    assert set(folders.versions(f"{images}/cat/a.png", "cat/a.png")) == {"depth"}  # no hang
+
+    _mask(masks / "dog" / "c.jpg")  # a second mask for dog/c: which one is meant cannot be told
+    with pytest.raises(ValueError, match=r"dog/c.png has 2 files for its mask: .*c.mask.png, .*c.jpg; keep one"):
+        DatasetResource(**paired, models_file="unused.yaml").pair_folders().find(
+            f"{images}/dog/c.png", "dog/c.png", MASK
+        )
+    (masks / "dog" / "c.jpg").unlink()
+
+    (masks / "cat" / "a.png").unlink()
+    layer = Image.new("RGBA", SIZE, (255, 255, 255, 0))  # white paint on the right half of a transparent layer
+    layer.paste((255, 255, 255, 255), (32, 0, 64, 64))
+    layer.save(masks / "cat" / "a.png")
+    Image.new("L", SIZE, 0).save(masks / "cat" / "b2.png")
+    make_image(Path(images) / "cat" / "b2.png", size=SIZE)
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, inpaint={"mask_blur": 0}, if_unpaired="run_without")
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    tasks = [task for task in _plan(dataset, load_catalog(catalog)[0]) if task.key in ("cat/a.png", "cat/b2.png")]
+    results = {r.task.key: r for r in run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None).results}
+    made, source = _pixels(results["cat/a.png"].task.output_path), _pixels(results["cat/a.png"].task.source_path)
+    assert (made[:, :32] == source[:, :32]).all() and np.abs(made[:, 32:] - source[:, 32:]).mean() > 2
+    assert "b2.png is black everywhere, so nothing would be repainted" in results["cat/b2.png"].error
+
+
+def test_controlnet_entries_that_cannot_work_are_refused_by_name(paired, tmp_path, models_dir):
+    canny = str(controlnet_dir(models_dir, "tiny-controlnet-canny"))
+    for controlnet, expected in (
+        ({"path": str(models_dir / "tiny-sd15" / "unet"), "control": "canny"}, "is no diffusers ControlNet"),
+        ({"path": canny, "control": "mask"}, "`control: mask` would read the inpainting mask as a control image"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            load_catalog(_catalog(tmp_path / "models.yaml", models_dir, controlnets=[controlnet]))
+    # An SD 1.5-shaped ControlNet on an SD 2-shaped model (text width 48): refused by name before any image runs.
+    catalog = _catalog(
+        tmp_path / "models.yaml",
+        models_dir,
+        path=str(models_dir / "tiny-sd2"),
+        controlnets=[{"path": canny, "control": "canny"}],
+    )
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    summary = run_tasks(_plan(dataset, load_catalog(catalog)[0]), PipelineCache(device="cpu"), log=lambda m: None)
+    assert {r.status for r in summary.results} == {"failed"}
+    assert "was made for another kind of model (text width 32" in summary.results[0].error
+
+    for folder, expected in (
+        ({"controls_dir": paired["masks_dir"]}, "one kind of pair would be read as the other"),
+        ({"masks_dir": f"{paired['output_dir']}/masks"}, "results would be read as pairs"),
+    ):
+        with pytest.raises(OSError, match=expected):
+            DatasetResource(**{**paired, **folder}, models_file="unused.yaml").check_folders()

@@ -185,7 +185,7 @@ class DatasetResource(dg.ConfigurableResource):
             f"{settings.MASKS_DIR_VARIABLE} (or the dataset resource's masks_dir)": self.masks_dir,
             f"{settings.CONTROLS_DIR_VARIABLE} (or the dataset resource's controls_dir)": self.controls_dir,
         }
-        require_pairs_apart(self.images_dir, named)
+        require_pairs_apart(self.images_dir, self.output_dir, named)
 
     def result_variants(self) -> int:
         """Results per image: this resource's `variants` (run config, `run --variants`, RANDOM_DIFFUSION_VARIANTS),

@@ -384,6 +384,11 @@ def _controlnets(value: Any) -> tuple[ControlNetSpec, ...]:
                 f"{where} ({show(path)}) needs `control`, the type of control image it reads: the name of a folder "
                 f"in the controls folder (such as depth), or canny (computed from the source); got {show(control)}."
             )
+        if control.strip() == "mask":  # engine/pairs.py MASK: the inpainting mask's role
+            raise CatalogError(
+                f"{where} ({show(path)}): `control: mask` would read the inpainting mask as a control image; name "
+                "the control type (its folder in the controls folder, such as depth or seg), or use `inpaint:`."
+            )
         scale = item.get("scale", 1.0)
         try:
             scale = float(_finite(scale))
@@ -852,13 +857,25 @@ def _controlnet_folders(
     resolved = []
     for index, controlnet in enumerate(controlnets):
         folder = (base_dir / controlnet.path).resolve()
-        if not (folder / "config.json").is_file():
+        if _config_class(folder / "config.json") != "ControlNetModel":
             raise CatalogError(
-                f"{where}: ControlNet folder {folder} (`controlnets` item {index + 1}) holds no config.json: point "
-                "`path` at a diffusers ControlNet folder (a relative path is read from the catalog's folder)."
+                f"{where}: {folder} (`controlnets` item {index + 1}) is no diffusers ControlNet (its config.json "
+                "must name ControlNetModel): point `path` at a ControlNet folder (a relative path is read from the "
+                "catalog's folder)."
             )
         resolved.append(ControlNetSpec(str(folder), controlnet.control, controlnet.scale))
     return tuple(resolved)
+
+
+def _config_class(config: Path) -> str | None:
+    """The `_class_name` a diffusers model folder's config.json names, or None if it cannot be read."""
+    import json
+
+    try:
+        document = json.loads(config.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return document.get("_class_name") if isinstance(document, dict) else None
 
 
 def _single_file_config(config: str | None, base_dir: Path, where: str) -> str | None:

@@ -395,6 +395,15 @@ def _image_suffixes() -> frozenset[str]:
     return frozenset(Image.registered_extensions())
 
 
+EXIF_ORIENTATION = 0x0112
+SIDEWAYS = (5, 6, 7, 8)  # orientations that turn the picture a quarter: its width and height swap when shown
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """An opened image's size as shown (upright, as load_rgb turns it), from its header alone."""
+    return image.size[::-1] if image.getexif().get(EXIF_ORIENTATION) in SIDEWAYS else image.size
+
+
 def load_rgb(
     path: str | Path | BinaryIO, max_pixels: int = MAX_SOURCE_PIXELS, min_side: int | None = None, name: str = ""
 ) -> Image.Image:

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .images import MASK_MARK, quick_image_problem
-from .output_location import overlap
+from .images import MASK_MARK, quick_image_problem, shown_size
+from .output_location import is_local, location, overlap
 
 MASK = "mask"
 COMPUTED_CONTROLS = ("canny",)  # control types computed from the source where no file is given
 CANNY_THRESHOLDS = (100, 200)  # low, high: AUTOMATIC1111's ControlNet defaults
-EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # a 16-bit or float mask would be clipped, not read
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")  # a 16-bit or float one would clip
 
 
 class PairError(ValueError):
@@ -58,26 +59,39 @@ class PairFolders:
 
     masks_dir: str | None = None
     controls_dir: str | None = None
-    _listings: dict[Path, dict[str, str]] = field(default_factory=dict, repr=False)
+    _listings: dict[Path, dict[str, list[str]]] = field(default_factory=dict, repr=False)
     _control_types: list[str] | None = field(default=None, repr=False)
 
     def find(self, source_path: str, relative_path: str, role: str) -> Path | None:
         """The file paired in `role` (`mask` or a control type) with the source at `source_path`, `relative_path`
-        under the images folder; None if it has none."""
+        under the images folder; None if it has none, PairError if it has two (a stem in two formats, or a mask both
+        beside the source and in the masks folder)."""
         folder, _, name = relative_path.rpartition("/")
         stem = Path(name).stem
         if role == MASK:
-            beside = self._in(Path(source_path).parent, f"{stem}{MASK_MARK}")
-            if beside is not None:
-                return beside
-            return self._in(Path(self.masks_dir, folder), stem) if self.masks_dir else None
-        return self._in(Path(self.controls_dir, role, folder), stem) if self.controls_dir else None
+            found = self._in(Path(source_path).parent, f"{stem}{MASK_MARK}")
+            found += self._in(Path(self.masks_dir, folder), stem) if self.masks_dir else []
+        else:
+            found = self._in(Path(self.controls_dir, role, folder), stem) if self.controls_dir else []
+        if len(found) > 1:
+            raise PairError(
+                f"{relative_path} has {len(found)} files for its {role}: {', '.join(map(str, found))}; keep one."
+            )
+        return found[0] if found else None
 
     def versions(self, source_path: str, relative_path: str) -> dict[str, str]:
         """Role -> content hash of every file paired with the source (its mask, a control image of each type that
-        has a folder), whichever model it draws: part of the image's data version (captions.image_version)."""
-        found = {role: self.find(source_path, relative_path, role) for role in self._roles()}
-        return {role: file_sha256(path)[:16] for role, path in found.items() if path is not None}
+        has a folder), whichever model it draws: part of the image's data version (captions.image_version). A pair
+        that cannot be told or read counts as none here; the run that needs it names the problem."""
+        versions = {}
+        for role in self._roles():
+            try:
+                path = self.find(source_path, relative_path, role)
+                if path is not None:
+                    versions[role] = file_sha256(path)[:16]
+            except (PairError, OSError):
+                continue
+        return versions
 
     def _roles(self) -> list[str]:
         if self._control_types is None:
@@ -87,32 +101,47 @@ class PairFolders:
             self._control_types = types
         return [MASK, *self._control_types]
 
-    def _in(self, folder: Path, stem: str) -> Path | None:
+    def _in(self, folder: Path, stem: str) -> list[Path]:
+        """The image files in `folder` whose name is `stem` plus an image suffix: regular files only (a device, a
+        FIFO or a folder so named would hang or fail the read)."""
         if folder not in self._listings:
+            listing: dict[str, list[str]] = {}
             try:
-                names = sorted(os.listdir(folder))
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if _is_regular_file(entry) and quick_image_problem(entry.path) is None:
+                            listing.setdefault(Path(entry.name).stem, []).append(entry.name)
             except OSError:
-                names = []
-            listing: dict[str, str] = {}
-            for name in names:  # the first in name order where two formats share a stem
-                if quick_image_problem(folder / name) is None:
-                    listing.setdefault(Path(name).stem, name)
+                pass
             self._listings[folder] = listing
-        name = self._listings[folder].get(stem)
-        return folder / name if name else None
+        return [folder / name for name in sorted(self._listings[folder].get(stem, []))]
 
 
-def require_pairs_apart(images_dir: str, folders: dict[str, str | None]) -> None:
+def _is_regular_file(entry: os.DirEntry) -> bool:
+    try:
+        return stat.S_ISREG(entry.stat().st_mode)  # follows a symlink to what it names
+    except OSError:
+        return False
+
+
+def require_pairs_apart(images_dir: str, output_dir: str, folders: dict[str, str | None]) -> None:
     """Refuse a masks or controls folder (`folders`: the setting that names it -> the folder) that is, holds or lies in
-    the images folder: the scan would take its files for sources (a mask beside its source is `<stem>.mask.png`)."""
+    the images folder (the scan would take its files for sources; a mask beside its source is `<stem>.mask.png`), in
+    a local output folder (results would be read as pairs), or in the other pair folder (a mask read as a control)."""
     images = Path(images_dir).resolve()
-    for setting, folder in folders.items():
-        if folder and (relation := overlap(Path(folder).resolve(), images)):
-            raise PairFolderError(
-                f"The folder {Path(folder).resolve()} {relation} the images folder {images}: its images would be "
-                f"diffused as sources. Point {setting} at a folder outside it, or keep each mask beside its source as "
-                "<stem>.mask.png."
-            )
+    named = {setting: Path(folder).resolve() for setting, folder in folders.items() if folder}
+    for setting, folder in named.items():
+        others = [("the images folder", images, "its images would be diffused as sources")]
+        if is_local(location(output_dir)):
+            others.append(("the output folder", Path(output_dir).resolve(), "results would be read as pairs"))
+        others += [(other, path, "one kind of pair would be read as the other") for other, path in named.items()]
+        for name, path, why in others:
+            if name != setting and (relation := overlap(folder, path)):
+                beside = ", or keep each mask beside its source as <stem>.mask.png" if path == images else ""
+                raise PairFolderError(
+                    f"The folder {folder} ({setting}) {relation} {name} {path}: {why}. Point {setting} at a folder "
+                    f"of its own{beside}."
+                )
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -145,36 +174,45 @@ def missing_pair_message(model_name: str, role: str, relative_path: str, folders
 
 
 def read_mask(path: str, data: bytes, source_size: tuple[int, int]) -> Image.Image:
-    """A mask as one channel (white: repaint, black: keep) from its bytes; PairError unless it has the source's
-    size."""
-    return _read_pair(path, data, source_size, "L")
+    """A mask as one channel (white: repaint, black: keep) from its bytes, upright; PairError unless it has the
+    source's size (as shown) and something to repaint. Painted on a transparent layer (alpha not opaque everywhere),
+    the paint is the mask, as AUTOMATIC1111 reads it."""
+    image = _read_pair(path, data, source_size)
+    transparent = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    alpha = image.convert("RGBA").getchannel("A") if transparent else None
+    mask = alpha if alpha is not None and alpha.getextrema()[0] < 255 else image.convert("L")
+    if mask.getextrema()[1] == 0:
+        raise PairError(f"{path} is black everywhere, so nothing would be repainted: paint the area to change white.")
+    return mask
 
 
 def read_control(path: str, data: bytes, source_size: tuple[int, int]) -> Image.Image:
-    return _read_pair(path, data, source_size, "RGB")
+    return _read_pair(path, data, source_size).convert("RGB")
 
 
-def _read_pair(path: str, data: bytes, source_size: tuple[int, int], mode: str) -> Image.Image:
+def _read_pair(path: str, data: bytes, source_size: tuple[int, int]) -> Image.Image:
+    """The pair's picture, upright, once its header says it has the source's size and 8 bits per channel."""
     import io
 
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            image = ImageOps.exif_transpose(opened)  # upright, as its source is read (images.load_rgb)
-            if image.mode not in EIGHT_BIT_MODES:
+            if (size := shown_size(opened)) != source_size:
                 raise PairError(
-                    f"{path} has pixel mode {image.mode} ({EIGHT_BIT_MODES} are read): save it as an 8-bit grayscale "
-                    "or RGB PNG."
+                    f"{path} is {size[0]}x{size[1]} but its source is {source_size[0]}x{source_size[1]}: a pair must "
+                    "have its source's size; resize it to match."
                 )
-            if image.size != source_size:
+            if opened.mode not in EIGHT_BIT_MODES:
                 raise PairError(
-                    f"{path} is {image.size[0]}x{image.size[1]} but its source is {source_size[0]}x{source_size[1]}: "
-                    "a pair must have its source's size; resize it to match."
+                    f"{path} has pixel mode {opened.mode} ({', '.join(EIGHT_BIT_MODES)} are read): save it as an 8-bit "
+                    "grayscale or RGB PNG."
                 )
-            return image.convert(mode)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, PairError):
-            raise
-        raise PairError(f"{path} cannot be read as an image ({exc}); replace it with a PNG or JPEG.") from None
+            return ImageOps.exif_transpose(opened)  # upright, as its source is read (images.load_rgb)
+    except PairError:
+        raise
+    except Image.DecompressionBombError:
+        raise PairError(f"{path} has too many pixels to be read safely; give it its source's size.") from None
+    except (OSError, ValueError, SyntaxError):
+        raise PairError(f"{path} is not an image file that can be read: save it as a PNG.") from None
 
 
 def canny_edges(image: Image.Image) -> Image.Image:

@@ -630,6 +630,9 @@ class PipelineCache:
         import diffusers
 
         models = [self._controlnet(spec, controlnet, pipeline.dtype) for controlnet in controlnets]
+        for controlnet, model in zip(controlnets, models, strict=True):
+            if problem := _controlnet_misfit(spec, pipeline, controlnet, model):
+                raise ModelLoadError(problem)
         extra = (
             {"controlnet": models[0] if len(models) == 1 else diffusers.MultiControlNetModel(models)} if models else {}
         )
@@ -651,13 +654,13 @@ class PipelineCache:
 
             started = time.perf_counter()
             try:
-                model = diffusers.ControlNetModel.from_pretrained(controlnet.path, torch_dtype=dtype)
-            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+                model = diffusers.ControlNetModel.from_pretrained(controlnet.path, torch_dtype=dtype).to(self.device)
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError, NotImplementedError) as exc:
                 raise ModelLoadError(
                     f"Model {spec.name!r}: ControlNet {controlnet.path} could not be loaded ({exc}); point its `path` "
                     "at a diffusers ControlNet folder (config.json and diffusion_pytorch_model.safetensors)."
                 ) from exc
-            self._controlnets[controlnet.path] = model.to(self.device)
+            self._controlnets[controlnet.path] = model
             self.controlnet_loads += 1
             self.log(f"Loaded ControlNet {controlnet.name!r} in {time.perf_counter() - started:.2f} s")
         return self._controlnets[controlnet.path]
@@ -729,6 +732,30 @@ class PipelineCache:
 # The text encoder's mark: (the base tokenizer copied, the copy that its rows past that vocabulary serve, the tokens
 # and file identities loaded into them).
 EMBEDDINGS_MARK = "_random_diffusion_embeddings"
+
+
+def _controlnet_misfit(spec: ModelSpec, pipeline, controlnet: ControlNetSpec, model) -> str | None:
+    """Why a ControlNet cannot steer the entry's model (None if it can): it adds to a UNet of its own block widths
+    and text width, which a ControlNet made for another family (SD 1.5 against SD 2.x, SDXL) does not have."""
+    unet = getattr(pipeline, "unet", None)
+    if unet is None:
+        return (
+            f"Model {spec.name!r} ({type(pipeline).__name__}) has no UNet for ControlNet {controlnet.name!r} to steer: "
+            "ControlNets run here with SD 1.x/2.x and SDXL models; remove `controlnets` from the entry."
+        )
+
+    theirs, ours = model.config, unet.config
+    if (theirs.cross_attention_dim, list(theirs.block_out_channels)) != (
+        ours.cross_attention_dim,
+        list(ours.block_out_channels),
+    ):
+        return (
+            f"ControlNet {controlnet.name!r} was made for another kind of model (text width "
+            f"{theirs.cross_attention_dim}, blocks {list(theirs.block_out_channels)}) than {spec.name!r} (text width "
+            f"{ours.cross_attention_dim}, blocks {list(ours.block_out_channels)}): give the entry a ControlNet of its "
+            "model's family (an SD 1.5 ControlNet for SD 1.x models, an SDXL one for SDXL)."
+        )
+    return None
 
 
 def _compiled_unet(pipeline) -> bool:

@@ -280,7 +280,11 @@ class Planner:
         for role in dict.fromkeys(roles):
             path = folders.find(source_path, relative_path, role)
             if path is not None:
-                pairs.append(PairFile(role, str(path), file_sha256(path)))
+                try:
+                    pairs.append(PairFile(role, str(path), file_sha256(path)))
+                except OSError as exc:
+                    why = exc.strerror or exc
+                    raise PairError(f"{path} ({relative_path}'s {role}) cannot be read: {why}") from None
             elif role in COMPUTED_CONTROLS:
                 pairs.append(PairFile(role))
             elif model.if_unpaired == "run_without":

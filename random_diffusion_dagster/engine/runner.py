@@ -37,6 +37,7 @@ from .images import (
     load_rgb,
     open_image_copy,
     prepare_model_input,
+    shown_size,
     thumbnail_data_uri,
 )
 from .output_location import location, require_writable_folder, write_bytes_atomic
@@ -443,22 +444,17 @@ def _load_source(task: ImageTask) -> _Source:
     image = load_rgb(io.BytesIO(data), min_side=task.model.resolution, name=task.source_path)
     with Image.open(io.BytesIO(data)) as original:
         original_size = original.size
-        sideways = bool(task.pairs) and original.getexif().get(EXIF_ORIENTATION) in SIDEWAYS
+        upright = shown_size(original) if task.pairs else original_size
     # Sides a multiple of what the model takes as given (16 for SD3 and Flux.1): padded here, cropped off after.
     multiple = family_of_spec(task.model).side_multiple
     model_input = prepare_model_input(image, task.model.resolution, multiple)
     if not task.pairs:
         return _Source(model_input, original_size)
     try:
-        # A pair matches the source as it is shown (load_rgb turns it upright), not as its pixels are stored.
-        mask, controls = _load_pairs(task, original_size[::-1] if sideways else original_size, model_input)
+        mask, controls = _load_pairs(task, upright, model_input)  # a pair matches the source as shown
     except PairError as exc:
         raise ImageLoadError(str(exc)) from None
     return _Source(model_input, original_size, mask, controls)
-
-
-EXIF_ORIENTATION = 0x0112
-SIDEWAYS = (5, 6, 7, 8)  # orientations that turn the picture a quarter: its width and height swap when shown
 
 
 def _load_pairs(
