@@ -103,23 +103,23 @@ class PairFolders:
 
     def _in(self, folder: Path, stem: str) -> list[Path]:
         """The image files in `folder` whose name is `stem` plus an image suffix: regular files only (a device, a
-        FIFO or a folder so named would hang or fail the read)."""
+        FIFO or a folder so named would hang or fail the read). The folder is listed once, by name alone; only the
+        names a lookup asks for are looked at."""
         if folder not in self._listings:
             listing: dict[str, list[str]] = {}
             try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        if _is_regular_file(entry) and quick_image_problem(entry.path) is None:
-                            listing.setdefault(Path(entry.name).stem, []).append(entry.name)
+                for name in os.listdir(folder):
+                    listing.setdefault(Path(name).stem, []).append(name)
             except OSError:
                 pass
             self._listings[folder] = listing
-        return [folder / name for name in sorted(self._listings[folder].get(stem, []))]
+        candidates = [folder / name for name in sorted(self._listings[folder].get(stem, []))]
+        return [path for path in candidates if _is_regular_file(path) and quick_image_problem(path) is None]
 
 
-def _is_regular_file(entry: os.DirEntry) -> bool:
+def _is_regular_file(path: Path) -> bool:
     try:
-        return stat.S_ISREG(entry.stat().st_mode)  # follows a symlink to what it names
+        return stat.S_ISREG(os.stat(path).st_mode)  # follows a symlink to what it names
     except OSError:
         return False
 
