@@ -89,7 +89,9 @@ def _slow_project(root: Path, models_dir: Path) -> tuple[Path, Path, Path]:
     return root, home, root / "outputs"
 
 
-def _start_ui(root: Path, home: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def _start_ui(root: Path, home: Path, log: Path, as_background_job: bool = False) -> tuple[subprocess.Popen, str]:
+    """`ui` started as from a terminal, or `as_background_job` of a script (`random-diffusion ui &`), which the shell
+    starts with SIGINT ignored."""
     port = _free_port()
     with open(log, "w") as output:
         process = subprocess.Popen(
@@ -99,6 +101,7 @@ def _start_ui(root: Path, home: Path, log: Path) -> tuple[subprocess.Popen, str]
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a shell gives a command: Ctrl-C reaches that group
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if as_background_job else None,
         )
     wait_for(lambda: "the UI is at" in log.read_text() or process.poll() is not None, 180, "the UI")
     assert process.poll() is None, log.read_text()
@@ -148,7 +151,8 @@ def test_ui_stops_within_seconds_on_ctrl_c_and_sigterm_with_a_run_in_flight(tmp_
     root, home, outputs = _slow_project(tmp_path, models_dir)
 
     first = _add_images(root / "images", "a")
-    process, _ = _start_ui(root, home, root / "ui-1.log")
+    # Started as a script's background job (SIGINT ignored): `kill -INT` still stops it, and its children with it.
+    process, _ = _start_ui(root, home, root / "ui-1.log", as_background_job=True)
     seconds = _stop_mid_run(process, outputs, first, lambda: os.killpg(process.pid, signal.SIGINT))
     _assert_stopped_cleanly(seconds, root / "ui-1.log", home, process)
     canceled = _sensor_run(home, first)

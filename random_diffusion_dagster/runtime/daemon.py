@@ -62,9 +62,10 @@ def run_with_quiet_console(workspace: str) -> int:
     ui` shows it (DaemonOutput). SIGTERM or Ctrl-C stops it as Ctrl-C stops Dagster's daemon; returns its exit code."""
     backfill_interval_seconds()  # a bad value fails here, with the command's own message
     check_instance_yaml(instance_home() / "dagster.yaml")  # and a broken dagster.yaml, before the child's traceback
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also where started with SIGINT ignored; the child then takes it
+        signal.signal(signum, interrupt)
     child = start_child(workspace)
     output = DaemonOutput()
-    signal.signal(signal.SIGTERM, interrupt)
     while True:
         try:
             output.forward(child.stdout, sys.stderr)  # until the child's output ends
