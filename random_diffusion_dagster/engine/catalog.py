@@ -211,6 +211,21 @@ def _file_items(
     return items
 
 
+def _item_number(item: dict, key: str, bounds: tuple[float, float], where: str, meaning: str) -> float:
+    """A list item's strength `key` (default 1) within `bounds`, or a CatalogError naming it."""
+    low, high = bounds
+    try:
+        number = float(_finite(item.get(key, 1.0)))
+    except ValueError:
+        number = math.nan
+    if not low <= number <= high:
+        raise CatalogError(
+            f"{where}: `{key}` must be a number from {low:g} to {high:g} (unquoted; {meaning} strength); got "
+            f"{show(item.get(key))}."
+        )
+    return number
+
+
 def _loras(value: Any) -> tuple[LoraSpec, ...]:
     """`loras:` as written: each item's keys and weight checked here, its file where the catalog's folder is known
     (_lora_files)."""
@@ -229,16 +244,9 @@ def _loras(value: Any) -> tuple[LoraSpec, ...]:
                 f"{where}: {show(path)} is not a .safetensors file; only those load without running code from the "
                 "file: convert the LoRA to .safetensors, or use the .safetensors download."
             )
-        weight = item.get("weight", 1.0)
-        try:
-            weight = float(_finite(weight))
-        except ValueError:
-            weight = math.nan
-        if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
-            raise CatalogError(
-                f"{where} ({show(path)}): `weight` must be a number from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g} "
-                f"(unquoted; 0 turns it off, 1 is full strength); got {show(item.get('weight'))}."
-            )
+        weight = _item_number(
+            item, "weight", (-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT), f"{where} ({show(path)})", "0 turns it off, 1 is full"
+        )
         loras.append(LoraSpec(path, weight))
     return tuple(loras)
 
@@ -389,16 +397,7 @@ def _controlnets(value: Any) -> tuple[ControlNetSpec, ...]:
                 f"{where} ({show(path)}): `control: mask` would read the inpainting mask as a control image; name "
                 "the control type (its folder in the controls folder, such as depth or seg), or use `inpaint:`."
             )
-        scale = item.get("scale", 1.0)
-        try:
-            scale = float(_finite(scale))
-        except ValueError:
-            scale = math.nan
-        if not 0 <= scale <= MAX_CONTROL_SCALE:
-            raise CatalogError(
-                f"{where} ({show(path)}): `scale` must be a number from 0 to {MAX_CONTROL_SCALE:g} (unquoted; 1 is "
-                f"full strength); got {show(item.get('scale'))}."
-            )
+        scale = _item_number(item, "scale", (0, MAX_CONTROL_SCALE), f"{where} ({show(path)})", "1 is full")
         controlnets.append(ControlNetSpec(path, control.strip(), scale))
     return tuple(controlnets)
 

@@ -104,7 +104,8 @@ def model_comparison(
     partitions = list(dict.fromkeys(partition for partition, _ in cells.values()))
     files, missing = dataset.files_for(partitions)
     if config.images and not granularity.per_image:
-        files = [file for file in files if file.partition_key in set(config.images)]
+        named = set(config.images)
+        files = [file for file in files if file.partition_key in named]
     planner = dataset.planner(prompt_list, model_catalog)
     planned, unreadable = planner.plan(files)
     # Each image's first result, planned exactly as diffused_image plans it (variants draw other prompts and seeds).

@@ -105,9 +105,10 @@ def diffused_image(
     tasks, unreadable = planner.plan(files)
     # The bytes this run read: each partition's provenance names that content.
     pairs = planner.pair_folders
-    versions = {  # one per image, not variant
-        t.key: image_version(t.source.sha256[:16], t.caption, pairs.versions(t.source_path, t.source_file))
-        for t in tasks
+    images = {t.key: t for t in tasks}  # one per image, not variant
+    versions = {
+        key: image_version(t.source.sha256[:16], t.caption, pairs.versions(t.source_path, t.source_file))
+        for key, t in images.items()
     }
     if not granularity.per_image:  # a folder is versioned by every file it holds, as image_file and the sensor do
         captions = Captions()
