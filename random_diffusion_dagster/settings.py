@@ -332,10 +332,17 @@ def local_celery_folder() -> Path:
     return instance_folder() / "celery"
 
 
+COMPILE_CACHE_FOLDER = "torch-compile-cache"
+
+
 def compile_cache_folder() -> Path:
     """torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR, unless set): a restarted worker or a new run process
-    reads the kernels compiled before instead of compiling again."""
-    return instance_folder() / "torch-compile-cache"
+    reads the kernels compiled before instead of compiling again. Under a step storage folder, which every worker
+    mounts, a new worker on any machine reads them too (an fsspec URL cannot hold it: then beside the instance)."""
+    step_storage = os.environ.get(STEP_STORAGE_VARIABLE, "").strip()
+    if step_storage and "://" not in step_storage:
+        return Path(env_path(STEP_STORAGE_VARIABLE, "", "folder")) / COMPILE_CACHE_FOLDER
+    return instance_folder() / COMPILE_CACHE_FOLDER
 
 
 def celery_urls() -> tuple[str, str]:

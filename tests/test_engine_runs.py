@@ -70,13 +70,13 @@ def test_compiled_vae_is_shared_compiled_once_and_keeps_the_pixels(tmp_path, mod
     a, b = _twin_catalog(tmp_path, models_dir)
     cache = PipelineCache(device="cpu", max_models=2, speedups=Speedups(compile_vae=True))
     first, _ = cache.get(a)
-    compiled_decoder = first.vae.decoder._compiled_call_impl
-    assert compiled_decoder is not None and first.vae.encoder._compiled_call_impl is not None
+    compiled_decoder = first.vae.decoder
+    assert hasattr(compiled_decoder, "_orig_mod") and hasattr(first.vae.encoder, "_orig_mod")
     second, _ = cache.get(b)
-    assert second.vae is first.vae and second.vae.decoder._compiled_call_impl is compiled_decoder
+    assert second.vae is first.vae and second.vae.decoder is compiled_decoder
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     eager = load_pipeline(a, "cpu")
-    assert eager.vae.decoder._compiled_call_impl is None
+    assert not hasattr(eager.vae.decoder, "_orig_mod")
     with torch.inference_mode():
         sample = eager.image_processor.preprocess(image)
         expected = eager.vae.decode(eager.vae.encode(sample).latent_dist.mode()).sample

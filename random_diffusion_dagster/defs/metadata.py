@@ -405,6 +405,7 @@ def run_figures(summary: RunSummary, failures: dict[str, str]) -> dict[str, str]
         "failed": len(failures),
         "pipeline_loads": summary.pipeline_loads,
         "compiled_graphs": summary.compiled_graphs,
+        "graphs_from_cache": summary.graphs_from_cache,
         "batch_size": max(summary.batches, default=""),  # the largest pipeline call made, not the limit
         "batch_size_limit": summary.batch_size,
         "pipeline_calls": len(summary.batches),

@@ -135,7 +135,12 @@ def load_pipeline(
             pipeline = pipeline_class.from_single_file(spec.source, config=spec.config, dtype=dtype, **skip_checker)
         else:
             pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(
-                spec.source, dtype=dtype, variant=spec.variant, **skip_checker, **(shared or {})
+                spec.source,
+                dtype=dtype,
+                variant=spec.variant,
+                device_map=_straight_to(device),
+                **skip_checker,
+                **(shared or {}),
             )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
@@ -144,6 +149,13 @@ def load_pipeline(
         pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
     return apply_speedups(pipeline.to(device), device, speedups)
+
+
+def _straight_to(device: str) -> str | None:
+    """diffusers' device_map for `device`: the weights go from their safetensors files straight to the device (its
+    memory reserved up front), not to the CPU first and then copied. diffusers takes a device type, not an index
+    ("cuda", not "cuda:1"): an indexed device loads on the CPU and is moved, as before."""
+    return device if ":" not in device else None
 
 
 def _without_safety_checker(spec: ModelSpec) -> dict[str, Any]:
@@ -180,20 +192,53 @@ def apply_speedups(pipeline, device: str, speedups: Speedups):
 
         inductor_config.conv_1x1_as_mm = True  # 1x1 convolutions as matrix products
         pipeline.unet = torch.compile(pipeline.unet, fullgraph=True)
+        pipeline.unet.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
     vae = getattr(pipeline, "vae", None)
     if speedups.compile_vae and vae is not None:
         if speedups.channels_last and device.startswith("cuda"):
             vae.to(memory_format=torch.channels_last)
-        for part in (vae.encoder, vae.decoder):
-            if getattr(part, "_compiled_call_impl", None) is None:  # a shared VAE is compiled already
-                part.compile(fullgraph=True)
+        for name in ("encoder", "decoder"):
+            part = getattr(vae, name)
+            if not hasattr(part, "_orig_mod"):  # a shared VAE is compiled already
+                setattr(vae, name, torch.compile(part, fullgraph=True))
+                getattr(vae, name).register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
     return pipeline
 
 
+def _one_graph_per_architecture(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Runs before a compiled UNet's or VAE part's guards, so every model of one architecture shares its graph.
+
+    torch.compile keys its graphs by code, shapes and dtypes, not by module (weights are graph inputs), so the
+    UNets of one architecture could share one graph, but schedulers hand them int64 (PNDM, DDIM) or float (Euler)
+    timesteps, and each model's batches come in their own sizes: as given, a second model (or a new worker whose
+    first batch has another size than the one that filled the compile cache) compiles again. A UNet's timestep goes
+    in as float32, which is what its timestep embedding turns it into first (no pixel changes), and the batch
+    dimension is dynamic from the first call (one graph for every batch size).
+    """
+    import torch
+
+    args, kwargs = list(args), dict(kwargs)
+    if len(args) > 1 and isinstance(args[1], torch.Tensor):
+        args[1] = args[1].to(torch.float32)  # the UNet's timestep (a VAE part takes one argument)
+    elif isinstance(kwargs.get("timestep"), torch.Tensor):
+        kwargs["timestep"] = kwargs["timestep"].to(torch.float32)
+    for value in (args[0] if args else kwargs.get("sample"), kwargs.get("encoder_hidden_states")):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            torch._dynamo.maybe_mark_dynamic(value, 0)
+    return tuple(args), kwargs
+
+
 def compiled_graphs() -> int:
-    """Graphs torch.compile has made in this process so far (0 before anything was compiled)."""
+    """Graphs torch.compile has compiled in this process so far: traced graphs whose code did not come from the
+    on-disk compile cache (0 before anything was compiled, and in a fresh worker whose shared cache has them)."""
     dynamo = sys.modules.get("torch._dynamo.utils")  # imported by the first compilation, not before
-    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo else 0
+    return int(dynamo.counters["stats"]["unique_graphs"]) - graphs_from_cache() if dynamo else 0
+
+
+def graphs_from_cache() -> int:
+    """Graphs whose compiled code this process read from the on-disk compile cache instead of compiling."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    return int(dynamo.counters["inductor"]["fxgraph_cache_hit"]) if dynamo else 0
 
 
 def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ from .images import (
 )
 from .output_location import location, require_writable_folder, write_bytes_atomic
 from .pairs import MASK, PairError, canny_edges, read_control, read_mask
-from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory
+from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory, graphs_from_cache
 from .plan import ImageTask, active_controlnets
 from .quality import verdict
 from .results import (
@@ -78,8 +78,9 @@ class RunSummary:
     batch_size: int
     seconds: float
     device: str
-    compiled_graphs: int  # graphs torch.compile made during the run (0 when nothing new had to be compiled)
+    compiled_graphs: int  # graphs torch.compile compiled during the run (0 when nothing new had to be compiled)
     batches: list[int] = field(default_factory=list)  # images in each planned pipeline call (OOM fallbacks split)
+    graphs_from_cache: int = 0  # graphs whose compiled code came from the on-disk compile cache instead
 
     @property
     def mean_batch_fill(self) -> float | None:
@@ -152,7 +153,7 @@ def run_tasks(
     for folder in sorted({str(location(t.output_path).parent) for t in tasks}):
         require_writable_folder(folder, subfolders=(FAILURES_DIR,))  # before any model loads
     started = time.perf_counter()
-    loads_before, graphs_before = cache.loads, compiled_graphs()
+    loads_before, graphs_before, cached_before = cache.loads, compiled_graphs(), graphs_from_cache()
     # Keyed by output path: a comparison has several tasks per source key (one per model and setting).
     results: dict[str, ImageResult] = {}
     pending = []
@@ -186,6 +187,7 @@ def run_tasks(
         device=cache.device,
         compiled_graphs=compiled_graphs() - graphs_before,
         batches=batches,
+        graphs_from_cache=graphs_from_cache() - cached_before,
     )
 
 

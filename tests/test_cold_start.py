@@ -1,0 +1,107 @@
+"""A worker's cold start: weights straight to the device, one compiled graph per architecture, and a new worker
+that reads the graphs other workers compiled instead of compiling.
+
+Real inductor compilation of the tiny UNets on the CPU (about 40 s), in fresh `random-diffusion run` processes:
+each process is a worker starting cold, as a restarted or autoscaled one does. There is no CUDA device here: the
+loading test takes diffusers' device_map path with the CPU as the device, the code path "cuda" takes.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import diffusers
+import torch
+from dagster._core.instance.ref import InstanceRef
+from PIL import Image
+
+from random_diffusion_dagster.engine.catalog import load_catalog
+from random_diffusion_dagster.engine.pipelines import load_pipeline
+from random_diffusion_dagster.engine.runner import generate
+from random_diffusion_dagster.settings import COMPILE_CACHE_FOLDER
+
+from helpers import assert_same_pixels, make_image, write_catalog
+
+BIN = Path(sys.executable).parent
+
+
+def _run_as_a_new_worker(tmp_path: Path, name: str, images: Path, catalog: Path, step_storage: Path) -> dict:
+    """`random-diffusion run` with the UNet compiled, in a process and instance of its own, writing to its own
+    output folder; the step storage folder (and the compile cache under it) is the one thing workers share."""
+    home = tmp_path / name / "home"
+    home.mkdir(parents=True)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\nan ice castle\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"},
+        "DAGSTER_HOME": str(home),
+        "RANDOM_DIFFUSION_IMAGES_DIR": str(images),
+        "RANDOM_DIFFUSION_OUTPUT_DIR": str(tmp_path / name / "outputs"),
+        "RANDOM_DIFFUSION_PROMPTS_FILE": str(prompts),
+        "RANDOM_DIFFUSION_MODELS_FILE": str(catalog),
+        "RANDOM_DIFFUSION_STEP_STORAGE": str(step_storage),
+        "RANDOM_DIFFUSION_COMPILE": "unet",
+        "OMP_NUM_THREADS": "1",
+    }
+    completed = subprocess.run(
+        [str(BIN / "random-diffusion"), "run", "--seed", "5", "--use-prompts-file", "--batch-size", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        (run,) = [r.dagster_run for r in instance.get_run_records() if r.dagster_run.job_name == "diffuse_images"]
+    tags = {name.removeprefix("random_diffusion/"): value for name, value in run.tags.items()}
+    return {**tags, "outputs": tmp_path / name / "outputs"}
+
+
+def test_models_of_one_architecture_share_one_graph_and_a_new_worker_reads_it_from_the_shared_cache(
+    tmp_path, models_dir
+):
+    """tiny-sd14 (PNDM: int64 timesteps) and tiny-sd15 (Euler: float timesteps) have one UNet architecture; each
+    model's batches come in their own sizes (5 images at batch size 2: calls of 2 and 1). Compiled as given,
+    that is a graph per model and a second per batch size. The first worker compiles one graph for all of it; a
+    second worker on another instance, sharing only the step storage folder, compiles none, reads it from the
+    cache there, and makes the same pixels."""
+    images = tmp_path / "images"
+    for index in range(5):
+        make_image(images / f"{index}.png", color=(30 * index, 120, 200 - 20 * index))
+    catalog = write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd14", "tiny-sd15"))
+    step_storage = tmp_path / "shared-step-storage"
+
+    first = _run_as_a_new_worker(tmp_path, "first", images, catalog, step_storage)
+    assert first["generated"] == "5" and first["pipeline_loads"] == "2", first  # both models drawn
+    assert first["pipeline_calls"] == "3" and first["batch_size"] == "2", first  # calls of 2, 2 and 1
+    assert (first["compiled_graphs"], first["graphs_from_cache"]) == ("1", "0"), first
+    assert any((step_storage / COMPILE_CACHE_FOLDER).iterdir())
+
+    second = _run_as_a_new_worker(tmp_path, "second", images, catalog, step_storage)
+    assert second["generated"] == "5" and second["pipeline_loads"] == "2", second
+    assert (second["compiled_graphs"], second["graphs_from_cache"]) == ("0", "1"), second
+    made = sorted(p.name for p in first["outputs"].glob("*.png"))
+    assert made == sorted(p.name for p in second["outputs"].glob("*.png")) and len(made) == 5
+    for name in made:
+        assert_same_pixels(Image.open(first["outputs"] / name), Image.open(second["outputs"] / name), name)
+
+
+def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loading_then_moving(tmp_path, models_dir):
+    (spec,) = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd15",)))
+    straight = load_pipeline(spec, "cpu")
+    assert straight.hf_device_map == "cpu"  # diffusers' device_map path, not a load and a move
+    moved = diffusers.AutoPipelineForImage2Image.from_pretrained(
+        spec.source, dtype=torch.float32, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).to("cpu")
+    assert moved.hf_device_map is None
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(straight, name).state_dict(), getattr(moved, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    source = make_image(tmp_path / "source.png", size=(64, 64))
+    images = [Image.open(source).convert("RGB")] * 2
+    ours, _ = generate(straight, spec, ["a red fox", "an ice castle"], images, [1, 2], "cpu")
+    theirs, _ = generate(moved, spec, ["a red fox", "an ice castle"], images, [1, 2], "cpu")
+    for a, b in zip(ours, theirs, strict=True):
+        assert_same_pixels(a, b, "straight to the device vs loaded then moved")
