@@ -21,6 +21,10 @@ guidance 7.5 with classifier-free guidance, EulerDiscreteScheduler. Variants, in
   compiled         QKV fused and the UNet compiled (engine option compile_unet)
   compiled_vae     the VAE encoder and decoder compiled too (compile_vae); with _unsliced,
                    the batch decoded in one call; end_to_end_compiled: run_tasks with both.
+  cuda_graphs      compiled with mode reduce-overhead: each step a replayed CUDA graph
+  max_autotune     compiled with mode max-autotune (kernel choices benchmarked, CUDA graphs)
+  int8, fp8        lossy: the UNet's linear layers quantized (catalog `quantize`, torchao), compiled
+                   as compiled_vae; `fidelity_ssim` compares their outputs with the engine's
                    Not in the default --only: each batch size costs minutes of compiling
 Each reports images/s and s/image (median of timed repeats after a warm-up batch),
 the warm-up (and compile) time apart, and peak allocated/reserved CUDA memory.
@@ -29,6 +33,7 @@ the warm-up (and compile) time apart, and peak allocated/reserved CUDA memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -45,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from random_diffusion_dagster.demo.models import byte_level_vocab, img2img_pipeline  # noqa: E402
 from random_diffusion_dagster.engine.catalog import parse_catalog  # noqa: E402
-from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups  # noqa: E402
+from random_diffusion_dagster.engine.pipelines import ModelLoadError, PipelineCache, Speedups  # noqa: E402
 from random_diffusion_dagster.engine.runner import generate  # noqa: E402
 
 # Published SD-1.5 component shapes (UNet 859.5M parameters, VAE 83.7M, CLIP ViT-L/14 text 123M).
@@ -156,7 +161,14 @@ COMPILED_GROUPS = {
     "compiled": Speedups(compile_unet=True),  # QKV projections fused, UNet compiled
     "compiled_vae": Speedups(compile_unet=True, compile_vae=True),  # VAE encoder and decoder too
     "compiled_vae_unsliced": Speedups(vae_slicing=False, compile_unet=True, compile_vae=True),  # whole-batch decode
+    # Each denoising step (and the VAE) replayed as a recorded CUDA graph: no per-kernel launch cost.
+    "cuda_graphs": Speedups(compile_unet=True, compile_vae=True, compile_mode="reduce-overhead"),
+    # Kernel choices benchmarked while compiling (several minutes longer), then CUDA graphs as above.
+    "max_autotune": Speedups(compile_unet=True, compile_vae=True, compile_mode="max-autotune"),
 }
+# Lossy: the catalog entry's `quantize` (torchao), compiled as compiled_vae; each with its outputs' SSIM against the
+# default engine path's on the same images, prompts and seeds (`fidelity_ssim`).
+LOSSY_GROUPS = {"int8": "int8", "fp8": "fp8"}
 PROMPTS = ["a cat dancing in the rain", "an oil painting of a lighthouse at dusk", "a city at night, neon"]
 
 
@@ -483,6 +495,11 @@ def run(args) -> dict:
                 f"engine_{fp16}_batch{batch}", engine_call(pipeline, specs[0], images, device), batch, repeats, device
             )
         )
+    compile_sizes = [int(b) for b in args.compile_batch_sizes.split(",")]
+    references = {  # what the lossy groups are compared with: the default path's outputs
+        size: engine_call(pipeline, specs[0], source_images(size, shapes["resolution"]), device)(0)
+        for size in (compile_sizes if wanted & set(LOSSY_GROUPS) else [])
+    }
     batched = engine_call(pipeline, specs[0], images[:4], device)(0)
     differences = [
         np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32))
@@ -556,7 +573,6 @@ def run(args) -> dict:
         )
         pipeline.vae = full_vae
         cache.clear()
-    compile_sizes = [int(b) for b in args.compile_batch_sizes.split(",")]
     compile_here = device == "cuda" or args.tiny  # on a CPU only as a (slow) smoke test of the code path
     for group, speedups in COMPILED_GROUPS.items():
         if compile_here and group in wanted:
@@ -564,6 +580,11 @@ def run(args) -> dict:
             pipeline, _ = compiled_cache.get(specs[0])
             results.extend(compiled_variants(group, pipeline, specs[0], shapes, compile_sizes, repeats, device, extra))
             compiled_cache.clear()
+    for group, mode in LOSSY_GROUPS.items():
+        if compile_here and group in wanted:
+            results.extend(
+                lossy_variants(group, dataclasses.replace(specs[0], quantize=mode), shapes, references, args, extra)
+            )
     if compile_here and "end_to_end_compiled" in wanted:
         # (h) run_tasks with the UNet and VAE compiled: what a Dagster run with both options gets.
         results.append(
@@ -610,6 +631,34 @@ def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, ext
         except Exception as exc:  # noqa: BLE001 - a compiler failure is a result to report, not a crash
             extra.setdefault("compile_errors", []).append(f"{name}: {type(exc).__name__}: {exc}"[:2000])
             print(extra["compile_errors"][-1], flush=True)
+    return results
+
+
+def lossy_variants(group: str, spec, shapes: dict, references: dict, args, extra: dict) -> list[dict]:
+    """Time a quantized entry at each batch size and measure its outputs' SSIM against the default path's."""
+    from skimage.metrics import structural_similarity
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cache = PipelineCache(device=device, max_models=1, speedups=COMPILED_GROUPS["compiled_vae"])
+    try:
+        pipeline, _ = cache.get(spec)
+    except ModelLoadError as exc:  # no torchao here: a result to report
+        extra.setdefault("compile_errors", []).append(f"{group}: {exc}")
+        return []
+    results = compiled_variants(group, pipeline, spec, shapes, list(references), args.repeats, device, extra)
+    for size, expected in references.items():
+        try:
+            outputs = engine_call(pipeline, spec, source_images(size, shapes["resolution"]), device)(0)
+        except Exception as exc:  # noqa: BLE001 - fp8 without a Hopper GPU, say: reported by compiled_variants
+            print(f"{group} batch {size}: no outputs to compare ({type(exc).__name__})", flush=True)
+            continue
+        scores = [
+            structural_similarity(np.asarray(a), np.asarray(b), channel_axis=2)
+            for a, b in zip(outputs, expected, strict=True)
+        ]
+        extra.setdefault("fidelity_ssim", {})[f"{group}_batch{size}"] = round(float(np.mean(scores)), 4)
+        print(f"{group} batch {size}: SSIM {np.mean(scores):.4f} against the default path", flush=True)
+    cache.clear()
     return results
 
 

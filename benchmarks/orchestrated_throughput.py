@@ -58,7 +58,7 @@ def tool(name: str) -> str:
 
 
 BATCH_LINE = re.compile(r"batch of (\d+) at \d+x\d+ in ([0-9.]+) s")
-LOAD_LINE = re.compile(r"Loaded model .* in ([0-9.]+) s")
+LOAD_LINE = re.compile(r"Loaded model (.*) on \S+ in ([0-9.]+) s")
 ASSET = "diffused_image"
 STARTED = time.time()
 
@@ -131,7 +131,7 @@ def engine_worker(args) -> int:
         if match := BATCH_LINE.search(message):
             batches.append((int(match.group(1)), float(match.group(2))))
         if match := LOAD_LINE.search(message):
-            loads.append(float(match.group(1)))
+            loads.append(float(match.group(2)))
 
     speedups = Speedups(compile_unet=True, compile_vae=True) if args.engine_compile else Speedups()
     # The resource's default residency (every model for a second pass, as a warm worker keeps them); its load
@@ -153,6 +153,7 @@ def engine_worker(args) -> int:
         "device": cache.device,
         "compiled": args.engine_compile,
         "compile_events": summary.compiled_graphs,
+        "graphs_from_cache": summary.graphs_from_cache,
     }
     if args.warm_rerun:  # every image again with the pipelines loaded (and compiled): the engine at its best
         shutil.rmtree(args.engine_worker)
@@ -301,7 +302,7 @@ def run_timeline(instance, run) -> dict:
             if match := BATCH_LINE.search(message):
                 batches.append((int(match.group(1)), float(match.group(2))))
             if match := LOAD_LINE.search(message):
-                loads.append(float(match.group(1)))
+                loads.append((match.group(1).strip("'\""), float(match.group(2))))
                 first_load_line = first_load_line or entry.timestamp
             continue
         kind = event.event_type
@@ -316,7 +317,7 @@ def run_timeline(instance, run) -> dict:
     enqueued, starting = get("PIPELINE_ENQUEUED"), get("PIPELINE_STARTING")
     step_start, step_success = get(f"STEP_START:{ASSET}"), get(f"STEP_SUCCESS:{ASSET}")
     ended = get("PIPELINE_SUCCESS") or get("PIPELINE_FAILURE")
-    inference, load = sum(s for _, s in batches), sum(loads)
+    inference, load = sum(s for _, s in batches), sum(s for _, s in loads)
     before_load = (first_load_line - load_first(loads) - step_start) if first_load_line and step_start else None
     return {
         "run_id": run.run_id,
@@ -324,6 +325,8 @@ def run_timeline(instance, run) -> dict:
         "images": len(materializations),
         "pipeline_loads": int(run.tags.get("random_diffusion/pipeline_loads", len(loads))),
         "compile_events": int(run.tags.get("random_diffusion/compiled_graphs", 0)),
+        "graphs_from_cache": int(run.tags.get("random_diffusion/graphs_from_cache", 0)),
+        "load_seconds_per_model": dict(loads),
         "batches": [b for b, _ in batches],
         "step_processes": step_processes,
         "created": enqueued,
@@ -345,8 +348,8 @@ def run_timeline(instance, run) -> dict:
     }
 
 
-def load_first(loads: list[float]) -> float:
-    return loads[0] if loads else 0.0
+def load_first(loads: list[tuple[str, float]]) -> float:
+    return loads[0][1] if loads else 0.0
 
 
 def diff(later: float | None, earlier: float | None) -> float | None:
@@ -372,6 +375,8 @@ def summarize(runs: list[dict], images: int, requested: float, batch_size: int) 
         "orchestrated_images_per_s": round(images / wall, 3),
         "pipeline_loads": sum(r["pipeline_loads"] for r in runs),
         "compile_events": sum(r["compile_events"] for r in runs),
+        "graphs_from_cache": sum(r["graphs_from_cache"] for r in runs),
+        "load_seconds_per_model": {name: s for r in runs for name, s in r["load_seconds_per_model"].items()},
         "mean_batch_fill": round(sum(batches) / len(batches) / batch_size, 3) if batches else None,
         "pipeline_calls": len(batches),
         "step_processes": sum(r["step_processes"] for r in runs),
@@ -756,6 +761,8 @@ TIMED_KEYS = (
     "runs",
     "pipeline_loads",
     "compile_events",
+    "graphs_from_cache",
+    "load_seconds_per_model",
     "mean_batch_fill",
 )
 

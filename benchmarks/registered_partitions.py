@@ -109,7 +109,7 @@ def run_split(instance, job, keys: list[str], run_config: dict | None = None) ->
             after_planned = entry.timestamp
         if event is None:
             if LOAD_LINE.search(message) and first_load is None:
-                first_load = entry.timestamp - float(LOAD_LINE.search(message).group(1))
+                first_load = entry.timestamp - float(LOAD_LINE.search(message).group(2))
             if BATCH_LINE.search(message):
                 last_batch = entry.timestamp
         elif event.event_type == dg.DagsterEventType.STEP_START:

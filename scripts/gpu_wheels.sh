@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_wheels.sh      # here, with the project's .venv (or PYTHON=that venv's python)
 #
-# .whl/ gets the runtime dependencies of the project and of its celery extra, resolved transitively from the
+# .whl/ gets the runtime dependencies of the project and of its celery and quantize extras, resolved transitively from the
 # metadata in .venv at the versions installed there, downloaded as CPython 3.12 manylinux x86_64 or pure wheels,
 # less what the device has and less what runs there need not (dagster-webserver, dagster-graphql, dagster-dg-cli,
 # dagster-postgres, psycopg2-binary: the benchmark drives the daemon, a Celery worker and `dagster` commands).
@@ -70,7 +70,12 @@ ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform"
        "platform_python_implementation": "CPython", "os_name": "posix"}
 skip, fallback, device = ({canonicalize_name(n) for n in os.environ[k].split()} for k in ("SKIP", "FALLBACK", "DEVICE"))
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-todo = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["celery"]]
+todo = [
+    Requirement(r)
+    for r in project["dependencies"]
+    + project["optional-dependencies"]["celery"]
+    + project["optional-dependencies"]["quantize"]  # the engine steps' fp8 (scripts/gpu_cold_start.sh)
+]
 carried, visited = set(), set()
 while todo:
     req = todo.pop()

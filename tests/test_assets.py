@@ -320,6 +320,7 @@ def test_the_check_in_a_diffusion_run_reads_that_runs_results_and_alone_reads_th
     [
         ({"device": "banana"}, "'banana' is not a torch device: use cuda, cuda:1, mps or cpu"),
         ({"dtype": "float8"}, "'float8' is not one of auto, float16, bfloat16, float32"),
+        ({"compile_mode": "fast"}, "'fast' is not a torch.compile mode: use one of default, reduce-overhead"),
         ({"torch_threads": 0}, "torch_threads\n  Input should be greater than or equal to 1"),
         ({"memory_budget_mb": -5}, "memory_budget_mb\n  Input should be greater than 0"),
     ],

@@ -187,6 +187,11 @@ def _entry(**settings):
         (_entry(variant=["fp16"]), r"`variant` must be text; got \['fp16'\]"),
         (_entry(negative_prompt=3), r"`negative_prompt` must be text; got 3"),
         (_entry(dtype=16), r"`dtype` must be one of"),
+        (_entry(quantize="int4"), r"model 'x': `quantize` must be one of \('int8', 'fp8'\); got 'int4'"),
+        (
+            _entry(quantize="int8", loras=[{"path": "style.safetensors", "weight": 0.8}]),
+            r"model 'x': `quantize: int8` and `loras` cannot go together .*: remove `quantize` from this entry",
+        ),
         (_entry(description=["a", "b"]), r"`description` must be text"),
         ({"models": [{"name": "x", "hub_id": 123}]}, r"model 'x': `hub_id` must be text; got 123"),
         ({"models": [{"name": 1.5, "path": "p"}]}, r"`name` must be text; got 1\.5 .*quote it: name: '1\.5'"),

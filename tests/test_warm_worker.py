@@ -6,8 +6,10 @@ driven by benchmarks/orchestrated_throughput.py so the test runs what the benchm
 """
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -23,7 +25,7 @@ from random_diffusion_dagster.settings import (
     step_storage_location,
 )
 
-from helpers import make_image, orchestrated_quick, write_catalog
+from helpers import descendants, make_image, orchestrated_quick, write_catalog
 from test_assets import _diffuse_all, _run_figures
 
 
@@ -115,6 +117,42 @@ def test_runs_and_the_one_box_worker_poll_celery_every_tenth_of_a_second(monkeyp
     run = subprocess.run([sys.executable, "-c", run_side], env=env, capture_output=True, text=True, timeout=120)
     assert worker.stdout.split() == ["0.1", celery_urls()[0], "True"], worker.stderr[-2000:]
     assert run.stdout.split() == ["0.1"], run.stderr[-2000:]
+
+
+def test_the_worker_process_imports_torch_and_diffusers_as_it_starts_not_in_its_first_step(tmp_path):
+    """Celery's main process stays light; the process that runs steps has torch and the tokenizers loaded before any
+    step arrives, so its first run's model load is the model's (not 4 s of imports)."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "RANDOM_DIFFUSION_EXECUTOR": "celery"}
+    for name in ("CELERY_BROKER", "CELERY_BACKEND", "STEP_STORAGE"):
+        env.pop(f"RANDOM_DIFFUSION_{name}", None)
+    log = tmp_path / "worker.log"
+    with log.open("w") as handle:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "random-diffusion"), "worker", "--loglevel", "INFO"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while " ready." not in log.read_text() and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert " ready." in log.read_text(), log.read_text()[-3000:]
+        (step_process,) = descendants(worker.pid)  # --concurrency 1: one process takes the steps
+
+        def libraries(pid: int) -> str:
+            return Path(f"/proc/{pid}/maps").read_text()
+
+        imported = ("libtorch_cpu", "tokenizers")  # torch's and transformers' tokenizers' native libraries
+        while not all(name in libraries(step_process) for name in imported) and time.monotonic() < deadline:
+            time.sleep(0.2)  # Celery reports ready as the process starts, not once its start-up hook is done
+        assert all(name in libraries(step_process) for name in imported)
+        assert "libtorch_cpu" not in libraries(worker.pid)
+        assert "WARNING/ForkPoolWorker" not in log.read_text()  # the imports' notices stay off its terminal
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
 
 
 @pytest.mark.timeout(600)

@@ -265,6 +265,11 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="torch.compile the VAE encoder and decoder (RANDOM_DIFFUSION_COMPILE=vae); "
         "default: as compile_unet.",
     )
+    compile_mode: str = Field(
+        default="default",
+        description="torch.compile's mode where compiling: reduce-overhead replays each step as a CUDA graph, "
+        "max-autotune also benchmarks kernels while compiling (docs/speed.md).",
+    )
 
     keep_loaded: bool = Field(
         default_factory=settings.keep_pipelines_loaded,
@@ -281,6 +286,15 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         """Checked when the run starts, not when torch first meets the value in the middle of loading a model."""
         if value is not None and not re.fullmatch(r"(cpu|mps|xpu|cuda)(:\d+)?", value):
             raise ValueError(f"{value!r} is not a torch device: use cuda, cuda:1, mps or cpu, or leave it unset")
+        return value
+
+    @field_validator("compile_mode")
+    @classmethod
+    def _a_compile_mode(cls, value: str) -> str:
+        from ..engine.pipelines import COMPILE_MODES
+
+        if value not in COMPILE_MODES:
+            raise ValueError(f"{value!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}")
         return value
 
     @field_validator("dtype")
@@ -314,6 +328,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             self.vae_slicing,
             self.compile_unet,
             self.compile_vae,
+            self.compile_mode,
         )
 
     def speedups_on(self, device: str) -> Speedups:
@@ -328,6 +343,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             vae_slicing=self.vae_slicing,
             compile_unet=warm_gpu if self.compile_unet is None else self.compile_unet,
             compile_vae=warm_gpu if self.compile_vae is None else self.compile_vae,
+            compile_mode=self.compile_mode,
         )
 
     def _new_cache(self) -> PipelineCache:

@@ -426,6 +426,7 @@ Quality = Annotated[QualityGates, BeforeValidator(_quality)]
 Inpaint = Annotated[InpaintSpec | None, BeforeValidator(_inpaint)]
 ControlNets = Annotated[tuple[ControlNetSpec, ...], BeforeValidator(_controlnets)]
 Unpaired = Literal["fail", "run_without"]
+Quantize = Literal["int8", "fp8"] | None
 QUALITY_EXPECTATION = (
     "a mapping of gates, such as {not_blank: true, min_change: 0.02, max_change: 0.8, prompt_not_truncated: false, "
     "tries: 3}"
@@ -463,6 +464,9 @@ class Settings(BaseModel):
     quality: Quality = QualityGates()
     # What an image without the pair its entry needs (mask, control image) gets: a named error, or a run without it.
     if_unpaired: Unpaired = "fail"
+    # The UNet's linear layers in int8 or float8 (torchao; fp8 on Hopper GPUs and later), compiled: faster, and lossy,
+    # so off unless set (docs/speed.md has its measured fidelity).
+    quantize: Quantize = None
 
 
 class Defaults(Settings):
@@ -579,6 +583,7 @@ class ModelSpec:
     inpaint: InpaintSpec | None = None  # repaints each image inside its mask
     controlnets: tuple[ControlNetSpec, ...] = ()  # each folder (absolute) with its control type and scale
     if_unpaired: str = "fail"  # an image without its pair: "fail" names it, "run_without" runs plain img2img
+    quantize: str | None = None  # "int8" or "fp8": the UNet's linear layers quantized (lossy)
 
     def result_settings(self) -> dict[str, Any]:
         """Everything about the entry that can change a result's pixels (not its description or draw weight); an
@@ -596,6 +601,7 @@ class ModelSpec:
             "embeddings",
             "inpaint",
             "controlnets",
+            "quantize",
         ):  # results made before the setting existed stay current
             if not settings[optional]:
                 del settings[optional]
@@ -770,6 +776,11 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
     valid = _validated(Entry, {**defaults, **entry}, entry, where)
     kind = next(kind for kind in SOURCE_KINDS if getattr(valid, kind))
     source = getattr(valid, kind)
+    if valid.quantize and valid.loras:
+        raise CatalogError(
+            f"{where}: `quantize: {valid.quantize}` and `loras` cannot go together (LoRA adapters switch on the "
+            "unquantized layers): remove `quantize` from this entry, or give the adapters an entry of their own."
+        )
     return ModelSpec(
         **{key: getattr(valid, key) for key in SETTINGS} | {"negative_prompt": valid.negative_prompt or ""},
         name=valid.name,

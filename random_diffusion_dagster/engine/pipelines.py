@@ -37,6 +37,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 SHAREABLE_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 @dataclass(frozen=True)
 class Speedups:
     """What the engine applies to each loaded pipeline; defaults are safe everywhere.
@@ -44,19 +47,32 @@ class Speedups:
     channels_last: NHWC memory layout for the UNet's convolutions (CUDA only).
     vae_slicing: decode a batch one image at a time, so big batches fit.
     compile_unet: fuse the attention QKV projections and torch.compile the UNet; about a
-        minute of compilation per model and batch shape, worth it only for long runs.
+        minute of compilation per architecture, once for every model of it and every batch
+        size, worth it only for long runs (or read from the compile cache).
     compile_vae: torch.compile the VAE encoder and decoder (channels_last on CUDA); a VAE
         shared by several models compiles once.
+    compile_mode: torch.compile's mode for both: "default", "reduce-overhead" (CUDA graphs:
+        a denoising step replays its recorded kernels; one recording per batch size),
+        "max-autotune" (benchmarks kernel choices while compiling: minutes longer).
     """
 
     channels_last: bool = True
     vae_slicing: bool = True
     compile_unet: bool = False
     compile_vae: bool = False
+    compile_mode: str = "default"
 
 
 class ModelLoadError(RuntimeError):
     """A catalog model could not be loaded; the message names the model, its source and the fix."""
+
+
+def import_libraries() -> None:
+    """Import what a process's first model load would (torch, diffusers' Stable Diffusion pipelines and models,
+    transformers' text encoders; torchao where installed, which diffusers imports): a worker process that does this
+    as it starts spends its first run's seconds on the model (4.4 s of a demo model's first load were imports)."""
+    quiet_libraries()
+    from diffusers import AutoPipelineForImage2Image, StableDiffusionImg2ImgPipeline  # noqa: F401  (lazy modules)
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -148,7 +164,7 @@ def load_pipeline(
     if spec.scheduler:
         pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
-    return apply_speedups(pipeline.to(device), device, speedups)
+    return apply_speedups(pipeline.to(device), device, speedups, spec.quantize)
 
 
 def _straight_to(device: str) -> str | None:
@@ -177,7 +193,9 @@ def _refuse_unsupported(spec: ModelSpec, family: Family) -> None:
         raise ModelLoadError(problem)
 
 
-def apply_speedups(pipeline, device: str, speedups: Speedups):
+def apply_speedups(pipeline, device: str, speedups: Speedups, quantize: str | None = None):
+    """`quantize`: the catalog entry's lossy setting ("int8", "fp8"), which compiles the UNet too (torchao's quantized
+    layers are fast only compiled)."""
     import torch
 
     unet = getattr(pipeline, "unet", None)
@@ -185,13 +203,15 @@ def apply_speedups(pipeline, device: str, speedups: Speedups):
         unet.to(memory_format=torch.channels_last)
     if speedups.vae_slicing and hasattr(pipeline, "vae"):
         pipeline.vae.enable_slicing()
-    if speedups.compile_unet and unet is not None and not hasattr(unet, "_orig_mod"):
+    if (speedups.compile_unet or quantize) and unet is not None and not hasattr(unet, "_orig_mod"):
         if hasattr(pipeline, "fuse_qkv_projections"):
             pipeline.fuse_qkv_projections()
+        if quantize:
+            _quantize(pipeline.unet, quantize)
         import torch._inductor.config as inductor_config
 
         inductor_config.conv_1x1_as_mm = True  # 1x1 convolutions as matrix products
-        pipeline.unet = torch.compile(pipeline.unet, fullgraph=True)
+        pipeline.unet = torch.compile(pipeline.unet, fullgraph=True, mode=speedups.compile_mode)
         pipeline.unet.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
     vae = getattr(pipeline, "vae", None)
     if speedups.compile_vae and vae is not None:
@@ -200,9 +220,26 @@ def apply_speedups(pipeline, device: str, speedups: Speedups):
         for name in ("encoder", "decoder"):
             part = getattr(vae, name)
             if not hasattr(part, "_orig_mod"):  # a shared VAE is compiled already
-                setattr(vae, name, torch.compile(part, fullgraph=True))
+                setattr(vae, name, torch.compile(part, fullgraph=True, mode=speedups.compile_mode))
                 getattr(vae, name).register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
     return pipeline
+
+
+def _quantize(unet, mode: str) -> None:
+    """The UNet's linear layers with dynamically quantized activations and quantized weights (catalog `quantize`)."""
+    try:
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Int8DynamicActivationInt8WeightConfig,
+            quantize_,
+        )
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"`quantize: {mode}` needs torchao, which is not installed: `pip install torchao`, or remove `quantize` "
+            "from the catalog entry."
+        ) from exc
+    config = Int8DynamicActivationInt8WeightConfig() if mode == "int8" else Float8DynamicActivationFloat8WeightConfig()
+    quantize_(unet, config)
 
 
 def _one_graph_per_architecture(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -250,7 +287,9 @@ def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:
         folder = Path(spec.source) / name
         weights = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
         if weights:
-            digest = hashlib.sha256(dtype.encode())
+            # A quantized UNet is another module than the same weights unquantized: never shared between them.
+            quantized = f"+{spec.quantize}" if name == "unet" and spec.quantize else ""
+            digest = hashlib.sha256((dtype + quantized).encode())
             for path in weights:
                 digest.update(
                     path.name.encode() + _file_digest(str(path), path.stat().st_size, path.stat().st_mtime_ns)

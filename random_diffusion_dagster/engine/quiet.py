@@ -61,6 +61,17 @@ HARMLESS_NOTICES = (
     # load_textual_inversion grows the text encoder's token table; the new rows hold the embedding's vectors, written
     # over whatever initial values the notice describes (PipelineCache._activate_embeddings).
     ("transformers.modeling_utils", "The new embeddings will be initialized from a multivariate normal distribution"),
+    # torchao (catalog `quantize`) tries its optional C++ kernels (MX formats, CUTLASS for sm90a), built for one torch
+    # version; int8 and float8 quantization run on torch's own kernels without them.
+    ("torchao", "Failed to load "),
+    # torchao's int8 matrix kernels for GPUs are written in Triton, which a CPU-only torch lacks; on a CPU there is
+    # nothing for them to run on.
+    ("torchao.kernel.intmm", "Detected no triton, on systems without Triton"),
+    # diffusers' reader of torchao-serialized checkpoints misses classes newer torchao moved; the project quantizes
+    # at load (catalog `quantize`) and never reads such checkpoints.
+    ("diffusers.quantizers.torchao.torchao_quantizer", "Unable to import `torchao` Tensor objects"),
+    # torchao registers its enums with torch's pytree at import, which a newer torch no longer needs.
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
 )
 
 

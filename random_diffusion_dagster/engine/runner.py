@@ -730,6 +730,7 @@ def _record(
         model_hash=pipeline_info["model_hash"],
         scheduler=pipeline_info["scheduler"],
         dtype=pipeline_info["dtype"],
+        quantize=spec.quantize,
         safety_checker=pipeline_info["safety_checker"],
         device=pipeline_info["device"],
         seed=task.generation_seed,

@@ -522,16 +522,22 @@ def write_worker_config() -> Path:
     # shows it. The project's package holds the filter for dagster-celery's harmless duplicate-task warning.
     # kombu's SQL broker hands broker_transport_options to SQLAlchemy's create_engine, so its poll interval is
     # set on the transport class instead.
+    # The worker's process imports torch and diffusers as it starts (worker_process_init), not in its first step;
+    # Celery gives a starting process 4 s to report, less than those imports take on a slow disk.
     settings = {
         "broker_url": broker,
         "result_backend": backend,
         "worker_redirect_stdouts_level": "INFO",
+        "worker_proc_alive_timeout": 120.0,
         **celery_settings(),
     }
     (config_dir / "dagster_celery_config.py").write_text(
         "import random_diffusion_dagster as _project  # its warning filters\n"
         "import kombu.transport.sqlalchemy as _sql_broker\n"
+        "from celery.signals import worker_process_init as _process_init\n"
+        "from random_diffusion_dagster.engine.pipelines import import_libraries as _import_libraries\n"
         f"_sql_broker.Transport.polling_interval = {CELERY_POLL_SECONDS!r}\n"
+        "_process_init.connect(lambda **_: _import_libraries(), weak=False)\n"
         + "".join(f"{k} = {v!r}\n" for k, v in settings.items())
     )
     return config_dir

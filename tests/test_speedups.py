@@ -1,9 +1,10 @@
-"""A worker's cold start: weights straight to the device, one compiled graph per architecture, and a new worker
-that reads the graphs other workers compiled instead of compiling.
+"""The engine's speed options: a worker's cold start (weights straight to the device, one compiled graph per
+architecture, a new worker reading the graphs other workers compiled) and the lossy `quantize` entry setting.
 
-Real inductor compilation of the tiny UNets on the CPU (about 40 s), in fresh `random-diffusion run` processes:
-each process is a worker starting cold, as a restarted or autoscaled one does. There is no CUDA device here: the
-loading test takes diffusers' device_map path with the CPU as the device, the code path "cuda" takes.
+Real inductor compilation of the tiny UNets on the CPU (about 40 s each), the cold start in fresh
+`random-diffusion run` processes: each process is a worker starting cold, as a restarted or autoscaled one does.
+There is no CUDA device here: the loading test takes diffusers' device_map path with the CPU as the device, the code
+path "cuda" takes, and quantization runs torchao's int8 path (fp8 needs a Hopper GPU).
 """
 
 import os
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import dagster as dg
 import diffusers
+import numpy as np
 import torch
 from dagster._core.instance.ref import InstanceRef
 from PIL import Image
+from skimage.metrics import structural_similarity
 
 from random_diffusion_dagster.engine.catalog import load_catalog
-from random_diffusion_dagster.engine.pipelines import load_pipeline
-from random_diffusion_dagster.engine.runner import generate
+from random_diffusion_dagster.engine.images import scan_folder
+from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline
+from random_diffusion_dagster.engine.plan import Planner
+from random_diffusion_dagster.engine.results import read_record
+from random_diffusion_dagster.engine.runner import generate, run_tasks
 from random_diffusion_dagster.settings import COMPILE_CACHE_FOLDER
 
 from helpers import assert_same_pixels, make_image, write_catalog
@@ -105,3 +111,36 @@ def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loa
     theirs, _ = generate(moved, spec, ["a red fox", "an ice castle"], images, [1, 2], "cpu")
     for a, b in zip(ours, theirs, strict=True):
         assert_same_pixels(a, b, "straight to the device vs loaded then moved")
+
+
+def test_a_quantized_entry_changes_pixels_a_little_has_results_of_its_own_and_is_off_unless_set(tmp_path, models_dir):
+    """`quantize: int8` on an entry: its UNet's linear layers run quantized (torchao) and compiled; not shared with
+    the same weights unquantized; its results are not the unquantized entry's (fingerprint) and say so (record)."""
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(
+        f"defaults: {{resolution: 64, num_inference_steps: 4, strength: 0.5}}\n"
+        f"models:\n"
+        f"  - {{name: plain, path: {models_dir / 'tiny-sd15'}}}\n"
+        f"  - {{name: int8, path: {models_dir / 'tiny-sd15'}, quantize: int8}}\n"
+    )
+    plain, quantized = load_catalog(catalog)
+    assert plain.quantize is None  # lossy only where asked for
+    make_image(tmp_path / "images" / "a.png", size=(64, 64))
+    cache = PipelineCache(device="cpu", max_models=2)
+    results = {}
+    for spec in (plain, quantized):
+        tasks, _ = Planner(["a red fox"], [spec], 0, str(tmp_path / spec.name)).plan(
+            scan_folder(str(tmp_path / "images"))
+        )
+        (result,) = run_tasks(tasks, cache, batch_size=1, log=lambda message: None).results
+        assert result.status == "generated", result.error
+        results[spec.name] = result
+    first, second = cache.get(plain)[0], cache.get(quantized)[0]
+    assert second.unet is not first.unet and second.vae is first.vae  # only the UNet is another module
+    assert hasattr(second.unet, "_orig_mod") and not hasattr(first.unet, "_orig_mod")
+    assert results["int8"].task.fingerprint != results["plain"].task.fingerprint
+    records = {name: read_record(result.task.output_path) for name, result in results.items()}
+    assert (records["plain"].quantize, records["int8"].quantize) == (None, "int8")
+    ours, theirs = (np.asarray(Image.open(r.task.output_path).convert("RGB")) for r in results.values())
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() > 0  # quantized for real
+    assert structural_similarity(ours, theirs, channel_axis=2) > 0.9  # and close: the same model, rounded
