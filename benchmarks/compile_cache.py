@@ -5,8 +5,9 @@
 Two fresh processes, one after the other, share one empty TORCHINDUCTOR_CACHE_DIR (as a worker's
 `.dagster/torch-compile-cache`): each loads the demo model tiny-sd15 (data/models) with the engine's
 `compile_unet` speedup and times pipeline calls at batch sizes 4, 3 and 2 (96 px, 10 steps, 1 torch thread).
-The first size compiles a graph for that size, the second a graph for any size, the third reuses it; the first
-process compiles from nothing, the second from the first one's cache.
+The first size compiles one graph for every batch size (the batch dimension is dynamic from the first call), the
+others reuse it; the first process compiles from nothing, the second reads the first one's graph from the cache
+(`compiled_graphs` counts graphs compiled, not read back).
 """
 
 from __future__ import annotations
