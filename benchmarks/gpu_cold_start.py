@@ -106,7 +106,7 @@ def engine_steps(args, work: Path) -> dict:
     command = [
         sys.executable,
         str(BENCHMARKS / "gpu_throughput.py"),
-        *(["--tiny"] if args.tiny else []),
+        *(["--tiny"] if args.tiny or args.model_shapes == "tiny" else []),
         "--only",
         args.engine_steps,
         "--batch-size",

@@ -141,6 +141,8 @@ def test_a_quantized_entry_changes_pixels_a_little_has_results_of_its_own_and_is
     assert results["int8"].task.fingerprint != results["plain"].task.fingerprint
     records = {name: read_record(result.task.output_path) for name, result in results.items()}
     assert (records["plain"].quantize, records["int8"].quantize) == (None, "int8")
+    assert "quantize" not in records["plain"].partition_metadata()  # shown on the partition where it ran
+    assert records["int8"].partition_metadata()["quantize"] == "int8"
     ours, theirs = (np.asarray(Image.open(r.task.output_path).convert("RGB")) for r in results.values())
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() > 0  # quantized for real
     assert structural_similarity(ours, theirs, channel_axis=2) > 0.9  # and close: the same model, rounded

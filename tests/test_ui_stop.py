@@ -147,6 +147,15 @@ def _sensor_run(home: Path, names: list[str]) -> dg.DagsterRun:
     return run
 
 
+def _freeze_code_servers_then_sigterm(process: subprocess.Popen) -> None:
+    """SIGTERM to `ui` while its code servers answer nothing (stopped, as one busy or shutting down may be): the run's
+    cancellation, a call to its code server, would wait for Dagster's 60 s gRPC timeout."""
+    for pid in descendants(process.pid):
+        if "grpc" in _command_line(pid).split():
+            os.kill(pid, signal.SIGSTOP)
+    process.send_signal(signal.SIGTERM)
+
+
 def test_ui_stops_within_seconds_on_ctrl_c_and_sigterm_with_a_run_in_flight(tmp_path, models_dir):
     root, home, outputs = _slow_project(tmp_path, models_dir)
 
@@ -169,7 +178,7 @@ def test_ui_stops_within_seconds_on_ctrl_c_and_sigterm_with_a_run_in_flight(tmp_
         shown = runs[canceled.run_id]
         assert shown["status"] == "CANCELED"
         assert shown["creationTime"] <= shown["startTime"] <= shown["endTime"], shown
-        seconds = _stop_mid_run(process, outputs, second, lambda: process.send_signal(signal.SIGTERM))
+        seconds = _stop_mid_run(process, outputs, second, lambda: _freeze_code_servers_then_sigterm(process))
     finally:
         stop_process_groups([process])
     _assert_stopped_cleanly(seconds, root / "ui-2.log", home, process)

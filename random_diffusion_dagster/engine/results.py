@@ -83,7 +83,8 @@ class ResultRecord:
     # {"role", "run_without": true} for a pair the image lacked; None without pairs.
     pairs: list[dict] | None = None
     dtype: str = ""
-    quantize: str | None = None  # the entry's lossy `quantize` ("int8", "fp8"), None without (and in older records)
+    # The entry's lossy `quantize` ("int8", "fp8"); None without it (and in older records), so not shown then.
+    quantize: str | None = _partition(default=None)
     run_seed: int = 0
     source_file: str = ""  # relative to the images folder: records carry no local paths
     variant: int = 0  # which of the image's results: 0 is the one a single-result run makes

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,8 +106,6 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
     What stops it from starting (a bad setting, a port out of range or in use, an instance it cannot open) is one
     line and exit status 2, before any child starts; if a child stops anyway, the other is stopped too.
     """
-    import threading
-
     checked_origins(allowed_origins())  # fail here, not in a child
     allowed_hosts()
     backfill_interval_seconds()
@@ -213,13 +212,13 @@ def stop(instance: dg.DagsterInstance, children: list[subprocess.Popen], output:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)  # both stop cleanly on Ctrl-C: uvicorn and Dagster's daemons
     runs = _runs_in_code_servers(instance, addresses)
-    for run in runs:
+    # Each cancellation is a call to the run's code server, which waits up to Dagster's gRPC timeout (60 s) for an
+    # answer a code server shutting down may never give: made on threads, so the deadline below holds.
+    cancellations = [threading.Thread(target=_cancel, args=(instance, run), daemon=True) for run in runs]
+    for run, cancellation in zip(runs, cancellations, strict=True):
         print(f"random-diffusion ui: canceling run {run.run_id} (its finished images are kept)", flush=True)
         output.canceled_runs.add(run.run_id)
-        try:
-            instance.run_launcher.terminate(run.run_id)
-        except dg.DagsterError:
-            pass  # its code server no longer answers: the run's process is killed with it below
+        cancellation.start()
     deadline = time.monotonic() + STOP_SECONDS
     while time.monotonic() < deadline and not (
         all(process.poll() is not None for process in children) and _finished(instance, runs)
@@ -230,10 +229,20 @@ def stop(instance: dg.DagsterInstance, children: list[subprocess.Popen], output:
             os.killpg(group, signal.SIGKILL)  # a code server or run process still running: it is not waited for
     for process in children:
         process.wait()
+    for cancellation in cancellations:
+        cancellation.join(timeout=1)  # a call to a code server killed above ends with it
     for run in _runs_in_code_servers(instance, addresses):  # those killed, and any launched as the daemon stopped
         instance.report_run_canceled(
             run, f"Stopped with `random-diffusion ui`: still running {STOP_SECONDS} s later, its process was killed."
         )
+
+
+def _cancel(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """Cancel the run as the UI's Terminate button does (Dagster records it CANCELED, the step stops mid-batch)."""
+    try:
+        instance.run_launcher.terminate(run.run_id)
+    except Exception:  # noqa: BLE001 - its code server no longer answers: the run's process is killed with it
+        pass
 
 
 def _finished(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> bool:
