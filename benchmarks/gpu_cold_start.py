@@ -129,6 +129,7 @@ def engine_steps(args, work: Path) -> dict:
     steps = {v["variant"]: v for v in result["variants"] if not v["variant"].startswith("plain")}
     best = max(steps.values(), key=lambda v: v["images_per_s"])
     return {
+        "device": result["device"],
         "engine_images_per_s": {name: v["images_per_s"] for name, v in steps.items()},
         "fraction_of_floor": {name: v["fraction_of_floor"] for name, v in steps.items()},
         "engine_best": {"variant": best["variant"], "images_per_s": best["images_per_s"]},

@@ -146,3 +146,14 @@ def test_a_quantized_entry_changes_pixels_a_little_has_results_of_its_own_and_is
     ours, theirs = (np.asarray(Image.open(r.task.output_path).convert("RGB")) for r in results.values())
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() > 0  # quantized for real
     assert structural_similarity(ours, theirs, channel_axis=2) > 0.9  # and close: the same model, rounded
+
+
+def test_fp8_where_the_hardware_has_no_float8_fails_that_entrys_images_naming_the_fix(tmp_path, models_dir):
+    """torchao refuses float8 without a Hopper-class GPU (here: the CPU); the entry's images fail by name, the run
+    goes on."""
+    (spec,) = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd15",), quantize="fp8"))
+    make_image(tmp_path / "images" / "a.png", size=(64, 64))
+    tasks, _ = Planner(["a red fox"], [spec], 0, str(tmp_path / "out")).plan(scan_folder(str(tmp_path / "images")))
+    (result,) = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=1, log=lambda message: None).results
+    assert result.status == "failed"
+    assert "`quantize: fp8` cannot run on cpu" in result.error and "Use `quantize: int8`" in result.error

@@ -239,7 +239,13 @@ def _quantize(unet, mode: str) -> None:
             "from the catalog entry."
         ) from exc
     config = Int8DynamicActivationInt8WeightConfig() if mode == "int8" else Float8DynamicActivationFloat8WeightConfig()
-    quantize_(unet, config)
+    try:
+        quantize_(unet, config)
+    except (AssertionError, RuntimeError, ValueError, NotImplementedError) as exc:  # torchao checks the hardware so
+        raise ModelLoadError(
+            f"`quantize: {mode}` cannot run on {unet.device}: {exc} Use `quantize: int8`, or remove `quantize` from "
+            "the catalog entry."
+        ) from exc
 
 
 def _one_graph_per_architecture(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
