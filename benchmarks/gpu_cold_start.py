@@ -40,28 +40,25 @@ BENCHMARKS = Path(__file__).resolve().parent
 TARGETS = {"first_to_warm_ratio": 0.8, "load_seconds_per_model": 1.5, "engine_images_per_s": 7.0, "fidelity_ssim": 0.98}
 
 
+def measured(script: str, arguments: list[str], work: Path, env: dict | None = None) -> dict:
+    """Another benchmark of this folder in a process of its own: its JSON, its output kept in `work`."""
+    out, log = work / f"{Path(script).stem}.json", work / f"{Path(script).stem}.log"
+    with log.open("w") as handle:
+        command = [sys.executable, str(BENCHMARKS / script), *arguments, "--out", str(out)]
+        completed = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{script} failed ({completed.returncode}):\n{log.read_text()[-4000:]}")
+    return json.loads(out.read_text())
+
+
 def cold_start(args, work: Path) -> dict:
     """The orchestrated benchmark's engine pass (filling the cache), then a fresh worker's two backfills."""
-    out = work / "orchestrated.json"
-    command = [
-        sys.executable,
-        str(BENCHMARKS / "orchestrated_throughput.py"),
+    arguments = [
         *(["--tiny"] if args.tiny else ["--model-shapes", args.model_shapes]),
-        "--images",
-        str(args.images),
-        "--sensor-images",
-        "0",
-        "--engine-compile",
-        "--warm-rerun",
-        "--variant",
-        f"executor=celery,resident={args.resident}",
-        "--settle-seconds",
-        "5",
-        "--out",
-        str(out),
+        *("--images", str(args.images), "--sensor-images", "0", "--engine-compile", "--warm-rerun"),
+        *("--variant", f"executor=celery,resident={args.resident}", "--settle-seconds", "5"),
+        *(["--engine-images", str(args.engine_images)] if args.engine_images else []),
     ]
-    if args.engine_images:
-        command += ["--engine-images", str(args.engine_images)]
     env = {
         **os.environ,
         # Compiled on any device (a warm worker compiles by default on CUDA only), and one cache for the engine
@@ -69,12 +66,7 @@ def cold_start(args, work: Path) -> dict:
         "RANDOM_DIFFUSION_COMPILE": "unet,vae",
         "TORCHINDUCTOR_CACHE_DIR": str(work / "shared-compile-cache"),
     }
-    log = work / "orchestrated.log"
-    with log.open("w") as handle:
-        completed = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    if completed.returncode != 0:
-        raise RuntimeError(f"orchestrated_throughput.py failed ({completed.returncode}):\n{log.read_text()[-4000:]}")
-    result = json.loads(out.read_text())
+    result = measured("orchestrated_throughput.py", arguments, work, env)
     first, warm = result["first_backfill"], result
     loads = first["load_seconds_per_model"]
     return {
@@ -102,30 +94,12 @@ def cold_start(args, work: Path) -> dict:
 
 def engine_steps(args, work: Path) -> dict:
     """gpu_throughput.py's groups: images/s and fraction of the floor per step, at one batch size."""
-    out = work / "engine.json"
-    command = [
-        sys.executable,
-        str(BENCHMARKS / "gpu_throughput.py"),
+    arguments = [
         *(["--tiny"] if args.tiny or args.model_shapes == "tiny" else []),
-        "--only",
-        args.engine_steps,
-        "--batch-size",
-        str(args.batch_size),
-        "--compile-batch-sizes",
-        str(args.batch_size),
-        "--repeats",
-        str(args.repeats),
-        "--plain-repeats",
-        "2",
-        "--out",
-        str(out),
+        *("--only", args.engine_steps, "--batch-size", str(args.batch_size)),
+        *("--compile-batch-sizes", str(args.batch_size), "--repeats", str(args.repeats), "--plain-repeats", "2"),
     ]
-    log = work / "engine.log"
-    with log.open("w") as handle:
-        completed = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-    if completed.returncode != 0:
-        raise RuntimeError(f"gpu_throughput.py failed ({completed.returncode}):\n{log.read_text()[-4000:]}")
-    result = json.loads(out.read_text())
+    result = measured("gpu_throughput.py", arguments, work)
     steps = {v["variant"]: v for v in result["variants"] if not v["variant"].startswith("plain")}
     best = max(steps.values(), key=lambda v: v["images_per_s"])
     return {

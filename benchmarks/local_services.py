@@ -31,7 +31,9 @@ def throwaway_database(prefix: str = "rdd"):
 
 def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float = 30) -> None:
     """SIGTERM each process's group (they were started with start_new_session), then SIGKILL laggards.
-    A group that has ended already (its processes stopped on their own) is skipped."""
+    A group that has ended already (its processes stopped on their own) is skipped. What they started in sessions
+    of their own (`ui`'s webserver and daemon) and left running is killed too: orphans would load every later test."""
+    started = [child for process in processes for child in _descendants(process.pid)]
     for process in processes:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -41,6 +43,30 @@ def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float 
         except subprocess.TimeoutExpired:
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+    for pid, start in started:
+        if _start_time(pid) == start:  # still the process seen before (not a new one with its number)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process `pid` started, and theirs, as /proc shows them now."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if int(fields[1]) == pid:
+            children.append((int(stat.parent.name), fields[19]))
+    return children + [grandchild for child, _ in children for grandchild in _descendants(child)]
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[19]
+    except (OSError, IndexError):
+        return None
 
 
 def project_env(root: Path, home: Path) -> dict[str, str]:
