@@ -89,9 +89,10 @@ def _slow_project(root: Path, models_dir: Path) -> tuple[Path, Path, Path]:
     return root, home, root / "outputs"
 
 
-def _start_ui(root: Path, home: Path, log: Path, as_background_job: bool = False) -> tuple[subprocess.Popen, str]:
-    """`ui` started as from a terminal, or `as_background_job` of a script (`random-diffusion ui &`), which the shell
-    starts with SIGINT ignored."""
+def _start_ui(root: Path, home: Path, log: Path, ignoring: tuple = ()) -> tuple[subprocess.Popen, str]:
+    """`ui` started as from a terminal, with the signals `ignoring` ignored as it inherits them: SIGINT for a script's
+    background job (`random-diffusion ui &`), SIGTERM from a process that ran Dagster in process (Dagster sets SIGTERM
+    to SIGINT's handler, and a pytest-xdist worker ignores SIGINT)."""
     port = _free_port()
     with open(log, "w") as output:
         process = subprocess.Popen(
@@ -101,7 +102,7 @@ def _start_ui(root: Path, home: Path, log: Path, as_background_job: bool = False
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a shell gives a command: Ctrl-C reaches that group
-            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if as_background_job else None,
+            preexec_fn=lambda: [signal.signal(signum, signal.SIG_IGN) for signum in ignoring],
         )
     wait_for(lambda: "the UI is at" in log.read_text() or process.poll() is not None, 180, "the UI")
     assert process.poll() is None, log.read_text()
@@ -161,7 +162,7 @@ def test_ui_stops_within_seconds_on_ctrl_c_and_sigterm_with_a_run_in_flight(tmp_
 
     first = _add_images(root / "images", "a")
     # Started as a script's background job (SIGINT ignored): `kill -INT` still stops it, and its children with it.
-    process, _ = _start_ui(root, home, root / "ui-1.log", as_background_job=True)
+    process, _ = _start_ui(root, home, root / "ui-1.log", ignoring=(signal.SIGINT,))
     seconds = _stop_mid_run(process, outputs, first, lambda: os.killpg(process.pid, signal.SIGINT))
     _assert_stopped_cleanly(seconds, root / "ui-1.log", home, process)
     canceled = _sensor_run(home, first)
@@ -172,7 +173,7 @@ def test_ui_stops_within_seconds_on_ctrl_c_and_sigterm_with_a_run_in_flight(tmp_
     # The next start leaves the canceled run as it is (no retry: it was stopped on purpose) and its times read
     # as the UI shows them: created, then started, then ended.
     second = _add_images(root / "images", "b")
-    process, url = _start_ui(root, home, root / "ui-2.log")
+    process, url = _start_ui(root, home, root / "ui-2.log", ignoring=(signal.SIGTERM,))  # `kill` still stops it
     try:
         runs = {run["runId"]: run for run in Deployment(url).query(RUNS_QUERY, {})["runsOrError"]["results"]}
         shown = runs[canceled.run_id]

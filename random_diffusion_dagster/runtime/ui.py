@@ -137,10 +137,12 @@ def serve_ui(host: str | None, port: int | None, workspace: str) -> int:
         for name in outputs
     }
     for signum in STOP_SIGNALS:
-        # `kill`, or the terminal closing, stops it like Ctrl-C. Under nohup SIGHUP stays ignored; SIGINT is taken even
-        # where a script started `ui` in the background, which ignores it: the children then take it too (a handler,
-        # unlike SIG_IGN, is not inherited), so stop() stops them cleanly instead of killing them at the deadline.
-        if signum == signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN:
+        # `kill`, or the terminal closing, stops it like Ctrl-C. Under nohup SIGHUP stays ignored. SIGINT and SIGTERM
+        # are taken even where inherited as ignored: a script starts `ui` in the background with SIGINT ignored, and a
+        # process that ran Dagster in process ignores SIGTERM wherever it ignored SIGINT (Dagster maps one to the
+        # other); the children then take them too (a handler, unlike SIG_IGN, is not inherited), so stop() stops
+        # them cleanly instead of killing them at the deadline.
+        if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, interrupt)
     exit_code = 0
     announced = False
