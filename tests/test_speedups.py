@@ -69,8 +69,8 @@ def test_models_of_one_architecture_share_one_graph_and_a_new_worker_reads_it_fr
     tmp_path, models_dir
 ):
     """tiny-sd14 (PNDM: int64 timesteps) and tiny-sd15 (Euler: float timesteps) have one UNet architecture; each
-    model's batches come in their own sizes (5 images at batch size 2: calls of 2 and 1). Compiled as given,
-    that is a graph per model and a second per batch size. The first worker compiles one graph for all of it; a
+    model's batches come in their own sizes (5 images at batch size 2: calls of 2 and 1). Compiled as given, this
+    made 2 graphs (the timestep's dtype and the batch size each recompile). The first worker compiles one; a
     second worker on another instance, sharing only the step storage folder, compiles none, reads it from the
     cache there, and makes the same pixels."""
     images = tmp_path / "images"
