@@ -91,8 +91,8 @@ def _slow_project(root: Path, models_dir: Path) -> tuple[Path, Path, Path]:
 
 def _start_ui(root: Path, home: Path, log: Path, ignoring: tuple = ()) -> tuple[subprocess.Popen, str]:
     """`ui` started as from a terminal, with the signals `ignoring` ignored as it inherits them: SIGINT for a script's
-    background job (`random-diffusion ui &`), SIGTERM from a process that ran Dagster in process (Dagster sets SIGTERM
-    to SIGINT's handler, and a pytest-xdist worker ignores SIGINT)."""
+    background job (`random-diffusion ui &`), SIGTERM from a process that ran Dagster in process while ignoring
+    SIGINT (Dagster sets SIGTERM to SIGINT's handler), as test workers in this suite came to."""
     port = _free_port()
     with open(log, "w") as output:
         process = subprocess.Popen(
