@@ -55,7 +55,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 from local_services import (  # noqa: E402  (standard library only at import)
     POSTGRES,
     apply_partition_requests,
+    descendants,
     shipped_instance_config,
     stop_process_groups,
     throwaway_database,
@@ -174,30 +175,10 @@ def start_service(command: list[str], env: dict, log: Path) -> subprocess.Popen:
         )
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
-
-
 def peak_rss(pid: int) -> tuple[float, dict[str, float]]:
     """(sum of VmHWM over the process tree in MB, each process's "name pid" -> MB)."""
     each = {}
-    for member in process_tree(pid):
+    for member in [pid, *descendants(pid)]:
         try:
             status = Path(f"/proc/{member}/status").read_text()
             cmdline = Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")
@@ -210,16 +191,6 @@ def peak_rss(pid: int) -> tuple[float, dict[str, float]]:
         name = " ".join(Path(word).name for word in words[:4])[:80] or fields.get("Name", "?").strip()
         each[f"{name} [{member}]"] = round(int(fields["VmHWM"].split()[0]) / 1024, 1)
     return round(sum(each.values()), 1), each
-
-
-def stop_services(processes: list[subprocess.Popen]) -> None:
-    """Their process groups, then any descendant that left its group (still ours: started by them)."""
-    descendants = {p.pid: process_tree(p.pid) for p in processes if p.poll() is None}
-    stop_process_groups(processes, grace_seconds=30)
-    for pids in descendants.values():
-        for pid in pids[1:]:
-            with suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------------------------- GraphQL
@@ -503,7 +474,7 @@ def measure(args, root: Path, postgres_url: str | None, stack: ExitStack) -> dic
     }
     port = free_port()
     services: list[subprocess.Popen] = []
-    stack.callback(stop_services, services)
+    stack.callback(stop_process_groups, services)  # and what they left running in sessions of their own
     webserver_log, daemon_log = root / "webserver.log", root / "daemon.log"
     webserver = start_service(
         [tool("random-diffusion-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],

@@ -583,7 +583,9 @@ def run(args) -> dict:
     for group, mode in LOSSY_GROUPS.items():
         if compile_here and group in wanted:
             results.extend(
-                lossy_variants(group, dataclasses.replace(specs[0], quantize=mode), shapes, references, args, extra)
+                lossy_variants(
+                    group, dataclasses.replace(specs[0], quantize=mode), shapes, references, device, args, extra
+                )
             )
     if compile_here and "end_to_end_compiled" in wanted:
         # (h) run_tasks with the UNet and VAE compiled: what a Dagster run with both options gets.
@@ -634,11 +636,10 @@ def compiled_variants(label, pipeline, spec, shapes, sizes, repeats, device, ext
     return results
 
 
-def lossy_variants(group: str, spec, shapes: dict, references: dict, args, extra: dict) -> list[dict]:
+def lossy_variants(group: str, spec, shapes: dict, references: dict, device: str, args, extra: dict) -> list[dict]:
     """Time a quantized entry at each batch size and measure its outputs' SSIM against the default path's."""
     from skimage.metrics import structural_similarity
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = PipelineCache(device=device, max_models=1, speedups=COMPILED_GROUPS["compiled_vae"])
     try:
         pipeline, _ = cache.get(spec)

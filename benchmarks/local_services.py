@@ -33,7 +33,7 @@ def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float 
     """SIGTERM each process's group (they were started with start_new_session), then SIGKILL laggards.
     A group that has ended already (its processes stopped on their own) is skipped. What they started in sessions
     of their own (`ui`'s webserver and daemon) and left running is killed too: orphans would load every later test."""
-    started = [child for process in processes for child in _descendants(process.pid)]
+    started = [(pid, start_time(pid)) for process in processes for pid in descendants(process.pid)]
     for process in processes:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -44,27 +44,32 @@ def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float 
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
     for pid, start in started:
-        if _start_time(pid) == start:  # still the process seen before (not a new one with its number)
+        if start is not None and start_time(pid) == start:  # still the process seen before, not a new one
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every process `pid` started, and theirs, as /proc shows them now."""
-    children = []
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, as /proc shows them now (one pass over /proc)."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue  # ended while we looked
-        if int(fields[1]) == pid:
-            children.append((int(stat.parent.name), fields[19]))
-    return children + [grandchild for child, _ in children for grandchild in _descendants(child)]
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
 
 
-def _start_time(pid: int) -> str | None:
+def start_time(pid: int) -> str | None:
+    """When the process `pid` started (clock ticks after boot, from /proc), or None once it has ended."""
     try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
 

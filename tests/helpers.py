@@ -65,20 +65,6 @@ def orchestrated_quick(out: Path, images: int, sensor_images: int, *variants: st
     return json.loads(out.read_text())
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes `pid` started, and theirs, as /proc shows them now."""
-    children = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
-            if ppid == pid:
-                children.append(int(proc.name))
-    return children + [grandchild for child in children for grandchild in descendants(child)]
-
-
 # What Dagster's daemon prints that issue 36 quoted from the `random-diffusion ui` terminal: none may reach it.
 ROUTINE_DAEMON_LINES = [
     "No relevant assets materialized since last tick",

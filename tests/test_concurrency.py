@@ -7,8 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import descendants
-from local_services import stop_process_groups, wait_for
+from local_services import descendants, stop_process_groups, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

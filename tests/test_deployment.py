@@ -25,7 +25,8 @@ from random_diffusion_dagster.engine.results import output_file_name, read_recor
 from random_diffusion_dagster.runtime.dead_runs import PROCESS_TAG
 from random_diffusion_dagster.runtime.remote import Deployment
 
-from helpers import ROUTINE_DAEMON_LINES, descendants, make_image, write_catalog
+from helpers import ROUTINE_DAEMON_LINES, make_image, write_catalog
+from local_services import descendants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from local_services import project_env, shipped_instance_config, stop_process_groups, wait_for  # noqa: E402

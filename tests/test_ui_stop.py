@@ -25,8 +25,8 @@ from random_diffusion_dagster.engine.results import output_file_name
 from random_diffusion_dagster.runtime.daemon import DaemonOutput
 from random_diffusion_dagster.runtime.remote import Deployment
 
-from helpers import descendants, make_image, write_catalog
-from local_services import project_env, shipped_instance_config, stop_process_groups, wait_for
+from helpers import make_image, write_catalog
+from local_services import descendants, project_env, shipped_instance_config, stop_process_groups, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # About 3 s per batch of 4 images here: a run of 12 is caught between its first result and its last.

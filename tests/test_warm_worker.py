@@ -25,7 +25,8 @@ from random_diffusion_dagster.settings import (
     step_storage_location,
 )
 
-from helpers import descendants, make_image, orchestrated_quick, write_catalog
+from helpers import make_image, orchestrated_quick, write_catalog
+from local_services import descendants
 from test_assets import _diffuse_all, _run_figures
 
 

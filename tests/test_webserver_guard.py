@@ -32,8 +32,8 @@ from random_diffusion_dagster.settings import sensor_interval_seconds
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from test_deployment import _free_port, _reachable  # noqa: E402
 
-from helpers import descendants  # noqa: E402
 from local_services import (  # noqa: E402
+    descendants,  # noqa: E402
     project_env,
     stop_process_groups,
     wait_for,  # noqa: E402
