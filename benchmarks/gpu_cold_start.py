@@ -18,10 +18,11 @@ Four models of one architecture (SD-1.5-sized random weights, 512 px, 50 steps, 
 
 Engine steps, benchmarks/gpu_throughput.py in a process of its own (--engine-steps, comma-separated groups):
 `engine` (batched, channels-last, the default eager path), `compiled` (fused QKV, UNet compiled),
-`compiled_vae` (the VAE too), `cuda_graphs` (mode reduce-overhead), `max_autotune`, and the lossy `int8` and
-`fp8` (catalog `quantize`, torchao); each with its images/s and fraction of the floor (FLOPs per image over the
-measured bf16 matrix rate), and each lossy one with `fidelity_ssim`: its outputs against the default path's on the
-same images, prompts and seeds. A lossy mode may be on by default only where that reaches 0.98.
+`compiled_vae` (the VAE too; both through ahead-of-time packages), `compiled_jit` (the same compiled just in
+time), `cuda_graphs` (mode reduce-overhead), `max_autotune`, and the lossy `int8` and `fp8` (catalog `quantize`,
+torchao); each with its images/s and fraction of the floor (FLOPs per image over the measured bf16 matrix rate),
+and each lossy one with `fidelity_ssim`: its outputs against the default path's on the same images, prompts and
+seeds. A lossy mode may be on by default only where that reaches 0.98.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def main() -> int:
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
         return 0
     args.engine_steps = args.engine_steps or (
-        "engine,compiled_vae,int8" if args.tiny else "engine,compiled_vae,cuda_graphs,fp8"
+        "engine,compiled_vae,compiled_jit,int8" if args.tiny else "engine,compiled_vae,compiled_jit,cuda_graphs,fp8"
     )
     args.batch_size = args.batch_size or (4 if args.tiny else 32)
     parts = set(args.parts.split(","))

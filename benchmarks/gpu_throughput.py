@@ -21,6 +21,7 @@ guidance 7.5 with classifier-free guidance, EulerDiscreteScheduler. Variants, in
   compiled         QKV fused and the UNet compiled (engine option compile_unet)
   compiled_vae     the VAE encoder and decoder compiled too (compile_vae); with _unsliced,
                    the batch decoded in one call; end_to_end_compiled: run_tasks with both.
+  compiled_jit     compiled_vae compiled just in time (the others go through ahead-of-time packages)
   cuda_graphs      compiled with mode reduce-overhead: each step a replayed CUDA graph
   max_autotune     compiled with mode max-autotune (kernel choices benchmarked, CUDA graphs)
   int8, fp8        lossy: the UNet's linear layers quantized (catalog `quantize`, torchao), compiled
@@ -160,6 +161,8 @@ SDXL_TINY = {
 COMPILED_GROUPS = {
     "compiled": Speedups(compile_unet=True),  # QKV projections fused, UNet compiled
     "compiled_vae": Speedups(compile_unet=True, compile_vae=True),  # VAE encoder and decoder too
+    # The same compiled just in time in the process, not through ahead-of-time packages (engine/ahead_of_time.py).
+    "compiled_jit": Speedups(compile_unet=True, compile_vae=True, ahead_of_time=False),
     "compiled_vae_unsliced": Speedups(vae_slicing=False, compile_unet=True, compile_vae=True),  # whole-batch decode
     # Each denoising step (and the VAE) replayed as a recorded CUDA graph: no per-kernel launch cost.
     "cuda_graphs": Speedups(compile_unet=True, compile_vae=True, compile_mode="reduce-overhead"),

@@ -133,7 +133,14 @@ def engine_worker(args) -> int:
         if match := LOAD_LINE.search(message):
             loads.append(float(match.group(2)))
 
-    speedups = Speedups(compile_unet=True, compile_vae=True) if args.engine_compile else Speedups()
+    # Compiled as the workers compile (ahead of time unless RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME=0), so what this
+    # pass puts in the shared cache is what they read.
+    ahead_of_time = DiffusionEngineResource().compile_ahead_of_time
+    speedups = (
+        Speedups(compile_unet=True, compile_vae=True, ahead_of_time=ahead_of_time)
+        if args.engine_compile
+        else Speedups()
+    )
     # The resource's default residency (every model for a second pass, as a warm worker keeps them); its load
     # lines as a run logs them.
     cache = PipelineCache(max_models=len(catalog) if args.warm_rerun else 2, log=log, speedups=speedups)

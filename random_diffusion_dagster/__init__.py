@@ -15,3 +15,5 @@ warnings.filterwarnings("ignore", message=r"Task name 'execute_plan' is already 
 # torchao's quantized weights (catalog `quantize`) have no stable hash for torch.compile's on-disk cache: their graphs
 # compile in each process instead of being read back (docs/speed.md says so); nothing goes wrong.
 warnings.filterwarnings("ignore", message=r"\w+Tensor does not implement _stable_hash_for_caching")
+# torch's own package writer (AOTInductor packages: engine/ahead_of_time.py) still makes the check it deprecates.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

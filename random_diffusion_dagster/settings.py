@@ -184,6 +184,12 @@ def compile_part(part: str) -> bool | None:
     return part in named if named else None
 
 
+def compile_ahead_of_time() -> bool:
+    """RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME (1/0, default 1): whether compiled parts go through packages kept in the
+    compile cache, which a fresh worker loads instead of tracing each graph again (docs/speed.md)."""
+    return env_flag("RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME", True)
+
+
 DEFAULT_MAX_PARTITIONS_PER_RUN = 512
 # Folders or shards per run: Dagster takes about 0.25 s to create a run (benchmarks/control_plane.py), so a backfill of
 # 1,000 folders queues its 200 runs in about a minute; 5 ImageNet classes are ~6,500 images, 20 minutes on an H200.

@@ -11,7 +11,7 @@
 #   python benchmarks/gpu_cold_start.py --merge cold_start.json engine_steps.json --out benchmarks/results/<card>-cold-start.json
 #   PART=cold_start SHAPES=tiny IMAGES=16 bash scripts/gpu_cold_start.sh   # the path, on a CPU (minutes)
 # Knobs (environment): PART (cold_start), IMAGES (512), ENGINE_IMAGES (64: the cache-filling engine pass),
-# STEPS (engine,compiled_vae,cuda_graphs,fp8), BATCH (32), BENCH_SECONDS (560: the benchmark is stopped then), SHAPES.
+# STEPS (engine,compiled_vae,compiled_jit,cuda_graphs,fp8), BATCH (32), BENCH_SECONDS (560: the benchmark is stopped then), SHAPES.
 set -u
 RESULTS=${RESULTS:-${OUT:-/tmp/gpu-results}}
 PART=${PART:-cold_start}
@@ -22,7 +22,7 @@ mkdir -p "$RESULTS"
 shapes=(--model-shapes "${SHAPES:-full}")
 timeout "${BENCH_SECONDS:-560}" $PYTHON benchmarks/gpu_cold_start.py --parts "$PART" "${shapes[@]}" \
     --images "${IMAGES:-512}" --engine-images "${ENGINE_IMAGES:-64}" \
-    --engine-steps "${STEPS:-engine,compiled_vae,cuda_graphs,fp8}" --batch-size "${BATCH:-32}" \
+    --engine-steps "${STEPS:-engine,compiled_vae,compiled_jit,cuda_graphs,fp8}" --batch-size "${BATCH:-32}" \
     --out "$RESULTS/$PART.json" >"$RESULTS/$PART.log" 2>&1
 echo "benchmark exit $? after $(($(date +%s) - started)) s"
 grep -v "^ \|Writing model shards\|should be kept in float32" "$RESULTS/$PART.log" | tail -12

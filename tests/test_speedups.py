@@ -1,5 +1,5 @@
-"""The engine's speed options: a worker's cold start (weights straight to the device, one compiled graph per
-architecture, a new worker reading the graphs other workers compiled) and the lossy `quantize` entry setting.
+"""The engine's speed options: a worker's cold start (weights straight to the device, one compiled package per
+architecture, a new worker loading the packages other workers compiled) and the lossy `quantize` entry setting.
 
 Real inductor compilation of the tiny UNets on the CPU (about 40 s each), the cold start in fresh
 `random-diffusion run` processes: each process is a worker starting cold, as a restarted or autoscaled one does.
@@ -20,9 +20,10 @@ from dagster._core.instance.ref import InstanceRef
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from random_diffusion_dagster.engine.ahead_of_time import PACKAGES, PackagedModule, packages_folder
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
-from random_diffusion_dagster.engine.pipelines import PipelineCache, load_pipeline
+from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups, load_pipeline
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.engine.runner import generate, run_tasks
@@ -82,16 +83,84 @@ def test_models_of_one_architecture_share_one_graph_and_a_new_worker_reads_it_fr
     first = _run_as_a_new_worker(tmp_path, "first", images, catalog, step_storage)
     assert first["generated"] == "5" and first["pipeline_loads"] == "2", first  # both models drawn
     assert first["pipeline_calls"] == "3" and first["batch_size"] == "2", first  # calls of 2, 2 and 1
-    assert (first["compiled_graphs"], first["graphs_from_cache"]) == ("1", "0"), first
+    # one package compiled for the first model; the second model's UNet loads it (its own weights swapped in)
+    assert (first["compiled_graphs"], first["graphs_from_cache"]) == ("1", "1"), first
     assert any((step_storage / COMPILE_CACHE_FOLDER).iterdir())
 
     second = _run_as_a_new_worker(tmp_path, "second", images, catalog, step_storage)
     assert second["generated"] == "5" and second["pipeline_loads"] == "2", second
-    assert (second["compiled_graphs"], second["graphs_from_cache"]) == ("0", "1"), second
+    assert (second["compiled_graphs"], second["graphs_from_cache"]) == ("0", "2"), second
     made = sorted(p.name for p in first["outputs"].glob("*.png"))
     assert made == sorted(p.name for p in second["outputs"].glob("*.png")) and len(made) == 5
     for name in made:
         assert_same_pixels(Image.open(first["outputs"] / name), Image.open(second["outputs"] / name), name)
+
+
+def test_one_package_serves_every_model_of_an_architecture_each_with_its_own_weights(tmp_path, models_dir, environ):
+    """The package holds code, not weights: tiny-sd14's UNet runs the package compiled for tiny-sd15's and gives its
+    own eager output, as does tiny-sd15; batch sizes within the exported range take the same package; weights that
+    move (as CPU offload moves them) are handed to the package again."""
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    specs = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd15", "tiny-sd14")))
+    compiled_before, loaded_before = PACKAGES["compiled"], PACKAGES["loaded"]
+    packaged = [load_pipeline(spec, "cpu", speedups=Speedups(compile_unet=True)).unet for spec in specs]
+    eager = [load_pipeline(spec, "cpu").unet for spec in specs]
+    assert all(isinstance(unet, PackagedModule) for unet in packaged)
+    generator = torch.Generator().manual_seed(0)
+
+    def outputs(unets, batch: int) -> list[torch.Tensor]:
+        sample = torch.randn(batch, 4, 8, 8, generator=generator)
+        text = torch.randn(batch, 77, 32, generator=generator)
+        with torch.inference_mode():
+            return [unet(sample, torch.tensor(500), encoder_hidden_states=text, return_dict=False)[0] for unet in unets]
+
+    for batch in (4, 2, 6):
+        generator.manual_seed(batch)
+        ours = outputs(packaged, batch)
+        generator.manual_seed(batch)
+        theirs = outputs(eager, batch)
+        for mine, expected in zip(ours, theirs, strict=True):
+            assert torch.allclose(mine, expected, atol=1e-4), (mine - expected).abs().max()
+        assert not torch.allclose(ours[0], ours[1], atol=1e-2)  # each model's own weights, not the first's
+    assert (PACKAGES["compiled"] - compiled_before, PACKAGES["loaded"] - loaded_before) == (1, 1)
+    assert [path.name.split(".")[1] for path in packages_folder().glob("*.pt2")] == ["b2-63"]
+
+    packaged[1]._orig_mod.to(torch.float64).to(torch.float32)  # new storage for every weight, the same values
+    generator.manual_seed(3)
+    (moved,) = outputs(packaged[1:], 3)
+    generator.manual_seed(3)
+    (expected,) = outputs(eager[1:], 3)
+    assert torch.allclose(moved, expected, atol=1e-4)
+
+
+class _ReadsItsInput(torch.nn.Module):
+    """Branches on its input's values in Python: eager runs it, torch.export cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, sample):
+        return self.linear(sample) * (2.0 if float(sample.numpy().sum()) > 0 else 0.5)
+
+
+def test_a_part_that_cannot_be_packaged_runs_just_in_time_and_is_not_exported_again(environ, tmp_path, caplog):
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    module = _ReadsItsInput()
+    calls = []
+
+    def just_in_time(*args, **kwargs):
+        calls.append(args)
+        return module(*args, **kwargs)
+
+    packaged = PackagedModule(module, just_in_time, "a test module", {})
+    sample = torch.ones(2, 4)
+    with torch.no_grad():
+        assert torch.equal(packaged(sample), module(sample))
+        assert torch.equal(packaged(-sample), module(-sample))
+    assert len(calls) == 2 and not list(packages_folder().glob("*.pt2"))
+    (warning,) = [r.getMessage() for r in caplog.records if "compiled just in time" in r.getMessage()]
+    assert warning.startswith("_ReadsItsInput is compiled just in time: no ahead-of-time package for it (")
 
 
 def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loading_then_moving(tmp_path, models_dir):

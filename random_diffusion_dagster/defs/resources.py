@@ -270,6 +270,12 @@ class DiffusionEngineResource(dg.ConfigurableResource):
         description="torch.compile's mode where compiling: reduce-overhead replays each step as a CUDA graph, "
         "max-autotune also benchmarks kernels while compiling (docs/speed.md).",
     )
+    compile_ahead_of_time: bool = Field(
+        default_factory=settings.compile_ahead_of_time,
+        description="Compile into AOTInductor packages kept in the compile cache, which a fresh worker loads in a "
+        "second instead of tracing each graph again; not with reduce-overhead "
+        "(RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME=0 turns it off).",
+    )
 
     keep_loaded: bool = Field(
         default_factory=settings.keep_pipelines_loaded,
@@ -329,6 +335,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             self.compile_unet,
             self.compile_vae,
             self.compile_mode,
+            self.compile_ahead_of_time,
         )
 
     def speedups_on(self, device: str) -> Speedups:
@@ -344,6 +351,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             compile_unet=warm_gpu if self.compile_unet is None else self.compile_unet,
             compile_vae=warm_gpu if self.compile_vae is None else self.compile_vae,
             compile_mode=self.compile_mode,
+            ahead_of_time=self.compile_ahead_of_time,
         )
 
     def _new_cache(self) -> PipelineCache:

@@ -54,6 +54,8 @@ class Speedups:
     compile_mode: torch.compile's mode for both: "default", "reduce-overhead" (CUDA graphs:
         a denoising step replays its recorded kernels; one recording per batch size),
         "max-autotune" (benchmarks kernel choices while compiling: minutes longer).
+    ahead_of_time: compile those parts into AOTInductor packages kept in the compile cache (ahead_of_time.py), which a
+        fresh worker loads instead of re-tracing each graph; modes without CUDA graphs only.
     """
 
     channels_last: bool = True
@@ -61,6 +63,7 @@ class Speedups:
     compile_unet: bool = False
     compile_vae: bool = False
     compile_mode: str = "default"
+    ahead_of_time: bool = True
 
 
 class ModelLoadError(RuntimeError):
@@ -211,8 +214,8 @@ def apply_speedups(pipeline, device: str, speedups: Speedups, quantize: str | No
         import torch._inductor.config as inductor_config
 
         inductor_config.conv_1x1_as_mm = True  # 1x1 convolutions as matrix products
-        pipeline.unet = torch.compile(pipeline.unet, fullgraph=True, mode=speedups.compile_mode)
-        pipeline.unet.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
+        # torchao's quantized weights are tensor subclasses, which an ahead-of-time package does not take
+        pipeline.unet = _compiled(unet, unet, dataclasses.replace(speedups, ahead_of_time=not quantize))
     vae = getattr(pipeline, "vae", None)
     if speedups.compile_vae and vae is not None:
         if speedups.channels_last and device.startswith("cuda"):
@@ -220,9 +223,27 @@ def apply_speedups(pipeline, device: str, speedups: Speedups, quantize: str | No
         for name in ("encoder", "decoder"):
             part = getattr(vae, name)
             if not hasattr(part, "_orig_mod"):  # a shared VAE is compiled already
-                setattr(vae, name, torch.compile(part, fullgraph=True, mode=speedups.compile_mode))
-                getattr(vae, name).register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
+                setattr(vae, name, _compiled(part, vae, speedups, name))
     return pipeline
+
+
+def _compiled(part, owner, speedups: Speedups, name: str = ""):
+    """`part` (the UNet, or the VAE `owner`'s encoder or decoder) compiled: through ahead-of-time packages where its
+    mode allows (CUDA graphs are recorded in the process), else just in time."""
+    import torch
+
+    mode = speedups.compile_mode
+    compiled = torch.compile(part, fullgraph=True, mode=mode)
+    compiled.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
+    if not speedups.ahead_of_time or mode not in ("default", "max-autotune", "max-autotune-no-cudagraphs"):
+        return compiled
+    from .ahead_of_time import PackagedModule
+
+    config = {key: value for key, value in owner.config.items() if not key.startswith("_")}  # not _name_or_path
+    identity = json.dumps([type(owner).__qualname__, config, name], sort_keys=True, default=str)
+    packaged = PackagedModule(part, compiled, identity, {"max_autotune": mode != "default"})
+    packaged.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
+    return packaged
 
 
 def _quantize(unet, mode: str) -> None:
@@ -272,16 +293,28 @@ def _one_graph_per_architecture(module, args: tuple, kwargs: dict) -> tuple[tupl
 
 
 def compiled_graphs() -> int:
-    """Graphs torch.compile has compiled in this process so far: traced graphs whose code did not come from the
-    on-disk compile cache (0 before anything was compiled, and in a fresh worker whose shared cache has them)."""
-    dynamo = sys.modules.get("torch._dynamo.utils")  # imported by the first compilation, not before
-    return int(dynamo.counters["stats"]["unique_graphs"]) - graphs_from_cache() if dynamo else 0
+    """Graphs compiled in this process so far: ahead-of-time packages compiled, and graphs torch.compile traced whose
+    code did not come from its on-disk cache (0 before anything was compiled, and in a fresh worker whose shared cache
+    has them all)."""
+    return _packages("compiled") + max(
+        0, _dynamo_counter("stats", "unique_graphs") - _dynamo_counter("inductor", "fxgraph_cache_hit")
+    )
 
 
 def graphs_from_cache() -> int:
-    """Graphs whose compiled code this process read from the on-disk compile cache instead of compiling."""
-    dynamo = sys.modules.get("torch._dynamo.utils")
-    return int(dynamo.counters["inductor"]["fxgraph_cache_hit"]) if dynamo else 0
+    """Compiled graphs this process read from the shared cache instead of compiling: packages loaded, and graphs whose
+    code torch.compile read back (after tracing them again)."""
+    return _packages("loaded") + _dynamo_counter("inductor", "fxgraph_cache_hit")
+
+
+def _packages(event: str) -> int:
+    module = sys.modules.get(f"{__package__}.ahead_of_time")  # imported by the first compiled part, not before
+    return int(module.PACKAGES[event]) if module else 0
+
+
+def _dynamo_counter(group: str, name: str) -> int:
+    dynamo = sys.modules.get("torch._dynamo.utils")  # imported by the first compilation, not before
+    return int(dynamo.counters[group][name]) if dynamo else 0
 
 
 def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:

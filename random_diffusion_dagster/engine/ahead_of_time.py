@@ -1,0 +1,201 @@
+"""Compiled parts kept as ahead-of-time packages (torch.export + AOTInductor) in the shared compile cache.
+
+A fresh worker that reads torch.compile's cache still re-traces each graph with Dynamo before its first step (most of
+what a first backfill loses); a package is loaded instead: a shared library compiled for one architecture and call
+shape, whose weights are handed to it by pointer, so one package serves every model of that architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils import _pytree as pytree
+
+log = logging.getLogger(__name__)
+
+# Packages this process compiled, and read from the folder instead: added to compiled_graphs() / graphs_from_cache().
+PACKAGES: Counter = Counter()
+# A package takes its weights as they are when it runs; folded ones (weights pre-transformed for its kernels) are
+# computed from them at the first call after the weights change, not stored in the package.
+PACKAGE_CONFIG = {"aot_inductor.package_constants_in_so": False, "aot_inductor.use_runtime_constant_folding": True}
+
+
+def packages_folder() -> Path:
+    """Beside torch.compile's own cache (TORCHINDUCTOR_CACHE_DIR, which settings point at the shared step storage)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / "packages"
+
+
+class PackagedModule(torch.nn.Module):
+    """`module` called through packages, one per call shape (the batch size free within the range export allows),
+    read from packages_folder() or exported and compiled there once. Attributes read through to `module`, as on
+    torch.compile's wrapper. Calls no package can take (an export that fails, weights off the package's device) go
+    to `fallback`, the module compiled just in time; `identity` names what the module's code reads besides its
+    weights (its owner's class and config)."""
+
+    def __init__(self, module: torch.nn.Module, fallback, identity: str, inductor_configs: dict) -> None:
+        super().__init__()
+        self._orig_mod = module
+        self.__dict__["_fallback"] = fallback  # not a submodule: its parameters are module's
+        self.__dict__["_identity"] = identity
+        self.__dict__["_inductor_configs"] = inductor_configs
+        self.__dict__["_runners"] = {}  # call signature -> [(lowest batch, highest batch, runner, weight pointers)]
+        self.__dict__["_unpackaged"] = set()  # call signatures whose export failed
+        self.__dict__["_parts"] = list(module.modules())  # walked at every call to see whether the weights moved
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._orig_mod, name)
+
+    def forward(self, *args, **kwargs):
+        call = inspect.signature(self._orig_mod.forward).bind(*args, **kwargs).arguments
+        tensors = [leaf for leaf in pytree.tree_leaves(dict(call)) if isinstance(leaf, torch.Tensor)]
+        if not tensors or tensors[0].dim() == 0:
+            return self._fallback(*args, **kwargs)
+        batch, device = tensors[0].shape[0], tensors[0].device
+        signature = _call_signature(call, batch)
+        runner = None if signature in self._unpackaged else self._runner(signature, call, batch, device)
+        return self._fallback(*args, **kwargs) if runner is None else runner(**call)
+
+    def _runner(self, signature: str, call: dict, batch: int, device: torch.device):
+        """The package for this call with the module's current weights loaded, or None (the call goes just in time)."""
+        pointers = _pointers(self._parts)
+        for index, (lowest, highest, runner, loaded) in enumerate(self._runners.get(signature, [])):
+            if lowest <= batch <= highest:
+                if loaded != pointers:  # the weights moved (CPU offload): the package is given them where they are now
+                    if not _load_weights(runner, self._orig_mod, device):
+                        return None
+                    self._runners[signature][index] = (lowest, highest, runner, pointers)
+                return runner
+        key = hashlib.sha256((self._identity + _structure(self._orig_mod) + signature).encode()).hexdigest()[:32]
+        try:
+            path = _stored(key, batch) or self._compile(key, call, batch)
+            runner = torch._inductor.aoti_load_package(str(path))
+            if not _load_weights(runner, self._orig_mod, device):
+                return None
+        except Exception as exc:  # noqa: BLE001 - failing to export, compile or load costs speed, never the image
+            log.warning("%s is compiled just in time: no ahead-of-time package for it (%s)", self._name, exc)
+            self._unpackaged.add(signature)
+            return None
+        lowest, highest = _batch_range_of(path)
+        self._runners.setdefault(signature, []).append((lowest, highest, runner, pointers))
+        return runner
+
+    @property
+    def _name(self) -> str:
+        return type(self._orig_mod).__name__
+
+    def _compile(self, key: str, call: dict, batch: int) -> Path:
+        batched = {
+            name: pytree.tree_map(
+                # a batch of 1 is exported as it is: export would specialise it anyway (and warn)
+                lambda v: {0: torch.export.Dim.AUTO} if batch > 1 and _batched(v, batch) else None,
+                value,
+                is_leaf=lambda v: v is None,
+            )
+            for name, value in call.items()
+        }
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(self._orig_mod, (), dict(call), dynamic_shapes=batched)
+        lowest, highest = _batch_range(program, batch)
+        folder = packages_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{key}.b{lowest}-{highest}.pt2"
+        partial = folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.pt2"
+        try:
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(partial), inductor_configs={**PACKAGE_CONFIG, **self._inductor_configs}
+            )
+            os.replace(partial, path)  # whole or absent for the other workers sharing the folder
+        finally:
+            partial.unlink(missing_ok=True)
+        PACKAGES["compiled"] += 1
+        return path
+
+
+def _stored(key: str, batch: int) -> Path | None:
+    for path in packages_folder().glob(f"{key}.b*-*.pt2"):
+        lowest, highest = _batch_range_of(path)
+        if lowest <= batch <= highest:
+            PACKAGES["loaded"] += 1
+            return path
+    return None
+
+
+def _batched(value, batch: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch
+
+
+def _call_signature(call: dict, batch: int) -> str:
+    """What a package is specialised to: every tensor's dtype and shape (the batch dimension left free) and every
+    other argument's value."""
+
+    def describe(value):
+        if isinstance(value, torch.Tensor):
+            shape = ["batch" if _batched(value, batch) and i == 0 else size for i, size in enumerate(value.shape)]
+            return [str(value.dtype), str(value.device.type), shape]
+        return repr(value)
+
+    return json.dumps({name: pytree.tree_map(describe, value) for name, value in call.items()}, default=str)
+
+
+def _structure(module: torch.nn.Module) -> str:
+    """The module's code and layout: its classes (attention processors too) and each weight's name, shape, strides
+    and dtype; the compiled kernels assume all of them. torch's and diffusers' versions change the code."""
+    import diffusers
+
+    classes = [type(m).__qualname__ + ":" + type(getattr(m, "processor", None)).__name__ for m in module.modules()]
+    weights = [(name, list(t.shape), list(t.stride()), str(t.dtype)) for name, t in _weights(module).items()]
+    return json.dumps([torch.__version__, diffusers.__version__, classes, weights])
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def _pointers(parts: list[torch.nn.Module]) -> tuple[int, ...]:
+    """Where a module's weights are now, from the list of its modules: cheaper than naming them all."""
+    return tuple(
+        tensor.data_ptr()
+        for part in parts
+        for tensor in (*part._parameters.values(), *part._buffers.values())
+        if tensor is not None
+    )
+
+
+def _load_weights(runner, module: torch.nn.Module, device: torch.device) -> bool:
+    """Hand the package the module's own tensors by pointer (it holds none); False where they are not on `device`."""
+    weights = _weights(module)
+    if any(tensor.device != device for tensor in weights.values()):
+        return False
+    needed = {name: weights[name] for name in runner.get_constant_fqns() if name in weights}
+    runner.load_constants(needed, check_full_update=True, user_managed=True)
+    return True
+
+
+def _batch_range_of(path: Path) -> tuple[int, int]:
+    lowest, highest = path.stem.rsplit(".b", 1)[1].split("-")
+    return int(lowest), int(highest)
+
+
+def _batch_range(program, batch: int) -> tuple[int, int]:
+    """The batch sizes the exported program is valid for (its first input's first dimension)."""
+    first = next(
+        n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs
+    )
+    size = first.meta["val"].shape[0]
+    if isinstance(size, int):
+        return size, size
+    bounds = program.range_constraints[size.node.expr]
+    return int(bounds.lower), int(min(bounds.upper, 2**31 - 1))
