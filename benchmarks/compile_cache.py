@@ -1,13 +1,13 @@
-"""What torch.compile's on-disk cache saves a process that compiles again (a restarted warm worker).
+"""What the compile cache saves a process that compiles again (a restarted warm worker).
 
     python benchmarks/compile_cache.py --out benchmarks/results/compile-cache-cpu.json
 
 Two fresh processes, one after the other, share one empty TORCHINDUCTOR_CACHE_DIR (as a worker's
 `.dagster/torch-compile-cache`): each loads the demo model tiny-sd15 (data/models) with the engine's
 `compile_unet` speedup and times pipeline calls at batch sizes 4, 3 and 2 (96 px, 10 steps, 1 torch thread).
-The first size compiles one graph for every batch size (the batch dimension is dynamic from the first call), the
-others reuse it; the first process compiles from nothing, the second reads the first one's graph from the cache
-(`compiled_graphs` counts graphs compiled, not read back).
+The first size compiles one package for every batch size (the batch dimension is dynamic), the others reuse it;
+the first process compiles from nothing, the second loads the first one's package from the cache (`compiled_graphs`
+counts packages compiled, not loaded).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main() -> int:
     result = {
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
         "model": "tiny-sd15 (data/models), 96 px, 10 steps, strength 0.6, fp32 CPU, 1 torch thread",
-        "speedups": "compile_unet (fused QKV, torch.compile(fullgraph=True))",
+        "speedups": "compile_unet (fused QKV; an ahead-of-time package, the engine's default)",
         "passes": passes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,15 @@ def test_compile_settings_come_from_the_environment_for_sensor_and_schedule_runs
     monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "unet,decoder")
     with pytest.raises(ValueError, match=r"RANDOM_DIFFUSION_COMPILE names \['decoder'\].*'unet,vae'"):
         DiffusionEngineResource(device="cpu")
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE", "unet")
+    assert DiffusionEngineResource(device="cpu").pipelines().speedups.ahead_of_time  # packages unless told
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME", "0")
+    assert DiffusionEngineResource(device="cpu").pipelines().speedups == Speedups(
+        compile_unet=True, ahead_of_time=False
+    )
+    monkeypatch.setenv("RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME", "later")
+    with pytest.raises(ValueError, match=r"RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME='later': set it to 1 or 0"):
+        DiffusionEngineResource(device="cpu")
 
 
 def test_a_worker_that_keeps_pipelines_on_a_cuda_gpu_compiles_by_default_with_the_cache_in_the_instance_folder(

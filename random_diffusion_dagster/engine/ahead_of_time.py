@@ -38,9 +38,9 @@ def packages_folder() -> Path:
 class PackagedModule(torch.nn.Module):
     """`module` called through packages, one per call shape (the batch size free within the range export allows),
     read from packages_folder() or exported and compiled there once. Attributes read through to `module`, as on
-    torch.compile's wrapper. Calls no package can take (an export that fails, weights off the package's device) go
-    to `fallback`, the module compiled just in time; `identity` names what the module's code reads besides its
-    weights (its owner's class and config)."""
+    torch.compile's wrapper. A call no package takes (its export failed, the package failed, the weights are off the
+    call's device) goes to `fallback`, the module compiled just in time; `identity` names what the module's code
+    reads besides its weights (its owner's class and config)."""
 
     def __init__(self, module: torch.nn.Module, fallback, identity: str, inductor_configs: dict) -> None:
         super().__init__()
@@ -48,9 +48,13 @@ class PackagedModule(torch.nn.Module):
         self.__dict__["_fallback"] = fallback  # not a submodule: its parameters are module's
         self.__dict__["_identity"] = identity
         self.__dict__["_inductor_configs"] = inductor_configs
-        self.__dict__["_runners"] = {}  # call signature -> [(lowest batch, highest batch, runner, weight pointers)]
-        self.__dict__["_unpackaged"] = set()  # call signatures whose export failed
         self.__dict__["_parts"] = list(module.modules())  # walked at every call to see whether the weights moved
+        self.__dict__["_unpackaged"] = set()  # call signatures that go just in time
+        self._forget_runners()
+
+    def _forget_runners(self) -> None:
+        self.__dict__["_runners"] = {}  # call signature -> [(lowest batch, highest batch, runner)]
+        self.__dict__["_loaded"] = (None, None)  # (weight pointers, structure) the runners were given
 
     def __getattr__(self, name: str):
         try:
@@ -65,31 +69,43 @@ class PackagedModule(torch.nn.Module):
             return self._fallback(*args, **kwargs)
         batch, device = tensors[0].shape[0], tensors[0].device
         signature = _call_signature(call, batch)
-        runner = None if signature in self._unpackaged else self._runner(signature, call, batch, device)
-        return self._fallback(*args, **kwargs) if runner is None else runner(**call)
+        if signature not in self._unpackaged:
+            try:
+                if runner := self._runner(signature, call, batch, device):
+                    return runner(**call)
+            except Exception as exc:  # noqa: BLE001 - a package failing costs speed, never the image
+                log.warning("%s is compiled just in time: its ahead-of-time package failed (%s)", self._name, exc)
+                self._unpackaged.add(signature)
+        return self._fallback(*args, **kwargs)
 
     def _runner(self, signature: str, call: dict, batch: int, device: torch.device):
-        """The package for this call with the module's current weights loaded, or None (the call goes just in time)."""
+        """The package for this call, given the module's weights as they are now; None where there is none."""
         pointers = _pointers(self._parts)
-        for index, (lowest, highest, runner, loaded) in enumerate(self._runners.get(signature, [])):
+        if pointers != self._loaded[0]:  # first call, or the weights moved (CPU offload moves them at every call)
+            weights = _weights(self._orig_mod)
+            if any(tensor.device != device for tensor in weights.values()):
+                return None
+            structure = _structure(weights)
+            if structure != self._loaded[1]:  # cast to another dtype or layout: other packages
+                self._forget_runners()
+            for runners in self._runners.values():
+                for _, _, runner in runners:
+                    _load_weights(runner, weights)
+            self.__dict__["_loaded"] = (pointers, structure)
+        for lowest, highest, runner in self._runners.get(signature, []):
             if lowest <= batch <= highest:
-                if loaded != pointers:  # the weights moved (CPU offload): the package is given them where they are now
-                    if not _load_weights(runner, self._orig_mod, device):
-                        return None
-                    self._runners[signature][index] = (lowest, highest, runner, pointers)
                 return runner
-        key = hashlib.sha256((self._identity + _structure(self._orig_mod) + signature).encode()).hexdigest()[:32]
+        identity = self._identity + _code(self._parts) + self._loaded[1] + _machine(device) + signature
+        key = hashlib.sha256(identity.encode()).hexdigest()[:32]
         try:
             path = _stored(key, batch) or self._compile(key, call, batch)
-            runner = torch._inductor.aoti_load_package(str(path))
-            if not _load_weights(runner, self._orig_mod, device):
-                return None
-        except Exception as exc:  # noqa: BLE001 - failing to export, compile or load costs speed, never the image
+        except Exception as exc:  # noqa: BLE001 - whatever export or AOTInductor raise: this part goes just in time
             log.warning("%s is compiled just in time: no ahead-of-time package for it (%s)", self._name, exc)
             self._unpackaged.add(signature)
             return None
-        lowest, highest = _batch_range_of(path)
-        self._runners.setdefault(signature, []).append((lowest, highest, runner, pointers))
+        runner = torch._inductor.aoti_load_package(str(path))
+        _load_weights(runner, _weights(self._orig_mod))
+        self._runners.setdefault(signature, []).append((*_batch_range_of(path), runner))
         return runner
 
     @property
@@ -150,14 +166,28 @@ def _call_signature(call: dict, batch: int) -> str:
     return json.dumps({name: pytree.tree_map(describe, value) for name, value in call.items()}, default=str)
 
 
-def _structure(module: torch.nn.Module) -> str:
-    """The module's code and layout: its classes (attention processors too) and each weight's name, shape, strides
-    and dtype; the compiled kernels assume all of them. torch's and diffusers' versions change the code."""
+def _code(parts: list[torch.nn.Module]) -> str:
+    """The classes the module runs, its attention processors' too."""
+    return json.dumps([type(m).__qualname__ + ":" + type(getattr(m, "processor", None)).__name__ for m in parts])
+
+
+def _structure(weights: dict[str, torch.Tensor]) -> str:
+    """What the compiled kernels assume of the module's weights (each one's name, shape, strides and dtype), and the
+    versions of the code that made them."""
     import diffusers
 
-    classes = [type(m).__qualname__ + ":" + type(getattr(m, "processor", None)).__name__ for m in module.modules()]
-    weights = [(name, list(t.shape), list(t.stride()), str(t.dtype)) for name, t in _weights(module).items()]
-    return json.dumps([torch.__version__, diffusers.__version__, classes, weights])
+    layout = [(name, list(t.shape), list(t.stride()), str(t.dtype)) for name, t in weights.items()]
+    return json.dumps([torch.__version__, diffusers.__version__, layout])
+
+
+def _machine(device: torch.device) -> str:
+    """What the compiled code was built for: the GPU model, or the CPU's vector instructions (a package built where
+    AVX-512 exists crashes a machine without it); workers that share the cache may differ."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} {torch.cuda.get_device_capability(device)}"
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return f"{device.type} {pick_vec_isa()}"
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -174,14 +204,10 @@ def _pointers(parts: list[torch.nn.Module]) -> tuple[int, ...]:
     )
 
 
-def _load_weights(runner, module: torch.nn.Module, device: torch.device) -> bool:
-    """Hand the package the module's own tensors by pointer (it holds none); False where they are not on `device`."""
-    weights = _weights(module)
-    if any(tensor.device != device for tensor in weights.values()):
-        return False
+def _load_weights(runner, weights: dict[str, torch.Tensor]) -> None:
+    """Hand the package the module's own tensors by pointer (it holds none)."""
     needed = {name: weights[name] for name in runner.get_constant_fqns() if name in weights}
     runner.load_constants(needed, check_full_update=True, user_managed=True)
-    return True
 
 
 def _batch_range_of(path: Path) -> tuple[int, int]:
