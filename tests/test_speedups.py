@@ -25,6 +25,7 @@ from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups, load_pipeline
 from random_diffusion_dagster.engine.plan import Planner
+from random_diffusion_dagster.engine.quiet import engine_warnings_to
 from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.engine.runner import generate, run_tasks
 from random_diffusion_dagster.settings import COMPILE_CACHE_FOLDER
@@ -144,7 +145,7 @@ class _ReadsItsInput(torch.nn.Module):
         return self.linear(sample) * (2.0 if float(sample.numpy().sum()) > 0 else 0.5)
 
 
-def test_a_part_that_cannot_be_packaged_runs_just_in_time_and_is_not_exported_again(environ, tmp_path, caplog):
+def test_a_part_that_cannot_be_packaged_runs_just_in_time_and_is_not_exported_again(environ, tmp_path, caplog, capsys):
     environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
     module = _ReadsItsInput()
     calls = []
@@ -161,6 +162,13 @@ def test_a_part_that_cannot_be_packaged_runs_just_in_time_and_is_not_exported_ag
     assert len(calls) == 2 and not list(packages_folder().glob("*.pt2"))
     (warning,) = [r.getMessage() for r in caplog.records if "compiled just in time" in r.getMessage()]
     assert warning.startswith("_ReadsItsInput is compiled just in time: no ahead-of-time package for it (")
+
+    run_log = []  # in a run (run_tasks), the same warning goes to the run's log, and not to the console
+    with engine_warnings_to(run_log.append), torch.no_grad():
+        fresh = PackagedModule(module, just_in_time, "a test module", {})
+        fresh(sample)
+    assert len(run_log) == 1 and run_log[0] == warning
+    assert "compiled just in time" not in capsys.readouterr().err
 
 
 def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loading_then_moving(tmp_path, models_dir):

@@ -273,7 +273,7 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     compile_ahead_of_time: bool = Field(
         default_factory=settings.compile_ahead_of_time,
         description="Compile into AOTInductor packages kept in the compile cache, which a fresh worker loads in a "
-        "second instead of tracing each graph again; not with reduce-overhead "
+        "second instead of tracing each graph again; not in the modes that record CUDA graphs "
         "(RANDOM_DIFFUSION_COMPILE_AHEAD_OF_TIME=0 turns it off).",
     )
 

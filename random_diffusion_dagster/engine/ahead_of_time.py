@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils import _pytree as pytree
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # into the run's log during a run (quiet.engine_warnings_to)
 
 # Packages this process compiled, and read from the folder instead: added to compiled_graphs() / graphs_from_cache().
 PACKAGES: Counter = Counter()

@@ -38,6 +38,7 @@ SHAREABLE_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # recorded in the process: never in a package
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Speedups:
         a denoising step replays its recorded kernels; one recording per batch size),
         "max-autotune" (benchmarks kernel choices while compiling: minutes longer).
     ahead_of_time: compile those parts into AOTInductor packages kept in the compile cache (ahead_of_time.py), which a
-        fresh worker loads instead of re-tracing each graph; modes without CUDA graphs only.
+        fresh worker loads instead of tracing each graph again; not in the modes that record CUDA graphs.
     """
 
     channels_last: bool = True
@@ -235,13 +236,13 @@ def _compiled(part, owner, speedups: Speedups, name: str = ""):
     mode = speedups.compile_mode
     compiled = torch.compile(part, fullgraph=True, mode=mode)
     compiled.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
-    if not speedups.ahead_of_time or mode not in ("default", "max-autotune", "max-autotune-no-cudagraphs"):
+    if not speedups.ahead_of_time or mode in CUDA_GRAPH_MODES:
         return compiled
     from .ahead_of_time import PackagedModule
 
     config = {key: value for key, value in owner.config.items() if not key.startswith("_")}  # not _name_or_path
     identity = json.dumps([type(owner).__qualname__, config, name], sort_keys=True, default=str)
-    packaged = PackagedModule(part, compiled, identity, {"max_autotune": mode != "default"})
+    packaged = PackagedModule(part, compiled, identity, {"max_autotune": mode == "max-autotune-no-cudagraphs"})
     packaged.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
     return packaged
 

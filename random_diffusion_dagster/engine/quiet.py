@@ -7,6 +7,8 @@ libraries still reach the console and the Dagster run log.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 # The inpaint and ControlNet pipelines that paired inputs run through (PipelineCache.with_pairs).
 PAIRED_PIPELINES = (
@@ -101,3 +103,27 @@ def quiet_libraries() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+class _Forward(logging.Handler):
+    def __init__(self, log: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log(record.getMessage())
+
+
+@contextmanager
+def engine_warnings_to(log: Callable[[str], None]) -> Iterator[None]:
+    """The engine's own logged warnings (a compiled part falling back: ahead_of_time.py) go to `log`, the run's
+    log, while the block runs, and not to the console."""
+    logger = logging.getLogger(__package__)
+    handler, propagate = _Forward(log), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

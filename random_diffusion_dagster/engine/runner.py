@@ -45,6 +45,7 @@ from .pairs import MASK, PairError, canny_edges, read_control, read_mask
 from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory, graphs_from_cache
 from .plan import ImageTask, active_controlnets
 from .quality import verdict
+from .quiet import engine_warnings_to
 from .results import (
     FAILURES_DIR,
     FailureRecord,
@@ -171,7 +172,11 @@ def run_tasks(
     by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
     batches: list[int] = []
     finished = (lambda results: None) if finished is None else finished
-    with _ResultWriter(finished) as writer, _SourceReader([list(tasks) for _name, tasks in by_model]) as sources:
+    with (
+        _ResultWriter(finished) as writer,
+        _SourceReader([list(tasks) for _name, tasks in by_model]) as sources,
+        engine_warnings_to(log),
+    ):
         writer.add_written([result for result in results.values() if result.status == "reused"])
         writer.hand_over()
         for model_sources in sources:
