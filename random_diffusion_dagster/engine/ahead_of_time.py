@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)  # into the run's log during a run (quiet.engi
 # Packages this process compiled, and read from the folder instead: added to compiled_graphs() / graphs_from_cache().
 PACKAGES: Counter = Counter()
 # A package takes its weights as they are when it runs; folded ones (weights pre-transformed for its kernels) are
-# computed from them at the first call after the weights change, not stored in the package.
+# computed from them at the first call after the weights change, not stored in the package (folded at compile time,
+# they were the first model's: another model of the architecture then gave wrong pixels).
 PACKAGE_CONFIG = {"aot_inductor.package_constants_in_so": False, "aot_inductor.use_runtime_constant_folding": True}
 
 
