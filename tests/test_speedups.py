@@ -171,6 +171,27 @@ def test_a_part_that_cannot_be_packaged_runs_just_in_time_and_is_not_exported_ag
     assert "compiled just in time" not in capsys.readouterr().err
 
 
+def test_a_part_compiles_packages_for_few_image_sizes_and_the_rest_just_in_time(environ, tmp_path, caplog, monkeypatch):
+    """A collection of many aspect ratios would otherwise compile a package per image size; past the limit a size goes
+    to torch.compile, which makes sizes dynamic. A size that has its package keeps using it."""
+    from random_diffusion_dagster.engine import ahead_of_time
+
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    monkeypatch.setattr(ahead_of_time, "PACKAGED_SHAPES_PER_PROCESS", 1)
+    module = torch.nn.Conv2d(3, 4, 3, padding=1)
+    just_in_time = []
+    packaged = PackagedModule(module, lambda sample: just_in_time.append(sample.shape) or module(sample), "conv", {})
+    compiled_before = PACKAGES["compiled"]
+    with torch.no_grad():
+        for shape in ((2, 3, 8, 8), (2, 3, 8, 16), (3, 3, 8, 8), (2, 3, 8, 16)):
+            sample = torch.randn(shape)
+            assert torch.allclose(packaged(sample), module(sample), atol=1e-5)
+    assert PACKAGES["compiled"] - compiled_before == 1 and len(list(packages_folder().glob("*.pt2"))) == 1
+    assert just_in_time == [(2, 3, 8, 16)] * 2  # the second size; batches of 3 and 2 at 8x8 took the package
+    (warning,) = [r.getMessage() for r in caplog.records if "call shapes" in r.getMessage()]
+    assert "Conv2d is compiled just in time for the call shapes (image sizes) after its first 1" in warning
+
+
 def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loading_then_moving(tmp_path, models_dir):
     (spec,) = load_catalog(write_catalog(tmp_path / "c.yaml", models_dir, names=("tiny-sd15",)))
     straight = load_pipeline(spec, "cpu")

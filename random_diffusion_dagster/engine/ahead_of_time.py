@@ -29,6 +29,12 @@ PACKAGES: Counter = Counter()
 PACKAGE_CONFIG = {"aot_inductor.package_constants_in_so": False, "aot_inductor.use_runtime_constant_folding": True}
 
 
+# New call shapes (image sizes, mostly) a part compiles packages for in one process; further ones are compiled just in
+# time, where torch.compile makes the sizes dynamic after the second one (a collection of many aspect ratios would
+# otherwise compile a package for each). Packages other workers compiled are loaded whatever their number.
+PACKAGED_SHAPES_PER_PROCESS = 2
+
+
 def packages_folder() -> Path:
     """Beside torch.compile's own cache (TORCHINDUCTOR_CACHE_DIR, which settings point at the shared step storage)."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir
@@ -51,6 +57,7 @@ class PackagedModule(torch.nn.Module):
         self.__dict__["_inductor_configs"] = inductor_configs
         self.__dict__["_parts"] = list(module.modules())  # walked at every call to see whether the weights moved
         self.__dict__["_unpackaged"] = set()  # call signatures that go just in time
+        self.__dict__["_compiled"] = 0  # packages this process compiled for this part
         self._forget_runners()
 
     def _forget_runners(self) -> None:
@@ -98,12 +105,27 @@ class PackagedModule(torch.nn.Module):
                 return runner
         identity = self._identity + _code(self._parts) + self._loaded[1] + _machine(device) + signature
         key = hashlib.sha256(identity.encode()).hexdigest()[:32]
-        try:
-            path = _stored(key, batch) or self._compile(key, call, batch)
-        except Exception as exc:  # noqa: BLE001 - whatever export or AOTInductor raise: this part goes just in time
-            log.warning("%s is compiled just in time: no ahead-of-time package for it (%s)", self._name, exc)
+        path = _stored(key, batch)
+        if path is None and self._compiled >= PACKAGED_SHAPES_PER_PROCESS:
+            if signature not in self._unpackaged and not self.__dict__.setdefault("_said_so", False):
+                self.__dict__["_said_so"] = True
+                log.warning(
+                    "%s is compiled just in time for the call shapes (image sizes) after its first %d: a package is "
+                    "compiled for at most %d new ones per process",
+                    self._name,
+                    self._compiled,
+                    PACKAGED_SHAPES_PER_PROCESS,
+                )
             self._unpackaged.add(signature)
             return None
+        if path is None:
+            try:
+                path = self._compile(key, call, batch)
+            except Exception as exc:  # noqa: BLE001 - whatever export or AOTInductor raise: this part goes just in time
+                log.warning("%s is compiled just in time: no ahead-of-time package for it (%s)", self._name, exc)
+                self._unpackaged.add(signature)
+                return None
+            self.__dict__["_compiled"] = self._compiled + 1
         runner = torch._inductor.aoti_load_package(str(path))
         _load_weights(runner, _weights(self._orig_mod))
         self._runners.setdefault(signature, []).append((*_batch_range_of(path), runner))
