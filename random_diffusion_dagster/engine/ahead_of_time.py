@@ -58,6 +58,7 @@ class PackagedModule(torch.nn.Module):
         self.__dict__["_parts"] = list(module.modules())  # walked at every call to see whether the weights moved
         self.__dict__["_unpackaged"] = set()  # call signatures that go just in time
         self.__dict__["_compiled"] = 0  # packages this process compiled for this part
+        self.__dict__["_limit_said"] = False  # the run's log was told that later shapes go just in time
         self._forget_runners()
 
     def _forget_runners(self) -> None:
@@ -107,8 +108,8 @@ class PackagedModule(torch.nn.Module):
         key = hashlib.sha256(identity.encode()).hexdigest()[:32]
         path = _stored(key, batch)
         if path is None and self._compiled >= PACKAGED_SHAPES_PER_PROCESS:
-            if signature not in self._unpackaged and not self.__dict__.setdefault("_said_so", False):
-                self.__dict__["_said_so"] = True
+            if not self._limit_said:
+                self.__dict__["_limit_said"] = True
                 log.warning(
                     "%s is compiled just in time for the call shapes (image sizes) after its first %d: a package is "
                     "compiled for at most %d new ones per process",

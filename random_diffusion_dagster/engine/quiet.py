@@ -1,7 +1,8 @@
 """Third-party output kept off the console: notices known to be harmless here, and progress bars.
 
 Each filter drops one exact notice and nothing else, so real warnings from the same
-libraries still reach the console and the Dagster run log.
+libraries still reach the console and the Dagster run log. The engine's own warnings go to
+the run's log (engine_warnings_to).
 """
 
 from __future__ import annotations
