@@ -119,7 +119,8 @@ class PackagedModule(torch.nn.Module):
                 )
             self._unpackaged.add(signature)
             return None
-        if path is None:
+        compiling = path is None
+        if compiling:
             try:
                 path = self._compile(key, call, batch)
             except Exception as exc:  # noqa: BLE001 - whatever export or AOTInductor raise: this part goes just in time
@@ -129,6 +130,7 @@ class PackagedModule(torch.nn.Module):
             self.__dict__["_compiled"] = self._compiled + 1
         runner = torch._inductor.aoti_load_package(str(path))
         _load_weights(runner, _weights(self._orig_mod))
+        PACKAGES["compiled" if compiling else "loaded"] += 1
         self._runners.setdefault(signature, []).append((*_batch_range_of(path), runner))
         return runner
 
@@ -160,7 +162,6 @@ class PackagedModule(torch.nn.Module):
             os.replace(partial, path)  # whole or absent for the other workers sharing the folder
         finally:
             partial.unlink(missing_ok=True)
-        PACKAGES["compiled"] += 1
         return path
 
 
@@ -168,7 +169,6 @@ def _stored(key: str, batch: int) -> Path | None:
     for path in packages_folder().glob(f"{key}.b*-*.pt2"):
         lowest, highest = _batch_range_of(path)
         if lowest <= batch <= highest:
-            PACKAGES["loaded"] += 1
             return path
     return None
 

@@ -235,16 +235,14 @@ def _compiled(part, owner, speedups: Speedups, name: str = ""):
 
     mode = speedups.compile_mode
     compiled = torch.compile(part, fullgraph=True, mode=mode)
-    compiled.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
-    if not speedups.ahead_of_time or mode in CUDA_GRAPH_MODES:
-        return compiled
-    from .ahead_of_time import PackagedModule
+    if speedups.ahead_of_time and mode not in CUDA_GRAPH_MODES:
+        from .ahead_of_time import PackagedModule
 
-    config = {key: value for key, value in owner.config.items() if not key.startswith("_")}  # not _name_or_path
-    identity = json.dumps([type(owner).__qualname__, config, name], sort_keys=True, default=str)
-    packaged = PackagedModule(part, compiled, identity, {"max_autotune": mode == "max-autotune-no-cudagraphs"})
-    packaged.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)
-    return packaged
+        config = {key: value for key, value in owner.config.items() if not key.startswith("_")}  # not _name_or_path
+        identity = json.dumps([type(owner).__qualname__, config, name], sort_keys=True, default=str)
+        compiled = PackagedModule(part, compiled, identity, {"max_autotune": mode == "max-autotune-no-cudagraphs"})
+    compiled.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)  # the package's calls too
+    return compiled
 
 
 def _quantize(unet, mode: str) -> None:
