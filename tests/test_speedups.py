@@ -7,6 +7,7 @@ There is no CUDA device here: the loading test takes diffusers' device_map path 
 path "cuda" takes, and quantization runs torchao's int8 path (fp8 needs a Hopper GPU).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups, load_pipeline
 from random_diffusion_dagster.engine.plan import Planner
-from random_diffusion_dagster.engine.quiet import engine_warnings_to
+from random_diffusion_dagster.engine.quiet import engine_warnings_to, silence_harmless_notices
 from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.engine.runner import generate, run_tasks
 from random_diffusion_dagster.settings import COMPILE_CACHE_FOLDER
@@ -190,6 +191,44 @@ def test_a_part_compiles_packages_for_few_image_sizes_and_the_rest_just_in_time(
     assert just_in_time == [(2, 3, 8, 16)] * 2  # the second size; batches of 3 and 2 at 8x8 took the package
     (warning,) = [r.getMessage() for r in caplog.records if "call shapes" in r.getMessage()]
     assert "Conv2d is compiled just in time for the call shapes (image sizes) after its first 1" in warning
+
+
+def test_a_damaged_package_is_compiled_again_and_replaced(environ, tmp_path):
+    """A package the shared storage damaged (cut short) is not read by every later worker in vain: the first to
+    find it compiles it again, and the next one loads the new one."""
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    module = torch.nn.Conv2d(3, 4, 3, padding=1)
+    just_in_time = []
+    sample = torch.randn(2, 3, 8, 8)
+
+    def worker() -> PackagedModule:
+        return PackagedModule(module, lambda s: just_in_time.append(s.shape) or module(s), "conv", {})
+
+    compiled_before, loaded_before = PACKAGES["compiled"], PACKAGES["loaded"]
+    run_log, torch_notices = [], []
+    silence_harmless_notices()  # as every run does (PipelineCache)
+    torch_logger = logging.getLogger("torch._inductor.package.package")  # its filters act before any handler
+    handler = logging.Handler()
+    handler.emit = lambda record: torch_notices.append(record.getMessage())
+    torch_logger.addHandler(handler)
+    try:
+        with torch.no_grad():
+            worker()(sample)
+            (package,) = packages_folder().glob("*.pt2")
+            package.write_bytes(package.read_bytes()[:100])
+            with engine_warnings_to(run_log.append):
+                assert torch.allclose(worker()(sample), module(sample), atol=1e-5)
+            assert torch.allclose(worker()(sample), module(sample), atol=1e-5)
+    finally:
+        torch_logger.removeHandler(handler)
+    assert (PACKAGES["compiled"] - compiled_before, PACKAGES["loaded"] - loaded_before) == (2, 1)
+    assert just_in_time == [] and [p.name for p in packages_folder().glob("*.pt2")] == [package.name]
+    (warning,) = run_log
+    assert (
+        warning.startswith(f"Conv2d: the package {package.name} could not be read (")
+        and "compiling it again" in warning
+    )
+    assert torch_notices == []  # torch's own "Loading outdated pt2 file": ours says what happened
 
 
 def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loading_then_moving(tmp_path, models_dir):

@@ -119,7 +119,14 @@ class PackagedModule(torch.nn.Module):
                 )
             self._unpackaged.add(signature)
             return None
-        compiling = path is None
+        runner = None
+        if path is not None:
+            try:
+                runner = torch._inductor.aoti_load_package(str(path))
+            except Exception as exc:  # noqa: BLE001 - damaged on the shared storage, or another torch build's
+                log.warning("%s: the package %s could not be read (%s); compiling it again", self._name, path.name, exc)
+                path.unlink(missing_ok=True)  # written by this project (whole, by os.replace): not worth keeping
+        compiling = runner is None
         if compiling:
             try:
                 path = self._compile(key, call, batch)
@@ -128,7 +135,7 @@ class PackagedModule(torch.nn.Module):
                 self._unpackaged.add(signature)
                 return None
             self.__dict__["_compiled"] = self._compiled + 1
-        runner = torch._inductor.aoti_load_package(str(path))
+            runner = torch._inductor.aoti_load_package(str(path))
         _load_weights(runner, _weights(self._orig_mod))
         PACKAGES["compiled" if compiling else "loaded"] += 1
         self._runners.setdefault(signature, []).append((*_batch_range_of(path), runner))

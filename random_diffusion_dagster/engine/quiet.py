@@ -73,6 +73,10 @@ HARMLESS_NOTICES = (
     # diffusers' reader of torchao-serialized checkpoints misses classes newer torchao moved; the project quantizes
     # at load (catalog `quantize`) and never reads such checkpoints.
     ("diffusers.quantizers.torchao.torchao_quantizer", "Unable to import `torchao` Tensor objects"),
+    # torch's reader of a package whose archive it cannot open (damaged on shared storage); the project's own warning
+    # names the package and compiles it again (ahead_of_time.py), and its key holds torch's version, so no package
+    # is another version's.
+    ("torch._inductor.package.package", "Loading outdated pt2 file"),
     # torchao registers its enums with torch's pytree at import, which a newer torch no longer needs.
     ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
 )
