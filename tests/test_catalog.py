@@ -192,6 +192,13 @@ def _entry(**settings):
             _entry(quantize="int8", loras=[{"path": "style.safetensors", "weight": 0.8}]),
             r"model 'x': `quantize: int8` and `loras` cannot go together .*: remove `quantize` from this entry",
         ),
+        (
+            {
+                "defaults": {"quantize": "int8"},
+                "models": [{"name": "x", "path": "p", "loras": [{"path": "s.safetensors"}]}],
+            },
+            r"`quantize: int8` and `loras` .*: set `quantize: null` on this entry \(it comes from `defaults:`\)",
+        ),
         (_entry(description=["a", "b"]), r"`description` must be text"),
         ({"models": [{"name": "x", "hub_id": 123}]}, r"model 'x': `hub_id` must be text; got 123"),
         ({"models": [{"name": 1.5, "path": "p"}]}, r"`name` must be text; got 1\.5 .*quote it: name: '1\.5'"),

@@ -4,6 +4,7 @@ per entry, named catalog errors, and a real Dagster run."""
 
 import dataclasses
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from random_diffusion_dagster.demo.lora import lora_file
+from random_diffusion_dagster.demo.lora import TinyLoraRecipe, build_tiny_lora, lora_file
 from random_diffusion_dagster.engine.catalog import CatalogError, load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
 from random_diffusion_dagster.engine.pipelines import PipelineCache, Speedups, model_hash
@@ -122,6 +123,39 @@ def test_a_lora_changes_pixels_weight_zero_gives_the_base_and_the_png_names_base
     assert read_record(tasks[0].output_path).loras is None  # as in records written before adapters existed
 
 
+def test_an_sdxl_lora_changes_its_bases_pixels_quietly_and_the_png_names_it(tmp_path, models_dir):
+    """Most LoRAs people use are SDXL's: one made for the tiny SDXL UNet loads on it, changes the picture, and
+    diffusers' notice that it has no keys for either text encoder stays off the console (the run logs its own
+    line for each adapter load)."""
+    import diffusers
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(models_dir / "tiny-sdxl", subfolder="unet")
+    adapter = build_tiny_lora(unet, TinyLoraRecipe("tiny-xl-style", seed=7), tmp_path / "loras" / "xl.safetensors")
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, [{"name": "xl"}, {"name": "xl-style"}], base="tiny-sdxl")
+    document = yaml.safe_load(catalog.read_text())
+    document["models"][1]["loras"] = [{"path": "loras/xl.safetensors", "weight": 0.8}]
+    catalog.write_text(yaml.safe_dump(document))
+    plain, styled = load_catalog(catalog)
+    notices = []
+    lora_logger = logging.getLogger("diffusers.loaders.lora_base")  # its filters act before any handler
+    handler = logging.Handler()
+    handler.emit = lambda record: notices.append(record.getMessage())
+    lora_logger.addHandler(handler)
+    source = make_image(tmp_path / "src.png", size=(64, 64))
+    tasks = [_task(spec, source, tmp_path / "out", f"{spec.name}.png") for spec in (plain, styled)]
+    try:
+        summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda m: None)
+    finally:
+        lora_logger.removeHandler(handler)
+    assert [r.status for r in summary.results] == ["generated"] * 2, [r.error for r in summary.results]
+    assert np.abs(_pixels(tasks[1].output_path) - _pixels(tasks[0].output_path)).mean() > 0.1
+    with Image.open(tasks[1].output_path) as image:
+        parameters = image.text[PARAMETERS_CHUNK]
+    assert parameters.startswith("a lighthouse <lora:xl:0.8>\n")
+    assert f'Lora hashes: "xl: {_addnet_hash(adapter)}"' in parameters
+    assert not [n for n in notices if "No LoRA keys" in n], notices
+
+
 def test_entries_on_one_base_load_it_once_and_switching_adapters_leaves_no_residue(tmp_path, models_dir):
     catalog = _three_entries(tmp_path, models_dir)
     images = scan_folder(_images(tmp_path / "images", 4))
@@ -228,11 +262,25 @@ def test_a_lora_made_for_another_base_fails_its_images_by_name_and_leaves_the_ba
         ("LORA_A", "`loras` must be a list of adapters"),
         ([{"path": "loras/watercolor.ckpt"}], "is not a .safetensors file"),
         ([{"path": "LORA_A"}, {"path": "LORA_A", "weight": 0.5}], "is listed twice"),
+        (
+            [{"path": "LORA_A"}, {"path": "other/LORA_A"}],
+            "have one name, 'tiny-lora-a', and results name their adapters by file name",
+        ),
     ],
 )
 def test_bad_lora_entries_fail_with_named_errors(tmp_path, models_dir, loras, message):
-    real = str(lora_file(models_dir, "tiny-lora-a"))
-    loras = real if loras == "LORA_A" else [{k: real if v == "LORA_A" else v for k, v in i.items()} for i in loras]
+    real = lora_file(models_dir, "tiny-lora-a")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / real.name).write_bytes(real.read_bytes())  # another file of the same name
+
+    def named(value):
+        return value.replace("LORA_A", real.name if value.startswith("other/") else str(real))
+
+    loras = (
+        str(real)
+        if loras == "LORA_A"
+        else [{k: named(v) if isinstance(v, str) else v for k, v in i.items()} for i in loras]
+    )
     catalog = tmp_path / "models.yaml"
     entry = {"name": "sd15-watercolor", "path": str(models_dir / "tiny-sd15"), "loras": loras}
     catalog.write_text(yaml.safe_dump({"models": [entry]}))

@@ -197,6 +197,39 @@ def test_a_single_file_sdxl_checkpoint_made_by_the_project_loads_and_makes_the_f
     assert results[1].record.model_source == "single_file:tiny-sdxl.safetensors"
 
 
+def test_a_single_file_checkpoint_with_another_architectures_config_fails_its_own_images_naming_the_fix(
+    models_dir, tmp_path
+):
+    """An SD 1.5 file read with a Flux.1 config (no T5 weights in either), an SDXL file with an SD 1.5 config (weights
+    of other shapes): each entry's images fail by name with what to set; the run goes on to the other entry's."""
+    catalog = parse_catalog(
+        {
+            "defaults": {"resolution": 64, "num_inference_steps": 2, "strength": 0.5},
+            "models": [
+                {
+                    "name": "a-flux-file",
+                    "single_file": "tiny-sd15-single-file/tiny-sd15.safetensors",
+                    "config": "tiny-flux",
+                },
+                {
+                    "name": "b-xl-file",
+                    "single_file": "tiny-sdxl-single-file/tiny-sdxl.safetensors",
+                    "config": "tiny-sd15-single-file/config",
+                },
+                {"name": "c-folder", "path": "tiny-sd15"},
+            ],
+        },
+        base_dir=models_dir,
+    )
+    source = _sources(tmp_path, 1)[0]
+    flux_file, xl_file, folder = _run([_task(spec, "a red fox", source, tmp_path / spec.name) for spec in catalog])
+    assert folder.status == "generated", folder.error
+    assert flux_file.status == "failed" and "Model 'a-flux-file' (single_file:" in flux_file.error
+    assert "T5EncoderModel" in flux_file.error and "set `config:` to a whole diffusers folder" in flux_file.error
+    assert xl_file.status == "failed" and "Model 'b-xl-file' (single_file:" in xl_file.error
+    assert "do not fit the architecture `config:`" in xl_file.error and "corrupt" not in xl_file.error
+
+
 def test_one_materialization_over_a_catalog_of_every_family_and_two_loras_makes_every_image(
     instance, models_dir, tmp_path
 ):

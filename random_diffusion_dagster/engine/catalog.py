@@ -777,9 +777,14 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
     kind = next(kind for kind in SOURCE_KINDS if getattr(valid, kind))
     source = getattr(valid, kind)
     if valid.quantize and valid.loras:
+        fix = (
+            "remove `quantize` from this entry"
+            if "quantize" in entry
+            else "set `quantize: null` on this entry (it comes from `defaults:`)"
+        )
         raise CatalogError(
             f"{where}: `quantize: {valid.quantize}` and `loras` cannot go together (LoRA adapters switch on the "
-            "unquantized layers): remove `quantize` from this entry, or give the adapters an entry of their own."
+            f"unquantized layers): {fix}, or give the adapters an entry of their own."
         )
     return ModelSpec(
         **{key: getattr(valid, key) for key in SETTINGS} | {"negative_prompt": valid.negative_prompt or ""},
@@ -847,6 +852,11 @@ def _lora_files(loras: tuple[LoraSpec, ...], base_dir: Path, where: str) -> tupl
         if any(path == earlier.path for earlier in resolved):
             raise CatalogError(
                 f"{where}: LoRA file {path} is listed twice; list it once with the sum of the weights you meant."
+            )
+        if same_name := next((earlier for earlier in resolved if earlier.name == Path(path).stem), None):
+            raise CatalogError(
+                f"{where}: LoRA files {same_name.path} and {path} have one name, {same_name.name!r}, and results "
+                "name their adapters by file name (`<lora:name:weight>`, `Lora hashes`): rename one of the files."
             )
         resolved.append(LoraSpec(path, lora.weight))
     return tuple(resolved)

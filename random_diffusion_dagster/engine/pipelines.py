@@ -162,7 +162,7 @@ def load_pipeline(
                 **skip_checker,
                 **(shared or {}),
             )
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a model's files make the loaders raise fails its images alone
         raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
     _refuse_unsupported(spec, family_of_pipeline(pipeline))  # what loaded decides (a hub id's index is unread)
     if spec.scheduler:
@@ -420,6 +420,18 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
                 else "which the entry does not set, so diffusers tried the hub. "
             )
             + "Set `config:` to a local diffusers folder of the same architecture (configs are enough)."
+        )
+    elif spec.source_kind == "single_file" and type(exc).__name__ == "SingleFileComponentError":
+        hint = (
+            f"The checkpoint holds no weights for that component and `config:` ({spec.config}) holds none either: "
+            "set `config:` to a whole diffusers folder of the same architecture, weights included (SD 3/3.5 and "
+            "Flux.1 files often hold the transformer alone and take their text encoders from it), or check that the "
+            "file is of that architecture."
+        )
+    elif spec.source_kind == "single_file" and "expected shape" in text:
+        hint = (
+            f"The checkpoint's weights do not fit the architecture `config:` ({spec.config}) describes: set `config:` "
+            "to a diffusers folder of the checkpoint's own architecture (SD 1.x, 2.x, XL, 3/3.5 or Flux.1)."
         )
     elif "AutoPipeline" in text or "can't find a pipeline" in text.lower():
         hint = (

@@ -60,7 +60,7 @@ HARMLESS_NOTICES = (
     ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum"),
     # A LoRA with UNet weights only (most are) has none for the text encoder: the project's own line for each adapter
     # load names the components it went into (PipelineCache).
-    ("diffusers.loaders.lora_base", "No LoRA keys associated to CLIPTextModel found with the prefix="),
+    ("diffusers.loaders.lora_base", "No LoRA keys associated to CLIPTextModel"),  # SDXL's ...WithProjection too
     # load_textual_inversion grows the text encoder's token table; the new rows hold the embedding's vectors, written
     # over whatever initial values the notice describes (PipelineCache._activate_embeddings).
     ("transformers.modeling_utils", "The new embeddings will be initialized from a multivariate normal distribution"),
