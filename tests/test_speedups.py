@@ -7,6 +7,7 @@ There is no CUDA device here: the loading test takes diffusers' device_map path 
 path "cuda" takes, and quantization runs torchao's int8 path (fp8 needs a Hopper GPU).
 """
 
+import json
 import logging
 import os
 import subprocess
@@ -229,6 +230,56 @@ def test_a_damaged_package_is_compiled_again_and_replaced(environ, tmp_path):
         and "compiling it again" in warning
     )
     assert torch_notices == []  # torch's own "Loading outdated pt2 file": ours says what happened
+
+
+READ_ONLY_CACHE_WORKER = """
+import json, os, torch
+from random_diffusion_dagster.engine.ahead_of_time import PACKAGES, PackagedModule, use_writable_cache
+from random_diffusion_dagster.engine.quiet import engine_warnings_to
+
+module, warnings = torch.nn.Conv2d(3, 4, 3, padding=1), []
+with engine_warnings_to(warnings.append), torch.no_grad():
+    use_writable_cache()  # as every compiled part does first (pipelines._compiled)
+    just_in_time = torch.compile(module, fullgraph=True)
+    packaged = PackagedModule(module, just_in_time, "conv", {})
+    for shape in ((2, 3, 8, 8), (2, 3, 16, 16)):  # the first size's package is in the read-only cache
+        sample = torch.randn(shape)
+        assert torch.allclose(packaged(sample), module(sample), atol=1e-5)
+    assert torch.allclose(just_in_time(sample[:1]), module(sample[:1]), atol=1e-5)
+print(json.dumps({"packages": dict(PACKAGES), "warnings": warnings}))
+"""
+
+
+def test_a_compile_cache_the_worker_cannot_write_gives_it_its_packages_and_a_folder_of_its_own(environ, tmp_path):
+    """A shared cache mounted read-only, or another user's folder: torch writes its cache folder even to load a
+    package, which failed every compiled image. The worker (root here, without the capability that lets root write
+    anywhere) loads the package there, compiles the rest in a folder of its own and says so once."""
+    shared = tmp_path / "shared-compile-cache"
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(shared)
+    module = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        PackagedModule(module, module, "conv", {})(torch.randn(2, 3, 8, 8))
+    (package,) = packages_folder().glob("*.pt2")
+    subprocess.run(["chmod", "-R", "a-w", str(shared)], check=True)
+    try:
+        completed = subprocess.run(
+            ["setpriv", "--bounding-set", "-dac_override", sys.executable, "-c", READ_ONLY_CACHE_WORKER],
+            env={**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(shared)], check=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    worker = json.loads(completed.stdout.splitlines()[-1])
+    assert worker["packages"] == {"loaded": 1, "compiled": 1}
+    (warning,) = worker["warnings"]
+    own = tmp_path / f"random-diffusion-compile-cache-{os.getuid()}"
+    assert warning.startswith(f"the compile cache {shared} cannot be written (Permission denied): its packages")
+    assert warning.endswith(f"what this process compiles goes to {own}")
+    assert [p.name for p in packages_folder().glob("*.pt2")] == [package.name]  # the shared cache as it was
+    assert len(list((own / "packages").glob("*.pt2"))) == 1
 
 
 def test_weights_loaded_straight_to_the_device_are_the_weights_and_pixels_of_loading_then_moving(tmp_path, models_dir):

@@ -7,11 +7,13 @@ shape, whose weights are handed to it by pointer, so one package serves every mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import os
+import tempfile
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -40,6 +42,44 @@ def packages_folder() -> Path:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     return Path(cache_dir()) / "packages"
+
+
+# Packages folders of shared compile caches this process cannot write, read besides its own (use_writable_cache),
+# whose folder, in the temporary folder, is then this one.
+READ_ONLY_PACKAGES: list[Path] = []
+OWN_CACHE_FOLDER = f"random-diffusion-compile-cache-{os.getuid()}"
+
+
+def use_writable_cache() -> None:
+    """Before anything compiles: torch writes its cache folder even to load a package (a lock, the library
+    unpacked), so a shared cache this process cannot write (a volume mounted read-only, another user's folder)
+    failed every compiled image. Its packages are read from there instead, and torch gets a folder of its own."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    shared = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()).absolute()
+    if shared.name == OWN_CACHE_FOLDER or (problem := _cannot_write(shared, shared / "packages")) is None:
+        return
+    own = Path(tempfile.gettempdir()) / OWN_CACHE_FOLDER
+    log.warning(
+        "the compile cache %s cannot be written (%s): its packages are read from there, and what this process "
+        "compiles goes to %s",
+        shared,
+        problem,
+        own,
+    )
+    if shared / "packages" not in READ_ONLY_PACKAGES:
+        READ_ONLY_PACKAGES.append(shared / "packages")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(own)
+
+
+def _cannot_write(*folders: Path) -> str | None:
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 class PackagedModule(torch.nn.Module):
@@ -125,7 +165,8 @@ class PackagedModule(torch.nn.Module):
                 runner = torch._inductor.aoti_load_package(str(path))
             except Exception as exc:  # noqa: BLE001 - damaged on the shared storage, or another torch build's
                 log.warning("%s: the package %s could not be read (%s); compiling it again", self._name, path.name, exc)
-                path.unlink(missing_ok=True)  # written by this project (whole, by os.replace): not worth keeping
+                with contextlib.suppress(OSError):  # a read-only shared folder keeps it; this process writes its own
+                    path.unlink(missing_ok=True)  # written by this project (whole, by os.replace): not worth keeping
         compiling = runner is None
         if compiling:
             try:
@@ -173,10 +214,11 @@ class PackagedModule(torch.nn.Module):
 
 
 def _stored(key: str, batch: int) -> Path | None:
-    for path in packages_folder().glob(f"{key}.b*-*.pt2"):
-        lowest, highest = _batch_range_of(path)
-        if lowest <= batch <= highest:
-            return path
+    for folder in (packages_folder(), *READ_ONLY_PACKAGES):
+        for path in folder.glob(f"{key}.b*-*.pt2"):
+            lowest, highest = _batch_range_of(path)
+            if lowest <= batch <= highest:
+                return path
     return None
 
 

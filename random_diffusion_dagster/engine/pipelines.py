@@ -233,11 +233,12 @@ def _compiled(part, owner, speedups: Speedups, name: str = ""):
     mode allows (CUDA graphs are recorded in the process), else just in time."""
     import torch
 
+    from .ahead_of_time import PackagedModule, use_writable_cache
+
+    use_writable_cache()
     mode = speedups.compile_mode
     compiled = torch.compile(part, fullgraph=True, mode=mode)
     if speedups.ahead_of_time and mode not in CUDA_GRAPH_MODES:
-        from .ahead_of_time import PackagedModule
-
         config = {key: value for key, value in owner.config.items() if not key.startswith("_")}  # not _name_or_path
         identity = json.dumps([type(owner).__qualname__, config, name], sort_keys=True, default=str)
         compiled = PackagedModule(part, compiled, identity, {"max_autotune": mode == "max-autotune-no-cudagraphs"})
