@@ -84,10 +84,10 @@ def _cannot_write(*folders: Path) -> str | None:
 
 class PackagedModule(torch.nn.Module):
     """`module` called through packages, one per call shape (the batch size free within the range export allows),
-    read from packages_folder() or exported and compiled there once. Attributes read through to `module`, as on
-    torch.compile's wrapper. A call no package takes (its export failed, the package failed, the weights are off the
-    call's device) goes to `fallback`, the module compiled just in time; `identity` names what the module's code
-    reads besides its weights (its owner's class and config)."""
+    read from packages_folder() (or a read-only shared one) or exported and compiled there once. Attributes read
+    through to `module`, as on torch.compile's wrapper. A call no package takes (its export failed, the package
+    failed, the weights are off the call's device) goes to `fallback`, the module compiled just in time; `identity`
+    names what the module's code reads besides its weights (its owner's class and config)."""
 
     def __init__(self, module: torch.nn.Module, fallback, identity: str, inductor_configs: dict) -> None:
         super().__init__()
