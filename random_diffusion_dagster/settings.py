@@ -7,11 +7,12 @@ validate`, `make run`) with the message below instead of failing runs later.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .engine.catalog import MAX_VARIANTS  # results per image: the catalog's `defaults: {variants: K}` has it too
 from .engine.granularity import Granularity
-from .engine.local_files import kind_problem
+from .engine.local_files import kind_problem, write_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -349,6 +350,20 @@ def compile_cache_folder() -> Path:
     if step_storage and "://" not in step_storage:
         return Path(env_path(STEP_STORAGE_VARIABLE, "", "folder")) / COMPILE_CACHE_FOLDER
     return instance_folder() / COMPILE_CACHE_FOLDER
+
+
+def compile_cache_for_this_process() -> Path | None:
+    """Point torch's compile cache (TORCHINDUCTOR_CACHE_DIR) at compile_cache_folder() unless the user set it. torch
+    writes there even to load a package (a lock, the library unpacked), so where this process cannot write it (a
+    volume mounted read-only, another user's folder) torch gets a folder of the process's own, and the shared one is
+    returned: its packages are still read (engine Speedups.read_only_cache)."""
+    library_default("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_folder()))
+    shared = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).absolute()
+    own = Path(tempfile.gettempdir()) / f"random-diffusion-compile-cache-{os.getuid()}"
+    if shared == own or not (write_problem(shared) or write_problem(shared / "packages")):
+        return None
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(own)
+    return shared
 
 
 def celery_urls() -> tuple[str, str]:

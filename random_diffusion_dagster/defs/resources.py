@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -363,8 +364,8 @@ class DiffusionEngineResource(dg.ConfigurableResource):
             torch.set_num_threads(self.torch_threads)
         device = pick_device(self.device)
         speedups = self.speedups_on(device)
-        if speedups.compile_unet or speedups.compile_vae:
-            settings.library_default("TORCHINDUCTOR_CACHE_DIR", str(settings.compile_cache_folder()))
+        if (speedups.compile_unet or speedups.compile_vae) and (shared := settings.compile_cache_for_this_process()):
+            speedups = dataclasses.replace(speedups, read_only_cache=str(shared))
         return PipelineCache(
             device=device,
             dtype=self.dtype,

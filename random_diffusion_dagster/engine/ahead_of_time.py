@@ -13,7 +13,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -37,64 +36,36 @@ PACKAGE_CONFIG = {"aot_inductor.package_constants_in_so": False, "aot_inductor.u
 PACKAGED_SHAPES_PER_PROCESS = 2
 
 
-def packages_folder() -> Path:
-    """Beside torch.compile's own cache (TORCHINDUCTOR_CACHE_DIR, which settings point at the shared step storage)."""
+def packages_folder(cache: Path | None = None) -> Path:
+    """Beside torch.compile's own cache (TORCHINDUCTOR_CACHE_DIR, which settings point at the shared step storage),
+    or in `cache`."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    return Path(cache_dir()) / "packages"
-
-
-# Packages folders of shared compile caches this process cannot write, read besides its own (use_writable_cache),
-# whose folder, in the temporary folder, is then this one.
-READ_ONLY_PACKAGES: list[Path] = []
-OWN_CACHE_FOLDER = f"random-diffusion-compile-cache-{os.getuid()}"
-
-
-def use_writable_cache() -> None:
-    """Before anything compiles: torch writes its cache folder even to load a package (a lock, the library
-    unpacked), so a shared cache this process cannot write (a volume mounted read-only, another user's folder)
-    failed every compiled image. Its packages are read from there instead, and torch gets a folder of its own."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    shared = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()).absolute()
-    if shared.name == OWN_CACHE_FOLDER or (problem := _cannot_write(shared, shared / "packages")) is None:
-        return
-    own = Path(tempfile.gettempdir()) / OWN_CACHE_FOLDER
-    log.warning(
-        "the compile cache %s cannot be written (%s): its packages are read from there, and what this process "
-        "compiles goes to %s",
-        shared,
-        problem,
-        own,
-    )
-    if shared / "packages" not in READ_ONLY_PACKAGES:
-        READ_ONLY_PACKAGES.append(shared / "packages")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(own)
-
-
-def _cannot_write(*folders: Path) -> str | None:
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
+    return Path(cache or cache_dir()) / "packages"
 
 
 class PackagedModule(torch.nn.Module):
     """`module` called through packages, one per call shape (the batch size free within the range export allows),
-    read from packages_folder() (or a read-only shared one) or exported and compiled there once. Attributes read
-    through to `module`, as on torch.compile's wrapper. A call no package takes (its export failed, the package
-    failed, the weights are off the call's device) goes to `fallback`, the module compiled just in time; `identity`
-    names what the module's code reads besides its weights (its owner's class and config)."""
+    read from packages_folder() (or `read_only_cache`'s, a shared cache this process cannot write) or
+    exported and compiled there once. Attributes read through to `module`, as on torch.compile's wrapper. A call no
+    package takes (its export failed, the package failed, the weights are off the call's device) goes to `fallback`,
+    the module compiled just in time; `identity` names what the module's code reads besides its weights (its owner's
+    class and config)."""
 
-    def __init__(self, module: torch.nn.Module, fallback, identity: str, inductor_configs: dict) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        fallback,
+        identity: str,
+        inductor_configs: dict,
+        read_only_cache: Path | None = None,
+    ) -> None:
         super().__init__()
         self._orig_mod = module
         self.__dict__["_fallback"] = fallback  # not a submodule: its parameters are module's
         self.__dict__["_identity"] = identity
         self.__dict__["_inductor_configs"] = inductor_configs
+        self.__dict__["_read_only_cache"] = read_only_cache
         self.__dict__["_parts"] = list(module.modules())  # walked at every call to see whether the weights moved
         self.__dict__["_unpackaged"] = set()  # call signatures that go just in time
         self.__dict__["_compiled"] = 0  # packages this process compiled for this part
@@ -146,7 +117,7 @@ class PackagedModule(torch.nn.Module):
                 return runner
         identity = self._identity + _code(self._parts) + self._loaded[1] + _machine(device) + signature
         key = hashlib.sha256(identity.encode()).hexdigest()[:32]
-        path = _stored(key, batch)
+        path = _stored(key, batch, self._read_only_cache)
         if path is None and self._compiled >= PACKAGED_SHAPES_PER_PROCESS:
             if not self._limit_said:
                 self.__dict__["_limit_said"] = True
@@ -213,8 +184,8 @@ class PackagedModule(torch.nn.Module):
         return path
 
 
-def _stored(key: str, batch: int) -> Path | None:
-    for folder in (packages_folder(), *READ_ONLY_PACKAGES):
+def _stored(key: str, batch: int, read_only_cache: Path | None) -> Path | None:
+    for folder in dict.fromkeys((packages_folder(), packages_folder(read_only_cache))):  # its own first
         for path in folder.glob(f"{key}.b*-*.pt2"):
             lowest, highest = _batch_range_of(path)
             if lowest <= batch <= highest:

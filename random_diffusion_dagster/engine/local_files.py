@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 
@@ -22,3 +23,13 @@ def kind_problem(path: str | os.PathLike, want: str) -> str | None:
         return None if want == "file" else "is a file, not a folder"
     kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
     return f"is {kind}, not a {want}"
+
+
+def write_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), in words; None if they can."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        return f"cannot be written ({error.strerror or error})"
+    return None

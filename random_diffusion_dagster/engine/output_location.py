@@ -12,6 +12,8 @@ from pathlib import Path
 
 from upath import UPath
 
+from .local_files import write_problem
+
 
 def _process_umask() -> int:
     """The umask, read once at import (setting it to read it is not thread-safe later)."""
@@ -91,12 +93,8 @@ def require_writable_folder(path_or_url: str | os.PathLike, subfolders: tuple[st
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputLocationError(f"Output location {folder} is a file, not a folder: {fix}.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OutputLocationError(f"Output folder {folder} cannot be written ({exc.strerror or exc}): {fix}.") from exc
+    if problem := write_problem(folder):
+        raise OutputLocationError(f"Output folder {folder} {problem}: {fix}.")
     for name in subfolders:
         if (folder / name).exists() and not (folder / name).is_dir():
             raise OutputLocationError(

@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import hashlib
 import json
+import logging
 import sys
 import time
 import warnings
@@ -30,6 +31,8 @@ from .families import (
 )
 from .local_files import kind_problem
 from .quiet import quiet_libraries
+
+log = logging.getLogger(__name__)  # into the run's log during a run (quiet.engine_warnings_to)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # Components that may be shared between pipelines when their weights are byte-identical
@@ -57,6 +60,8 @@ class Speedups:
         "max-autotune" (benchmarks kernel choices while compiling: minutes longer).
     ahead_of_time: compile those parts into AOTInductor packages kept in the compile cache (ahead_of_time.py), which a
         fresh worker loads instead of tracing each graph again; not in the modes that record CUDA graphs.
+    read_only_cache: a shared compile cache this process cannot write (a volume mounted read-only): its packages are
+        loaded from there; torch's cache folder is one of the process's own (settings.compile_cache_for_this_process).
     """
 
     channels_last: bool = True
@@ -65,6 +70,7 @@ class Speedups:
     compile_vae: bool = False
     compile_mode: str = "default"
     ahead_of_time: bool = True
+    read_only_cache: str | None = None
 
 
 class ModelLoadError(RuntimeError):
@@ -228,20 +234,34 @@ def apply_speedups(pipeline, device: str, speedups: Speedups, quantize: str | No
     return pipeline
 
 
+_READ_ONLY_CACHES_SAID: set[Path] = set()  # the run's log is told once per process
+
+
 def _compiled(part, owner, speedups: Speedups, name: str = ""):
     """`part` (the UNet, or the VAE `owner`'s encoder or decoder) compiled: through ahead-of-time packages where its
     mode allows (CUDA graphs are recorded in the process), else just in time."""
     import torch
 
-    from .ahead_of_time import PackagedModule, use_writable_cache
-
-    use_writable_cache()
     mode = speedups.compile_mode
     compiled = torch.compile(part, fullgraph=True, mode=mode)
+    read_only = Path(speedups.read_only_cache) if speedups.read_only_cache else None
+    if read_only and read_only not in _READ_ONLY_CACHES_SAID:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        _READ_ONLY_CACHES_SAID.add(read_only)
+        log.warning(
+            "the compile cache %s cannot be written: its packages are read from there, and what this process compiles "
+            "goes to %s",
+            read_only,
+            cache_dir(),
+        )
     if speedups.ahead_of_time and mode not in CUDA_GRAPH_MODES:
+        from .ahead_of_time import PackagedModule
+
         config = {key: value for key, value in owner.config.items() if not key.startswith("_")}  # not _name_or_path
         identity = json.dumps([type(owner).__qualname__, config, name], sort_keys=True, default=str)
-        compiled = PackagedModule(part, compiled, identity, {"max_autotune": mode == "max-autotune-no-cudagraphs"})
+        inductor_configs = {"max_autotune": mode == "max-autotune-no-cudagraphs"}
+        compiled = PackagedModule(part, compiled, identity, inductor_configs, read_only)
     compiled.register_forward_pre_hook(_one_graph_per_architecture, with_kwargs=True)  # the package's calls too
     return compiled
 
