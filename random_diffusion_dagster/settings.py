@@ -360,10 +360,16 @@ def compile_cache_for_this_process() -> Path | None:
     library_default("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_folder()))
     shared = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).absolute()
     own = Path(tempfile.gettempdir()) / f"random-diffusion-compile-cache-{os.getuid()}"
-    if shared == own or not (write_problem(shared) or write_problem(shared / "packages")):
+    if shared == own:  # swapped already (a warm worker whose engine settings changed makes a second cache)
+        return _SWAPPED_COMPILE_CACHES.get(own)
+    if not (write_problem(shared) or write_problem(shared / "packages")):
         return None
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(own)
+    _SWAPPED_COMPILE_CACHES[own] = shared
     return shared
+
+
+_SWAPPED_COMPILE_CACHES: dict[Path, Path] = {}  # the process's own compile cache -> the shared one it stands for
 
 
 def celery_urls() -> tuple[str, str]:

@@ -238,6 +238,7 @@ from random_diffusion_dagster import settings
 from random_diffusion_dagster.engine.ahead_of_time import PACKAGES, PackagedModule
 
 shared = settings.compile_cache_for_this_process()  # as the engine resource does before anything compiles
+assert settings.compile_cache_for_this_process() == shared  # and again for a second cache in a warm worker
 module = torch.nn.Conv2d(3, 4, 3, padding=1)
 just_in_time = torch.compile(module, fullgraph=True)
 packaged = PackagedModule(module, just_in_time, "conv", {}, read_only_cache=shared)
