@@ -424,6 +424,8 @@ def _check_model_index(index: Path, where: str) -> None:
 
 
 def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     where = f"Model {spec.name!r} ({spec.source_kind}: {spec.source})"
     text = str(exc)
     if spec.source_kind == "hub_id":
@@ -442,7 +444,7 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
             )
             + "Set `config:` to a local diffusers folder of the same architecture (configs are enough)."
         )
-    elif spec.source_kind == "single_file" and type(exc).__name__ == "SingleFileComponentError":
+    elif spec.source_kind == "single_file" and isinstance(exc, SingleFileComponentError):
         hint = (
             f"The checkpoint holds no weights for that component and `config:` ({spec.config}) holds none either: "
             "set `config:` to a whole diffusers folder of the same architecture, weights included (SD 3/3.5 and "
