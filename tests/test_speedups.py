@@ -232,6 +232,20 @@ def test_a_damaged_package_is_compiled_again_and_replaced(environ, tmp_path):
     assert torch_notices == []  # torch's own "Loading outdated pt2 file": ours says what happened
 
 
+def test_a_package_compiled_with_other_settings_is_not_loaded(environ, tmp_path):
+    """Workers sharing a cache may compile with other settings (max-autotune) or an older release of the project
+    (another packaging config): each loads only packages compiled as it would compile them."""
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    module = torch.nn.Conv2d(3, 4, 3, padding=1)
+    sample = torch.randn(2, 3, 8, 8)
+    compiled_before, loaded_before = PACKAGES["compiled"], PACKAGES["loaded"]
+    with torch.no_grad():
+        for configs in ({}, {"max_autotune": True}, {"max_autotune": True}, {}):
+            assert torch.allclose(PackagedModule(module, module, "conv", configs)(sample), module(sample), atol=1e-5)
+    assert (PACKAGES["compiled"] - compiled_before, PACKAGES["loaded"] - loaded_before) == (2, 2)
+    assert len(list(packages_folder().glob("*.pt2"))) == 2
+
+
 READ_ONLY_CACHE_WORKER = """
 import json, os, torch
 from random_diffusion_dagster import settings

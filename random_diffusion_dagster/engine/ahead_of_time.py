@@ -64,7 +64,7 @@ class PackagedModule(torch.nn.Module):
         self._orig_mod = module
         self.__dict__["_fallback"] = fallback  # not a submodule: its parameters are module's
         self.__dict__["_identity"] = identity
-        self.__dict__["_inductor_configs"] = inductor_configs
+        self.__dict__["_inductor_configs"] = {**PACKAGE_CONFIG, **inductor_configs}  # part of each package's key
         self.__dict__["_read_only_cache"] = read_only_cache
         self.__dict__["_parts"] = list(module.modules())  # walked at every call to see whether the weights moved
         self.__dict__["_unpackaged"] = set()  # call signatures that go just in time
@@ -115,7 +115,8 @@ class PackagedModule(torch.nn.Module):
         for lowest, highest, runner in self._runners.get(signature, []):
             if lowest <= batch <= highest:
                 return runner
-        identity = self._identity + _code(self._parts) + self._loaded[1] + _machine(device) + signature
+        settings = json.dumps(self._inductor_configs, sort_keys=True)  # a max-autotune package is not the default's
+        identity = self._identity + _code(self._parts) + self._loaded[1] + _machine(device) + settings + signature
         key = hashlib.sha256(identity.encode()).hexdigest()[:32]
         path = _stored(key, batch, self._read_only_cache)
         if path is None and self._compiled >= PACKAGED_SHAPES_PER_PROCESS:
@@ -176,7 +177,7 @@ class PackagedModule(torch.nn.Module):
         partial = folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex}.pt2"
         try:
             torch._inductor.aoti_compile_and_package(
-                program, package_path=str(partial), inductor_configs={**PACKAGE_CONFIG, **self._inductor_configs}
+                program, package_path=str(partial), inductor_configs=self._inductor_configs
             )
             os.replace(partial, path)  # whole or absent for the other workers sharing the folder
         finally:
