@@ -224,7 +224,7 @@ def test_a_lora_base_is_not_compiled_and_its_plain_entries_share_it(tmp_path, mo
     cache = PipelineCache(device="cpu", speedups=Speedups(compile_unet=True), log=lines.append)
     pipeline, _ = cache.get(a)
     assert not hasattr(pipeline.unet, "_orig_mod")  # compiling fuses the projections the adapters attach to
-    assert any("Not compiling the UNet of model 'sd15-lora-a'" in line for line in lines)
+    assert any("Not compiling the UNet or transformer of model 'sd15-lora-a'" in line for line in lines)
     assert cache.get(plain)[0] is pipeline and cache.loads == 1
 
 

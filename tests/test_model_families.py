@@ -17,7 +17,14 @@ from random_diffusion_dagster.demo.lora import lora_file
 from random_diffusion_dagster.engine.catalog import load_catalog, parse_catalog
 from random_diffusion_dagster.engine.families import prompt_truncated
 from random_diffusion_dagster.engine.images import content_size, scan_images
-from random_diffusion_dagster.engine.pipelines import ModelLoadError, PipelineCache, estimate_bytes, load_pipeline
+from random_diffusion_dagster.engine.pipelines import (
+    ModelLoadError,
+    PipelineCache,
+    Speedups,
+    estimate_bytes,
+    is_compiled,
+    load_pipeline,
+)
 from random_diffusion_dagster.engine.plan import Planner, snapshot_source
 from random_diffusion_dagster.engine.results import read_record
 from random_diffusion_dagster.engine.runner import run_tasks
@@ -49,7 +56,11 @@ def _task(spec, line, source, out):
 
 
 def _run(tasks, batch_size=4):
-    return run_tasks(tasks, PipelineCache(device="cpu"), batch_size=batch_size, log=lambda message: None).results
+    return _run_with(PipelineCache(device="cpu"), tasks, batch_size)
+
+
+def _run_with(cache, tasks, batch_size=4):
+    return run_tasks(tasks, cache, batch_size=batch_size, log=lambda message: None).results
 
 
 def _pixels(path):
@@ -282,3 +293,50 @@ def test_one_materialization_over_a_catalog_of_every_family_and_two_loras_makes_
         width, height = (int(side) for side in record.source_size.split("x"))
         assert record.output_size == "{}x{}".format(*content_size((width, height), 64)), record
         assert bool(record.loras) == ("+" in record.model)
+
+
+def test_a_compiled_sd3_transformer_compiles_its_blocks_once_for_every_model_of_it_and_keeps_the_pixels(
+    models_dir, tmp_path, environ
+):
+    """SD3's and Flux.1's transformers are compiled block by block (regional compilation; SD3 through the blocks it
+    repeats, Flux.1 through diffusers' compile_repeated_blocks, in the quantize test below): a second pipeline of
+    the architecture compiles nothing, and the pixels are the eager ones."""
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    spec = _spec(models_dir, tmp_path, "tiny-sd3")
+    sources = _sources(tmp_path, count=2)
+
+    def run(name: str, speedups: Speedups):
+        tasks = [_task(spec, line, s, tmp_path / name) for line, s in zip(PROMPTS, sources, strict=False)]
+        cache = PipelineCache(device="cpu", speedups=speedups)
+        summary = run_tasks(tasks, cache, batch_size=2, log=lambda message: None)
+        assert [r.status for r in summary.results] == ["generated"] * 2, [r.error for r in summary.results]
+        return summary, cache.get(spec)[0]
+
+    first, compiled = run("compiled", Speedups(compile_unet=True))
+    second, again = run("again", Speedups(compile_unet=True))
+    eager, plain = run("eager", Speedups())
+    assert first.compiled_graphs > 0 and second.compiled_graphs == 0 and again.transformer is not compiled.transformer
+    assert is_compiled(compiled.transformer) and not is_compiled(plain.transformer)
+    for ours, theirs in zip(first.results, eager.results, strict=True):
+        assert np.abs(_pixels(ours.task.output_path) - _pixels(theirs.task.output_path)).max() <= 1
+
+
+def test_a_quantized_flux_entry_quantizes_its_transformer_and_has_results_of_its_own(models_dir, tmp_path, environ):
+    """`quantize` on a Flux.1 (or SD3) entry quantizes the transformer's linear layers, as on an SD entry the UNet's
+    (it was dropped without a word while the record said `quantize: int8`); not shared with the same weights
+    unquantized."""
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+    plain, quantized = (_spec(models_dir, tmp_path, "tiny-flux", quantize=mode) for mode in (None, "int8"))
+    quantized = dataclasses.replace(quantized, name="int8")
+    (source,) = _sources(tmp_path, count=1)
+    cache = PipelineCache(device="cpu", max_models=2)
+    results = _run_with(cache, [_task(spec, "a red fox", source, tmp_path / spec.name) for spec in (plain, quantized)])
+    assert [r.status for r in results] == ["generated"] * 2, [r.error for r in results]
+    first, second = cache.get(plain)[0], cache.get(quantized)[0]
+    assert second.transformer is not first.transformer and second.vae is first.vae
+    weight = second.transformer.transformer_blocks[0].attn.to_q.weight
+    assert type(weight).__module__.startswith("torchao") and is_compiled(second.transformer)
+    assert not is_compiled(first.transformer)  # quantizing compiles; the plain entry is not compiled
+    assert (results[0].record.quantize, results[1].record.quantize) == (None, "int8")
+    assert results[0].task.fingerprint != results[1].task.fingerprint
+    assert np.abs(_pixels(results[0].task.output_path) - _pixels(results[1].task.output_path)).max() > 0

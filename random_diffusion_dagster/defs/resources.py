@@ -258,8 +258,9 @@ class DiffusionEngineResource(dg.ConfigurableResource):
     vae_slicing: bool = Field(default=True, description="Decode batches one image at a time (less peak memory).")
     compile_unet: bool | None = Field(
         default_factory=lambda: settings.compile_part("unet"),
-        description="torch.compile the UNet: faster steps after a minute or two of compiling per process "
-        "(RANDOM_DIFFUSION_COMPILE=unet); default: on in a worker that keeps its pipelines on a CUDA GPU, else off.",
+        description="torch.compile the UNet (SD3's or Flux.1's transformer: block by block): faster steps after a "
+        "minute or two of compiling per process (RANDOM_DIFFUSION_COMPILE=unet); default: on in a worker that keeps "
+        "its pipelines on a CUDA GPU, else off.",
     )
     compile_vae: bool | None = Field(
         default_factory=lambda: settings.compile_part("vae"),

@@ -38,6 +38,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # Components that may be shared between pipelines when their weights are byte-identical
 # (SD 1.4 and 1.5 ship the same VAE and text encoder, for example).
 SHAREABLE_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
+DENOISERS = ("unet", "transformer")  # the part that runs at every step: SD 1.x/2.x and SDXL's, SD3 and Flux.1's
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -52,7 +53,8 @@ class Speedups:
     vae_slicing: decode a batch one image at a time, so big batches fit.
     compile_unet: fuse the attention QKV projections and torch.compile the UNet; about a
         minute of compilation per architecture, once for every model of it and every batch
-        size, worth it only for long runs (or read from the compile cache).
+        size, worth it only for long runs (or read from the compile cache). An SD3 or Flux.1
+        transformer has its blocks compiled instead (_compile_blocks).
     compile_vae: torch.compile the VAE encoder and decoder (channels_last on CUDA); a VAE
         shared by several models compiles once.
     compile_mode: torch.compile's mode for both: "default", "reduce-overhead" (CUDA graphs:
@@ -204,11 +206,11 @@ def _refuse_unsupported(spec: ModelSpec, family: Family) -> None:
 
 
 def apply_speedups(pipeline, device: str, speedups: Speedups, quantize: str | None = None):
-    """`quantize`: the catalog entry's lossy setting ("int8", "fp8"), which compiles the UNet too (torchao's quantized
-    layers are fast only compiled)."""
+    """`quantize`: the catalog entry's lossy setting ("int8", "fp8"), which compiles the UNet or transformer too
+    (torchao's quantized layers are fast only compiled)."""
     import torch
 
-    unet = getattr(pipeline, "unet", None)
+    unet, transformer = getattr(pipeline, "unet", None), getattr(pipeline, "transformer", None)
     if speedups.channels_last and device.startswith("cuda") and unet is not None:
         unet.to(memory_format=torch.channels_last)
     if speedups.vae_slicing and hasattr(pipeline, "vae"):
@@ -223,6 +225,10 @@ def apply_speedups(pipeline, device: str, speedups: Speedups, quantize: str | No
         inductor_config.conv_1x1_as_mm = True  # 1x1 convolutions as matrix products
         # torchao's quantized weights are tensor subclasses, which an ahead-of-time package does not take
         pipeline.unet = _compiled(unet, unet, dataclasses.replace(speedups, ahead_of_time=not quantize))
+    if (speedups.compile_unet or quantize) and transformer is not None and not is_compiled(transformer):
+        if quantize:
+            _quantize(transformer, quantize)
+        _compile_blocks(transformer, speedups.compile_mode)
     vae = getattr(pipeline, "vae", None)
     if speedups.compile_vae and vae is not None:
         if speedups.channels_last and device.startswith("cuda"):
@@ -266,8 +272,33 @@ def _compiled(part, owner, speedups: Speedups, name: str = ""):
     return compiled
 
 
-def _quantize(unet, mode: str) -> None:
-    """The UNet's linear layers with dynamically quantized activations and quantized weights (catalog `quantize`)."""
+def _compile_blocks(transformer, mode: str) -> None:
+    """Regional compilation, as diffusers recommends for transformers: each block is compiled rather than the whole
+    transformer, and the blocks of one class share one graph (their weights are graph inputs), so an SD3 or Flux.1
+    transformer compiles one or two blocks' code, once for every model of its architecture. Just in time: a fresh
+    worker traces the blocks again and reads their kernels from the shared compile cache. The CUDA-graph modes compile
+    them without recording graphs: one graph runs for every block of a step, which recording is not tested with."""
+    mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(mode, mode)
+    if getattr(transformer, "_repeated_blocks", None):
+        transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
+    else:  # SD3's transformer declares none (diffusers 0.42); its joint blocks are the ones it repeats
+        for block in transformer.transformer_blocks:
+            block.compile(fullgraph=True, mode=mode)
+    transformer._compiled_blocks = True
+
+
+def is_compiled(denoiser) -> bool:
+    """A UNet wrapped by torch.compile or a package, or a transformer whose blocks are compiled (_compile_blocks)."""
+    return hasattr(denoiser, "_orig_mod") or getattr(denoiser, "_compiled_blocks", False)
+
+
+def _compiled_denoiser(pipeline) -> bool:
+    return any(is_compiled(getattr(pipeline, name, None)) for name in DENOISERS)
+
+
+def _quantize(denoiser, mode: str) -> None:
+    """The UNet's or transformer's linear layers with dynamically quantized activations and quantized weights (catalog
+    `quantize`)."""
     try:
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,
@@ -281,11 +312,11 @@ def _quantize(unet, mode: str) -> None:
         ) from exc
     config = Int8DynamicActivationInt8WeightConfig() if mode == "int8" else Float8DynamicActivationFloat8WeightConfig()
     try:
-        quantize_(unet, config)
+        quantize_(denoiser, config)
     except (AssertionError, RuntimeError, ValueError, NotImplementedError) as exc:  # torchao checks the hardware so
         raise ModelLoadError(
-            f"`quantize: {mode}` cannot run on {unet.device}: {exc} Use `quantize: int8`, or remove `quantize` from "
-            "the catalog entry."
+            f"`quantize: {mode}` cannot run on {denoiser.device}: {exc} Use `quantize: int8`, or remove `quantize` "
+            "from the catalog entry."
         ) from exc
 
 
@@ -346,8 +377,8 @@ def component_identities(spec: ModelSpec, dtype: str) -> dict[str, str]:
         folder = Path(spec.source) / name
         weights = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
         if weights:
-            # A quantized UNet is another module than the same weights unquantized: never shared between them.
-            quantized = f"+{spec.quantize}" if name == "unet" and spec.quantize else ""
+            # A quantized UNet or transformer is another module than the same weights unquantized: never shared.
+            quantized = f"+{spec.quantize}" if name in DENOISERS and spec.quantize else ""
             digest = hashlib.sha256((dtype + quantized).encode())
             for path in weights:
                 digest.update(
@@ -591,10 +622,10 @@ class PipelineCache:
         if entry is not None and entry.base != key:
             self.evict(spec.name)  # same name, changed catalog entry: its old base goes unless another entry uses it
         base = self._bases.get(key)
-        if base is not None and spec.loras and _compiled_unet(base.pipeline):
+        if base is not None and spec.loras and _compiled_denoiser(base.pipeline):
             self.log(
-                f"Model {spec.name!r} has LoRA adapters, which its base's compiled UNet cannot switch: "
-                "loading the base again, its UNet not compiled"
+                f"Model {spec.name!r} has LoRA adapters, which its base's compiled UNet or transformer cannot switch: "
+                "loading the base again, not compiled"
             )
             self._evict_base(key)
             base = None
@@ -626,12 +657,16 @@ class PipelineCache:
         shared = self._shared_modules(identities)
         speedups = self.speedups
         if speedups.compile_unet:
-            # Adapters need the eager UNet (compiling fuses the attention projections they attach to), and a
-            # compiled base must not take a UNet that carries adapters: only UNets of the same kind are shared.
-            shared = {n: m for n, m in shared.items() if n != "unet" or hasattr(m, "_orig_mod") != bool(spec.loras)}
+            # Adapters need the eager UNet or transformer (compiling fuses the attention projections they attach to,
+            # and switching them would change compiled code), and a compiled base must not take a UNet or transformer
+            # that carries adapters: only ones of the same kind are shared.
+            shared = {n: m for n, m in shared.items() if n not in DENOISERS or is_compiled(m) != bool(spec.loras)}
             if spec.loras:
                 speedups = dataclasses.replace(speedups, compile_unet=False)
-                self.log(f"Not compiling the UNet of model {spec.name!r}: its LoRA adapters are switched per batch")
+                self.log(
+                    f"Not compiling the UNet or transformer of model {spec.name!r}: its LoRA adapters are switched "
+                    "per batch"
+                )
         pipeline = self._loader(spec, self.device, self.dtype, shared=shared, speedups=speedups)
         seconds = time.perf_counter() - started
         self.loads += 1
@@ -913,10 +948,6 @@ def _controlnet_misfit(spec: ModelSpec, pipeline, controlnet: ControlNetSpec, mo
             "model's family (an SD 1.5 ControlNet for SD 1.x models, an SDXL one for SDXL)."
         )
     return None
-
-
-def _compiled_unet(pipeline) -> bool:
-    return hasattr(getattr(pipeline, "unet", None), "_orig_mod")
 
 
 def adapter_names(pipeline) -> set[str]:
