@@ -218,6 +218,25 @@ def test_a_shared_base_is_evicted_only_with_every_entry_on_it(tmp_path, models_d
     assert pipeline.get_active_adapters() and cache.resident == ["sd15-lora-a"]
 
 
+def test_a_run_takes_the_entries_of_one_base_together_however_their_names_sort(tmp_path, models_dir):
+    """`b-sd2` sorts between two LoRA entries on tiny-sd15: taken by name, one resident model loaded tiny-sd15,
+    tiny-sd2, then tiny-sd15 again."""
+    catalog = _catalog(
+        tmp_path / "models.yaml",
+        models_dir,
+        [
+            {"name": "a-lora", "loras": [("tiny-lora-a", 1.0)]},
+            {"name": "b-sd2", "base": "tiny-sd2"},
+            {"name": "c-lora", "loras": [("tiny-lora-b", 1.0)]},
+        ],
+    )
+    source = make_image(tmp_path / "src.png", size=(64, 64))
+    tasks = [_task(spec, source, tmp_path / "out", f"{spec.name}.png") for spec in load_catalog(catalog)]
+    summary = run_tasks(tasks, PipelineCache(device="cpu", max_models=1), log=lambda m: None)
+    assert [r.status for r in summary.results] == ["generated"] * 3
+    assert summary.pipeline_loads == 2
+
+
 def test_a_lora_base_is_not_compiled_and_its_plain_entries_share_it(tmp_path, models_dir):
     a, _ab, plain = _three_entries(tmp_path, models_dir)
     lines = []

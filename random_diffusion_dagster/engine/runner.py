@@ -42,7 +42,7 @@ from .images import (
 )
 from .output_location import location, require_writable_folder, write_bytes_atomic
 from .pairs import MASK, PairError, canny_edges, read_control, read_mask
-from .pipelines import ModelLoadError, PipelineCache, compiled_graphs, free_memory, graphs_from_cache
+from .pipelines import ModelLoadError, PipelineCache, base_key, compiled_graphs, free_memory, graphs_from_cache
 from .plan import ImageTask, active_controlnets
 from .quality import verdict
 from .quiet import engine_warnings_to
@@ -169,7 +169,15 @@ def run_tasks(
     if results:
         log(f"Reusing {len(results)} identical results already on disk; {len(pending)} to generate.")
     progress = _Progress(len(pending), log, progress_bar)
-    by_model = groupby(sorted(pending, key=lambda t: t.model.name), key=lambda t: t.model.name)
+    # By name, except that entries on one base (LoRA entries, per-call settings) go together, at the place of the
+    # first of them: their base loads once, however the names sort and however few models stay resident.
+    models = {task.model.name: task.model for task in pending}
+    first_on_base: dict[str, str] = {}
+    for name in sorted(models):
+        first_on_base.setdefault(base_key(models[name]), name)
+    place = {name: first_on_base[base_key(model)] for name, model in models.items()}
+    in_order = sorted(pending, key=lambda t: (place[t.model.name], t.model.name))
+    by_model = groupby(in_order, key=lambda t: t.model.name)
     batches: list[int] = []
     finished = (lambda results: None) if finished is None else finished
     with (
