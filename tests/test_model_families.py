@@ -118,11 +118,14 @@ def test_flux_refuses_negative_prompts_by_name_and_takes_guidance_as_its_distill
     assert refused.status == "failed" and made.status == "generated", made.error
     assert "model 'tiny-flux' (Flux.1) takes no negative prompt" in refused.error
     assert "'blurry' (from the prompt line's --negative_prompt)" in refused.error
-    assert "`negative_prompt: \"\"` on the 'tiny-flux' entry" in refused.error
+    # The fix named is the one that reaches the text where it came from: here the line, not the entry.
+    assert "Drop --negative_prompt from the prompt line" in refused.error and "negative_prompt: " not in refused.error
     # The catalog's negative prompt (here from `defaults:`) is refused the same way, naming where it came from.
     entry = _spec(models_dir, tmp_path, "tiny-flux", negative_prompt="ugly")
     (from_catalog,) = _run([_task(entry, "a red fox", sources[0], tmp_path / "entry")])
     assert from_catalog.status == "failed" and "the catalog's `negative_prompt`" in from_catalog.error
+    assert "`negative_prompt: \"\"` on the 'tiny-flux' entry" in from_catalog.error
+    assert "--negative_prompt" not in from_catalog.error
     # guidance_scale is the transformer's distilled guidance input: another value, another picture; the PNG says
     # what ran as Forge writes it (no classifier-free guidance, so CFG scale 1).
     with Image.open(made.task.output_path) as image:
@@ -340,3 +343,31 @@ def test_a_quantized_flux_entry_quantizes_its_transformer_and_has_results_of_its
     assert (results[0].record.quantize, results[1].record.quantize) == (None, "int8")
     assert results[0].task.fingerprint != results[1].task.fingerprint
     assert np.abs(_pixels(results[0].task.output_path) - _pixels(results[1].task.output_path)).max() > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("tiny-sdxl", {"safety_checker": True}, "(SDXL) has no safety checker, so `safety_checker: true` cannot"),
+        ("tiny-flux", {"safety_checker": True}, "(Flux.1) has no safety checker"),
+        ("tiny-sd3", {"scheduler": "DPMSolverMultistepScheduler"}, "it is a flow-matching model: it takes a flow-"),
+        ("tiny-flux", {"scheduler": "EulerDiscreteScheduler"}, "`scheduler: null` on this entry"),
+        ("tiny-sd15", {"scheduler": "FlowMatchEulerDiscreteScheduler"}, "flow-match schedulers are for SD 3/3.5"),
+    ],
+)
+def test_a_safety_checker_or_scheduler_the_family_has_no_use_for_is_refused_before_loading(
+    models_dir, tmp_path, name, overrides, message
+):
+    """Set in `defaults:` for every entry, these ran without a checker (the record said so, the run did not) or
+    failed mid-generation with diffusers' own words ('... object has no attribute scale_noise')."""
+    cache = PipelineCache(device="cpu")
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        cache.get(_spec(models_dir, tmp_path, name, **overrides))
+    assert cache.loads == 0
+
+
+def test_a_flow_match_scheduler_named_for_sd3_runs(models_dir, tmp_path):
+    spec = _spec(models_dir, tmp_path, "tiny-sd3", scheduler="FlowMatchHeunDiscreteScheduler")
+    (result,) = _run([_task(spec, "a red fox", _sources(tmp_path, 1)[0], tmp_path / "out")])
+    assert result.status == "generated", result.error
+    assert read_record(result.task.output_path).scheduler == "FlowMatchHeunDiscreteScheduler"

@@ -10,7 +10,9 @@ class), never guessed from its name. Each difference is honoured or refused by n
 - emphasis (`prompt_weighting`, through compel): SD (one CLIP encoder) and SDXL (two, with pooled embeddings); SD3
   and Flux.1 also read the prompt with T5, which compel does not weight, so the setting is refused for them;
 - what "the prompt was truncated" means (`prompt_truncated` in the record): see `prompt_truncated`;
-- image sides: a multiple of 8 (the VAE's factor) for SD and SDXL, of 16 for SD3 and Flux.1 (8 x their 2x2 patches).
+- image sides: a multiple of 8 (the VAE's factor) for SD and SDXL, of 16 for SD3 and Flux.1 (8 x their 2x2 patches);
+- `scheduler`: SD3 and Flux.1 are flow-matching models and take flow-match schedulers only, the others none of those;
+- `safety_checker: true`: only SD 1.x/2.x pipelines carry diffusers' safety checker.
 
 Nothing here imports torch or diffusers at import time.
 """
@@ -38,15 +40,30 @@ class Family:
     prompt_weighting: bool  # emphasis through compel is possible
     side_multiple: int  # image sides the pipeline accepts as given: the VAE factor times the patch size
     distilled_guidance: bool = False  # guidance_scale is a model input (Flux.1), not classifier-free guidance
+    flow_matching: bool = False  # trained for flow matching: FlowMatch* schedulers only (SD3, Flux.1)
+    safety_checker: bool = False  # its diffusers pipeline can carry a safety checker (SD 1.x/2.x)
 
 
-SD = Family("sd", "Stable Diffusion 1.x/2.x", negative_prompt=True, prompt_weighting=True, side_multiple=8)
-SDXL = Family("sdxl", "SDXL", negative_prompt=True, prompt_weighting=True, side_multiple=8)
-SD3 = Family("sd3", "Stable Diffusion 3/3.5", negative_prompt=True, prompt_weighting=False, side_multiple=16)
-FLUX = Family(
-    "flux", "Flux.1", negative_prompt=False, prompt_weighting=False, side_multiple=16, distilled_guidance=True
+SD = Family(
+    "sd", "Stable Diffusion 1.x/2.x", negative_prompt=True, prompt_weighting=True, side_multiple=8, safety_checker=True
 )
-OTHER = Family("other", "this pipeline type", negative_prompt=True, prompt_weighting=True, side_multiple=8)
+SDXL = Family("sdxl", "SDXL", negative_prompt=True, prompt_weighting=True, side_multiple=8)
+SD3 = Family(
+    "sd3", "Stable Diffusion 3/3.5", negative_prompt=True, prompt_weighting=False, side_multiple=16, flow_matching=True
+)
+FLUX = Family(
+    "flux",
+    "Flux.1",
+    negative_prompt=False,
+    prompt_weighting=False,
+    side_multiple=16,
+    distilled_guidance=True,
+    flow_matching=True,
+)
+# Treated as SD; its scheduler and safety checker are its own business (not refused here).
+OTHER = Family(
+    "other", "this pipeline type", negative_prompt=True, prompt_weighting=True, side_multiple=8, safety_checker=True
+)
 
 
 def family_of_class(class_name: str | None) -> Family:
@@ -138,6 +155,24 @@ def settings_problem(spec: ModelSpec, family: Family) -> str | None:
             "the one CLIP text encoder of SD 1.x/2.x models (an SDXL embedding holds vectors for two encoders, which "
             "this project does not load). Remove `embeddings` from this entry, or give them to an SD 1.x/2.x entry."
         )
+    if spec.safety_checker and not family.safety_checker:
+        return (
+            f"Model {spec.name!r} ({family.label}) has no safety checker, so `safety_checker: true` cannot be "
+            "honoured: diffusers' SDXL, SD 3/3.5 and Flux.1 pipelines carry none. Set `safety_checker: false` on this "
+            "entry (it overrides `defaults:`), or filter its results another way."
+        )
+    if spec.scheduler and family is not OTHER and spec.scheduler.startswith("FlowMatch") != family.flow_matching:
+        kind = (
+            "a flow-matching model: it takes a flow-match scheduler (FlowMatchEulerDiscreteScheduler, its own, or "
+            "another FlowMatch* class)"
+            if family.flow_matching
+            else "a diffusion model: flow-match schedulers are for SD 3/3.5 and Flux.1"
+        )
+        return (
+            f"Model {spec.name!r} ({family.label}) cannot run `scheduler: {spec.scheduler}`: it is {kind}. Set "
+            "`scheduler: null` on this entry to keep the model's own (a `scheduler` in `defaults:` applies to every "
+            "entry), or name one of its kind."
+        )
     return None
 
 
@@ -164,19 +199,24 @@ def negative_prompt_problem(model_name: str, family: Family, negative_prompt: st
     it. `where` says where the text came from, for the message."""
     if not negative_prompt or family.negative_prompt:
         return None
+    fixes = {  # only the fix that reaches the text where it came from
+        FROM_CATALOG: f'Set `negative_prompt: ""` on the {model_name!r} entry',
+        FROM_PROMPT_LINE: "Drop --negative_prompt from the prompt line",
+    }.get(where, f'Set `negative_prompt: ""` on the {model_name!r} entry, drop --negative_prompt from the prompt line')
     return (
         f"model {model_name!r} ({family.label}) takes no negative prompt: it is guidance-distilled and runs without "
-        f"classifier-free guidance, so {negative_prompt!r} (from {where}) would be ignored. Set "
-        f'`negative_prompt: ""` on the {model_name!r} entry, drop --negative_prompt from the prompt line, or let such '
+        f"classifier-free guidance, so {negative_prompt!r} (from {where}) would be ignored. {fixes}, or let such "
         "prompts draw a model that takes one (SD 1.x/2.x, SDXL, SD3)."
     )
 
 
+FROM_CATALOG = "the catalog's `negative_prompt`, the entry's or the defaults'"
+FROM_PROMPT_LINE = "the prompt line's --negative_prompt"
+
+
 def negative_prompt_source(line_negative_prompt: str | None) -> str:
     """Where an image's negative prompt came from, in the words of negative_prompt_problem's message."""
-    if line_negative_prompt is None:
-        return "the catalog's `negative_prompt`, the entry's or the defaults'"
-    return "the prompt line's --negative_prompt"
+    return FROM_CATALOG if line_negative_prompt is None else FROM_PROMPT_LINE
 
 
 def max_sequence_length(pipeline) -> int | None:
