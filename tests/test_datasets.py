@@ -141,6 +141,19 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
     assert len(manifest) == 6 and set(manifest["label"]) == {"cat", "dog"}
     assert manifest.loc[manifest["kind"] == "source", "quality_passed"].isna().all()  # sources are not judged
 
+    # Without the fallback the caption-less image fails; its older result stays on disk but is not current, so the
+    # dataset (like the report) leaves it out and says so.
+    with dg.instance_for_test() as instance:
+        _diffuse_all(instance, labelled)
+        again = _export(instance, labelled, dataset_dir=str(export))
+    assert again.success
+    metadata = again.asset_materializations_for_node("augmented_dataset")[0].metadata
+    assert (metadata["results"].value, metadata["images_failed"].value) == (2, 1)
+    assert datasets.load_dataset("imagefolder", data_dir=str(export), split="train")["source_file"] == [
+        "cat/001.jpg",
+        "dog/002.png",
+    ]
+
 
 def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):
     theirs = tmp_path / "mine"

@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...engine.dataset import METADATA_FILE, export_image_folder
-from ...engine.results import read_result, result_location
+from ...engine.results import read_failure, read_result, result_location
 from ..asset_keys import DIFFUSED_IMAGE_KEY
 from ..metadata import table
 from ..partitions import images_partitions
@@ -29,9 +29,12 @@ def augmented_dataset(
     context: dg.AssetExecutionContext, config: AugmentedDatasetConfig, dataset: DatasetResource
 ) -> dg.MaterializeResult:
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
-    results, missing = [], 0
+    results, missing, failed = [], 0, 0
     variants = dataset.result_variants()  # once: it may read the catalog
     for key, source_path in dataset.source_paths(keys).items():
+        if read_failure(dataset.output_dir, key):  # its last run failed: what is on disk is an older draw's
+            failed += 1
+            continue
         for variant in range(variants):
             record = read_result(dataset.output_dir, key, source_path, variant)
             if record is None:
@@ -40,6 +43,11 @@ def augmented_dataset(
                 results.append((record, result_location(dataset.output_dir, key, source_path, variant)))
     if missing:
         context.log.warning(f"{missing} results of {len(keys)} images are not made yet; the dataset leaves them out.")
+    if failed:
+        context.log.warning(
+            f"{failed} images failed their last run (the report lists why): their results on disk are out of date, "
+            "so the dataset leaves them out."
+        )
     rows = export_image_folder(
         results, dataset.images_dir, dataset.output_dir, dataset.dataset_dir, config.include_sources
     )
@@ -51,6 +59,7 @@ def augmented_dataset(
             "images": len(rows),
             "results": len(results),
             "results_missing": missing,
+            "images_failed": failed,
             "labels": table(
                 [{"label": label, "images": sum(r.label == label for r in rows)} for label in labels],
                 {"label": "string", "images": "int"},

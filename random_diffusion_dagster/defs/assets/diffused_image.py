@@ -1,6 +1,7 @@
 """`diffused_image`: one img2img result per source image, many partitions per run, and `image_draw`, the draw it
 was made from."""
 
+import contextlib
 from collections.abc import Iterator
 
 import dagster as dg
@@ -10,6 +11,7 @@ from ...engine.captions import Captions, image_version
 from ...engine.catalog import ModelSpec
 from ...engine.images import SourceFile, image_problem
 from ...engine.plan import ImageTask
+from ...engine.results import FailureRecord, write_failure
 from ...settings import max_partitions_per_run
 from ..asset_keys import DIFFUSED_IMAGE_KEY, IMAGE_DRAW_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
 from ..draws import by_image, drawn_from_tags, record_draws
@@ -119,7 +121,7 @@ def diffused_image(
     report_what_was_read(context, events)
     # First: each result's provenance names its draw's record.
     record_draws(context.get_step_execution_context(), planner, granularity, by_image(tasks), every=True)
-    _diffuse(context, engine, tasks, drawn_from_tags(planner), missing | unreadable, dataset)
+    _diffuse(context, engine, tasks, drawn_from_tags(planner), missing, unreadable, dataset)
     yield from recorded_already(context)
 
 
@@ -140,16 +142,22 @@ def _diffuse(
     engine: DiffusionEngineResource,
     tasks: list[ImageTask],
     tags: dict[str, str],
+    missing: dict[str, str],
     unplanned: dict[str, str],
     dataset: DatasetResource,
 ) -> None:
     """Make the results, recording each partition as its images are written; fails naming every image that failed
-    (or could not be planned) once the rest are saved."""
+    (or could not be planned, or is gone) once the rest are saved."""
     recorder = PartitionRecorder(context, tasks, tags, dataset.granularity, dataset.output_dir)
     try:
         summary = engine.run(tasks, context.log.info, finished=recorder)
     finally:  # also when stopped part way (Ctrl-C, a terminated run): every image on disk is recorded
         recorder.finish()
+    for key, error in unplanned.items():
+        # As the engine keeps one for an image that failed: an older result of it is not current (report, dataset).
+        # An output folder that cannot take it fails the run below all the same, naming the image.
+        with contextlib.suppress(OSError):
+            write_failure(dataset.output_dir, FailureRecord(key, None, error))
 
     finished = [r for r in summary.results if r.status != "failed"]
     for result in finished:
@@ -159,11 +167,12 @@ def _diffuse(
             )
         if result.record.quality_failure and result.status != "reused":
             context.log.warning(f"{result.task.key}: kept although it {result.record.quality_failure}")
-    failures = {r.task.key: r.error for r in summary.with_status("failed")} | unplanned
+    failures = {r.task.key: r.error for r in summary.with_status("failed")} | missing | unplanned
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if failures:
+        images = {t.key for t in tasks} | set(missing) | set(unplanned)
         raise dg.Failure(
-            description=f"{len(failures)} of {len({t.key for t in tasks} | set(unplanned))} images failed; the "
+            description=f"{len(failures)} of {len(images)} images failed; the "
             f"{len(finished)} finished are saved and recorded, and a rerun reuses them:\n"
             + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
         )
