@@ -116,6 +116,8 @@ def test_plain_lines_are_used_exactly_as_written(tmp_path):
         ("--negative_prompt 'blurry'", "no --prompt"),
         ("--prompt 'a fox", "close the quote"),
         ("--prompt 'a fox' --prompt 'an owl'", "--prompt is given twice; keep one"),
+        # A1111 reads such a line as all prompt: the option would be drawn as words of it.
+        ('{red|green} sea --negative_prompt "blurry"', "--negative_prompt inside the prompt"),
         # These parse, but failed (or came out empty) only when an image drew them: every image of the run failed.
         ("{0::a|0::b}", "prompt 1: '{0::a|0::b}' cannot be drawn"),
         ("{|}", "prompt 1: '{|}' can draw an empty prompt: give every choice text"),

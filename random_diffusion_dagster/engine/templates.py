@@ -50,8 +50,15 @@ class ResolvedPrompt:
 
 
 def parse_line(text: str, where: str) -> PromptLine:
-    """A plain or templated prompt, or A1111's `--option value ...` form (unknown options are errors)."""
+    """A plain or templated prompt, or A1111's `--option value ...` form (unknown options are errors). A line that
+    does not start with an option is all prompt, as in A1111's prompts-from-file; one that names an option further
+    on is refused, since the option would be drawn as words of the prompt."""
     if not text.startswith("--"):
+        if found := re.search(r"(?:^|\s)--(" + "|".join(LINE_OPTIONS) + r")\b", text):
+            raise PromptListError(
+                f"{where}: --{found.group(1)} inside the prompt {text[:80]!r} would be read as words of the prompt: "
+                f'options come first, as in --prompt "..." --negative_prompt "...".'
+            )
         return PromptLine(text)
     try:
         words = shlex.split(text)
