@@ -203,6 +203,14 @@ def test_weighted_prompts_run_in_batches_with_a_correct_truncation_flag(project,
         results.append(run_tasks(tasks, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None).results)
     assert all(r.status == "generated" for batch in results for r in batch)
     assert [batch[0].record.prompt_truncated for batch in results] == [False, False, True]
+    # The PNG says whether the brackets were emphasis: A1111 applies it unless its parameters say `Emphasis: None`.
+    plain = load_catalog(write_catalog(tmp_path / "p.yaml", models_dir, names=("tiny-sd15",)))
+    tasks, _ = Planner([lines[1]], plain, 0, f"{project['output_dir']}-plain").plan(scan_folder(project["images_dir"]))
+    (read_as_written, *_) = run_tasks(tasks, PipelineCache(device="cpu"), batch_size=4, log=lambda m: None).results
+    for result, weighted in ((results[1][0], True), (read_as_written, False)):
+        assert result.record.prompt_weighting is weighted
+        with Image.open(result.task.output_path) as image:
+            assert ("Emphasis: None" in image.text["parameters"]) is not weighted
 
 
 def test_a_long_prompt_is_flagged_without_the_libraries_notices(project, models_dir, tmp_path, caplog):

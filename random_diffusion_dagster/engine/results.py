@@ -83,6 +83,9 @@ class ResultRecord:
     # {"role", "run_without": true} for a pair the image lacked; None without pairs.
     pairs: list[dict] | None = None
     dtype: str = ""
+    # Whether A1111 emphasis such as `(word:1.3)` was applied (the entry's `prompt_weighting`, through compel) or the
+    # text reached the encoders as written; None in records written before it was kept.
+    prompt_weighting: bool | None = None
     # The entry's lossy `quantize` ("int8", "fp8"); None without it (and in older records), so not shown then.
     quantize: str | None = _partition(default=None)
     run_seed: int = 0

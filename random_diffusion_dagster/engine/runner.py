@@ -744,6 +744,7 @@ def _record(
         scheduler=pipeline_info["scheduler"],
         dtype=pipeline_info["dtype"],
         quantize=spec.quantize,
+        prompt_weighting=spec.prompt_weighting,
         safety_checker=pipeline_info["safety_checker"],
         device=pipeline_info["device"],
         seed=task.generation_seed,
@@ -836,6 +837,8 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict,
         "Lora hashes": _lora_hashes(pipeline_info.get("loras") or []),
         "TI hashes": _ti_hashes(pipeline_info.get("embeddings") or [], task.prompt, task.negative_prompt),
         "Mask blur": task.model.inpaint.mask_blur if task.model.inpaint and task.mask else None,
+        # A1111's setting for brackets read as written (it applies emphasis by default), where the texts hold any.
+        "Emphasis": None if task.model.prompt_weighting or not _brackets(task) else "None",
     }
     # sd-webui-controlnet's way: one `ControlNet N` entry per unit, its module (control type), model and weight.
     for index, controlnet in enumerate(active_controlnets(task)):
@@ -846,6 +849,10 @@ def _parameters_text(task: ImageTask, record: ResultRecord, pipeline_info: dict,
     tags = " ".join(f"<lora:{lora['name']}:{lora['weight']:g}>" for lora in pipeline_info.get("loras") or [])
     prompt = f"{task.prompt} {tags}" if tags else task.prompt
     return a1111_parameters(prompt, task.negative_prompt, {k: v for k, v in settings.items() if v is not None})
+
+
+def _brackets(task: ImageTask) -> bool:
+    return any(mark in f"{task.prompt}{task.negative_prompt}" for mark in "()[]")
 
 
 def _lora_hashes(loras: list[dict]) -> str | None:
