@@ -493,7 +493,10 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
             "or similar checkpoint."
         )
     elif spec.variant and "variant" in text:
-        hint = f"The files for variant {spec.variant!r} are missing: remove `variant` or add those files."
+        hint = (
+            f"The files for variant {spec.variant!r} are missing: remove `variant` from the entry (`variant: null` "
+            "where it comes from `defaults:`) or add those files."
+        )
     else:
         hint = "Its files are incomplete or corrupt: rebuild or re-download the model."
     return f"{where} failed to load: {text.splitlines()[0] if text else type(exc).__name__}. {hint}"
