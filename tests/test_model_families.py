@@ -324,25 +324,21 @@ def test_a_compiled_sd3_transformer_compiles_its_blocks_once_for_every_model_of_
         assert np.abs(_pixels(ours.task.output_path) - _pixels(theirs.task.output_path)).max() <= 1
 
 
-def test_a_quantized_flux_entry_quantizes_its_transformer_and_has_results_of_its_own(models_dir, tmp_path, environ):
-    """`quantize` on a Flux.1 (or SD3) entry quantizes the transformer's linear layers, as on an SD entry the UNet's
-    (it was dropped without a word while the record said `quantize: int8`); not shared with the same weights
-    unquantized."""
-    environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "compile-cache")
+def test_a_quantized_flux_entry_quantizes_its_transformer_and_has_results_of_its_own(models_dir, tmp_path):
+    """`quantize` on a Flux.1 (or SD3) entry quantizes the transformer's linear layers and compiles its blocks, as on
+    an SD entry the UNet (it was dropped without a word while the record said `quantize: int8`); not shared with
+    the same weights unquantized. Compiling is lazy: what a quantized run makes is tests/test_speedups.py's."""
     plain, quantized = (_spec(models_dir, tmp_path, "tiny-flux", quantize=mode) for mode in (None, "int8"))
     quantized = dataclasses.replace(quantized, name="int8")
-    (source,) = _sources(tmp_path, count=1)
     cache = PipelineCache(device="cpu", max_models=2)
-    results = _run_with(cache, [_task(spec, "a red fox", source, tmp_path / spec.name) for spec in (plain, quantized)])
-    assert [r.status for r in results] == ["generated"] * 2, [r.error for r in results]
     first, second = cache.get(plain)[0], cache.get(quantized)[0]
     assert second.transformer is not first.transformer and second.vae is first.vae
     weight = second.transformer.transformer_blocks[0].attn.to_q.weight
     assert type(weight).__module__.startswith("torchao") and is_compiled(second.transformer)
     assert not is_compiled(first.transformer)  # quantizing compiles; the plain entry is not compiled
-    assert (results[0].record.quantize, results[1].record.quantize) == (None, "int8")
-    assert results[0].task.fingerprint != results[1].task.fingerprint
-    assert np.abs(_pixels(results[0].task.output_path) - _pixels(results[1].task.output_path)).max() > 0
+    (source,) = _sources(tmp_path, count=1)
+    tasks = [_task(spec, "a red fox", source, tmp_path / spec.name) for spec in (plain, quantized)]
+    assert tasks[0].fingerprint != tasks[1].fingerprint  # its results are its own
 
 
 @pytest.mark.parametrize(
