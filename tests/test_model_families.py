@@ -367,3 +367,5 @@ def test_a_flow_match_scheduler_named_for_sd3_runs(models_dir, tmp_path):
     (result,) = _run([_task(spec, "a red fox", _sources(tmp_path, 1)[0], tmp_path / "out")])
     assert result.status == "generated", result.error
     assert read_record(result.task.output_path).scheduler == "FlowMatchHeunDiscreteScheduler"
+    with Image.open(result.task.output_path) as image:
+        assert "Sampler: Heun," in image.text["parameters"]  # A1111's and Forge's name, not diffusers' class

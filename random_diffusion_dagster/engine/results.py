@@ -436,6 +436,8 @@ A1111_SAMPLERS = {
     "UniPCMultistepScheduler": "UniPC",
     "DEISMultistepScheduler": "DEIS",
     "LCMScheduler": "LCM",
+    "FlowMatchEulerDiscreteScheduler": "Euler",  # as Forge writes it for SD3 and Flux.1
+    "FlowMatchHeunDiscreteScheduler": "Heun",
 }
 
 
