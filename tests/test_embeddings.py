@@ -202,6 +202,7 @@ def test_an_embedding_for_another_base_fails_its_images_by_name_and_the_base_sta
     failed, made = run_tasks(tasks, cache, log=lambda m: None).results
     assert failed.status == "failed" and "sd2-styled" in failed.error and "tiny-style.safetensors" in failed.error
     assert "made for another kind of model" in failed.error
+    assert "not as wide as the text encoder's" in failed.error and "{" not in failed.error  # not diffusers' template
     assert made.status == "generated" and cache.loads == 1
     assert np.array_equal(_alone(tasks[1], tmp_path / "alone"), _pixels(tasks[1].output_path))
 

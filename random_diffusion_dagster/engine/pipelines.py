@@ -1022,6 +1022,8 @@ def _explain_embedding_failure(spec: ModelSpec, embedding: EmbeddingSpec, exc: E
     else:
         hint = "The file is not an embedding diffusers can read (A1111 or diffusers format), or it is damaged."
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if "incorrect shape" in text:  # diffusers' own line names the widths as unfilled `{...}` placeholders
+        first = "its vectors are not as wide as the text encoder's"
     return f"Model {spec.name!r}: embedding file {embedding.path} failed to load: {first[:300]}. {hint}"
 
 
