@@ -56,11 +56,7 @@ def _task(spec, line, source, out):
 
 
 def _run(tasks, batch_size=4):
-    return _run_with(PipelineCache(device="cpu"), tasks, batch_size)
-
-
-def _run_with(cache, tasks, batch_size=4):
-    return run_tasks(tasks, cache, batch_size=batch_size, log=lambda message: None).results
+    return run_tasks(tasks, PipelineCache(device="cpu"), batch_size=batch_size, log=lambda message: None).results
 
 
 def _pixels(path):

@@ -172,10 +172,11 @@ def run_tasks(
     # By name, except that entries on one base (LoRA entries, per-call settings) go together, at the place of the
     # first of them: their base loads once, however the names sort and however few models stay resident.
     models = {task.model.name: task.model for task in pending}
+    bases = {name: base_key(model) for name, model in models.items()}
     first_on_base: dict[str, str] = {}
-    for name in sorted(models):
-        first_on_base.setdefault(base_key(models[name]), name)
-    place = {name: first_on_base[base_key(model)] for name, model in models.items()}
+    for name in sorted(bases):
+        first_on_base.setdefault(bases[name], name)
+    place = {name: first_on_base[key] for name, key in bases.items()}
     in_order = sorted(pending, key=lambda t: (place[t.model.name], t.model.name))
     by_model = groupby(in_order, key=lambda t: t.model.name)
     batches: list[int] = []
