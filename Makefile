@@ -21,10 +21,11 @@ run: setup
 	$(BIN)/random-diffusion run
 
 # pytest-xdist: most tests wait on real daemons, webservers and Celery workers, so three workers share two cores
-# well; a test file stays on one worker (its module fixtures start once, its Redis databases are its own).
+# well; a test file stays on one worker (its module fixtures start once, its Redis databases are its own), and the
+# longest files start first (tests/conftest.py START_FIRST).
 TEST_WORKERS ?= 3
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup run test
