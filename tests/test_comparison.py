@@ -18,7 +18,7 @@ from random_diffusion_dagster.defs.run_ranges import partition_range_tags
 from random_diffusion_dagster.engine.comparison import grid_size
 from random_diffusion_dagster.engine.plan import snapshot_source
 from random_diffusion_dagster.engine.results import read_record
-from random_diffusion_dagster.runtime.cli import main
+from random_diffusion_dagster.runtime.cli import _compared_images, main
 
 from helpers import make_image, write_catalog
 
@@ -214,6 +214,23 @@ def test_compare_command_documents_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("IMAGE", "--strength", "--steps", "--seed", "--batch-size", "--max-partitions-per-run"):
         assert option in text
+
+
+@pytest.mark.parametrize("partitions", ["image", "folder"])
+def test_compare_names_an_image_by_key_by_path_under_the_images_folder_or_by_path_to_the_file(tmp_path, partitions):
+    """With image partitions a nested image named by its path, or by a path whose key is not the path itself (a
+    space), was not found: only its file name was looked up, as if it were at the top."""
+    images = tmp_path / "images"
+    nested, top = make_image(images / "animal" / "x y.jpg"), make_image(images / "top.png")
+    dataset = DatasetResource(images_dir=str(images), partitions=partitions)
+    files = dataset.source_files()
+    key = next(file.partition_key for file in files if file.name == "x y.jpg")
+    assert key.startswith("animal/x_y.jpg-")  # the key is not the path
+    registered = sorted({dataset.granularity.partition_of(file.partition_key) for file in files})
+    names = [key, "animal/x y.jpg", str(nested), "top.png", str(top), "x y.jpg", "animal/top.png"]
+    wanted, unknown = _compared_images(dataset, registered, names)
+    assert wanted == [key, key, key, "top.png", "top.png"]
+    assert unknown == ["x y.jpg", "animal/top.png"]  # a nested file by its name alone: which folder's is unsaid
 
 
 def test_folder_cells_compare_the_named_images_each_with_its_own_draw_and_grid(tmp_path, models_dir):

@@ -268,7 +268,7 @@ def add_compare_parser(commands) -> None:
         "images",
         nargs="+",
         metavar="IMAGE",
-        help="images by key (cat/001.jpg) or path under the images folder; with image partitions also by file name",
+        help="images by key (cat/001.jpg), by path under the images folder (a file at the top: its name) or to the file",
     )
     compare.add_argument(
         "--strength",
@@ -365,19 +365,18 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def _compared_images(dataset, partitions: list[str], names: list[str]) -> tuple[list[str], list[str]]:
-    """(the image keys of the named images, the names that are no image's): a name is an image's key or its path
-    under the images folder; with image partitions also a bare file name at the top."""
+    """(the image keys of the named images, the names that are no image's): a name is an image's key, its path under
+    the images folder (a file at the top: its name) or a path to the file."""
     from ..engine.images import partition_key_for
 
+    candidates = [(name, partition_key_for(*_folder_and_name(dataset.images_dir, name))) for name in names]
     if dataset.granularity.per_image:
-        registered = set(partitions)
-        wanted = [name if name in registered else partition_key_for(Path(name).name) for name in names]
-        return wanted, [name for name, key in zip(names, wanted, strict=True) if key not in registered]
-    candidates = {name: [name, partition_key_for(*_folder_and_name(dataset.images_dir, name))] for name in names}
-    partition_of = dataset.granularity.partition_of
-    wanted_partitions = {partition_of(key) for keys in candidates.values() for key in keys} & set(partitions)
-    known = {file.partition_key for file in dataset.files_for(sorted(wanted_partitions))[0]}
-    wanted = [next((key for key in keys if key in known), None) for keys in candidates.values()]
+        known = set(partitions)
+    else:  # the image keys of the named images' folders (or shards)
+        partition_of = dataset.granularity.partition_of
+        wanted_partitions = {partition_of(key) for keys in candidates for key in keys} & set(partitions)
+        known = {file.partition_key for file in dataset.files_for(sorted(wanted_partitions))[0]}
+    wanted = [next((key for key in keys if key in known), None) for keys in candidates]
     return [key for key in wanted if key], [name for name, key in zip(names, wanted, strict=True) if key is None]
 
 
