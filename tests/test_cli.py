@@ -205,10 +205,11 @@ def test_a_setup_no_run_can_use_is_refused_in_one_line_before_anything_starts(
 
 
 def test_a_file_the_project_did_not_write_is_never_overwritten_and_only_its_image_fails(project, tmp_path):
-    """A user's own file at a result's name (no result record in it) stays as it was; the other images are made."""
+    """A user's own file at a result's name (no result record in it) stays as it was; the other images are made, and
+    the example result the run prints is the first of theirs (it was the user's file)."""
     env = _env(project, tmp_path / "home")
     outputs = Path(project["output_dir"])
-    theirs = outputs / output_file_name("red.png")
+    theirs = outputs / output_file_name("blue.webp")  # the first image
     make_image(theirs, color=(1, 2, 3))
     before = theirs.read_bytes()
     completed = subprocess.run(
@@ -219,6 +220,8 @@ def test_a_file_the_project_did_not_write_is_never_overwritten_and_only_its_imag
     assert theirs.read_bytes() == before
     made = sorted(path.name for path in outputs.glob("*.png") if read_record(path) is not None)
     assert len(made) == 2 and theirs.name not in made  # the other two images have their results
+    green = Path(project["images_dir"]) / "green photo.jpg"
+    assert f"Outputs: {outputs} ({outputs}/{output_file_name(green.name)} for {green})" in completed.stdout
 
 
 def test_build_demo_models_prints_one_line_and_no_library_output(tmp_path):

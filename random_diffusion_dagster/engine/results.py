@@ -99,7 +99,7 @@ class ResultRecord:
     source_bytes: int | None = None
     source_mtime_ns: int | None = None
     model_input_size: str = ""
-    output_file: str = ""  # relative to the output folder, as written (a result adopted from its legacy name keeps it)
+    output_file: str = ""  # the result's file name, as written (a result adopted from its legacy name keeps it)
     created_at: str = ""
 
     def partition_metadata(self) -> dict:

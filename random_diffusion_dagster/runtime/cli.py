@@ -249,15 +249,21 @@ def _shown(text: str) -> int:
     return number
 
 
-def _example_result(dataset) -> str | None:
-    """`data/outputs/astronaut.png for data/images/astronaut.jpg`: the first image's result, as configured."""
-    from ..engine.results import output_file_name, result_path
+EXAMPLE_SEARCH = 100  # an example to show, not a census: a folder of a million failed images is not walked
 
-    files = dataset.source_files()
-    if not files or not result_path(dataset.output_dir, files[0].relative_path).exists():
-        return None
-    result = f"{str(dataset.output_dir).rstrip('/')}/{output_file_name(files[0].relative_path)}"
-    return f"{result} for {Path(dataset.images_dir) / files[0].relative_path}"
+
+def _example_result(dataset) -> str | None:
+    """`data/outputs/astronaut.png for data/images/astronaut.jpg`: the first image's result, as configured; past
+    images that have none (a file that is no image, one that failed or a user's own file at its result's name),
+    among the first EXAMPLE_SEARCH."""
+    from ..engine.results import output_file_name, read_record, result_path
+
+    for file in dataset.source_files()[:EXAMPLE_SEARCH]:
+        if read_record(result_path(dataset.output_dir, file.relative_path)) is not None:
+            result = f"{str(dataset.output_dir).rstrip('/')}/{output_file_name(file.relative_path)}"
+            return f"{result} for {Path(dataset.images_dir) / file.relative_path}"
+    return None
+
 
 
 def add_compare_parser(commands) -> None:
