@@ -808,8 +808,7 @@ def _validated(model: type[Settings], values: dict, given: dict, where: str) -> 
         errors = exc.errors()
     unknown = sorted((e["loc"][0] for e in errors if e["type"] in ("extra_forbidden", "invalid_key")), key=str)
     if unknown:
-        known = sorted([*SETTINGS, *(key for key in CATALOG_WIDE if key in model.model_fields)])
-        raise CatalogError(f"{where}: unknown settings {show(unknown)}; known settings are {known}.")
+        raise CatalogError(f"{where}: unknown settings {show(unknown)}; known keys are {sorted(model.model_fields)}.")
     error = min(errors, key=lambda e: e["loc"][:1] != ("name",))  # the other messages name the model by it
     if isinstance(error.get("ctx", {}).get("error"), (CatalogError, PromptListError)):  # a rule's own message
         raise CatalogError(f"{where}: {error['ctx']['error']}")
