@@ -349,7 +349,10 @@ def test_shipped_catalogs_load(catalog):
         (_entry(dtype="fp8"), r"`dtype` must be one of \('auto', 'float16', 'bfloat16', 'float32'\); got 'fp8'\.$"),
         (_entry(stregth=1, **{"1": 2}), r"model 'x': unknown settings \['1', 'stregth'\]; known keys are \['config', "),
         (_entry(lora="a.safetensors"), r"unknown settings \['lora'\]; known keys are \[.*'loras', .*'path', .*\]\.$"),
-        ({"defaults": {"varients": 2}, "models": [{"name": "x", "path": "p"}]}, r"^catalog: defaults: unknown settings \['varients'\]; known"),
+        (
+            {"defaults": {"varients": 2}, "models": [{"name": "x", "path": "p"}]},
+            r"^catalog: defaults: unknown settings \['varients'\]; known keys are \[.*'variants'",
+        ),
         ({"models": [{"name": 7, "path": "p", "resolution": 12}]}, r"model 7: `name` must be text; got 7 "),
         ({"models": [{"name": "x", "path": "p", "single_file": "f"}]}, r"model 'x': it must name exactly one of"),
         (

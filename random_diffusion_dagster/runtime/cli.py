@@ -274,7 +274,7 @@ def add_compare_parser(commands) -> None:
         "images",
         nargs="+",
         metavar="IMAGE",
-        help="images by key (cat/001.jpg), by path under the images folder (a file at the top: its name) or to the file",
+        help="images by key (cat/001.jpg), by path under the images folder (at the top: its file name) or to the file",
     )
     compare.add_argument(
         "--strength",
