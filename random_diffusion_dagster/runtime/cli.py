@@ -265,7 +265,6 @@ def _example_result(dataset) -> str | None:
     return None
 
 
-
 def add_compare_parser(commands) -> None:
     compare = commands.add_parser(
         "compare", help="run every catalog model on chosen images with their own prompts and seeds; draw grids"
