@@ -198,6 +198,26 @@ def test_the_shipped_labelled_sample_becomes_a_dataset_through_the_cli(tmp_path,
     assert sorted(set(loaded["variant"])) == [0, 1, 2]
     assert all(caption in prompt for caption, prompt in zip(loaded["caption"], loaded["prompt"], strict=True))
 
+    # A dataset folder the export would refuse is refused before anything runs (it was refused after every image)
+    (tmp_path / "mine" / "notes.txt").parent.mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a folder of the user's")
+    made = sorted((tmp_path / "outputs").rglob("*"))
+    for folder, problem in (
+        (tmp_path / "outputs" / "ds", "is inside the output folder"),
+        (tmp_path / "mine", "exists"),
+    ):
+        refused = subprocess.run(
+            [str(Path(sys.executable).parent / "random-diffusion"), "run", "--seed", "9", "--dataset"],
+            env={**env, "RANDOM_DIFFUSION_DATASET_DIR": str(folder)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr[-2000:]
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("error: ") and f"{folder} {problem}" in line and "RANDOM_DIFFUSION_DATASET_DIR" in line
+    assert sorted((tmp_path / "outputs").rglob("*")) == made  # seed 9 made nothing
+
 
 def _pixels(path) -> np.ndarray:
     with Image.open(path) as image:

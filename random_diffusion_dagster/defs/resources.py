@@ -13,6 +13,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from .. import settings
 from ..engine.catalog import DTYPES, ModelSpec, catalog_variants, load_catalog
+from ..engine.dataset import require_dataset_folder
 from ..engine.granularity import TOP_FOLDER, Granularity
 from ..engine.images import FolderScan, SourceFile, is_image_file, scan_images, scan_one_folder
 from ..engine.output_location import require_separate_folders, require_writable_folder
@@ -195,12 +196,15 @@ class DatasetResource(dg.ConfigurableResource):
             return self.variants
         return catalog_variants(self.models_file) or 1
 
-    def check_folders(self) -> None:
-        """Raise OSError naming the problem if the images or output folder cannot be used, before any work."""
+    def check_folders(self, dataset: bool = False) -> None:
+        """Raise OSError naming the problem if the images or output folder cannot be used, before any work; with
+        `dataset`, the dataset folder too (a run that exports one)."""
         self.scan()
         require_separate_folders(self.images_dir, self.output_dir)
         self._require_pairs_apart()
         require_writable_folder(self.output_dir, subfolders=(FAILURES_DIR,))
+        if dataset:
+            require_dataset_folder(self.images_dir, self.output_dir, self.dataset_dir)
 
     def prompts(self) -> list[str]:
         return load_prompts(self.prompts_file)

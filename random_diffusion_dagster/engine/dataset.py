@@ -48,18 +48,12 @@ class DatasetExportError(OSError):
     """The dataset folder cannot be written; the message names it and the fix."""
 
 
-def export_image_folder(
-    results: list[tuple[ResultRecord, Path]],
-    images_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    target: str | os.PathLike,
-    sources: bool,
-) -> list[DatasetRow]:
-    """Write `target` as an ImageFolder dataset of these results (record, result file), with their sources too if
-    `sources`; returns its rows. The files are hard links where the filesystem allows, else copies. `target` must
-    lie apart from the images and output folders: replacing it would delete results, or a scan would read it."""
-    import pandas as pd
-
+def require_dataset_folder(
+    images_dir: str | os.PathLike, output_dir: str | os.PathLike, target: str | os.PathLike
+) -> Path:
+    """`target` resolved, or DatasetExportError naming the fix: it must lie apart from the images and output folders
+    (replacing it would delete results, or a scan would read it), be new or written by this module, and the results
+    must be local files to link or copy. Checked before a run starts, and again as the dataset is written."""
     if not is_local(location(output_dir)):
         raise DatasetExportError(
             f"The output location {output_dir} is not a local folder: the dataset links or copies the results from "
@@ -78,6 +72,21 @@ def export_image_folder(
             f"{target} exists and was not written by this project (no {MARKER} in it): move it, or point "
             "RANDOM_DIFFUSION_DATASET_DIR at a new folder."
         )
+    return target
+
+
+def export_image_folder(
+    results: list[tuple[ResultRecord, Path]],
+    images_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    target: str | os.PathLike,
+    sources: bool,
+) -> list[DatasetRow]:
+    """Write `target` as an ImageFolder dataset of these results (record, result file), with their sources too if
+    `sources`; returns its rows. The files are hard links where the filesystem allows, else copies."""
+    import pandas as pd
+
+    target = require_dataset_folder(images_dir, output_dir, target)
     staging = target.parent / f".{target.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

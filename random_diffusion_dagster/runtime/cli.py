@@ -63,11 +63,12 @@ def build_demo_models_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _folder_problem(defs: dg.Definitions) -> str | None:
-    """What stops the images or output folder from being used, found before any run starts: one line on the
-    terminal instead of a failed run's traceback (the messages are the scan's and the output check's own)."""
+def _folder_problem(defs: dg.Definitions, dataset: bool = False) -> str | None:
+    """What stops the images or output folder (or, for a run that exports one, the dataset folder) from being used,
+    found before any run starts: one line on the terminal instead of a failed run's traceback after the images are
+    made (the messages are the scan's and the folder checks' own)."""
     try:
-        defs.resources["dataset"].check_folders()
+        defs.resources["dataset"].check_folders(dataset)
     except OSError as error:
         return str(error)
     return None
@@ -124,7 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     from ..definitions import defs
 
-    if problem := _folder_problem(defs):
+    if problem := _folder_problem(defs, dataset=args.dataset):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     resources_config = {"engine": {"config": _engine_config(args)}}
