@@ -27,21 +27,31 @@ from local_services import shipped_instance_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# The files with the most test time (seconds summed per file on a 2-core machine with empty compile caches:
-# test_speedups 470, test_deployment 270, test_cli 240, test_benchmark_smoke 165, the rest under 135) start first,
-# so the xdist workers finish together instead of one taking a long file last. `make test` passes
-# --no-loadscope-reorder, which keeps this order (xdist would put the files with the most tests first).
+# The files with the most test time start first, longest first (seconds summed per file, 2-core machine, 3 workers:
+# test_deployment 295, test_speedups 290 with torch's compile cache filled and 470 without, test_cli 186, ...; the
+# rest under 30 each), so the xdist workers finish together instead of one taking a long file last. `make test`
+# passes --no-loadscope-reorder, which keeps this order (xdist would put the files with the most tests first).
 START_FIRST = (
     "test_speedups.py",
     "test_deployment.py",
     "test_cli.py",
-    "test_benchmark_smoke.py",
     "test_warm_worker.py",
-    "test_model_families.py",
-    "test_ui_browser.py",
-    "test_engine_runs.py",
+    "test_benchmark_smoke.py",
     "test_staleness.py",
+    "test_ui_browser.py",
+    "test_model_families.py",
+    "test_ui_killed.py",
     "test_granularity.py",
+    "test_assets.py",
+    "test_datasets.py",
+    "test_ui_faults.py",
+    "test_ui_stop.py",
+    "test_multinode.py",
+    "test_out_of_date.py",
+    "test_celery.py",
+    "test_comparison.py",
+    "test_webserver_guard.py",
+    "test_draw_records.py",
 )
 
 
