@@ -294,9 +294,10 @@ def test_case_distinct_sources_keep_distinct_variant_files(tmp_path):
     assert result_path(tmp_path, "UP.jpg", 1).name == "UP~v1.png"
 
 
-def test_a_failed_variant_in_a_subfolder_is_recorded_where_the_report_reads_it(labelled):
+def test_a_failed_variant_in_a_subfolder_is_recorded_where_the_report_reads_it(labelled, tmp_path):
     """One image's variant 1 is blocked by a user's file: the image's failure record is in the output folder's
-    .failures (not its subfolder's), and its successful variant 0 does not clear it."""
+    .failures (not its subfolder's), and its successful variant 0 does not clear it. The dataset leaves out the
+    failed variant and keeps the image's current one (it left out the whole image)."""
     from random_diffusion_dagster.engine.results import read_failure
 
     outputs = Path(labelled["output_dir"])
@@ -304,10 +305,18 @@ def test_a_failed_variant_in_a_subfolder_is_recorded_where_the_report_reads_it(l
     make_image(blocked, color=(1, 2, 3))
     with dg.instance_for_test() as instance:
         _, result = _diffuse_all(instance, labelled, variants=2, caption_fallback="a photo")
+        exported = _export(instance, labelled, variants=2, caption_fallback="a photo", dataset_dir=str(tmp_path / "ds"))
     assert not result.success and read_record(blocked) is None
     failure = read_failure(outputs, "cat/001.jpg")
-    assert failure is not None and "a file not made by this project" in failure.error
+    assert failure is not None and "a file not made by this project" in failure.error and failure.variants == (1,)
     assert read_record(result_path(outputs, "cat/001.jpg")).variant == 0
+    assert exported.success
+    metadata = exported.asset_materializations_for_node("augmented_dataset")[0].metadata
+    assert (metadata["results"].value, metadata["images_failed"].value) == (5, 1)
+    rows = [json.loads(line) for line in (tmp_path / "ds" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted((row["source_file"], row["variant"]) for row in rows if row["source_file"] == "cat/001.jpg") == [
+        ("cat/001.jpg", 0)
+    ]
 
 
 def test_captions_go_into_prompts_as_written_and_a_bad_row_fails_only_its_image(tmp_path, models_dir):

@@ -146,6 +146,7 @@ class FailureRecord:
     model: str | None
     error: str
     source_path: str = ""
+    variants: tuple[int, ...] = ()  # which of its results failed; () for all (or a record written before this field)
 
 
 def output_file_name(source_path: str) -> str:
@@ -413,7 +414,8 @@ def read_failure(output_dir: str | os.PathLike, key: str) -> FailureRecord | Non
     except (OSError, ValueError):
         return None
     known = {f.name for f in dataclasses.fields(FailureRecord)}
-    return FailureRecord(**{name: value for name, value in data.items() if name in known})
+    failure = FailureRecord(**{name: value for name, value in data.items() if name in known})
+    return dataclasses.replace(failure, variants=tuple(failure.variants))  # a JSON list
 
 
 def clear_failure(output_dir: str | os.PathLike, key: str) -> None:

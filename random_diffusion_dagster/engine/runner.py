@@ -929,8 +929,8 @@ def _record_outcomes(results: list[ImageResult]) -> None:
     for (output_dir, key), image_results in by_image.items():
         failed = [result for result in image_results if result.status == "failed"]
         if failed:
-            task = failed[0].task
-            write_failure(output_dir, FailureRecord(key, task.model.name, failed[0].error, task.source_path))
+            task, variants = failed[0].task, tuple(sorted({result.task.variant for result in failed}))
+            write_failure(output_dir, FailureRecord(key, task.model.name, failed[0].error, task.source_path, variants))
         else:
             clear_failure(output_dir, key)
 

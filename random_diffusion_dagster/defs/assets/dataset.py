@@ -32,10 +32,12 @@ def augmented_dataset(
     results, missing, failed = [], 0, 0
     variants = dataset.result_variants()  # once: it may read the catalog
     for key, source_path in dataset.source_paths(keys).items():
-        if read_failure(dataset.output_dir, key):  # its last run failed: what is on disk is an older draw's
-            failed += 1
-            continue
-        for variant in range(variants):
+        # the results its last run failed (all, where it failed before any was planned): what is on disk for them is
+        # an older draw's; its other results are current
+        failure = read_failure(dataset.output_dir, key)
+        left_out = set(failure.variants or range(variants)) if failure else set()
+        failed += bool(left_out)
+        for variant in sorted(set(range(variants)) - left_out):
             record = read_result(dataset.output_dir, key, source_path, variant)
             if record is None:
                 missing += 1
@@ -45,8 +47,8 @@ def augmented_dataset(
         context.log.warning(f"{missing} results of {len(keys)} images are not made yet; the dataset leaves them out.")
     if failed:
         context.log.warning(
-            f"{failed} images failed their last run (the report lists why): their results on disk are out of date, "
-            "so the dataset leaves them out."
+            f"{failed} images failed their last run, in some or all of their results (the report lists why): what is "
+            "on disk for those results is out of date, so the dataset leaves them out."
         )
     rows = export_image_folder(
         results, dataset.images_dir, dataset.output_dir, dataset.dataset_dir, config.include_sources
