@@ -132,7 +132,10 @@ class PromptTemplates:
                     "caption": "give it a caption (a .txt beside it, or a metadata.jsonl row) or set caption_fallback",
                     "stem": "rename the file",
                 }
-                raise PromptListError(f"{self._where[index]} uses {{{word}}}, but the image has none: {fixes[word]}.")
+                line = self.lines[index].template  # quoted: a prompt list's n-th prompt is not its file's n-th line
+                raise PromptListError(
+                    f"{self._where[index]}: {line[:80]!r} uses {{{word}}}, but the image has none: {fixes[word]}."
+                )
             return words[word]
 
         if "RDDIMAGEWORD" in text:  # a drawn template: its words are markers; what fills them stays as it is
