@@ -193,6 +193,10 @@ def test_switching_granularity_reuses_every_result(instance, tree):
         reused = [_partition_metadata(instance, key)["reused"] for key in keys]
         assert sum(reused) == 6 and all(_partition_metadata(instance, key)["generated"] == 0 for key in keys)
         assert all(p.stat().st_mtime_ns == mtime for p, mtime in pngs.items())
+        # Switched back, before the sensor replaces these partitions: they hold no image (`plan` counts none).
+        image_partitions = DatasetResource(**tree)
+        found = out_of_date(instance, image_partitions, current_planner(instance, image_partitions))
+        assert (found.images, found.reasons) == (0, {})
 
 
 def test_a_folder_partition_lists_its_own_folder_as_the_whole_scan_finds_it(tmp_path):

@@ -49,8 +49,9 @@ class OutOfDate:
 
     @property
     def images(self) -> int:
-        """How many images the partitions hold (those read, for folder or shard partitions)."""
-        return len(self.keys) if self.granularity.per_image else len(self.judged)
+        """How many of the partitions' images were read: a partition left from another granularity (before the
+        sensor replaces it) holds none."""
+        return len(self.judged)
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these images (default: all that need work) will take, at the measured rates."""

@@ -206,7 +206,7 @@ def plan_command(args: argparse.Namespace) -> int:
         print(f"Not registered yet: {_count(unregistered, 'image')} in the folder; a run makes them too (not priced).")
     _print_gate_failures(found.gate_failures, args.shown)
     if not found.reasons:
-        if found.keys:
+        if found.images:
             print(f"All {_count(found.images, 'registered image')} are up to date: a run would remake none.")
         return 0
     print(f"{summary(found.reasons, found.images)}.")
