@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
 from random_diffusion_dagster.defs.resources import DatasetResource
@@ -300,6 +300,27 @@ def test_only_masked_padding_inpaints_each_image_alone_and_an_inpainting_model_r
         assert (made[:, :32] == source[:, :32]).all() and np.abs(made[:, 32:] - source[:, 32:]).mean() > 2
     assert by_key["cat/b.png"].status == "failed"  # no mask, and this model reads one
     assert "is an inpainting model (its UNet reads a mask), so `if_unpaired: run_without`" in by_key["cat/b.png"].error
+
+
+def test_a_one_pixel_mask_line_is_judged_with_the_pixels_around_it_and_the_batch_keeps_every_result(
+    paired, tmp_path, models_dir
+):
+    """A mask that is one line ("remove a wire", unblurred) made scikit-image's SSIM divide by zero on its 1-pixel
+    box, which failed the whole run; the gates now measure the line with the pixels around it."""
+    wire = Image.new("L", SIZE, 0)
+    ImageDraw.Draw(wire).line([(32, 4), (32, 60)], fill=255, width=1)
+    wire.save(tmp_path / "masks" / "cat" / "a.png")
+    catalog = _catalog(tmp_path / "models.yaml", models_dir, inpaint={"mask_blur": 0}, if_unpaired="run_without")
+    dataset = DatasetResource(**paired, models_file=str(catalog))
+    summary = run_tasks(
+        _plan(dataset, load_catalog(catalog)[0]), PipelineCache(device="cpu"), batch_size=3, log=lambda m: None
+    )
+    assert [r.status for r in summary.results] == ["generated"] * 3, [r.error for r in summary.results]
+    by_key = {result.task.key: result for result in summary.results}
+    (attempt,) = by_key["cat/a.png"].record.quality["attempts"]
+    assert 0 < attempt["change"] <= 1  # measured: the line was repainted
+    made, source = _pixels(by_key["cat/a.png"].task.output_path), _pixels(by_key["cat/a.png"].task.source_path)
+    assert (np.abs(made - source).sum(axis=2) > 0).sum(axis=0).nonzero()[0].tolist() == [32]  # only the line
 
 
 def test_a_sixteen_bit_mask_and_a_bad_inpaint_setting_are_refused_by_name(paired, tmp_path, models_dir):

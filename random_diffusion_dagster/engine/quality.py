@@ -31,6 +31,7 @@ BLANK_CONTRAST = 0.02  # is_low_contrast's fraction of the grey range: a flat im
 MAX_TRIES = 16  # a typo of 100 would make a hundred images per failing result
 GATE_KEYS = ("not_blank", "min_change", "max_change", "prompt_not_truncated", "tries")
 SEEDS = 2**32  # diffusion seeds, as plan.choose draws them
+SSIM_WINDOW = 7  # structural_similarity's default window: the smallest region `change` is measured over
 
 
 class QualityError(ValueError):
@@ -125,9 +126,24 @@ def measure(result: Image.Image, source: Image.Image) -> tuple[float, float]:
     grey, source_grey = _grey(result), _grey(source.resize(result.size))
     low, high = np.percentile(grey, [1, 99])
     side = min(grey.shape)
-    window = min(7, side if side % 2 else side - 1)  # SSIM's window must fit the image, odd
+    window = min(SSIM_WINDOW, side if side % 2 else side - 1)  # SSIM's window must fit the image, odd
     similarity = structural_similarity(source_grey, grey, data_range=255, win_size=window)
     return round(float(high - low) / 255, 4), round(max(1.0 - float(similarity), 0.0), 4)
+
+
+def measured_box(box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`box` (left, top, right, bottom) widened about its centre to SSIM's window where it is thinner, within an
+    image of `size`: a 1-pixel mask line is judged with the pixels around it (SSIM cannot measure a 1-pixel strip)."""
+
+    def widened(low: int, high: int, full: int) -> tuple[int, int]:
+        side = min(SSIM_WINDOW, full)
+        if high - low >= side:
+            return low, high
+        low = min(max(low - (side - (high - low)) // 2, 0), full - side)
+        return low, low + side
+
+    (left, right), (top, bottom) = widened(box[0], box[2], size[0]), widened(box[1], box[3], size[1])
+    return left, top, right, bottom
 
 
 def is_blank(result: Image.Image) -> bool:

@@ -44,7 +44,7 @@ from .output_location import location, require_writable_folder, write_bytes_atom
 from .pairs import MASK, PairError, canny_edges, read_control, read_mask
 from .pipelines import ModelLoadError, PipelineCache, base_key, compiled_graphs, free_memory, graphs_from_cache
 from .plan import ImageTask, active_controlnets
-from .quality import verdict
+from .quality import measured_box, verdict
 from .quiet import engine_warnings_to
 from .results import (
     FAILURES_DIR,
@@ -550,11 +550,14 @@ def _batch_array(images: list[Image.Image]):
 
 
 def _judged_box(source: _Source) -> tuple[int, int, int, int]:
-    """The part of the result its quality gates measure: the mask's bounding box, or all of it."""
+    """The part of the result its quality gates measure: the mask's bounding box (at least SSIM's window), or all
+    of it."""
     whole = (0, 0, *source.model_input.size)
     if source.mask is None:
         return whole
-    return source.model_input.restore(source.mask).getbbox() or whole
+    mask = source.model_input.restore(source.mask)
+    box = mask.getbbox()
+    return measured_box(box, mask.size) if box else whole
 
 
 def _kept_outside_mask(source: _Source, image: Image.Image) -> Image.Image:
