@@ -250,7 +250,8 @@ def test_every_family_inpaints_inside_the_mask_and_keeps_the_rest(paired, tmp_pa
 
 def test_a_comparison_cell_reads_the_pairs_of_its_own_model(paired, tmp_path, models_dir):
     """Cells of a plain and an inpainting entry: the inpainting cell runs with the image's mask, and an image without
-    one fails that cell alone by name."""
+    one fails that cell alone by name, also where the image's own draw is the inpainting entry (that draw's missing
+    mask failed every cell of the image)."""
     from test_comparison import _cell, _compare
     from test_comparison import _materialize as _materialize_comparison
 
@@ -258,17 +259,23 @@ def test_a_comparison_cell_reads_the_pairs_of_its_own_model(paired, tmp_path, mo
         "defaults": {**FAST_DEFAULTS, "resolution": 64, "strength": 1.0, "quality": {"min_change": 0}},
         "models": [
             {"name": "plain", "path": str(models_dir / "tiny-sd15")},
-            {"name": "inpaint", "path": str(models_dir / "tiny-sd15"), "inpaint": True},
+            {"name": "inpaint", "path": str(models_dir / "tiny-sd15"), "inpaint": True, "weight": 1000},
         ],
     }
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(document))
     project = {**paired, "models_file": str(tmp_path / "models.yaml")}
+    dataset = DatasetResource(**project)
+    _planned, unplanned = dataset.planner(["a cat"], dataset.catalog()).plan(dataset.source_files())
+    assert "cat/b.png: model 'inpaint' needs a mask" in unplanned["cat/b.png"]  # its own draw is the inpainting one
     with dg.instance_for_test() as instance:
         _materialize_comparison(instance, project, ["source_images", "model_catalog"])
         result = _compare(instance, project, "cat/a.png", "cat/b.png")
         assert not result.success
         error = str(result.get_step_failure_events()[0].step_failure_data.error)
-        assert "1 of 4 comparison cells failed" in error and "cat/b.png: model 'inpaint' needs a mask" in error
+        assert (
+            "1 of 4 comparison cells failed" in error
+            and "\n- cat/b.png|inpaint: cat/b.png: model 'inpaint' needs" in error
+        )
         inpainted = read_record(_cell(instance, "cat/a.png", "inpaint")["output_path"])
         assert [pair["role"] for pair in inpainted.pairs] == [MASK]
         assert read_record(_cell(instance, "cat/b.png", "plain")["output_path"]).pairs is None

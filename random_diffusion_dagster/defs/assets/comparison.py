@@ -107,8 +107,8 @@ def model_comparison(
         named = set(config.images)
         files = [file for file in files if file.partition_key in named]
     planner = dataset.planner(prompt_list, model_catalog)
-    planned, unreadable = planner.plan(files)
-    # Each image's first result, planned exactly as diffused_image plans it (variants draw other prompts and seeds).
+    planned, unreadable = planner.plan(files, pairs=False)  # each cell reads its own model's pairs (with_model)
+    # Each image's first result, drawn exactly as diffused_image draws it (variants draw other prompts and seeds).
     by_image = {task.key: task for task in planned if task.variant == 0}
     images_of = granularity.group(file.partition_key for file in files)
     by_model = {spec.name: spec for spec in model_catalog}
@@ -135,8 +135,8 @@ def model_comparison(
                         raise dg.Failure(description=f"model_comparison run config: {exc}") from None
                     except PairError as exc:
                         problems[image] = str(exc)
-            if problems:
-                failures[key] = "; ".join(f"{image}: {problem}" for image, problem in problems.items())
+            if problems:  # each names its image
+                failures[key] = "; ".join(problems.values())
     tasks = [task for by_cell in tasks_by_cell.values() for image_tasks in by_cell.values() for task in image_tasks]
     summary = engine.run(tasks, context.log.info)
 
