@@ -161,16 +161,19 @@ def test_a_canny_controlnet_changes_the_output_and_its_control_image_is_kept(pai
 
 
 def test_two_entries_on_one_controlnet_load_it_once_and_each_reads_its_own_control_folder(paired, tmp_path, models_dir):
+    """Entries with the depth ControlNet at 0.5, at 1.0, and at both (two ControlNets reading one control image, each
+    named with its scale in the record: the record kept only the last)."""
     folder = str(controlnet_dir(models_dir, "tiny-controlnet-depth"))
+    scales = {"depth-0.5": [0.5], "depth-1.0": [1.0], "depth-twice": [0.5, 1.0]}
     document = {
         "defaults": {**FAST_DEFAULTS, "resolution": 64, "strength": 1.0},
         "models": [
             {
-                "name": f"depth-{scale}",
+                "name": name,
                 "path": str(models_dir / "tiny-sd15"),
-                "controlnets": [{"path": folder, "control": "depth", "scale": scale}],
+                "controlnets": [{"path": folder, "control": "depth", "scale": scale} for scale in entry_scales],
             }
-            for scale in (0.5, 1.0)
+            for name, entry_scales in scales.items()
         ],
     }
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(document))
@@ -185,8 +188,11 @@ def test_two_entries_on_one_controlnet_load_it_once_and_each_reads_its_own_contr
     assert all(task.pairs[0].path.endswith(f"controls/depth/{task.source_file}") for task in tasks)
     cache = PipelineCache(device="cpu")
     summary = run_tasks(tasks, cache, log=lambda message: None)
-    assert [r.status for r in summary.results] == ["generated"] * 6
+    assert [r.status for r in summary.results] == ["generated"] * 9
     assert (cache.loads, cache.controlnet_loads) == (1, 1)
+    for result in summary.results:
+        recorded = [(pair["role"], pair["scale"]) for pair in result.record.pairs]
+        assert recorded == [("depth", scale) for scale in scales[result.task.model.name]]
 
 
 def _plan(dataset, spec, prompts=("a cat",)):

@@ -797,7 +797,11 @@ def computed_control_path(task: ImageTask, role: str):
 
 
 def _pairs_record(task: ImageTask) -> list[dict]:
-    controlnets = {c.control: c for c in active_controlnets(task)}
+    """The record's `pairs`: each mask and control image, a control image once for each ControlNet reading it (with
+    that ControlNet and its scale), then the roles run without."""
+    readers: dict[str, list] = {}
+    for controlnet in active_controlnets(task):
+        readers.setdefault(controlnet.control, []).append(controlnet)
     rows = []
     for pair in task.pairs:
         row = {"role": pair.role}
@@ -805,9 +809,7 @@ def _pairs_record(task: ImageTask) -> list[dict]:
             row["file"] = f"{CONTROLS_DIR}/{computed_control_path(task, pair.role).name}"
         else:
             row |= {"file": Path(pair.path).name, "sha256": pair.sha256}
-        if pair.role in controlnets:
-            row |= {"controlnet": controlnets[pair.role].name, "scale": controlnets[pair.role].scale}
-        rows.append(row)
+        rows += [row | {"controlnet": c.name, "scale": c.scale} for c in readers.get(pair.role, [])] or [row]
     return rows + [{"role": role, "run_without": True} for role in task.unpaired]
 
 
