@@ -120,6 +120,15 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
     assert broken.returncode == 2 and broken.stdout == "", broken.stdout
     (message,) = [line for line in broken.stderr.splitlines() if line.startswith("error: ")]
     assert f"{prompts}, line " in message and "a {red" in message, broken.stderr
+    # A prompt naming a caption no image has: each image is counted once as one that cannot be planned, and said.
+    prompts.write_text("a photo of {caption}\n")
+    try:
+        captionless = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        prompts.write_text(kept)
+    lines = captionless.stdout.splitlines()
+    assert lines[0] == "3 of 3 images are out of date (cannot be planned: 3).", captionless.stdout
+    assert lines[2] == "Of these, 3 images cannot be planned as is: a run fails them, naming the fix."
 
 
 def _assert_each_run_shows_its_target(home: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
+from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date, summary
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.demo.paired import TINY_INPAINT, controlnet_dir
 from random_diffusion_dagster.engine.catalog import load_catalog
@@ -136,6 +136,17 @@ def test_a_mask_edit_stales_only_its_image(paired, tmp_path, models_dir):
         Image.open(mask).rotate(90).save(mask)
         found = out_of_date(instance, dataset, current_planner(instance, dataset))
         assert found.reasons == {"cat/a.png": "mask or control image changed"}
+        # cat/b ran without a mask: one added is a pair change too, as is dog/c's taken away (it was "catalog").
+        _mask(tmp_path / "masks" / "cat" / "b.png")
+        (Path(paired["images_dir"]) / "dog" / "c.mask.png").unlink()
+        found = out_of_date(instance, dataset, current_planner(instance, dataset))
+        assert set(found.reasons.values()) == {"mask or control image changed"} and len(found.reasons) == 3
+        # An entry that needs its mask: each image without one is counted once as "cannot be planned".
+        _catalog(catalog, models_dir, inpaint=True)
+        (tmp_path / "masks" / "cat" / "b.png").unlink()
+        found = out_of_date(instance, dataset, current_planner(instance, dataset))
+        assert summary(found.reasons, found.images).endswith("(cannot be planned: 2, mask or control image changed: 1)")
+        assert "dog/c.png: model 'paired' needs a mask" in found.reasons["dog/c.png"]
 
 
 def test_a_canny_controlnet_changes_the_output_and_its_control_image_is_kept(paired, tmp_path, models_dir):

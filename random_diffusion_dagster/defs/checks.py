@@ -1,7 +1,5 @@
 """Asset checks: what Dagster believes is done really is on disk, and made from today's inputs."""
 
-from collections import Counter
-
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
@@ -10,7 +8,7 @@ from ..settings import catch_up_setting
 from .asset_keys import DIFFUSED_IMAGE_KEY
 from .assets import model_catalog, prompt_list
 from .draws import record_judged_draws
-from .out_of_date import current_planner, out_of_date, summary
+from .out_of_date import current_planner, out_of_date, reason_counts, summary
 from .partitions import images_partitions
 from .resources import DatasetResource
 
@@ -89,8 +87,7 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
     said = "Every made image is up to date."
     if stale:
         metadata["why"] = dg.MetadataValue.md(
-            "| why | images |\n|---|---|\n"
-            + "".join(f"| {why} | {count} |\n" for why, count in Counter(stale.values()).most_common())
+            "| why | images |\n|---|---|\n" + "".join(f"| {why} | {count} |\n" for why, count in reason_counts(stale))
         )
         shown = list(stale.items())[:SHOWN_KEYS]
         more = f"\n\n...and {len(stale) - len(shown)} more" if len(stale) > len(shown) else ""

@@ -12,6 +12,7 @@ import dagster as dg
 from ..engine.freshness import (
     CATALOG_CHANGED,
     PROMPT_CHANGED,
+    UNPLANNABLE,
     Estimate,
     Judgement,
     MeasuredRates,
@@ -86,8 +87,14 @@ class OutOfDate:
 
 def summary(reasons: dict[str, str], total: int) -> str:
     """`3 of 5 images are out of date (prompt changed: 2, model catalog changed: 1)`."""
-    why = ", ".join(f"{reason}: {count}" for reason, count in Counter(reasons.values()).most_common())
+    why = ", ".join(f"{reason}: {count}" for reason, count in reason_counts(reasons))
     return f"{len(reasons)} of {total} images are out of date" + (f" ({why})" if why else "")
+
+
+def reason_counts(reasons: dict[str, str]) -> list[tuple[str, int]]:
+    """How many images give each reason, most first; an image that cannot be planned counts under UNPLANNABLE
+    (its own message is listed with its key)."""
+    return Counter(UNPLANNABLE if why.startswith(UNPLANNABLE) else why for why in reasons.values()).most_common()
 
 
 def current_planner(instance: dg.DagsterInstance, dataset: DatasetResource) -> Planner:

@@ -147,8 +147,12 @@ def _what_changed(task: ImageTask, record: ResultRecord) -> str:
         return SEED_CHANGED
     if task.prompt != record.prompt or task.negative_prompt != record.negative_prompt:
         return PROMPT_CHANGED
+    # The same roles (a pair now found or now missing is a role run without, `if_unpaired: run_without`, on one
+    # side), other files: an edited, added or removed mask or control image. Other roles: the entry's settings.
+    roles = {pair.role for pair in task.pairs} | set(task.unpaired)
     read = {pair.role: pair.sha256 for pair in task.pairs if not pair.computed}
     recorded = {row["role"]: row["sha256"] for row in record.pairs or [] if "sha256" in row}
-    if task.model.name == record.model and read.keys() == recorded.keys() and read != recorded:
+    same_roles = roles == {row["role"] for row in record.pairs or []}
+    if task.model.name == record.model and same_roles and read != recorded:
         return PAIR_CHANGED
     return CATALOG_CHANGED  # same prompt: the model drawn, or its settings (steps, strength, adapters...)

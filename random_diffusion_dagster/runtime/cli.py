@@ -191,6 +191,7 @@ def add_plan_parser(commands) -> None:
 def plan_command(args: argparse.Namespace) -> int:
     from ..defs.out_of_date import current_planner, out_of_date, summary
     from ..defs.resources import DatasetResource
+    from ..engine.freshness import UNPLANNABLE
 
     chosen = {"seed": args.seed, "variants": args.variants}
     dataset = DatasetResource(**{key: value for key, value in chosen.items() if value is not None})
@@ -211,6 +212,9 @@ def plan_command(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary(found.reasons, found.images)}.")
     print(f"Redoing them: {found.estimate().words()}.")
+    if unplannable := sum(why.startswith(UNPLANNABLE) for why in found.reasons.values()):
+        them = "it" if unplannable == 1 else "them"
+        print(f"Of these, {_count(unplannable, 'image')} cannot be planned as is: a run fails {them}, naming the fix.")
     _print_keys(found.reasons, args.shown)
     options = "".join(f" --{name} {value}" for name, value in chosen.items() if value is not None)
     if options:
