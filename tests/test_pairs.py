@@ -76,6 +76,12 @@ def test_masks_and_controls_are_matched_by_stem_across_nested_folders(paired):
     images = paired["images_dir"]
     scan = scan_images(images, recursive=True)
     assert [file.partition_key for file in scan.files] == ["cat/a.png", "cat/b.png", "dog/c.png"]  # no c.mask.png
+    _mask(Path(images) / "dog" / "gone.mask.png")  # its image deleted: still a mask, not a source, and said
+    scan = scan_images(images, recursive=True)
+    assert [file.partition_key for file in scan.files] == ["cat/a.png", "cat/b.png", "dog/c.png"]
+    assert [(s.name, s.reason.split(":")[0]) for s in scan.skipped] == [
+        ("dog/gone.mask.png", "a mask beside no image named gone.*")
+    ]
     folders = PairFolders(paired["masks_dir"], paired["controls_dir"])
     found = {file.relative_path: folders.find(file.path, file.relative_path, MASK) for file in scan.files}
     assert found["cat/b.png"] is None
@@ -420,6 +426,8 @@ def test_controlnet_entries_that_cannot_work_are_refused_by_name(paired, tmp_pat
     canny = str(controlnet_dir(models_dir, "tiny-controlnet-canny"))
     for controlnet, expected in (
         ({"path": str(models_dir / "tiny-sd15" / "unet"), "control": "canny"}, "is no diffusers ControlNet"),
+        ({"path": "controlnets/typo", "control": "canny"}, f"ControlNet folder {tmp_path}/controlnets/typo "),
+        ({"path": "controlnets/typo", "control": "canny"}, "(`controlnets` item 1) does not exist: fix its `path`"),
         ({"path": canny, "control": "mask"}, "`control: mask` would read the inpainting mask as a control image"),
     ):
         with pytest.raises(ValueError, match=re.escape(expected)):

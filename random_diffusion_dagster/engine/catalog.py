@@ -876,6 +876,11 @@ def _controlnet_folders(
     resolved = []
     for index, controlnet in enumerate(controlnets):
         folder = (base_dir / controlnet.path).resolve()
+        if problem := kind_problem(folder, "folder"):
+            raise CatalogError(
+                f"{where}: ControlNet folder {folder} (`controlnets` item {index + 1}) {problem}: fix its `path` (a "
+                "relative path is read from the catalog's folder), or remove the item."
+            )
         if _config_class(folder / "config.json") != "ControlNetModel":
             raise CatalogError(
                 f"{where}: {folder} (`controlnets` item {index + 1}) is no diffusers ControlNet (its config.json "

@@ -217,8 +217,13 @@ def _scan_entries(
             continue
         if entry.name.startswith(".") or entry.name in CAPTION_FILES:
             continue
-        if sidecars and _sidecar_of(entry.name) in stems:
-            continue  # `<stem>.txt` or `<stem>.mask.png` beside an image: its caption or its mask
+        if sidecars and (owner := _sidecar_of(entry.name)) is not None:
+            if owner in stems:
+                continue  # `<stem>.txt` or `<stem>.mask.png` beside an image: its caption or its mask
+            if not entry.name.endswith(".txt"):  # a caption left alone is named where it is read as an image
+                why = f"a mask beside no image named {owner}.*: not taken for a source; remove it, or rename it"
+                scan.skipped.append(SkippedEntry(shown, why))
+                continue
         problem = _file_problem(entry, info)
         if problem:
             scan.skipped.append(SkippedEntry(shown, problem))
