@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from random_diffusion_dagster.defs.automation.new_images_sensor import decide, new_images_sensor
-from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date
+from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date, summary
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.granularity import Granularity
@@ -193,6 +193,10 @@ def test_switching_granularity_reuses_every_result(instance, tree):
         reused = [_partition_metadata(instance, key)["reused"] for key in keys]
         assert sum(reused) == 6 and all(_partition_metadata(instance, key)["generated"] == 0 for key in keys)
         assert all(p.stat().st_mtime_ns == mtime for p, mtime in pngs.items())
+        # A pass over some of them (the check's, after a run) cannot count the others' images: it names no total.
+        grouped = DatasetResource(**tree, partitions=granularity)
+        some = out_of_date(instance, grouped, current_planner(instance, grouped), only=keys[:1])
+        assert some.images is None and summary({"cat/c0.jpg": "prompt changed"}, some.images).startswith("1 image is")
         # Switched back, before the sensor replaces these partitions: they hold no image (`plan` counts none).
         image_partitions = DatasetResource(**tree)
         found = out_of_date(instance, image_partitions, current_planner(instance, image_partitions))

@@ -104,6 +104,7 @@ def test_a_prompts_edit_is_counted_by_the_check_and_the_catch_up_asks_for_exactl
     _materialize(instance, project, IMAGES_RUN, [first])
     evaluation = _latest(instance)
     assert evaluation.metadata["out_of_date"].value == len(rest) and evaluation.passed == (not rest)
+    assert evaluation.metadata["images"].value == 3  # of every image, not of those re-read
     assert set(evaluation.metadata["out_of_date_keys"].value if rest else []) == set(rest)
 
     # The redo path: catch_up_schedule's ranged runs redo exactly the rest; a current image inside a range is reused.

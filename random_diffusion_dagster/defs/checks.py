@@ -83,7 +83,9 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         context.log.warning(f"Cannot tell which images are out of date: {exc}")
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={"error": str(exc)})
     stale = found.made_before()
-    metadata = {"out_of_date": len(stale), "images": found.images, "inputs": planner.inputs_version}
+    metadata = {"out_of_date": len(stale), "inputs": planner.inputs_version}
+    if found.images is not None:
+        metadata["images"] = found.images
     said = "Every made image is up to date."
     if stale:
         metadata["why"] = dg.MetadataValue.md(

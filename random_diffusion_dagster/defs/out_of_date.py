@@ -47,12 +47,10 @@ class OutOfDate:
     expected_steps: float  # denoising steps of a result whose model is drawn only when it runs: the catalog's mean
     judged: dict[str, Judgement]  # image key -> its judgement, for each image read (draws.record_judged_draws)
     granularity: Granularity
-
-    @property
-    def images(self) -> int:
-        """How many of the partitions' images were read: a partition left from another granularity (before the
-        sensor replaces it) holds none."""
-        return len(self.judged)
+    # How many images the partitions hold: those read in a whole pass (a partition left from another granularity,
+    # before the sensor replaces it, holds none); in a pass over some (`only`) one per image partition, and None for
+    # folders or shards, whose other images were not listed.
+    images: int | None
 
     def estimate(self, keys: Iterable[str] | None = None) -> Estimate:
         """What redoing these images (default: all that need work) will take, at the measured rates."""
@@ -85,10 +83,13 @@ class OutOfDate:
         return requests
 
 
-def summary(reasons: dict[str, str], total: int) -> str:
-    """`3 of 5 images are out of date (prompt changed: 2, model catalog changed: 1)`."""
+def summary(reasons: dict[str, str], total: int | None) -> str:
+    """`3 of 5 images are out of date (prompt changed: 2, model catalog changed: 1)` (without `of 5` where the total
+    is unknown)."""
     why = ", ".join(f"{reason}: {count}" for reason, count in reason_counts(reasons))
-    return f"{len(reasons)} of {total} images are out of date" + (f" ({why})" if why else "")
+    of = "" if total is None else f" of {total}"
+    noun = "image is" if len(reasons) == 1 and total is None else "images are"
+    return f"{len(reasons)}{of} {noun} out of date" + (f" ({why})" if why else "")
 
 
 def reason_counts(reasons: dict[str, str]) -> list[tuple[str, int]]:
@@ -144,7 +145,10 @@ def out_of_date(
         reasons[key] = why
     catalog = planner.catalog
     expected = sum(m.weight * m.denoising_steps for m in catalog) / sum(m.weight for m in catalog)
-    return OutOfDate(keys, reasons, frozenset(recorded), to_make, rates, expected, judgements, dataset.granularity)
+    images = len(judgements) if only is None else len(keys) if dataset.granularity.per_image else None
+    return OutOfDate(
+        keys, reasons, frozenset(recorded), to_make, rates, expected, judgements, dataset.granularity, images
+    )
 
 
 # engine.freshness judges from the result alone; a redraw after a prompts edit may change the model drawn too.
