@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from random_diffusion_dagster.defs.automation.new_images_sensor import decide, new_images_sensor
+from random_diffusion_dagster.defs.checks import results_up_to_date
 from random_diffusion_dagster.defs.out_of_date import current_planner, out_of_date, summary
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
@@ -21,7 +22,7 @@ from random_diffusion_dagster.settings import SettingError, max_partitions_per_r
 
 from helpers import make_image, write_catalog
 from local_services import apply_partition_requests
-from test_assets import _materialize, _partition_metadata
+from test_assets import ALL_ASSETS, _materialize, _partition_metadata, _resources
 from test_cli import BIN, _env
 
 SETTLED = time.time() - 3600  # files older than the sensor's settle time
@@ -163,6 +164,15 @@ def test_folder_partitions_run_whole_folders_and_a_new_image_costs_one_image(ins
     drew_label = {key for key, judged in found.judged.items() if judged.made[0].prompt.endswith("snow")}
     assert set(found.reasons) == drew_label  # only the images whose line changed, by image key
     stale_folders = {key.rpartition("/")[0] or "." for key in found.reasons}
+    # The check lists them under the partitions the UI shows, and names no total it did not count.
+    check = dg.AssetSelection.checks(results_up_to_date)
+    resources = _resources(tree, **folder)
+    dg.materialize([*ALL_ASSETS, results_up_to_date], selection=check, instance=instance, resources=resources)
+    record = instance.get_latest_asset_check_evaluation_record(results_up_to_date.check_key)
+    listed = record.event.dagster_event.asset_check_evaluation_data.metadata["partitions"].value.splitlines()
+    assert sorted(listed) == sorted(
+        f"- {key.rpartition('/')[0] or '.'}: {key}: prompt changed" for key in found.reasons
+    )
     (request,) = found.run_requests(lambda first: f"catch-up:{first}")
     keys = instance.get_dynamic_partitions("images")
     covered = keys[keys.index(request.tags[RANGE_START_TAG]) : keys.index(request.tags[RANGE_END_TAG]) + 1]

@@ -24,8 +24,17 @@ def results_readable_on_disk(context: dg.AssetCheckExecutionContext, dataset: Da
     missing = [key for key, source in sources.items() if read_result(dataset.output_dir, key, source) is None]
     metadata = {"checked": len(sources), "missing_or_unreadable": len(missing)}
     if missing:
-        metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {key}" for key in missing[:200]))
+        metadata["partitions"] = _listed({key: None for key in missing[:SHOWN_KEYS]}, dataset)
     return dg.AssetCheckResult(passed=not missing, metadata=metadata)
+
+
+def _listed(images: dict[str, str | None], dataset: DatasetResource, more: str = "") -> dg.MetadataValue:
+    """`- key: why` per image key; with folder or shard partitions `- partition: key: why`, naming the partition the
+    UI shows."""
+    partition_of = dataset.granularity.partition_of
+    shown = (key if dataset.granularity.per_image else f"{partition_of(key)}: {key}" for key in images)
+    lines = (f"- {where}" + (f": {why}" if why else "") for where, why in zip(shown, images.values(), strict=True))
+    return dg.MetadataValue.md("\n".join(lines) + more)
 
 
 def _partitions_to_check(context: dg.AssetCheckExecutionContext) -> list[str]:
@@ -93,7 +102,7 @@ def results_up_to_date(context: dg.AssetCheckExecutionContext, dataset: DatasetR
         )
         shown = list(stale.items())[:SHOWN_KEYS]
         more = f"\n\n...and {len(stale) - len(shown)} more" if len(stale) > len(shown) else ""
-        metadata["partitions"] = dg.MetadataValue.md("\n".join(f"- {k}: {why}" for k, why in shown) + more)
+        metadata["partitions"] = _listed(dict(shown), dataset, more)
         estimate = found.estimate(stale)
         metadata["estimated_gpu_time"] = estimate.words()
         if estimate.seconds is not None:
