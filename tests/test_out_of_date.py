@@ -212,7 +212,8 @@ def test_an_edit_shows_its_cost_before_anything_runs_and_the_catch_up_matches_it
 
     requests = _schedule_requests(instance, project)
     assert _requested_keys(instance, requests) == set(keys)  # the count the schedule then requests
-    assert sum(float(r.tags[ESTIMATE_TAG]) for r in requests) == pytest.approx(cost["estimated_gpu_seconds"], abs=1)
+    tagged = [float(r.tags[ESTIMATE_TAG]) for r in requests]  # tenths of a second: a tiny model's run is not 0
+    assert all(tagged) and sum(tagged) == pytest.approx(cost["estimated_gpu_seconds"], abs=0.1 * len(tagged))
     for request in requests:
         _materialize(instance, project, IMAGES_RUN, [request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]])
     measured = sum(

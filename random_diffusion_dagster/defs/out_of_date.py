@@ -78,7 +78,7 @@ class OutOfDate:
         images = self.granularity.group(self.reasons)  # partition -> its images that need work
         for span in partition_ranges(self.keys, images, bridge_gaps=True):
             seconds = self.estimate(key for partition in span.keys for key in images.get(partition, [])).seconds
-            tags = span.tags | ({ESTIMATE_TAG: f"{seconds:.0f}"} if seconds is not None else {})
+            tags = span.tags | ({ESTIMATE_TAG: f"{seconds:.1f}"} if seconds is not None else {})
             requests.append(dg.RunRequest(run_key=run_key(span.first), job_name=job_name, tags=tags))
         return requests
 
