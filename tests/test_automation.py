@@ -11,6 +11,7 @@ import dagster as dg
 
 from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_schedule
 from random_diffusion_dagster.defs.automation.new_images_sensor import SETTLE_SECONDS, decide, new_images_sensor
+from random_diffusion_dagster.defs.checks import results_up_to_date
 from random_diffusion_dagster.defs.resources import DatasetResource
 from random_diffusion_dagster.defs.run_ranges import RANGE_END_TAG, RANGE_START_TAG
 from random_diffusion_dagster.engine.images import SourceFile, partition_key_for
@@ -18,7 +19,7 @@ from random_diffusion_dagster.settings import max_partitions_per_run
 
 from helpers import make_image, result_file
 from local_services import apply_partition_requests
-from test_assets import _diffuse_all
+from test_assets import ALL_ASSETS, _diffuse_all, _resources
 
 
 def _age(path: Path, seconds: float = SETTLE_SECONDS + 5) -> None:
@@ -167,3 +168,32 @@ def test_the_sensor_decision_settles_adds_replaces_skips_and_removes_from_its_in
     # A third tick over the same files changes nothing.
     third = decide(second.cursor, second.kept, [fresh, replaced], now + 60 * 10**9, lambda f: None)
     assert (third.new_keys, third.replaced, third.gone, third.skipped) == ([], {}, [], {})
+
+
+def test_a_run_whose_images_all_failed_refreshes_the_report_and_the_up_to_date_check(instance, project):
+    """A run that made nothing updates no asset, yet the report's failures changed and the check it carried was
+    left unevaluated ("Execution failed"): report_automation_sensor's conditions ask for both again."""
+    from random_diffusion_dagster.definitions import defs
+
+    _diffuse_all(instance, project)
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    assert settled.total_requested == 0  # nothing new since
+    bad = make_image(Path(project["images_dir"]) / "bad.png")
+    bad.write_bytes(bad.read_bytes()[:70])  # cannot be decoded: its run fails
+    instance.add_dynamic_partitions("images", ["bad.png"])
+    run = dg.AssetSelection.assets("prompt_list", "model_catalog", "image_draw", "diffused_image")
+    failed = dg.materialize(  # with its checks, as the sensor's runs carry them
+        [*ALL_ASSETS, results_up_to_date],
+        selection=run | dg.AssetSelection.checks(results_up_to_date),
+        partition_key="bad.png",
+        instance=instance,
+        resources=_resources(project),
+        raise_on_error=False,
+    )
+    assert not failed.success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    requested = {result.key: result.true_subset.size for result in after.results if result.true_subset.size}
+    assert requested == {dg.AssetKey("diffusion_report"): 1, results_up_to_date.check_key: 1}
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
+    assert again.total_requested == 0  # asked once, not on every tick while the image stays failed

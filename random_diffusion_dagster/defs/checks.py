@@ -7,6 +7,7 @@ from ..engine.results import read_result
 from ..settings import catch_up_setting
 from .asset_keys import DIFFUSED_IMAGE_KEY
 from .assets import model_catalog, prompt_list
+from .assets.report import DEPS_UPDATED_OR_FAILED
 from .draws import record_judged_draws
 from .out_of_date import current_planner, out_of_date, reason_counts, summary
 from .partitions import images_partitions
@@ -62,11 +63,12 @@ REDO = (
     "catalog changes), `nightly` (RANDOM_DIFFUSION_CATCH_UP_CRON, 03:00 by default) or `off`."
 )
 
-# Evaluated again whenever diffused_image, prompt_list or model_catalog is updated by a run that did not carry it
-# (report_automation_sensor), so the count follows a prompts edit and a catch-up without anyone asking.
+# Evaluated again whenever diffused_image, prompt_list or model_catalog is updated by a run that did not carry it, or
+# fails (report_automation_sensor), so the count follows a prompts edit and a catch-up without anyone asking, and a
+# failed run's unevaluated check is not left as the last word.
 UP_TO_DATE_AUTOMATION = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled() & ~dg.AutomationCondition.any_deps_in_progress()
-).with_label("after diffused images or their inputs update")
+    DEPS_UPDATED_OR_FAILED.since_last_handled() & ~dg.AutomationCondition.any_deps_in_progress()
+).with_label("after diffused images or their inputs update or fail")
 
 
 @dg.asset_check(
