@@ -99,10 +99,10 @@ def report_what_was_read(context: dg.AssetExecutionContext, events: list[dg.Asse
 
     Dagster reads the upstream versions for a step's provenance when the step starts; without the refresh, the first
     result made from a file would record no version for it, and a later change would never show as stale. (The step
-    context's wipe is Dagster's own tool for inputs that change during the step.) A partition whose latest recorded
-    version is the one read is not reported again: re-rolls and catch-up runs read unchanged images. The rest go to the
-    storage as one batch, as a step's output's events do (`context.log_event` writes each alone, while the GPU waits);
-    they show in the run's event log, not among an in-process result's events.
+    context's wipe is Dagster's own tool for inputs that change during the step.) A file or partition whose latest
+    recorded version is the one read is not reported again: re-rolls and catch-up runs read unchanged images. The
+    rest go to the storage as one batch, as a step's output's events do (`context.log_event` writes each alone, while
+    the GPU waits); they show in the run's event log, not among an in-process result's events.
     """
     events = _not_on_record(context.instance, events)
     step = context.get_step_execution_context()
@@ -114,8 +114,14 @@ def report_what_was_read(context: dg.AssetExecutionContext, events: list[dg.Asse
 
 
 def _not_on_record(instance: dg.DagsterInstance, events: list[dg.AssetObservation]) -> list[dg.AssetObservation]:
-    """The events whose partition's latest observation holds another version, or none (one query per asset)."""
-    recorded: dict[tuple[dg.AssetKey, str], str | None] = {}
+    """The events whose asset's (or partition's) latest observation holds another version, or none (one query per
+    asset). An unchanged prompts or catalog file keeps its latest observation: the one input_files_sensor wrote,
+    with what the edit costs, stays the one its page shows."""
+    recorded: dict[tuple[dg.AssetKey, str | None], str | None] = {}
+    for key in {event.asset_key for event in events if not event.partition}:
+        latest = instance.fetch_observations(key, limit=1).records
+        observation = latest[0].asset_observation if latest else None
+        recorded[(key, None)] = observation.tags.get(DATA_VERSION_TAG) if observation else None
     for key in {event.asset_key for event in events if event.partition}:
         partitions = [event.partition for event in events if event.asset_key == key and event.partition]
         latest = instance.event_log_storage.get_latest_tags_by_partition(
@@ -123,9 +129,7 @@ def _not_on_record(instance: dg.DagsterInstance, events: list[dg.AssetObservatio
         )
         recorded.update({(key, partition): tags.get(DATA_VERSION_TAG) for partition, tags in latest.items()})
     return [
-        event
-        for event in events
-        if not event.partition or recorded.get((event.asset_key, event.partition)) != event.tags[DATA_VERSION_TAG]
+        event for event in events if recorded.get((event.asset_key, event.partition)) != event.tags[DATA_VERSION_TAG]
     ]
 
 
