@@ -149,13 +149,22 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
     with dg.instance_for_test() as instance:
         _diffuse_all(instance, labelled)
         again = _export(instance, labelled, dataset_dir=str(export))
-    assert again.success
-    metadata = again.asset_materializations_for_node("augmented_dataset")[0].metadata
-    assert (metadata["results"].value, metadata["images_failed"].value) == (2, 1)
-    assert datasets.load_dataset("imagefolder", data_dir=str(export), split="train")["source_file"] == [
-        "cat/001.jpg",
-        "dog/002.png",
-    ]
+        assert again.success
+        metadata = again.asset_materializations_for_node("augmented_dataset")[0].metadata
+        assert (metadata["results"].value, metadata["images_failed"].value) == (2, 1)
+        assert metadata["results_out_of_date"].value == 0
+        assert datasets.load_dataset("imagefolder", data_dir=str(export), split="train")["source_file"] == [
+            "cat/001.jpg",
+            "dog/002.png",
+        ]
+        # A prompts edit: results made from the old prompts are exported as made, and counted and said.
+        prompts = Path(labelled["prompts_file"])
+        prompts.write_text(prompts.read_text().replace("{caption}", "{label}, {caption}"))
+        stale = _export(instance, labelled, dataset_dir=str(export))
+        metadata = stale.asset_materializations_for_node("augmented_dataset")[0].metadata
+        assert (metadata["results"].value, metadata["results_out_of_date"].value) == (2, 2)
+        said = [entry.user_message for entry in instance.all_logs(stale.run_id) if "out of date (" in entry.message]
+        assert said[0].startswith("2 exported results are out of date (images: prompt changed: 2): "), said
 
 
 def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):

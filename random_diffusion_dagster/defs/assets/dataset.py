@@ -4,9 +4,11 @@ import dagster as dg
 from pydantic import Field
 
 from ...engine.dataset import METADATA_FILE, export_image_folder
+from ...engine.freshness import NO_RESULT
 from ...engine.results import read_failure, read_result, result_location
 from ..asset_keys import DIFFUSED_IMAGE_KEY
 from ..metadata import table
+from ..out_of_date import NOT_RECORDED, current_planner, out_of_date, reason_counts
 from ..partitions import images_partitions
 from ..resources import DatasetResource
 
@@ -50,6 +52,15 @@ def augmented_dataset(
             f"{failed} images failed their last run, in some or all of their results (the report lists why): what is "
             "on disk for those results is out of date, so the dataset leaves them out."
         )
+    stale = _out_of_date(context, dataset)
+    exported_stale = sum(record.key in stale for record, _location in results)
+    if exported_stale:
+        exported = {record.key for record, _location in results}
+        why = ", ".join(f"{reason}: {n}" for reason, n in reason_counts({k: stale[k] for k in stale if k in exported}))
+        context.log.warning(
+            f"{exported_stale} exported results are out of date (images: {why}): each row keeps the prompt and model "
+            "that made it; redo them first (catch_up_schedule, or `random-diffusion run`) for today's draws."
+        )
     rows = export_image_folder(
         results, dataset.images_dir, dataset.output_dir, dataset.dataset_dir, config.include_sources
     )
@@ -62,6 +73,7 @@ def augmented_dataset(
             "results": len(results),
             "results_missing": missing,
             "images_failed": failed,
+            "results_out_of_date": exported_stale,
             "labels": table(
                 [{"label": label, "images": sum(r.label == label for r in rows)} for label in labels],
                 {"label": "string", "images": "int"},
@@ -73,3 +85,14 @@ def augmented_dataset(
             ),
         }
     )
+
+
+def _out_of_date(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dict[str, str]:
+    """Image key -> why its results on disk are not today's draw (results_up_to_date's rule); none where the prompts
+    or catalog cannot be read (their runs name the problem)."""
+    try:
+        found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
+    except (ValueError, OSError) as exc:
+        context.log.warning(f"Cannot tell which results are out of date: {exc}")
+        return {}
+    return {key: why for key, why in found.reasons.items() if why not in (NO_RESULT, NOT_RECORDED)}
