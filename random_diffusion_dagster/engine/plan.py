@@ -233,10 +233,10 @@ class Planner:
         relative_path: str = "",
         variant: int = 0,
         roll: int = 0,
-        pairs: bool = True,
+        with_pairs: bool = True,
     ) -> ImageTask:
         """The image's task (its `variant`-th result); `words` fill the line's image words (words_for),
-        PromptListError if one is missing. `pairs=False`: the draw without the drawn model's pairs (a comparison
+        PromptListError if one is missing. `with_pairs=False`: the draw without the drawn model's pairs (a comparison
         cell reads its own model's, with_model)."""
         line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog, variant, roll)
         seed_of_template = template_seed(source.sha256, self.run_seed, variant, roll)
@@ -244,7 +244,7 @@ class Planner:
         filled = {**words, "caption": words.get("caption") or self.caption_fallback}
         resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
         source_file = relative_path or Path(source_path).name
-        pairs, unpaired = self._pairs(model, source_path, source_file) if pairs else ((), ())
+        pairs, unpaired = self._pairs(model, source_path, source_file) if with_pairs else ((), ())
         return ImageTask(
             key=key,
             source_path=str(source_path),
@@ -302,9 +302,9 @@ class Planner:
         kept = record.roll if record is not None and (record.key, record.variant) == (key, variant) else 0
         return kept + (key in self.rerolls or f"{key}~v{variant}" in self.rerolls)
 
-    def plan(self, files: list[SourceFile], pairs: bool = True) -> tuple[list[ImageTask], dict[str, str]]:
+    def plan(self, files: list[SourceFile], with_pairs: bool = True) -> tuple[list[ImageTask], dict[str, str]]:
         """(tasks, key -> why it cannot be planned) for files found in the images folder: `variants` tasks each
-        (`pairs`: as task's).
+        (`with_pairs`: as task's).
 
         A result still under a name an earlier version gave it is moved to the task's output path first
         (adopt_earlier_result, through roll_of), so the run reuses it instead of making it again.
@@ -315,7 +315,9 @@ class Planner:
                 snapshot = snapshot_source(file.path)
                 words = self.words_for(file)
                 tasks += [
-                    self.task(file.partition_key, file.path, snapshot, words, file.relative_path, variant, roll, pairs)
+                    self.task(
+                        file.partition_key, file.path, snapshot, words, file.relative_path, variant, roll, with_pairs
+                    )
                     for variant in range(self.variants)
                     for roll in [self.roll_of(file, variant)]
                 ]

@@ -107,7 +107,7 @@ def model_comparison(
         named = set(config.images)
         files = [file for file in files if file.partition_key in named]
     planner = dataset.planner(prompt_list, model_catalog)
-    planned, unreadable = planner.plan(files, pairs=False)  # each cell reads its own model's pairs (with_model)
+    planned, unreadable = planner.plan(files, with_pairs=False)  # each cell reads its own model's pairs (with_model)
     # Each image's first result, drawn exactly as diffused_image draws it (variants draw other prompts and seeds).
     by_image = {task.key: task for task in planned if task.variant == 0}
     images_of = granularity.group(file.partition_key for file in files)

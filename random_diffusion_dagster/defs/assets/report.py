@@ -35,13 +35,13 @@ SUMMARY_TABLE = {
     ),
 }
 
-# Refresh after diffused images change, but (unlike `eager()`) do not wait for every
-# partition: one image that keeps failing must not block the report forever.
 # Images made, or images failed: a run whose every image failed updates nothing, yet it changes the report's
 # failures and leaves the checks it carried unevaluated ("Execution failed").
 DEPS_UPDATED_OR_FAILED = dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.any_deps_match(
     dg.AutomationCondition.execution_failed().newly_true()
 )
+# Refresh after diffused images change or fail, but (unlike `eager()`) do not wait for every
+# partition: one image that keeps failing must not block the report forever.
 REPORT_AUTOMATION = (
     DEPS_UPDATED_OR_FAILED.since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
