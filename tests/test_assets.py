@@ -239,6 +239,7 @@ def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance
     reused = _partition_metadata(instance, good[0])
     assert "inference_seconds" not in reused and "batch_size" not in reused
     assert reused["when_made"].startswith("reused; made 20") and " inference " in reused["when_made"]
+    assert " peak RSS " in reused["when_made"]  # the making run's memory, on a CPU too
     assert isinstance(_partition_metadata(instance, "bad.png")["inference_seconds"], float)
 
     _, all_reused = _diffuse_all(instance, project)

@@ -146,6 +146,7 @@ def when_made(record) -> str:
             ("total", record.total_seconds, " s"),
             ("model load share", record.pipeline_load_seconds, " s"),
             ("peak VRAM reserved", record.vram_peak_reserved_mb, " MiB"),
+            ("peak RSS", record.rss_peak_mb, " MiB"),
             ("batch of", record.batch_size, ""),
         )
         if value is not None
