@@ -104,7 +104,7 @@ def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_
         assert puppy in keys and read_record(result_path(outputs, "dog/puppies/003 (copy).png")) is None
         assert _partition_metadata(instance, "cat/001.jpg")["prompt"].endswith("a ginger cat on a sofa")
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
-        assert "dog/puppies/003 (copy).png" in failure
+        assert "\n- dog/puppies/003 (copy).png: prompt list, prompt 1: " in failure  # named once, by its file
         assert (
             "prompt 1: 'a {photo|painting} of a {label}, {caption}' uses {caption}, but the image has none" in failure
         )

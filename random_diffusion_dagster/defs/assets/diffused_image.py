@@ -171,8 +171,8 @@ def _diffuse(
     context.instance.add_run_tags(context.run.run_id, run_figures(summary, failures))
     if failures:
         images = {t.key for t in tasks} | set(missing) | set(unplanned)
+        lines = [f"- {e}" if k in unplanned else f"- {k}: {e}" for k, e in failures.items()]  # those name their image
         raise dg.Failure(
             description=f"{len(failures)} of {len(images)} images failed; the "
-            f"{len(finished)} finished are saved and recorded, and a rerun reuses them:\n"
-            + "\n".join(f"- {k}: {e}" for k, e in failures.items()),
+            f"{len(finished)} finished are saved and recorded, and a rerun reuses them:\n" + "\n".join(lines),
         )
