@@ -175,25 +175,32 @@ def test_a_run_whose_images_all_failed_refreshes_the_report_and_the_up_to_date_c
     left unevaluated ("Execution failed"): report_automation_sensor's conditions ask for both again."""
     from random_diffusion_dagster.definitions import defs
 
+    definitions = [*ALL_ASSETS, results_up_to_date]
+    refresh = dg.AssetSelection.assets("diffusion_report") | dg.AssetSelection.checks(results_up_to_date)
+
+    def fail(name: str) -> None:
+        """A run over one image that cannot be decoded, with the check, as the sensor's runs carry it."""
+        bad = make_image(Path(project["images_dir"]) / name)
+        bad.write_bytes(bad.read_bytes()[:70])
+        instance.add_dynamic_partitions("images", [name])
+        run = dg.AssetSelection.assets("prompt_list", "model_catalog", "image_draw", "diffused_image")
+        selection = run | dg.AssetSelection.checks(results_up_to_date)
+        resources, named = _resources(project), {"partition_key": name, "raise_on_error": False}
+        failed = dg.materialize(definitions, selection=selection, instance=instance, resources=resources, **named)
+        assert not failed.success
+
+    def tick(cursor) -> tuple[dict, object]:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return {r.key: r.true_subset.size for r in result.results if r.true_subset.size}, result.cursor
+
     _diffuse_all(instance, project)
-    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
-    assert settled.total_requested == 0  # nothing new since
-    bad = make_image(Path(project["images_dir"]) / "bad.png")
-    bad.write_bytes(bad.read_bytes()[:70])  # cannot be decoded: its run fails
-    instance.add_dynamic_partitions("images", ["bad.png"])
-    run = dg.AssetSelection.assets("prompt_list", "model_catalog", "image_draw", "diffused_image")
-    failed = dg.materialize(  # with its checks, as the sensor's runs carry them
-        [*ALL_ASSETS, results_up_to_date],
-        selection=run | dg.AssetSelection.checks(results_up_to_date),
-        partition_key="bad.png",
-        instance=instance,
-        resources=_resources(project),
-        raise_on_error=False,
-    )
-    assert not failed.success
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
-    requested = {result.key: result.true_subset.size for result in after.results if result.true_subset.size}
+    _requested, cursor = tick(None)
+    requested, cursor = tick(cursor)
+    assert requested == {}  # nothing new since
+    fail("bad.png")
+    requested, cursor = tick(cursor)
     assert requested == {dg.AssetKey("diffusion_report"): 1, results_up_to_date.check_key: 1}
-    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
-    assert again.total_requested == 0  # asked once, not on every tick while the image stays failed
+    # The requested refresh runs; the failed image stays failed: nothing more is asked for.
+    assert dg.materialize(definitions, selection=refresh, instance=instance, resources=_resources(project)).success
+    requested, cursor = tick(cursor)
+    assert requested == {}  # asked once, not on every tick while the image stays failed
