@@ -200,6 +200,8 @@ def test_an_edit_shows_its_cost_before_anything_runs_and_the_catch_up_matches_it
     """The figure on the edited file's observation: the count the catch-up then redoes, and a GPU (here CPU) time
     within a factor of three of the inference time the catch-up then records (tiny models on a shared CPU)."""
     keys, cursor = made
+    never_made = make_image(Path(project["images_dir"]) / "late.png")  # registered, never made: not the edit's cost
+    instance.add_dynamic_partitions("images", [never_made.name])
     catalog = yaml.safe_load(open(project["models_file"]))
     catalog["defaults"]["strength"] = 0.6
     with open(project["models_file"], "w") as handle:
@@ -208,7 +210,9 @@ def test_an_edit_shows_its_cost_before_anything_runs_and_the_catch_up_matches_it
     (observation,) = [e for e in result.asset_events if e.asset_key == dg.AssetKey("models_file")]
     instance.report_runless_asset_event(observation)  # as the daemon stores it
     cost = {label: value.value for label, value in observation.metadata.items()}
-    assert cost["out_of_date_images"] == 3 and cost["results_to_make"] == 3
+    assert cost["out_of_date_images"] == 3 and cost["results_to_make"] == 3  # not late.png, never made
+    instance.delete_dynamic_partition("images", never_made.name)
+    never_made.unlink()
     assert cost["estimated_gpu_time"].startswith("about ") and cost["estimated_gpu_seconds"] > 0
 
     requests = _schedule_requests(instance, project)

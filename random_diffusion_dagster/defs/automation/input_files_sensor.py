@@ -67,17 +67,20 @@ def _out_of_date(context: dg.SensorEvaluationContext, dataset: DatasetResource) 
     except (ValueError, OSError) as exc:
         context.log.warning(f"Cannot tell what the edit makes out of date: {exc}")
         return None
-    context.log.info(f"{summary(found.reasons, found.images)}; redoing them takes {found.estimate().words()}")
+    stale = found.made_before()
+    context.log.info(f"{summary(stale, found.images)}; redoing them takes {found.estimate(stale).words()}")
     return found
 
 
 def _cost(found: OutOfDate | None) -> dict:
-    """What the edit costs, shown on the changed file's observation before anything is redone."""
+    """What the edit costs, shown on the changed file's observation before anything is redone: the made images it
+    makes out of date, as the check counts them (an image never made, or failing, is not the edit's)."""
     if found is None:
         return {}
-    estimate = found.estimate()
+    stale = found.made_before()
+    estimate = found.estimate(stale)
     cost = {
-        "out_of_date_images": len(found.reasons),
+        "out_of_date_images": len(stale),
         "results_to_make": estimate.results,
         "estimated_gpu_time": estimate.words(),
     }
