@@ -1,9 +1,12 @@
 """Faults during a run: Dagster's record and the disk agree, and every failure is named."""
 
+import concurrent.futures
 import datetime
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
-from random_diffusion_dagster.engine.output_location import OutputLocationError
+from random_diffusion_dagster.engine.output_location import OutputLocationError, write_bytes_atomic
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.report import build_report
@@ -117,6 +120,51 @@ def test_an_output_location_that_is_a_file_fails_before_any_model_loads(project,
     with pytest.raises(OutputLocationError, match="is a file, not a folder.*RANDOM_DIFFUSION_OUTPUT_DIR"):
         run_tasks(tasks, cache, log=lambda m: None)
     assert cache.loads == 0
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from random_diffusion_dagster.engine.output_location import _locked_temporary
+os.write(_locked_temporary(Path(sys.argv[1])), b"half a PNG")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_write_killed_midway_leaves_no_temporary_file_once_its_file_is_written_again(tmp_path):
+    """`kill -9` between the temporary file and the rename (a killed run) leaves that file behind; the retry's write
+    of the same result takes it over, so a retried run leaves the output folder as a finished one would."""
+    target = tmp_path / "coffee.png"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path / ".coffee.png.tmp")], cwd=PROJECT_ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in tmp_path.iterdir()] == [".coffee.png.tmp"]
+
+    write_bytes_atomic(target, b"the whole image")
+    assert [p.name for p in tmp_path.iterdir()] == ["coffee.png"]
+    assert target.read_bytes() == b"the whole image"
+
+
+def test_writers_of_one_file_take_turns_and_readers_see_only_whole_files(tmp_path):
+    target = tmp_path / "report.csv"
+    payloads = [bytes([n]) * 200_000 for n in range(6)]
+    write_bytes_atomic(target, payloads[0])
+    seen, stop = set(), threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen.add(target.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda payload: [write_bytes_atomic(target, payload) for _ in range(20)], payloads))
+    finally:
+        stop.set()
+        reader.join()
+    assert seen <= set(payloads)
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["report.csv"]
 
 
 def test_the_report_works_when_every_image_failed(project):

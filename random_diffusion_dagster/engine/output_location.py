@@ -6,8 +6,8 @@ Workers on several machines need one place they all reach: `s3://bucket/outputs`
 
 from __future__ import annotations
 
+import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 from upath import UPath
@@ -37,8 +37,11 @@ def is_local(path: UPath) -> bool:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a partial write.
 
-    Locally: a temporary file in the same folder, fsynced, then renamed over the target.
-    Object stores: one PUT, which they make visible whole.
+    Locally: `.<name>.tmp` beside the target, fsynced, then renamed over it. The name is the target's own, so a
+    writer killed mid-write (`kill -9`, a lost worker) leaves one file that the next write of that target takes
+    over, instead of a stray temporary file per kill. An exclusive `flock` held from opening to the rename keeps
+    two live writers of one target apart; the kernel drops a killed writer's lock. Object stores: one PUT, which
+    they make visible whole.
     """
     path = location(path)
     if not is_local(path):
@@ -47,17 +50,36 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = target.with_name(f".{target.name}.tmp")
+    handle = os.fdopen(_locked_temporary(tmp), "wb")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), FILE_MODE)
-            os.fsync(handle.fileno())
+        handle.truncate()
+        handle.write(data)
+        handle.flush()
+        os.fchmod(handle.fileno(), FILE_MODE)
+        os.fsync(handle.fileno())
+        # Renamed while the lock is held: a waiting writer then finds the name gone or a new file under it.
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        handle.close()
+
+
+def _locked_temporary(tmp: Path) -> int:
+    """Open `tmp` under an exclusive lock, waiting for a live writer of the same target; a file left by a killed
+    writer is reused. The lock is taken on what the name holds once it is granted, not on a file another writer
+    has since renamed onto the target."""
+    while True:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def rename_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
