@@ -222,7 +222,7 @@ def test_a_bad_image_fails_the_run_naming_it_and_a_rerun_redoes_only_it(instance
     keys, result = _diffuse_all(instance, project)
     assert "bad.png" in keys and not result.success
     error = str(result.get_step_failure_events()[0].step_failure_data.error)
-    assert "1 of 4 images failed" in error and "bad.png" in error
+    assert "1 of 4 images failed; the 3 finished are saved and recorded" in error and "- bad.png: " in error
     good = [k for k in keys if k != "bad.png"]
     assert all(result_file(project["images_dir"], project["output_dir"], k).is_file() for k in good)
     assert not (Path(project["output_dir"]) / "bad.png.png").exists()

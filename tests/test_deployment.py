@@ -480,6 +480,7 @@ def test_a_run_whose_image_fails_is_not_retried(deployment):
         retries = [r for r in _runs(url) if {"key": "dagster/parent_run_id", "value": run["runId"]} in r["tags"]]
         assert retries == []
         events = Deployment(url).query(STEP_FAILURES_QUERY, {"runId": run["runId"]})["logsForRun"]["events"]
-        assert any("broken.png" in event["error"]["message"] for event in events if event)
+        (message,) = [event["error"]["message"] for event in events if event]
+        assert "Failure: 1 of 1 images failed:\n- broken.png: " in message and "finished" not in message
     finally:
         broken.unlink()

@@ -255,6 +255,7 @@ def test_a_partition_added_by_hand_for_a_missing_file_fails_naming_it(project):
         )
     assert not run.success
     (failure,) = [event.step_failure_data.error for event in run.all_events if event.is_step_failure]
+    assert failure.message.splitlines()[0].endswith(": 1 of 1 images failed:")  # no "the 0 finished are saved"
     assert failure.message.splitlines()[1] == (
         f"- holiday-photo.jpg: partition 'holiday-photo.jpg' has no source file in {project['images_dir']} any more"
     )

@@ -512,7 +512,7 @@ def test_daemon_output_drops_the_stack_trace_of_a_failure_raised_on_purpose_and_
     failure = [
         _line("dagster", "ERROR", "diffuse_images - 9f1c - 4242 - diffused_image - STEP_FAILURE - Execution failed"),
         "\n",
-        "dagster._core.definitions.events.Failure: 1 of 1 images failed; the 0 finished are saved:\n",
+        "dagster._core.definitions.events.Failure: 1 of 1 images failed:\n",
         "- broken.png: /images/broken.png cannot be decoded (truncated or not an image): image file is truncated\n",
         "\n",
         "Stack Trace:\n",

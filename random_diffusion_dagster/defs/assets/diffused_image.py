@@ -172,7 +172,5 @@ def _diffuse(
     if failures:
         images = {t.key for t in tasks} | set(missing) | set(unplanned)
         lines = [f"- {e}" if k in unplanned else f"- {k}: {e}" for k, e in failures.items()]  # those name their image
-        raise dg.Failure(
-            description=f"{len(failures)} of {len(images)} images failed; the "
-            f"{len(finished)} finished are saved and recorded, and a rerun reuses them:\n" + "\n".join(lines),
-        )
+        kept = f"; the {len(finished)} finished are saved and recorded, and a rerun reuses them" if finished else ""
+        raise dg.Failure(description=f"{len(failures)} of {len(images)} images failed{kept}:\n" + "\n".join(lines))
