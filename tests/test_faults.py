@@ -171,6 +171,7 @@ def test_the_report_works_when_every_image_failed(project):
     report = build_report(project["output_dir"], {"a.png": "a.png", "b.png": None}, project["images_dir"])
     assert report.image_count == 0 and report.failure_count == 2 and report.contact_sheet is None
     assert list(report.summary["failures"]) == [2]
+    assert list(report.summary["model"]) == ["(not run)"]  # neither image reached a model
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,8 @@ def summarize(records: list[ResultRecord], failures: list[FailureRecord]) -> pd.
             "gate_failures": grouped["gate_failed"].sum(),
         }
     )
-    failed = pd.Series([f.model or "(unknown)" for f in failures], dtype=object).value_counts()
+    # No model on the record: the image never reached one (no result yet, or it could not be planned).
+    failed = pd.Series([f.model or "(not run)" for f in failures], dtype=object).value_counts()
     summary = summary.reindex(summary.index.union(failed.index))
     summary["failures"] = failed.reindex(summary.index).fillna(0).astype(int)
     summary["images"] = summary["images"].fillna(0).astype(int)
