@@ -45,7 +45,7 @@ def labelled(tmp_path, models_dir):
     (images / "dog" / "metadata.jsonl").write_text(json.dumps({"file_name": "002.png", "text": "a dog in snow"}))
     make_image(images / "dog" / "puppies" / "003 (copy).png", color=(40, 40, 200))
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a {photo|painting} of a {label}, {caption}\n")
+    prompts.write_text("# one template for the whole tree\n\na {photo|painting} of a {label}, {caption}\n")
     return {
         "images_dir": str(images),
         "output_dir": str(tmp_path / "outputs"),
@@ -104,10 +104,8 @@ def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_
         assert puppy in keys and read_record(result_path(outputs, "dog/puppies/003 (copy).png")) is None
         assert _partition_metadata(instance, "cat/001.jpg")["prompt"].endswith("a ginger cat on a sofa")
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
-        assert "\n- dog/puppies/003 (copy).png: prompt list, prompt 1: " in failure  # named once, by its file
-        assert (
-            "prompt 1: 'a {photo|painting} of a {label}, {caption}' uses {caption}, but the image has none" in failure
-        )
+        assert f"\n- dog/puppies/003 (copy).png: {labelled['prompts_file']}, line 3: " in failure  # once, by its file
+        assert "line 3: 'a {photo|painting} of a {label}, {caption}' uses {caption}, but the image has none" in failure
 
         _, rerun = _diffuse_all(instance, labelled, caption_fallback="a photo")
         assert rerun.success

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ..engine.plan import prompts_version
-from ..engine.prompts import PromptListError, load_numbered_prompts, require_prompts
+from ..engine.prompts import PromptListError, require_prompts
 from ..engine.templates import PromptTemplates
 from .resources import DatasetResource
 
@@ -76,10 +76,8 @@ def check_templates(prompt_set: PromptSet, dataset: DatasetResource) -> None:
     """Every line parsed and every wildcard found, so a broken template fails in one message naming the file's line
     (or the submitted prompt), before any image is planned."""
     if prompt_set.source == "file":
-        numbered = load_numbered_prompts(dataset.prompts_file)
-        same = [prompt for _number, prompt in numbered] == prompt_set.prompts  # unless edited since it was read
-        line_numbers = [number for number, _prompt in numbered] if same else None
-        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, line_numbers)
+        lines = dataset.prompt_lines(prompt_set.prompts)
+        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, list(lines) if lines else None)
     else:
         PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source="run config `prompt_list`")
 

@@ -19,7 +19,7 @@ from ..engine.images import FolderScan, SourceFile, is_image_file, scan_images, 
 from ..engine.output_location import require_separate_folders, require_writable_folder
 from ..engine.pairs import PairFolders, require_pairs_apart
 from ..engine.plan import ImageTask, Planner
-from ..engine.prompts import load_prompts
+from ..engine.prompts import PromptListError, load_numbered_prompts, load_prompts
 from ..engine.results import FAILURES_DIR
 from .step_io_manager import SharedStepStorage
 
@@ -167,6 +167,7 @@ class DatasetResource(dg.ConfigurableResource):
         """The planner for today's inputs; `rerolls` (`key` or `key~vN`) draw those results anew."""
         require_separate_folders(self.images_dir, self.output_dir)  # before any result is planned or written
         self._require_pairs_apart()
+        lines = self.prompt_lines(prompts)
         return Planner(
             prompts,
             catalog,
@@ -177,6 +178,8 @@ class DatasetResource(dg.ConfigurableResource):
             self.result_variants(),
             rerolls,
             self.pair_folders(),
+            self.prompts_file if lines else "prompt list",
+            lines,
         )
 
     def pair_folders(self) -> PairFolders:
@@ -208,6 +211,15 @@ class DatasetResource(dg.ConfigurableResource):
 
     def prompts(self) -> list[str]:
         return load_prompts(self.prompts_file)
+
+    def prompt_lines(self, prompts: list[str]) -> tuple[int, ...] | None:
+        """Each prompt's line in the prompts file while `prompts` are its prompts (a message then sends a person to
+        the line), else None (a submitted list, or the file edited since)."""
+        try:
+            numbered = load_numbered_prompts(self.prompts_file)
+        except (PromptListError, OSError):
+            return None
+        return tuple(number for number, _ in numbered) if [prompt for _, prompt in numbered] == prompts else None
 
     def catalog(self) -> list[ModelSpec]:
         return load_catalog(self.models_file)

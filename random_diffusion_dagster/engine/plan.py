@@ -197,6 +197,9 @@ class Planner:
     variants: int = 1  # results per image, each its own draw of prompt, model and seed
     rerolls: frozenset[str] = frozenset()  # `key` (all its variants) or `key~vN`: draw those anew this run
     pair_folders: PairFolders = field(default_factory=PairFolders)  # where masks and control images are found
+    # What messages name a prompt by: its file and line there (`prompt_lines`), else "<source>, prompt N".
+    prompts_source: str = "prompt list"
+    prompt_lines: tuple[int, ...] | None = None
 
     @cached_property
     def inputs_version(self) -> str:
@@ -207,7 +210,8 @@ class Planner:
 
     @cached_property
     def templates(self) -> PromptTemplates:
-        return PromptTemplates(self.prompts, self.wildcards_dir)
+        lines = list(self.prompt_lines) if self.prompt_lines else None
+        return PromptTemplates(self.prompts, self.wildcards_dir, self.prompts_source, lines)
 
     @cached_property
     def captions(self) -> Captions:
