@@ -126,7 +126,8 @@ KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
 from random_diffusion_dagster.engine.output_location import _locked_temporary
-os.write(_locked_temporary(Path(sys.argv[1])), b"half a PNG")
+fd, _ = _locked_temporary(Path(sys.argv[1]))
+os.write(fd, b"half a PNG")
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -135,13 +136,25 @@ def test_a_write_killed_midway_leaves_no_temporary_file_once_its_file_is_written
     """`kill -9` between the temporary file and the rename (a killed run) leaves that file behind; the retry's write
     of the same result takes it over, so a retried run leaves the output folder as a finished one would."""
     target = tmp_path / "coffee.png"
-    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path / ".coffee.png.tmp")], cwd=PROJECT_ROOT)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], cwd=PROJECT_ROOT)
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in tmp_path.iterdir()] == [".coffee.png.tmp"]
 
     write_bytes_atomic(target, b"the whole image")
     assert [p.name for p in tmp_path.iterdir()] == ["coffee.png"]
     assert target.read_bytes() == b"the whole image"
+
+
+def test_another_users_leftover_temporary_file_is_left_alone_and_the_write_still_lands(tmp_path):
+    """In a folder a team shares, `.<name>.tmp` left by another user's killed run is theirs: not written into (its
+    mode may not be ours to set), not deleted; this write takes a name of its own and lands whole."""
+    target, theirs = tmp_path / "coffee.png", tmp_path / ".coffee.png.tmp"
+    theirs.write_bytes(b"half of their image")
+    os.chown(theirs, 65534, 65534)  # nobody's (the tests run as root, who may give a file away)
+    write_bytes_atomic(target, b"the whole image")
+    assert target.read_bytes() == b"the whole image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coffee.png.tmp", "coffee.png"]
+    assert theirs.read_bytes() == b"half of their image" and theirs.stat().st_uid == 65534
 
 
 def test_writers_of_one_file_take_turns_and_readers_see_only_whole_files(tmp_path):

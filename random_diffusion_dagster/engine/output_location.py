@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 from upath import UPath
@@ -50,8 +51,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    handle = os.fdopen(_locked_temporary(tmp), "wb")
+    fd, tmp = _locked_temporary(target)
+    handle = os.fdopen(fd, "wb")
     try:
         handle.truncate()
         handle.write(data)
@@ -67,19 +68,29 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         handle.close()
 
 
-def _locked_temporary(tmp: Path) -> int:
-    """Open `tmp` under an exclusive lock, waiting for a live writer of the same target; a file left by a killed
-    writer is reused. The lock is taken on what the name holds once it is granted, not on a file another writer
-    has since renamed onto the target."""
+def _locked_temporary(target: Path) -> tuple[int, Path]:
+    """`.<name>.tmp` opened under an exclusive lock, waiting for a live writer of the same target; a file a killed
+    writer left is reused. The lock is taken on what the name holds once it is granted, not on a file another
+    writer has since renamed onto the target. Another user's leftover (a folder a team shares) is left alone: this
+    writer takes a name of its own."""
+    tmp = target.with_name(f".{target.name}.tmp")
     while True:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
-                return fd
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except PermissionError:
+            break
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        locked = os.fstat(fd)
+        try:
+            if os.stat(tmp).st_ino == locked.st_ino and locked.st_uid == os.geteuid():
+                return fd, tmp
         except FileNotFoundError:
             pass
         os.close(fd)
+        if locked.st_uid != os.geteuid():
+            break
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    return fd, Path(name)
 
 
 def rename_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
