@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw, ImageOps
 from .output_location import location
 
 # Keys name failure records (`.failures/<key>.json`) and results whose source name cannot be kept
-# (results.output_file_name: `<key>~.png`, its variants `<key>~~v64.png`); the atomic writer's `.<name>.tmp`
-# adds 5 bytes: 120 bytes keeps every one within 143 bytes (eCryptfs; ext4, APFS, NTFS allow 255), and keeps the keys
-# of existing deployments' ASCII names, which were bound at 120 characters. Kept result names are bound alike.
+# (results.output_file_name: `<key>~.png`, its variants `<key>~~v64.png`); the atomic writer's temporary file adds at
+# most 14 bytes (`.<name>.XXXXXXXX.tmp`): 120 bytes keeps every one within 143 bytes (eCryptfs; ext4, APFS, NTFS allow
+# 255), and keeps the keys of existing deployments' ASCII names, which were bound at 120 characters. Kept result names
+# are bound alike.
 MAX_KEY_BYTES = 120
 HASH_DIGITS = 8
 _HASHED_KEY = re.compile(rf"-[0-9a-f]{{{HASH_DIGITS}}}\Z")

@@ -176,7 +176,7 @@ def output_file_name(source_path: str) -> str:
     if any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"{source_path!r} is not a path under the images folder; refusing to name a result for it.")
     kept = [part if _keeps(part) else partition_key_for(part) + KEY_NAMED for part in folders]
-    # Bound as keys are, so a variant's `~v64` and the atomic writer's `.<name>.tmp` fit 143 bytes too.
+    # Bound as keys are, so a variant's `~v64` and the atomic writer's `.<name>.XXXXXXXX.tmp` fit 143 bytes too.
     if _keeps(name) and len(_png_name(name).encode("utf-8")) <= MAX_KEY_BYTES:
         return "/".join([*kept, _png_name(name)])
     return "/".join([*kept, f"{partition_key_for(name)}{KEY_NAMED}.png"])
