@@ -2,6 +2,8 @@
 
 import concurrent.futures
 import datetime
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -155,6 +157,39 @@ def test_another_users_leftover_temporary_file_is_left_alone_and_the_write_still
     assert target.read_bytes() == b"the whole image"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".coffee.png.tmp", "coffee.png"]
     assert theirs.read_bytes() == b"half of their image" and theirs.stat().st_uid == 65534
+
+
+@pytest.mark.parametrize("kind", ["link to a file of the user's", "folder", "pipe"])
+def test_something_else_under_the_temporary_name_is_never_written_through(tmp_path, kind):
+    """What stands at `.<name>.tmp` and is no writer's leftover is left as it is: a link is not followed (its file
+    would be overwritten), a pipe is not waited on; the write takes a name of its own and lands whole."""
+    target, there = tmp_path / "out" / "coffee.png", tmp_path / "out" / ".coffee.png.tmp"
+    there.parent.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own")
+    if kind == "folder":
+        there.mkdir()
+    elif kind == "pipe":
+        os.mkfifo(there)
+    else:
+        there.symlink_to(precious)
+    write_bytes_atomic(target, b"the whole image")
+    assert target.read_bytes() == b"the whole image" and precious.read_text() == "the user's own"
+    assert sorted(p.name for p in there.parent.iterdir()) == [".coffee.png.tmp", "coffee.png"]
+
+
+def test_a_file_system_without_locks_still_takes_whole_writes(tmp_path, monkeypatch):
+    """Some network and FUSE file systems refuse `flock` (ENOLCK); no such mount exists here, so flock is made to
+    refuse. The write takes a name no other writer takes and lands whole, leaving nothing beside it."""
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    target = tmp_path / "coffee.png"
+    write_bytes_atomic(target, b"the whole image")
+    assert target.read_bytes() == b"the whole image"
+    assert [p.name for p in tmp_path.iterdir()] == ["coffee.png"]
 
 
 def test_writers_of_one_file_take_turns_and_readers_see_only_whole_files(tmp_path):

@@ -6,8 +6,10 @@ Workers on several machines need one place they all reach: `s3://bucket/outputs`
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -71,26 +73,42 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def _locked_temporary(target: Path) -> tuple[int, Path]:
     """`.<name>.tmp` opened under an exclusive lock, waiting for a live writer of the same target; a file a killed
     writer left is reused. The lock is taken on what the name holds once it is granted, not on a file another
-    writer has since renamed onto the target. Another user's leftover (a folder a team shares) is left alone: this
-    writer takes a name of its own."""
+    writer has since renamed onto the target. Another user's leftover (a folder a team shares), or a file system
+    that takes no locks: this writer takes a name of its own."""
     tmp = target.with_name(f".{target.name}.tmp")
     while True:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        except PermissionError:
-            break
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        locked = os.fstat(fd)
-        try:
-            if os.stat(tmp).st_ino == locked.st_ino and locked.st_uid == os.geteuid():
-                return fd, tmp
+            fd, created = _open_for_writing(tmp)
         except FileNotFoundError:
-            pass
+            continue  # renamed onto its target between two looks: the name is free again
+        except OSError:  # not ours to write: another user's file, or a link, folder or pipe under that name
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (ENOLCK, EOPNOTSUPP): the shared name is not safe there
+            os.close(fd)
+            if created:
+                tmp.unlink(missing_ok=True)
+            break
+        locked = os.fstat(fd)
+        ours = locked.st_uid == os.geteuid() and stat.S_ISREG(locked.st_mode)
+        with contextlib.suppress(FileNotFoundError):
+            if ours and os.stat(tmp).st_ino == locked.st_ino:
+                return fd, tmp
         os.close(fd)
-        if locked.st_uid != os.geteuid():
+        if not ours:
             break
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     return fd, Path(name)
+
+
+def _open_for_writing(path: Path) -> tuple[int, bool]:
+    """(a descriptor, whether this call created the file). An existing name is opened without following a link or
+    waiting on a pipe, and is not truncated until it is known to be a writer's leftover."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), True
+    except FileExistsError:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK), False
 
 
 def rename_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
