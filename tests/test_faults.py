@@ -19,7 +19,7 @@ from random_diffusion_dagster.defs.automation.catch_up_schedule import catch_up_
 from random_diffusion_dagster.defs.resources import DatasetResource, DiffusionEngineResource
 from random_diffusion_dagster.engine.catalog import load_catalog
 from random_diffusion_dagster.engine.images import scan_folder
-from random_diffusion_dagster.engine.output_location import OutputLocationError, write_bytes_atomic
+from random_diffusion_dagster.engine.output_location import OutputLocationError, _locked_temporary, write_bytes_atomic
 from random_diffusion_dagster.engine.pipelines import PipelineCache
 from random_diffusion_dagster.engine.plan import Planner
 from random_diffusion_dagster.engine.report import build_report
@@ -176,6 +176,25 @@ def test_something_else_under_the_temporary_name_is_never_written_through(tmp_pa
     write_bytes_atomic(target, b"the whole image")
     assert target.read_bytes() == b"the whole image" and precious.read_text() == "the user's own"
     assert sorted(p.name for p in there.parent.iterdir()) == [".coffee.png.tmp", "coffee.png"]
+
+
+def test_a_write_whose_folder_was_removed_fails_naming_it_instead_of_waiting(tmp_path):
+    """The output folder deleted mid-run (between the writer's mkdir and its open): the write fails with the missing
+    path, as any write would, and does not retry the name for ever."""
+    outcome = []
+
+    def write():
+        try:
+            _locked_temporary(tmp_path / "removed" / "coffee.png")
+        except OSError as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(timeout=10)
+    assert not writer.is_alive(), "the writer is still retrying"
+    (error,) = outcome
+    assert isinstance(error, FileNotFoundError) and "removed" in str(error)
 
 
 def test_a_file_system_without_locks_still_takes_whole_writes(tmp_path, monkeypatch):

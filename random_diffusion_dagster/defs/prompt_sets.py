@@ -77,7 +77,7 @@ def check_templates(prompt_set: PromptSet, dataset: DatasetResource) -> None:
     (or the submitted prompt), before any image is planned."""
     if prompt_set.source == "file":
         lines = dataset.prompt_lines(prompt_set.prompts)
-        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, list(lines) if lines else None)
+        PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, dataset.prompts_file, lines)
     else:
         PromptTemplates(prompt_set.prompts, dataset.wildcards_dir, source="run config `prompt_list`")
 

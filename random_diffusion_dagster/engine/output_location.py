@@ -79,8 +79,6 @@ def _locked_temporary(target: Path) -> tuple[int, Path]:
     while True:
         try:
             fd, created = _open_for_writing(tmp)
-        except FileNotFoundError:
-            continue  # renamed onto its target between two looks: the name is free again
         except OSError:  # not ours to write: another user's file, or a link, folder or pipe under that name
             break
         try:
@@ -104,11 +102,13 @@ def _locked_temporary(target: Path) -> tuple[int, Path]:
 
 def _open_for_writing(path: Path) -> tuple[int, bool]:
     """(a descriptor, whether this call created the file). An existing name is opened without following a link or
-    waiting on a pipe, and is not truncated until it is known to be a writer's leftover."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), True
-    except FileExistsError:
-        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK), False
+    waiting on a pipe, and is not truncated until it is known to be a writer's leftover. A folder that is gone is
+    FileNotFoundError, as for any write."""
+    while True:
+        with contextlib.suppress(FileExistsError):
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), True
+        with contextlib.suppress(FileNotFoundError):  # renamed onto its target between the two opens: free again
+            return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK), False
 
 
 def rename_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -210,8 +210,7 @@ class Planner:
 
     @cached_property
     def templates(self) -> PromptTemplates:
-        lines = list(self.prompt_lines) if self.prompt_lines else None
-        return PromptTemplates(self.prompts, self.wildcards_dir, self.prompts_source, lines)
+        return PromptTemplates(self.prompts, self.wildcards_dir, self.prompts_source, self.prompt_lines)
 
     @cached_property
     def captions(self) -> Captions:

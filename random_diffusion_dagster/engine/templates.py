@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class PromptTemplates:
         lines: list[str],
         wildcards_dir: str | Path | None = None,
         source: str = "prompt list",
-        line_numbers: list[int] | None = None,
+        line_numbers: Sequence[int] | None = None,
         wildcard_files: bool = True,
     ):
         """`line_numbers`: where each line is in its file, so messages name the file's line, not the n-th prompt.
