@@ -260,15 +260,15 @@ def test_a_ranged_dagster_run_records_each_partitions_gates_as_its_own_check_res
     assert not failed.passed and failed.partition == "blue.webp"
     assert failed.description.startswith("variant 0: failed not_blank on all 4 attempt(s)")
     rows = failed.metadata["attempt_table"].value.records
-    assert [row.data["attempt"] for row in rows] == [0, 1, 2, 3] and [row.data["kept"] for row in rows][-1]
+    assert [row.data["attempt"] for row in rows] == [1, 2, 3, 4] and [row.data["kept"] for row in rows][-1]
     assert all(row.data["failed_gates"] == "not_blank" and row.data["contrast"] == 0 for row in rows)
     passed = _check_executions(instance, check, "red.png")[0].evaluation
     seed = read_record(result_file(project["images_dir"], project["output_dir"], "red.png")).seed
     assert passed.passed and passed.description == f"passed on attempt 3 of 4 (seed {seed})"
     metadata = _partition_metadata(instance, "red.png")
-    assert metadata["attempt"] == "2" and metadata["quality_gates"].startswith("passed on attempt 3 of 4")
+    assert metadata["attempt"] == "3" and metadata["quality_gates"].startswith("passed on attempt 3 of 4")
     attempts = [(row.data["attempt"], row.data["failed_gates"]) for row in metadata["quality_attempts"].records]
-    assert attempts == [(0, "not_blank"), (1, "not_blank"), (2, "none")]  # the materialization keeps every attempt
+    assert attempts == [(1, "not_blank"), (2, "not_blank"), (3, "none")]  # the materialization keeps every attempt
 
     report = _materialize(instance, project, ["diffusion_report"]).asset_materializations_for_node("diffusion_report")
     listed = report[0].metadata["failed_quality_gates"].value.records

@@ -30,6 +30,8 @@ def partition_metadata(result: ImageResult) -> dict:
     """
     measurements = type(result.record).measurements()
     fields = result.record.partition_metadata()
+    if "attempt" in fields:  # counted from 1 where people read it, as quality_gates' "passed on attempt 2 of 3" is
+        fields["attempt"] += 1
     reused = result.status == "reused"
     if reused:  # its measurements and batch size are the making run's: said so in words, kept off this run's plots
         fields = {name: value for name, value in fields.items() if name not in measurements and name != "batch_size"}
@@ -123,7 +125,7 @@ def attempt_table(judged: list[ImageResult]) -> dg.TableMetadataValue:
     rows = [
         {
             "variant": r.task.variant,
-            "attempt": attempt["attempt"],
+            "attempt": attempt["attempt"] + 1,
             "seed": str(attempt["seed"]),
             "contrast": attempt["contrast"],
             "change": attempt["change"],
