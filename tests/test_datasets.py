@@ -165,6 +165,36 @@ def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_pro
         assert said[0].startswith("2 exported results are out of date (images: prompt changed: 2): "), said
 
 
+def test_the_dataset_carries_each_images_caption_as_it_is_now(labelled, tmp_path):
+    """A caption edit the prompts do not read leaves the results current (nothing to redo), so the dataset's caption
+    column is the image's caption now, on its results and its source; a caption file that cannot be read keeps the
+    caption the results were made with, and the log says why."""
+    import datasets
+
+    Path(labelled["prompts_file"]).write_text("a {photo|painting} of a {label}\n")
+    images, export = Path(labelled["images_dir"]), tmp_path / "augmented"
+
+    def exported_captions(instance) -> tuple[dict[tuple[str, str], str | None], str]:
+        result = _export(instance, labelled, include_sources=True, dataset_dir=str(export))
+        assert result.success
+        assert result.asset_materializations_for_node("augmented_dataset")[0].metadata["results_out_of_date"].value == 0
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(export), split="train")
+        return {(row["kind"], row["source_file"]): row["caption"] for row in loaded}, result.run_id
+
+    with dg.instance_for_test() as instance:
+        _diffuse_all(instance, labelled)
+        (images / "cat" / "001.txt").write_text("a ginger cat asleep\n")
+        captions, _ = exported_captions(instance)
+        assert captions[("augmented", "cat/001.jpg")] == captions[("source", "cat/001.jpg")] == "a ginger cat asleep"
+        assert captions[("augmented", "dog/002.png")] == "a dog in snow"
+
+        (images / "dog" / "metadata.jsonl").write_text('{"file_name": "002.png", "text": "a dog in sn')
+        captions, run_id = exported_captions(instance)
+        assert captions[("augmented", "dog/002.png")] == "a dog in snow"  # as made
+        said = [entry.user_message for entry in instance.all_logs(run_id) if "metadata.jsonl, line 1" in entry.message]
+        assert said and said[0].endswith("Its rows keep the caption dog/002.png's results were made with."), said
+
+
 def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):
     theirs = tmp_path / "mine"
     (theirs / "keep.txt").parent.mkdir()

@@ -156,10 +156,12 @@ class DatasetResource(dg.ConfigurableResource):
             found[key] = [file for file in files if self._holds(file)]
         return {key: files for key, files in found.items() if files}
 
-    def source_paths(self, keys: list[str]) -> dict[str, str | None]:
-        """The images of these partitions: image key -> its path under the images folder, which names its results.
-        An image partition whose source is gone maps to None (its results are then looked for under their key)."""
-        files, _missing = self.files_for(keys)
+    def source_paths(self, keys: list[str], files: list[SourceFile] | None = None) -> dict[str, str | None]:
+        """The images of these partitions (`files`, when the caller has them: files_for(keys)): image key -> its path
+        under the images folder, which names its results. An image partition whose source is gone maps to None (its
+        results are then looked for under their key)."""
+        if files is None:
+            files, _missing = self.files_for(keys)
         paths = {file.partition_key: file.relative_path for file in files}
         return {key: paths.get(key) for key in keys} if self.granularity.per_image else paths
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,9 +82,11 @@ def export_image_folder(
     output_dir: str | os.PathLike,
     target: str | os.PathLike,
     sources: bool,
+    captions: Mapping[str, str | None],
 ) -> list[DatasetRow]:
     """Write `target` as an ImageFolder dataset of these results (record, result file), with their sources too if
-    `sources`; returns its rows. The files are hard links where the filesystem allows, else copies."""
+    `sources`; returns its rows. `captions`: each source file's caption now (a file missing from it keeps its
+    record's). The files are hard links where the filesystem allows, else copies."""
     import pandas as pd
 
     target = require_dataset_folder(images_dir, output_dir, target)
@@ -96,13 +99,14 @@ def export_image_folder(
         for record, result in sorted(results, key=lambda pair: (pair[0].key, pair[0].variant)):
             name = readable(f"augmented/{Path(result).relative_to(output).as_posix()}")  # as the output folder has it
             _place(result, staging / name)
-            rows.append(_row(name, "augmented", record))
+            caption = captions.get(record.source_file, record.caption)
+            rows.append(_row(name, "augmented", record, caption))
             if sources:
                 source = Path(images_dir) / record.source_file
                 name = readable(f"source/{record.source_file}")
                 if source.is_file() and not (staging / name).exists():
                     _place(source, staging / name)
-                    own = (readable(record.source_file), record.label, record.caption)
+                    own = (readable(record.source_file), record.label, caption)
                     rows.append(DatasetRow(name, "source", *own, *[None] * 8))
         lines = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in rows)
         (staging / METADATA_FILE).write_text(lines, encoding="utf-8")
@@ -117,13 +121,13 @@ def export_image_folder(
     return rows
 
 
-def _row(name: str, kind: str, record: ResultRecord) -> DatasetRow:
+def _row(name: str, kind: str, record: ResultRecord, caption: str | None) -> DatasetRow:
     return DatasetRow(
         file_name=name,
         kind=kind,
         source_file=readable(record.source_file),
         label=record.label,
-        caption=record.caption,
+        caption=caption,
         prompt=record.prompt,
         prompt_template=record.prompt_template,
         model=record.model,

@@ -3,8 +3,11 @@
 import dagster as dg
 from pydantic import Field
 
+from ...engine.captions import Captions
 from ...engine.dataset import METADATA_FILE, export_image_folder
 from ...engine.freshness import NO_RESULT
+from ...engine.images import SourceFile
+from ...engine.prompts import PromptListError
 from ...engine.results import read_failure, read_result, result_location
 from ..asset_keys import DIFFUSED_IMAGE_KEY
 from ..metadata import table
@@ -33,7 +36,8 @@ def augmented_dataset(
     keys = context.instance.get_dynamic_partitions(images_partitions.name)
     results, missing, failed = [], 0, 0
     variants = dataset.result_variants()  # once: it may read the catalog
-    for key, source_path in dataset.source_paths(keys).items():
+    files, _gone = dataset.files_for(keys)
+    for key, source_path in dataset.source_paths(keys, files).items():
         # the results its last run failed (all, where it failed before any was planned): what is on disk for them is
         # an older draw's; its other results are current
         failure = read_failure(dataset.output_dir, key)
@@ -62,7 +66,12 @@ def augmented_dataset(
             "that made it; redo them first (catch_up_schedule, or `random-diffusion run`) for today's draws."
         )
     rows = export_image_folder(
-        results, dataset.images_dir, dataset.output_dir, dataset.dataset_dir, config.include_sources
+        results,
+        dataset.images_dir,
+        dataset.output_dir,
+        dataset.dataset_dir,
+        config.include_sources,
+        _captions_now(context, files),
     )
     labels = sorted({row.label for row in rows if row.label})
     context.log.info(f"Wrote {len(rows)} images ({len(labels)} labels) to {dataset.dataset_dir}")
@@ -85,6 +94,19 @@ def augmented_dataset(
             ),
         }
     )
+
+
+def _captions_now(context: dg.AssetExecutionContext, files: list[SourceFile]) -> dict[str, str | None]:
+    """Each source file's caption as it is now, for the dataset's caption column: an edited caption the prompts do not
+    read leaves the results current, and training code wants the caption the image has, not the one it had. One that
+    cannot be read keeps its record's caption, and the log says why."""
+    captions, found = Captions(), {}
+    for file in files:
+        try:
+            found[file.relative_path] = captions.caption_for(file)
+        except PromptListError as exc:
+            context.log.warning(f"{exc} Its rows keep the caption {file.relative_path}'s results were made with.")
+    return found
 
 
 def _out_of_date(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dict[str, str]:
