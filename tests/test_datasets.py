@@ -415,3 +415,20 @@ def test_one_variant_can_be_rerolled_and_the_new_draw_is_kept(project):
         _, again = _diffuse_all(instance, project, variants=2)  # a plain run keeps the re-rolled draw
         assert _run_figures_of(instance, again) == {"generated": 0, "reused": 6}
         assert read_record(result_path(outputs, "red.png", 1)).seed == new.seed
+
+        # An image named by its path (its key is green_photo.jpg-13be0805); a variant the run does not make and a
+        # name that is no image are left alone, and the log says so.
+        names = ["green photo.jpg~v1", "red.png~v2", "red.png~vx", "nothing.png"]
+        _, named = _diffuse_all(
+            instance, project, run_config={"ops": {"diffused_image": {"config": {"reroll": names}}}}, variants=2
+        )
+        assert _run_figures_of(instance, named) == {"generated": 1, "reused": 5}
+        assert read_record(result_path(outputs, "green photo.jpg", 1)).roll == 1
+        said = [e.user_message for e in instance.all_logs(named.run_id) if "reroll names" in e.message]
+        assert said == [
+            "reroll names ['nothing.png'], which are not among this run's images (name each by its partition key or "
+            "its path under the images folder): left alone.",
+            "reroll names ['red.png~v2', 'red.png~vx'], but this run makes 2 result(s) per image (~v0 to ~v1): left "
+            "alone. Run with more variants (`--variants`, or the dataset resource's `variants`) to make or re-roll "
+            "them.",
+        ], said

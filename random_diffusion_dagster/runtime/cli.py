@@ -106,7 +106,8 @@ def add_run_parser(commands) -> None:
         "--reroll",
         action="append",
         metavar="KEY[~vN]",
-        help="draw this image's results anew (repeatable): a partition key, or KEY~vN for one variant; kept after",
+        help="draw this image's results anew (repeatable): its partition key or its path under the images folder, "
+        "with ~vN for one variant; kept after",
     )
     run.add_argument(
         "--dataset",

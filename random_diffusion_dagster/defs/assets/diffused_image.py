@@ -41,8 +41,8 @@ DIFFUSION_KINDS = {"pytorch", "diffusers"}
 class DiffusedImageConfig(dg.Config):
     reroll: list[str] = Field(
         default=[],
-        description="Results to draw anew (prompt, model, seed): a partition key for all its variants, or "
-        "`key~vN` for one variant. The new draw is kept: later runs reuse it.",
+        description="Results to draw anew (prompt, model, seed): an image's partition key or its path under the "
+        "images folder for all its variants, or `key~vN` for one variant. The new draw is kept: later runs reuse it.",
     )
 
 
@@ -99,11 +99,7 @@ def diffused_image(
     granularity = dataset.granularity
     read, missing = dataset.files_for(context.partition_keys)
     files = read if granularity.per_image else _images_only(context, read)
-    keys = {file.partition_key for file in files}
-    elsewhere = [name for name in config.reroll if name.rpartition("~v")[0] not in keys and name not in keys]
-    if elsewhere:
-        context.log.warning(f"reroll names {elsewhere}, which are not among this run's images: left alone.")
-    planner = dataset.planner(prompt_list, model_catalog, frozenset(config.reroll))
+    planner = dataset.planner(prompt_list, model_catalog, _rerolls(context, config.reroll, files, dataset))
     tasks, unreadable = planner.plan(files)
     # The bytes this run read: each partition's provenance names that content.
     pairs = planner.pair_folders
@@ -123,6 +119,41 @@ def diffused_image(
     record_draws(context.get_step_execution_context(), planner, granularity, by_image(tasks), every=True)
     _diffuse(context, engine, tasks, drawn_from_tags(planner), missing, unreadable, dataset)
     yield from recorded_already(context)
+
+
+def _rerolls(
+    context: dg.AssetExecutionContext, names: list[str], files: list[SourceFile], dataset: DatasetResource
+) -> frozenset[str]:
+    """The results `reroll` names, as `key` (all its variants) or `key~vN`: an image by its partition key or by its
+    path under the images folder (as `compare` takes it). A name that is none of this run's images, or a variant the
+    run does not make, is left alone, and the run's log says so: a re-roll that does nothing is never silent."""
+    by_path = {file.relative_path: file.partition_key for file in files}
+    keys, variants = set(by_path.values()), dataset.result_variants()
+    chosen, elsewhere, beyond = set(), [], []
+    for name in names:
+        if name in keys or name in by_path:  # a key may itself hold "~v"
+            chosen.add(by_path.get(name, name))
+            continue
+        image, _, variant = name.rpartition("~v")
+        image = by_path.get(image, image)
+        if image not in keys:
+            elsewhere.append(name)
+        elif not variant.isdigit() or int(variant) >= variants:
+            beyond.append(name)
+        else:
+            chosen.add(f"{image}~v{int(variant)}")
+    if elsewhere:
+        context.log.warning(
+            f"reroll names {elsewhere}, which are not among this run's images (name each by its partition key or its "
+            "path under the images folder): left alone."
+        )
+    if beyond:
+        context.log.warning(
+            f"reroll names {beyond}, but this run makes {variants} result(s) per image (~v0 to ~v{variants - 1}): "
+            "left alone. Run with more variants (`--variants`, or the dataset resource's `variants`) to make or "
+            "re-roll them."
+        )
+    return frozenset(chosen)
 
 
 def _images_only(context: dg.AssetExecutionContext, files: list[SourceFile]) -> list[SourceFile]:
