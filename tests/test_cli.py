@@ -102,12 +102,16 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
     piped = subprocess.Popen([*plan, "--seed", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     piped.stdout.close()
     assert piped.wait(timeout=120) == 0 and b"Traceback" not in piped.stderr.read()
-    # An image the folder has and the instance does not yet: said, since a run makes it too.
+    # An image the folder has and the instance does not yet: said, since a run makes it too; a file that is no image
+    # is never registered, so it is not counted.
     late = make_image(Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]) / "late.png", color=(9, 9, 9))
+    notes = Path(env["RANDOM_DIFFUSION_IMAGES_DIR"]) / "notes.txt"
+    notes.write_text("shot on a Tuesday\n")
     try:
         seen = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
     finally:
         late.unlink()
+        notes.unlink()
     assert seen.stdout.startswith("Not registered yet: 1 image in the folder; a run makes them too"), seen.stdout
     # A prompts file no run could use is one line naming its line, not a reason given for every image.
     prompts = Path(env["RANDOM_DIFFUSION_PROMPTS_FILE"])

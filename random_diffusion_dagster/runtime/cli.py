@@ -193,13 +193,17 @@ def plan_command(args: argparse.Namespace) -> int:
     from ..defs.out_of_date import current_planner, out_of_date, summary
     from ..defs.resources import DatasetResource
     from ..engine.freshness import UNPLANNABLE
+    from ..engine.images import is_image_file
 
     chosen = {"seed": args.seed, "variants": args.variants}
     dataset = DatasetResource(**{key: value for key, value in chosen.items() if value is not None})
     with project_instance() as instance:
         try:
             registered, partition_of = set(instance.get_dynamic_partitions("images")), dataset.granularity.partition_of
-            unregistered = sum(partition_of(f.partition_key) not in registered for f in dataset.source_files())
+            unregistered = sum(  # a file that is no image is never registered: not counted
+                partition_of(f.partition_key) not in registered and is_image_file(f.path)
+                for f in dataset.source_files()
+            )
             found = out_of_date(instance, dataset, current_planner(instance, dataset))
         except (ValueError, OSError) as error:  # the prompts file, catalog or folders: each message names the fix
             print(f"error: {error}", file=sys.stderr)
