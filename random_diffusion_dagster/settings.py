@@ -151,6 +151,12 @@ def variants() -> int | None:
     return env_int("RANDOM_DIFFUSION_VARIANTS", None, minimum=1, maximum=MAX_VARIANTS, why="results per image")
 
 
+def caption_fallback() -> str | None:
+    """RANDOM_DIFFUSION_CAPTION_FALLBACK: what `{caption}` becomes for an image without a caption; unset or blank,
+    None: such an image fails by name."""
+    return " ".join(os.environ.get("RANDOM_DIFFUSION_CAPTION_FALLBACK", "").split()) or None
+
+
 def run_seed() -> int:
     return env_int("RANDOM_DIFFUSION_SEED", 0, minimum=-MAX_SEED, maximum=MAX_SEED, why="a 64-bit seed")
 

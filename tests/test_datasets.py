@@ -85,7 +85,9 @@ def test_a_tree_is_scanned_with_keys_from_paths_and_top_level_keys_as_before(tmp
         result_path(tmp_path / "out", "cat/../../etc")
 
 
-def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_fails_that_image_alone(labelled):
+def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_fails_that_image_alone(
+    labelled, environ
+):
     with dg.instance_for_test() as instance:
         keys, result = _diffuse_all(instance, labelled)
         assert not result.success  # the image without a caption failed, by name
@@ -106,8 +108,10 @@ def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_
         failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
         assert f"\n- dog/puppies/003 (copy).png: {labelled['prompts_file']}, line 3: " in failure  # once, by its file
         assert "line 3: 'a {photo|painting} of a {label}, {caption}' uses {caption}, but the image has none" in failure
+        assert "or set RANDOM_DIFFUSION_CAPTION_FALLBACK (the dataset resource's caption_fallback)" in failure
 
-        _, rerun = _diffuse_all(instance, labelled, caption_fallback="a photo")
+        environ["RANDOM_DIFFUSION_CAPTION_FALLBACK"] = " a  photo\n"  # as a command-line user sets it
+        _, rerun = _diffuse_all(instance, labelled)
         assert rerun.success
         # The result keeps its source's own name, spaces and brackets included.
         assert (Path(outputs) / "dog" / "puppies" / "003 (copy).png.png").is_file()

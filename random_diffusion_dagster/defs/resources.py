@@ -90,8 +90,9 @@ class DatasetResource(dg.ConfigurableResource):
         "else 1).",
     )
     caption_fallback: str | None = Field(
-        default=None,
-        description="What `{caption}` becomes for an image without a caption; unset, such an image fails by name.",
+        default_factory=settings.caption_fallback,
+        description="What `{caption}` becomes for an image without a caption; unset, such an image fails by name "
+        "(RANDOM_DIFFUSION_CAPTION_FALLBACK).",
     )
     partitions: str = Field(
         default_factory=settings.partition_granularity,

@@ -130,7 +130,8 @@ class PromptTemplates:
             if not words.get(word):
                 fixes = {
                     "label": "put the image in a class folder (images/<label>/...)",
-                    "caption": "give it a caption (a .txt beside it, or a metadata.jsonl row) or set caption_fallback",
+                    "caption": "give it a caption (a .txt beside it, or a metadata.jsonl row) or set "
+                    "RANDOM_DIFFUSION_CAPTION_FALLBACK (the dataset resource's caption_fallback) to a text for it",
                     "stem": "rename the file",
                 }
                 line = self.lines[index].template  # quoted: a prompt list's n-th prompt is not its file's n-th line
