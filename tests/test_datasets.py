@@ -199,6 +199,54 @@ def test_the_dataset_carries_each_images_caption_as_it_is_now(labelled, tmp_path
         assert said and said[0].endswith("Its rows keep the caption dog/002.png's results were made with."), said
 
 
+def test_a_tree_of_splits_labels_by_the_folder_under_the_split_and_loads_as_those_splits(tmp_path, models_dir):
+    """`train/<label>/...` and `test/<label>/...`, Hugging Face's ImageFolder layout with splits: `{label}` is the
+    folder under the split, and the dataset keeps the splits, each with its metadata (`datasets` drops a
+    metadata.jsonl above split folders). A name `datasets` reads as a split's elsewhere is warned of."""
+    import datasets
+
+    images = tmp_path / "images"
+    for name, color in (
+        ("train/cat/1.png", (200, 40, 40)),
+        ("train/cup/2.png", (40, 200, 40)),
+        ("test/cat/3.png", (9, 9, 9)),
+    ):
+        make_image(images / name, color=color)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a {label}\n")
+    project = {
+        "images_dir": str(images),
+        "output_dir": str(tmp_path / "outputs"),
+        "prompts_file": str(prompts),
+        "models_file": str(write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd15",))),
+        "seed": 0,
+    }
+    export = tmp_path / "augmented"
+    with dg.instance_for_test() as instance:
+        assert _diffuse_all(instance, project)[1].success
+        result = _export(instance, project, include_sources=True, dataset_dir=str(export))
+        assert result.success and not [e for e in instance.all_logs(result.run_id) if "reads as a split" in e.message]
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(export))
+    assert sorted(loaded) == ["test", "train"]
+    train = sorted(zip(loaded["train"]["kind"], loaded["train"]["label"], loaded["train"]["prompt"], strict=True))
+    assert train == [
+        ("augmented", "cat", "a photo of a cat"),
+        ("augmented", "cup", "a photo of a cup"),
+        ("source", "cat", None),
+        ("source", "cup", None),
+    ]
+    assert loaded["test"]["source_file"] == ["test/cat/3.png"] * 2 and set(loaded["test"]["label"]) == {"cat"}
+    assert sorted(path.name for path in (export / "train").iterdir()) == ["augmented", "metadata.jsonl", "source"]
+
+    make_image(images / "cat" / "test_01.png", color=(1, 2, 3))  # outside the splits, with a name read as one
+    with dg.instance_for_test() as instance:
+        assert _diffuse_all(instance, project)[1].success
+        result = _export(instance, project, dataset_dir=str(export))
+        said = [e.user_message for e in instance.all_logs(result.run_id) if "reads as a split" in e.message]
+    assert len(said) == 1 and said[0].startswith("4 of the dataset's files have a folder or file name"), said
+    assert "(e.g. augmented/cat/test_01.png" in said[0]
+
+
 def test_the_dataset_never_replaces_a_folder_the_project_did_not_write(labelled, tmp_path):
     theirs = tmp_path / "mine"
     (theirs / "keep.txt").parent.mkdir()

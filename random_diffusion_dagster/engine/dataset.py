@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .images import readable
+from .images import SPLIT_WORDS, label_of, readable, split_of
 from .output_location import is_local, location, overlap
 from .results import ResultRecord
 
@@ -93,23 +94,33 @@ def export_image_folder(
     staging = target.parent / f".{target.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    # An images folder of splits (`train/<label>/...`) gives a dataset of them: `<split>/augmented/...` with the
+    # split's own metadata.jsonl, which `datasets` reads per split (a metadata.jsonl above the splits it drops).
+    split = bool(results) and all(split_of(record.source_file) for record, _result in results)
     try:
         rows = []
         output = Path(location(output_dir)).resolve()
         for record, result in sorted(results, key=lambda pair: (pair[0].key, pair[0].variant)):
-            name = readable(f"augmented/{Path(result).relative_to(output).as_posix()}")  # as the output folder has it
+            folder = f"{split_of(record.source_file)}/" if split else ""
+            within = Path(result).relative_to(output).as_posix()[len(folder) :]  # as the output folder has it
+            name = readable(f"{folder}augmented/{within}")
             _place(result, staging / name)
             caption = captions.get(record.source_file, record.caption)
             rows.append(_row(name, "augmented", record, caption))
             if sources:
                 source = Path(images_dir) / record.source_file
-                name = readable(f"source/{record.source_file}")
+                name = readable(f"{folder}source/{record.source_file[len(folder) :]}")
                 if source.is_file() and not (staging / name).exists():
                     _place(source, staging / name)
-                    own = (readable(record.source_file), record.label, caption)
+                    own = (readable(record.source_file), label_of(record.source_file), caption)
                     rows.append(DatasetRow(name, "source", *own, *[None] * 8))
-        lines = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in rows)
-        (staging / METADATA_FILE).write_text(lines, encoding="utf-8")
+        by_folder: dict[str, list[str]] = {}
+        for row in rows:
+            folder, _, within = row.file_name.partition("/") if split else ("", "", row.file_name)
+            line = json.dumps({**asdict(row), "file_name": within}, ensure_ascii=False)  # relative to its metadata file
+            by_folder.setdefault(folder, []).append(line + "\n")
+        for folder, lines in by_folder.items():
+            (staging / folder / METADATA_FILE).write_text("".join(lines), encoding="utf-8")
         pd.DataFrame([asdict(row) for row in rows], columns=list(DatasetRow.__dataclass_fields__)).to_parquet(
             staging / MANIFEST_FILE, index=False
         )
@@ -121,12 +132,29 @@ def export_image_folder(
     return rows
 
 
+# A folder or file name `datasets` reads as naming a split (datasets.data_files' patterns): the word alone or
+# between characters other than letters (`test/`, `train-2/`, `test_01.png`, `cat 2 train.png`).
+_SPLIT_NAME = re.compile(rf"(?:^|[-._ 0-9])(?:{'|'.join(SPLIT_WORDS)})(?:$|[-._ 0-9])")
+
+
+def split_word_names(rows: list[DatasetRow]) -> list[str]:
+    """The rows' file names with a folder or file named like a split below the dataset's splits (or anywhere, when it
+    has none): `datasets` would split the dataset by them and leave the metadata out."""
+    found = []
+    for row in rows:
+        parts = row.file_name.split("/")
+        below = parts[1:] if split_of(row.source_file) and parts[0] == split_of(row.source_file) else parts
+        if any(_SPLIT_NAME.search(part) for part in below):
+            found.append(row.file_name)
+    return found
+
+
 def _row(name: str, kind: str, record: ResultRecord, caption: str | None) -> DatasetRow:
     return DatasetRow(
         file_name=name,
         kind=kind,
         source_file=readable(record.source_file),
-        label=record.label,
+        label=label_of(record.source_file),
         caption=caption,
         prompt=record.prompt,
         prompt_template=record.prompt_template,

@@ -61,9 +61,28 @@ class SourceFile:
 
     @property
     def label(self) -> str:
-        """Its class in the ImageFolder layout (`<label>/...`): the first folder under the images folder; "" at the
-        top."""
-        return self.folder.split("/", 1)[0] if self.folder else ""
+        return label_of(self.relative_path)
+
+
+# The words `datasets` reads as split names in a path (datasets.data_files.SPLIT_KEYWORDS): a folder named so is a
+# split (`train/<label>/...`), as in Hugging Face's ImageFolder layout.
+SPLIT_WORDS = ("train", "training", "validation", "valid", "dev", "val", "test", "testing", "eval", "evaluation")
+
+
+def split_of(relative_path: str) -> str | None:
+    """The split an image's path puts it in (`train/cat/001.jpg`: "train"), or None: its first folder, where that is
+    named as a split."""
+    first, slash, _rest = relative_path.partition("/")
+    return first if slash and first in SPLIT_WORDS else None
+
+
+def label_of(relative_path: str) -> str:
+    """An image's class in the ImageFolder layout (`<label>/...`, or `<split>/<label>/...`): its first folder under
+    the images folder, after a split folder; "" for an image with none."""
+    folders = relative_path.split("/")[:-1]
+    if folders and split_of(relative_path):
+        folders = folders[1:]
+    return folders[0] if folders else ""
 
 
 def partition_key_for(file_name: str, folder: str = "") -> str:

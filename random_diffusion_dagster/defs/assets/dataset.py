@@ -4,7 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from ...engine.captions import Captions
-from ...engine.dataset import METADATA_FILE, export_image_folder
+from ...engine.dataset import METADATA_FILE, export_image_folder, split_word_names
 from ...engine.freshness import NO_RESULT
 from ...engine.images import SourceFile
 from ...engine.prompts import PromptListError
@@ -73,6 +73,13 @@ def augmented_dataset(
         config.include_sources,
         _captions_now(context, files),
     )
+    if misread := split_word_names(rows):
+        context.log.warning(
+            f"{len(misread)} of the dataset's files have a folder or file name that `datasets` reads as a split's "
+            f"(e.g. {misread[0]}): load_dataset('imagefolder') would split the dataset by those names and leave the "
+            "metadata columns out. Rename them, or keep every image under a split folder of the images folder "
+            "(train/, test/, validation/), which the dataset then keeps as its splits."
+        )
     labels = sorted({row.label for row in rows if row.label})
     context.log.info(f"Wrote {len(rows)} images ({len(labels)} labels) to {dataset.dataset_dir}")
     return dg.MaterializeResult(
