@@ -102,14 +102,14 @@ def export_image_folder(
         output = Path(location(output_dir)).resolve()
         for record, result in sorted(results, key=lambda pair: (pair[0].key, pair[0].variant)):
             folder = f"{split_of(record.source_file)}/" if split else ""
-            within = Path(result).relative_to(output).as_posix()[len(folder) :]  # as the output folder has it
-            name = readable(f"{folder}augmented/{within}")
+            within = Path(result).relative_to(output).as_posix()  # as the output folder has it: under the split too
+            name = readable(f"{folder}augmented/{within.removeprefix(folder)}")
             _place(result, staging / name)
             caption = captions.get(record.source_file, record.caption)
             rows.append(_row(name, "augmented", record, caption))
             if sources:
                 source = Path(images_dir) / record.source_file
-                name = readable(f"{folder}source/{record.source_file[len(folder) :]}")
+                name = readable(f"{folder}source/{record.source_file.removeprefix(folder)}")
                 if source.is_file() and not (staging / name).exists():
                     _place(source, staging / name)
                     own = (readable(record.source_file), label_of(record.source_file), caption)
