@@ -127,6 +127,8 @@ def _rerolls(
     """The results `reroll` names, as `key` (all its variants) or `key~vN`: an image by its partition key or by its
     path under the images folder (as `compare` takes it). A name that is none of this run's images, or a variant the
     run does not make, is left alone, and the run's log says so: a re-roll that does nothing is never silent."""
+    if not names:
+        return frozenset()  # most runs: the catalog is not read again for the variant count
     by_path = {file.relative_path: file.partition_key for file in files}
     keys, variants = set(by_path.values()), dataset.result_variants()
     chosen, elsewhere, beyond = set(), [], []
