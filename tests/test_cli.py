@@ -150,12 +150,13 @@ def _assert_each_run_shows_its_target(home: Path) -> None:
     assert all(run.tags.get(PROCESS_TAG) for run in runs)
 
 
-def test_run_without_images_says_where_to_put_them(project, tmp_path):
+def test_run_without_images_says_where_to_put_them_and_names_the_setting_that_hid_some(project, tmp_path):
     empty = tmp_path / "empty"
-    empty.mkdir()
+    make_image(empty / "cat" / "001.png")  # in a subfolder, which RANDOM_DIFFUSION_RECURSIVE=0 leaves out
     env = {
         **os.environ,
         "DAGSTER_HOME": str(tmp_path),
+        "RANDOM_DIFFUSION_RECURSIVE": "0",
         "RANDOM_DIFFUSION_IMAGES_DIR": str(empty),
         "RANDOM_DIFFUSION_MODELS_FILE": project["models_file"],
         "RANDOM_DIFFUSION_PROMPTS_FILE": project["prompts_file"],
@@ -164,6 +165,8 @@ def test_run_without_images_says_where_to_put_them(project, tmp_path):
         [str(BIN / "random-diffusion"), "run"], env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 1 and "No images found" in completed.stderr
+    assert f"No images in {empty} itself, and its subfolders (cat/) are not scanned" in completed.stderr
+    assert "RANDOM_DIFFUSION_RECURSIVE=0 (the dataset resource's `recursive`) leaves them out" in completed.stderr
 
 
 @pytest.mark.parametrize(

@@ -345,9 +345,16 @@ def test_variants_differ_are_reproducible_and_raising_k_adds_only_the_new_ones(p
         _, more = _diffuse_all(instance, project, variants=3)
         assert more.success and _run_figures_of(instance, more) == {"generated": 3, "reused": 6}
         export = tmp_path / "augmented"
-        assert _export(instance, project, dataset_dir=str(export), variants=3).success
+        full = _export(instance, project, dataset_dir=str(export), variants=3)
+        assert full.success and not [e for e in instance.all_logs(full.run_id) if "more results in" in e.message]
         manifest = pd.read_parquet(export / "manifest.parquet")
         assert sorted(manifest["variant"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and manifest["file_name"].is_unique
+        # An export that forgets the count has fewer per image, and says which results it left out and how.
+        fewer = _export(instance, project, dataset_dir=str(tmp_path / "fewer"), variants=2)
+        assert fewer.success and len(pd.read_parquet(tmp_path / "fewer" / "manifest.parquet")) == 6
+        said = [e.user_message for e in instance.all_logs(fewer.run_id) if "more results in the output" in e.message]
+        assert len(said) == 1 and said[0].startswith("3 images have more results in the output folder than this ")
+        assert "~v2.png" in said[0] and "--variants K" in said[0] and "defaults: {variants: K}" in said[0]
 
     for path in [p for p in Path(outputs).rglob("*.png")]:
         path.unlink()
@@ -371,6 +378,25 @@ def test_a_broken_caption_file_fails_only_images_whose_prompt_names_caption(tmp_
     assert [t.prompt for t in tasks] == ["a photo of a dog"] and unplanned == {}
     tasks, unplanned = Planner(["{caption}"], catalog, 0, str(tmp_path / "out")).plan(files)
     assert tasks == [] and "metadata.jsonl, line 2: not JSON" in unplanned["dog/002.png"]
+
+
+def test_an_empty_caption_is_named_as_empty_and_the_fallback_fills_it(tmp_path, models_dir):
+    from random_diffusion_dagster.engine.catalog import load_catalog
+    from random_diffusion_dagster.engine.plan import Planner
+
+    images = tmp_path / "images"
+    make_image(images / "cat" / "001.png")
+    (images / "cat" / "001.txt").write_text("  \n")
+    make_image(images / "dog" / "002.png")
+    (images / "dog" / "metadata.jsonl").write_text('{"file_name": "002.png", "text": ""}\n')
+    catalog = load_catalog(write_catalog(tmp_path / "models.yaml", models_dir, names=("tiny-sd15",)))
+    files = scan_images(images).files
+    tasks, unplanned = Planner(["a {label}, {caption}"], catalog, 0, str(tmp_path / "out")).plan(files)
+    assert tasks == [] and sorted(unplanned) == ["cat/001.png", "dog/002.png"]
+    assert all("uses {caption}, but its caption is empty: write its caption" in why for why in unplanned.values())
+    planner = Planner(["a {label}, {caption}"], catalog, 0, str(tmp_path / "out"), caption_fallback="a photo")
+    tasks, unplanned = planner.plan(files)
+    assert sorted(task.prompt for task in tasks) == ["a cat, a photo", "a dog, a photo"] and unplanned == {}
 
 
 def test_a_top_level_folder_named_as_the_output_folder_keeps_its_report_is_skipped_by_name(tmp_path):

@@ -125,11 +125,21 @@ def test_plain_lines_are_used_exactly_as_written(tmp_path):
         ("a __broken__", "wildcard __broken__ has the value 'a {broken', not a valid template"),
         ("a __../secret__", "wildcard __../secret__ has '..' in its name"),
         ("a __escape__", r"wildcard __escape__, value 'caf\\x1b': control character '\\x1b' at column 4"),
+        # A mistyped image word is a one-choice brace to Dynamic Prompts: every prompt would say "Label".
+        ("a {Label} in the snow", "prompt 1: 'a {Label} in the snow' has {Label}, which is no image word"),
+        (
+            "--prompt 'a {label}' --negative_prompt 'a { captions }'",
+            "has { captions }, which is no image word, so it would not be filled in: write {caption}",
+        ),
     ],
 )
 def test_broken_lines_name_the_prompt_and_the_fix(wildcards, line, message):
     with pytest.raises(PromptListError, match=message.replace("[", r"\[").replace("{", r"\{").replace("|", r"\|")):
         PromptTemplates(["fine", line] if "prompt 1" not in message else [line], wildcards, "prompts.txt")
+
+
+def test_a_word_merely_like_an_image_word_stays_a_one_choice_brace():
+    assert PromptTemplates(["a {system} on a {table}, {steps}"]).resolve(0, 0).prompt == "a system on a table, steps"
 
 
 def test_a_missing_wildcards_folder_is_named(tmp_path):

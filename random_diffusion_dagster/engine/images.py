@@ -13,7 +13,7 @@ import re
 import stat
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -148,6 +148,7 @@ class FolderScan:
 
     files: list[SourceFile]
     skipped: list[SkippedEntry]
+    unscanned_folders: list[str] = field(default_factory=list)  # subfolders a scan without `recursive` left out
 
 
 def scan_images(folder: str | Path, recursive: bool = True) -> FolderScan:
@@ -234,6 +235,8 @@ def _scan_entries(
         if stat.S_ISDIR(info.st_mode):
             if recursive:
                 subfolders.append((entry, shown))
+            elif not entry.name.startswith("."):
+                scan.unscanned_folders.append(shown)
             continue
         if entry.name.startswith(".") or entry.name in CAPTION_FILES:
             continue

@@ -8,6 +8,7 @@ without template syntax are used exactly as written, so plain prompt files keep 
 
 from __future__ import annotations
 
+import difflib
 import random
 import re
 import shlex
@@ -27,7 +28,11 @@ MAX_NESTING = 20
 # An image's own words: `{label}` (its class folder), `{caption}` (engine/captions.py), `{stem}` (its file name
 # without extension). Dynamic Prompts would read `{label}` as a one-choice variant, so each is parsed as a marker
 # word and filled in per image after the draw.
-IMAGE_WORD = re.compile(r"\{(label|caption|stem)\}")
+IMAGE_WORDS = ("label", "caption", "stem")
+IMAGE_WORD = re.compile(r"\{(" + "|".join(IMAGE_WORDS) + r")\}")
+# `{Label}`, `{captions}`, `{ stem }`: Dynamic Prompts draws a one-choice brace as its word, so a mistyped image word
+# would reach every prompt as the literal word "Label"; a brace this close to an image word is refused instead.
+ONE_CHOICE = re.compile(r"\{\s*([A-Za-z_]+)\s*\}")
 MAX_DRAWN_CHARS = 10_000  # a drawn prompt past this is a runaway expansion, not a prompt (CLIP reads ~77 tokens)
 
 
@@ -108,6 +113,9 @@ class PromptTemplates:
         ]
         self._where = where
         self.lines = [parse_line(text, where[index]) for index, text in enumerate(lines)]
+        for index, line in enumerate(self.lines):
+            _check_image_words(line.template, where[index])
+            _check_image_words(line.negative_prompt or "", where[index])
         self._parsed = {
             index: self._check(line.template, where[index]) for index, line in enumerate(self.lines) if line.is_template
         }
@@ -130,13 +138,15 @@ class PromptTemplates:
             if not words.get(word):
                 fixes = {
                     "label": "put the image in a class folder (images/<label>/...)",
-                    "caption": "give it a caption (a .txt beside it, or a metadata.jsonl row) or set "
+                    "caption": "write its caption (a .txt beside it, or a metadata.jsonl row) or set "
                     "RANDOM_DIFFUSION_CAPTION_FALLBACK (the dataset resource's caption_fallback) to a text for it",
                     "stem": "rename the file",
                 }
                 line = self.lines[index].template  # quoted: a prompt list's n-th prompt is not its file's n-th line
+                empty = word == "caption" and words.get(word) == ""  # a caption file or row with no text
+                lacks = "its caption is empty" if empty else "the image has none"
                 raise PromptListError(
-                    f"{self._where[index]}: {line[:80]!r} uses {{{word}}}, but the image has none: {fixes[word]}."
+                    f"{self._where[index]}: {line[:80]!r} uses {{{word}}}, but {lacks}: {fixes[word]}."
                 )
             return words[word]
 
@@ -259,6 +269,20 @@ class PromptTemplates:
                     f"{where}: wildcard __{name}__ has the value {value[:80]!r}, not a valid template ({exc.msg} "
                     f"at column {exc.column}): balance its braces in {name}.txt."
                 ) from None
+
+
+def _check_image_words(text: str, where: str) -> None:
+    """Refuse a one-choice brace that is an image word mistyped (case, spaces, a plural, one letter off)."""
+    for match in ONE_CHOICE.finditer(text):
+        if IMAGE_WORD.fullmatch(match[0]):
+            continue
+        typed = match[1].lower()
+        close = difflib.get_close_matches(typed, IMAGE_WORDS, n=1, cutoff=0.8)
+        if close and abs(len(typed) - len(close[0])) <= 1:
+            raise PromptListError(
+                f"{where}: {text[:80]!r} has {match[0]}, which is no image word, so it would not be filled in: "
+                f"write {{{close[0]}}} (an image's words are {{label}}, {{caption}} and {{stem}}, in lower case)."
+            )
 
 
 def _check_nesting(template: str, where: str) -> None:

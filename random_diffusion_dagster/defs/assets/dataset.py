@@ -8,7 +8,7 @@ from ...engine.dataset import METADATA_FILE, export_image_folder, split_word_nam
 from ...engine.freshness import NO_RESULT
 from ...engine.images import SourceFile
 from ...engine.prompts import PromptListError
-from ...engine.results import read_failure, read_result, result_location
+from ...engine.results import ResultListing, read_failure, read_result, relative_result_path, result_location
 from ..asset_keys import DIFFUSED_IMAGE_KEY
 from ..metadata import table
 from ..out_of_date import NOT_RECORDED, current_planner, out_of_date, reason_counts
@@ -37,7 +37,8 @@ def augmented_dataset(
     results, missing, failed = [], 0, 0
     variants = dataset.result_variants()  # once: it may read the catalog
     files, _gone = dataset.files_for(keys)
-    for key, source_path in dataset.source_paths(keys, files).items():
+    sources = dataset.source_paths(keys, files)
+    for key, source_path in sources.items():
         # the results its last run failed (all, where it failed before any was planned): what is on disk for them is
         # an older draw's; its other results are current
         failure = read_failure(dataset.output_dir, key)
@@ -51,6 +52,13 @@ def augmented_dataset(
                 results.append((record, result_location(dataset.output_dir, key, source_path, variant)))
     if missing:
         context.log.warning(f"{missing} results of {len(keys)} images are not made yet; the dataset leaves them out.")
+    if beyond := _more_variants_on_disk(dataset, sources, variants):
+        context.log.warning(
+            f"{len(beyond)} images have more results in the output folder than this run's {variants} per image "
+            f"(e.g. {beyond[0]}): the dataset has {variants} per image. To export them all, run with the count they "
+            "were made with (`random-diffusion run --dataset --variants K`), or keep it in the catalog "
+            "(`defaults: {variants: K}`) or RANDOM_DIFFUSION_VARIANTS."
+        )
     if failed:
         context.log.warning(
             f"{failed} images failed their last run, in some or all of their results (the report lists why): what is "
@@ -101,6 +109,21 @@ def augmented_dataset(
             ),
         }
     )
+
+
+def _more_variants_on_disk(dataset: DatasetResource, sources: dict[str, str | None], variants: int) -> list[str]:
+    """The results past this run's count in a local output folder (`cat/001~v1.png` where variants is 1): made by a
+    run with more variants, and left out of the dataset unless the count is given again. Not looked for in object
+    stores, where it would cost a request per image."""
+    listing = ResultListing.of(dataset.output_dir)
+    if listing is None:
+        return []
+    found = []
+    for key, source_path in sources.items():
+        name = relative_result_path(dataset.output_dir, result_location(dataset.output_dir, key, source_path, variants))
+        if listing.may_hold(name) and read_result(dataset.output_dir, key, source_path, variants):
+            found.append(name)
+    return found
 
 
 def _captions_now(context: dg.AssetExecutionContext, files: list[SourceFile]) -> dict[str, str | None]:

@@ -91,6 +91,13 @@ def source_images(context: dg.AssetExecutionContext, dataset: DatasetResource) -
     }
     for entry in skipped:
         context.log.warning(f"Skipped {entry['name']}: {entry['reason']}")
+    if not scan.files and scan.unscanned_folders:
+        folders = ", ".join(f"{name}/" for name in scan.unscanned_folders[:5])
+        context.log.warning(
+            f"No images in {dataset.images_dir} itself, and its subfolders ({folders}) are not scanned: "
+            "RANDOM_DIFFUSION_RECURSIVE=0 (the dataset resource's `recursive`) leaves them out. Set it to 1 to take "
+            "their images."
+        )
     warning = partition_ceiling_warning(len(partitions))
     if warning:
         context.log.warning(warning)
