@@ -5,6 +5,9 @@ import os
 # Before torch is imported anywhere: one thread is much faster for tiny models on small
 # CPUs, and the hub must never be contacted.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# torch.compile's kernels compile in this process, not in a pool of compile workers that each import torch first:
+# on two cores shared by three test workers the pool only adds CPU time (20 s of the int8 test's 130).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 # The daemons the tests start look for new images every 5 s, not every 30 s: the waits are the suite's, not the
 # behaviour under test (tests/test_definitions.py checks the default).
