@@ -87,6 +87,19 @@ def test_read_record_checks_every_chunk_without_decoding_the_pixels(tmp_path, mo
     assert read_record(path) is None
 
 
+def test_a_result_where_it_belongs_is_read_once(tmp_path, monkeypatch):
+    """Every pass over the results (a schedule tick, the asset check, the dataset) reads each record: once, where the
+    result is already under its own name, not once to see whether to move it and again to read it."""
+    from random_diffusion_dagster.engine import results
+
+    path = result_path(tmp_path, "cat/001.jpg")
+    record = _record(key="cat/001.jpg", variant=0)
+    write_result_png(Image.new("RGB", (8, 8)), path, "a cat", record)
+    reads, real = [], results.read_record
+    monkeypatch.setattr(results, "read_record", lambda where: reads.append(where) or real(where))
+    assert results.read_result(tmp_path, "cat/001.jpg", "cat/001.jpg") == record and reads == [path]
+
+
 def test_a_record_after_the_pixels_is_still_read(tmp_path):
     """Other tools may rewrite a PNG with its text chunks after the image data."""
     path = tmp_path / "out.png"

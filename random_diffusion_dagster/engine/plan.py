@@ -22,7 +22,7 @@ from .images import SourceFile, readable
 from .pairs import COMPUTED_CONTROLS, MASK, PairError, PairFile, PairFolders, file_sha256, missing_pair_message
 from .prompts import PromptListError
 from .quality import attempt_seed
-from .results import adopt_earlier_result, read_record, result_path
+from .results import read_result, result_path
 from .templates import PromptTemplates
 
 ENGINE_VERSION = "2"  # bump when the same inputs would give different pixels (2: aspect-keeping padding)
@@ -301,8 +301,8 @@ class Planner:
     def roll_of(self, file: SourceFile, variant: int) -> int:
         """The variant's roll: the one its result on disk records, plus one where this run re-rolls it."""
         key = file.partition_key
-        record = read_record(adopt_earlier_result(self.output_dir, file.relative_path, variant))
-        kept = record.roll if record is not None and (record.key, record.variant) == (key, variant) else 0
+        record = read_result(self.output_dir, key, file.relative_path, variant)
+        kept = record.roll if record is not None else 0
         return kept + (key in self.rerolls or f"{key}~v{variant}" in self.rerolls)
 
     def plan(self, files: list[SourceFile], with_pairs: bool = True) -> tuple[list[ImageTask], dict[str, str]]:
@@ -310,7 +310,7 @@ class Planner:
         (`with_pairs`: as task's).
 
         A result still under a name an earlier version gave it is moved to the task's output path first
-        (adopt_earlier_result, through roll_of), so the run reuses it instead of making it again.
+        (results.adopt_earlier_result, through roll_of), so the run reuses it instead of making it again.
         """
         tasks, unplanned = [], {}
         for file in files:

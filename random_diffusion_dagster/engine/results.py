@@ -364,6 +364,9 @@ def read_result(
     if source_path is None:
         path = keyed_result_path(output_dir, key, variant)  # as result_location has it
     else:
+        record = read_record(result_path(output_dir, source_path, variant))
+        if record is not None and (record.key, record.variant) == (key, variant):
+            return record  # where it belongs, as nearly every result is: read once
         path = adopt_earlier_result(output_dir, source_path, variant)  # result_location's, once adopted there
     record = read_record(path)
     return record if record is not None and (record.key, record.variant) == (key, variant) else None

@@ -5,7 +5,7 @@ from pydantic import Field
 
 from ...engine.captions import Captions
 from ...engine.dataset import METADATA_FILE, export_image_folder, split_word_names
-from ...engine.freshness import NO_RESULT
+from ...engine.freshness import NO_RESULT, Judgement
 from ...engine.images import SourceFile
 from ...engine.prompts import PromptListError
 from ...engine.results import ResultListing, read_failure, read_result, relative_result_path, result_location
@@ -38,14 +38,18 @@ def augmented_dataset(
     variants = dataset.result_variants()  # once: it may read the catalog
     files, _gone = dataset.files_for(keys)
     sources = dataset.source_paths(keys, files)
+    judged, stale = _judged(context, dataset)
     for key, source_path in sources.items():
         # the results its last run failed (all, where it failed before any was planned): what is on disk for them is
         # an older draw's; its other results are current
         failure = read_failure(dataset.output_dir, key)
         left_out = set(failure.variants or range(variants)) if failure else set()
         failed += bool(left_out)
+        made = {record.variant: record for record in judged[key].made} if key in judged else None  # read once
         for variant in sorted(set(range(variants)) - left_out):
-            record = read_result(dataset.output_dir, key, source_path, variant)
+            record = (
+                made.get(variant) if made is not None else read_result(dataset.output_dir, key, source_path, variant)
+            )
             if record is None:
                 missing += 1
             else:
@@ -64,7 +68,6 @@ def augmented_dataset(
             f"{failed} images failed their last run, in some or all of their results (the report lists why): what is "
             "on disk for those results is out of date, so the dataset leaves them out."
         )
-    stale = _out_of_date(context, dataset)
     exported_stale = sum(record.key in stale for record, _location in results)
     if exported_stale:
         exported = {record.key for record, _location in results}
@@ -139,12 +142,14 @@ def _captions_now(context: dg.AssetExecutionContext, files: list[SourceFile]) ->
     return found
 
 
-def _out_of_date(context: dg.AssetExecutionContext, dataset: DatasetResource) -> dict[str, str]:
-    """Image key -> why its results on disk are not today's draw (results_up_to_date's rule); none where the prompts
-    or catalog cannot be read (their runs name the problem)."""
+def _judged(context: dg.AssetExecutionContext, dataset: DatasetResource) -> tuple[dict[str, Judgement], dict[str, str]]:
+    """(image key -> its judgement, with its results' records as read; image key -> why its results on disk are
+    not today's draw: results_up_to_date's rule). Neither where the prompts or catalog cannot be read (their runs
+    name the problem): the records are then read one by one."""
     try:
         found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
     except (ValueError, OSError) as exc:
         context.log.warning(f"Cannot tell which results are out of date: {exc}")
-        return {}
-    return {key: why for key, why in found.reasons.items() if why not in (NO_RESULT, NOT_RECORDED)}
+        return {}, {}
+    stale = {key: why for key, why in found.reasons.items() if why not in (NO_RESULT, NOT_RECORDED)}
+    return found.judged, stale
