@@ -244,6 +244,7 @@ class Planner:
         line, model, seed = choose(source.sha256, self.run_seed, self.prompts, self.catalog, variant, roll)
         seed_of_template = template_seed(source.sha256, self.run_seed, variant, roll)
         words = words or {}
+        # no caption, or an empty one: the fallback where there is one; else it stays as it is, and is named so
         filled = {**words, "caption": words.get("caption") or self.caption_fallback or words.get("caption")}
         resolved = self.templates.resolve(self.prompts.index(line), seed_of_template, filled)
         source_file = relative_path or Path(source_path).name
