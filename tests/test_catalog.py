@@ -60,11 +60,14 @@ def _spec(tmp_path, **entry):
 
 
 def test_missing_folder_says_how_to_restore_the_demo_models(tmp_path):
+    from random_diffusion_dagster.engine.pipelines import SHIPPED_MODELS
+
     with pytest.raises(ModelLoadError, match=r"Model 'm'.*does not exist.*`git checkout data/models` restores them"):
-        load_pipeline(_spec(tmp_path, path="models/tiny-sd15"), "cpu")
-    with pytest.raises(ModelLoadError, match=r"does not exist\. Fix `path` in the catalog") as other:
-        load_pipeline(_spec(tmp_path, path="absent"), "cpu")
-    assert "git checkout" not in str(other.value)  # not a demo model: restoring them would not help
+        load_pipeline(_spec(tmp_path, path=str(SHIPPED_MODELS / "tiny-sd99")), "cpu")
+    for elsewhere in ("absent", "models/tiny-sd15"):  # a user's own folder, even one named like the demo's
+        with pytest.raises(ModelLoadError, match=r"does not exist\. Fix `path` in the catalog") as other:
+            load_pipeline(_spec(tmp_path, path=elsewhere), "cpu")
+        assert "git checkout" not in str(other.value)  # not a demo model: restoring them would not help
 
 
 def test_folder_without_model_index_is_not_a_diffusers_folder(tmp_path):

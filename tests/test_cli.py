@@ -113,6 +113,22 @@ def _assert_plan_prices_a_new_seed_and_nothing_for_the_current_one(env: dict) ->
         late.unlink()
         notes.unlink()
     assert seen.stdout.startswith("Not registered yet: 1 image in the folder; a run makes them too"), seen.stdout
+    # A catalog entry whose images would fail, as far as the files here tell: named once, before the images.
+    models = Path(env["RANDOM_DIFFUSION_MODELS_FILE"])
+    catalog = models.read_text()
+    document = yaml.safe_load(catalog)
+    document["models"].append({"name": "gone", "path": str(models.parent / "tiny-sd99")})
+    models.write_text(yaml.safe_dump(document))
+    try:
+        named = subprocess.run([*plan, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        models.write_text(catalog)
+    lines = named.stdout.splitlines()
+    assert (
+        named.returncode == 0
+        and lines[0] == "Models whose images would fail: 1 (a run fails those images, each naming this):"
+    )
+    assert lines[1].startswith("  Model 'gone' (path: ") and "the path does not exist" in lines[1], named.stdout
     # A prompts file no run could use is one line naming its line, not a reason given for every image.
     prompts = Path(env["RANDOM_DIFFUSION_PROMPTS_FILE"])
     kept = prompts.read_text()

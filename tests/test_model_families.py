@@ -167,6 +167,35 @@ def test_emphasis_is_refused_by_name_where_t5_reads_the_prompt(models_dir, tmp_p
     assert result.status == "failed" and re.search(message, result.error)
 
 
+def test_entries_a_family_cannot_run_are_named_when_the_catalog_is_read_and_their_images_still_fail_alone(
+    models_dir, tmp_path
+):
+    """What model_index.json and the paths tell without loading anything: each run's model_catalog names the entries
+    whose images will fail (the log and a metadata table), before any image; the others are not named."""
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text(
+        "defaults: {resolution: 64, num_inference_steps: 2, strength: 0.5}\n"
+        "models:\n"
+        f"  - {{name: fine, path: {models_dir / 'tiny-sd15'}}}\n"
+        f"  - {{name: weighted-flux, path: {models_dir / 'tiny-flux'}, prompt_weighting: true}}\n"
+        f"  - {{name: negative-flux, path: {models_dir / 'tiny-flux'}, negative_prompt: blurry}}\n"
+        f"  - {{name: gone, path: {tmp_path / 'tiny-sd99'}}}\n"
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [model_catalog], instance=instance, resources={"dataset": DatasetResource(models_file=str(catalog))}
+        )
+        said = [e.user_message for e in instance.all_logs(result.run_id) if "will fail" in e.message]
+    assert result.success and len(said) == 3
+    named = dict(zip(["weighted-flux", "negative-flux", "gone"], said, strict=True))
+    assert "Model 'weighted-flux' (Flux.1) cannot honour `prompt_weighting: true`" in named["weighted-flux"]
+    assert "takes no negative prompt" in named["negative-flux"] and "without their own --negative_prompt" in said[1]
+    assert "the path does not exist. Fix `path` in the catalog" in named["gone"]
+    assert all(line.endswith("The images that draw it will fail; the others run.") for line in said)
+    table = result.asset_materializations_for_node("model_catalog")[0].metadata["models_that_will_fail"].value
+    assert [row.data["name"] for row in table.records] == ["weighted-flux", "negative-flux", "gone"]
+
+
 def test_truncation_means_what_each_family_reads(models_dir, tmp_path):
     """SDXL: a CLIP tokenizer over 77 tokens. SD3 / Flux.1: T5 over max_sequence_length (256 / 512); their CLIP
     reads only 77 tokens by design. The demo tokenizers read about one token per character."""

@@ -20,12 +20,14 @@ from typing import Any
 
 from .catalog import ControlNetSpec, EmbeddingSpec, LoraSpec, ModelSpec
 from .families import (
+    FROM_CATALOG,
     OTHER,
     SD,
     Family,
     family_of_pipeline,
     family_of_spec,
     img2img_class_name,
+    negative_prompt_problem,
     pipeline_class_name,
     settings_problem,
 )
@@ -34,6 +36,7 @@ from .quiet import quiet_libraries
 
 log = logging.getLogger(__name__)  # into the run's log during a run (quiet.engine_warnings_to)
 
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "data" / "models"  # the demo models of a source checkout
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")
 # Components that may be shared between pipelines when their weights are byte-identical
 # (SD 1.4 and 1.5 ship the same VAE and text encoder, for example).
@@ -197,6 +200,22 @@ def _without_safety_checker(spec: ModelSpec) -> dict[str, Any]:
     if spec.source_kind == "single_file" or (index.is_file() and '"safety_checker"' in index.read_text()):
         arguments["requires_safety_checker"] = False
     return arguments
+
+
+def problem_before_loading(spec: ModelSpec) -> str | None:
+    """Why the entry's images would fail, as far as this machine's files tell without loading anything: its path is
+    missing or no model, or its family (model_index.json) cannot honour a setting, the catalog's negative prompt
+    included. `plan` and each run's `model_catalog` say so before any image; the images still fail one by one (a
+    worker may see other files)."""
+    try:
+        _check_source_exists(spec)
+        family = family_of_spec(spec)
+        _refuse_unsupported(spec, family)
+    except ModelLoadError as exc:
+        return str(exc)
+    if problem := negative_prompt_problem(spec.name, family, spec.negative_prompt, FROM_CATALOG):
+        return f"{problem} (for prompt lines without their own --negative_prompt)"
+    return None
 
 
 def _refuse_unsupported(spec: ModelSpec, family: Family) -> None:
@@ -417,7 +436,7 @@ def _check_source_exists(spec: ModelSpec) -> None:
     source = Path(spec.source)
     if spec.source_kind == "path":
         if problem := kind_problem(source, "folder"):
-            demo = source.parent.name == "models" and source.name.startswith("tiny-sd")  # data/models/tiny-sd15
+            demo = source.parent.resolve() == SHIPPED_MODELS  # data/models/tiny-sd15, built by `make run`
             raise ModelLoadError(
                 f"{where}: the path {problem}. "
                 + (

@@ -204,10 +204,12 @@ def plan_command(args: argparse.Namespace) -> int:
                 partition_of(f.partition_key) not in registered and is_image_file(f.path)
                 for f in dataset.source_files()
             )
-            found = out_of_date(instance, dataset, current_planner(instance, dataset))
+            planner = current_planner(instance, dataset)
+            found = out_of_date(instance, dataset, planner)
         except (ValueError, OSError) as error:  # the prompts file, catalog or folders: each message names the fix
             print(f"error: {error}", file=sys.stderr)
             return 2
+    _print_model_problems(planner.catalog)
     if unregistered:  # a run registers them first (the UI's sensor too): their results are all still to make
         print(f"Not registered yet: {_count(unregistered, 'image')} in the folder; a run makes them too (not priced).")
     _print_gate_failures(found.gate_failures, args.shown)
@@ -230,6 +232,17 @@ def plan_command(args: argparse.Namespace) -> int:
             "catch_up_schedule > Preview tick result > Launch all & commit tick result."
         )
     return 0
+
+
+def _print_model_problems(catalog) -> None:
+    """The catalog entries whose images would fail, as far as the files here tell: a run fails those images."""
+    from ..engine.pipelines import problem_before_loading
+
+    problems = {spec.name: problem for spec in catalog if (problem := problem_before_loading(spec))}
+    if problems:
+        print(f"Models whose images would fail: {len(problems)} (a run fails those images, each naming this):")
+        for problem in problems.values():
+            print(f"  {problem}")
 
 
 def _print_gate_failures(failures: dict[str, str], shown: int) -> None:

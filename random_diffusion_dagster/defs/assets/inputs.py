@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from ...engine.catalog import ModelSpec
 from ...engine.images import ImageLoadError, image_strip, load_rgb, probe_image, thumbnail_data_uri
+from ...engine.pipelines import problem_before_loading
 from ...engine.plan import catalog_version
 from ..metadata import table
 from ..partitions import (
@@ -183,6 +184,13 @@ def model_catalog(context: dg.AssetExecutionContext, dataset: DatasetResource) -
         "catalog_file": dg.MetadataValue.path(dataset.models_file),
         "models": table(rows, MODEL_COLUMNS),
     }
+    if problems := {m.name: problem for m in catalog if (problem := problem_before_loading(m))}:
+        for problem in problems.values():
+            context.log.warning(f"{problem} The images that draw it will fail; the others run.")
+        metadata["models_that_will_fail"] = table(
+            [{"name": name, "problem": problem} for name, problem in problems.items()],
+            {"name": "string", "problem": "string"},
+        )
     _sync_model_partitions(context, [m.name for m in catalog])
     return dg.Output(catalog, data_version=dg.DataVersion(catalog_version(catalog)), metadata=metadata)
 
