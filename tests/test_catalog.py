@@ -350,11 +350,25 @@ def test_shipped_catalogs_load(catalog):
         (_entry(resolution=12, strength="x"), r"`resolution` must be a whole number from 8 to 4096, a multiple of 8"),
         (_entry(weight=0), r"model 'x': `weight` must be a number above 0 and at most 1e\+06; got 0\.$"),
         (_entry(dtype="fp8"), r"`dtype` must be one of \('auto', 'float16', 'bfloat16', 'float32'\); got 'fp8'\.$"),
-        (_entry(stregth=1, **{"1": 2}), r"model 'x': unknown settings \['1', 'stregth'\]; known keys are \['config', "),
-        (_entry(lora="a.safetensors"), r"unknown settings \['lora'\]; known keys are \[.*'loras', .*'path', .*\]\.$"),
+        (
+            _entry(stregth=1, **{"1": 2}),
+            r"model 'x': unknown settings \['1', 'stregth'\] \(stregth: write strength\); known keys are \['config', ",
+        ),
+        (
+            _entry(lora="a.safetensors"),
+            r"unknown settings \['lora'\] \(lora: write loras: \[\{path: \.\.\., weight: \.\.\.\}\]\); known keys are "
+            r"\[.*'loras', .*'path', .*\]\.$",
+        ),
+        # A1111's names, as people carry them over: each with what this catalog has instead, or that it has none.
+        (
+            _entry(steps=20, cfg_scale=7, clip_skip=2),
+            r"unknown settings \['cfg_scale', 'clip_skip', 'steps'\] \(cfg_scale: write guidance_scale; clip_skip: not "
+            r"a setting here: the model's text encoder runs whole; steps: write num_inference_steps\); known keys",
+        ),
         (
             {"defaults": {"varients": 2}, "models": [{"name": "x", "path": "p"}]},
-            r"^catalog: defaults: unknown settings \['varients'\]; known keys are \[.*'variants'",
+            r"^catalog: defaults: unknown settings \['varients'\] \(varients: write variants\); known keys are "
+            r"\[.*'variants'",
         ),
         ({"models": [{"name": 7, "path": "p", "resolution": 12}]}, r"model 7: `name` must be text; got 7 "),
         ({"models": [{"name": "x", "path": "p", "single_file": "f"}]}, r"model 'x': it must name exactly one of"),

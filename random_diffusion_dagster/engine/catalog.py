@@ -55,6 +55,7 @@ typo fails before any image runs rather than as a traceback or a black image hal
 
 from __future__ import annotations
 
+import difflib
 import io
 import math
 import reprlib
@@ -800,6 +801,33 @@ def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> Mod
     )
 
 
+# Names A1111, Forge and ComfyUI users carry over, with what this catalog has instead.
+OTHER_TOOLS_KEYS = {
+    "steps": "write num_inference_steps",
+    "cfg_scale": "write guidance_scale",
+    "cfg": "write guidance_scale",
+    "sampler": "write scheduler, naming a diffusers scheduler class (DPMSolverMultistepScheduler for DPM++ 2M)",
+    "sampler_name": "write scheduler, naming a diffusers scheduler class (DPMSolverMultistepScheduler for DPM++ 2M)",
+    "denoising_strength": "write strength",
+    "denoise": "write strength",
+    "lora": "write loras: [{path: ..., weight: ...}]",
+    "width": "write resolution (the longer side)",
+    "height": "write resolution (the longer side)",
+    "size": "write resolution (the longer side)",
+    "seed": "the seed is the run's (--seed, or the dataset resource's seed)",
+    "clip_skip": "not a setting here: the model's text encoder runs whole",
+    "vae": "not a setting here: the model's own VAE runs (save the model with the VAE you want)",
+}
+
+
+def _instead(key: object, known: list[str]) -> str | None:
+    """What to write for an unknown key: another tool's name for a setting, or a near spelling of a known key."""
+    if key in OTHER_TOOLS_KEYS:
+        return f"{key}: {OTHER_TOOLS_KEYS[key]}"
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.8)
+    return f"{key}: write {close[0]}" if close else None
+
+
 def _validated(model: type[Settings], values: dict, given: dict, where: str) -> Any:
     """`model` of `values`, or the first problem as one line naming `where`, the key and the fix."""
     try:
@@ -808,7 +836,11 @@ def _validated(model: type[Settings], values: dict, given: dict, where: str) -> 
         errors = exc.errors()
     unknown = sorted((e["loc"][0] for e in errors if e["type"] in ("extra_forbidden", "invalid_key")), key=str)
     if unknown:
-        raise CatalogError(f"{where}: unknown settings {show(unknown)}; known keys are {sorted(model.model_fields)}.")
+        known = sorted(model.model_fields)
+        hints = "; ".join(hint for key in unknown if (hint := _instead(key, known)))
+        raise CatalogError(
+            f"{where}: unknown settings {show(unknown)}{f' ({hints})' if hints else ''}; known keys are {known}."
+        )
     error = min(errors, key=lambda e: e["loc"][:1] != ("name",))  # the other messages name the model by it
     if isinstance(error.get("ctx", {}).get("error"), (CatalogError, PromptListError)):  # a rule's own message
         raise CatalogError(f"{where}: {error['ctx']['error']}")
