@@ -26,6 +26,7 @@ def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tm
         ({"models": [{"name": "x", "path": "p", "num_inference_steps": 2, "strength": 0.3}]}, "no denoising step"),
         ({"models": [{"name": "x", "path": "p", "resolution": 100}]}, "multiple of 8"),
         ({"models": [{"name": "x", "path": "p"}, {"name": "x", "path": "q"}]}, "unique"),
+        ({"models": [{"name": "  ", "path": "p"}]}, "every model needs a `name`"),
         ({"models": []}, "empty"),
         ({"models": [{"name": "x", "path": "p", "config": "c"}]}, "`config` only applies to `single_file`"),
         ({"models": [{"name": "x", "single_file": "f", "safety_checker": True}]}, "carry no safety checker"),

@@ -285,15 +285,21 @@ def test_a_lora_made_for_another_base_fails_its_images_by_name_and_leaves_the_ba
             [{"path": "LORA_A"}, {"path": "other/LORA_A"}],
             "have one name, 'tiny-lora-a', and results name their adapters by file name",
         ),
+        # A1111's `<lora:name:weight>` and `Lora hashes: "a: h, b: h"` would read another name
+        ([{"path": "other/ink:2.safetensors"}], "has ':' in its name, which the `<lora:name:weight>` tags"),
+        ([{"path": "other/ink, paper.safetensors"}], "has ',' in its name"),
     ],
 )
 def test_bad_lora_entries_fail_with_named_errors(tmp_path, models_dir, loras, message):
     real = lora_file(models_dir, "tiny-lora-a")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / real.name).write_bytes(real.read_bytes())  # another file of the same name
+    for odd in ("ink:2.safetensors", "ink, paper.safetensors"):
+        (tmp_path / "other" / odd).write_bytes(real.read_bytes())
 
     def named(value):
-        return value.replace("LORA_A", real.name if value.startswith("other/") else str(real))
+        value = value.replace("LORA_A", real.name if value.startswith("other/") else str(real))
+        return str(tmp_path / value) if value.startswith("other/") else value
 
     loras = (
         str(real)

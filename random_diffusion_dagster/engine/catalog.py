@@ -763,7 +763,7 @@ def find_model(catalog: list[ModelSpec], name: str) -> ModelSpec:
 
 
 def _parse_entry(entry: Any, defaults: dict, base_dir: Path, origin: str) -> ModelSpec:
-    if not isinstance(entry, dict) or entry.get("name") in (None, ""):
+    if not isinstance(entry, dict) or entry.get("name") is None or str(entry["name"]).strip() == "":
         raise CatalogError(f"{origin}: every model needs a `name`; got {show(entry)}.")
     where = f"{origin}: model {show(entry['name'])}"
     wide = [key for key in CATALOG_WIDE if key in entry]
@@ -889,8 +889,17 @@ def _lora_files(loras: tuple[LoraSpec, ...], base_dir: Path, where: str) -> tupl
                 f"{where}: LoRA files {same_name.path} and {path} have one name, {same_name.name!r}, and results "
                 "name their adapters by file name (`<lora:name:weight>`, `Lora hashes`): rename one of the files."
             )
+        if marks := sorted(set(Path(path).stem) & set(A1111_LORA_MARKS)):
+            raise CatalogError(
+                f"{where}: LoRA file {path} has {' and '.join(map(repr, marks))} in its name, which the "
+                "`<lora:name:weight>` tags and `Lora hashes` of each result's parameters cannot carry (A1111 and "
+                "Civitai would read another name): rename the file."
+            )
         resolved.append(LoraSpec(path, lora.weight))
     return tuple(resolved)
+
+
+A1111_LORA_MARKS = ":,<>"  # separators of `<lora:name:weight>` and of the `Lora hashes: "a: h, b: h"` list
 
 
 def _embedding_files(embeddings: tuple[EmbeddingSpec, ...], base_dir: Path, where: str) -> tuple[EmbeddingSpec, ...]:
