@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -258,9 +259,20 @@ def test_a_lora_made_for_another_base_fails_its_images_by_name_and_leaves_the_ba
     source = make_image(tmp_path / "src.png", size=(64, 64))
     tasks = [_task(spec, source, tmp_path / "out", f"{spec.name}.png") for spec in (wrong, plain)]
     cache = PipelineCache(device="cpu")
-    failed, made = run_tasks(tasks, cache, log=lambda m: None).results
+    diffusers_said = []  # what diffusers' logger lets through, to the console of `random-diffusion run`
+    handler = logging.Handler()
+    handler.emit = lambda record: diffusers_said.append(record.getMessage())
+    logging.getLogger("diffusers.loaders.peft").addHandler(handler)
+    try:
+        failed, made = run_tasks(tasks, cache, log=lambda m: None).results
+    finally:
+        logging.getLogger("diffusers.loaders.peft").removeHandler(handler)
     assert failed.status == "failed" and "sd2-with-sd15-lora" in failed.error and "tiny-lora-a" in failed.error
-    assert "made for another kind of model" in failed.error
+    assert "does not fit this base (Stable Diffusion 1.x/2.x): it was made for another kind of model (" in failed.error
+    assert re.search(r"\(\S+to_k\.lora_A\.weight is 4x32 in the file and 4x48 in the base\)", failed.error), (
+        failed.error
+    )
+    assert diffusers_said == []  # its layer-by-layer dump of peft's error: the message above says it in one line
     assert made.status == "generated" and cache.loads == 1
     fresh = dataclasses.replace(tasks[1], output_path=str(tmp_path / "fresh.png"))
     run_tasks([fresh], PipelineCache(device="cpu"), log=lambda m: None)

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -753,7 +754,8 @@ class PipelineCache:
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             if name in adapter_names(pipeline):
                 pipeline.delete_adapters(name)  # half loaded: the base stays clean for the other entries
-            raise ModelLoadError(_explain_lora_failure(spec, lora, exc)) from exc
+            family = family_of_pipeline(pipeline).label
+            raise ModelLoadError(_explain_lora_failure(spec, lora, exc, name, family)) from exc
         if name not in adapter_names(pipeline):
             raise ModelLoadError(
                 f"Model {spec.name!r}: LoRA file {lora.path} holds no weights for this base's layers: it was made "
@@ -1046,15 +1048,31 @@ def _explain_embedding_failure(spec: ModelSpec, embedding: EmbeddingSpec, exc: E
     return f"Model {spec.name!r}: embedding file {embedding.path} failed to load: {first[:300]}. {hint}"
 
 
-def _explain_lora_failure(spec: ModelSpec, lora: LoraSpec, exc: Exception) -> str:
+# peft's message for a LoRA whose layers do not fit the base: its first mismatched layer and both shapes.
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]+)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[([\d, ]+)\]\)"
+)
+
+
+def _explain_lora_failure(spec: ModelSpec, lora: LoraSpec, exc: Exception, adapter: str, family: str) -> str:
+    """Why the adapter did not load, with the fix; `family` is the base's (families.Family.label)."""
     text = str(exc)
+    if mismatch := SIZE_MISMATCH.search(text):
+        layer = mismatch[1].replace(f".{adapter}", "")
+        theirs, ours = ("x".join(shape.replace(" ", "").split(",")) for shape in (mismatch[2], mismatch[3]))
+        return (
+            f"Model {spec.name!r}: LoRA file {lora.path} does not fit this base ({family}): it was made for another "
+            f"kind of model ({layer} is {theirs} in the file and {ours} in the base). Use a LoRA made for {family} "
+            "models, or put this one on an entry of the model it was made for."
+        )
     if "PEFT backend is required" in text:
         hint = "diffusers loads LoRAs through the peft package: install it (`pip install peft`)."
-    elif "size mismatch" in text or "Target modules" in text:
-        hint = "It was made for another kind of model (SD 1.x, SD 2.x, SDXL, ...): use a LoRA made for this base."
+    elif "Target modules" in text:
+        hint = f"It was made for another kind of model than this base ({family}): use a LoRA made for this base."
     else:
         hint = "The file is not a LoRA diffusers can read, or it is damaged: download it again."
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    first = text.strip().splitlines()[0].rstrip(":. ") if text.strip() else type(exc).__name__
     return f"Model {spec.name!r}: LoRA file {lora.path} failed to load: {first[:300]}. {hint}"
 
 
