@@ -143,3 +143,45 @@ def test_single_file_entry_makes_the_same_image_as_its_folder(tmp_path, models_d
     assert [r.status for r in summary.results] == ["generated", "generated"], [r.error for r in summary.results]
     folder_image, file_image = (np.asarray(Image.open(r.task.output_path)) for r in summary.results)
     assert np.array_equal(folder_image, file_image)
+
+
+def test_a_checkpoint_without_its_text_encoder_takes_it_from_a_whole_config_folder(tmp_path, models_dir):
+    """SD 3/3.5 and Flux.1 files often hold the transformer alone (here: tiny-sd15's checkpoint without its text
+    encoder): with `config:` a whole diffusers folder, the text encoder is loaded from there and the image is the
+    folder's. With a config-only folder the message says what to set; a LoRA or embedding given as a model is named."""
+    from safetensors.torch import load_file, save_file
+
+    from random_diffusion_dagster.demo.lora import lora_file
+    from random_diffusion_dagster.engine.pipelines import ModelLoadError
+
+    whole = load_file(models_dir / "tiny-sd15-single-file" / "tiny-sd15.safetensors")
+    save_file({k: v for k, v in whole.items() if not k.startswith("cond_stage_model.")}, tmp_path / "no-te.safetensors")
+    entries = [
+        {"name": "folder", "path": str(models_dir / "tiny-sd15")},
+        {"name": "no-te", "single_file": "no-te.safetensors", "config": str(models_dir / "tiny-sd15")},
+    ]
+    folder, without = parse_catalog(
+        {"defaults": {"resolution": 64, "num_inference_steps": 4}, "models": entries}, tmp_path
+    )
+    pipeline = load_pipeline(without, "cpu")
+    assert type(pipeline.text_encoder).__name__ == "CLIPTextModel"
+    source = make_image(tmp_path / "in.png")
+    tasks = [
+        Planner(["a fox"], [spec], 0, tmp_path / "out").task(spec.name, str(source), snapshot_source(source))
+        for spec in (folder, without)
+    ]
+    summary = run_tasks(tasks, PipelineCache(device="cpu"), log=lambda message: None)
+    assert [r.status for r in summary.results] == ["generated", "generated"], [r.error for r in summary.results]
+    assert np.array_equal(*(np.asarray(Image.open(r.task.output_path)) for r in summary.results))
+
+    config_only = str(models_dir / "tiny-sd15-single-file" / "config")
+    misused = {
+        "no-te.safetensors": "holds no weights for that component, and `config:` (",
+        str(lora_file(models_dir, "tiny-lora-a")): "The file holds a LoRA, not a whole model: list it under `loras:`",
+        str(models_dir / "embeddings" / "tiny-style.safetensors"): "holds textual-inversion embeddings, not a whole",
+    }
+    for path, message in misused.items():
+        (spec,) = parse_catalog({"models": [{"name": "m", "single_file": path, "config": config_only}]}, tmp_path)
+        with pytest.raises(ModelLoadError, match=message.replace("(", r"\(")) as error:
+            load_pipeline(spec, "cpu")
+        assert ".." not in str(error.value).replace(str(tmp_path), "").replace(str(models_dir), "")

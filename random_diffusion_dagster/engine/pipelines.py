@@ -164,7 +164,7 @@ def load_pipeline(
         if spec.source_kind == "single_file":
             # The family's img2img class, from the config's model_index.json (SD 1.x/2.x when it cannot be read).
             pipeline_class = getattr(diffusers, img2img_class_name(pipeline_class_name(spec)))
-            pipeline = pipeline_class.from_single_file(spec.source, config=spec.config, dtype=dtype, **skip_checker)
+            pipeline = _from_single_file(pipeline_class, spec, dtype, skip_checker)
         else:
             pipeline = diffusers.AutoPipelineForImage2Image.from_pretrained(
                 spec.source,
@@ -181,6 +181,54 @@ def load_pipeline(
         pipeline.scheduler = _make_scheduler(spec, pipeline.scheduler)
     pipeline.set_progress_bar_config(disable=True)
     return apply_speedups(pipeline.to(device), device, speedups, spec.quantize)
+
+
+def _from_single_file(pipeline_class, spec: ModelSpec, dtype, arguments: dict[str, Any]):
+    """The checkpoint as a pipeline of `pipeline_class`, its configs from `config:`. A checkpoint without text
+    encoders (SD 3/3.5 and Flux.1 files often hold the transformer alone; a UNet-only file) takes them from a local
+    `config:` folder, as diffusers asks: it reads only its own weight files there, so each text encoder it misses is
+    loaded from that folder here and passed in."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    given: dict[str, Any] = {}
+    first: SingleFileComponentError | None = None
+    while True:
+        try:
+            return pipeline_class.from_single_file(spec.source, config=spec.config, dtype=dtype, **arguments, **given)
+        except SingleFileComponentError as exc:
+            missing = _text_encoders_in_config(spec.config, str(exc), dtype, given)
+            if not missing:
+                raise
+            given, first = given | missing, first or exc
+        except Exception as exc:
+            if first is None:
+                raise
+            # more than text encoders missing (a file of another architecture than `config:`): the first says so
+            raise first from exc
+
+
+def _text_encoders_in_config(config: str | None, message: str, dtype, given: dict[str, Any]) -> dict[str, Any]:
+    """The text encoders of the class diffusers failed to load (`message`), loaded from the local `config` folder's
+    subfolders that hold their weights; none where there are none."""
+    if not _is_local_dir(config):
+        return {}
+    try:
+        index = json.loads((Path(config) / "model_index.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    loaded = {}
+    for name, value in index.items() if isinstance(index, dict) else ():
+        if not (isinstance(value, list) and len(value) == 2 and value[0] == "transformers") or name in given:
+            continue
+        folder = Path(config) / name
+        if f"Failed to load {value[1]}." in message and any((folder / w).is_file() for w in TRANSFORMERS_WEIGHTS):
+            import transformers
+
+            loaded[name] = getattr(transformers, value[1]).from_pretrained(folder, dtype=dtype)
+    return loaded
+
+
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def _straight_to(device: str) -> str | None:
@@ -496,11 +544,15 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
             + "Set `config:` to a local diffusers folder of the same architecture (configs are enough)."
         )
     elif spec.source_kind == "single_file" and isinstance(exc, SingleFileComponentError):
+        adapter = _adapter_kind(spec.source)
         hint = (
-            f"The checkpoint holds no weights for that component and `config:` ({spec.config}) holds none either: "
-            "set `config:` to a whole diffusers folder of the same architecture, weights included (SD 3/3.5 and "
-            "Flux.1 files often hold the transformer alone and take their text encoders from it), or check that the "
-            "file is of that architecture."
+            f"The file holds {adapter}, not a whole model: list it under `{ADAPTER_KEYS[adapter]}:` of an entry whose "
+            "`path` is the base it was made for."
+            if adapter
+            else f"The checkpoint holds no weights for that component, and `config:` ({spec.config}) has none for it "
+            "either: set `config:` to a whole diffusers folder of the same architecture, weights included (text "
+            "encoders are taken from there, as SD 3/3.5 and Flux.1 files that hold the transformer alone need), or "
+            "check that the file is of that architecture."
         )
     elif spec.source_kind == "single_file" and "expected shape" in text:
         hint = (
@@ -519,7 +571,27 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
         )
     else:
         hint = "Its files are incomplete or corrupt: rebuild or re-download the model."
-    return f"{where} failed to load: {text.splitlines()[0] if text else type(exc).__name__}. {hint}"
+    first = text.splitlines()[0].rstrip(":. ") if text else type(exc).__name__
+    return f"{where} failed to load: {first}. {hint}"
+
+
+ADAPTER_KEYS = {"a LoRA": "loras", "textual-inversion embeddings": "embeddings"}  # what a file holds -> its key
+EMBEDDING_TENSORS = {"emb_params", "string_to_param", "clip_l", "clip_g"}  # A1111's and SDXL's embedding files
+
+
+def _adapter_kind(path: str) -> str | None:
+    """What a .safetensors file given as a model holds instead (ADAPTER_KEYS), by its tensor names; None if neither
+    or unreadable."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            names = list(handle.keys())
+    except Exception:  # noqa: BLE001 - not a safetensors file (.ckpt) or damaged: the loader's message stands
+        return None
+    if any("lora" in name.lower() for name in names):
+        return "a LoRA"
+    return "textual-inversion embeddings" if names and set(names) <= EMBEDDING_TENSORS else None
 
 
 def _is_local_dir(path: str | None) -> bool:
