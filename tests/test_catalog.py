@@ -27,6 +27,8 @@ def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tm
         ({"models": [{"name": "x", "path": "p", "resolution": 100}]}, "multiple of 8"),
         ({"models": [{"name": "x", "path": "p"}, {"name": "x", "path": "q"}]}, "unique"),
         ({"models": [{"name": "  ", "path": "p"}]}, "every model needs a `name`"),
+        ({"models": [{"name": "x", "hub_id": "../models/sd15"}]}, r"`hub_id` '\.\./models/sd15' is a path; .*`path:`"),
+        ({"models": [{"name": "x", "hub_id": "https://civitai.com/m/1"}]}, "is a web address; .*`single_file:`"),
         ({"models": []}, "empty"),
         ({"models": [{"name": "x", "path": "p", "config": "c"}]}, "`config` only applies to `single_file`"),
         ({"models": [{"name": "x", "single_file": "f", "safety_checker": True}]}, "carry no safety checker"),
@@ -417,3 +419,20 @@ def test_yaml_values_python_cannot_convert_are_catalog_errors(tmp_path, yaml_val
     path.write_text(f"models:\n  - name: x\n    path: p\n    {yaml_value}\n")
     with pytest.raises(CatalogError, match=rf"models\.yaml: {message}"):
         load_catalog(path)
+
+
+def test_a_float16_entry_on_the_cpu_loads_without_diffusers_notice_that_it_will_fail(tmp_path, models_dir):
+    """Recent torch runs float16 on the CPU (slowly): diffusers' notice at every move, that running will fail, is
+    not shown."""
+    import logging
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    logger.addHandler(handler)
+    try:
+        pipeline = load_pipeline(_spec(tmp_path, path=str(models_dir / "tiny-sd15"), dtype="float16"), "cpu")
+    finally:
+        logger.removeHandler(handler)
+    assert str(pipeline.unet.dtype) == "torch.float16" and not [m for m in said if "cannot run with `cpu`" in m]

@@ -497,6 +497,8 @@ class Entry(Settings):
         kinds = [kind for kind in SOURCE_KINDS if getattr(self, kind)]
         if len(kinds) != 1:
             raise CatalogError(f"it must name exactly one of {SOURCE_KINDS}; it names {kinds or 'none'}.")
+        if self.hub_id is not None and (problem := _not_a_hub_id(self.hub_id)):
+            raise CatalogError(problem)
         if self.config is not None and kinds != ["single_file"]:
             raise CatalogError(f"`config` only applies to `single_file` models; {kinds[0]} models carry their own.")
         weakest = _weakest(self.strength, self.strengths)
@@ -818,6 +820,21 @@ OTHER_TOOLS_KEYS = {
     "clip_skip": "not a setting here: the model's text encoder runs whole",
     "vae": "not a setting here: the model's own VAE runs (save the model with the VAE you want)",
 }
+
+
+def _not_a_hub_id(hub_id: str) -> str | None:
+    """Why `hub_id` cannot be a hub id (`owner/name`), with the key to write instead; None if it may be one."""
+    if "://" in hub_id:
+        return (
+            f"`hub_id` {show(hub_id)} is a web address; a hub id is `owner/name`. For a file from another site, "
+            "download it and write `single_file:` with its path (and `config:`)."
+        )
+    if hub_id.startswith(("/", "./", "../", "~")) or hub_id.endswith((".safetensors", ".ckpt")):
+        return (
+            f"`hub_id` {show(hub_id)} is a path; a hub id is `owner/name`. Write `path:` for a diffusers folder or "
+            "`single_file:` for a checkpoint file."
+        )
+    return None
 
 
 def _instead(key: object, known: list[str]) -> str | None:

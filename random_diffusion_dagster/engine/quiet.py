@@ -61,6 +61,9 @@ HARMLESS_NOTICES = (
     # A LoRA with UNet weights only (most are) has none for the text encoder: the project's own line for each adapter
     # load names the components it went into (PipelineCache).
     ("diffusers.loaders.lora_base", "No LoRA keys associated to CLIPTextModel"),  # SDXL's ...WithProjection too
+    # An entry that asks for `dtype: float16` on the CPU: recent torch runs it there (slowly), which diffusers' notice
+    # at every move says will fail.
+    ("diffusers.pipelines.pipeline_utils", "cannot run with `cpu` device"),
     # A LoRA that does not fit its base: diffusers logs peft's error, a line per mismatched layer, then raises it; the
     # project's own message for the entry's images names the file, the base's family and the first misfit.
     ("diffusers.loaders.peft", "was unsuccessful with the following error"),
