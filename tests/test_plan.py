@@ -54,3 +54,14 @@ def test_fingerprint_changes_with_prompt_model_seed_and_source(tmp_path):
         base.fingerprint
         == Planner(PROMPTS, described, 0, tmp_path).task("k", "/src", SourceSnapshot("aa", 1, 1)).fingerprint
     )  # no pixel change
+
+
+def test_an_estimate_reads_as_a_person_would_say_it():
+    from random_diffusion_dagster.engine.freshness import Estimate
+
+    assert Estimate(40, 720.0, []).words() == "about 12 min of GPU time for 40 results"
+    assert Estimate(3, 4.04, ["sdxl"]).words() == (
+        "about 4.0 s of GPU time for 3 results (sdxl not measured yet: counted at the mean)"
+    )
+    assert Estimate(1, 0.01, []).words() == "under 0.1 s of GPU time for 1 result"  # tiny models on a CPU
+    assert Estimate(2, None, []).words() == "2 results; no figure yet: no result has been made to measure"

@@ -95,14 +95,16 @@ class Estimate:
             return f"{_results(self.results)}; no figure yet: no result has been made to measure"
         minutes = self.seconds / 60
         figure = (
-            f"{minutes:.0f} min"
+            f"about {minutes:.0f} min"
             if minutes >= 2
-            else f"{self.seconds:.0f} s"
+            else f"about {self.seconds:.0f} s"
             if self.seconds >= 10
-            else f"{self.seconds:.1f} s"
+            else f"about {self.seconds:.1f} s"
+            if self.seconds >= 0.05
+            else "under 0.1 s"  # tiny models on a CPU: not "about 0.0 s"
         )
         guessed = f" ({', '.join(self.unmeasured)} not measured yet: counted at the mean)" if self.unmeasured else ""
-        return f"about {figure} of GPU time for {_results(self.results)}{guessed}"
+        return f"{figure} of GPU time for {_results(self.results)}{guessed}"
 
 
 def _results(count: int) -> str:
