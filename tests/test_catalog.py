@@ -436,3 +436,10 @@ def test_a_float16_entry_on_the_cpu_loads_without_diffusers_notice_that_it_will_
     finally:
         logger.removeHandler(handler)
     assert str(pipeline.unet.dtype) == "torch.float16" and not [m for m in said if "cannot run with `cpu`" in m]
+
+
+def test_a_catalog_indented_with_tabs_says_to_indent_with_spaces(tmp_path):
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text("models:\n\t- name: sd15\n\t  path: p\n")
+    with pytest.raises(CatalogError, match=r"line 2, column 1\. Indent with spaces: YAML takes no tabs\.$"):
+        load_catalog(catalog)

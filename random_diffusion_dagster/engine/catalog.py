@@ -658,7 +658,8 @@ def read_catalog(path: str | Path) -> Catalog:
         reason = " ".join(str(exc).split())  # e.g. "unacceptable character #x00e9: ... position 22"
         raise CatalogError(f"Model catalog {path} is not valid YAML text: {reason}. Save it as UTF-8 text.") from exc
     except yaml.YAMLError as exc:
-        raise CatalogError(f"Model catalog {path} is not valid YAML: {str(exc)[:500]}") from exc
+        tabs = ". Indent with spaces: YAML takes no tabs." if "'\\t'" in str(exc) else ""
+        raise CatalogError(f"Model catalog {path} is not valid YAML: {str(exc)[:500]}{tabs}") from exc
     except RecursionError as exc:
         raise CatalogError(f"Model catalog {path} nests lists or mappings too deeply to be a catalog.") from exc
     except CatalogError:

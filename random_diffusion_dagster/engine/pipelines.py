@@ -571,8 +571,9 @@ def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
         )
     else:
         hint = "Its files are incomplete or corrupt: rebuild or re-download the model."
-    first = text.splitlines()[0].rstrip(":. ") if text else type(exc).__name__
-    return f"{where} failed to load: {first}. {hint}"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first.split(" If you want to instead overwrite")[0]  # diffusers' advice to load random weights instead
+    return f"{where} failed to load: {first.rstrip(':. ')}. {hint}"
 
 
 ADAPTER_KEYS = {"a LoRA": "loras", "textual-inversion embeddings": "embeddings"}  # what a file holds -> its key
