@@ -1118,7 +1118,7 @@ def _explain_embedding_failure(spec: ModelSpec, embedding: EmbeddingSpec, exc: E
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if "incorrect shape" in text:  # diffusers' own line names the widths as unfilled `{...}` placeholders
         first = "its vectors are not as wide as the text encoder's"
-    return f"Model {spec.name!r}: embedding file {embedding.path} failed to load: {first[:300]}. {hint}"
+    return f"Model {spec.name!r}: embedding file {embedding.path} failed to load: {first[:300].rstrip(':. ')}. {hint}"
 
 
 # peft's message for a LoRA whose layers do not fit the base: its first mismatched layer and both shapes.
