@@ -29,6 +29,15 @@ def test_defaults_fill_entries_and_relative_paths_resolve_against_the_catalog(tm
         ({"models": [{"name": "  ", "path": "p"}]}, "every model needs a `name`"),
         ({"models": [{"name": "x", "hub_id": "../models/sd15"}]}, r"`hub_id` '\.\./models/sd15' is a path; .*`path:`"),
         ({"models": [{"name": "x", "hub_id": "https://civitai.com/m/1"}]}, "is a web address; .*`single_file:`"),
+        (
+            {"models": [{"name": "x", "path": "p", "scheduler": "DPM++ 2M Karras"}]},
+            r"`scheduler: DPM\+\+ 2M Karras` is A1111's sampler name; diffusers takes the class: write "
+            r"DPMSolverMultistepScheduler \(Karras sigmas are no catalog setting",
+        ),
+        (
+            {"defaults": {"scheduler": "Euler"}, "models": [{"name": "x", "path": "p"}]},
+            r"^catalog: defaults: .*write EulerDiscreteScheduler or FlowMatchEulerDiscreteScheduler\.$",
+        ),
         ({"models": []}, "empty"),
         ({"models": [{"name": "x", "path": "p", "config": "c"}]}, "`config` only applies to `single_file`"),
         ({"models": [{"name": "x", "single_file": "f", "safety_checker": True}]}, "carry no safety checker"),

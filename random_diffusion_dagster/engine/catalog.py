@@ -72,6 +72,7 @@ from pydantic.functional_validators import AfterValidator, BeforeValidator
 from .local_files import kind_problem
 from .prompts import PromptListError, check_text
 from .quality import QualityError, QualityGates
+from .results import A1111_SAMPLERS
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 DTYPES = get_args(Dtype)
@@ -119,6 +120,20 @@ def _whole(value: Any) -> int:
 def _prompt_text(text: str | None) -> str | None:
     check_text(text or "", "`negative_prompt`")  # it goes to the text encoder beside the prompt: the same rule
     return text
+
+
+def _scheduler_class(name: str | None) -> str | None:
+    """diffusers takes a scheduler's class name; A1111's sampler name for one is refused with the class to write."""
+    classes = [
+        scheduler for scheduler, sampler in A1111_SAMPLERS.items() if sampler == (name or "").removesuffix(" Karras")
+    ]
+    if classes and name not in A1111_SAMPLERS:
+        karras = " (Karras sigmas are no catalog setting: the model's scheduler config keeps its own)"
+        raise CatalogError(
+            f"`scheduler: {name}` is A1111's sampler name; diffusers takes the class: write "
+            f"{' or '.join(classes)}{karras if name.endswith(' Karras') else ''}."
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -447,7 +462,7 @@ class Settings(BaseModel):
     num_inference_steps: Whole = Field(50, ge=1, le=1000)
     strength: Number = Field(0.75, gt=0, le=1)
     guidance_scale: Number = Field(7.5, ge=0, le=100)  # 1e30 renders all-black images that look like success
-    scheduler: StrictStr | None = None  # None: the model's own
+    scheduler: Annotated[StrictStr | None, AfterValidator(_scheduler_class)] = None  # None: the model's own
     dtype: Dtype = "auto"
     variant: StrictStr | None = None
     negative_prompt: Annotated[StrictStr | None, AfterValidator(_prompt_text)] = ""
