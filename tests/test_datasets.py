@@ -118,14 +118,24 @@ def test_labels_and_captions_reach_the_prompt_and_the_png_and_a_missing_caption_
         assert read_record(result_path(outputs, "dog/puppies/003 (copy).png")).prompt.endswith("of a dog, a photo")
 
 
-def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_provenance(labelled, tmp_path):
+def test_the_results_load_as_a_hugging_face_dataset_with_labels_captions_and_provenance(
+    labelled, tmp_path, monkeypatch
+):
     import datasets
     import pandas as pd
+
+    from random_diffusion_dagster.defs.resources import DatasetResource
 
     export = tmp_path / "augmented"
     with dg.instance_for_test() as instance:
         _diffuse_all(instance, labelled, caption_fallback="a photo")
+        listings, files_for = [], DatasetResource.files_for
+        monkeypatch.setattr(
+            DatasetResource, "files_for", lambda self, keys: listings.append(keys) or files_for(self, keys)
+        )
         assert _export(instance, labelled, include_sources=True, dataset_dir=str(export)).success
+        monkeypatch.undo()
+        assert len(listings) == 1  # the export and its staleness pass share one look at the images folder
     loaded = datasets.load_dataset("imagefolder", data_dir=str(export), split="train")
     assert loaded.num_rows == 6  # three results and their three sources
     rows = sorted(zip(loaded["kind"], loaded["source_file"], loaded["label"], loaded["caption"], strict=True))

@@ -20,6 +20,7 @@ from ..engine.freshness import (
     judge,
 )
 from ..engine.granularity import Granularity
+from ..engine.images import SourceFile
 from ..engine.plan import Planner
 from ..engine.results import ResultListing
 from .asset_keys import DIFFUSED_IMAGE_KEY, MODEL_CATALOG_KEY, PROMPT_LIST_KEY
@@ -112,16 +113,19 @@ def out_of_date(
     planner: Planner,
     only: Iterable[str] | None = None,
     log=None,
+    files: list[SourceFile] | None = None,
 ) -> OutOfDate:
     """Why each image of the partitions (of `only`, else all) must be made again against today's prompts, catalog,
     seed and sources: a stat per source, a PNG header read per result. A source that vanished since the scan is
-    skipped with a warning on `log`: the sensor removes its partition."""
+    skipped with a warning on `log`: the sensor removes its partition. `files`: the partitions' files where the
+    caller has them already (dataset.files_for of the same partitions), so the folder is not listed twice."""
     partition_of = dataset.granularity.partition_of
     keys = instance.get_dynamic_partitions(images_partitions.name)
     if only is not None:
         only = set(only)
     wanted = keys if only is None else [key for key in keys if key in only]
-    files, _gone = dataset.files_for(wanted)
+    if files is None:
+        files, _gone = dataset.files_for(wanted)
     recorded = instance.get_materialized_partitions(DIFFUSED_IMAGE_KEY)
     reasons, to_make, judgements, rates = {}, {}, {}, MeasuredRates()
     listing = ResultListing.of(planner.output_dir)

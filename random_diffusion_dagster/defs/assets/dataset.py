@@ -38,7 +38,7 @@ def augmented_dataset(
     variants = dataset.result_variants()  # once: it may read the catalog
     files, _gone = dataset.files_for(keys)
     sources = dataset.source_paths(keys, files)
-    judged, stale = _judged(context, dataset)
+    judged, stale = _judged(context, dataset, files)
     for key, source_path in sources.items():
         # the results its last run failed (all, where it failed before any was planned): what is on disk for them is
         # an older draw's; its other results are current
@@ -142,12 +142,15 @@ def _captions_now(context: dg.AssetExecutionContext, files: list[SourceFile]) ->
     return found
 
 
-def _judged(context: dg.AssetExecutionContext, dataset: DatasetResource) -> tuple[dict[str, Judgement], dict[str, str]]:
+def _judged(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, files: list[SourceFile]
+) -> tuple[dict[str, Judgement], dict[str, str]]:
     """(image key -> its judgement, with its results' records as read; image key -> why its results on disk are
-    not today's draw: results_up_to_date's rule). Neither where the prompts or catalog cannot be read (their runs
-    name the problem): the records are then read one by one."""
+    not today's draw: results_up_to_date's rule), for every partition's `files`. Neither where the prompts or catalog
+    cannot be read (their runs name the problem): the records are then read one by one."""
     try:
-        found = out_of_date(context.instance, dataset, current_planner(context.instance, dataset), log=context.log)
+        planner = current_planner(context.instance, dataset)
+        found = out_of_date(context.instance, dataset, planner, log=context.log, files=files)
     except (ValueError, OSError) as exc:
         context.log.warning(f"Cannot tell which results are out of date: {exc}")
         return {}, {}
